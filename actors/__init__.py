@@ -1,0 +1,1 @@
+"""Actors: each owns its state and nothing else."""

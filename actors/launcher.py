@@ -1,0 +1,408 @@
+"""Launcher: runs agents (and the built-in intake/merge steps) for launch orders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pykka
+
+from actors import launcher_policy as policy
+from actors.common import subject_for
+from actors.launcher_policy import Run
+from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
+from bus import subjects
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, Tick
+from conveyor import runwrap
+from conveyor.clock import Clock
+from conveyor.config import Config, agent_argv
+from conveyor.errors import ConveyorError, Fenced
+from conveyor.layout import Layout
+from conveyor.logs import get_logger
+from gateways import git
+from gateways.forge import Forge
+
+log = get_logger(__name__)
+
+LOG_TAIL_BYTES = 64 * 1024
+
+
+class RunStarted(msgspec.Struct, frozen=True):
+    """Run thread -> Launcher: the process exists."""
+
+    run_id: str
+    pid: int
+    create_time: float
+
+
+class RunDone(msgspec.Struct, frozen=True):
+    """Run thread -> Launcher: the run and its post-steps are over."""
+
+    run_id: str
+    exit_code: int | None
+    head_sha: str = ""
+    error: str = ""
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class LauncherStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> Launcher (ask)."""
+
+
+class Slots:
+    """Free launch slots, reserved on the loop thread before an order reaches the actor."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def free(self) -> int:
+        with self._lock:
+            return self.total - self._used
+
+    def reserve(self) -> None:
+        with self._lock:
+            self._used += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._used = max(0, self._used - 1)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+
+def kill_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM the process, its group and every descendant; SIGKILL what is left after grace."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+class Launcher(pykka.ThreadingActor):
+    """Sole owner of the runs on its host; fences each launch with a KV create."""
+
+    def __init__(self, bus: Bus, store: Store[Run], forge: Forge, clock: Clock, cfg: Config,
+                 slots: Slots) -> None:
+        super().__init__()
+        self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
+        self._layout = Layout(cfg.data_path)
+        self._slots = slots
+        self._host = socket.gethostname()
+        self._name = cfg.launcher.name or f"{self._host}-{os.getpid()}"
+        self._runs: dict[str, Versioned[Run]] = {}
+        self._procs: dict[str, int] = {}
+        self._cancelled: set[str] = set()
+        self._repo_locks: dict[str, threading.Lock] = {}
+        self._started_at = 0.0
+
+    def on_start(self) -> None:
+        self._started_at = self._clock.now()
+        self._runs = {k: v for k, v in self._store.load_all().items()
+                      if v.value.host == self._host}
+        for key, entry in list(self._runs.items()):
+            run = entry.value
+            if run.status == policy.FINISHED and not run.reported:
+                self._report(key)
+            elif run.status != policy.FINISHED:
+                self._adopt(key)
+        log.info("launcher.started", name=self._name, slots=self._slots.total,
+                 adopted=sum(1 for r in self._runs.values() if r.value.status != "finished"))
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case Delivery(body=LaunchOrder() as order):
+                    self._launch(order, message)
+                case RunStarted():
+                    self._on_started(message)
+                case RunDone():
+                    self._on_done(message)
+                case KillJob():
+                    self._kill(message)
+                case LauncherStatus():
+                    return self._status()
+                case Tick():
+                    return None
+                case _:
+                    log.warning("launcher.unknown_message", kind=type(message).__name__)
+        except Fenced as err:
+            log.error("launcher.fenced", error=str(err))  # noqa: TRY400 - expected
+            self.stop()
+        except Exception:
+            log.exception("launcher.handle_failed", kind=type(message).__name__)
+            if isinstance(message, Delivery):
+                self._slots.release()
+                message.nak(delay_s=2.0)
+        return None
+
+    # --- launching ----------------------------------------------------------------------
+
+    def _launch(self, order: LaunchOrder, delivery: Delivery[Any]) -> None:
+        key = policy.run_key(order.job_id, order.attempt)
+        run_dir = self._layout.run_dir(order.job_id, order.attempt)
+        run = Run(id=key, job_id=order.job_id, attempt=order.attempt, task_id=order.task_id,
+                  repo=order.repo, role=order.role, stage=order.stage, visit=order.visit,
+                  branch=order.branch, host=self._host, launcher=self._name,
+                  started_at=self._clock.now(), run_dir=str(run_dir),
+                  log_path=str(run_dir / "output.log"))
+        try:
+            revision = self._store.create(key, run)
+        except KeyExists:
+            # An earlier delivery of this order launched it (a late ack is not ownership).
+            log.info("launcher.duplicate_order", job_id=order.job_id, attempt=order.attempt)
+            self._slots.release()
+            delivery.ack()
+            return
+        self._runs[key] = Versioned(run, revision)
+        delivery.ack()
+        thread = threading.Thread(target=self._run_thread, args=(run, order),
+                                  name=f"run-{key}", daemon=True)
+        thread.start()
+        log.info("launcher.launched", job_id=order.job_id, attempt=order.attempt,
+                 role=order.role)
+
+    def _save(self, run: Run) -> None:
+        current = self._runs[run.id]
+        revision = self._store.update(run.id, run, expect=current.revision)
+        self._runs[run.id] = Versioned(run, revision)
+
+    def _on_started(self, started: RunStarted) -> None:
+        entry = self._runs.get(started.run_id)
+        if entry is None:
+            return
+        run = msgspec.structs.replace(entry.value, status=policy.RUNNING, pid=started.pid,
+                                      create_time=started.create_time)
+        self._save(run)
+        self._procs[run.id] = started.pid
+        self._bus.publish(
+            subjects.JOBS_STARTED,
+            JobStarted(job_id=run.job_id, attempt=run.attempt, run_id=run.id, host=run.host,
+                       pid=started.pid, create_time=started.create_time,
+                       log_path=run.log_path, started_at=run.started_at),
+            msg_id=f"{run.id}:started")
+
+    def _on_done(self, done: RunDone) -> None:
+        entry = self._runs.get(done.run_id)
+        if entry is None or entry.value.status == policy.FINISHED:
+            return
+        run = msgspec.structs.replace(entry.value, status=policy.FINISHED,
+                                      exit_code=done.exit_code, head_sha=done.head_sha,
+                                      error=done.error, usage=done.usage,
+                                      finished_at=self._clock.now())
+        self._save(run)
+        self._procs.pop(run.id, None)
+        self._cancelled.discard(run.job_id)
+        self._slots.release()
+        self._report(run.id)
+        log.info("launcher.finished", job_id=run.job_id, attempt=run.attempt,
+                 exit_code=run.exit_code, error=run.error or None)
+
+    def _report(self, key: str) -> None:
+        run = self._runs[key].value
+        finished = JobFinished(job_id=run.job_id, attempt=run.attempt, run_id=run.id,
+                               exit_code=run.exit_code, head_sha=run.head_sha, error=run.error,
+                               finished_at=run.finished_at or 0.0, usage=run.usage)
+        self._bus.publish(subject_for(finished), finished, msg_id=f"{run.id}:finished")
+        self._save(msgspec.structs.replace(run, reported=True))
+
+    def _kill(self, order: KillJob) -> None:
+        for key, pid in list(self._procs.items()):
+            if self._runs[key].value.job_id == order.job_id:
+                self._cancelled.add(order.job_id)
+                log.info("launcher.killing", job_id=order.job_id, pid=pid, reason=order.reason)
+                grace = self._cfg.launcher.kill_grace_s
+                threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
+
+    def _adopt(self, key: str) -> None:
+        """Resume a run a previous incarnation started: wait for it, or report its result."""
+        run = self._runs[key].value
+        self._slots.reserve()
+        order = LaunchOrder(job_id=run.job_id, attempt=run.attempt, task_id=run.task_id,
+                            repo=run.repo, stage=run.stage, role=run.role, visit=run.visit,
+                            branch=run.branch, title="", description="")
+        thread = threading.Thread(target=self._adopt_thread, args=(run, order),
+                                  name=f"adopt-{key}", daemon=True)
+        thread.start()
+
+    # --- run threads (blocking work, off the actor) -------------------------------------
+
+    def _tell(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
+
+    def _run_thread(self, run: Run, order: LaunchOrder) -> None:
+        try:
+            if order.role in (ROLE_INTAKE, ROLE_MERGE):
+                self._tell(RunStarted(run_id=run.id, pid=os.getpid(),
+                                      create_time=psutil.Process().create_time()))
+                done = self._builtin(run, order)
+            else:
+                done = self._agent(run, order)
+        except Exception as err:
+            log.exception("launcher.run_failed", job_id=run.job_id)
+            done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
+        self._tell(done)
+
+    def _adopt_thread(self, run: Run, order: LaunchOrder) -> None:
+        exit_file = Path(run.run_dir) / "exit_code"
+        try:
+            if run.pid is not None and run.role not in (ROLE_INTAKE, ROLE_MERGE) and _same(
+                    run.pid, run.create_time):
+                log.info("launcher.adopted", job_id=run.job_id, pid=run.pid)
+                self._procs[run.id] = run.pid
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    psutil.Process(run.pid).wait()
+            recorded = runwrap.read_exit_file(exit_file)
+            if recorded is None or run.role in (ROLE_INTAKE, ROLE_MERGE):
+                done = RunDone(run_id=run.id, exit_code=None,
+                               error="launcher died; run result unknown")
+            else:
+                done = self._post_steps(run, order, recorded[0])
+        except Exception as err:
+            log.exception("launcher.adopt_failed", job_id=run.job_id)
+            done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
+        self._tell(done)
+
+    def _repo_lock(self, repo: str) -> threading.Lock:
+        return self._repo_locks.setdefault(repo, threading.Lock())
+
+    def _prepare_worktree(self, order: LaunchOrder) -> Path:
+        workspace = self._layout.workspace(order.repo)
+        worktree = self._layout.worktree(order.repo, order.task_id)
+        with self._repo_lock(order.repo):
+            git.ensure_clone(self._forge.clone_url(order.repo), workspace)
+            git.ensure_worktree(workspace, worktree, order.branch)
+        return worktree
+
+    def _builtin(self, run: Run, order: LaunchOrder) -> RunDone:
+        if order.role == ROLE_INTAKE:
+            worktree = self._prepare_worktree(order)
+            with self._repo_lock(order.repo):
+                sha = git.push_branch(worktree, order.branch)
+            return RunDone(run_id=run.id, exit_code=0, head_sha=sha)
+        head = self._forge.branch_head(order.repo, order.branch)
+        if head is None:
+            return RunDone(run_id=run.id, exit_code=1, error="branch missing on forge")
+        pull = self._forge.find_pull(order.repo, order.branch)
+        if pull is None:
+            pull = self._forge.open_pull(order.repo, order.branch, f"{order.task_id}: "
+                                         f"{order.title}", "Opened by Conveyor before merge.")
+        if pull.merged:
+            return RunDone(run_id=run.id, exit_code=0, head_sha=head)
+        try:
+            merged = self._forge.merge_pull(order.repo, pull.number, expected_head_sha=head)
+        except ConveyorError as err:
+            return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=str(err))
+        return RunDone(run_id=run.id, exit_code=0, head_sha=merged.merge_commit or head)
+
+    def _agent(self, run: Run, order: LaunchOrder) -> RunDone:
+        worktree = self._prepare_worktree(order)
+        run_dir = Path(run.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        prompt_path = run_dir / "prompt.md"
+        prompt_path.write_text(policy.prompt(order))
+        exit_file = run_dir / "exit_code"
+        agent = self._cfg.agents.for_role(order.role)
+        env = policy.agent_env(os.environ, order, repo=self._cfg.repo(order.repo),
+                               worktree=str(worktree), python=sys.executable, extra=agent.env)
+        argv = [sys.executable, "-m", "conveyor.runwrap", "--exit-file", str(exit_file), "--",
+                *policy.substitute(agent_argv(agent), {
+                    "work_item": order.task_id, "repo": order.repo, "branch": order.branch,
+                    "worktree": str(worktree), "stage": order.stage})]
+        with prompt_path.open("rb") as stdin, Path(run.log_path).open("ab") as out:
+            proc = subprocess.Popen(argv, cwd=worktree, stdin=stdin, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:
+            create_time = 0.0
+        self._tell(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))
+        self._procs[run.id] = proc.pid
+        try:
+            proc.wait(timeout=agent.timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("launcher.timed_out", job_id=run.job_id, timeout_s=agent.timeout_s)
+            kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
+            proc.wait()
+            return RunDone(run_id=run.id, exit_code=None,
+                           error=f"timed out after {agent.timeout_s:g}s; process tree killed")
+        recorded = runwrap.read_exit_file(exit_file)
+        exit_code = recorded[0] if recorded else proc.returncode
+        if order.job_id in self._cancelled:
+            return RunDone(run_id=run.id, exit_code=exit_code, error="killed: job cancelled")
+        return self._post_steps(run, order, exit_code)
+
+    def _post_steps(self, run: Run, order: LaunchOrder, exit_code: int) -> RunDone:
+        """Commit, push, open the pull request, let the forge run CI; all idempotent."""
+        worktree = self._layout.worktree(order.repo, order.task_id)
+        usage = policy.parse_usage(_tail(Path(run.log_path)))
+        with self._repo_lock(order.repo):
+            git.commit_all(worktree, f"{order.role}: {order.task_id} {order.stage} "
+                                     f"(visit {order.visit}, attempt {order.attempt})")
+            sha = git.push_branch(worktree, order.branch)
+        title = order.title or order.task_id
+        if self._forge.find_pull(order.repo, order.branch) is None:
+            self._forge.open_pull(order.repo, order.branch, f"{order.task_id}: {title}",
+                                  f"Work item {order.task_id}, delivered by Conveyor.")
+        if self._forge.commit_status(order.repo, sha) is None:
+            self._forge.on_push(order.repo, order.branch, sha)
+        return RunDone(run_id=run.id, exit_code=exit_code, head_sha=sha, usage=usage)
+
+    def _status(self) -> dict[str, Any]:
+        active = [r.value for r in self._runs.values() if r.value.status != policy.FINISHED]
+        return {
+            "healthy": True, "name": self._name, "host": self._host,
+            "slots": self._slots.total, "busy": self._slots.used,
+            "running": [{"job_id": r.job_id, "attempt": r.attempt, "pid": r.pid,
+                         "role": r.role, "log_path": r.log_path} for r in active],
+            "started_at": self._started_at,
+        }
+
+
+def _same(pid: int, create_time: float | None) -> bool:
+    """True if `pid` is still the process that was started (not a reused pid)."""
+    try:
+        proc = psutil.Process(pid)
+        return create_time is not None and abs(proc.create_time() - create_time) < 0.01 and (
+            proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False

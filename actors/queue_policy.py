@@ -1,0 +1,189 @@
+"""Pure decisions of the QueueWorker: job lifecycle, back-off, fair scheduling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from bus.messages import (
+    Alert,
+    JobFinished,
+    JobOutcome,
+    JobRequested,
+    JobStarted,
+    KillJob,
+    LaunchOrder,
+    Message,
+)
+from conveyor.config import QueueConfig
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+CANCELLED = "cancelled"
+FINISHED = frozenset({DONE, FAILED, CANCELLED})
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One unit of work for the Launcher; owned by the QueueWorker alone."""
+
+    id: str
+    task_id: str
+    repo: str
+    stage: str
+    role: str
+    visit: int
+    branch: str
+    title: str
+    description: str = ""
+    status: str = QUEUED
+    attempts: int = 0
+    max_attempts: int = 2
+    available_at: float = 0.0
+    enqueued_at: float = 0.0
+    claimed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_id: str = ""
+    host: str = ""
+    pid: int | None = None
+    create_time: float | None = None
+    log_path: str = ""
+    exit_code: int | None = None
+    head_sha: str = ""
+    error: str = ""
+    outbox: list[Message] = msgspec.field(default_factory=list)
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs to store (by id) and messages to emit, with the reason."""
+
+    jobs: tuple[Job, ...] = ()
+    emit: tuple[Message, ...] = ()
+    reason: str
+
+
+def backoff_s(attempt: int, cfg: QueueConfig) -> float:
+    """Delay before retry number `attempt` (1-based): exponential, capped."""
+    return float(min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** max(0, attempt - 1))))
+
+
+def on_request(existing: Job | None, req: JobRequested, *, now: float,
+               cfg: QueueConfig) -> Decision:
+    """Store a requested job once; a replayed request changes nothing."""
+    if existing is not None:
+        return Decision(reason="job already known")
+    job = Job(id=req.job_id, task_id=req.task_id, repo=req.repo, stage=req.stage, role=req.role,
+              visit=req.visit, branch=req.branch, title=req.title, description=req.description,
+              max_attempts=cfg.max_attempts, available_at=now, enqueued_at=now)
+    return Decision(jobs=(job,), reason="job queued")
+
+
+def _outcome(job: Job) -> JobOutcome:
+    return JobOutcome(job_id=job.id, task_id=job.task_id, stage=job.stage, visit=job.visit,
+                      role=job.role, status=job.status, attempts=job.attempts,
+                      exit_code=job.exit_code, error=job.error)
+
+
+def on_started(job: Job, started: JobStarted) -> Decision:
+    """Record the process of the current attempt; reports of older attempts are stale."""
+    if job.status != RUNNING or started.attempt != job.attempts:
+        return Decision(reason="start of a stale attempt; ignored")
+    if job.run_id == started.run_id and job.pid == started.pid:
+        return Decision(reason="start already recorded")
+    updated = msgspec.structs.replace(
+        job, run_id=started.run_id, host=started.host, pid=started.pid,
+        create_time=started.create_time, log_path=started.log_path,
+        started_at=started.started_at)
+    return Decision(jobs=(updated,), reason="job started")
+
+
+def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) -> Decision:
+    """Finish the current attempt: done, requeue with back-off, or fail for good."""
+    if job.status != RUNNING or finished.attempt != job.attempts:
+        return Decision(reason="finish of a stale attempt; ignored")
+    base = msgspec.structs.replace(job, exit_code=finished.exit_code, head_sha=finished.head_sha,
+                                   error=finished.error, finished_at=now,
+                                   run_id=finished.run_id or job.run_id)
+    if finished.exit_code == 0 and not finished.error:
+        done = msgspec.structs.replace(base, status=DONE)
+        return Decision(jobs=(done,), emit=(_outcome(done),), reason="job done")
+    why = finished.error or f"exit code {finished.exit_code}"
+    if job.attempts < job.max_attempts:
+        requeued = msgspec.structs.replace(
+            base, status=QUEUED, available_at=now + backoff_s(job.attempts, cfg),
+            claimed_at=None, started_at=None, pid=None, create_time=None)
+        return Decision(jobs=(requeued,), reason=f"attempt {job.attempts} failed ({why}); requeued")
+    failed = msgspec.structs.replace(base, status=FAILED)
+    alert = Alert(level="error", source="queue_worker", task_id=job.task_id, at=now,
+                  text=f"job {job.id} ({job.role}, repo {job.repo}) failed after "
+                       f"{job.attempts} attempts: {why}")
+    return Decision(jobs=(failed,), emit=(_outcome(failed), alert),
+                    reason=f"attempts exhausted ({why})")
+
+
+def on_cancel(jobs: Iterable[Job], *, now: float, reason: str) -> Decision:
+    """Cancel a task's unfinished jobs; running ones get a kill order."""
+    changed: list[Job] = []
+    emits: list[Message] = []
+    for job in jobs:
+        if job.status in FINISHED:
+            continue
+        cancelled = msgspec.structs.replace(job, status=CANCELLED, finished_at=now, error=reason)
+        changed.append(cancelled)
+        if job.status == RUNNING:
+            emits.append(KillJob(job_id=job.id, reason=reason))
+        emits.append(_outcome(cancelled))
+    return Decision(jobs=tuple(changed), emit=tuple(emits), reason=f"{len(changed)} cancelled")
+
+
+def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[str]:
+    """Pick queued jobs to claim now: global and per-repo limits, fair across repositories.
+
+    Round-robin by repository: the repository with the fewest running jobs goes
+    first (ties: whose oldest ready job waited longest), so a busy or stuck
+    repository never starves another.
+    """
+    running: dict[str, int] = {}
+    ready: dict[str, list[Job]] = {}
+    for job in jobs.values():
+        if job.status == RUNNING:
+            running[job.repo] = running.get(job.repo, 0) + 1
+        elif job.status == QUEUED and job.available_at <= now:
+            ready.setdefault(job.repo, []).append(job)
+    free = cfg.max_concurrency - sum(running.values())
+    for queue in ready.values():
+        queue.sort(key=lambda j: (j.enqueued_at, j.id))
+    picked: list[str] = []
+    while free > 0:
+        candidates = [repo for repo, queue in ready.items()
+                      if queue and running.get(repo, 0) < cfg.per_repo_concurrency]
+        if not candidates:
+            break
+        repo = min(candidates, key=lambda r: (running.get(r, 0), ready[r][0].enqueued_at, r))
+        job = ready[repo].pop(0)
+        picked.append(job.id)
+        running[repo] = running.get(repo, 0) + 1
+        free -= 1
+    return picked
+
+
+def claim(job: Job, *, now: float) -> Decision:
+    """Flip a queued job to running for its next attempt and order the launch."""
+    if job.status != QUEUED:
+        return Decision(reason=f"job is {job.status}; not claimed")
+    attempt = job.attempts + 1
+    claimed = msgspec.structs.replace(job, status=RUNNING, attempts=attempt, claimed_at=now,
+                                      exit_code=None, error="", run_id="")
+    order = LaunchOrder(job_id=job.id, attempt=attempt, task_id=job.task_id, repo=job.repo,
+                        stage=job.stage, role=job.role, visit=job.visit, branch=job.branch,
+                        title=job.title, description=job.description)
+    return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
+
+
+def next_wakeup(jobs: Mapping[str, Job], *, now: float) -> float | None:
+    """Earliest `available_at` in the future among queued jobs (to schedule a retry)."""
+    times = [j.available_at for j in jobs.values() if j.status == QUEUED and j.available_at > now]
+    return min(times, default=None)

@@ -1,0 +1,163 @@
+"""QueueWorker: the sole owner of jobs (status, attempts, back-off, concurrency slots)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors import queue_policy as policy
+from actors.common import is_durable, subject_for
+from actors.queue_policy import Job
+from bus.bridge import Bus, Delivery, Store, Versioned
+from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, Tick
+from conveyor.clock import Clock
+from conveyor.config import QueueConfig
+from conveyor.errors import Fenced
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class QueueStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> QueueWorker (ask)."""
+
+    kind: str = "queue"
+
+
+def job_key(job_id: str) -> str:
+    """KV key of a job (job ids are already KV-safe: id.stage.visit.step)."""
+    return job_id
+
+
+class QueueWorker(pykka.ThreadingActor):
+    """Stores jobs, claims them fairly within limits, turns finishes into outcomes."""
+
+    def __init__(self, bus: Bus, store: Store[Job], clock: Clock, cfg: QueueConfig) -> None:
+        super().__init__()
+        self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
+        self._jobs: dict[str, Versioned[Job]] = {}
+        self._fenced = False
+        self._started_at = 0.0
+
+    def on_start(self) -> None:
+        self._started_at = self._clock.now()
+        self._jobs = self._store.load_all()
+        for job_id in list(self._jobs):
+            self._flush(job_id)
+        log.info("queue_worker.started", jobs=len(self._jobs))
+        self._dispatch()
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case Delivery(body=JobRequested() | JobsCancelled() | JobStarted()
+                              | JobFinished()):
+                    self._handle(message)
+                case Tick():
+                    self._dispatch()
+                case QueueStatus():
+                    return self._status()
+                case _:
+                    log.warning("queue_worker.unknown_message", kind=type(message).__name__)
+        except Fenced as err:
+            log.error("queue_worker.fenced", error=str(err))  # noqa: TRY400 - expected
+            self._fenced = True
+            self.stop()
+        except Exception:
+            log.exception("queue_worker.handle_failed", kind=type(message).__name__)
+            if isinstance(message, Delivery):
+                message.nak(delay_s=2.0)
+        return None
+
+    def _handle(self, delivery: Delivery[Any]) -> None:
+        now = self._clock.now()
+        body = delivery.body
+        decision: policy.Decision
+        match body:
+            case JobRequested():
+                current = self._jobs.get(body.job_id)
+                decision = policy.on_request(current.value if current else None, body, now=now,
+                                             cfg=self._cfg)
+            case JobsCancelled():
+                jobs = [e.value for e in self._jobs.values() if e.value.task_id == body.task_id]
+                decision = policy.on_cancel(jobs, now=now, reason=body.reason or "cancelled")
+            case JobStarted() | JobFinished():
+                current = self._jobs.get(body.job_id)
+                if current is None:
+                    log.warning("queue_worker.report_unknown_job", job_id=body.job_id)
+                    delivery.ack()
+                    return
+                if isinstance(body, JobStarted):
+                    decision = policy.on_started(current.value, body)
+                else:
+                    decision = policy.on_finished(current.value, body, now=now, cfg=self._cfg)
+        self._apply(decision)
+        delivery.ack()
+        self._dispatch()
+
+    def _apply(self, decision: policy.Decision) -> None:
+        emits = list(decision.emit)
+        for index, job in enumerate(decision.jobs):
+            # The outbox rides on the first changed job; every emit is tied to one write.
+            outbox = emits if index == 0 else []
+            self._save(msgspec.structs.replace(job, outbox=outbox))
+        if decision.jobs:
+            log.info("queue_worker.decided", job_id=decision.jobs[0].id, reason=decision.reason,
+                     status=decision.jobs[0].status)
+            self._flush(decision.jobs[0].id)
+
+    def _save(self, job: Job) -> None:
+        current = self._jobs.get(job.id)
+        if current is None:
+            revision = self._store.create(job_key(job.id), job)
+        else:
+            revision = self._store.update(job_key(job.id), job, expect=current.revision)
+        self._jobs[job.id] = Versioned(job, revision)
+
+    def _flush(self, job_id: str) -> None:
+        entry = self._jobs[job_id]
+        if not entry.value.outbox:
+            return
+        for index, msg in enumerate(entry.value.outbox):
+            msg_id = f"{job_id}:{entry.revision}:{index}"
+            if is_durable(msg):
+                self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
+            else:
+                self._bus.publish_core(subject_for(msg), msg)
+        self._save(msgspec.structs.replace(entry.value, outbox=[]))
+
+    def _dispatch(self) -> None:
+        if self._fenced:
+            return
+        now = self._clock.now()
+        jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
+        for job_id in policy.schedule(jobs, now=now, cfg=self._cfg):
+            self._apply(policy.claim(self._jobs[job_id].value, now=now))
+
+    def _status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        running = []
+        for entry in self._jobs.values():
+            job = entry.value
+            counts[job.status] = counts.get(job.status, 0) + 1
+            if job.status == policy.RUNNING:
+                running.append({
+                    "id": job.id, "task_id": job.task_id, "repo": job.repo, "role": job.role,
+                    "attempt": job.attempts, "pid": job.pid, "host": job.host,
+                    "claimed_at": job.claimed_at, "started_at": job.started_at,
+                    "log_path": job.log_path,
+                })
+        recent = sorted((e.value for e in self._jobs.values()),
+                        key=lambda j: j.claimed_at or j.enqueued_at, reverse=True)[:10]
+        return {
+            "healthy": not self._fenced,
+            "counts": counts,
+            "max_concurrency": self._cfg.max_concurrency,
+            "per_repo_concurrency": self._cfg.per_repo_concurrency,
+            "running": running,
+            "recent": [{"id": j.id, "status": j.status, "attempts": j.attempts,
+                        "exit_code": j.exit_code, "error": j.error} for j in recent],
+            "started_at": self._started_at,
+        }

@@ -1,0 +1,333 @@
+"""StageEngine: the sole owner of tasks (stage, branch, retries, history)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors import stage_policy as policy
+from actors.common import is_durable, subject_for
+from actors.stage_policy import GateInputs, GateResult, Task
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.messages import (
+    Approve,
+    Cancel,
+    ConfirmDeploy,
+    JobOutcome,
+    Reject,
+    Reply,
+    Retry,
+    Submit,
+    Tick,
+)
+from conveyor import validate
+from conveyor.clock import Clock
+from conveyor.config import Config
+from conveyor.errors import Fenced, InvalidField
+from conveyor.logs import get_logger
+from gateways.forge import Forge
+
+log = get_logger(__name__)
+
+MAX_ARTIFACT_BYTES = 256 * 1024
+MAX_ADRS = 20
+
+
+class GateRead(msgspec.Struct, frozen=True):
+    """Worker thread -> StageEngine: inputs of a gate, read off the actor thread."""
+
+    task_id: str
+    job_id: str
+    gate: str
+    inputs: GateInputs
+
+
+class StatusQuery(msgspec.Struct, frozen=True):
+    """Status endpoint -> StageEngine (ask): `kind` is tasks, task or actor."""
+
+    kind: str
+    task_id: str = ""
+
+
+def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
+    """Read what `gate` needs from the forge at the branch head (I/O; never on the actor)."""
+    try:
+        head = forge.branch_head(task.repo, task.branch)
+        if gate == policy.GATE_BRANCH_EXISTS or head is None:
+            return GateInputs(branch_head=head)
+        files: dict[str, str | None] = {}
+        for name in policy.GATE_FILES.get(gate, ()):
+            path = policy.artifact_path(task.id, name)
+            files[path] = _text(forge.read_file(task.repo, head, path))
+        adr_files: dict[str, str] = {}
+        if gate == "architecture_done":
+            adr_dir = policy.artifact_path(task.id, policy.ADR_DIR)
+            for name in sorted(forge.list_dir(task.repo, head, adr_dir))[:MAX_ADRS]:
+                if name.endswith(".md"):
+                    text = _text(forge.read_file(task.repo, head, f"{adr_dir}/{name}"))
+                    if text is not None:
+                        adr_files[name] = text
+        ci_state = None
+        if gate == "ci_green":
+            status = forge.commit_status(task.repo, head)
+            ci_state = status.state if status else None
+        pr_merged = None
+        if gate == policy.GATE_PR_MERGED:
+            pull = forge.find_pull(task.repo, task.branch)
+            pr_merged = bool(pull and pull.merged)
+        return GateInputs(files=files, adr_files=adr_files, branch_head=head, ci_state=ci_state,
+                          pr_merged=pr_merged)
+    except Exception as err:  # noqa: BLE001 - an unreadable forge means "wait", not a crash
+        return GateInputs(error=f"{type(err).__name__}: {err}")
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return data[:MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    """The summary of a task shown in tables and command replies."""
+    return {
+        "id": task.id, "repo": task.repo, "title": task.title, "stage": task.stage,
+        "step": task.step, "job_id": task.job_id, "job_status": task.job_status,
+        "escalated": task.escalated, "approved": task.approved,
+        "developer_retries": task.developer_retries, "branch": task.branch,
+        "reason": task.last_reason, "updated_at": task.updated_at,
+    }
+
+
+class StageEngine(pykka.ThreadingActor):
+    """Sole writer of task stages; every write is a CAS on the task's KV revision."""
+
+    def __init__(self, bus: Bus, store: Store[Task], forge: Forge, clock: Clock,
+                 cfg: Config) -> None:
+        super().__init__()
+        self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
+        self._tasks: dict[str, Versioned[Task]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                           thread_name_prefix="gate-reader")
+        self._started_at = 0.0
+        self._gates_in_flight: set[str] = set()
+        self._fenced = False
+
+    def on_start(self) -> None:
+        self._started_at = self._clock.now()
+        self._tasks = self._store.load_all()
+        for task_id in list(self._tasks):
+            self._flush(task_id)
+        for task_id, entry in self._tasks.items():
+            task = entry.value
+            # A gate may have been mid-evaluation when the previous process died.
+            if not task.terminal and not task.escalated and task.job_status in ("done", "failed"):
+                self._start_gate(task_id)
+        log.info("stage_engine.started", tasks=len(self._tasks))
+
+    def on_stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_failure(self, *_: object) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case Delivery(body=JobOutcome() as outcome):
+                    self._on_outcome(outcome, message)
+                case GateRead():
+                    self._on_gate(message)
+                case Submit():
+                    return self._submit(message)
+                case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
+                    return self._command(message)
+                case StatusQuery():
+                    return self._status(message)
+                case Tick():
+                    return None
+                case _:
+                    log.warning("stage_engine.unknown_message", kind=type(message).__name__)
+        except Fenced as err:
+            log.error("stage_engine.fenced", error=str(err))  # noqa: TRY400 - expected, no trace
+            self._fenced = True
+            self.stop()
+        except Exception as err:
+            log.exception("stage_engine.handle_failed", kind=type(message).__name__)
+            if isinstance(message, Delivery):
+                message.nak(delay_s=2.0)
+            if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
+                return Reply(ok=False, error=f"internal error: {err}")
+        return None
+
+    # --- persistence --------------------------------------------------------------------
+
+    def _save(self, task: Task, decision: policy.Decision) -> None:
+        """CAS-write the task with the decision's emits in its outbox, then flush them."""
+        stored = msgspec.structs.replace(task, outbox=list(decision.emit))
+        current = self._tasks.get(task.id)
+        if current is None:
+            revision = self._store.create(task.id, stored)
+        else:
+            revision = self._store.update(task.id, stored, expect=current.revision)
+        self._tasks[task.id] = Versioned(stored, revision)
+        self._flush(task.id)
+
+    def _flush(self, task_id: str) -> None:
+        """Publish the task's outbox (ids stable per revision, so a replay dedupes), clear it."""
+        entry = self._tasks[task_id]
+        if not entry.value.outbox:
+            return
+        for index, msg in enumerate(entry.value.outbox):
+            msg_id = f"{task_id}:{entry.revision}:{index}"
+            if is_durable(msg):
+                self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
+            else:
+                self._bus.publish_core(subject_for(msg), msg)
+        cleared = msgspec.structs.replace(entry.value, outbox=[])
+        revision = self._store.update(task_id, cleared, expect=entry.revision)
+        self._tasks[task_id] = Versioned(cleared, revision)
+
+    def _apply(self, task_id: str, decision: policy.Decision) -> None:
+        if decision.task is not None:
+            self._save(decision.task, decision)
+            log.info("stage_engine.decided", task_id=task_id, stage=decision.task.stage,
+                     reason=decision.reason)
+        else:
+            log.debug("stage_engine.unchanged", task_id=task_id, reason=decision.reason)
+        if decision.evaluate:
+            self._start_gate(task_id)
+
+    # --- job outcomes and gates ---------------------------------------------------------
+
+    def _on_outcome(self, outcome: JobOutcome, delivery: Delivery[Any]) -> None:
+        entry = self._tasks.get(outcome.task_id)
+        if entry is None:
+            log.warning("stage_engine.outcome_unknown_task", task_id=outcome.task_id)
+            delivery.ack()
+            return
+        self._apply(outcome.task_id, policy.on_job_outcome(entry.value, outcome))
+        delivery.ack()
+
+    def _start_gate(self, task_id: str) -> None:
+        task = self._tasks[task_id].value
+        key = f"{task_id}:{task.job_id}"
+        if key in self._gates_in_flight:
+            return
+        self._gates_in_flight.add(key)
+        gate = policy.gate_for(task, self._cfg)
+        job_id = task.job_id
+        actor = self.actor_ref
+
+        def _read() -> None:
+            inputs = read_gate_inputs(self._forge, task, gate)
+            actor.tell(GateRead(task_id=task_id, job_id=job_id, gate=gate, inputs=inputs))
+
+        self._pool.submit(_read)
+
+    def _on_gate(self, read: GateRead) -> None:
+        self._gates_in_flight.discard(f"{read.task_id}:{read.job_id}")
+        entry = self._tasks.get(read.task_id)
+        if entry is None:
+            return
+        result: GateResult = policy.evaluate_gate(read.gate, entry.value, read.inputs)
+        log.info("stage_engine.gate_evaluated", task_id=read.task_id, gate=read.gate,
+                 verdict=result.verdict, reason=result.reason)
+        decision = policy.on_gate(entry.value, read.job_id, result, now=self._clock.now(),
+                                  revision=entry.revision, cfg=self._cfg)
+        self._apply(read.task_id, decision)
+
+    # --- commands -----------------------------------------------------------------------
+
+    def _submit(self, cmd: Submit) -> Reply:
+        try:
+            repo = self._cfg.repo(validate.repo_name(cmd.repo))
+            title = validate.title(cmd.title)
+            description = validate.description(cmd.description)
+            if cmd.id:
+                task_id = validate.work_item_id(cmd.id)
+                if task_id.split("-")[0] != repo.prefix:
+                    raise InvalidField("id", f"prefix must be {repo.prefix} for repo {repo.name}")
+            else:
+                task_id = self._next_id(repo.prefix)
+        except InvalidField as err:
+            log.warning("stage_engine.submit_refused", field=err.field, reason=err.reason)
+            return Reply(ok=False, error=str(err), field=err.field)
+        existing = self._tasks.get(task_id)
+        if existing is None:
+            decision = policy.new_task(task_id=task_id, repo=repo.name, title=title,
+                                       description=description,
+                                       branch=validate.branch_for(task_id, title),
+                                       now=self._clock.now(), cfg=self._cfg)
+            assert decision.task is not None  # noqa: S101 - new_task always creates
+            try:
+                self._save(decision.task, decision)
+            except KeyExists:
+                # Another engine instance created it first: adopt its record.
+                existing = self._reload(task_id)
+            else:
+                log.info("stage_engine.task_created", task_id=task_id, repo=repo.name)
+                return Reply(ok=True, task=task_row(self._tasks[task_id].value))
+        if existing.value.repo != repo.name or existing.value.title != title:
+            return Reply(ok=False, field="id",
+                         error=f"id: {task_id} already exists with another repo or title")
+        return Reply(ok=True, task=task_row(existing.value), note="already submitted")
+
+    def _reload(self, task_id: str) -> Versioned[Task]:
+        reloaded = self._store.get(task_id)
+        if reloaded is None:
+            raise Fenced(f"task {task_id} exists but cannot be read")
+        self._tasks[task_id] = reloaded
+        return reloaded
+
+    def _next_id(self, prefix: str) -> str:
+        numbers = [int(tid.rsplit("-", 1)[1]) for tid in self._tasks
+                   if tid.startswith(f"{prefix}-")]
+        return f"{prefix}-{max(numbers, default=0) + 1}"
+
+    def _command(self, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy) -> Reply:
+        try:
+            task_id = validate.work_item_id(cmd.id)
+        except InvalidField as err:
+            return Reply(ok=False, error=str(err), field=err.field)
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            return Reply(ok=False, error=f"id: no task {task_id}", field="id")
+        decision = policy.on_command(entry.value, cmd, now=self._clock.now(),
+                                     revision=entry.revision, cfg=self._cfg)
+        if not decision.ok:
+            log.warning("stage_engine.command_refused", task_id=task_id,
+                        command=type(cmd).__name__, reason=decision.error)
+            return Reply(ok=False, error=decision.error, field=decision.field or None)
+        self._apply(task_id, decision)
+        log.info("stage_engine.command_applied", task_id=task_id, command=type(cmd).__name__,
+                 reason=decision.reason)
+        return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
+
+    # --- status -------------------------------------------------------------------------
+
+    def _status(self, query: StatusQuery) -> Any:
+        tasks = [entry.value for entry in self._tasks.values()]
+        if query.kind == "tasks":
+            return [task_row(t) for t in sorted(tasks, key=lambda t: t.created_at)]
+        if query.kind == "task":
+            entry = self._tasks.get(query.task_id)
+            if entry is None:
+                return None
+            record = msgspec.to_builtins(msgspec.structs.replace(entry.value, outbox=[]))
+            record.pop("outbox", None)
+            record["revision"] = entry.revision
+            return record
+        by_stage: dict[str, int] = {}
+        for task in tasks:
+            by_stage[task.stage] = by_stage.get(task.stage, 0) + 1
+        return {
+            "healthy": not self._fenced,
+            "tasks": len(tasks),
+            "by_stage": by_stage,
+            "escalated": sum(1 for t in tasks if t.escalated),
+            "gates_in_flight": len(self._gates_in_flight),
+            "started_at": self._started_at,
+        }

@@ -1,0 +1,548 @@
+"""Pure decisions of the StageEngine: gates, transitions, retries, commands.
+
+Nothing here does I/O, reads a clock or logs. The actor gathers gate inputs
+(artifacts from the forge, CI status), calls these functions with `now`, then
+persists the returned task with a compare-and-swap and publishes the emits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+import msgspec
+
+from bus.messages import (
+    Alert,
+    Approve,
+    Cancel,
+    ConfirmDeploy,
+    JobOutcome,
+    JobRequested,
+    JobsCancelled,
+    Message,
+    Reject,
+    Retry,
+    StageChanged,
+)
+from conveyor.config import Config, StageConfig
+
+CREATED = "created"
+DONE = "done"
+CANCELLED = "cancelled"
+TERMINAL = frozenset({DONE, CANCELLED})
+
+STEP_INTAKE = "intake"
+STEP_WORK = "work"
+STEP_MERGE = "merge"
+
+ROLE_INTAKE = "intake"
+ROLE_MERGE = "merge"
+BUILTIN_ROLES = frozenset({ROLE_INTAKE, ROLE_MERGE})
+
+WORK_ITEMS_DIR = "docs/work-items"
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stage change of a task and why it happened."""
+
+    at: float
+    old: str
+    new: str
+    cause: str
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A work item on its way through the pipeline; owned by the StageEngine alone."""
+
+    id: str
+    repo: str
+    title: str
+    description: str = ""
+    branch: str
+    stage: str = CREATED
+    step: str = STEP_INTAKE
+    visits: dict[str, int] = msgspec.field(default_factory=dict)
+    job_id: str = ""
+    job_status: str = ""
+    approved: bool = False
+    developer_retries: int = 0
+    stage_retries: int = 0
+    escalated: bool = False
+    last_reason: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    history: list[HistoryEntry] = msgspec.field(default_factory=list)
+    outbox: list[Message] = msgspec.field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task is done or cancelled."""
+        return self.stage in TERMINAL
+
+    def visit(self, stage: str) -> int:
+        """How many times work for `stage` has been requested."""
+        return self.visits.get(stage, 0)
+
+
+# --- gates ---------------------------------------------------------------------------------
+
+Verdict = Literal["pass", "wait", "retry", "rework"]
+
+
+class GateResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A gate's answer: pass, wait (for a human or CI), retry the stage, or rework."""
+
+    verdict: Verdict
+    reason: str
+
+
+class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """What the gate may look at, read from the forge at the branch head."""
+
+    files: dict[str, str | None] = msgspec.field(default_factory=dict)
+    adr_files: dict[str, str] = msgspec.field(default_factory=dict)
+    branch_head: str | None = None
+    ci_state: str | None = None
+    pr_merged: bool | None = None
+    error: str = ""
+
+
+class _FrontMatter(msgspec.Struct, kw_only=True):
+    work_item_id: str | None = None
+    work_item: str | None = None
+
+
+class DocFM(_FrontMatter, kw_only=True):
+    """Front matter of an analysis or architecture document."""
+
+    type: str
+
+
+class TestPlan(msgspec.Struct, kw_only=True):
+    """`04-test-plan.yaml`."""
+
+    work_item: str
+    tests: list[dict[str, object]]
+
+
+class ReviewFM(_FrontMatter, kw_only=True):
+    """Front matter of `12-review.md`."""
+
+    verdict: Literal["APPROVED", "REQUEST_CHANGES"]
+    version: int = 1
+
+
+class TestReportFM(_FrontMatter, kw_only=True):
+    """Front matter of `13-test-report.md`."""
+
+    result: Literal["PASS", "FAIL"]
+
+
+class StagingFM(_FrontMatter, kw_only=True):
+    """Front matter of `15-staging-log.md`."""
+
+    staging_status: Literal["SUCCESS", "FAILED"]
+
+
+class DeployFM(_FrontMatter, kw_only=True):
+    """Front matter of `14-deploy-log.md`."""
+
+    deploy_status: Literal["SUCCESS", "FAILED"]
+
+
+class FrontMatterError(ValueError):
+    """An artifact has no front matter or it does not decode into its schema."""
+
+
+def split_front_matter(text: str) -> str:
+    """Return the YAML between the leading `---` fences of a markdown artifact."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        raise FrontMatterError("no front matter (the file must start with ---)")
+    for i, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            return "\n".join(lines[1:i])
+    raise FrontMatterError("front matter is not closed with ---")
+
+
+T = TypeVar("T")
+FM = TypeVar("FM", bound="_FrontMatter")
+
+
+def parse_front_matter(text: str, schema: type[T]) -> T:
+    """Decode an artifact's front matter into `schema`; raise FrontMatterError with the path."""
+    yaml_text = split_front_matter(text)
+    try:
+        return msgspec.yaml.decode(yaml_text.encode(), type=schema)
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        raise FrontMatterError(f"front matter invalid: {err}") from err
+
+
+def artifact_path(task_id: str, name: str) -> str:
+    """Path of an artifact inside the repository."""
+    return f"{WORK_ITEMS_DIR}/{task_id}/{name}"
+
+
+ANALYSIS_DOCS = ("01-brd.md", "02-trz.md", "03-acceptance-criteria.md")
+TEST_PLAN = "04-test-plan.yaml"
+REVIEW = "12-review.md"
+TEST_REPORT = "13-test-report.md"
+STAGING_LOG = "15-staging-log.md"
+DEPLOY_LOG = "14-deploy-log.md"
+ADR_DIR = "06-adr"
+
+GATE_FILES: dict[str, tuple[str, ...]] = {
+    "analysis_complete": (*ANALYSIS_DOCS, TEST_PLAN),
+    "review_approved": (REVIEW,),
+    "tests_passed": (TEST_REPORT,),
+    "staging_status": (STAGING_LOG,),
+    "deploy_status": (DEPLOY_LOG,),
+}
+"""Artifacts each gate reads (file names under the work item's directory)."""
+
+GATE_BRANCH_EXISTS = "branch_exists"
+GATE_PR_MERGED = "pr_merged"
+
+
+def _read(inputs: GateInputs, task_id: str, name: str) -> str:
+    text = inputs.files.get(artifact_path(task_id, name))
+    if text is None:
+        raise FrontMatterError("missing")
+    return text
+
+
+def _check_id(fm: _FrontMatter, task_id: str) -> None:
+    found = fm.work_item_id or fm.work_item
+    if found is not None and found != task_id:
+        raise FrontMatterError(f"belongs to {found!r}, not {task_id!r}")
+
+
+def _doc(inputs: GateInputs, task_id: str, name: str, schema: type[FM]) -> FM:
+    try:
+        fm = parse_front_matter(_read(inputs, task_id, name), schema)
+        _check_id(fm, task_id)
+    except FrontMatterError as err:
+        raise FrontMatterError(f"{name}: {err}") from err
+    return fm
+
+
+def evaluate_gate(gate: str, task: Task, inputs: GateInputs) -> GateResult:
+    """Decide a gate from its inputs alone; malformed input is a verdict, never an exception."""
+    if inputs.error:
+        return GateResult(verdict="wait", reason=f"gate inputs unavailable: {inputs.error}")
+    try:
+        return _evaluate(gate, task, inputs)
+    except FrontMatterError as err:
+        return GateResult(verdict="retry", reason=str(err))
+
+
+def _evaluate(gate: str, task: Task, inputs: GateInputs) -> GateResult:
+    tid = task.id
+    match gate:
+        case "":
+            return GateResult(verdict="pass", reason="stage has no gate")
+        case "branch_exists":
+            if inputs.branch_head:
+                return GateResult(verdict="pass", reason=f"branch {task.branch} exists")
+            return GateResult(verdict="retry", reason=f"branch {task.branch} missing on forge")
+        case "pr_merged":
+            if inputs.pr_merged:
+                return GateResult(verdict="pass", reason="pull request merged")
+            return GateResult(verdict="retry", reason="pull request not merged")
+        case "analysis_complete":
+            for name in ANALYSIS_DOCS:
+                _doc(inputs, tid, name, DocFM)
+            try:
+                plan = msgspec.yaml.decode(_read(inputs, tid, TEST_PLAN).encode(), type=TestPlan)
+            except (msgspec.ValidationError, msgspec.DecodeError) as err:
+                raise FrontMatterError(f"{TEST_PLAN}: invalid: {err}") from err
+            except FrontMatterError as err:
+                raise FrontMatterError(f"{TEST_PLAN}: {err}") from err
+            if plan.work_item != tid:
+                raise FrontMatterError(f"{TEST_PLAN}: belongs to {plan.work_item!r}")
+            if not plan.tests:
+                raise FrontMatterError(f"{TEST_PLAN}: lists no tests")
+            if not task.approved:
+                return GateResult(verdict="wait", reason="analysis complete, awaiting approval")
+            return GateResult(verdict="pass", reason="analysis complete and approved")
+        case "architecture_done":
+            problems = []
+            for name, text in sorted(inputs.adr_files.items()):
+                try:
+                    fm = parse_front_matter(text, DocFM)
+                    _check_id(fm, tid)
+                except FrontMatterError as err:
+                    problems.append(f"{ADR_DIR}/{name}: {err}")
+                    continue
+                return GateResult(verdict="pass", reason=f"ADR {name} present")
+            detail = "; ".join(problems) if problems else "no ADR"
+            return GateResult(verdict="retry", reason=f"{ADR_DIR}: {detail}")
+        case "ci_green":
+            state = inputs.ci_state
+            if state == "success":
+                return GateResult(verdict="pass", reason="CI green for branch head")
+            if state in ("failure", "error"):
+                return GateResult(verdict="retry", reason=f"CI {state} for branch head")
+            return GateResult(verdict="wait", reason=f"CI {state or 'not reported'} for head")
+        case "review_approved":
+            review = _doc(inputs, tid, REVIEW, ReviewFM)
+            if review.verdict == "APPROVED":
+                return GateResult(verdict="pass", reason=f"review v{review.version} approved")
+            return GateResult(verdict="rework", reason=f"review v{review.version} requests changes")
+        case "tests_passed":
+            report = _doc(inputs, tid, TEST_REPORT, TestReportFM)
+            if report.result == "PASS":
+                return GateResult(verdict="pass", reason="test report PASS")
+            return GateResult(verdict="rework", reason="test report FAIL")
+        case "staging_status":
+            staging = _doc(inputs, tid, STAGING_LOG, StagingFM)
+            if staging.staging_status == "SUCCESS":
+                return GateResult(verdict="pass", reason="staging SUCCESS")
+            return GateResult(verdict="rework", reason="staging FAILED")
+        case "deploy_status":
+            deploy = _doc(inputs, tid, DEPLOY_LOG, DeployFM)
+            if deploy.deploy_status == "SUCCESS":
+                return GateResult(verdict="pass", reason="deploy SUCCESS")
+            return GateResult(verdict="rework", reason="deploy FAILED")
+    return GateResult(verdict="retry", reason=f"unknown gate {gate!r}")
+
+
+def gate_for(task: Task, cfg: Config) -> str:
+    """The gate that decides the task's current step."""
+    if task.step == STEP_INTAKE:
+        return GATE_BRANCH_EXISTS
+    if task.step == STEP_MERGE:
+        return GATE_PR_MERGED
+    stage = cfg.stage(task.stage)
+    return stage.gate if stage else ""
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What to do with one input: the new task (or None), what to emit, and why."""
+
+    task: Task | None = None
+    emit: tuple[Message, ...] = ()
+    reason: str
+    ok: bool = True
+    error: str = ""
+    field: str = ""
+    evaluate: bool = False
+
+
+def _refuse(reason: str, field: str = "id") -> Decision:
+    return Decision(reason=reason, ok=False, error=reason, field=field)
+
+
+def job_id_for(task_id: str, stage: str, visit: int, step: str) -> str:
+    """Deterministic job id: a replayed request names the same job."""
+    return f"{task_id}.{stage}.{visit}.{step}"
+
+
+def _role_for(task: Task, cfg: Config) -> str:
+    if task.step == STEP_INTAKE:
+        return ROLE_INTAKE
+    if task.step == STEP_MERGE:
+        return ROLE_MERGE
+    stage = cfg.stage(task.stage)
+    return stage.role if stage else ""
+
+
+def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[Task, JobRequested]:
+    """Return the task waiting on a fresh job for its current step, and the request."""
+    visits = dict(task.visits)
+    if new_visit or visits.get(task.stage, 0) == 0:
+        visits[task.stage] = visits.get(task.stage, 0) + 1
+    visit = visits[task.stage]
+    job_id = job_id_for(task.id, task.stage, visit, task.step)
+    updated = msgspec.structs.replace(task, visits=visits, job_id=job_id, job_status="queued",
+                                      updated_at=now)
+    request = JobRequested(job_id=job_id, task_id=task.id, repo=task.repo, stage=task.stage,
+                           role=_role_for(updated, cfg), visit=visit, branch=task.branch,
+                           title=task.title, description=task.description, requested_at=now)
+    return updated, request
+
+
+def _move(task: Task, new_stage: str, cause: str, now: float, *, revision: int) -> tuple[
+        Task, StageChanged]:
+    entry = HistoryEntry(at=now, old=task.stage, new=new_stage, cause=cause)
+    step = STEP_WORK if new_stage not in TERMINAL else ""
+    moved = msgspec.structs.replace(
+        task, stage=new_stage, step=step, history=[*task.history, entry], stage_retries=0,
+        job_id="", job_status="", last_reason=cause, updated_at=now,
+        approved=False if new_stage != task.stage else task.approved)
+    event = StageChanged(task_id=task.id, repo=task.repo, old=task.stage, new=new_stage,
+                         cause=cause, revision=revision + 1, at=now)
+    return moved, event
+
+
+def new_task(*, task_id: str, repo: str, title: str, description: str, branch: str,
+             now: float, cfg: Config) -> Decision:
+    """A submitted work item becomes a task on `created` with its intake job requested."""
+    task = Task(id=task_id, repo=repo, title=title, description=description, branch=branch,
+                created_at=now, updated_at=now,
+                history=[HistoryEntry(at=now, old="", new=CREATED, cause="submitted")])
+    task, request = _request(task, cfg, now, new_visit=True)
+    event = StageChanged(task_id=task_id, repo=repo, old="", new=CREATED, cause="submitted",
+                         revision=1, at=now)
+    return Decision(task=task, emit=(request, event), reason="task created")
+
+
+def on_job_outcome(task: Task, outcome: JobOutcome) -> Decision:
+    """A job ended: evaluate the gate if it is the job the task waits for."""
+    if task.terminal:
+        return Decision(reason=f"task {task.stage}; outcome ignored")
+    if outcome.job_id != task.job_id:
+        return Decision(reason="outcome of a superseded job; ignored")
+    if task.job_status == outcome.status:
+        return Decision(reason="outcome already recorded", evaluate=outcome.status != "cancelled")
+    updated = msgspec.structs.replace(task, job_status=outcome.status)
+    if outcome.status == "cancelled":
+        return Decision(task=updated, reason="job cancelled")
+    return Decision(task=updated, reason=f"job {outcome.status}; evaluating gate", evaluate=True)
+
+
+def _next_stage(stage: str, cfg: Config) -> str:
+    if stage == CREATED:
+        return cfg.pipeline.stages[0].name
+    names = [s.name for s in cfg.pipeline.stages]
+    index = names.index(stage)
+    return names[index + 1] if index + 1 < len(names) else DONE
+
+
+def _alert(task: Task, text: str, now: float, level: str = "warning") -> Alert:
+    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now)
+
+
+def on_gate(task: Task, job_id: str, result: GateResult, *, now: float, revision: int,
+            cfg: Config) -> Decision:
+    """Act on a gate verdict for the step whose job is `job_id`."""
+    if task.terminal or task.escalated:
+        return Decision(reason=f"task {task.stage}{' escalated' if task.escalated else ''}")
+    if job_id != task.job_id:
+        return Decision(reason="gate of a superseded job; ignored")
+    if task.job_status not in ("done", "failed"):
+        return Decision(reason="job still running; gate not decided")
+    stage_cfg = cfg.stage(task.stage)
+    match result.verdict:
+        case "wait":
+            if task.last_reason == result.reason:
+                return Decision(reason=f"still waiting: {result.reason}")
+            waiting = msgspec.structs.replace(task, last_reason=result.reason, updated_at=now)
+            emits: tuple[Message, ...] = ()
+            if task.stage == _analysis_stage(cfg) and "approval" in result.reason:
+                emits = (_alert(task, f"{task.id} analysis is ready: approve or reject it",
+                                now, level="info"),)
+            return Decision(task=waiting, emit=emits, reason=f"waiting: {result.reason}")
+        case "pass":
+            return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
+        case "rework" if stage_cfg and stage_cfg.on_fail != "retry" and task.step == STEP_WORK:
+            return _rework(task, stage_cfg.on_fail, result, now=now, revision=revision, cfg=cfg)
+        case _:
+            return _retry(task, result, now=now, cfg=cfg)
+
+
+def _analysis_stage(cfg: Config) -> str:
+    return next((s.name for s in cfg.pipeline.stages if s.human_approval), "")
+
+
+def _pass(task: Task, stage_cfg: StageConfig | None, result: GateResult, *, now: float,
+          revision: int, cfg: Config) -> Decision:
+    if task.step == STEP_WORK and stage_cfg is not None and stage_cfg.merge:
+        merging = msgspec.structs.replace(task, step=STEP_MERGE, last_reason=result.reason)
+        merging, request = _request(merging, cfg, now, new_visit=False)
+        return Decision(task=merging, emit=(request,), reason=f"{result.reason}; merging")
+    new_stage = _next_stage(task.stage, cfg)
+    moved, event = _move(task, new_stage, result.reason, now, revision=revision)
+    emits: list[Message] = [event]
+    if new_stage == DONE:
+        emits.append(_alert(moved, f"{task.id} is done", now, level="info"))
+    else:
+        moved, request = _request(moved, cfg, now, new_visit=True)
+        emits.insert(0, request)
+    return Decision(task=moved, emit=tuple(emits), reason=f"advanced to {new_stage}")
+
+
+def _escalate(task: Task, reason: str, now: float) -> Decision:
+    escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
+    text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
+    return Decision(task=escalated, emit=(_alert(task, text, now, level="error"),),
+                    reason=f"escalated: {reason}")
+
+
+def _counts_as_developer(task: Task, cfg: Config) -> bool:
+    stage = cfg.stage(task.stage)
+    return stage is not None and stage.role == "developer"
+
+
+def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decision:
+    if _counts_as_developer(task, cfg) and task.step == STEP_WORK:
+        retries = task.developer_retries + 1
+        if retries > cfg.pipeline.max_developer_retries:
+            return _escalate(task, f"developer retries exhausted ({result.reason})", now)
+        updated = msgspec.structs.replace(task, developer_retries=retries,
+                                          last_reason=result.reason)
+    else:
+        retries = task.stage_retries + 1
+        if retries > cfg.pipeline.max_stage_retries:
+            return _escalate(task, f"stage retries exhausted ({result.reason})", now)
+        updated = msgspec.structs.replace(task, stage_retries=retries, last_reason=result.reason)
+    updated, request = _request(updated, cfg, now, new_visit=True)
+    return Decision(task=updated, emit=(request,), reason=f"retrying {task.stage}: {result.reason}")
+
+
+def _rework(task: Task, target: str, result: GateResult, *, now: float, revision: int,
+            cfg: Config) -> Decision:
+    retries = task.developer_retries + 1
+    if retries > cfg.pipeline.max_developer_retries:
+        return _escalate(task, f"developer retries exhausted ({result.reason})", now)
+    moved, event = _move(task, target, result.reason, now, revision=revision)
+    moved = msgspec.structs.replace(moved, developer_retries=retries)
+    moved, request = _request(moved, cfg, now, new_visit=True)
+    return Decision(task=moved, emit=(request, event), reason=f"back to {target}: {result.reason}")
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def on_command(task: Task, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy, *,
+               now: float, revision: int, cfg: Config) -> Decision:
+    """Apply an operator command; a command that does not apply is refused with a reason."""
+    match cmd:
+        case Cancel():
+            if task.terminal:
+                return _refuse(f"task is already {task.stage}", "id")
+            cause = f"cancelled{': ' + cmd.reason if cmd.reason else ''}"
+            moved, event = _move(task, CANCELLED, cause, now, revision=revision)
+            return Decision(task=moved, reason="cancelled",
+                            emit=(JobsCancelled(task_id=task.id, reason=cause), event))
+        case _ if task.terminal:
+            return _refuse(f"task is {task.stage}", "id")
+        case Approve():
+            if task.stage != _analysis_stage(cfg):
+                return _refuse(f"task is on {task.stage}; approve applies to analysis only")
+            if task.approved:
+                return Decision(reason="already approved", evaluate=False)
+            approved = msgspec.structs.replace(task, approved=True, updated_at=now)
+            ready = task.job_status in ("done", "failed")
+            return Decision(task=approved, reason="approved", evaluate=ready)
+        case Reject():
+            if task.stage != _analysis_stage(cfg):
+                return _refuse(f"task is on {task.stage}; reject applies to analysis only")
+            reason = f"analysis rejected{': ' + cmd.reason if cmd.reason else ''}"
+            return _retry(msgspec.structs.replace(task, approved=False),
+                          GateResult(verdict="retry", reason=reason), now=now, cfg=cfg)
+        case Retry():
+            if not task.escalated and task.job_status not in ("failed", "done"):
+                return _refuse("task is not escalated or stuck; nothing to retry")
+            reset = msgspec.structs.replace(
+                task, escalated=False, developer_retries=0, stage_retries=0,
+                last_reason="retried by operator",
+                step=STEP_WORK if task.stage != CREATED else STEP_INTAKE)
+            reset, request = _request(reset, cfg, now, new_visit=True)
+            return Decision(task=reset, emit=(request,), reason="retried by operator")
+        case ConfirmDeploy():
+            return _refuse("confirm-deploy applies to protected repositories (not configured)")
+    return _refuse("unknown command", "type")

@@ -1,0 +1,1 @@
+"""The bus: messages, subjects, NATS connection, embedded server, stores."""

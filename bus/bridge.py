@@ -1,0 +1,461 @@
+"""The actor <-> bus bridge: one asyncio loop thread per process owns the NATS connection.
+
+pykka actors are threads. They call into the loop with `Bus.call` (a blocking
+wait on a coroutine submitted with `run_coroutine_threadsafe`) and are called
+from it with `tell` (consumer callbacks wrap each message in a `Delivery`).
+The loop itself never blocks: slow handlers run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.kv import KeyValue
+
+from bus import subjects
+from bus.messages import encode
+from conveyor.errors import BusUnavailable, Fenced
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
+
+MSG_ID = "Nats-Msg-Id"
+DUPLICATE_WINDOW_S = 600.0
+
+
+class LoopThread:
+    """A daemon thread running one asyncio event loop."""
+
+    def __init__(self, name: str = "conveyor-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = 30.0) -> T:
+        """Run `coro` on the loop and wait for its result from another thread."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Bus.call from the loop thread would deadlock")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError as err:
+            future.cancel()
+            raise BusUnavailable(f"bus call timed out after {timeout_s}s") from err
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Schedule `coro` without waiting; failures are logged."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future.add_done_callback(_log_failure)
+        return future
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def _log_failure(future: concurrent.futures.Future[Any]) -> None:
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        log.warning("bus.background_failed", error=repr(exc))
+
+
+class Versioned(msgspec.Struct, Generic[T], frozen=True):
+    """A stored value and the KV revision it was read at (the CAS token)."""
+
+    value: T
+    revision: int
+
+
+class KeyExists(Exception):
+    """`create` found the key already present."""
+
+
+class Store(Generic[S]):
+    """A typed view of one KV bucket; writes are compare-and-swap on the revision."""
+
+    def __init__(self, bus: Bus, kv: KeyValue, value_type: type[S]) -> None:
+        self._bus = bus
+        self._kv = kv
+        self._decoder = msgspec.json.Decoder(value_type)
+        self.bucket: str = kv._name
+
+    def _decode(self, data: bytes | None) -> S | None:
+        if not data:
+            return None
+        return self._decoder.decode(data)
+
+    def get(self, key: str) -> Versioned[S] | None:
+        """Read one key (leader-routed), or None when absent or deleted."""
+
+        async def _get() -> Versioned[S] | None:
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            value = self._decode(entry.value)
+            if value is None or entry.revision is None:
+                return None
+            return Versioned(value, entry.revision)
+
+        return self._bus.call(_get())
+
+    def create(self, key: str, value: S) -> int:
+        """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
+
+        async def _create() -> int:
+            try:
+                return int(await self._kv.create(key, encode(value)))
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise KeyExists(key) from err
+
+        return self._bus.call(_create())
+
+    def update(self, key: str, value: S, *, expect: int) -> int:
+        """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
+
+        async def _update() -> int:
+            try:
+                return int(await self._kv.update(key, encode(value), last=expect))
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+
+        return self._bus.call(_update())
+
+    def load_all(self) -> dict[str, Versioned[S]]:
+        """Read the latest value of every key (one ordered consumer, not one get per key)."""
+
+        async def _load() -> dict[str, Versioned[S]]:
+            out: dict[str, Versioned[S]] = {}
+            watcher = await self._kv.watchall(ignore_deletes=True)
+            try:
+                while True:
+                    entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+                    if entry is None:
+                        break
+                    value = self._decode(entry.value)
+                    if value is not None and entry.revision is not None:
+                        out[entry.key] = Versioned(value, entry.revision)
+                    if entry.delta == 0:
+                        break
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            return out
+
+        return self._bus.call(_load(), timeout_s=120.0)
+
+    def delete(self, key: str) -> None:
+        """Delete a key (no CAS; used only for bookkeeping keys)."""
+        self._bus.call(self._kv.delete(key))
+
+
+class Delivery(Generic[T]):
+    """One JetStream message handed to an actor; ack only after its effect is stored."""
+
+    def __init__(self, bus: Bus, msg: Msg, body: T) -> None:
+        self._bus = bus
+        self._msg = msg
+        self.body = body
+        self.subject: str = msg.subject
+        headers = msg.headers or {}
+        self.msg_id: str = headers.get(MSG_ID, "")
+        try:
+            self.num_delivered: int = int(msg.metadata.num_delivered)
+            self.stream_seq: int = int(msg.metadata.sequence.stream)
+        except (AttributeError, TypeError, ValueError):
+            self.num_delivered, self.stream_seq = 1, 0
+        if not self.msg_id:
+            self.msg_id = f"seq{self.stream_seq}"
+
+    def ack(self) -> None:
+        """Acknowledge: the message's effect is durable."""
+        self._bus.loop.submit(self._msg.ack())
+
+    def nak(self, delay_s: float = 1.0) -> None:
+        """Ask for redelivery after `delay_s`."""
+        self._bus.loop.submit(self._msg.nak(delay=delay_s))
+
+    def term(self) -> None:
+        """Never redeliver (the message is invalid)."""
+        self._bus.loop.submit(self._msg.term())
+
+
+class StreamSpec(msgspec.Struct, frozen=True):
+    """A stream Conveyor creates at start."""
+
+    name: str
+    subjects: list[str]
+    work_queue: bool = False
+    max_age_s: float = 30 * 86400.0
+    max_msgs: int = -1
+
+
+STREAMS = (
+    StreamSpec(subjects.STREAM_JOBS, [subjects.JOBS_ALL]),
+    StreamSpec(subjects.STREAM_LAUNCH, [subjects.LAUNCH_ORDERS], work_queue=True),
+    StreamSpec(subjects.STREAM_NOTIFY, [subjects.STAGE_ALL, subjects.ALERTS], max_msgs=1_000_000),
+    StreamSpec(subjects.STREAM_EVENTS, [subjects.EVENTS_ALL]),
+)
+
+BUCKETS = (subjects.BUCKET_TASKS, subjects.BUCKET_JOBS, subjects.BUCKET_RUNS,
+           subjects.BUCKET_EFFECTS)
+
+
+class Bus:
+    """The process's NATS connection, JetStream context and helpers for actors."""
+
+    def __init__(self, loop: LoopThread, nc: Client, js: JetStreamContext,
+                 request_timeout_s: float) -> None:
+        self.loop = loop
+        self.nc = nc
+        self.js = js
+        self.request_timeout_s = request_timeout_s
+        self._subs: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
+                                                           thread_name_prefix="bus-handler")
+        self.services: list[Any] = []
+
+    @classmethod
+    def connect(cls, url: str, *, name: str = "conveyor", connect_timeout_s: float = 5.0,
+                request_timeout_s: float = 5.0, loop: LoopThread | None = None) -> Bus:
+        """Connect to NATS on a fresh loop thread; reconnect forever once connected."""
+        loop = loop or LoopThread()
+
+        async def _connect() -> Client:
+            return await nats.connect(
+                url, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, ping_interval=5, allow_reconnect=True)
+
+        try:
+            nc = loop.call(_connect(), timeout_s=connect_timeout_s + 5)
+        except Exception as err:
+            loop.stop()
+            raise BusUnavailable(f"cannot connect to NATS at {url}: {err}") from err
+        return cls(loop, nc, nc.jetstream(timeout=request_timeout_s), request_timeout_s)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run a coroutine on the loop from an actor thread."""
+        return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create every stream and bucket if missing (idempotent, safe to race)."""
+        self.call(self._setup(), timeout_s=60.0)
+
+    async def _setup(self) -> None:
+        for spec in STREAMS:
+            config = js_api.StreamConfig(
+                name=spec.name, subjects=spec.subjects,
+                retention=(js_api.RetentionPolicy.WORK_QUEUE if spec.work_queue
+                           else js_api.RetentionPolicy.LIMITS),
+                storage=js_api.StorageType.FILE, max_age=spec.max_age_s,
+                max_msgs=spec.max_msgs, duplicate_window=DUPLICATE_WINDOW_S)
+            await _retry_js(functools.partial(self._ensure_stream, config))
+        for bucket in BUCKETS:
+            await _retry_js(functools.partial(self._ensure_bucket, bucket))
+
+    async def _ensure_stream(self, config: js_api.StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with a different config (an older version): keep the data, update.
+            await self.js.update_stream(config)
+
+    async def _ensure_bucket(self, bucket: str) -> None:
+        try:
+            await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await self.js.create_key_value(js_api.KeyValueConfig(
+                bucket=bucket, history=1, storage=js_api.StorageType.FILE))
+
+    def store(self, bucket: str, value_type: type[S]) -> Store[S]:
+        """A typed KV store over `bucket`."""
+        kv = self.call(self.js.key_value(bucket))
+        return Store(self, kv, value_type)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str = "") -> None:
+        """Publish durably to JetStream; the same `msg_id` is stored once."""
+        headers = {MSG_ID: msg_id} if msg_id else None
+        data = encode(msg)
+        self.call(_retry_js(lambda: self.js.publish(subject, data, headers=headers)))
+
+    def publish_core(self, subject: str, msg: msgspec.Struct) -> None:
+        """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
+        self.loop.submit(self.nc.publish(subject, encode(msg)))
+
+    def request(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
+        """Core NATS request-reply from a thread."""
+
+        async def _req() -> bytes:
+            try:
+                reply = await self.nc.request(subject, payload, timeout=timeout_s or
+                                              self.request_timeout_s)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
+                raise BusUnavailable(f"no answer on {subject}: {err!r}") from err
+            return bytes(reply.data)
+
+        return self.call(_req(), timeout_s=(timeout_s or self.request_timeout_s) + 2)
+
+    # --- consuming ------------------------------------------------------------------------
+
+    def consume(self, stream: str, durable: str, filter_subjects: Sequence[str],
+                decoder: msgspec.json.Decoder[T], handler: Callable[[Delivery[T]], None], *,
+                capacity: Callable[[], int] | None = None, ack_wait_s: float = 60.0) -> None:
+        """Feed a durable pull consumer's messages to `handler` (which must not block)."""
+
+        async def _start() -> None:
+            config = js_api.ConsumerConfig(
+                durable_name=durable, ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait_s, max_ack_pending=1000,
+                filter_subjects=list(filter_subjects) if len(filter_subjects) > 1 else None,
+                filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None)
+            sub = await _retry_js(lambda: self._bind(stream, durable, config))
+            self._subs.append(sub)
+            task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
+            self._tasks.append(task)
+
+        self.call(_start(), timeout_s=30.0)
+
+    async def _bind(self, stream: str, durable: str, config: js_api.ConsumerConfig) -> Any:
+        # add_consumer is idempotent for an identical config, and updates a changed one.
+        await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable, stream=stream)
+
+    async def _pull(self, sub: Any, decoder: msgspec.json.Decoder[T],
+                    handler: Callable[[Delivery[T]], None],
+                    capacity: Callable[[], int] | None) -> None:
+        while not self._stopping:
+            batch = 64 if capacity is None else min(64, capacity())
+            if batch <= 0:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                msgs = await sub.fetch(batch=batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a broken fetch must not end consumption
+                if not self._stopping:
+                    log.warning("bus.fetch_failed", error=repr(err))
+                    await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    body = decoder.decode(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    log.warning("bus.message_rejected", subject=msg.subject, error=str(err))
+                    await msg.term()
+                    continue
+                handler(Delivery(self, msg, body))
+
+    def subscribe_core(self, subject: str, decoder: msgspec.json.Decoder[T],
+                       handler: Callable[[T], None]) -> None:
+        """Feed core NATS messages on `subject` to `handler`."""
+
+        async def _cb(msg: Msg) -> None:
+            try:
+                body = decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                log.warning("bus.message_rejected", subject=msg.subject, error=str(err))
+                return
+            handler(body)
+
+        async def _sub() -> None:
+            self._subs.append(await self.nc.subscribe(subject, cb=_cb))
+
+        self.call(_sub())
+
+    # --- services -------------------------------------------------------------------------
+
+    def add_service(self, name: str, version: str, description: str,
+                    endpoints: Sequence[tuple[str, str, Callable[[str, bytes], bytes]]]) -> None:
+        """Register a NATS micro service; each handler runs in a worker thread."""
+        from nats import micro  # imported late: only processes that serve need it
+
+        async def _add() -> None:
+            service = await micro.add_service(self.nc, name=name, version=version,
+                                              description=description)
+            for ep_name, subject, func in endpoints:
+                await service.add_endpoint(name=ep_name, subject=subject,
+                                           handler=self._wrap(func))
+            self.services.append(service)
+
+        self.call(_add())
+
+    def _wrap(self, func: Callable[[str, bytes], bytes]) -> Callable[[Any], Awaitable[None]]:
+        async def _handler(req: Any) -> None:
+            try:
+                body = await self.loop.loop.run_in_executor(self._pool, func, req.subject,
+                                                            req.data)
+            except Exception as err:
+                log.exception("bus.handler_failed", subject=req.subject)
+                await req.respond_error("500", str(err))
+                return
+            await req.respond(body)
+
+        return _handler
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop consumers and services, drain and close the connection, stop the loop."""
+        self._stopping = True
+
+        async def _close() -> None:
+            for task in self._tasks:
+                task.cancel()
+            for service in self.services:
+                with contextlib.suppress(Exception):
+                    await service.stop()
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+        with contextlib.suppress(Exception):
+            self.loop.call(_close(), timeout_s=10.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.loop.stop()
+
+
+async def _retry_js(op: Callable[[], Awaitable[T]], attempts: int = 40) -> T:
+    """Retry a JetStream call while the server has no responder (starting, or electing)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return await op()
+        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                nats.errors.TimeoutError) as err:
+            if attempt == attempts - 1:
+                raise BusUnavailable(f"JetStream unavailable: {err!r}") from err
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    raise BusUnavailable("JetStream unavailable")

@@ -1,0 +1,220 @@
+"""Every payload that crosses the bus.
+
+Class names are the wire tags (`{"type": "JobRequested", ...}`); each is listed in
+`docs/messages.md`. New fields get defaults and existing ones are never retyped;
+decoders ignore unknown fields so old readers survive rolling restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="type", tag=True, kw_only=True):
+    """Base of every bus payload; the class name is the wire tag."""
+
+
+# --- commands (request-reply, conveyor.cmd.*) --------------------------------------------
+
+
+class Submit(Message, frozen=True):
+    """Operator -> StageEngine: create a task for a work item (idempotent by `id`)."""
+
+    repo: str
+    title: str
+    id: str = ""
+    description: str = ""
+
+
+class Approve(Message, frozen=True):
+    """Operator -> StageEngine: approve the analysis of a task."""
+
+    id: str
+
+
+class Reject(Message, frozen=True):
+    """Operator -> StageEngine: reject the analysis; the analyst reworks it."""
+
+    id: str
+    reason: str = ""
+
+
+class Cancel(Message, frozen=True):
+    """Operator -> StageEngine: stop a task for good; its jobs are cancelled."""
+
+    id: str
+    reason: str = ""
+
+
+class Retry(Message, frozen=True):
+    """Operator -> StageEngine: reset the retry budget and re-run the current stage."""
+
+    id: str
+
+
+class ConfirmDeploy(Message, frozen=True):
+    """Operator -> StageEngine: confirm the production deploy of a protected repository."""
+
+    id: str
+
+
+Command = Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Answer to every command: `ok`, and if not, `error` naming the field."""
+
+    ok: bool
+    error: str | None = None
+    field: str | None = None
+    task: dict[str, Any] | None = None
+    note: str | None = None
+
+
+# --- jobs (JetStream, CONVEYOR_JOBS) -------------------------------------------------------
+
+
+class JobRequested(Message, frozen=True):
+    """StageEngine -> QueueWorker: run `role` for a task's stage visit.
+
+    Idempotency key: `job_id` = `<task>.<stage>.<visit>`; a replay is ignored.
+    """
+
+    job_id: str
+    task_id: str
+    repo: str
+    stage: str
+    role: str
+    visit: int
+    branch: str
+    title: str
+    description: str = ""
+    requested_at: float = 0.0
+
+
+class JobsCancelled(Message, frozen=True):
+    """StageEngine -> QueueWorker: cancel every unfinished job of a task."""
+
+    task_id: str
+    reason: str = ""
+
+
+class JobStarted(Message, frozen=True):
+    """Launcher -> QueueWorker: the agent process of `job_id`/`attempt` is running."""
+
+    job_id: str
+    attempt: int
+    run_id: str
+    host: str
+    pid: int
+    create_time: float
+    log_path: str
+    started_at: float
+
+
+class JobFinished(Message, frozen=True):
+    """Launcher -> QueueWorker: the run ended; `exit_code` is the agent's.
+
+    `error` is set when the run could not start or its post-steps failed.
+    """
+
+    job_id: str
+    attempt: int
+    run_id: str
+    exit_code: int | None
+    head_sha: str = ""
+    error: str = ""
+    finished_at: float = 0.0
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class JobOutcome(Message, frozen=True):
+    """QueueWorker -> StageEngine: a job reached a terminal status (done|failed|cancelled)."""
+
+    job_id: str
+    task_id: str
+    stage: str
+    visit: int
+    role: str
+    status: str
+    attempts: int
+    exit_code: int | None = None
+    error: str = ""
+
+
+JobInput = JobRequested | JobsCancelled | JobStarted | JobFinished
+
+
+# --- launch (JetStream work queue, CONVEYOR_LAUNCH) --------------------------------------
+
+
+class LaunchOrder(Message, frozen=True):
+    """QueueWorker -> Launcher: start attempt `attempt` of a job (msg id `<job>:<attempt>`)."""
+
+    job_id: str
+    attempt: int
+    task_id: str
+    repo: str
+    stage: str
+    role: str
+    visit: int
+    branch: str
+    title: str
+    description: str = ""
+
+
+class KillJob(Message, frozen=True):
+    """QueueWorker -> Launchers (core NATS): kill the process tree of a job."""
+
+    job_id: str
+    reason: str = ""
+
+
+# --- notifications ------------------------------------------------------------------------
+
+
+class StageChanged(Message, frozen=True):
+    """StageEngine -> anyone: a task moved from `old` to `new` because of `cause`."""
+
+    task_id: str
+    repo: str
+    old: str
+    new: str
+    cause: str
+    revision: int
+    at: float
+
+
+class Alert(Message, frozen=True):
+    """Any actor -> humans: something needs attention (`conveyor.alerts`)."""
+
+    level: str
+    text: str
+    task_id: str = ""
+    source: str = ""
+    at: float = 0.0
+
+
+class Tick(Message, frozen=True):
+    """Timer -> actor: time passed (in-process only)."""
+
+    now: float
+
+
+BusMessage = (
+    JobRequested | JobsCancelled | JobStarted | JobFinished | JobOutcome | LaunchOrder
+    | KillJob | StageChanged | Alert
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Serialize a message or struct to JSON bytes."""
+    return _encoder.encode(msg)
+
+
+bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
+command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)

@@ -1,0 +1,120 @@
+"""Every NATS subject, stream, consumer and bucket name, in one place.
+
+No other module spells `conveyor.`; builders reject tokens that could widen a
+subscription (dots, wildcards, whitespace).
+"""
+
+from __future__ import annotations
+
+import re
+
+from conveyor.errors import InvalidField
+
+ROOT = "conveyor"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def token(value: str, field: str = "token") -> str:
+    """Return `value` if it is safe as one subject token."""
+    if not _TOKEN.fullmatch(value):
+        raise InvalidField(field, "must be letters, digits, '-' or '_' (no dots or wildcards)")
+    return value
+
+
+# --- commands (core request-reply, answered by the StageEngine) -------------------------
+CMD_SUBMIT = f"{ROOT}.cmd.submit"
+"""Create a task; reply {ok, task}."""
+CMD_APPROVE = f"{ROOT}.cmd.approve"
+"""Approve analysis of a task."""
+CMD_REJECT = f"{ROOT}.cmd.reject"
+"""Reject analysis of a task (rework)."""
+CMD_CONFIRM_DEPLOY = f"{ROOT}.cmd.confirm-deploy"
+"""Confirm a protected repository's production deploy."""
+CMD_CANCEL = f"{ROOT}.cmd.cancel"
+"""Cancel a task and its jobs."""
+CMD_RETRY = f"{ROOT}.cmd.retry"
+"""Reset a task's retry budget and re-run its stage."""
+
+COMMANDS = {
+    "submit": CMD_SUBMIT,
+    "approve": CMD_APPROVE,
+    "reject": CMD_REJECT,
+    "confirm-deploy": CMD_CONFIRM_DEPLOY,
+    "cancel": CMD_CANCEL,
+    "retry": CMD_RETRY,
+}
+
+# --- status (core request-reply, JSON) ---------------------------------------------------
+STATUS = f"{ROOT}.status"
+"""Overview: counts, actors and their health."""
+STATUS_TASKS = f"{ROOT}.status.tasks"
+"""Every task, one row each."""
+STATUS_TASK_PREFIX = f"{ROOT}.status.task"
+STATUS_TASK_WILDCARD = f"{STATUS_TASK_PREFIX}.*"
+STATUS_QUEUE = f"{ROOT}.status.queue"
+"""Job counts by status and the running jobs."""
+
+
+def status_task(task_id: str) -> str:
+    """Subject answering one task's record and history."""
+    return f"{STATUS_TASK_PREFIX}.{token(task_id, 'id')}"
+
+
+def status_actor(actor: str) -> str:
+    """Subject answering one actor's status."""
+    return f"{ROOT}.status.{token(actor, 'actor')}"
+
+
+# --- jobs (JetStream stream CONVEYOR_JOBS) -----------------------------------------------
+JOBS_REQUESTED = f"{ROOT}.jobs.requested"
+"""StageEngine -> QueueWorker: JobRequested (msg id = job id)."""
+JOBS_CANCELLED = f"{ROOT}.jobs.cancelled"
+"""StageEngine -> QueueWorker: JobsCancelled."""
+JOBS_STARTED = f"{ROOT}.jobs.started"
+"""Launcher -> QueueWorker: JobStarted."""
+JOBS_FINISHED = f"{ROOT}.jobs.finished"
+"""Launcher -> QueueWorker: JobFinished."""
+JOBS_OUTCOME = f"{ROOT}.jobs.outcome"
+"""QueueWorker -> StageEngine: JobOutcome."""
+JOBS_ALL = f"{ROOT}.jobs.>"
+
+# --- launch (JetStream work-queue stream CONVEYOR_LAUNCH) --------------------------------
+LAUNCH_ORDERS = f"{ROOT}.launch.orders"
+"""QueueWorker -> Launchers: LaunchOrder (msg id = `<job>:<attempt>`)."""
+LAUNCH_KILL = f"{ROOT}.launch.kill"
+"""QueueWorker -> Launchers, core NATS: KillJob."""
+
+# --- notifications (JetStream stream CONVEYOR_NOTIFY, also seen by core subscribers) ------
+STAGE_PREFIX = f"{ROOT}.stage"
+STAGE_ALL = f"{STAGE_PREFIX}.>"
+ALERTS = f"{ROOT}.alerts"
+"""Every notification for humans."""
+
+
+def stage_changed(task_id: str) -> str:
+    """Subject of a task's stage changes."""
+    return f"{STAGE_PREFIX}.{token(task_id, 'id')}"
+
+
+# --- events (JetStream stream CONVEYOR_EVENTS; gateways publish, StageEngine consumes) ---
+EVENTS_ALL = f"{ROOT}.events.>"
+WEBHOOKS_GITEA = f"{ROOT}.webhooks.gitea"
+WEBHOOKS_PLANE = f"{ROOT}.webhooks.plane"
+
+# --- streams, consumers, buckets ----------------------------------------------------------
+STREAM_JOBS = "CONVEYOR_JOBS"
+STREAM_LAUNCH = "CONVEYOR_LAUNCH"
+STREAM_NOTIFY = "CONVEYOR_NOTIFY"
+STREAM_EVENTS = "CONVEYOR_EVENTS"
+
+CONSUMER_QUEUE_WORKER = "queue_worker"
+CONSUMER_STAGE_ENGINE = "stage_engine"
+CONSUMER_LAUNCHERS = "launchers"
+
+BUCKET_TASKS = "conveyor_tasks"
+BUCKET_JOBS = "conveyor_jobs"
+BUCKET_RUNS = "conveyor_runs"
+BUCKET_EFFECTS = "conveyor_effects"
+
+SERVICE_NAME = "conveyor"

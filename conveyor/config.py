@@ -1,0 +1,345 @@
+"""Configuration: one tree of frozen Structs loaded from `config.toml` plus env.
+
+Unknown keys and wrong types stop start-up with the dotted path of the key.
+Environment overrides use `CONVEYOR_<SECTION>__<KEY>` (values parsed as TOML
+scalars/arrays, falling back to plain strings), so they are validated too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from conveyor import validate
+from conveyor.errors import ConfigError, InvalidField
+
+ENV_PREFIX = "CONVEYOR_"
+
+PYTHON = "{python}"
+"""Placeholder in agent commands for the interpreter running Conveyor."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of config sections: unknown keys are errors."""
+
+
+class NatsConfig(_Section, frozen=True):
+    """How to reach NATS; an empty `url` starts the embedded server."""
+
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    monitor_port: int = 0
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 5.0
+
+
+class StageConfig(_Section, frozen=True):
+    """One pipeline stage: who works on it, which gate leaves it, where failure goes."""
+
+    name: str
+    role: str = ""
+    gate: str = ""
+    on_fail: str = "retry"
+    human_approval: bool = False
+    merge: bool = False
+
+
+def _default_stages() -> list[StageConfig]:
+    return [
+        StageConfig(name="analysis", role="analyst", gate="analysis_complete",
+                    human_approval=True),
+        StageConfig(name="architecture", role="architect", gate="architecture_done"),
+        StageConfig(name="development", role="developer", gate="ci_green"),
+        StageConfig(name="review", role="reviewer", gate="review_approved",
+                    on_fail="development"),
+        StageConfig(name="testing", role="tester", gate="tests_passed", on_fail="development"),
+        StageConfig(name="deploy-staging", role="deployer", gate="staging_status", merge=True),
+        StageConfig(name="deploy", role="deployer", gate="deploy_status",
+                    on_fail="development"),
+    ]
+
+
+class PipelineConfig(_Section, frozen=True):
+    """The ordered stages between `created` and `done`, and the rework budget."""
+
+    stages: list[StageConfig] = msgspec.field(default_factory=_default_stages)
+    max_developer_retries: int = 3
+    max_stage_retries: int = 3
+
+
+class QueueConfig(_Section, frozen=True):
+    """Job queue limits and retry back-off."""
+
+    max_concurrency: int = 4
+    per_repo_concurrency: int = 1
+    max_attempts: int = 2
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 60.0
+    tick_s: float = 1.0
+
+
+class AgentConfig(_Section, frozen=True):
+    """The command line of one agent role (argument list; `{python}` = this interpreter)."""
+
+    command: list[str]
+    timeout_s: float = 1800.0
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def _demo_agent() -> AgentConfig:
+    # -P: the worktree (the agent's cwd) must not shadow Conveyor's own modules.
+    return AgentConfig(command=[PYTHON, "-P", "-m", "conveyor.demo_agent"], timeout_s=600.0)
+
+
+ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
+
+
+class AgentsConfig(_Section, frozen=True):
+    """Agent command per role; the built-in demo agent plays every role by default."""
+
+    analyst: AgentConfig = msgspec.field(default_factory=_demo_agent)
+    architect: AgentConfig = msgspec.field(default_factory=_demo_agent)
+    developer: AgentConfig = msgspec.field(default_factory=_demo_agent)
+    reviewer: AgentConfig = msgspec.field(default_factory=_demo_agent)
+    tester: AgentConfig = msgspec.field(default_factory=_demo_agent)
+    deployer: AgentConfig = msgspec.field(default_factory=_demo_agent)
+
+    def for_role(self, role: str) -> AgentConfig:
+        """Return the agent of `role`."""
+        agent: AgentConfig = getattr(self, role)
+        return agent
+
+
+class LauncherConfig(_Section, frozen=True):
+    """Agent process supervision on one host."""
+
+    slots: int = 4
+    kill_grace_s: float = 5.0
+    heartbeat_s: float = 5.0
+    name: str = ""
+
+
+class RepoConfig(_Section, frozen=True):
+    """One repository Conveyor delivers to."""
+
+    name: str
+    prefix: str
+    template: str = "empty"
+    check_command: list[str] = msgspec.field(default_factory=list)
+    staging_command: list[str] = msgspec.field(default_factory=list)
+    deploy_command: list[str] = msgspec.field(default_factory=list)
+
+
+class ForgeConfig(_Section, frozen=True):
+    """Which forge hosts the repositories (`local`: bare repositories under data_dir)."""
+
+    kind: str = "local"
+    check_timeout_s: float = 600.0
+
+
+class TrackerConfig(_Section, frozen=True):
+    """Which tracker holds work items (`local`: files under data_dir)."""
+
+    kind: str = "local"
+
+
+class LogConfig(_Section, frozen=True):
+    """Logging level and format (`auto`: JSON unless stderr is a terminal)."""
+
+    level: str = "info"
+    format: str = "auto"
+
+
+class Config(_Section, frozen=True):
+    """The whole configuration."""
+
+    data_dir: str = ".conveyor"
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
+    forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
+    tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    repos: list[RepoConfig] = msgspec.field(default_factory=list)
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    def repo(self, name: str) -> RepoConfig:
+        """Return the configured repository `name`."""
+        for repo in self.repos:
+            if repo.name == name:
+                return repo
+        raise InvalidField("repo", f"unknown repository {name!r}")
+
+    def repo_for_prefix(self, item_prefix: str) -> RepoConfig | None:
+        """Return the repository whose work-item prefix is `item_prefix`."""
+        return next((r for r in self.repos if r.prefix == item_prefix), None)
+
+    def stage(self, name: str) -> StageConfig | None:
+        """Return the configured stage `name`."""
+        return next((s for s in self.pipeline.stages if s.name == name), None)
+
+
+GATES = frozenset({"", "analysis_complete", "architecture_done", "ci_green", "review_approved",
+                   "tests_passed", "staging_status", "deploy_status"})
+RESERVED_STAGES = frozenset({"created", "done", "cancelled"})
+_STAGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules msgspec cannot express; raise ConfigError naming the key."""
+    names: list[str] = []
+    for i, stage in enumerate(cfg.pipeline.stages):
+        where = f"pipeline.stages[{i}]"
+        if not _STAGE_RE.fullmatch(stage.name) or stage.name in RESERVED_STAGES:
+            raise ConfigError(f"{where}.name: invalid or reserved stage name {stage.name!r}")
+        if stage.name in names:
+            raise ConfigError(f"{where}.name: duplicate stage {stage.name!r}")
+        names.append(stage.name)
+        if stage.role and stage.role not in ROLES:
+            raise ConfigError(f"{where}.role: unknown role {stage.role!r}")
+        if stage.gate not in GATES:
+            raise ConfigError(f"{where}.gate: unknown gate {stage.gate!r}")
+    if not names:
+        raise ConfigError("pipeline.stages: at least one stage is required")
+    for i, stage in enumerate(cfg.pipeline.stages):
+        if stage.on_fail not in ("retry", *names[: names.index(stage.name)]):
+            raise ConfigError(
+                f"pipeline.stages[{i}].on_fail: must be 'retry' or an earlier stage"
+            )
+    positive = {
+        "queue.max_concurrency": cfg.queue.max_concurrency,
+        "queue.per_repo_concurrency": cfg.queue.per_repo_concurrency,
+        "queue.max_attempts": cfg.queue.max_attempts,
+        "launcher.slots": cfg.launcher.slots,
+        "queue.tick_s": cfg.queue.tick_s,
+        "launcher.kill_grace_s": cfg.launcher.kill_grace_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0")
+    for key, value in (("pipeline.max_developer_retries", cfg.pipeline.max_developer_retries),
+                       ("pipeline.max_stage_retries", cfg.pipeline.max_stage_retries)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1")
+    for role in ROLES:
+        agent = cfg.agents.for_role(role)
+        if not agent.command:
+            raise ConfigError(f"agents.{role}.command: must not be empty")
+        if agent.timeout_s <= 0:
+            raise ConfigError(f"agents.{role}.timeout_s: must be > 0")
+    if cfg.forge.kind != "local":
+        raise ConfigError(f"forge.kind: unsupported forge {cfg.forge.kind!r} (supported: local)")
+    if cfg.tracker.kind != "local":
+        raise ConfigError(
+            f"tracker.kind: unsupported tracker {cfg.tracker.kind!r} (supported: local)"
+        )
+    if cfg.log.format not in ("auto", "json", "text"):
+        raise ConfigError("log.format: must be auto, json or text")
+    seen_repos: set[str] = set()
+    seen_prefixes: set[str] = set()
+    for i, repo in enumerate(cfg.repos):
+        try:
+            validate.repo_name(repo.name, f"repos[{i}].name")
+            validate.prefix(repo.prefix, f"repos[{i}].prefix")
+        except InvalidField as err:
+            raise ConfigError(str(err)) from err
+        if repo.template not in ("empty", "demo"):
+            raise ConfigError(f"repos[{i}].template: must be 'empty' or 'demo'")
+        if repo.name in seen_repos:
+            raise ConfigError(f"repos[{i}].name: duplicate repository {repo.name!r}")
+        if repo.prefix in seen_prefixes:
+            raise ConfigError(f"repos[{i}].prefix: duplicate prefix {repo.prefix!r}")
+        seen_repos.add(repo.name)
+        seen_prefixes.add(repo.prefix)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(env.items()):
+        if name == f"{ENV_PREFIX}DATA_DIR":
+            data["data_dir"] = raw
+            continue
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if not all(path):
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} is not a section")
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+    return data
+
+
+def default_toml() -> str:
+    """Return the embedded default `config.toml`."""
+    return resources.files("conveyor").joinpath("default_config.toml").read_text()
+
+
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load the config file (or the embedded defaults), overlay env, validate."""
+    text = path.read_text() if path is not None else default_toml()
+    where = str(path) if path is not None else "embedded defaults"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: not valid TOML: {err}") from err
+    data = _overlay_env(data, os.environ if env is None else env)
+    if overrides:
+        data.update(overrides)
+    if path is not None and "data_dir" in data and not Path(data["data_dir"]).is_absolute():
+        data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{where}: {_dotted(str(err))}") from err
+    _check(cfg)
+    return cfg
+
+
+def _dotted(message: str) -> str:
+    """Turn msgspec's message into `a.b[0].key: problem`, the way keys are written in TOML."""
+    unknown = re.fullmatch(r"Object contains unknown field `(.+?)`(?: - at `\$\.?(.*)`)?", message)
+    if unknown:
+        field, parent = unknown.groups()
+        return f"{parent + '.' if parent else ''}{field}: unknown key"  # parent may be None
+    located = re.fullmatch(r"(.*) - at `\$\.?(.*)`", message)
+    if located:
+        problem, path = located.groups()
+        return f"{path or '(top level)'}: {problem.replace('`', '')}"
+    return message
+
+
+def agent_argv(agent: AgentConfig) -> list[str]:
+    """Return the agent command with `{python}` replaced by this interpreter."""
+    return python_argv(agent.command)
+
+
+def python_argv(argv: list[str]) -> list[str]:
+    """Replace a `{python}` argument with the interpreter running Conveyor."""
+    return [sys.executable if part == PYTHON else part for part in argv]

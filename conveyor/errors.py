@@ -1,0 +1,50 @@
+"""One error base for Conveyor; leaves are named for what happened."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises on purpose."""
+
+
+class InvalidField(ConveyorError):
+    """An input field failed validation; `field` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ConfigError(ConveyorError):
+    """The configuration cannot be used; the message names the dotted key."""
+
+
+class GitError(ConveyorError):
+    """A git command failed; carries the command and its stderr."""
+
+    def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
+        super().__init__(f"git {' '.join(args)} exited {returncode}: {stderr.strip()[:500]}")
+        self.args_list = args
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class ForgeError(ConveyorError):
+    """The forge refused or failed an operation."""
+
+
+class MergeConflict(ForgeError):
+    """The pull request cannot be merged without conflicts."""
+
+
+class HeadMismatch(ForgeError):
+    """The pull request head moved since it was checked; merging now is unsafe."""
+
+
+class Fenced(ConveyorError):
+    """A compare-and-swap write lost: another writer owns the data now."""
+
+
+class BusUnavailable(ConveyorError):
+    """NATS could not be reached or did not answer in time."""

@@ -1,0 +1,151 @@
+"""The NATS micro service: status queries and operator commands, JSON in and out.
+
+Every handler runs in a worker thread (never on the event loop), asks the owning
+actor, and always answers: a malformed request gets `ok: false` naming the
+field, an unavailable actor gets `ok: false` saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors.queue_worker import QueueStatus
+from actors.stage_engine import StatusQuery
+from bus import subjects
+from bus.bridge import Bus
+from bus.messages import Approve, Cancel, ConfirmDeploy, Reject, Reply, Retry, Submit
+from conveyor.errors import ConveyorError, InvalidField
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+COMMAND_TYPES: dict[str, type[msgspec.Struct]] = {
+    subjects.CMD_SUBMIT: Submit,
+    subjects.CMD_APPROVE: Approve,
+    subjects.CMD_REJECT: Reject,
+    subjects.CMD_CONFIRM_DEPLOY: ConfirmDeploy,
+    subjects.CMD_CANCEL: Cancel,
+    subjects.CMD_RETRY: Retry,
+}
+
+ACTOR_TIMEOUT_S = 10.0
+
+
+def dumps(value: Any) -> bytes:
+    """JSON-encode a reply."""
+    return msgspec.json.encode(value)
+
+
+def decode_command(subject: str, data: bytes) -> msgspec.Struct:
+    """Decode a command body for `subject`; raise InvalidField naming the field."""
+    kind = COMMAND_TYPES[subject]
+    try:
+        return msgspec.json.decode(data or b"{}", type=kind)
+    except msgspec.ValidationError as err:
+        message = str(err)
+        field = "body"
+        if "missing required field" in message:
+            field = message.split("`")[1] if "`" in message else field
+        elif "- at `$." in message:
+            field = message.rsplit("- at `$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
+        raise InvalidField(field, message) from err
+    except msgspec.DecodeError as err:
+        raise InvalidField("body", f"not valid JSON: {err}") from err
+
+
+def launcher_status_handler(ask: Callable[[], Any]) -> Callable[[str, bytes], bytes]:
+    """Endpoint handler answering a launcher's status."""
+
+    def _handler(_subject: str, _data: bytes) -> bytes:
+        return dumps(ask())
+
+    return _handler
+
+
+class ControlService:
+    """Endpoints of the control process: commands and status."""
+
+    def __init__(self, bus: Bus, engine: pykka.ActorRef[Any], worker: pykka.ActorRef[Any], *,
+                 version: str, request_timeout_s: float) -> None:
+        self._bus = bus
+        self._engine = engine
+        self._worker = worker
+        self._version = version
+        self._timeout_s = request_timeout_s
+
+    def register(self) -> None:
+        """Add the `conveyor` micro service with every endpoint."""
+        endpoints: list[tuple[str, str, Callable[[str, bytes], bytes]]] = [
+            (f"cmd-{name}", subject, self._command) for name, subject in
+            subjects.COMMANDS.items()]
+        endpoints += [
+            ("status", subjects.STATUS, self._overview),
+            ("tasks", subjects.STATUS_TASKS, self._tasks),
+            ("task", subjects.STATUS_TASK_WILDCARD, self._task),
+            ("queue", subjects.STATUS_QUEUE, self._queue),
+            ("stage_engine", subjects.status_actor("stage_engine"), self._engine_status),
+            ("queue_worker", subjects.status_actor("queue_worker"), self._queue),
+        ]
+        self._bus.add_service(subjects.SERVICE_NAME, self._version,
+                              "Conveyor: delivery pipeline for AI coding agents", endpoints)
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
+        return ref.ask(message, timeout=ACTOR_TIMEOUT_S)
+
+    def _command(self, subject: str, data: bytes) -> bytes:
+        try:
+            command = decode_command(subject, data)
+        except InvalidField as err:
+            log.warning("service.command_refused", subject=subject, field=err.field)
+            return dumps(Reply(ok=False, error=str(err), field=err.field))
+        try:
+            reply = self._ask(self._engine, command)
+        except (pykka.ActorDeadError, pykka.Timeout) as err:
+            return dumps(Reply(ok=False, error=f"stage engine unavailable: {err!r}"))
+        return dumps(reply)
+
+    def _tasks(self, _subject: str, _data: bytes) -> bytes:
+        return dumps(self._ask(self._engine, StatusQuery(kind="tasks")))
+
+    def _task(self, subject: str, _data: bytes) -> bytes:
+        task_id = subject.rsplit(".", 1)[1]
+        record = self._ask(self._engine, StatusQuery(kind="task", task_id=task_id))
+        if record is None:
+            return dumps({"ok": False, "error": f"id: no task {task_id}", "field": "id"})
+        return dumps(record)
+
+    def _queue(self, _subject: str, _data: bytes) -> bytes:
+        return dumps(self._ask(self._worker, QueueStatus()))
+
+    def _engine_status(self, _subject: str, _data: bytes) -> bytes:
+        return dumps(self._ask(self._engine, StatusQuery(kind="actor")))
+
+    def _overview(self, _subject: str, _data: bytes) -> bytes:
+        actors: dict[str, Any] = {}
+        for name, ref, query in (("stage_engine", self._engine, StatusQuery(kind="actor")),
+                                 ("queue_worker", self._worker, QueueStatus())):
+            try:
+                actors[name] = self._ask(ref, query)
+            except (pykka.ActorDeadError, pykka.Timeout) as err:
+                actors[name] = {"healthy": False, "error": repr(err)}
+        try:
+            actors["launcher"] = json.loads(self._bus.request(
+                subjects.status_actor("launcher"), b"", timeout_s=2.0))
+        except (ConveyorError, ValueError) as err:
+            actors["launcher"] = {"healthy": False, "error": f"no launcher answered: {err}"}
+        engine = actors["stage_engine"]
+        queue = actors["queue_worker"]
+        return dumps({
+            "service": subjects.SERVICE_NAME,
+            "version": self._version,
+            "healthy": all(a.get("healthy", False) for a in actors.values()),
+            "tasks": engine.get("tasks", 0),
+            "by_stage": engine.get("by_stage", {}),
+            "jobs": queue.get("counts", {}),
+            "actors": actors,
+        })

@@ -1,0 +1,1 @@
+"""The edges: forge, tracker, and later the webhook gateway and API clients."""

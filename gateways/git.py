@@ -1,0 +1,429 @@
+"""Thin, safe git helpers: argument lists, never a shell; a timeout on every call.
+
+Every function is idempotent where its name promises a state (`ensure_*`,
+`init_bare`, `remove_worktree`), so a caller that crashed half-way can simply
+call it again. Branch names go through `conveyor.validate.branch` before they
+reach git, and paths are made absolute so they can never read as options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor import validate
+from conveyor.errors import ConveyorError, GitError, InvalidField
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+GIT_TIMEOUT_S = 120.0
+"""Default ceiling for one git command."""
+
+DEFAULT_AUTHOR_NAME = "Conveyor Agent"
+DEFAULT_AUTHOR_EMAIL = "agent@conveyor.local"
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?:[~^][0-9]*)*$")
+
+# Variables that make git find a different repository than the one `cwd` names;
+# inherited from a hook or a parent git process they would silently redirect us.
+_REPO_LOCATING_ENV = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
+
+# Hooks are code inside the repository an agent can write to; never run them.
+_SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null")
+
+
+class WorktreeConflict(ConveyorError):
+    """The worktree path holds something Conveyor did not put there or cannot reuse."""
+
+
+@dataclass(frozen=True)
+class GitResult:
+    """Outcome of one git command that was allowed to fail."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether git exited 0."""
+        return self.returncode == 0
+
+    @property
+    def text(self) -> str:
+        """Stdout decoded, without the trailing newline."""
+        return self.stdout.decode("utf-8", "replace").rstrip("\n")
+
+
+def git_executable() -> str:
+    """Return the path of `git` on PATH, or raise `GitError`."""
+    exe = shutil.which("git")
+    if exe is None:
+        raise GitError(["--version"], 127, "git not found on PATH")
+    return exe
+
+
+def child_env() -> dict[str, str]:
+    """Return this process's environment without variables that redirect git, and no prompts."""
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATING_ENV}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment every git child gets: `child_env` in the C locale."""
+    env = child_env()
+    # Fixed C messages: we read lock reasons and stderr, which gettext would translate.
+    env["LC_ALL"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git_result(
+    args: list[str],
+    cwd: Path | None = None,
+    *,
+    git_dir: Path | None = None,
+    timeout_s: float = GIT_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> GitResult:
+    """Run git and return its outcome without raising on a non-zero exit."""
+    cmd = [git_executable(), *_SAFE_CONFIG]
+    if git_dir is not None:
+        cmd.append(f"--git-dir={_abs(git_dir)}")
+    cmd.extend(args)
+    # A new session lets a timeout kill git's helpers (remote-https, pack-objects) too.
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(cwd) if cwd is not None else None,
+            env=git_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise GitError(args, -1, f"could not start git: {err}") from err
+    try:
+        out, errout = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.communicate()
+        log.warning("git.timed_out", args=args, timeout_s=timeout_s)
+        raise GitError(args, -1, f"timed out after {timeout_s}s") from None
+    return GitResult(proc.returncode, out, errout.decode("utf-8", "replace"))
+
+
+def run_git(
+    args: list[str],
+    cwd: Path | None = None,
+    *,
+    git_dir: Path | None = None,
+    timeout_s: float = GIT_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run git and return stdout without the trailing newline; raise `GitError` on failure."""
+    result = run_git_result(args, cwd, git_dir=git_dir, timeout_s=timeout_s, env=env)
+    if not result.ok:
+        raise GitError(args, result.returncode, result.stderr)
+    return result.text
+
+
+def init_bare(path: Path, default_branch: str = "main") -> None:
+    """Create a bare repository at `path` whose HEAD is `default_branch`; no-op if present."""
+    _plain_branch(default_branch)
+    path = _abs(path)
+    if _is_bare_repo(path):
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    run_git(["init", "--quiet", "--bare", f"--initial-branch={default_branch}", "--", str(path)])
+    log.info("git.bare_initialised", path=str(path))
+
+
+def ensure_clone(url: str, path: Path) -> None:
+    """Clone `url` to `path`, or fetch with prune if it is already a clone of it."""
+    _url(url)
+    path = _abs(path)
+    if _is_clone(path):
+        if run_git(["config", "--get", "remote.origin.url"], path) != url:
+            run_git(["remote", "set-url", "origin", url], path)
+        run_git(["fetch", "--quiet", "--prune", "origin"], path)
+        return
+    if path.exists():
+        # Not a clone: the leftover of a crash. Clones live in Conveyor's own
+        # directory, and a clone is rebuilt from the remote, so nothing is lost.
+        log.warning("git.partial_clone_removed", path=str(path))
+        _remove_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Clone beside the target and rename: a crash never leaves a half clone at `path`.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.clone-", dir=path.parent))
+    try:
+        run_git(["clone", "--quiet", "--", url, str(staging / "repo")])
+        (staging / "repo").rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("git.cloned", url=url, path=str(path))
+
+
+def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> None:
+    """Make `worktree` a worktree of `clone` on `branch`, repairing what a crash left."""
+    validate.branch(branch)
+    _ref(base)
+    clone, worktree = _abs(clone), _abs(worktree)
+    # Forget worktrees whose directory vanished, or git refuses to check the branch out again.
+    run_git(["worktree", "prune"], clone)
+    entry = _worktree_entry(clone, worktree)
+    if entry is not None:
+        if entry.locked_reason == "initializing" or not worktree.exists():
+            # `git worktree add` was killed before it finished; nothing of value is inside.
+            log.warning("git.half_worktree_discarded", path=str(worktree), branch=branch)
+            _discard_registered(clone, worktree)
+        elif entry.branch == f"refs/heads/{branch}":
+            return
+        else:
+            raise WorktreeConflict(
+                f"{worktree} is a worktree on {entry.branch or 'a detached HEAD'}, not {branch}"
+            )
+    elif worktree.exists():
+        if not _is_disposable(worktree):
+            raise WorktreeConflict(f"{worktree} exists and is not a worktree of {clone}")
+        log.warning("git.orphan_worktree_removed", path=str(worktree))
+        _remove_path(worktree)
+    worktree.parent.mkdir(parents=True, exist_ok=True)
+    if _has_ref(clone, f"refs/heads/{branch}"):
+        run_git(["worktree", "add", "--quiet", "--", str(worktree), branch], clone)
+    elif _has_ref(clone, f"refs/remotes/origin/{branch}"):
+        run_git(
+            [
+                "worktree",
+                "add",
+                "--quiet",
+                "--no-track",
+                "-b",
+                branch,
+                "--",
+                str(worktree),
+                f"refs/remotes/origin/{branch}",
+            ],
+            clone,
+        )
+    else:
+        run_git(
+            ["worktree", "add", "--quiet", "--no-track", "-b", branch, "--", str(worktree), base],
+            clone,
+        )
+    log.info("git.worktree_added", path=str(worktree), branch=branch)
+
+
+def commit_all(
+    worktree: Path,
+    message: str,
+    *,
+    author_name: str = DEFAULT_AUTHOR_NAME,
+    author_email: str = DEFAULT_AUTHOR_EMAIL,
+) -> bool:
+    """Stage everything and commit if anything changed; return whether a commit was made."""
+    if not message.strip():
+        raise InvalidField("message", "must not be empty")
+    committer = identity(author_name, author_email)
+    worktree = _abs(worktree)
+    run_git(["add", "--all"], worktree)
+    staged = run_git_result(["diff", "--cached", "--quiet"], worktree)
+    if staged.returncode == 0:
+        return False
+    if staged.returncode != 1:
+        raise GitError(["diff", "--cached", "--quiet"], staged.returncode, staged.stderr)
+    run_git(
+        [*committer, "commit", "--quiet", "--no-verify", "-m", message],
+        worktree,
+    )
+    log.info("git.committed", path=str(worktree), sha=head_sha(worktree))
+    return True
+
+
+def push_branch(worktree: Path, branch: str, *, force: bool = True) -> str:
+    """Push local `branch` to the same name on origin; return the pushed sha."""
+    validate.branch(branch)
+    worktree = _abs(worktree)
+    ref = f"refs/heads/{branch}"
+    sha = head_sha(worktree, ref)
+    refspec = f"{'+' if force else ''}{ref}:{ref}"
+    run_git(["push", "--quiet", "--no-verify", "origin", refspec], worktree)
+    log.info("git.pushed", branch=branch, sha=sha)
+    return sha
+
+
+def head_sha(path: Path, ref: str = "HEAD") -> str:
+    """Return the commit sha `ref` names in the repository at `path`."""
+    _ref(ref)
+    return run_git(["rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"], _abs(path))
+
+
+def resolve_commit(path: Path, ref: str) -> str | None:
+    """Return the commit sha `ref` names, or None when it names nothing."""
+    _ref(ref)
+    result = run_git_result(
+        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], _abs(path)
+    )
+    return result.text if result.ok else None
+
+
+def remove_worktree(clone: Path, worktree: Path) -> None:
+    """Remove `worktree` from `clone` and from disk; no-op if it is already gone."""
+    clone, worktree = _abs(clone), _abs(worktree)
+    if _worktree_entry(clone, worktree) is not None:
+        _discard_registered(clone, worktree)
+        log.info("git.worktree_removed", path=str(worktree))
+    elif worktree.exists() and _is_disposable(worktree):
+        _remove_path(worktree)
+    run_git(["worktree", "prune"], clone)
+
+
+def identity(name: str, email: str) -> list[str]:
+    """Return `-c` options naming the committer, so no global git config is needed."""
+    for field, value in (("author_name", name), ("author_email", email)):
+        if not value or any(ch in value for ch in "<>\n\r\0"):
+            raise InvalidField(field, "must be non-empty without <, > or newlines")
+    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+
+
+def is_sha(value: str) -> bool:
+    """Whether `value` is a full lower-case hex object id."""
+    return bool(_SHA_RE.fullmatch(value))
+
+
+@dataclass(frozen=True)
+class _Worktree:
+    path: Path
+    branch: str | None
+    locked_reason: str | None
+
+
+def _worktree_entry(clone: Path, worktree: Path) -> _Worktree | None:
+    for entry in _worktrees(clone):
+        if entry.path == worktree:
+            return entry
+    return None
+
+
+def _worktrees(repo: Path) -> list[_Worktree]:
+    out = run_git(["worktree", "list", "--porcelain"], repo)
+    entries: list[_Worktree] = []
+    for block in out.split("\n\n"):
+        path: Path | None = None
+        branch: str | None = None
+        locked: str | None = None
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "worktree":
+                path = Path(value).resolve()
+            elif key == "branch":
+                branch = value
+            elif key == "locked":
+                locked = value
+        if path is not None:
+            entries.append(_Worktree(path, branch, locked))
+    return entries
+
+
+def _discard_registered(clone: Path, worktree: Path) -> None:
+    # Unlock first: a locked entry survives both `remove` and `prune`.
+    run_git_result(["worktree", "unlock", "--", str(worktree)], clone)
+    if worktree.exists():
+        removed = run_git_result(["worktree", "remove", "--force", "--", str(worktree)], clone)
+        if not removed.ok:
+            _remove_path(worktree)
+    run_git(["worktree", "prune"], clone)
+
+
+def _is_disposable(path: Path) -> bool:
+    """Whether `path` is an empty directory or a worktree whose repository is gone."""
+    if path.is_dir() and not any(path.iterdir()):
+        return True
+    dotgit = path / ".git"
+    if not dotgit.is_file():
+        return False
+    text = dotgit.read_text("utf-8", "replace").strip()
+    if not text.startswith("gitdir: "):
+        return False
+    return not Path(text.removeprefix("gitdir: ")).exists()
+
+
+def _is_bare_repo(path: Path) -> bool:
+    if not (path / "HEAD").is_file():
+        return False
+    result = run_git_result(["rev-parse", "--is-bare-repository"], git_dir=path)
+    return result.ok and result.text == "true"
+
+
+def _is_clone(path: Path) -> bool:
+    if not (path / ".git").is_dir():
+        return False
+    # The top level must be `path` itself, not an enclosing repository.
+    top = run_git_result(["rev-parse", "--show-toplevel"], path)
+    if not top.ok or Path(top.text).resolve() != path:
+        return False
+    return run_git_result(["config", "--get", "remote.origin.url"], path).ok
+
+
+def _has_ref(repo: Path, ref: str) -> bool:
+    return run_git_result(["show-ref", "--verify", "--quiet", ref], repo).ok
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _abs(path: Path) -> Path:
+    text = str(path)
+    if "\n" in text or "\0" in text:
+        raise InvalidField("path", "must not contain newlines or NUL")
+    # Absolute paths start with "/", so git can never read one as an option.
+    return path.resolve()
+
+
+def _ref(value: str, field: str = "ref") -> str:
+    if not isinstance(value, str) or not _REF_RE.fullmatch(value) or ".." in value:
+        raise InvalidField(field, "must be a plain ref name (A-Z a-z 0-9 . _ / -), no '..'")
+    return value
+
+
+def _plain_branch(value: str) -> str:
+    _ref(value, "default_branch")
+    if value.endswith("/") or "/." in value or value.endswith(".lock") or value[-1] in "~^":
+        raise InvalidField("default_branch", "must be a plain branch name")
+    return value
+
+
+def _url(value: str) -> str:
+    if not value or value.startswith("-") or any(ch in value for ch in "\n\r\0"):
+        raise InvalidField("url", "must be non-empty, not start with '-', and be one line")
+    return value
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
