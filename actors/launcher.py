@@ -120,8 +120,9 @@ def _tail(path: Path) -> str:
 class Launcher(pykka.ThreadingActor):
     """Sole owner of the runs on its host; fences each launch with a KV create."""
 
-    def __init__(self, bus: Bus, store: Store[Run], forge: Forge, clock: Clock, cfg: Config,
-                 slots: Slots) -> None:
+    def __init__(
+        self, bus: Bus, store: Store[Run], forge: Forge, clock: Clock, cfg: Config, slots: Slots
+    ) -> None:
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._layout = Layout(cfg.data_path)
@@ -136,16 +137,19 @@ class Launcher(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        self._runs = {k: v for k, v in self._store.load_all().items()
-                      if v.value.host == self._host}
+        self._runs = {k: v for k, v in self._store.load_all().items() if v.value.host == self._host}
         for key, entry in list(self._runs.items()):
             run = entry.value
             if run.status == policy.FINISHED and not run.reported:
                 self._report(key)
             elif run.status != policy.FINISHED:
                 self._adopt(key)
-        log.info("launcher.started", name=self._name, slots=self._slots.total,
-                 adopted=sum(1 for r in self._runs.values() if r.value.status != "finished"))
+        log.info(
+            "launcher.started",
+            name=self._name,
+            slots=self._slots.total,
+            adopted=sum(1 for r in self._runs.values() if r.value.status != "finished"),
+        )
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -179,11 +183,22 @@ class Launcher(pykka.ThreadingActor):
     def _launch(self, order: LaunchOrder, delivery: Delivery[Any]) -> None:
         key = policy.run_key(order.job_id, order.attempt)
         run_dir = self._layout.run_dir(order.job_id, order.attempt)
-        run = Run(id=key, job_id=order.job_id, attempt=order.attempt, task_id=order.task_id,
-                  repo=order.repo, role=order.role, stage=order.stage, visit=order.visit,
-                  branch=order.branch, host=self._host, launcher=self._name,
-                  started_at=self._clock.now(), run_dir=str(run_dir),
-                  log_path=str(run_dir / "output.log"))
+        run = Run(
+            id=key,
+            job_id=order.job_id,
+            attempt=order.attempt,
+            task_id=order.task_id,
+            repo=order.repo,
+            role=order.role,
+            stage=order.stage,
+            visit=order.visit,
+            branch=order.branch,
+            host=self._host,
+            launcher=self._name,
+            started_at=self._clock.now(),
+            run_dir=str(run_dir),
+            log_path=str(run_dir / "output.log"),
+        )
         try:
             revision = self._store.create(key, run)
         except KeyExists:
@@ -194,11 +209,11 @@ class Launcher(pykka.ThreadingActor):
             return
         self._runs[key] = Versioned(run, revision)
         delivery.ack()
-        thread = threading.Thread(target=self._run_thread, args=(run, order),
-                                  name=f"run-{key}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_thread, args=(run, order), name=f"run-{key}", daemon=True
+        )
         thread.start()
-        log.info("launcher.launched", job_id=order.job_id, attempt=order.attempt,
-                 role=order.role)
+        log.info("launcher.launched", job_id=order.job_id, attempt=order.attempt, role=order.role)
 
     def _save(self, run: Run) -> None:
         current = self._runs[run.id]
@@ -209,38 +224,64 @@ class Launcher(pykka.ThreadingActor):
         entry = self._runs.get(started.run_id)
         if entry is None:
             return
-        run = msgspec.structs.replace(entry.value, status=policy.RUNNING, pid=started.pid,
-                                      create_time=started.create_time)
+        run = msgspec.structs.replace(
+            entry.value, status=policy.RUNNING, pid=started.pid, create_time=started.create_time
+        )
         self._save(run)
         self._procs[run.id] = started.pid
         self._bus.publish(
             subjects.JOBS_STARTED,
-            JobStarted(job_id=run.job_id, attempt=run.attempt, run_id=run.id, host=run.host,
-                       pid=started.pid, create_time=started.create_time,
-                       log_path=run.log_path, started_at=run.started_at),
-            msg_id=f"{run.id}:started")
+            JobStarted(
+                job_id=run.job_id,
+                attempt=run.attempt,
+                run_id=run.id,
+                host=run.host,
+                pid=started.pid,
+                create_time=started.create_time,
+                log_path=run.log_path,
+                started_at=run.started_at,
+            ),
+            msg_id=f"{run.id}:started",
+        )
 
     def _on_done(self, done: RunDone) -> None:
         entry = self._runs.get(done.run_id)
         if entry is None or entry.value.status == policy.FINISHED:
             return
-        run = msgspec.structs.replace(entry.value, status=policy.FINISHED,
-                                      exit_code=done.exit_code, head_sha=done.head_sha,
-                                      error=done.error, usage=done.usage,
-                                      finished_at=self._clock.now())
+        run = msgspec.structs.replace(
+            entry.value,
+            status=policy.FINISHED,
+            exit_code=done.exit_code,
+            head_sha=done.head_sha,
+            error=done.error,
+            usage=done.usage,
+            finished_at=self._clock.now(),
+        )
         self._save(run)
         self._procs.pop(run.id, None)
         self._cancelled.discard(run.job_id)
         self._slots.release()
         self._report(run.id)
-        log.info("launcher.finished", job_id=run.job_id, attempt=run.attempt,
-                 exit_code=run.exit_code, error=run.error or None)
+        log.info(
+            "launcher.finished",
+            job_id=run.job_id,
+            attempt=run.attempt,
+            exit_code=run.exit_code,
+            error=run.error or None,
+        )
 
     def _report(self, key: str) -> None:
         run = self._runs[key].value
-        finished = JobFinished(job_id=run.job_id, attempt=run.attempt, run_id=run.id,
-                               exit_code=run.exit_code, head_sha=run.head_sha, error=run.error,
-                               finished_at=run.finished_at or 0.0, usage=run.usage)
+        finished = JobFinished(
+            job_id=run.job_id,
+            attempt=run.attempt,
+            run_id=run.id,
+            exit_code=run.exit_code,
+            head_sha=run.head_sha,
+            error=run.error,
+            finished_at=run.finished_at or 0.0,
+            usage=run.usage,
+        )
         self._bus.publish(subject_for(finished), finished, msg_id=f"{run.id}:finished")
         self._save(msgspec.structs.replace(run, reported=True))
 
@@ -256,11 +297,21 @@ class Launcher(pykka.ThreadingActor):
         """Resume a run a previous incarnation started: wait for it, or report its result."""
         run = self._runs[key].value
         self._slots.reserve()
-        order = LaunchOrder(job_id=run.job_id, attempt=run.attempt, task_id=run.task_id,
-                            repo=run.repo, stage=run.stage, role=run.role, visit=run.visit,
-                            branch=run.branch, title="", description="")
-        thread = threading.Thread(target=self._adopt_thread, args=(run, order),
-                                  name=f"adopt-{key}", daemon=True)
+        order = LaunchOrder(
+            job_id=run.job_id,
+            attempt=run.attempt,
+            task_id=run.task_id,
+            repo=run.repo,
+            stage=run.stage,
+            role=run.role,
+            visit=run.visit,
+            branch=run.branch,
+            title="",
+            description="",
+        )
+        thread = threading.Thread(
+            target=self._adopt_thread, args=(run, order), name=f"adopt-{key}", daemon=True
+        )
         thread.start()
 
     # --- run threads (blocking work, off the actor) -------------------------------------
@@ -272,8 +323,11 @@ class Launcher(pykka.ThreadingActor):
     def _run_thread(self, run: Run, order: LaunchOrder) -> None:
         try:
             if order.role in (ROLE_INTAKE, ROLE_MERGE):
-                self._tell(RunStarted(run_id=run.id, pid=os.getpid(),
-                                      create_time=psutil.Process().create_time()))
+                self._tell(
+                    RunStarted(
+                        run_id=run.id, pid=os.getpid(), create_time=psutil.Process().create_time()
+                    )
+                )
                 done = self._builtin(run, order)
             else:
                 done = self._agent(run, order)
@@ -285,16 +339,20 @@ class Launcher(pykka.ThreadingActor):
     def _adopt_thread(self, run: Run, order: LaunchOrder) -> None:
         exit_file = Path(run.run_dir) / "exit_code"
         try:
-            if run.pid is not None and run.role not in (ROLE_INTAKE, ROLE_MERGE) and _same(
-                    run.pid, run.create_time):
+            if (
+                run.pid is not None
+                and run.role not in (ROLE_INTAKE, ROLE_MERGE)
+                and _same(run.pid, run.create_time)
+            ):
                 log.info("launcher.adopted", job_id=run.job_id, pid=run.pid)
                 self._procs[run.id] = run.pid
                 with contextlib.suppress(psutil.NoSuchProcess):
                     psutil.Process(run.pid).wait()
             recorded = runwrap.read_exit_file(exit_file)
             if recorded is None or run.role in (ROLE_INTAKE, ROLE_MERGE):
-                done = RunDone(run_id=run.id, exit_code=None,
-                               error="launcher died; run result unknown")
+                done = RunDone(
+                    run_id=run.id, exit_code=None, error="launcher died; run result unknown"
+                )
             else:
                 done = self._post_steps(run, order, recorded[0])
         except Exception as err:
@@ -324,8 +382,12 @@ class Launcher(pykka.ThreadingActor):
             return RunDone(run_id=run.id, exit_code=1, error="branch missing on forge")
         pull = self._forge.find_pull(order.repo, order.branch)
         if pull is None:
-            pull = self._forge.open_pull(order.repo, order.branch, f"{order.task_id}: "
-                                         f"{order.title}", "Opened by Conveyor before merge.")
+            pull = self._forge.open_pull(
+                order.repo,
+                order.branch,
+                f"{order.task_id}: {order.title}",
+                "Opened by Conveyor before merge.",
+            )
         if pull.merged:
             return RunDone(run_id=run.id, exit_code=0, head_sha=head)
         try:
@@ -342,15 +404,42 @@ class Launcher(pykka.ThreadingActor):
         prompt_path.write_text(policy.prompt(order))
         exit_file = run_dir / "exit_code"
         agent = self._cfg.agents.for_role(order.role)
-        env = policy.agent_env(os.environ, order, repo=self._cfg.repo(order.repo),
-                               worktree=str(worktree), python=sys.executable, extra=agent.env)
-        argv = [sys.executable, "-m", "conveyor.runwrap", "--exit-file", str(exit_file), "--",
-                *policy.substitute(agent_argv(agent), {
-                    "work_item": order.task_id, "repo": order.repo, "branch": order.branch,
-                    "worktree": str(worktree), "stage": order.stage})]
+        env = policy.agent_env(
+            os.environ,
+            order,
+            repo=self._cfg.repo(order.repo),
+            worktree=str(worktree),
+            python=sys.executable,
+            extra=agent.env,
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "conveyor.runwrap",
+            "--exit-file",
+            str(exit_file),
+            "--",
+            *policy.substitute(
+                agent_argv(agent),
+                {
+                    "work_item": order.task_id,
+                    "repo": order.repo,
+                    "branch": order.branch,
+                    "worktree": str(worktree),
+                    "stage": order.stage,
+                },
+            ),
+        ]
         with prompt_path.open("rb") as stdin, Path(run.log_path).open("ab") as out:
-            proc = subprocess.Popen(argv, cwd=worktree, stdin=stdin, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=worktree,
+                stdin=stdin,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
@@ -363,8 +452,11 @@ class Launcher(pykka.ThreadingActor):
             log.warning("launcher.timed_out", job_id=run.job_id, timeout_s=agent.timeout_s)
             kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
             proc.wait()
-            return RunDone(run_id=run.id, exit_code=None,
-                           error=f"timed out after {agent.timeout_s:g}s; process tree killed")
+            return RunDone(
+                run_id=run.id,
+                exit_code=None,
+                error=f"timed out after {agent.timeout_s:g}s; process tree killed",
+            )
         recorded = runwrap.read_exit_file(exit_file)
         exit_code = recorded[0] if recorded else proc.returncode
         if order.job_id in self._cancelled:
@@ -376,13 +468,20 @@ class Launcher(pykka.ThreadingActor):
         worktree = self._layout.worktree(order.repo, order.task_id)
         usage = policy.parse_usage(_tail(Path(run.log_path)))
         with self._repo_lock(order.repo):
-            git.commit_all(worktree, f"{order.role}: {order.task_id} {order.stage} "
-                                     f"(visit {order.visit}, attempt {order.attempt})")
+            git.commit_all(
+                worktree,
+                f"{order.role}: {order.task_id} {order.stage} "
+                f"(visit {order.visit}, attempt {order.attempt})",
+            )
             sha = git.push_branch(worktree, order.branch)
         title = order.title or order.task_id
         if self._forge.find_pull(order.repo, order.branch) is None:
-            self._forge.open_pull(order.repo, order.branch, f"{order.task_id}: {title}",
-                                  f"Work item {order.task_id}, delivered by Conveyor.")
+            self._forge.open_pull(
+                order.repo,
+                order.branch,
+                f"{order.task_id}: {title}",
+                f"Work item {order.task_id}, delivered by Conveyor.",
+            )
         if self._forge.commit_status(order.repo, sha) is None:
             self._forge.on_push(order.repo, order.branch, sha)
         return RunDone(run_id=run.id, exit_code=exit_code, head_sha=sha, usage=usage)
@@ -390,10 +489,21 @@ class Launcher(pykka.ThreadingActor):
     def _status(self) -> dict[str, Any]:
         active = [r.value for r in self._runs.values() if r.value.status != policy.FINISHED]
         return {
-            "healthy": True, "name": self._name, "host": self._host,
-            "slots": self._slots.total, "busy": self._slots.used,
-            "running": [{"job_id": r.job_id, "attempt": r.attempt, "pid": r.pid,
-                         "role": r.role, "log_path": r.log_path} for r in active],
+            "healthy": True,
+            "name": self._name,
+            "host": self._host,
+            "slots": self._slots.total,
+            "busy": self._slots.used,
+            "running": [
+                {
+                    "job_id": r.job_id,
+                    "attempt": r.attempt,
+                    "pid": r.pid,
+                    "role": r.role,
+                    "log_path": r.log_path,
+                }
+                for r in active
+            ],
             "started_at": self._started_at,
         }
 
@@ -402,7 +512,10 @@ def _same(pid: int, create_time: float | None) -> bool:
     """True if `pid` is still the process that was started (not a reused pid)."""
     try:
         proc = psutil.Process(pid)
-        return create_time is not None and abs(proc.create_time() - create_time) < 0.01 and (
-            proc.status() != psutil.STATUS_ZOMBIE)
+        return (
+            create_time is not None
+            and abs(proc.create_time() - create_time) < 0.01
+            and (proc.status() != psutil.STATUS_ZOMBIE)
+        )
     except psutil.NoSuchProcess:
         return False

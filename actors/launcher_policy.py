@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,42 +55,59 @@ def run_key(job_id: str, attempt: int) -> str:
     return f"{job_id}.{attempt}"
 
 
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+
+
 def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
-    """Replace documented placeholders inside each argument (never through a shell)."""
-    out = []
-    for arg in argv:
-        for name in PLACEHOLDERS:
-            key = name[1:-1]
-            if name in arg and key in values:
-                arg = arg.replace(name, values[key])
-        out.append(arg)
-    return out
+    """Replace documented placeholders inside each argument, in one pass (never a shell).
+
+    A substituted value is never scanned again, so a value containing `{stage}`
+    stays literal.
+    """
+
+    def _one(match: re.Match[str]) -> str:
+        return values.get(match.group(0)[1:-1], match.group(0))
+
+    return [_PLACEHOLDER_RE.sub(_one, arg) for arg in argv]
 
 
-def agent_env(base: Mapping[str, str], order: LaunchOrder, *, repo: RepoConfig,
-              worktree: str, python: str, extra: Mapping[str, str]) -> dict[str, str]:
+def agent_env(
+    base: Mapping[str, str],
+    order: LaunchOrder,
+    *,
+    repo: RepoConfig,
+    worktree: str,
+    python: str,
+    extra: Mapping[str, str],
+) -> dict[str, str]:
     """Environment of an agent: the launcher's, minus nesting guards, plus the job's facts."""
-    env = {k: v for k, v in base.items() if k not in STRIPPED_ENV and not k.startswith(
-        "CONVEYOR_")}
-    values = {"work_item": order.task_id, "repo": order.repo, "branch": order.branch,
-              "worktree": worktree, "stage": order.stage}
+    env = {k: v for k, v in base.items() if k not in STRIPPED_ENV and not k.startswith("CONVEYOR_")}
+    values = {
+        "work_item": order.task_id,
+        "repo": order.repo,
+        "branch": order.branch,
+        "worktree": worktree,
+        "stage": order.stage,
+    }
     deploy: list[str] = []
     if order.stage == "deploy-staging":
         deploy = repo.staging_command
     elif order.stage == "deploy":
         deploy = repo.deploy_command
-    env.update({
-        "CONVEYOR_ROLE": order.role,
-        "CONVEYOR_WORK_ITEM": order.task_id,
-        "CONVEYOR_TITLE": order.title,
-        "CONVEYOR_REPO": order.repo,
-        "CONVEYOR_BRANCH": order.branch,
-        "CONVEYOR_STAGE": order.stage,
-        "CONVEYOR_VISIT": str(order.visit),
-        "CONVEYOR_ATTEMPT": str(order.attempt),
-        "CONVEYOR_CHECK_COMMAND": json.dumps(python_argv(repo.check_command, python)),
-        "CONVEYOR_DEPLOY_COMMAND": json.dumps(substitute(python_argv(deploy, python), values)),
-    })
+    env.update(
+        {
+            "CONVEYOR_ROLE": order.role,
+            "CONVEYOR_WORK_ITEM": order.task_id,
+            "CONVEYOR_TITLE": order.title,
+            "CONVEYOR_REPO": order.repo,
+            "CONVEYOR_BRANCH": order.branch,
+            "CONVEYOR_STAGE": order.stage,
+            "CONVEYOR_VISIT": str(order.visit),
+            "CONVEYOR_ATTEMPT": str(order.attempt),
+            "CONVEYOR_CHECK_COMMAND": json.dumps(python_argv(repo.check_command, python)),
+            "CONVEYOR_DEPLOY_COMMAND": json.dumps(substitute(python_argv(deploy, python), values)),
+        }
+    )
     env.update(extra)
     return env
 
@@ -125,7 +143,7 @@ def parse_usage(tail: str) -> dict[str, Any]:
             usage = data.get("usage") or data.get("stats") or {}
             out: dict[str, Any] = {"usage": usage if isinstance(usage, dict) else {}}
             cost = data.get("total_cost_usd")
-            if isinstance(cost, int | float):
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
                 out["cost_usd"] = float(cost)
             if data.get("is_error") is True:
                 out["is_error"] = True

@@ -70,21 +70,41 @@ def backoff_s(attempt: int, cfg: QueueConfig) -> float:
     return float(min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** max(0, attempt - 1))))
 
 
-def on_request(existing: Job | None, req: JobRequested, *, now: float,
-               cfg: QueueConfig) -> Decision:
+def on_request(
+    existing: Job | None, req: JobRequested, *, now: float, cfg: QueueConfig
+) -> Decision:
     """Store a requested job once; a replayed request changes nothing."""
     if existing is not None:
         return Decision(reason="job already known")
-    job = Job(id=req.job_id, task_id=req.task_id, repo=req.repo, stage=req.stage, role=req.role,
-              visit=req.visit, branch=req.branch, title=req.title, description=req.description,
-              max_attempts=cfg.max_attempts, available_at=now, enqueued_at=now)
+    job = Job(
+        id=req.job_id,
+        task_id=req.task_id,
+        repo=req.repo,
+        stage=req.stage,
+        role=req.role,
+        visit=req.visit,
+        branch=req.branch,
+        title=req.title,
+        description=req.description,
+        max_attempts=cfg.max_attempts,
+        available_at=now,
+        enqueued_at=now,
+    )
     return Decision(jobs=(job,), reason="job queued")
 
 
 def _outcome(job: Job) -> JobOutcome:
-    return JobOutcome(job_id=job.id, task_id=job.task_id, stage=job.stage, visit=job.visit,
-                      role=job.role, status=job.status, attempts=job.attempts,
-                      exit_code=job.exit_code, error=job.error)
+    return JobOutcome(
+        job_id=job.id,
+        task_id=job.task_id,
+        stage=job.stage,
+        visit=job.visit,
+        role=job.role,
+        status=job.status,
+        attempts=job.attempts,
+        exit_code=job.exit_code,
+        error=job.error,
+    )
 
 
 def on_started(job: Job, started: JobStarted) -> Decision:
@@ -94,9 +114,14 @@ def on_started(job: Job, started: JobStarted) -> Decision:
     if job.run_id == started.run_id and job.pid == started.pid:
         return Decision(reason="start already recorded")
     updated = msgspec.structs.replace(
-        job, run_id=started.run_id, host=started.host, pid=started.pid,
-        create_time=started.create_time, log_path=started.log_path,
-        started_at=started.started_at)
+        job,
+        run_id=started.run_id,
+        host=started.host,
+        pid=started.pid,
+        create_time=started.create_time,
+        log_path=started.log_path,
+        started_at=started.started_at,
+    )
     return Decision(jobs=(updated,), reason="job started")
 
 
@@ -104,24 +129,41 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     """Finish the current attempt: done, requeue with back-off, or fail for good."""
     if job.status != RUNNING or finished.attempt != job.attempts:
         return Decision(reason="finish of a stale attempt; ignored")
-    base = msgspec.structs.replace(job, exit_code=finished.exit_code, head_sha=finished.head_sha,
-                                   error=finished.error, finished_at=now,
-                                   run_id=finished.run_id or job.run_id)
+    base = msgspec.structs.replace(
+        job,
+        exit_code=finished.exit_code,
+        head_sha=finished.head_sha,
+        error=finished.error,
+        finished_at=now,
+        run_id=finished.run_id or job.run_id,
+    )
     if finished.exit_code == 0 and not finished.error:
         done = msgspec.structs.replace(base, status=DONE)
         return Decision(jobs=(done,), emit=(_outcome(done),), reason="job done")
     why = finished.error or f"exit code {finished.exit_code}"
     if job.attempts < job.max_attempts:
         requeued = msgspec.structs.replace(
-            base, status=QUEUED, available_at=now + backoff_s(job.attempts, cfg),
-            claimed_at=None, started_at=None, pid=None, create_time=None)
+            base,
+            status=QUEUED,
+            available_at=now + backoff_s(job.attempts, cfg),
+            claimed_at=None,
+            started_at=None,
+            pid=None,
+            create_time=None,
+        )
         return Decision(jobs=(requeued,), reason=f"attempt {job.attempts} failed ({why}); requeued")
     failed = msgspec.structs.replace(base, status=FAILED)
-    alert = Alert(level="error", source="queue_worker", task_id=job.task_id, at=now,
-                  text=f"job {job.id} ({job.role}, repo {job.repo}) failed after "
-                       f"{job.attempts} attempts: {why}")
-    return Decision(jobs=(failed,), emit=(_outcome(failed), alert),
-                    reason=f"attempts exhausted ({why})")
+    alert = Alert(
+        level="error",
+        source="queue_worker",
+        task_id=job.task_id,
+        at=now,
+        text=f"job {job.id} ({job.role}, repo {job.repo}) failed after "
+        f"{job.attempts} attempts: {why}",
+    )
+    return Decision(
+        jobs=(failed,), emit=(_outcome(failed), alert), reason=f"attempts exhausted ({why})"
+    )
 
 
 def on_cancel(jobs: Iterable[Job], *, now: float, reason: str) -> Decision:
@@ -158,8 +200,11 @@ def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[s
         queue.sort(key=lambda j: (j.enqueued_at, j.id))
     picked: list[str] = []
     while free > 0:
-        candidates = [repo for repo, queue in ready.items()
-                      if queue and running.get(repo, 0) < cfg.per_repo_concurrency]
+        candidates = [
+            repo
+            for repo, queue in ready.items()
+            if queue and running.get(repo, 0) < cfg.per_repo_concurrency
+        ]
         if not candidates:
             break
         repo = min(candidates, key=lambda r: (running.get(r, 0), ready[r][0].enqueued_at, r))
@@ -175,11 +220,21 @@ def claim(job: Job, *, now: float) -> Decision:
     if job.status != QUEUED:
         return Decision(reason=f"job is {job.status}; not claimed")
     attempt = job.attempts + 1
-    claimed = msgspec.structs.replace(job, status=RUNNING, attempts=attempt, claimed_at=now,
-                                      exit_code=None, error="", run_id="")
-    order = LaunchOrder(job_id=job.id, attempt=attempt, task_id=job.task_id, repo=job.repo,
-                        stage=job.stage, role=job.role, visit=job.visit, branch=job.branch,
-                        title=job.title, description=job.description)
+    claimed = msgspec.structs.replace(
+        job, status=RUNNING, attempts=attempt, claimed_at=now, exit_code=None, error="", run_id=""
+    )
+    order = LaunchOrder(
+        job_id=job.id,
+        attempt=attempt,
+        task_id=job.task_id,
+        repo=job.repo,
+        stage=job.stage,
+        role=job.role,
+        visit=job.visit,
+        branch=job.branch,
+        title=job.title,
+        description=job.description,
+    )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
 
 

@@ -52,8 +52,7 @@ class QueueWorker(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         try:
             match message:
-                case Delivery(body=JobRequested() | JobsCancelled() | JobStarted()
-                              | JobFinished()):
+                case Delivery(body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished()):
                     self._handle(message)
                 case Tick():
                     self._dispatch()
@@ -78,8 +77,9 @@ class QueueWorker(pykka.ThreadingActor):
         match body:
             case JobRequested():
                 current = self._jobs.get(body.job_id)
-                decision = policy.on_request(current.value if current else None, body, now=now,
-                                             cfg=self._cfg)
+                decision = policy.on_request(
+                    current.value if current else None, body, now=now, cfg=self._cfg
+                )
             case JobsCancelled():
                 jobs = [e.value for e in self._jobs.values() if e.value.task_id == body.task_id]
                 decision = policy.on_cancel(jobs, now=now, reason=body.reason or "cancelled")
@@ -104,8 +104,12 @@ class QueueWorker(pykka.ThreadingActor):
             outbox = emits if index == 0 else []
             self._save(msgspec.structs.replace(job, outbox=outbox))
         if decision.jobs:
-            log.info("queue_worker.decided", job_id=decision.jobs[0].id, reason=decision.reason,
-                     status=decision.jobs[0].status)
+            log.info(
+                "queue_worker.decided",
+                job_id=decision.jobs[0].id,
+                reason=decision.reason,
+                status=decision.jobs[0].status,
+            )
             self._flush(decision.jobs[0].id)
 
     def _save(self, job: Job) -> None:
@@ -143,21 +147,40 @@ class QueueWorker(pykka.ThreadingActor):
             job = entry.value
             counts[job.status] = counts.get(job.status, 0) + 1
             if job.status == policy.RUNNING:
-                running.append({
-                    "id": job.id, "task_id": job.task_id, "repo": job.repo, "role": job.role,
-                    "attempt": job.attempts, "pid": job.pid, "host": job.host,
-                    "claimed_at": job.claimed_at, "started_at": job.started_at,
-                    "log_path": job.log_path,
-                })
-        recent = sorted((e.value for e in self._jobs.values()),
-                        key=lambda j: j.claimed_at or j.enqueued_at, reverse=True)[:10]
+                running.append(
+                    {
+                        "id": job.id,
+                        "task_id": job.task_id,
+                        "repo": job.repo,
+                        "role": job.role,
+                        "attempt": job.attempts,
+                        "pid": job.pid,
+                        "host": job.host,
+                        "claimed_at": job.claimed_at,
+                        "started_at": job.started_at,
+                        "log_path": job.log_path,
+                    }
+                )
+        recent = sorted(
+            (e.value for e in self._jobs.values()),
+            key=lambda j: j.claimed_at or j.enqueued_at,
+            reverse=True,
+        )[:10]
         return {
             "healthy": not self._fenced,
             "counts": counts,
             "max_concurrency": self._cfg.max_concurrency,
             "per_repo_concurrency": self._cfg.per_repo_concurrency,
             "running": running,
-            "recent": [{"id": j.id, "status": j.status, "attempts": j.attempts,
-                        "exit_code": j.exit_code, "error": j.error} for j in recent],
+            "recent": [
+                {
+                    "id": j.id,
+                    "status": j.status,
+                    "attempts": j.attempts,
+                    "exit_code": j.exit_code,
+                    "error": j.error,
+                }
+                for j in recent
+            ],
             "started_at": self._started_at,
         }

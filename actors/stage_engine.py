@@ -78,8 +78,13 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
         if gate == policy.GATE_PR_MERGED:
             pull = forge.find_pull(task.repo, task.branch)
             pr_merged = bool(pull and pull.merged)
-        return GateInputs(files=files, adr_files=adr_files, branch_head=head, ci_state=ci_state,
-                          pr_merged=pr_merged)
+        return GateInputs(
+            files=files,
+            adr_files=adr_files,
+            branch_head=head,
+            ci_state=ci_state,
+            pr_merged=pr_merged,
+        )
     except Exception as err:  # noqa: BLE001 - an unreadable forge means "wait", not a crash
         return GateInputs(error=f"{type(err).__name__}: {err}")
 
@@ -93,24 +98,34 @@ def _text(data: bytes | None) -> str | None:
 def task_row(task: Task) -> dict[str, Any]:
     """The summary of a task shown in tables and command replies."""
     return {
-        "id": task.id, "repo": task.repo, "title": task.title, "stage": task.stage,
-        "step": task.step, "job_id": task.job_id, "job_status": task.job_status,
-        "escalated": task.escalated, "approved": task.approved,
-        "developer_retries": task.developer_retries, "branch": task.branch,
-        "reason": task.last_reason, "updated_at": task.updated_at,
+        "id": task.id,
+        "repo": task.repo,
+        "title": task.title,
+        "stage": task.stage,
+        "step": task.step,
+        "job_id": task.job_id,
+        "job_status": task.job_status,
+        "escalated": task.escalated,
+        "approved": task.approved,
+        "developer_retries": task.developer_retries,
+        "branch": task.branch,
+        "reason": task.last_reason,
+        "updated_at": task.updated_at,
     }
 
 
 class StageEngine(pykka.ThreadingActor):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
 
-    def __init__(self, bus: Bus, store: Store[Task], forge: Forge, clock: Clock,
-                 cfg: Config) -> None:
+    def __init__(
+        self, bus: Bus, store: Store[Task], forge: Forge, clock: Clock, cfg: Config
+    ) -> None:
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._tasks: dict[str, Versioned[Task]] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
-                                                           thread_name_prefix="gate-reader")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="gate-reader"
+        )
         self._started_at = 0.0
         self._gates_in_flight: set[str] = set()
         self._fenced = False
@@ -193,8 +208,12 @@ class StageEngine(pykka.ThreadingActor):
     def _apply(self, task_id: str, decision: policy.Decision) -> None:
         if decision.task is not None:
             self._save(decision.task, decision)
-            log.info("stage_engine.decided", task_id=task_id, stage=decision.task.stage,
-                     reason=decision.reason)
+            log.info(
+                "stage_engine.decided",
+                task_id=task_id,
+                stage=decision.task.stage,
+                reason=decision.reason,
+            )
         else:
             log.debug("stage_engine.unchanged", task_id=task_id, reason=decision.reason)
         if decision.evaluate:
@@ -233,10 +252,21 @@ class StageEngine(pykka.ThreadingActor):
         if entry is None:
             return
         result: GateResult = policy.evaluate_gate(read.gate, entry.value, read.inputs)
-        log.info("stage_engine.gate_evaluated", task_id=read.task_id, gate=read.gate,
-                 verdict=result.verdict, reason=result.reason)
-        decision = policy.on_gate(entry.value, read.job_id, result, now=self._clock.now(),
-                                  revision=entry.revision, cfg=self._cfg)
+        log.info(
+            "stage_engine.gate_evaluated",
+            task_id=read.task_id,
+            gate=read.gate,
+            verdict=result.verdict,
+            reason=result.reason,
+        )
+        decision = policy.on_gate(
+            entry.value,
+            read.job_id,
+            result,
+            now=self._clock.now(),
+            revision=entry.revision,
+            cfg=self._cfg,
+        )
         self._apply(read.task_id, decision)
 
     # --- commands -----------------------------------------------------------------------
@@ -257,10 +287,15 @@ class StageEngine(pykka.ThreadingActor):
             return Reply(ok=False, error=str(err), field=err.field)
         existing = self._tasks.get(task_id)
         if existing is None:
-            decision = policy.new_task(task_id=task_id, repo=repo.name, title=title,
-                                       description=description,
-                                       branch=validate.branch_for(task_id, title),
-                                       now=self._clock.now(), cfg=self._cfg)
+            decision = policy.new_task(
+                task_id=task_id,
+                repo=repo.name,
+                title=title,
+                description=description,
+                branch=validate.branch_for(task_id, title),
+                now=self._clock.now(),
+                cfg=self._cfg,
+            )
             assert decision.task is not None  # noqa: S101 - new_task always creates
             try:
                 self._save(decision.task, decision)
@@ -271,8 +306,11 @@ class StageEngine(pykka.ThreadingActor):
                 log.info("stage_engine.task_created", task_id=task_id, repo=repo.name)
                 return Reply(ok=True, task=task_row(self._tasks[task_id].value))
         if existing.value.repo != repo.name or existing.value.title != title:
-            return Reply(ok=False, field="id",
-                         error=f"id: {task_id} already exists with another repo or title")
+            return Reply(
+                ok=False,
+                field="id",
+                error=f"id: {task_id} already exists with another repo or title",
+            )
         return Reply(ok=True, task=task_row(existing.value), note="already submitted")
 
     def _reload(self, task_id: str) -> Versioned[Task]:
@@ -283,8 +321,9 @@ class StageEngine(pykka.ThreadingActor):
         return reloaded
 
     def _next_id(self, prefix: str) -> str:
-        numbers = [int(tid.rsplit("-", 1)[1]) for tid in self._tasks
-                   if tid.startswith(f"{prefix}-")]
+        numbers = [
+            int(tid.rsplit("-", 1)[1]) for tid in self._tasks if tid.startswith(f"{prefix}-")
+        ]
         return f"{prefix}-{max(numbers, default=0) + 1}"
 
     def _command(self, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy) -> Reply:
@@ -295,15 +334,24 @@ class StageEngine(pykka.ThreadingActor):
         entry = self._tasks.get(task_id)
         if entry is None:
             return Reply(ok=False, error=f"id: no task {task_id}", field="id")
-        decision = policy.on_command(entry.value, cmd, now=self._clock.now(),
-                                     revision=entry.revision, cfg=self._cfg)
+        decision = policy.on_command(
+            entry.value, cmd, now=self._clock.now(), revision=entry.revision, cfg=self._cfg
+        )
         if not decision.ok:
-            log.warning("stage_engine.command_refused", task_id=task_id,
-                        command=type(cmd).__name__, reason=decision.error)
+            log.warning(
+                "stage_engine.command_refused",
+                task_id=task_id,
+                command=type(cmd).__name__,
+                reason=decision.error,
+            )
             return Reply(ok=False, error=decision.error, field=decision.field or None)
         self._apply(task_id, decision)
-        log.info("stage_engine.command_applied", task_id=task_id, command=type(cmd).__name__,
-                 reason=decision.reason)
+        log.info(
+            "stage_engine.command_applied",
+            task_id=task_id,
+            command=type(cmd).__name__,
+            reason=decision.reason,
+        )
         return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
 
     # --- status -------------------------------------------------------------------------

@@ -357,36 +357,71 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
         visits[task.stage] = visits.get(task.stage, 0) + 1
     visit = visits[task.stage]
     job_id = job_id_for(task.id, task.stage, visit, task.step)
-    updated = msgspec.structs.replace(task, visits=visits, job_id=job_id, job_status="queued",
-                                      updated_at=now)
-    request = JobRequested(job_id=job_id, task_id=task.id, repo=task.repo, stage=task.stage,
-                           role=_role_for(updated, cfg), visit=visit, branch=task.branch,
-                           title=task.title, description=task.description, requested_at=now)
+    updated = msgspec.structs.replace(
+        task, visits=visits, job_id=job_id, job_status="queued", updated_at=now
+    )
+    request = JobRequested(
+        job_id=job_id,
+        task_id=task.id,
+        repo=task.repo,
+        stage=task.stage,
+        role=_role_for(updated, cfg),
+        visit=visit,
+        branch=task.branch,
+        title=task.title,
+        description=task.description,
+        requested_at=now,
+    )
     return updated, request
 
 
-def _move(task: Task, new_stage: str, cause: str, now: float, *, revision: int) -> tuple[
-        Task, StageChanged]:
+def _move(
+    task: Task, new_stage: str, cause: str, now: float, *, revision: int
+) -> tuple[Task, StageChanged]:
     entry = HistoryEntry(at=now, old=task.stage, new=new_stage, cause=cause)
     step = STEP_WORK if new_stage not in TERMINAL else ""
     moved = msgspec.structs.replace(
-        task, stage=new_stage, step=step, history=[*task.history, entry], stage_retries=0,
-        job_id="", job_status="", last_reason=cause, updated_at=now,
-        approved=False if new_stage != task.stage else task.approved)
-    event = StageChanged(task_id=task.id, repo=task.repo, old=task.stage, new=new_stage,
-                         cause=cause, revision=revision + 1, at=now)
+        task,
+        stage=new_stage,
+        step=step,
+        history=[*task.history, entry],
+        stage_retries=0,
+        job_id="",
+        job_status="",
+        last_reason=cause,
+        updated_at=now,
+        approved=False if new_stage != task.stage else task.approved,
+    )
+    event = StageChanged(
+        task_id=task.id,
+        repo=task.repo,
+        old=task.stage,
+        new=new_stage,
+        cause=cause,
+        revision=revision + 1,
+        at=now,
+    )
     return moved, event
 
 
-def new_task(*, task_id: str, repo: str, title: str, description: str, branch: str,
-             now: float, cfg: Config) -> Decision:
+def new_task(
+    *, task_id: str, repo: str, title: str, description: str, branch: str, now: float, cfg: Config
+) -> Decision:
     """A submitted work item becomes a task on `created` with its intake job requested."""
-    task = Task(id=task_id, repo=repo, title=title, description=description, branch=branch,
-                created_at=now, updated_at=now,
-                history=[HistoryEntry(at=now, old="", new=CREATED, cause="submitted")])
+    task = Task(
+        id=task_id,
+        repo=repo,
+        title=title,
+        description=description,
+        branch=branch,
+        created_at=now,
+        updated_at=now,
+        history=[HistoryEntry(at=now, old="", new=CREATED, cause="submitted")],
+    )
     task, request = _request(task, cfg, now, new_visit=True)
-    event = StageChanged(task_id=task_id, repo=repo, old="", new=CREATED, cause="submitted",
-                         revision=1, at=now)
+    event = StageChanged(
+        task_id=task_id, repo=repo, old="", new=CREATED, cause="submitted", revision=1, at=now
+    )
     return Decision(task=task, emit=(request, event), reason="task created")
 
 
@@ -416,8 +451,9 @@ def _alert(task: Task, text: str, now: float, level: str = "warning") -> Alert:
     return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now)
 
 
-def on_gate(task: Task, job_id: str, result: GateResult, *, now: float, revision: int,
-            cfg: Config) -> Decision:
+def on_gate(
+    task: Task, job_id: str, result: GateResult, *, now: float, revision: int, cfg: Config
+) -> Decision:
     """Act on a gate verdict for the step whose job is `job_id`."""
     if task.terminal or task.escalated:
         return Decision(reason=f"task {task.stage}{' escalated' if task.escalated else ''}")
@@ -433,8 +469,14 @@ def on_gate(task: Task, job_id: str, result: GateResult, *, now: float, revision
             waiting = msgspec.structs.replace(task, last_reason=result.reason, updated_at=now)
             emits: tuple[Message, ...] = ()
             if task.stage == _analysis_stage(cfg) and "approval" in result.reason:
-                emits = (_alert(task, f"{task.id} analysis is ready: approve or reject it",
-                                now, level="info"),)
+                emits = (
+                    _alert(
+                        task,
+                        f"{task.id} analysis is ready: approve or reject it",
+                        now,
+                        level="info",
+                    ),
+                )
             return Decision(task=waiting, emit=emits, reason=f"waiting: {result.reason}")
         case "pass":
             return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
@@ -448,8 +490,15 @@ def _analysis_stage(cfg: Config) -> str:
     return next((s.name for s in cfg.pipeline.stages if s.human_approval), "")
 
 
-def _pass(task: Task, stage_cfg: StageConfig | None, result: GateResult, *, now: float,
-          revision: int, cfg: Config) -> Decision:
+def _pass(
+    task: Task,
+    stage_cfg: StageConfig | None,
+    result: GateResult,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+) -> Decision:
     if task.step == STEP_WORK and stage_cfg is not None and stage_cfg.merge:
         merging = msgspec.structs.replace(task, step=STEP_MERGE, last_reason=result.reason)
         merging, request = _request(merging, cfg, now, new_visit=False)
@@ -468,8 +517,11 @@ def _pass(task: Task, stage_cfg: StageConfig | None, result: GateResult, *, now:
 def _escalate(task: Task, reason: str, now: float) -> Decision:
     escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
     text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
-    return Decision(task=escalated, emit=(_alert(task, text, now, level="error"),),
-                    reason=f"escalated: {reason}")
+    return Decision(
+        task=escalated,
+        emit=(_alert(task, text, now, level="error"),),
+        reason=f"escalated: {reason}",
+    )
 
 
 def _counts_as_developer(task: Task, cfg: Config) -> bool:
@@ -482,8 +534,9 @@ def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decisi
         retries = task.developer_retries + 1
         if retries > cfg.pipeline.max_developer_retries:
             return _escalate(task, f"developer retries exhausted ({result.reason})", now)
-        updated = msgspec.structs.replace(task, developer_retries=retries,
-                                          last_reason=result.reason)
+        updated = msgspec.structs.replace(
+            task, developer_retries=retries, last_reason=result.reason
+        )
     else:
         retries = task.stage_retries + 1
         if retries > cfg.pipeline.max_stage_retries:
@@ -493,8 +546,9 @@ def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decisi
     return Decision(task=updated, emit=(request,), reason=f"retrying {task.stage}: {result.reason}")
 
 
-def _rework(task: Task, target: str, result: GateResult, *, now: float, revision: int,
-            cfg: Config) -> Decision:
+def _rework(
+    task: Task, target: str, result: GateResult, *, now: float, revision: int, cfg: Config
+) -> Decision:
     retries = task.developer_retries + 1
     if retries > cfg.pipeline.max_developer_retries:
         return _escalate(task, f"developer retries exhausted ({result.reason})", now)
@@ -507,8 +561,14 @@ def _rework(task: Task, target: str, result: GateResult, *, now: float, revision
 # --- commands ------------------------------------------------------------------------------
 
 
-def on_command(task: Task, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy, *,
-               now: float, revision: int, cfg: Config) -> Decision:
+def on_command(
+    task: Task,
+    cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+) -> Decision:
     """Apply an operator command; a command that does not apply is refused with a reason."""
     match cmd:
         case Cancel():
@@ -516,8 +576,11 @@ def on_command(task: Task, cmd: Approve | Reject | Cancel | Retry | ConfirmDeplo
                 return _refuse(f"task is already {task.stage}", "id")
             cause = f"cancelled{': ' + cmd.reason if cmd.reason else ''}"
             moved, event = _move(task, CANCELLED, cause, now, revision=revision)
-            return Decision(task=moved, reason="cancelled",
-                            emit=(JobsCancelled(task_id=task.id, reason=cause), event))
+            return Decision(
+                task=moved,
+                reason="cancelled",
+                emit=(JobsCancelled(task_id=task.id, reason=cause), event),
+            )
         case _ if task.terminal:
             return _refuse(f"task is {task.stage}", "id")
         case Approve():
@@ -532,15 +595,23 @@ def on_command(task: Task, cmd: Approve | Reject | Cancel | Retry | ConfirmDeplo
             if task.stage != _analysis_stage(cfg):
                 return _refuse(f"task is on {task.stage}; reject applies to analysis only")
             reason = f"analysis rejected{': ' + cmd.reason if cmd.reason else ''}"
-            return _retry(msgspec.structs.replace(task, approved=False),
-                          GateResult(verdict="retry", reason=reason), now=now, cfg=cfg)
+            return _retry(
+                msgspec.structs.replace(task, approved=False),
+                GateResult(verdict="retry", reason=reason),
+                now=now,
+                cfg=cfg,
+            )
         case Retry():
             if not task.escalated and task.job_status not in ("failed", "done"):
                 return _refuse("task is not escalated or stuck; nothing to retry")
             reset = msgspec.structs.replace(
-                task, escalated=False, developer_retries=0, stage_retries=0,
+                task,
+                escalated=False,
+                developer_retries=0,
+                stage_retries=0,
                 last_reason="retried by operator",
-                step=STEP_WORK if task.stage != CREATED else STEP_INTAKE)
+                step=STEP_WORK if task.stage != CREATED else STEP_INTAKE,
+            )
             reset, request = _request(reset, cfg, now, new_visit=True)
             return Decision(task=reset, emit=(request,), reason="retried by operator")
         case ConfirmDeploy():

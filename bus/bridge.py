@@ -70,10 +70,20 @@ class LoopThread:
         return future
 
     def stop(self) -> None:
-        """Stop the loop and join the thread."""
-        if self.loop.is_running():
+        """Cancel what still runs on the loop, stop it and join the thread."""
+        if self.loop.is_running() and self._thread.is_alive():
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(5.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+
+
+async def _cancel_all() -> None:
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _log_failure(future: concurrent.futures.Future[Any]) -> None:
@@ -221,15 +231,20 @@ STREAMS = (
     StreamSpec(subjects.STREAM_EVENTS, [subjects.EVENTS_ALL]),
 )
 
-BUCKETS = (subjects.BUCKET_TASKS, subjects.BUCKET_JOBS, subjects.BUCKET_RUNS,
-           subjects.BUCKET_EFFECTS)
+BUCKETS = (
+    subjects.BUCKET_TASKS,
+    subjects.BUCKET_JOBS,
+    subjects.BUCKET_RUNS,
+    subjects.BUCKET_EFFECTS,
+)
 
 
 class Bus:
     """The process's NATS connection, JetStream context and helpers for actors."""
 
-    def __init__(self, loop: LoopThread, nc: Client, js: JetStreamContext,
-                 request_timeout_s: float) -> None:
+    def __init__(
+        self, loop: LoopThread, nc: Client, js: JetStreamContext, request_timeout_s: float
+    ) -> None:
         self.loop = loop
         self.nc = nc
         self.js = js
@@ -237,20 +252,34 @@ class Bus:
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
-                                                           thread_name_prefix="bus-handler")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="bus-handler"
+        )
         self.services: list[Any] = []
 
     @classmethod
-    def connect(cls, url: str, *, name: str = "conveyor", connect_timeout_s: float = 5.0,
-                request_timeout_s: float = 5.0, loop: LoopThread | None = None) -> Bus:
+    def connect(
+        cls,
+        url: str,
+        *,
+        name: str = "conveyor",
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 5.0,
+        loop: LoopThread | None = None,
+    ) -> Bus:
         """Connect to NATS on a fresh loop thread; reconnect forever once connected."""
         loop = loop or LoopThread()
 
         async def _connect() -> Client:
             return await nats.connect(
-                url, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5, ping_interval=5, allow_reconnect=True)
+                url,
+                name=name,
+                connect_timeout=connect_timeout_s,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=5,
+                allow_reconnect=True,
+            )
 
         try:
             nc = loop.call(_connect(), timeout_s=connect_timeout_s + 5)
@@ -272,11 +301,18 @@ class Bus:
     async def _setup(self) -> None:
         for spec in STREAMS:
             config = js_api.StreamConfig(
-                name=spec.name, subjects=spec.subjects,
-                retention=(js_api.RetentionPolicy.WORK_QUEUE if spec.work_queue
-                           else js_api.RetentionPolicy.LIMITS),
-                storage=js_api.StorageType.FILE, max_age=spec.max_age_s,
-                max_msgs=spec.max_msgs, duplicate_window=DUPLICATE_WINDOW_S)
+                name=spec.name,
+                subjects=spec.subjects,
+                retention=(
+                    js_api.RetentionPolicy.WORK_QUEUE
+                    if spec.work_queue
+                    else js_api.RetentionPolicy.LIMITS
+                ),
+                storage=js_api.StorageType.FILE,
+                max_age=spec.max_age_s,
+                max_msgs=spec.max_msgs,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
             await _retry_js(functools.partial(self._ensure_stream, config))
         for bucket in BUCKETS:
             await _retry_js(functools.partial(self._ensure_bucket, bucket))
@@ -292,8 +328,9 @@ class Bus:
         try:
             await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
-            await self.js.create_key_value(js_api.KeyValueConfig(
-                bucket=bucket, history=1, storage=js_api.StorageType.FILE))
+            await self.js.create_key_value(
+                js_api.KeyValueConfig(bucket=bucket, history=1, storage=js_api.StorageType.FILE)
+            )
 
     def store(self, bucket: str, value_type: type[S]) -> Store[S]:
         """A typed KV store over `bucket`."""
@@ -317,8 +354,9 @@ class Bus:
 
         async def _req() -> bytes:
             try:
-                reply = await self.nc.request(subject, payload, timeout=timeout_s or
-                                              self.request_timeout_s)
+                reply = await self.nc.request(
+                    subject, payload, timeout=timeout_s or self.request_timeout_s
+                )
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
                 raise BusUnavailable(f"no answer on {subject}: {err!r}") from err
             return bytes(reply.data)
@@ -327,17 +365,28 @@ class Bus:
 
     # --- consuming ------------------------------------------------------------------------
 
-    def consume(self, stream: str, durable: str, filter_subjects: Sequence[str],
-                decoder: msgspec.json.Decoder[T], handler: Callable[[Delivery[T]], None], *,
-                capacity: Callable[[], int] | None = None, ack_wait_s: float = 60.0) -> None:
+    def consume(
+        self,
+        stream: str,
+        durable: str,
+        filter_subjects: Sequence[str],
+        decoder: msgspec.json.Decoder[T],
+        handler: Callable[[Delivery[T]], None],
+        *,
+        capacity: Callable[[], int] | None = None,
+        ack_wait_s: float = 60.0,
+    ) -> None:
         """Feed a durable pull consumer's messages to `handler` (which must not block)."""
 
         async def _start() -> None:
             config = js_api.ConsumerConfig(
-                durable_name=durable, ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait_s, max_ack_pending=1000,
+                durable_name=durable,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait_s,
+                max_ack_pending=1000,
                 filter_subjects=list(filter_subjects) if len(filter_subjects) > 1 else None,
-                filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None)
+                filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
+            )
             sub = await _retry_js(lambda: self._bind(stream, durable, config))
             self._subs.append(sub)
             task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
@@ -350,9 +399,13 @@ class Bus:
         await self.js.add_consumer(stream, config)
         return await self.js.pull_subscribe_bind(durable, stream=stream)
 
-    async def _pull(self, sub: Any, decoder: msgspec.json.Decoder[T],
-                    handler: Callable[[Delivery[T]], None],
-                    capacity: Callable[[], int] | None) -> None:
+    async def _pull(
+        self,
+        sub: Any,
+        decoder: msgspec.json.Decoder[T],
+        handler: Callable[[Delivery[T]], None],
+        capacity: Callable[[], int] | None,
+    ) -> None:
         while not self._stopping:
             batch = 64 if capacity is None else min(64, capacity())
             if batch <= 0:
@@ -360,7 +413,7 @@ class Bus:
                 continue
             try:
                 msgs = await sub.fetch(batch=batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
@@ -378,8 +431,9 @@ class Bus:
                     continue
                 handler(Delivery(self, msg, body))
 
-    def subscribe_core(self, subject: str, decoder: msgspec.json.Decoder[T],
-                       handler: Callable[[T], None]) -> None:
+    def subscribe_core(
+        self, subject: str, decoder: msgspec.json.Decoder[T], handler: Callable[[T], None]
+    ) -> None:
         """Feed core NATS messages on `subject` to `handler`."""
 
         async def _cb(msg: Msg) -> None:
@@ -397,17 +451,22 @@ class Bus:
 
     # --- services -------------------------------------------------------------------------
 
-    def add_service(self, name: str, version: str, description: str,
-                    endpoints: Sequence[tuple[str, str, Callable[[str, bytes], bytes]]]) -> None:
+    def add_service(
+        self,
+        name: str,
+        version: str,
+        description: str,
+        endpoints: Sequence[tuple[str, str, Callable[[str, bytes], bytes]]],
+    ) -> None:
         """Register a NATS micro service; each handler runs in a worker thread."""
         from nats import micro  # imported late: only processes that serve need it
 
         async def _add() -> None:
-            service = await micro.add_service(self.nc, name=name, version=version,
-                                              description=description)
+            service = await micro.add_service(
+                self.nc, name=name, version=version, description=description
+            )
             for ep_name, subject, func in endpoints:
-                await service.add_endpoint(name=ep_name, subject=subject,
-                                           handler=self._wrap(func))
+                await service.add_endpoint(name=ep_name, subject=subject, handler=self._wrap(func))
             self.services.append(service)
 
         self.call(_add())
@@ -415,8 +474,7 @@ class Bus:
     def _wrap(self, func: Callable[[str, bytes], bytes]) -> Callable[[Any], Awaitable[None]]:
         async def _handler(req: Any) -> None:
             try:
-                body = await self.loop.loop.run_in_executor(self._pool, func, req.subject,
-                                                            req.data)
+                body = await self.loop.loop.run_in_executor(self._pool, func, req.subject, req.data)
             except Exception as err:
                 log.exception("bus.handler_failed", subject=req.subject)
                 await req.respond_error("500", str(err))
@@ -438,7 +496,9 @@ class Bus:
                 with contextlib.suppress(Exception):
                     await service.stop()
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), timeout=5.0)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
         with contextlib.suppress(Exception):
             self.loop.call(_close(), timeout_s=10.0)
@@ -452,8 +512,11 @@ async def _retry_js(op: Callable[[], Awaitable[T]], attempts: int = 40) -> T:
     for attempt in range(attempts):
         try:
             return await op()
-        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
-                nats.errors.TimeoutError) as err:
+        except (
+            nats.js.errors.NoStreamResponseError,
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+        ) as err:
             if attempt == attempts - 1:
                 raise BusUnavailable(f"JetStream unavailable: {err!r}") from err
             await asyncio.sleep(delay)

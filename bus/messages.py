@@ -204,8 +204,15 @@ class Tick(Message, frozen=True):
 
 
 BusMessage = (
-    JobRequested | JobsCancelled | JobStarted | JobFinished | JobOutcome | LaunchOrder
-    | KillJob | StageChanged | Alert
+    JobRequested
+    | JobsCancelled
+    | JobStarted
+    | JobFinished
+    | JobOutcome
+    | LaunchOrder
+    | KillJob
+    | StageChanged
+    | Alert
 )
 
 _encoder = msgspec.json.Encoder()

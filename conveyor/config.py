@@ -55,16 +55,13 @@ class StageConfig(_Section, frozen=True):
 
 def _default_stages() -> list[StageConfig]:
     return [
-        StageConfig(name="analysis", role="analyst", gate="analysis_complete",
-                    human_approval=True),
+        StageConfig(name="analysis", role="analyst", gate="analysis_complete", human_approval=True),
         StageConfig(name="architecture", role="architect", gate="architecture_done"),
         StageConfig(name="development", role="developer", gate="ci_green"),
-        StageConfig(name="review", role="reviewer", gate="review_approved",
-                    on_fail="development"),
+        StageConfig(name="review", role="reviewer", gate="review_approved", on_fail="development"),
         StageConfig(name="testing", role="tester", gate="tests_passed", on_fail="development"),
         StageConfig(name="deploy-staging", role="deployer", gate="staging_status", merge=True),
-        StageConfig(name="deploy", role="deployer", gate="deploy_status",
-                    on_fail="development"),
+        StageConfig(name="deploy", role="deployer", gate="deploy_status", on_fail="development"),
     ]
 
 
@@ -87,17 +84,20 @@ class QueueConfig(_Section, frozen=True):
     tick_s: float = 1.0
 
 
+DEMO_AGENT_COMMAND = (PYTHON, "-P", "-m", "conveyor.demo_agent")
+"""The built-in demo agent; -P keeps the worktree (its cwd) from shadowing Conveyor's modules."""
+
+
 class AgentConfig(_Section, frozen=True):
     """The command line of one agent role (argument list; `{python}` = this interpreter)."""
 
-    command: list[str]
+    command: list[str] = msgspec.field(default_factory=lambda: list(DEMO_AGENT_COMMAND))
     timeout_s: float = 1800.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def _demo_agent() -> AgentConfig:
-    # -P: the worktree (the agent's cwd) must not shadow Conveyor's own modules.
-    return AgentConfig(command=[PYTHON, "-P", "-m", "conveyor.demo_agent"], timeout_s=600.0)
+    return AgentConfig(timeout_s=600.0)
 
 
 ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
@@ -194,8 +194,18 @@ class Config(_Section, frozen=True):
         return next((s for s in self.pipeline.stages if s.name == name), None)
 
 
-GATES = frozenset({"", "analysis_complete", "architecture_done", "ci_green", "review_approved",
-                   "tests_passed", "staging_status", "deploy_status"})
+GATES = frozenset(
+    {
+        "",
+        "analysis_complete",
+        "architecture_done",
+        "ci_green",
+        "review_approved",
+        "tests_passed",
+        "staging_status",
+        "deploy_status",
+    }
+)
 RESERVED_STAGES = frozenset({"created", "done", "cancelled"})
 _STAGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -218,10 +228,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError("pipeline.stages: at least one stage is required")
     for i, stage in enumerate(cfg.pipeline.stages):
         if stage.on_fail not in ("retry", *names[: names.index(stage.name)]):
-            raise ConfigError(
-                f"pipeline.stages[{i}].on_fail: must be 'retry' or an earlier stage"
-            )
+            raise ConfigError(f"pipeline.stages[{i}].on_fail: must be 'retry' or an earlier stage")
     positive = {
+        "queue.backoff_base_s": cfg.queue.backoff_base_s,
+        "queue.backoff_max_s": cfg.queue.backoff_max_s,
+        "launcher.heartbeat_s": cfg.launcher.heartbeat_s,
+        "nats.connect_timeout_s": cfg.nats.connect_timeout_s,
+        "nats.request_timeout_s": cfg.nats.request_timeout_s,
+        "forge.check_timeout_s": cfg.forge.check_timeout_s,
         "queue.max_concurrency": cfg.queue.max_concurrency,
         "queue.per_repo_concurrency": cfg.queue.per_repo_concurrency,
         "queue.max_attempts": cfg.queue.max_attempts,
@@ -232,8 +246,10 @@ def _check(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0")
-    for key, value in (("pipeline.max_developer_retries", cfg.pipeline.max_developer_retries),
-                       ("pipeline.max_stage_retries", cfg.pipeline.max_stage_retries)):
+    for key, value in (
+        ("pipeline.max_developer_retries", cfg.pipeline.max_developer_retries),
+        ("pipeline.max_stage_retries", cfg.pipeline.max_stage_retries),
+    ):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1")
     for role in ROLES:
@@ -282,7 +298,7 @@ def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]
             continue
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = _env_path(name[len(ENV_PREFIX) :])
         if not all(path):
             continue
         node = data
@@ -295,13 +311,29 @@ def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]
     return data
 
 
+def _env_path(rest: str) -> list[str]:
+    """Split `SECTION__KEY`; keys under an `env` table keep their case (API_KEY stays)."""
+    parts = rest.split("__")
+    out: list[str] = []
+    for index, part in enumerate(parts):
+        out.append(part.lower())
+        if part.lower() == "env" and index + 1 < len(parts):
+            out.extend(parts[index + 1 :])
+            break
+    return out
+
+
 def default_toml() -> str:
     """Return the embedded default `config.toml`."""
     return resources.files("conveyor").joinpath("default_config.toml").read_text()
 
 
-def load(path: Path | None = None, *, env: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Config:
+def load(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
     """Load the config file (or the embedded defaults), overlay env, validate."""
     text = path.read_text() if path is not None else default_toml()
     where = str(path) if path is not None else "embedded defaults"
@@ -312,7 +344,8 @@ def load(path: Path | None = None, *, env: Mapping[str, str] | None = None,
     data = _overlay_env(data, os.environ if env is None else env)
     if overrides:
         data.update(overrides)
-    if path is not None and "data_dir" in data and not Path(data["data_dir"]).is_absolute():
+    data_dir = data.get("data_dir")
+    if path is not None and isinstance(data_dir, str) and not Path(data_dir).is_absolute():
         data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
     try:
         cfg = msgspec.convert(data, Config)

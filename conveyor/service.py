@@ -70,8 +70,15 @@ def launcher_status_handler(ask: Callable[[], Any]) -> Callable[[str, bytes], by
 class ControlService:
     """Endpoints of the control process: commands and status."""
 
-    def __init__(self, bus: Bus, engine: pykka.ActorRef[Any], worker: pykka.ActorRef[Any], *,
-                 version: str, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        engine: pykka.ActorRef[Any],
+        worker: pykka.ActorRef[Any],
+        *,
+        version: str,
+        request_timeout_s: float,
+    ) -> None:
         self._bus = bus
         self._engine = engine
         self._worker = worker
@@ -81,8 +88,8 @@ class ControlService:
     def register(self) -> None:
         """Add the `conveyor` micro service with every endpoint."""
         endpoints: list[tuple[str, str, Callable[[str, bytes], bytes]]] = [
-            (f"cmd-{name}", subject, self._command) for name, subject in
-            subjects.COMMANDS.items()]
+            (f"cmd-{name}", subject, self._command) for name, subject in subjects.COMMANDS.items()
+        ]
         endpoints += [
             ("status", subjects.STATUS, self._overview),
             ("tasks", subjects.STATUS_TASKS, self._tasks),
@@ -91,8 +98,12 @@ class ControlService:
             ("stage_engine", subjects.status_actor("stage_engine"), self._engine_status),
             ("queue_worker", subjects.status_actor("queue_worker"), self._queue),
         ]
-        self._bus.add_service(subjects.SERVICE_NAME, self._version,
-                              "Conveyor: delivery pipeline for AI coding agents", endpoints)
+        self._bus.add_service(
+            subjects.SERVICE_NAME,
+            self._version,
+            "Conveyor: delivery pipeline for AI coding agents",
+            endpoints,
+        )
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
         return ref.ask(message, timeout=ACTOR_TIMEOUT_S)
@@ -127,25 +138,30 @@ class ControlService:
 
     def _overview(self, _subject: str, _data: bytes) -> bytes:
         actors: dict[str, Any] = {}
-        for name, ref, query in (("stage_engine", self._engine, StatusQuery(kind="actor")),
-                                 ("queue_worker", self._worker, QueueStatus())):
+        for name, ref, query in (
+            ("stage_engine", self._engine, StatusQuery(kind="actor")),
+            ("queue_worker", self._worker, QueueStatus()),
+        ):
             try:
                 actors[name] = self._ask(ref, query)
             except (pykka.ActorDeadError, pykka.Timeout) as err:
                 actors[name] = {"healthy": False, "error": repr(err)}
         try:
-            actors["launcher"] = json.loads(self._bus.request(
-                subjects.status_actor("launcher"), b"", timeout_s=2.0))
+            actors["launcher"] = json.loads(
+                self._bus.request(subjects.status_actor("launcher"), b"", timeout_s=2.0)
+            )
         except (ConveyorError, ValueError) as err:
             actors["launcher"] = {"healthy": False, "error": f"no launcher answered: {err}"}
         engine = actors["stage_engine"]
         queue = actors["queue_worker"]
-        return dumps({
-            "service": subjects.SERVICE_NAME,
-            "version": self._version,
-            "healthy": all(a.get("healthy", False) for a in actors.values()),
-            "tasks": engine.get("tasks", 0),
-            "by_stage": engine.get("by_stage", {}),
-            "jobs": queue.get("counts", {}),
-            "actors": actors,
-        })
+        return dumps(
+            {
+                "service": subjects.SERVICE_NAME,
+                "version": self._version,
+                "healthy": all(a.get("healthy", False) for a in actors.values()),
+                "tasks": engine.get("tasks", 0),
+                "by_stage": engine.get("by_stage", {}),
+                "jobs": queue.get("counts", {}),
+                "actors": actors,
+            }
+        )

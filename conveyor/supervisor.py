@@ -39,19 +39,25 @@ CONTROL = "control"
 LAUNCHER = "launcher"
 ALL_PARTS = (CONTROL, LAUNCHER)
 
+
 def make_forge(cfg: Config, clock: Clock) -> LocalForge:
     """The configured forge (only the local one so far)."""
-    checks = {repo.name: python_argv(repo.check_command) for repo in cfg.repos
-              if repo.check_command}
-    return LocalForge(Layout(cfg.data_path).forge, checks,
-                      check_timeout_s=cfg.forge.check_timeout_s, clock=clock)
+    checks = {
+        repo.name: python_argv(repo.check_command) for repo in cfg.repos if repo.check_command
+    }
+    return LocalForge(
+        Layout(cfg.data_path).forge, checks, check_timeout_s=cfg.forge.check_timeout_s, clock=clock
+    )
 
 
 def ensure_repos(cfg: Config, forge: LocalForge) -> None:
     """Create the configured repositories on the local forge if they are missing."""
     for repo in cfg.repos:
-        files = demo.create_demo_files() if repo.template == "demo" else {
-            "README.md": f"# {repo.name}\n".encode()}
+        files = (
+            demo.create_demo_files()
+            if repo.template == "demo"
+            else {"README.md": f"# {repo.name}\n".encode()}
+        )
         forge.create_repo(repo.name, initial_files=files)
 
 
@@ -86,8 +92,14 @@ class Ticker:
 class Node:
     """One Conveyor process: an optional embedded server, a bus, and some actors."""
 
-    def __init__(self, cfg: Config, *, parts: Sequence[str] = ALL_PARTS,
-                 embedded: bool | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        parts: Sequence[str] = ALL_PARTS,
+        embedded: bool | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.cfg = cfg
         self.parts = tuple(parts)
         self.clock = clock or SystemClock()
@@ -110,14 +122,20 @@ class Node:
         """Start the server (if embedded), connect, create streams, start the actors."""
         self.layout.root.mkdir(parents=True, exist_ok=True)
         if self.embedded:
-            self.server = EmbeddedNats(self.layout.nats_store, host=self.cfg.nats.host,
-                                       port=self.cfg.nats.port,
-                                       monitor_port=self.cfg.nats.monitor_port)
+            self.server = EmbeddedNats(
+                self.layout.nats_store,
+                host=self.cfg.nats.host,
+                port=self.cfg.nats.port,
+                monitor_port=self.cfg.nats.monitor_port,
+            )
             self.server.start()
             (self.layout.root / "nats.url").write_text(self.server.url)
-        self.bus = Bus.connect(self.url, name=f"conveyor-{'-'.join(self.parts)}",
-                               connect_timeout_s=self.cfg.nats.connect_timeout_s,
-                               request_timeout_s=self.cfg.nats.request_timeout_s)
+        self.bus = Bus.connect(
+            self.url,
+            name=f"conveyor-{'-'.join(self.parts)}",
+            connect_timeout_s=self.cfg.nats.connect_timeout_s,
+            request_timeout_s=self.cfg.nats.request_timeout_s,
+        )
         self.bus.setup()
         forge = make_forge(self.cfg, self.clock)
         ensure_repos(self.cfg, forge)
@@ -126,44 +144,83 @@ class Node:
         if LAUNCHER in self.parts:
             self._start_launcher(self.bus, forge)
         self._ticker.start()
-        log.info("conveyor.started", parts=",".join(self.parts), url=self.url,
-                 data_dir=str(self.layout.root))
+        log.info(
+            "conveyor.started",
+            parts=",".join(self.parts),
+            url=self.url,
+            data_dir=str(self.layout.root),
+        )
         return self
 
     def _start_control(self, bus: Bus, forge: LocalForge) -> None:
-        engine = StageEngine.start(bus, bus.store(subjects.BUCKET_TASKS, Task), forge,
-                                   self.clock, self.cfg)
-        worker = QueueWorker.start(bus, bus.store(subjects.BUCKET_JOBS, Job), self.clock,
-                                   self.cfg.queue)
+        engine = StageEngine.start(
+            bus, bus.store(subjects.BUCKET_TASKS, Task), forge, self.clock, self.cfg
+        )
+        worker = QueueWorker.start(
+            bus, bus.store(subjects.BUCKET_JOBS, Job), self.clock, self.cfg.queue
+        )
         self.refs["stage_engine"] = engine
         self.refs["queue_worker"] = worker
         self._ticker.add(worker)
-        bus.consume(subjects.STREAM_JOBS, subjects.CONSUMER_STAGE_ENGINE,
-                    [subjects.JOBS_OUTCOME], msgspec.json.Decoder(JobOutcome), engine.tell)
-        bus.consume(subjects.STREAM_JOBS, subjects.CONSUMER_QUEUE_WORKER,
-                    [subjects.JOBS_REQUESTED, subjects.JOBS_CANCELLED, subjects.JOBS_STARTED,
-                     subjects.JOBS_FINISHED], msgspec.json.Decoder(JobInput), worker.tell)
-        ControlService(bus, engine, worker, version=__version__,
-                       request_timeout_s=self.cfg.nats.request_timeout_s).register()
+        bus.consume(
+            subjects.STREAM_JOBS,
+            subjects.CONSUMER_STAGE_ENGINE,
+            [subjects.JOBS_OUTCOME],
+            msgspec.json.Decoder(JobOutcome),
+            engine.tell,
+        )
+        bus.consume(
+            subjects.STREAM_JOBS,
+            subjects.CONSUMER_QUEUE_WORKER,
+            [
+                subjects.JOBS_REQUESTED,
+                subjects.JOBS_CANCELLED,
+                subjects.JOBS_STARTED,
+                subjects.JOBS_FINISHED,
+            ],
+            msgspec.json.Decoder(JobInput),
+            worker.tell,
+        )
+        ControlService(
+            bus,
+            engine,
+            worker,
+            version=__version__,
+            request_timeout_s=self.cfg.nats.request_timeout_s,
+        ).register()
 
     def _start_launcher(self, bus: Bus, forge: LocalForge) -> None:
         slots = Slots(self.cfg.launcher.slots)
-        launcher = Launcher.start(bus, bus.store(subjects.BUCKET_RUNS, Run), forge, self.clock,
-                                  self.cfg, slots)
+        launcher = Launcher.start(
+            bus, bus.store(subjects.BUCKET_RUNS, Run), forge, self.clock, self.cfg, slots
+        )
         self.refs["launcher"] = launcher
 
         def _order(delivery: Any) -> None:
             slots.reserve()
             launcher.tell(delivery)
 
-        bus.consume(subjects.STREAM_LAUNCH, subjects.CONSUMER_LAUNCHERS,
-                    [subjects.LAUNCH_ORDERS], msgspec.json.Decoder(LaunchOrder), _order,
-                    capacity=slots.free)
+        bus.consume(
+            subjects.STREAM_LAUNCH,
+            subjects.CONSUMER_LAUNCHERS,
+            [subjects.LAUNCH_ORDERS],
+            msgspec.json.Decoder(LaunchOrder),
+            _order,
+            capacity=slots.free,
+        )
         bus.subscribe_core(subjects.LAUNCH_KILL, msgspec.json.Decoder(KillJob), launcher.tell)
-        bus.add_service(subjects.SERVICE_NAME, __version__, "Conveyor launcher", [
-            ("launcher", subjects.status_actor("launcher"),
-             launcher_status_handler(lambda: launcher.ask(LauncherStatus(), timeout=5))),
-        ])
+        bus.add_service(
+            subjects.SERVICE_NAME,
+            __version__,
+            "Conveyor launcher",
+            [
+                (
+                    "launcher",
+                    subjects.status_actor("launcher"),
+                    launcher_status_handler(lambda: launcher.ask(LauncherStatus(), timeout=5)),
+                ),
+            ],
+        )
 
     def ask(self, actor: str, message: Any, timeout_s: float = 10.0) -> Any:
         """Ask an actor of this node (tests and the status service)."""

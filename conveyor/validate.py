@@ -48,7 +48,9 @@ def prefix(value: object, field: str = "prefix") -> str:
 
 
 def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t" for ch in text)
+    return any(
+        unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\n\t" for ch in text
+    )
 
 
 def title(value: object, field: str = "title") -> str:
@@ -60,7 +62,7 @@ def title(value: object, field: str = "title") -> str:
         raise InvalidField(field, "must not be empty")
     if len(text) > MAX_TITLE:
         raise InvalidField(field, f"must be at most {MAX_TITLE} characters")
-    if "\n" in text or "\t" in text or _has_control(text):
+    if any(ch in text for ch in "\n\r\t\v\f\x85\u2028\u2029") or _has_control(text):
         raise InvalidField(field, "must not contain control characters")
     return text
 

@@ -195,11 +195,12 @@ class LocalForge:
         return self._resolve(repo, f"refs/heads/{branch}")
 
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
+        rel = _tree_path(path)
         sha = self._resolve_ref(repo, ref)
         if sha is None:
             return None
         bare = self.repo_path(repo)
-        spec = f"{sha}:{_tree_path(path)}"
+        spec = f"{sha}:{rel}"
         kind = git.run_git_result(["cat-file", "-t", spec], git_dir=bare)
         if not kind.ok or kind.text != "blob":
             return None
@@ -209,10 +210,10 @@ class LocalForge:
         return result.stdout
 
     def list_dir(self, repo: str, ref: str, path: str) -> list[str]:
+        rel = _tree_path(path, allow_root=True)
         sha = self._resolve_ref(repo, ref)
         if sha is None:
             return []
-        rel = _tree_path(path, allow_root=True)
         spec = f"{sha}:{rel}" if rel else f"{sha}^{{tree}}"
         result = git.run_git_result(
             ["ls-tree", "-z", "--name-only", spec], git_dir=self.repo_path(repo)

@@ -1,0 +1,487 @@
+"""The `conveyor` command line: run the daemon, send commands, read status."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bus import subjects
+from bus.messages import Alert, StageChanged
+from bus.server import EmbeddedNats
+from conveyor import config as config_mod
+from conveyor import logs
+from conveyor.client import Client, discover_url
+from conveyor.clock import SystemClock, iso
+from conveyor.config import Config
+from conveyor.errors import BusUnavailable, ConfigError, ConveyorError
+from conveyor.layout import Layout
+from conveyor.supervisor import Node
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+PARTS = ("nats", "control", "launcher")
+
+
+def _load(ctx: click.Context) -> Config:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "cfg" not in obj:
+        path = obj.get("config_path")
+        try:
+            cfg = config_mod.load(Path(path) if path else _default_config_path())
+        except ConfigError as err:
+            raise click.ClickException(f"configuration error: {err}") from err
+        obj["cfg"] = cfg
+    cfg_loaded: Config = obj["cfg"]
+    return cfg_loaded
+
+
+def _default_config_path() -> Path | None:
+    path = Path("config.toml")
+    return path if path.exists() else None
+
+
+def _client(ctx: click.Context) -> Client:
+    cfg = _load(ctx)
+    try:
+        url = discover_url(cfg, ctx.obj.get("nats_url"))
+        return Client(url, timeout_s=ctx.obj.get("timeout", 10.0))
+    except BusUnavailable as err:
+        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="config.toml to use (default: ./config.toml if present, else embedded).",
+)
+@click.option("--nats-url", help="NATS server of a running Conveyor (default: discovered).")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer."
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, nats_url: str | None, timeout: float) -> None:
+    """Conveyor: deliver work items through a staged pipeline of AI coding agents."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(config_path=config_path, nats_url=nats_url, timeout=timeout)
+
+
+# --- daemon ------------------------------------------------------------------------------
+
+
+def _configure_logs(cfg: Config) -> None:
+    fmt = cfg.log.format
+    logs.configure(cfg.log.level, json_lines=None if fmt == "auto" else fmt == "json")
+
+
+def _block_until_signal(on_stop: Callable[[], None]) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        on_stop()
+
+
+@main.command()
+@click.option(
+    "--parts",
+    default=",".join(PARTS),
+    show_default=True,
+    help="Comma-separated parts to run in this process: nats, control, launcher.",
+)
+@click.pass_context
+def up(ctx: click.Context, parts: str) -> None:
+    """Run Conveyor: all parts in one process, or some of them (Procfile)."""
+    cfg = _load(ctx)
+    _configure_logs(cfg)
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown part(s) {unknown}; choose from {PARTS}", param_hint="--parts"
+        )
+    actors = [p for p in chosen if p != "nats"]
+    layout = Layout(cfg.data_path)
+    if "nats" in chosen and not actors:
+        server = EmbeddedNats(
+            layout.nats_store,
+            host=cfg.nats.host,
+            port=cfg.nats.port,
+            monitor_port=cfg.nats.monitor_port,
+        )
+        layout.root.mkdir(parents=True, exist_ok=True)
+        server.start()
+        (layout.root / "nats.url").write_text(server.url)
+        click.echo(f"nats-server ready at {server.url}", err=True)
+        _block_until_signal(server.stop)
+        return
+    embedded = "nats" in chosen and not ctx.obj.get("nats_url")
+    if not embedded:
+        try:
+            url = discover_url(cfg, ctx.obj.get("nats_url"), wait_s=30.0)
+        except BusUnavailable as err:
+            raise click.ClickException(str(err)) from err
+        cfg = config_mod.load(
+            Path(ctx.obj["config_path"]) if ctx.obj.get("config_path") else _default_config_path(),
+            overrides={"nats": {**_nats_table(cfg), "url": url}},
+        )
+    try:
+        node = Node(cfg, parts=actors, embedded=embedded).start()
+    except ConveyorError as err:
+        raise click.ClickException(f"start-up failed: {err}") from err
+    click.echo(f"Conveyor is up ({', '.join(chosen)}); NATS at {node.url}", err=True)
+    _block_until_signal(node.stop)
+
+
+def _nats_table(cfg: Config) -> dict[str, Any]:
+    return {
+        "host": cfg.nats.host,
+        "port": cfg.nats.port,
+        "monitor_port": cfg.nats.monitor_port,
+        "connect_timeout_s": cfg.nats.connect_timeout_s,
+        "request_timeout_s": cfg.nats.request_timeout_s,
+    }
+
+
+@main.command()
+@click.argument("title", default="Add a greeting feature")
+@click.option("--repo", default=None, help="Repository (default: the first configured).")
+@click.option("--description", default="", help="Work item description.")
+@click.option(
+    "--approve/--no-approve",
+    default=True,
+    show_default=True,
+    help="Approve the analysis with `conveyor approve` when it is ready.",
+)
+@click.option(
+    "--deadline",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    title: str,
+    repo: str | None,
+    description: str,
+    approve: bool,
+    deadline: float,
+) -> None:
+    """Start Conveyor, submit one work item, follow it to `done`, stop."""
+    cfg = _load(ctx)
+    if not cfg.repos:
+        raise click.ClickException("no repositories configured")
+    repo_name = repo or cfg.repos[0].name
+    _configure_logs(cfg) if cfg.log.level == "debug" else logs.configure("warning")
+    node = Node(cfg).start()
+    code = 1
+    try:
+        code = _follow_run(node, cfg, repo_name, title, description, approve, deadline)
+    finally:
+        node.stop()
+    sys.exit(code)
+
+
+def _follow_run(
+    node: Node, cfg: Config, repo: str, title: str, description: str, approve: bool, deadline: float
+) -> int:
+    client = Client(node.url)
+    # Messages arrive on the client's loop thread; handle them here, where blocking is fine.
+    inbox: queue.Queue[StageChanged | Alert] = queue.Queue()
+    state: dict[str, Any] = {"id": None, "end": None}
+    clock = SystemClock()
+    started = clock.monotonic()
+    try:
+        client.follow(inbox.put)
+        reply = client.command("submit", {"repo": repo, "title": title, "description": description})
+        if not reply.get("ok"):
+            err_console.print(f"submit refused: {reply.get('error')}")
+            return 1
+        state["id"] = reply["task"]["id"]
+        console.print(f"submitted [bold]{state['id']}[/] to {repo}: {title}")
+        while state["end"] is None:
+            remaining = deadline - (clock.monotonic() - started)
+            if remaining <= 0:
+                err_console.print(f"{state['id']} did not finish within {deadline:g}s")
+                return 1
+            try:
+                msg = inbox.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if msg.task_id == state["id"]:
+                state["end"] = _show(client, msg, clock.monotonic() - started, approve)
+        task = client.request(subjects.status_task(state["id"]))
+    finally:
+        client.close()
+    layout = Layout(cfg.data_path)
+    bare = layout.forge / "repos" / f"{repo}.git"
+    if state["end"] != "done":
+        err_console.print(f"{state['id']} ended {state['end']}: {task.get('last_reason')}")
+        return 1
+    console.print(f"\n[green]{state['id']} is done[/] in {clock.monotonic() - started:.1f}s.")
+    console.print(f"  merged into main of   {bare}")
+    console.print(
+        f"  artifacts             {layout.worktree(repo, state['id'])}/docs/"
+        f"work-items/{state['id']}/"
+    )
+    console.print(f"  agent logs            {layout.runs / state['id']}/")
+    console.print(f"  inspect the repo:     git --git-dir {bare} log --oneline main")
+    return 0
+
+
+def _show(client: Client, msg: StageChanged | Alert, elapsed: float, approve: bool) -> str | None:
+    """Print one event of the followed task; return how it ended, if it did."""
+    if isinstance(msg, StageChanged):
+        console.print(
+            f"[dim]{elapsed:6.1f}s[/] [bold]{msg.task_id}[/] "
+            f"{msg.old or '-'} → [cyan]{msg.new}[/]  [dim]({msg.cause})[/]"
+        )
+        return msg.new if msg.new in ("done", "cancelled") else None
+    console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {msg.text}")
+    if "approve" in msg.text and approve:
+        reply = client.command("approve", {"id": msg.task_id})
+        outcome = "ok" if reply.get("ok") else reply.get("error")
+        console.print(f"[dim]{elapsed:6.1f}s[/] $ conveyor approve {msg.task_id} → {outcome}")
+    return "escalated" if "escalated" in msg.text else None
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _send(ctx: click.Context, name: str, body: dict[str, Any], as_json: bool) -> None:
+    client = _client(ctx)
+    try:
+        reply = client.command(name, body)
+    except ConveyorError as err:
+        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+    finally:
+        client.close()
+    if as_json:
+        _print_json(reply)
+    elif reply.get("ok"):
+        task = reply.get("task") or {}
+        note = f" ({reply['note']})" if reply.get("note") else ""
+        click.echo(f"ok: {task.get('id', '')} {task.get('stage', '')}{note}".rstrip())
+    if not reply.get("ok"):
+        if not as_json:
+            click.echo(f"refused: {reply.get('error')}", err=True)
+        sys.exit(1)
+
+
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON reply.")
+
+
+@main.command()
+@click.argument("title")
+@click.option("--repo", default=None, help="Repository (default: the first configured).")
+@click.option("--id", "item_id", default="", help="Work item id (default: next PREFIX-N).")
+@click.option("--description", default="", help="Work item description.")
+@_json_flag
+@click.pass_context
+def submit(
+    ctx: click.Context, title: str, repo: str | None, item_id: str, description: str, as_json: bool
+) -> None:
+    """Submit a work item; it starts at `created`."""
+    cfg = _load(ctx)
+    repo_name = repo or (cfg.repos[0].name if cfg.repos else "")
+    _send(
+        ctx,
+        "submit",
+        {"repo": repo_name, "title": title, "id": item_id, "description": description},
+        as_json,
+    )
+
+
+def _simple(name: str, help_text: str, with_reason: bool = False) -> None:
+    @click.argument("item_id", metavar="ID")
+    @_json_flag
+    @click.pass_context
+    def command(ctx: click.Context, item_id: str, as_json: bool, reason: str = "") -> None:
+        body: dict[str, Any] = {"id": item_id}
+        if with_reason:
+            body["reason"] = reason
+        _send(ctx, name, body, as_json)
+
+    command.__doc__ = help_text
+    if with_reason:
+        command = click.option("--reason", default="", help="Why (kept in history).")(command)
+    main.command(name=name)(command)
+
+
+_simple("approve", "Approve a task's analysis (the human gate).")
+_simple("reject", "Reject a task's analysis; the analyst reworks it.", with_reason=True)
+_simple("cancel", "Cancel a task; its running agent is killed.", with_reason=True)
+_simple("retry", "Reset an escalated task's retry budget and re-run its stage.")
+_simple("confirm-deploy", "Confirm the production deploy of a protected repository.")
+
+
+# --- read commands -----------------------------------------------------------------------
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0.0, SystemClock().now() - ts)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+@main.command()
+@click.argument("item_id", metavar="[ID]", required=False)
+@_json_flag
+@click.pass_context
+def status(ctx: click.Context, item_id: str | None, as_json: bool) -> None:
+    """Show the daemon's status and tasks, or one task with its history."""
+    client = _client(ctx)
+    try:
+        if item_id:
+            try:
+                subject = subjects.status_task(item_id)
+            except ConveyorError as err:
+                raise click.BadParameter(str(err), param_hint="ID") from err
+            record = client.request(subject)
+            if as_json:
+                _print_json(record)
+            else:
+                _print_task(record)
+            if record.get("ok") is False:
+                sys.exit(1)
+            return
+        overview = client.request(subjects.STATUS)
+        tasks = client.request(subjects.STATUS_TASKS)
+    except ConveyorError as err:
+        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+    finally:
+        client.close()
+    if as_json:
+        _print_json({"overview": overview, "tasks": tasks})
+        return
+    _print_overview(overview, tasks)
+
+
+def _print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    health = "[green]healthy[/]" if overview.get("healthy") else "[red]degraded[/]"
+    console.print(
+        f"Conveyor {overview.get('version', '?')} — {health} — "
+        f"{overview.get('tasks', 0)} tasks, jobs {overview.get('jobs', {})}"
+    )
+    actors = Table("actor", "health", "details", title="Actors", title_justify="left")
+    for name, info in sorted(overview.get("actors", {}).items()):
+        ok = info.get("healthy")
+        detail = info.get("error") or ", ".join(
+            f"{k}={v}"
+            for k, v in info.items()
+            if k in ("tasks", "escalated", "counts", "busy", "slots", "name")
+        )
+        actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", str(detail))
+    console.print(actors)
+    table = Table(
+        "id",
+        "repo",
+        "stage",
+        "step",
+        "job",
+        "retries",
+        "updated",
+        "title",
+        title="Tasks",
+        title_justify="left",
+    )
+    for task in tasks:
+        stage = task["stage"] + (" [red](escalated)[/]" if task.get("escalated") else "")
+        table.add_row(
+            task["id"],
+            task["repo"],
+            stage,
+            task.get("step", ""),
+            task.get("job_status", ""),
+            str(task.get("developer_retries", 0)),
+            _ago(task.get("updated_at")),
+            task["title"],
+        )
+    console.print(table)
+
+
+def _print_task(record: dict[str, Any]) -> None:
+    if record.get("ok") is False:
+        err_console.print(f"[red]{record.get('error')}[/]")
+        return
+    flags = " [red]escalated[/]" if record.get("escalated") else ""
+    console.print(
+        f"[bold]{record['id']}[/] {record['title']}  ({record['repo']}, {record['branch']})"
+    )
+    console.print(
+        f"stage [cyan]{record['stage']}[/] step {record.get('step')} job "
+        f"{record.get('job_id') or '-'} [{record.get('job_status') or '-'}]{flags}"
+    )
+    if record.get("last_reason"):
+        console.print(f"last: {record['last_reason']}")
+    table = Table("at", "from", "to", "cause", title="History", title_justify="left")
+    for entry in record.get("history", []):
+        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], entry["cause"])
+    console.print(table)
+
+
+@main.command()
+@click.option("--history", is_flag=True, help="Replay stored stage changes and alerts first.")
+@_json_flag
+@click.pass_context
+def tail(ctx: click.Context, history: bool, as_json: bool) -> None:
+    """Follow stage changes and alerts as they happen (Ctrl-C to stop)."""
+    client = _client(ctx)
+
+    def on_message(msg: StageChanged | Alert) -> None:
+        if as_json:
+            click.echo(json.dumps({"subject": _subject_of(msg), **json.loads(_encode(msg))}))
+        elif isinstance(msg, StageChanged):
+            console.print(
+                f"{iso(msg.at)} [bold]{msg.task_id}[/] {msg.old or '-'} → "
+                f"[cyan]{msg.new}[/] ({msg.cause})"
+            )
+        else:
+            console.print(f"{iso(msg.at)} [yellow]{msg.level}[/] {msg.text}")
+
+    try:
+        client.follow(on_message, history=history)
+    except ConveyorError as err:
+        client.close()
+        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+    _block_until_signal(client.close)
+
+
+def _subject_of(msg: StageChanged | Alert) -> str:
+    return subjects.stage_changed(msg.task_id) if isinstance(msg, StageChanged) else subjects.ALERTS
+
+
+def _encode(msg: StageChanged | Alert) -> bytes:
+    from bus.messages import encode
+
+    return encode(msg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Launcher decisions: argv placeholders, agent environment, prompt, usage parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors import launcher_policy as lp
+from bus.messages import LaunchOrder
+from conveyor.config import RepoConfig
+
+PYTHON = "/opt/py/bin/python3"
+WORKTREE = "/data/worktrees/DEMO-1"
+VALUES = {
+    "work_item": "DEMO-1",
+    "repo": "demo",
+    "branch": "feature/DEMO-1-add-login",
+    "worktree": WORKTREE,
+    "stage": "development",
+}
+REPO = RepoConfig(
+    name="demo",
+    prefix="DEMO",
+    check_command=["{python}", "-m", "unittest", "discover"],
+    staging_command=["{python}", "deploy.py", "--env", "staging", "--item", "{work_item}"],
+    deploy_command=["./deploy.sh", "prod", "{branch}", "{stage}"],
+)
+
+
+def order(stage: str = "development", role: str = "developer", **changes: object) -> LaunchOrder:
+    fields: dict[str, object] = {
+        "job_id": f"DEMO-1.{stage}.1.work",
+        "attempt": 2,
+        "task_id": "DEMO-1",
+        "repo": "demo",
+        "stage": stage,
+        "role": role,
+        "visit": 1,
+        "branch": "feature/DEMO-1-add-login",
+        "title": "Add login",
+        "description": "Users log in with a password.",
+    }
+    fields.update(changes)
+    return LaunchOrder(**fields)
+
+
+def env_for(
+    launch: LaunchOrder, base: dict[str, str] | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    return lp.agent_env(
+        base or {}, launch, repo=REPO, worktree=WORKTREE, python=PYTHON, extra=extra or {}
+    )
+
+
+# --- substitute ------------------------------------------------------------------------------
+
+
+def test_known_placeholders_are_substituted_inside_arguments():
+    argv = [
+        "agent",
+        "--item={work_item}",
+        "{repo}",
+        "--branch",
+        "{branch}",
+        "-C",
+        "{worktree}",
+        "{stage}:{stage}",
+    ]
+    assert lp.substitute(argv, VALUES) == [
+        "agent",
+        "--item=DEMO-1",
+        "demo",
+        "--branch",
+        "feature/DEMO-1-add-login",
+        "-C",
+        WORKTREE,
+        "development:development",
+    ]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "{__class__}",
+        "{work_item.x}",
+        "{work_item!r}",
+        "{work_item:>10}",
+        "{0}",
+        "{}",
+        "{title}",
+        "{description}",
+        "{python}",
+        "{ work_item }",
+        "{WORK_ITEM}",
+        "$HOME",
+        "$(id)",
+        "`id`",
+        "%(work_item)s",
+    ],
+)
+def test_anything_that_is_not_a_known_placeholder_stays_literal(arg: str):
+    assert lp.substitute([arg], VALUES) == [arg]
+
+
+def test_a_placeholder_without_a_value_stays_literal():
+    assert lp.substitute(["{branch}", "{repo}"], {"repo": "demo"}) == ["{branch}", "demo"]
+
+
+def test_substitution_keeps_one_argument_per_argument():
+    values = {**VALUES, "worktree": "/tmp/dir with spaces; rm -rf ~"}
+    assert lp.substitute(["-C", "{worktree}"], values) == ["-C", "/tmp/dir with spaces; rm -rf ~"]
+
+
+def test_a_substituted_value_is_never_substituted_again():
+    values = {**VALUES, "worktree": "/data/{stage}/wt"}
+    assert lp.substitute(["{worktree}"], values) == ["/data/{stage}/wt"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    argv=st.lists(st.text(alphabet=st.sampled_from("{}_.!:abcdefghijklmnorstuvwxyz ")), max_size=5)
+)
+def test_substitute_only_ever_replaces_whole_known_placeholders(argv: list[str]):
+    out = lp.substitute(argv, VALUES)
+    assert len(out) == len(argv)
+    for before, after in zip(argv, out, strict=True):
+        expected = before
+        for name in lp.PLACEHOLDERS:
+            expected = expected.replace(name, VALUES[name[1:-1]])
+        assert after == expected
+
+
+def test_python_argument_is_replaced_by_the_interpreter():
+    assert lp.python_argv(["{python}", "-m", "x"], PYTHON) == [PYTHON, "-m", "x"]
+
+
+def test_python_placeholder_inside_a_longer_argument_is_left_alone():
+    assert lp.python_argv(["--py={python}", "{python}x"], PYTHON) == ["--py={python}", "{python}x"]
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def test_agent_env_strips_nesting_guards_and_inherited_conveyor_vars():
+    # Given a launcher environment with a nesting guard and stale Conveyor variables
+    base = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/c",
+        "CLAUDECODE": "1",
+        "CONVEYOR_WORK_ITEM": "OTHER-9",
+        "CONVEYOR_SECRET_FROM_PARENT": "x",
+        "CONVEYOR_QUEUE__MAX_CONCURRENCY": "9",
+    }
+    # When the agent environment is built
+    env = env_for(order(), base)
+    # Then the guard and the inherited Conveyor vars are gone, the rest is kept
+    assert "CLAUDECODE" not in env
+    assert "CONVEYOR_SECRET_FROM_PARENT" not in env
+    assert "CONVEYOR_QUEUE__MAX_CONCURRENCY" not in env
+    assert (env["PATH"], env["HOME"]) == ("/usr/bin", "/home/c")
+    # And the job's own facts are set
+    assert env["CONVEYOR_WORK_ITEM"] == "DEMO-1"
+    assert {
+        k: env[k]
+        for k in (
+            "CONVEYOR_ROLE",
+            "CONVEYOR_TITLE",
+            "CONVEYOR_REPO",
+            "CONVEYOR_BRANCH",
+            "CONVEYOR_STAGE",
+            "CONVEYOR_VISIT",
+            "CONVEYOR_ATTEMPT",
+        )
+    } == {
+        "CONVEYOR_ROLE": "developer",
+        "CONVEYOR_TITLE": "Add login",
+        "CONVEYOR_REPO": "demo",
+        "CONVEYOR_BRANCH": "feature/DEMO-1-add-login",
+        "CONVEYOR_STAGE": "development",
+        "CONVEYOR_VISIT": "1",
+        "CONVEYOR_ATTEMPT": "2",
+    }
+
+
+def test_agent_env_does_not_modify_the_base_environment():
+    base = {"CLAUDECODE": "1", "PATH": "/bin"}
+    env_for(order(), base)
+    assert base == {"CLAUDECODE": "1", "PATH": "/bin"}
+
+
+def test_agent_env_adds_the_role_extras_last():
+    env = env_for(order(), {"API_KEY": "old"}, extra={"API_KEY": "new", "MODEL": "m1"})
+    assert (env["API_KEY"], env["MODEL"]) == ("new", "m1")
+
+
+def test_check_command_is_passed_as_json_argv_with_the_interpreter():
+    env = env_for(order())
+    assert json.loads(env["CONVEYOR_CHECK_COMMAND"]) == [PYTHON, "-m", "unittest", "discover"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("deploy-staging", [PYTHON, "deploy.py", "--env", "staging", "--item", "DEMO-1"]),
+        ("deploy", ["./deploy.sh", "prod", "feature/DEMO-1-add-login", "deploy"]),
+        ("development", []),
+        ("review", []),
+    ],
+)
+def test_deploy_command_is_chosen_by_stage(stage: str, expected: list[str]):
+    env = env_for(order(stage=stage, role="deployer"))
+    assert json.loads(env["CONVEYOR_DEPLOY_COMMAND"]) == expected
+
+
+def test_work_item_text_in_the_environment_is_passed_verbatim():
+    launch = order(title="$(rm -rf /) `id` {repo}")
+    assert env_for(launch)["CONVEYOR_TITLE"] == "$(rm -rf /) `id` {repo}"
+
+
+# --- prompt ----------------------------------------------------------------------------------
+
+
+def test_prompt_names_the_role_work_item_and_artifact_directory():
+    text = lp.prompt(order())
+    assert text.startswith("# developer for DEMO-1: Add login\n")
+    assert "Branch: feature/DEMO-1-add-login" in text
+    assert "visit 1, attempt 2" in text
+    assert "docs/work-items/DEMO-1/" in text
+    assert text.endswith("Users log in with a password.\n")
+
+
+def test_prompt_without_description_says_so():
+    assert "(no description)" in lp.prompt(order(description=""))
+
+
+def test_prompt_does_not_interpret_braces_in_work_item_text():
+    text = lp.prompt(order(title="{__class__}", description="{work_item} {0}"))
+    assert "{__class__}" in text
+    assert "{work_item} {0}" in text
+
+
+def test_run_key_joins_job_and_attempt():
+    assert lp.run_key("DEMO-1.review.2.work", 3) == "DEMO-1.review.2.work.3"
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+CLAUDE_RESULT = json.dumps(
+    {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "duration_ms": 51234,
+        "num_turns": 12,
+        "result": "Done.",
+        "session_id": "abc",
+        "total_cost_usd": 0.4213,
+        "usage": {"input_tokens": 1200, "cache_read_input_tokens": 50000, "output_tokens": 3400},
+    }
+)
+
+
+def test_usage_is_read_from_a_claude_result_line_after_other_output():
+    tail = "\n".join(['{"type":"assistant","message":{}}', "some plain text", CLAUDE_RESULT, ""])
+    assert lp.parse_usage(tail) == {
+        "usage": {"input_tokens": 1200, "cache_read_input_tokens": 50000, "output_tokens": 3400},
+        "cost_usd": 0.4213,
+    }
+
+
+def test_a_claude_error_result_is_flagged():
+    line = json.dumps(
+        {
+            "type": "result",
+            "subtype": "error_max_turns",
+            "is_error": True,
+            "total_cost_usd": 1,
+            "usage": {"output_tokens": 5},
+        }
+    )
+    assert lp.parse_usage(line) == {
+        "usage": {"output_tokens": 5},
+        "cost_usd": 1.0,
+        "is_error": True,
+    }
+
+
+def test_usage_is_read_from_the_demo_agent_result_line():
+    line = json.dumps(
+        {
+            "type": "result",
+            "role": "developer",
+            "outcome": "ok",
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "total_cost_usd": 0.0,
+        }
+    )
+    assert lp.parse_usage(f"demo-agent: wrote 11-dev-notes.md\n{line}\n") == {
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "cost_usd": 0.0,
+    }
+
+
+def test_usage_under_stats_is_accepted():
+    line = json.dumps({"type": "result", "stats": {"tokens": 7}})
+    assert lp.parse_usage(line) == {"usage": {"tokens": 7}}
+
+
+def test_the_last_result_line_wins():
+    first = json.dumps({"type": "result", "total_cost_usd": 1.0})
+    last = json.dumps({"type": "result", "total_cost_usd": 2.0})
+    assert lp.parse_usage(f"{first}\n{last}\n")["cost_usd"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",
+        "plain text only\nno json here\n",
+        "{not json at all",
+        '{"type": "assistant", "usage": {"output_tokens": 3}}',
+        '["type", "result"]',
+        '{"type": "result"',
+        "\x00\xff garbage \ufffd",
+    ],
+)
+def test_output_without_a_result_line_has_no_usage(tail: str):
+    assert lp.parse_usage(tail) == {}
+
+
+def test_a_result_line_with_odd_fields_yields_empty_usage_and_no_cost():
+    line = json.dumps(
+        {
+            "type": "result",
+            "usage": ["not", "a", "dict"],
+            "total_cost_usd": "0.5",
+            "is_error": "yes",
+        }
+    )
+    assert lp.parse_usage(line) == {"usage": {}}
+
+
+@settings(max_examples=150, deadline=None)
+@given(tail=st.text(max_size=300))
+def test_parse_usage_never_raises_on_any_output(tail: str):
+    result = lp.parse_usage(tail)
+    assert result == {} or isinstance(result["usage"], dict)
