@@ -1,0 +1,287 @@
+"""A work item flows through every stage with real git, a real nats-server and the demo agent."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gateways import git
+from tests.harness import Harness, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ALL_STAGES = [
+    "created",
+    "analysis",
+    "architecture",
+    "development",
+    "review",
+    "testing",
+    "deploy-staging",
+    "deploy",
+    "done",
+]
+
+
+def _main_files(harness: Harness, repo: str = "demo") -> str:
+    bare = harness.layout.forge / "repos" / f"{repo}.git"
+    return git.run_git(["ls-tree", "-r", "--name-only", "main"], git_dir=bare)
+
+
+def test_a_work_item_reaches_done_through_every_stage(harness: Harness) -> None:
+    # Given a submitted work item
+    reply = harness.submit("Add a greeting")
+    assert reply["ok"], reply
+    item = reply["task"]["id"]
+    assert item == "DEMO-1"
+    assert reply["task"]["branch"] == "feature/DEMO-1-add-a-greeting"
+
+    # When it is approved at analysis and left alone
+    task = harness.wait_stage(item, "done")
+
+    # Then it passed every stage once, in order, with a cause for each change
+    assert harness.stages_of(item) == ALL_STAGES
+    assert all(entry["cause"] for entry in task["history"])
+    # and the change and its artifacts are merged into main exactly once
+    files = _main_files(harness)
+    assert "features/demo_1.py" in files
+    assert "docs/work-items/DEMO-1/15-staging-log.md" in files
+    # (the deploy log is written after the merge, on the branch)
+    bare = harness.layout.forge / "repos" / "demo.git"
+    assert (
+        git.run_git(
+            ["cat-file", "-e", f"{task['branch']}:docs/work-items/DEMO-1/14-deploy-log.md"],
+            git_dir=bare,
+        )
+        == ""
+    )
+    kinds = Counter(e["kind"] for e in harness.forge_effects() if e.get("repo") == "demo")
+    assert kinds["pr_opened"] == 1
+    assert kinds["pr_merged"] == 1
+    # and every job finished as done
+    assert {job.status for job in harness.jobs().values()} == {"done"}
+
+
+def test_request_changes_sends_the_item_back_to_development(harness: Harness) -> None:
+    item = harness.submit("Review loop", description="demo: reviewer=request_changes")["task"]["id"]
+
+    task = harness.wait_stage(item, "done")
+
+    stages = harness.stages_of(item)
+    assert stages.count("development") == 2
+    assert stages.count("review") == 2
+    assert task["developer_retries"] == 1
+    assert any("requests changes" in e["cause"] for e in task["history"])
+
+
+def test_a_failed_test_report_sends_the_item_back_to_development(harness: Harness) -> None:
+    item = harness.submit("Test loop", description="demo: tester=fail")["task"]["id"]
+
+    task = harness.wait_stage(item, "done")
+
+    stages = harness.stages_of(item)
+    assert stages.count("testing") == 2
+    assert stages.count("development") == 2
+    assert any(e["cause"] == "test report FAIL" for e in task["history"])
+
+
+def test_a_malformed_artifact_fails_the_gate_and_the_stage_is_retried(harness: Harness) -> None:
+    item = harness.submit("Bad ADR", description="demo: architect=fail")["task"]["id"]
+
+    harness.wait_stage(item, "done")
+
+    archs = [j for j in harness.jobs().values() if j.task_id == item and j.stage == "architecture"]
+    assert len(archs) == 2
+
+
+def test_developer_failures_escalate_after_the_retry_budget(harness: Harness) -> None:
+    # Given a developer whose CI is always red
+    item = harness.submit("Always red", description="demo: developer=fail*always")["task"]["id"]
+
+    # When the pipeline runs
+    task = harness.wait_stage(item, "escalated")
+
+    # Then the developer ran 1 + 3 times, the task stays on development, escalated
+    assert task["stage"] == "development"
+    dev_jobs = [j for j in harness.jobs().values() if j.task_id == item and j.role == "developer"]
+    assert len(dev_jobs) == 4
+    assert task["developer_retries"] == 3
+    # and nothing else happens until a human acts: retry resets the budget
+    reply = harness.command("retry", item)
+    assert reply["ok"], reply
+    assert harness.task(item)["escalated"] is False
+
+
+def test_cancel_mid_stage_kills_the_agent_and_stops_the_task(harness: Harness) -> None:
+    # Given an architect that hangs
+    item = harness.submit("Hangs", description="demo: architect=hang")["task"]["id"]
+    harness.wait_stage(item, "architecture")
+
+    def _running_pid() -> int | None:
+        jobs = [
+            j
+            for j in harness.jobs().values()
+            if j.task_id == item and j.stage == "architecture" and j.status == "running"
+        ]
+        return jobs[0].pid if jobs and jobs[0].pid else None
+
+    pid = wait_until(_running_pid, what="architect process")
+    assert psutil.pid_exists(pid)
+
+    # When the operator cancels it
+    reply = harness.command("cancel", item, reason="not needed")
+    assert reply["ok"], reply
+
+    # Then the task is cancelled, its job cancelled, and the agent's process tree is gone
+    assert harness.task(item)["stage"] == "cancelled"
+    wait_until(lambda: not _alive(pid), what="agent process to die")
+    wait_until(
+        lambda: all(
+            j.status in ("cancelled", "done") for j in harness.jobs().values() if j.task_id == item
+        ),
+        what="jobs to settle",
+    )
+    assert harness.command("approve", item)["ok"] is False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_concurrent_duplicate_submits_create_one_task_branch_worktree_and_job(
+    harness: Harness,
+) -> None:
+    # When eight operators submit the same work item at once
+    replies: list[dict[str, object]] = []
+    barrier = threading.Barrier(8)
+
+    def _submit() -> None:
+        barrier.wait()
+        replies.append(harness.submit("Same item", item_id="DEMO-7"))
+
+    threads = [threading.Thread(target=_submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then all succeed, naming one task
+    assert all(r["ok"] for r in replies), replies
+    assert [t["id"] for t in harness.tasks()] == ["DEMO-7"]
+    harness.wait_stage("DEMO-7", "analysis", approve=False)
+    intake = [j for j in harness.jobs().values() if j.role == "intake"]
+    assert len(intake) == 1
+    worktrees = os.listdir(harness.layout.root / "worktrees" / "demo")
+    assert worktrees == ["DEMO-7"]
+    bare = harness.layout.forge / "repos" / "demo.git"
+    branches = git.run_git(["branch", "--list", "feature/*"], git_dir=bare).split()
+    assert branches == ["feature/DEMO-7-same-item"]
+
+
+def test_two_repositories_run_in_parallel_with_a_per_repo_limit_of_one(harness_factory) -> None:
+    # Given two repositories and a per-repository limit of 1
+    harness = harness_factory(
+        repos=[
+            {
+                "name": "demo",
+                "prefix": "DEMO",
+                "template": "demo",
+                "check_command": [
+                    "{python}",
+                    "-m",
+                    "unittest",
+                    "discover",
+                    "-s",
+                    "tests",
+                    "-t",
+                    ".",
+                ],
+            },
+            {
+                "name": "other",
+                "prefix": "OTH",
+                "template": "demo",
+                "check_command": [
+                    "{python}",
+                    "-m",
+                    "unittest",
+                    "discover",
+                    "-s",
+                    "tests",
+                    "-t",
+                    ".",
+                ],
+            },
+        ],
+        queue={"per_repo_concurrency": 1, "max_concurrency": 4},
+    )
+    slow = "demo: analyst=slow:0.3 architect=slow:0.3 developer=slow:0.3"
+
+    # When two items per repository are submitted
+    items = [
+        harness.submit(f"Item {i}", repo=repo, description=slow)["task"]["id"]
+        for repo in ("demo", "other")
+        for i in (1, 2)
+    ]
+    for item in items:
+        harness.wait_stage(item, "done", deadline_s=120)
+
+    # Then no two jobs of one repository ever ran at the same time
+    jobs = [j for j in harness.jobs().values() if j.claimed_at and j.finished_at]
+    for repo in ("demo", "other"):
+        spans = sorted((j.claimed_at, j.finished_at) for j in jobs if j.repo == repo)
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert start >= end - 1e-3, f"{repo} overlapped"
+    # and the two repositories did overlap (they ran in parallel)
+    demo = [(j.claimed_at, j.finished_at) for j in jobs if j.repo == "demo"]
+    other = [(j.claimed_at, j.finished_at) for j in jobs if j.repo == "other"]
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in demo for b0, b1 in other)
+    assert "features/oth_1.py" in _main_files(harness, "other")
+
+
+def test_a_crashing_agent_is_retried_by_the_queue(harness: Harness) -> None:
+    # The architect crashes on its first visit (both job attempts), then works on the retry.
+    item = harness.submit("Crashy", description="demo: architect=crash")["task"]["id"]
+
+    harness.wait_stage(item, "done")
+
+    archs = sorted(
+        (j for j in harness.jobs().values() if j.task_id == item and j.stage == "architecture"),
+        key=lambda j: j.id,
+    )
+    assert [j.status for j in archs] == ["failed", "done"]
+    assert archs[0].attempts == 2
+    assert archs[0].exit_code == 3
+
+
+def test_a_restarted_node_adopts_a_running_agent_instead_of_rerunning_it(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # Given a developer agent that takes a while
+    item = harness.submit("Slow dev", description="demo: developer=slow:3")["task"]["id"]
+    harness.wait_stage(item, "development")
+    wait_until(
+        lambda: any(j.role == "developer" and j.pid for j in harness.jobs().values()),
+        what="developer running",
+    )
+
+    # When the whole node stops while the agent runs, and a new one starts on the same state
+    harness.stop_node()
+    harness.start()
+
+    # Then the item still reaches done, and the developer ran exactly once
+    harness.wait_stage(item, "done")
+    dev = [j for j in harness.jobs().values() if j.task_id == item and j.role == "developer"]
+    assert len(dev) == 1
+    assert dev[0].attempts == 1
+    runs = list((harness.layout.runs / item).glob("development.*"))
+    assert len(runs) == 1

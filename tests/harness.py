@@ -1,0 +1,143 @@
+"""Test harness: a Conveyor node on a fixture nats-server, and a client speaking to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.queue_policy import Job
+from bus import subjects
+from conveyor import config as config_mod
+from conveyor.client import Client
+from conveyor.clock import SystemClock
+from conveyor.config import Config
+from conveyor.layout import Layout
+from conveyor.supervisor import Node
+
+DEADLINE_S = 60.0
+
+
+def make_config(data_dir: Path, nats_url: str, **overrides: Any) -> Config:
+    """The embedded defaults, made fast for tests, on a fixture nats-server."""
+    base: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "nats": {"url": nats_url},
+        "queue": {
+            "tick_s": 0.1,
+            "backoff_base_s": 0.05,
+            "backoff_max_s": 0.2,
+            "max_concurrency": 4,
+            "per_repo_concurrency": 1,
+        },
+        "launcher": {"kill_grace_s": 1.0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return config_mod.load(env={}, overrides=base)
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, deadline_s: float = DEADLINE_S, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after the deadline."""
+    clock = SystemClock()
+    end = clock.monotonic() + deadline_s
+    last: Any = None
+    while clock.monotonic() < end:
+        last = predicate()
+        if last:
+            return last
+        clock.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+class Harness:
+    """A running node plus a client speaking to it over NATS, as an operator would."""
+
+    def __init__(self, cfg: Config, nats_url: str) -> None:
+        self.cfg = cfg
+        self.url = nats_url
+        self.layout = Layout(cfg.data_path)
+        self.node: Node | None = None
+        self.client = Client(nats_url)
+
+    def start(self) -> Harness:
+        self.node = Node(self.cfg).start()
+        return self
+
+    def stop_node(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+
+    def close(self) -> None:
+        self.stop_node()
+        self.client.close()
+
+    # --- operator actions ---------------------------------------------------------------
+
+    def submit(
+        self, title: str, *, repo: str = "demo", description: str = "", item_id: str = ""
+    ) -> dict[str, Any]:
+        return self.client.command(
+            "submit", {"repo": repo, "title": title, "description": description, "id": item_id}
+        )
+
+    def command(self, name: str, item_id: str, **body: Any) -> dict[str, Any]:
+        return self.client.command(name, {"id": item_id, **body})
+
+    def task(self, item_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = self.client.request(subjects.status_task(item_id))
+        return record
+
+    def tasks(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.client.request(subjects.STATUS_TASKS)
+        return rows
+
+    def wait_stage(
+        self, item_id: str, *stages: str, deadline_s: float = DEADLINE_S, approve: bool = True
+    ) -> dict[str, Any]:
+        """Wait for the task to reach one of `stages`, approving analysis on the way."""
+
+        def _check() -> dict[str, Any] | None:
+            task = self.task(item_id)
+            if (
+                approve
+                and task.get("stage") == "analysis"
+                and not task.get("approved")
+                and "awaiting approval" in task.get("last_reason", "")
+            ):
+                self.command("approve", item_id)
+            if task.get("stage") in stages:
+                return task
+            if task.get("escalated") and "escalated" in stages:
+                return task
+            return None
+
+        result: dict[str, Any] = wait_until(
+            _check, deadline_s=deadline_s, what=f"{item_id} to reach {stages}"
+        )
+        return result
+
+    # --- inspection ---------------------------------------------------------------------
+
+    def jobs(self) -> dict[str, Job]:
+        bus = self.client.bus
+        return {
+            key: entry.value
+            for key, entry in bus.store(subjects.BUCKET_JOBS, Job).load_all().items()
+        }
+
+    def forge_effects(self) -> list[dict[str, Any]]:
+        path = self.layout.forge / "effects.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def stages_of(self, item_id: str) -> list[str]:
+        return [entry["new"] for entry in self.task(item_id)["history"]]
