@@ -87,6 +87,9 @@ class Slots:
 
 def kill_tree(pid: int, grace_s: float) -> None:
     """SIGTERM the process, its group and every descendant; SIGKILL what is left after grace."""
+    if pid <= 1 or pid == os.getpid() or pid == os.getpgrp():
+        log.error("launcher.kill_refused", pid=pid, reason="would kill Conveyor itself")
+        return
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -228,7 +231,9 @@ class Launcher(pykka.ThreadingActor):
             entry.value, status=policy.RUNNING, pid=started.pid, create_time=started.create_time
         )
         self._save(run)
-        self._procs[run.id] = started.pid
+        if run.role not in (ROLE_INTAKE, ROLE_MERGE):
+            # Built-in steps run inside this process: its pid must never be a kill target.
+            self._procs[run.id] = started.pid
         self._bus.publish(
             subjects.JOBS_STARTED,
             JobStarted(

@@ -285,3 +285,24 @@ def test_a_restarted_node_adopts_a_running_agent_instead_of_rerunning_it(
     assert dev[0].attempts == 1
     runs = list((harness.layout.runs / item).glob("development.*"))
     assert len(runs) == 1
+
+
+def test_an_agent_past_its_timeout_has_its_process_tree_killed(harness_factory) -> None:
+    # Given an architect limited to 1 s that hangs on its first visit
+    harness = harness_factory(agents={"architect": {"timeout_s": 1.0}})
+    item = harness.submit("Times out", description="demo: architect=hang")["task"]["id"]
+
+    # When it runs, both attempts of the first visit time out; the retried visit works
+    harness.wait_stage(item, "done")
+
+    archs = sorted(
+        (j for j in harness.jobs().values() if j.task_id == item and j.stage == "architecture"),
+        key=lambda j: j.id,
+    )
+    assert archs[0].status == "failed"
+    assert "timed out" in archs[0].error
+    assert archs[1].status == "done"
+    # and no process of the timed-out runs is left
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        assert not ("conveyor.demo_agent" in cmdline and str(harness.layout.root) in cmdline)

@@ -52,9 +52,21 @@ class Processes:
     def start(self, name: str, parts: str) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "--config", str(self.config), "up",
-             "--parts", parts],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.tmp)
+            [
+                sys.executable,
+                "-m",
+                "conveyor.cli",
+                "--config",
+                str(self.config),
+                "up",
+                "--parts",
+                parts,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=self.tmp,
+        )
         self.procs[name] = proc
         return proc
 
@@ -121,8 +133,9 @@ def _jobs(client: Client) -> list[Job]:
     return [e.value for e in client.bus.store(subjects.BUCKET_JOBS, Job).load_all().values()]
 
 
-def test_procfile_parts_deliver_an_item_as_separate_processes(processes: Processes,
-                                                              nats_url: str) -> None:
+def test_procfile_parts_deliver_an_item_as_separate_processes(
+    processes: Processes, nats_url: str
+) -> None:
     processes.start("control", "control")
     processes.start("launcher", "launcher")
     client = _client(nats_url)
@@ -136,18 +149,23 @@ def test_procfile_parts_deliver_an_item_as_separate_processes(processes: Process
 
 
 def test_killing_control_and_launcher_mid_stage_loses_and_repeats_nothing(
-        processes: Processes, nats_url: str) -> None:
+    processes: Processes, nats_url: str
+) -> None:
     # Given an item whose developer takes a few seconds
     processes.start("control", "control")
     processes.start("launcher", "launcher")
     client = _client(nats_url)
     try:
         _wait_ready(client, processes)
-        item = client.command("submit", {"repo": "demo", "title": "Survives kill",
-                                         "description": "demo: developer=slow:3"})["task"]["id"]
+        item = client.command(
+            "submit",
+            {"repo": "demo", "title": "Survives kill", "description": "demo: developer=slow:3"},
+        )["task"]["id"]
         _drive(client, item, "development")
-        wait_until(lambda: any(j.role == "developer" and j.pid for j in _jobs(client)),
-                   what="developer started")
+        wait_until(
+            lambda: any(j.role == "developer" and j.pid for j in _jobs(client)),
+            what="developer started",
+        )
 
         # When both Conveyor processes are killed -9 while the agent works, then restarted
         processes.kill("control")
@@ -166,19 +184,23 @@ def test_killing_control_and_launcher_mid_stage_loses_and_repeats_nothing(
         client.close()
 
 
-def test_conveyor_up_killed_with_its_embedded_server_restarts_and_finishes(
-        tmp_path: Path) -> None:
+def test_conveyor_up_killed_with_its_embedded_server_restarts_and_finishes(tmp_path: Path) -> None:
     # Given `conveyor up` with its embedded nats-server
     procs = Processes(tmp_path)
     url_file = procs.data / "nats.url"
     procs.start("up", "nats,control,launcher")
     try:
-        url = wait_until(lambda: url_file.exists() and url_file.read_text().strip(),
-                         what="nats.url", deadline_s=60)
+        url = wait_until(
+            lambda: url_file.exists() and url_file.read_text().strip(),
+            what="nats.url",
+            deadline_s=60,
+        )
         client = _client(url)
         _wait_ready(client, procs)
-        item = client.command("submit", {"repo": "demo", "title": "Whole daemon dies",
-                                         "description": "demo: architect=slow:2"})["task"]["id"]
+        item = client.command(
+            "submit",
+            {"repo": "demo", "title": "Whole daemon dies", "description": "demo: architect=slow:2"},
+        )["task"]["id"]
         _drive(client, item, "architecture")
         client.close()
 
@@ -186,8 +208,11 @@ def test_conveyor_up_killed_with_its_embedded_server_restarts_and_finishes(
         url_file.unlink()
         procs.kill("up")
         procs.start("up", "nats,control,launcher")
-        url = wait_until(lambda: url_file.exists() and url_file.read_text().strip(),
-                         what="new nats.url", deadline_s=60)
+        url = wait_until(
+            lambda: url_file.exists() and url_file.read_text().strip(),
+            what="new nats.url",
+            deadline_s=60,
+        )
 
         # Then everything acknowledged survived and the item finishes
         client = _client(url)

@@ -1,0 +1,106 @@
+"""The `conveyor` command line, driven as an operator would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conveyor.cli import main
+from tests.harness import Harness, make_config
+
+COMMANDS = [
+    "up",
+    "run",
+    "submit",
+    "status",
+    "tail",
+    "approve",
+    "reject",
+    "cancel",
+    "retry",
+    "confirm-deploy",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_an_unknown_config_key_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[queue]\nmax_concurency = 2\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "up"])
+    assert result.exit_code != 0
+    assert "queue.max_concurency: unknown key" in result.output
+
+
+def test_a_wrong_type_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[launcher]\nslots = "four"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code != 0
+    assert "launcher.slots" in result.output
+
+
+def test_commands_without_a_running_conveyor_say_so(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "nothing"}"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code != 0
+    assert "not reachable" in result.output
+
+
+@pytest.fixture
+def running(tmp_path: Path, nats_url: str) -> Iterator[tuple[Harness, list[str]]]:
+    cfg = make_config(tmp_path / "data", nats_url)
+    harness = Harness(cfg, nats_url).start()
+    try:
+        yield harness, ["--nats-url", nats_url]
+    finally:
+        harness.close()
+
+
+def test_submit_status_and_cancel_through_the_cli(running: tuple[Harness, list[str]]) -> None:
+    harness, base = running
+    runner = CliRunner()
+
+    submitted = runner.invoke(main, [*base, "submit", "Add login", "--repo", "demo", "--json"])
+    assert submitted.exit_code == 0, submitted.output
+    item = json.loads(submitted.output)["task"]["id"]
+
+    table = runner.invoke(main, [*base, "status"])
+    assert table.exit_code == 0, table.output
+    assert item in table.output
+    assert "stage_engine" in table.output
+
+    detail = runner.invoke(main, [*base, "status", item, "--json"])
+    assert json.loads(detail.output)["id"] == item
+
+    cancelled = runner.invoke(main, [*base, "cancel", item, "--reason", "dup"])
+    assert cancelled.exit_code == 0, cancelled.output
+    again = runner.invoke(main, [*base, "cancel", item])
+    assert again.exit_code == 1
+    assert "already cancelled" in again.output
+    assert harness.task(item)["stage"] == "cancelled"
+
+
+def test_a_refused_command_exits_non_zero_with_the_reason(
+    running: tuple[Harness, list[str]],
+) -> None:
+    _, base = running
+    result = CliRunner().invoke(main, [*base, "submit", "x", "--id", "../../etc", "--repo", "demo"])
+    assert result.exit_code == 1
+    assert "id:" in result.output
+
+
+def test_status_of_a_bad_id_is_a_usage_error(running: tuple[Harness, list[str]]) -> None:
+    _, base = running
+    result = CliRunner().invoke(main, [*base, "status", "a.b"])
+    assert result.exit_code == 2
