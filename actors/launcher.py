@@ -23,7 +23,7 @@ from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, Tick
-from conveyor import runwrap
+from conveyor import procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import Config, agent_argv
 from conveyor.errors import ConveyorError, Fenced
@@ -344,20 +344,30 @@ class Launcher(pykka.ThreadingActor):
     def _adopt_thread(self, run: Run, order: LaunchOrder) -> None:
         exit_file = Path(run.run_dir) / "exit_code"
         try:
-            if (
-                run.pid is not None
-                and run.role not in (ROLE_INTAKE, ROLE_MERGE)
-                and _same(run.pid, run.create_time)
-            ):
-                log.info("launcher.adopted", job_id=run.job_id, pid=run.pid)
-                self._procs[run.id] = run.pid
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    psutil.Process(run.pid).wait()
+            builtin = run.role in (ROLE_INTAKE, ROLE_MERGE)
+            pid = None if builtin else _wrapper_pid(run, exit_file)
+            if pid is not None:
+                log.info("launcher.adopted", job_id=run.job_id, pid=pid)
+                self._procs[run.id] = pid
+                timeout_s = self._cfg.agents.for_role(run.role).timeout_s
+                remaining = run.started_at + timeout_s - self._clock.now()
+                if not procs.wait_exit(pid, max(0.0, remaining)):
+                    kill_tree(pid, self._cfg.launcher.kill_grace_s)
+                    self._tell(
+                        RunDone(
+                            run_id=run.id,
+                            exit_code=None,
+                            error=f"timed out after {timeout_s:g}s; tree killed",
+                        )
+                    )
+                    return
             recorded = runwrap.read_exit_file(exit_file)
-            if recorded is None or run.role in (ROLE_INTAKE, ROLE_MERGE):
+            if recorded is None or builtin:
                 done = RunDone(
                     run_id=run.id, exit_code=None, error="launcher died; run result unknown"
                 )
+            elif run.job_id in self._cancelled:
+                done = RunDone(run_id=run.id, exit_code=recorded[0], error="killed: job cancelled")
             else:
                 done = self._post_steps(run, order, recorded[0])
         except Exception as err:
@@ -386,14 +396,15 @@ class Launcher(pykka.ThreadingActor):
         if head is None:
             return RunDone(run_id=run.id, exit_code=1, error="branch missing on forge")
         pull = self._forge.find_pull(order.repo, order.branch)
-        if pull is None:
+        if pull is None or (pull.merged and pull.head_sha != head):
             pull = self._forge.open_pull(
                 order.repo,
                 order.branch,
-                f"{order.task_id}: {order.title}",
+                f"{order.task_id}: {order.title or order.task_id}",
                 "Opened by Conveyor before merge.",
             )
         if pull.merged:
+            # Already merged (a replayed merge step): success, never a second merge.
             return RunDone(run_id=run.id, exit_code=0, head_sha=head)
         try:
             merged = self._forge.merge_pull(order.repo, pull.number, expected_head_sha=head)
@@ -451,9 +462,7 @@ class Launcher(pykka.ThreadingActor):
             create_time = 0.0
         self._tell(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))
         self._procs[run.id] = proc.pid
-        try:
-            proc.wait(timeout=agent.timeout_s)
-        except subprocess.TimeoutExpired:
+        if not procs.wait_exit(proc.pid, agent.timeout_s):
             log.warning("launcher.timed_out", job_id=run.job_id, timeout_s=agent.timeout_s)
             kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
             proc.wait()
@@ -462,6 +471,7 @@ class Launcher(pykka.ThreadingActor):
                 exit_code=None,
                 error=f"timed out after {agent.timeout_s:g}s; process tree killed",
             )
+        proc.wait()
         recorded = runwrap.read_exit_file(exit_file)
         exit_code = recorded[0] if recorded else proc.returncode
         if order.job_id in self._cancelled:
@@ -480,6 +490,7 @@ class Launcher(pykka.ThreadingActor):
             )
             sha = git.push_branch(worktree, order.branch)
         title = order.title or order.task_id
+        # A rework after a merge gets its new pull request from the merge step.
         if self._forge.find_pull(order.repo, order.branch) is None:
             self._forge.open_pull(
                 order.repo,
@@ -513,14 +524,17 @@ class Launcher(pykka.ThreadingActor):
         }
 
 
-def _same(pid: int, create_time: float | None) -> bool:
-    """True if `pid` is still the process that was started (not a reused pid)."""
-    try:
-        proc = psutil.Process(pid)
-        return (
-            create_time is not None
-            and abs(proc.create_time() - create_time) < 0.01
-            and (proc.status() != psutil.STATUS_ZOMBIE)
-        )
-    except psutil.NoSuchProcess:
-        return False
+def _wrapper_pid(run: Run, exit_file: Path) -> int | None:
+    """The live wrapper of `run`: by recorded pid and start time, else by its unique argv.
+
+    A launcher that died between spawning the wrapper and recording its pid left a
+    run in `starting`; its wrapper is found by the exit-file path on its command line.
+    """
+    if run.pid is not None:
+        return run.pid if procs.alive(run.pid, run.create_time) else None
+    marker = str(exit_file)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "conveyor.runwrap" in cmdline and marker in cmdline:
+            return int(proc.info["pid"])
+    return None

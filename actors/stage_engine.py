@@ -77,7 +77,8 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
         pr_merged = None
         if gate == policy.GATE_PR_MERGED:
             pull = forge.find_pull(task.repo, task.branch)
-            pr_merged = bool(pull and pull.merged)
+            # Merged means this head is merged: rework after a merge needs a new merge.
+            pr_merged = bool(pull and pull.merged and pull.head_sha == head)
         return GateInputs(
             files=files,
             adr_files=adr_files,

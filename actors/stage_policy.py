@@ -262,9 +262,7 @@ def _evaluate(gate: str, task: Task, inputs: GateInputs) -> GateResult:
                 raise FrontMatterError(f"{TEST_PLAN}: belongs to {plan.work_item!r}")
             if not plan.tests:
                 raise FrontMatterError(f"{TEST_PLAN}: lists no tests")
-            if not task.approved:
-                return GateResult(verdict="wait", reason="analysis complete, awaiting approval")
-            return GateResult(verdict="pass", reason="analysis complete and approved")
+            return GateResult(verdict="pass", reason="analysis complete")
         case "architecture_done":
             problems = []
             for name, text in sorted(inputs.adr_files.items()):
@@ -467,17 +465,18 @@ def on_gate(
             if task.last_reason == result.reason:
                 return Decision(reason=f"still waiting: {result.reason}")
             waiting = msgspec.structs.replace(task, last_reason=result.reason, updated_at=now)
-            emits: tuple[Message, ...] = ()
-            if task.stage == _analysis_stage(cfg) and "approval" in result.reason:
-                emits = (
-                    _alert(
-                        task,
-                        f"{task.id} analysis is ready: approve or reject it",
-                        now,
-                        level="info",
-                    ),
-                )
-            return Decision(task=waiting, emit=emits, reason=f"waiting: {result.reason}")
+            return Decision(task=waiting, reason=f"waiting: {result.reason}")
+        case "pass" if _needs_approval(task, stage_cfg):
+            reason = f"{result.reason}, awaiting approval"
+            if task.last_reason == reason:
+                return Decision(reason=f"still waiting: {reason}")
+            waiting = msgspec.structs.replace(task, last_reason=reason, updated_at=now)
+            text = f"{task.id} {task.stage} is ready: approve or reject it"
+            return Decision(
+                task=waiting,
+                emit=(_alert(task, text, now, level="info"),),
+                reason=f"waiting: {reason}",
+            )
         case "pass":
             return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
         case "rework" if stage_cfg and stage_cfg.on_fail != "retry" and task.step == STEP_WORK:
@@ -486,8 +485,19 @@ def on_gate(
             return _retry(task, result, now=now, cfg=cfg)
 
 
-def _analysis_stage(cfg: Config) -> str:
-    return next((s.name for s in cfg.pipeline.stages if s.human_approval), "")
+def _needs_approval(task: Task, stage_cfg: StageConfig | None) -> bool:
+    """A human gate: the stage's work is fine but a person has not approved it yet."""
+    return (
+        stage_cfg is not None
+        and stage_cfg.human_approval
+        and task.step == STEP_WORK
+        and not task.approved
+    )
+
+
+def _approvable(task: Task, cfg: Config) -> bool:
+    stage_cfg = cfg.stage(task.stage)
+    return stage_cfg is not None and stage_cfg.human_approval and task.step == STEP_WORK
 
 
 def _pass(
@@ -584,17 +594,19 @@ def on_command(
         case _ if task.terminal:
             return _refuse(f"task is {task.stage}", "id")
         case Approve():
-            if task.stage != _analysis_stage(cfg):
-                return _refuse(f"task is on {task.stage}; approve applies to analysis only")
+            if not _approvable(task, cfg):
+                return _refuse(f"task is on {task.stage}, which has no human approval gate")
             if task.approved:
                 return Decision(reason="already approved", evaluate=False)
             approved = msgspec.structs.replace(task, approved=True, updated_at=now)
             ready = task.job_status in ("done", "failed")
             return Decision(task=approved, reason="approved", evaluate=ready)
         case Reject():
-            if task.stage != _analysis_stage(cfg):
-                return _refuse(f"task is on {task.stage}; reject applies to analysis only")
-            reason = f"analysis rejected{': ' + cmd.reason if cmd.reason else ''}"
+            if not _approvable(task, cfg):
+                return _refuse(f"task is on {task.stage}, which has no human approval gate")
+            if task.job_status not in ("done", "failed"):
+                return _refuse(f"the {task.stage} job is still running; reject it when it ends")
+            reason = f"{task.stage} rejected{': ' + cmd.reason if cmd.reason else ''}"
             return _retry(
                 msgspec.structs.replace(task, approved=False),
                 GateResult(verdict="retry", reason=reason),

@@ -13,7 +13,11 @@ import msgspec
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type", tag=True, kw_only=True):
-    """Base of every bus payload; the class name is the wire tag."""
+    """Base of every bus payload; the class name is the wire tag.
+
+    Durable messages are published from the sender's outbox with `Nats-Msg-Id`
+    `<record key>:<revision>:<index>`, so a re-published outbox is stored once.
+    """
 
 
 # --- commands (request-reply, conveyor.cmd.*) --------------------------------------------
@@ -79,7 +83,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class JobRequested(Message, frozen=True):
     """StageEngine -> QueueWorker: run `role` for a task's stage visit.
 
-    Idempotency key: `job_id` = `<task>.<stage>.<visit>`; a replay is ignored.
+    Idempotency key: `job_id` = `<task>.<stage>.<visit>.<step>`; a replay is ignored.
     """
 
     job_id: str
@@ -151,7 +155,7 @@ JobInput = JobRequested | JobsCancelled | JobStarted | JobFinished
 
 
 class LaunchOrder(Message, frozen=True):
-    """QueueWorker -> Launcher: start attempt `attempt` of a job (msg id `<job>:<attempt>`)."""
+    """QueueWorker -> Launcher: start attempt `attempt` of a job (fenced by KV run `<job>.<n>`)."""
 
     job_id: str
     attempt: int

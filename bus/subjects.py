@@ -68,7 +68,7 @@ def status_actor(actor: str) -> str:
 
 # --- jobs (JetStream stream CONVEYOR_JOBS) -----------------------------------------------
 JOBS_REQUESTED = f"{ROOT}.jobs.requested"
-"""StageEngine -> QueueWorker: JobRequested (msg id = job id)."""
+"""StageEngine -> QueueWorker: JobRequested; the QueueWorker dedupes by job id."""
 JOBS_CANCELLED = f"{ROOT}.jobs.cancelled"
 """StageEngine -> QueueWorker: JobsCancelled."""
 JOBS_STARTED = f"{ROOT}.jobs.started"
@@ -81,7 +81,7 @@ JOBS_ALL = f"{ROOT}.jobs.>"
 
 # --- launch (JetStream work-queue stream CONVEYOR_LAUNCH) --------------------------------
 LAUNCH_ORDERS = f"{ROOT}.launch.orders"
-"""QueueWorker -> Launchers: LaunchOrder (msg id = `<job>:<attempt>`)."""
+"""QueueWorker -> Launchers: LaunchOrder; a launch is fenced by the run key `<job>.<attempt>`."""
 LAUNCH_KILL = f"{ROOT}.launch.kill"
 """QueueWorker -> Launchers, core NATS: KillJob."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.table import Table
 
 from bus import subjects
@@ -134,12 +135,9 @@ def up(ctx: click.Context, parts: str) -> None:
         click.echo(f"nats-server ready at {server.url}", err=True)
         _block_until_signal(server.stop)
         return
-    embedded = "nats" in chosen and not ctx.obj.get("nats_url")
+    embedded = "nats" in chosen and not ctx.obj.get("nats_url") and not cfg.nats.url
     if not embedded:
-        try:
-            url = discover_url(cfg, ctx.obj.get("nats_url"), wait_s=30.0)
-        except BusUnavailable as err:
-            raise click.ClickException(str(err)) from err
+        url = _reachable_url(cfg, ctx.obj.get("nats_url"), wait_s=30.0)
         cfg = config_mod.load(
             Path(ctx.obj["config_path"]) if ctx.obj.get("config_path") else _default_config_path(),
             overrides={"nats": {**_nats_table(cfg), "url": url}},
@@ -150,6 +148,26 @@ def up(ctx: click.Context, parts: str) -> None:
         raise click.ClickException(f"start-up failed: {err}") from err
     click.echo(f"Conveyor is up ({', '.join(chosen)}); NATS at {node.url}", err=True)
     _block_until_signal(node.stop)
+
+
+def _reachable_url(cfg: Config, explicit: str | None, *, wait_s: float) -> str:
+    """Wait for a NATS server that answers; the url file is re-read on every try.
+
+    In Procfile mode the nats process may start after us, or a stale url file of an
+    earlier run may point at a dead port until the new server rewrites it.
+    """
+    clock = SystemClock()
+    deadline = clock.monotonic() + wait_s
+    while True:
+        try:
+            url = discover_url(cfg, explicit)
+            Client(url, timeout_s=2.0).close()
+        except BusUnavailable as err:
+            if clock.monotonic() >= deadline:
+                raise click.ClickException(f"no NATS server answered: {err}") from err
+            clock.sleep(0.5)
+        else:
+            return url
 
 
 def _nats_table(cfg: Config) -> dict[str, Any]:
@@ -216,10 +234,10 @@ def _follow_run(
         client.follow(inbox.put)
         reply = client.command("submit", {"repo": repo, "title": title, "description": description})
         if not reply.get("ok"):
-            err_console.print(f"submit refused: {reply.get('error')}")
+            err_console.print(f"submit refused: {esc(str(reply.get('error')))}")
             return 1
         state["id"] = reply["task"]["id"]
-        console.print(f"submitted [bold]{state['id']}[/] to {repo}: {title}")
+        console.print(f"submitted [bold]{state['id']}[/] to {repo}: {esc(title)}")
         while state["end"] is None:
             remaining = deadline - (clock.monotonic() - started)
             if remaining <= 0:
@@ -237,7 +255,9 @@ def _follow_run(
     layout = Layout(cfg.data_path)
     bare = layout.forge / "repos" / f"{repo}.git"
     if state["end"] != "done":
-        err_console.print(f"{state['id']} ended {state['end']}: {task.get('last_reason')}")
+        err_console.print(
+            f"{state['id']} ended {state['end']}: {esc(str(task.get('last_reason')))}"
+        )
         return 1
     console.print(f"\n[green]{state['id']} is done[/] in {clock.monotonic() - started:.1f}s.")
     console.print(f"  merged into main of   {bare}")
@@ -255,14 +275,16 @@ def _show(client: Client, msg: StageChanged | Alert, elapsed: float, approve: bo
     if isinstance(msg, StageChanged):
         console.print(
             f"[dim]{elapsed:6.1f}s[/] [bold]{msg.task_id}[/] "
-            f"{msg.old or '-'} → [cyan]{msg.new}[/]  [dim]({msg.cause})[/]"
+            f"{msg.old or '-'} → [cyan]{msg.new}[/]  [dim]({esc(msg.cause)})[/]"
         )
         return msg.new if msg.new in ("done", "cancelled") else None
-    console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {msg.text}")
+    console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {esc(msg.text)}")
     if "approve" in msg.text and approve:
         reply = client.command("approve", {"id": msg.task_id})
         outcome = "ok" if reply.get("ok") else reply.get("error")
-        console.print(f"[dim]{elapsed:6.1f}s[/] $ conveyor approve {msg.task_id} → {outcome}")
+        console.print(
+            f"[dim]{elapsed:6.1f}s[/] $ conveyor approve {msg.task_id} → {esc(str(outcome))}"
+        )
     return "escalated" if "escalated" in msg.text else None
 
 
@@ -397,7 +419,7 @@ def _print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> No
             for k, v in info.items()
             if k in ("tasks", "escalated", "counts", "busy", "slots", "name")
         )
-        actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", str(detail))
+        actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", esc(str(detail)))
     console.print(actors)
     table = Table(
         "id",
@@ -421,28 +443,28 @@ def _print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> No
             task.get("job_status", ""),
             str(task.get("developer_retries", 0)),
             _ago(task.get("updated_at")),
-            task["title"],
+            esc(task["title"]),
         )
     console.print(table)
 
 
 def _print_task(record: dict[str, Any]) -> None:
     if record.get("ok") is False:
-        err_console.print(f"[red]{record.get('error')}[/]")
+        err_console.print(f"[red]{esc(str(record.get('error')))}[/]")
         return
     flags = " [red]escalated[/]" if record.get("escalated") else ""
     console.print(
-        f"[bold]{record['id']}[/] {record['title']}  ({record['repo']}, {record['branch']})"
+        f"[bold]{record['id']}[/] {esc(record['title'])}  ({record['repo']}, {record['branch']})"
     )
     console.print(
         f"stage [cyan]{record['stage']}[/] step {record.get('step')} job "
-        f"{record.get('job_id') or '-'} [{record.get('job_status') or '-'}]{flags}"
+        f"{record.get('job_id') or '-'} \\[{record.get('job_status') or '-'}]{flags}"
     )
     if record.get("last_reason"):
-        console.print(f"last: {record['last_reason']}")
+        console.print(f"last: {esc(record['last_reason'])}")
     table = Table("at", "from", "to", "cause", title="History", title_justify="left")
     for entry in record.get("history", []):
-        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], entry["cause"])
+        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
     console.print(table)
 
 
@@ -460,10 +482,10 @@ def tail(ctx: click.Context, history: bool, as_json: bool) -> None:
         elif isinstance(msg, StageChanged):
             console.print(
                 f"{iso(msg.at)} [bold]{msg.task_id}[/] {msg.old or '-'} → "
-                f"[cyan]{msg.new}[/] ({msg.cause})"
+                f"[cyan]{msg.new}[/] ({esc(msg.cause)})"
             )
         else:
-            console.print(f"{iso(msg.at)} [yellow]{msg.level}[/] {msg.text}")
+            console.print(f"{iso(msg.at)} [yellow]{msg.level}[/] {esc(msg.text)}")
 
     try:
         client.follow(on_message, history=history)

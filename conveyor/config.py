@@ -46,7 +46,7 @@ class StageConfig(_Section, frozen=True):
     """One pipeline stage: who works on it, which gate leaves it, where failure goes."""
 
     name: str
-    role: str = ""
+    role: str
     gate: str = ""
     on_fail: str = "retry"
     human_approval: bool = False
@@ -97,7 +97,7 @@ class AgentConfig(_Section, frozen=True):
 
 
 def _demo_agent() -> AgentConfig:
-    return AgentConfig(timeout_s=600.0)
+    return AgentConfig()
 
 
 ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
@@ -124,7 +124,6 @@ class LauncherConfig(_Section, frozen=True):
 
     slots: int = 4
     kill_grace_s: float = 5.0
-    heartbeat_s: float = 5.0
     name: str = ""
 
 
@@ -220,8 +219,8 @@ def _check(cfg: Config) -> None:
         if stage.name in names:
             raise ConfigError(f"{where}.name: duplicate stage {stage.name!r}")
         names.append(stage.name)
-        if stage.role and stage.role not in ROLES:
-            raise ConfigError(f"{where}.role: unknown role {stage.role!r}")
+        if stage.role not in ROLES:
+            raise ConfigError(f"{where}.role: must be one of {', '.join(ROLES)}")
         if stage.gate not in GATES:
             raise ConfigError(f"{where}.gate: unknown gate {stage.gate!r}")
     if not names:
@@ -232,7 +231,6 @@ def _check(cfg: Config) -> None:
     positive = {
         "queue.backoff_base_s": cfg.queue.backoff_base_s,
         "queue.backoff_max_s": cfg.queue.backoff_max_s,
-        "launcher.heartbeat_s": cfg.launcher.heartbeat_s,
         "nats.connect_timeout_s": cfg.nats.connect_timeout_s,
         "nats.request_timeout_s": cfg.nats.request_timeout_s,
         "forge.check_timeout_s": cfg.forge.check_timeout_s,
@@ -264,6 +262,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"tracker.kind: unsupported tracker {cfg.tracker.kind!r} (supported: local)"
         )
+    if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level: must be debug, info, warning or error")
     if cfg.log.format not in ("auto", "json", "text"):
         raise ConfigError("log.format: must be auto, json or text")
     seen_repos: set[str] = set()

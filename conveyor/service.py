@@ -67,6 +67,19 @@ def launcher_status_handler(ask: Callable[[], Any]) -> Callable[[str, bytes], by
     return _handler
 
 
+def _answering(handler: Callable[[str, bytes], bytes]) -> Callable[[str, bytes], bytes]:
+    """Turn an unavailable actor into an `ok: false` JSON answer instead of a bare error."""
+
+    def _handler(subject: str, data: bytes) -> bytes:
+        try:
+            return handler(subject, data)
+        except (pykka.ActorDeadError, pykka.Timeout) as err:
+            log.warning("service.actor_unavailable", subject=subject, error=repr(err))
+            return dumps({"ok": False, "error": f"actor unavailable: {err!r}"})
+
+    return _handler
+
+
 class ControlService:
     """Endpoints of the control process: commands and status."""
 
@@ -92,11 +105,15 @@ class ControlService:
         ]
         endpoints += [
             ("status", subjects.STATUS, self._overview),
-            ("tasks", subjects.STATUS_TASKS, self._tasks),
-            ("task", subjects.STATUS_TASK_WILDCARD, self._task),
-            ("queue", subjects.STATUS_QUEUE, self._queue),
-            ("stage_engine", subjects.status_actor("stage_engine"), self._engine_status),
-            ("queue_worker", subjects.status_actor("queue_worker"), self._queue),
+            ("tasks", subjects.STATUS_TASKS, _answering(self._tasks)),
+            ("task", subjects.STATUS_TASK_WILDCARD, _answering(self._task)),
+            ("queue", subjects.STATUS_QUEUE, _answering(self._queue)),
+            (
+                "stage_engine",
+                subjects.status_actor("stage_engine"),
+                _answering(self._engine_status),
+            ),
+            ("queue_worker", subjects.status_actor("queue_worker"), _answering(self._queue)),
         ]
         self._bus.add_service(
             subjects.SERVICE_NAME,

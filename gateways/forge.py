@@ -27,7 +27,7 @@ from typing import IO, Protocol
 
 import msgspec
 
-from conveyor import validate
+from conveyor import procs, validate
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ForgeError, HeadMismatch, InvalidField, MergeConflict
 from conveyor.logs import get_logger
@@ -236,12 +236,16 @@ class LocalForge:
         body = validate.description(body, "body")
         with self._lock(repo):
             pulls = self._pulls(repo)
-            for pr in reversed(pulls):
-                if pr.head == branch and (pr.state == "open" or pr.merged):
-                    return self._live(pr)
             head = self._resolve(repo, f"refs/heads/{branch}")
             if head is None:
                 raise ForgeError(f"{repo}: branch {branch} does not exist")
+            for pr in reversed(pulls):
+                # A merged PR stands for the head it merged; commits pushed after it
+                # (rework after a failed deploy) need a new pull request.
+                if pr.head == branch and (
+                    pr.state == "open" or (pr.merged and pr.head_sha == head)
+                ):
+                    return self._live(pr)
             number = pulls[-1].number + 1 if pulls else 1
             pr = PullRequest(
                 number=number,
@@ -385,14 +389,13 @@ class LocalForge:
         except OSError as err:
             log.warning("forge.ci_failed_to_start", repo=repo, sha=sha, error=str(err))
             return "error", f"check command could not start: {err}"
-        try:
-            code = proc.wait(timeout=self._check_timeout_s)
-        except subprocess.TimeoutExpired:
+        if not procs.wait_exit(proc.pid, self._check_timeout_s):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             log.warning("forge.ci_timed_out", repo=repo, sha=sha, timeout_s=self._check_timeout_s)
             return "error", f"check timed out after {self._check_timeout_s}s"
+        code = proc.wait()
         log.info("forge.ci_finished", repo=repo, sha=sha, exit_code=code)
         if code == 0:
             return "success", "check passed"

@@ -306,3 +306,24 @@ def test_an_agent_past_its_timeout_has_its_process_tree_killed(harness_factory) 
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         assert not ("conveyor.demo_agent" in cmdline and str(harness.layout.root) in cmdline)
+
+
+def test_a_failed_deploy_goes_back_to_development_and_the_rework_is_merged(
+    harness: Harness,
+) -> None:
+    # Given a deployer whose first run on each deploy stage fails
+    item = harness.submit("Deploy fails once", description="demo: deployer=fail")["task"]["id"]
+
+    # When the pipeline runs
+    task = harness.wait_stage(item, "done", deadline_s=120)
+
+    # Then the failed production deploy sent it back to development (rollback rule)
+    history = [(e["old"], e["new"]) for e in task["history"]]
+    assert ("deploy", "development") in history
+    # and the rework reached main through a second pull request, merged once
+    kinds = Counter(e["kind"] for e in harness.forge_effects() if e.get("repo") == "demo")
+    assert kinds["pr_opened"] == 2
+    assert kinds["pr_merged"] == 2
+    bare = harness.layout.forge / "repos" / "demo.git"
+    notes = git.run_git(["show", f"main:docs/work-items/{item}/11-dev-notes.md"], git_dir=bare)
+    assert "visit: 2" in notes

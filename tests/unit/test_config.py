@@ -42,6 +42,7 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> st
 def stages_toml(*stages: dict[str, object]) -> str:
     out = []
     for stage in stages:
+        stage = {"role": "developer", **stage}
         out.append("[[pipeline.stages]]")
         for key, value in stage.items():
             rendered = f'"{value}"' if isinstance(value, str) else str(value).lower()
@@ -384,3 +385,19 @@ def test_an_absolute_data_dir_is_kept(tmp_path: Path):
 
 def test_the_embedded_defaults_keep_data_dir_relative_to_the_working_directory():
     assert config.load(env={}).data_dir == ".conveyor"
+
+
+def test_a_stage_without_a_role_is_a_config_error(tmp_path):
+    message = error_of(tmp_path, '[[pipeline.stages]]\nname = "build"\n')
+    assert "pipeline.stages[0]" in message
+    assert "role" in message
+
+
+def test_an_unknown_log_level_is_a_config_error(tmp_path):
+    assert "log.level" in error_of(tmp_path, '[log]\nlevel = "loud"\n')
+
+
+def test_env_keys_under_an_agent_env_table_keep_their_case():
+    cfg = config.load(env={"CONVEYOR_AGENTS__DEVELOPER__ENV__ANTHROPIC_API_KEY": "sk-test"})
+    assert cfg.agents.developer.env == {"ANTHROPIC_API_KEY": "sk-test"}
+    assert cfg.agents.developer.command == cfg.agents.analyst.command

@@ -153,15 +153,25 @@ def test_every_gate_passes_on_good_inputs(gate_name: str, stage: str):
     assert result.reason
 
 
-def test_analysis_gate_waits_for_approval_when_the_documents_are_good():
-    result = sp.evaluate_gate("analysis_complete", task_on("analysis"), GOOD)
-    assert result.verdict == "wait"
-    assert "approval" in result.reason
+def test_analysis_gate_passes_on_good_documents_whatever_the_approval():
+    # The human approval is the stage's rule (human_approval), not the artifact gate's.
+    for approved in (False, True):
+        result = sp.evaluate_gate("analysis_complete", task_on("analysis", approved=approved), GOOD)
+        assert result.verdict == "pass"
 
 
-def test_analysis_gate_passes_once_approved():
-    result = sp.evaluate_gate("analysis_complete", task_on("analysis", approved=True), GOOD)
-    assert result.verdict == "pass"
+def test_a_passing_gate_on_a_human_approval_stage_waits_until_approved():
+    passed = sp.GateResult(verdict="pass", reason="analysis complete")
+    job = sp.job_id_for(TID, "analysis", 1, sp.STEP_WORK)
+    waiting = sp.on_gate(task_on("analysis"), job, passed, now=NOW, revision=3, cfg=CFG)
+    assert waiting.task is not None
+    assert waiting.task.stage == "analysis"
+    assert "awaiting approval" in waiting.task.last_reason
+    moved = sp.on_gate(
+        task_on("analysis", approved=True), job, passed, now=NOW, revision=3, cfg=CFG
+    )
+    assert moved.task is not None
+    assert moved.task.stage == "architecture"
 
 
 def test_front_matter_closed_with_dots_and_crlf_line_ends_are_accepted():
@@ -454,19 +464,18 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
         assert done.task is not None
         task, revision = done.task, revision + 1
         result = sp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
-        if result.verdict == "wait":
-            waiting = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
-            emitted.extend(waiting.emit)
-            assert waiting.task is not None
-            task, revision = waiting.task, revision + 1
+        assert result.verdict == "pass", (task.stage, task.step, result)
+        d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
+        if d.task is not None and "awaiting approval" in d.task.last_reason:
+            emitted.extend(d.emit)
+            task, revision = d.task, revision + 1
             approved = sp.on_command(task, Approve(id=TID), now=now, revision=revision, cfg=CFG)
             assert approved.ok
             assert approved.evaluate
             assert approved.task is not None
             task, revision = approved.task, revision + 1
             result = sp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
-        assert result.verdict == "pass", (task.stage, task.step, result)
-        d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
+            d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
         assert d.task is not None
         for event in changes(d):
             assert event.revision == revision + 1
@@ -696,8 +705,8 @@ def test_analysis_waiting_for_approval_alerts_once():
     # Given an analysis whose analyst finished
     task = task_on("analysis")
     reason = "analysis complete, awaiting approval"
-    # When the gate says wait
-    first = gate(task, "wait", reason)
+    # When the gate passes but nobody has approved yet
+    first = gate(task, "pass", "analysis complete")
     # Then the owner is told once, and the task remembers why it waits
     assert first.task is not None
     assert first.task.stage == "analysis"
@@ -707,7 +716,7 @@ def test_analysis_waiting_for_approval_alerts_once():
     assert TID in alert.text
     assert requests(first) == []
     # When the same wait comes again (reconciler, replay)
-    again = gate(first.task, "wait", reason, now=NOW + 60)
+    again = gate(first.task, "pass", "analysis complete", now=NOW + 60)
     # Then nothing changes and nobody is alerted again
     assert again.task is None
     assert again.emit == ()
@@ -759,7 +768,7 @@ def test_approve_on_another_stage_is_refused(stage: str):
     d = sp.on_command(task_on(stage), Approve(id=TID), now=NOW, revision=3, cfg=CFG)
     assert not d.ok
     assert d.task is None
-    assert "analysis" in d.error
+    assert "no human approval gate" in d.error
     assert d.field == "id"
 
 
@@ -776,6 +785,14 @@ def test_reject_sends_the_analysis_back_to_the_analyst():
     assert "scope too big" in d.task.last_reason
     (request,) = requests(d)
     assert (request.job_id, request.role, request.visit) == ("DEMO-1.analysis.2.work", "analyst", 2)
+
+
+def test_reject_while_the_analyst_still_works_is_refused():
+    d = sp.on_command(
+        task_on("analysis", job_status="running"), Reject(id=TID), now=NOW, revision=3, cfg=CFG
+    )
+    assert not d.ok
+    assert "still running" in d.error
 
 
 def test_reject_on_another_stage_is_refused():
