@@ -25,7 +25,7 @@ from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, Tick
 from conveyor import procs, runwrap
 from conveyor.clock import Clock
-from conveyor.config import Config, agent_argv
+from conveyor.config import Config
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
@@ -428,24 +428,13 @@ class Launcher(pykka.ThreadingActor):
             python=sys.executable,
             extra=agent.env,
         )
-        argv = [
-            sys.executable,
-            "-m",
-            "conveyor.runwrap",
-            "--exit-file",
-            str(exit_file),
-            "--",
-            *policy.substitute(
-                agent_argv(agent),
-                {
-                    "work_item": order.task_id,
-                    "repo": order.repo,
-                    "branch": order.branch,
-                    "worktree": str(worktree),
-                    "stage": order.stage,
-                },
-            ),
-        ]
+        argv = policy.wrapped_argv(
+            agent.command,
+            order,
+            exit_file=str(exit_file),
+            worktree=str(worktree),
+            python=sys.executable,
+        )
         with prompt_path.open("rb") as stdin, Path(run.log_path).open("ab") as out:
             proc = subprocess.Popen(
                 argv,

@@ -71,6 +71,25 @@ def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
     return [_PLACEHOLDER_RE.sub(_one, arg) for arg in argv]
 
 
+def placeholder_values(order: LaunchOrder, worktree: str) -> dict[str, str]:
+    """Values of the documented placeholders for one launch."""
+    return {
+        "work_item": order.task_id,
+        "repo": order.repo,
+        "branch": order.branch,
+        "worktree": worktree,
+        "stage": order.stage,
+    }
+
+
+def wrapped_argv(
+    command: Sequence[str], order: LaunchOrder, *, exit_file: str, worktree: str, python: str
+) -> list[str]:
+    """The agent command behind the exit-code wrapper, placeholders filled in."""
+    agent = substitute(python_argv(command, python), placeholder_values(order, worktree))
+    return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *agent]
+
+
 def agent_env(
     base: Mapping[str, str],
     order: LaunchOrder,
@@ -82,13 +101,7 @@ def agent_env(
 ) -> dict[str, str]:
     """Environment of an agent: the launcher's, minus nesting guards, plus the job's facts."""
     env = {k: v for k, v in base.items() if k not in STRIPPED_ENV and not k.startswith("CONVEYOR_")}
-    values = {
-        "work_item": order.task_id,
-        "repo": order.repo,
-        "branch": order.branch,
-        "worktree": worktree,
-        "stage": order.stage,
-    }
+    values = placeholder_values(order, worktree)
     deploy: list[str] = []
     if order.stage == "deploy-staging":
         deploy = repo.staging_command

@@ -60,7 +60,7 @@ from conveyor import config as config_mod
 from conveyor import demo, logs, runwrap, validate
 from conveyor.client import Client
 from conveyor.clock import SystemClock
-from conveyor.config import Config, agent_argv, python_argv
+from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
 from conveyor.supervisor import Node
 from gateways import git
@@ -338,7 +338,7 @@ class FloorSide:
             self._agent(task, stage.name, stage.role, step=STEP_WORK)
             if stage.human_approval:
                 # Conveyor reads the gate, waits for the approval, then reads it again.
-                self._gate(task, stage.gate, expect="wait")
+                self._gate(task, stage.gate)
                 task = Task(
                     id=task_id,
                     repo=REPO,
@@ -389,24 +389,13 @@ class FloorSide:
             python=sys.executable,
             extra=agent.env,
         )
-        argv = [
-            sys.executable,
-            "-m",
-            "conveyor.runwrap",
-            "--exit-file",
-            str(exit_file),
-            "--",
-            *launcher_policy.substitute(
-                agent_argv(agent),
-                {
-                    "work_item": task.id,
-                    "repo": REPO,
-                    "branch": task.branch,
-                    "worktree": str(worktree),
-                    "stage": stage,
-                },
-            ),
-        ]
+        argv = launcher_policy.wrapped_argv(
+            agent.command,
+            order,
+            exit_file=str(exit_file),
+            worktree=str(worktree),
+            python=sys.executable,
+        )
         with prompt_path.open("rb") as stdin, (run_dir / "output.log").open("ab") as out:
             proc = subprocess.Popen(
                 argv,
