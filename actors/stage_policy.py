@@ -552,6 +552,8 @@ def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decisi
         if retries > cfg.pipeline.max_stage_retries:
             return _escalate(task, f"stage retries exhausted ({result.reason})", now)
         updated = msgspec.structs.replace(task, stage_retries=retries, last_reason=result.reason)
+    # A new visit produces new work: an approval given to the old one does not carry over.
+    updated = msgspec.structs.replace(updated, approved=False)
     updated, request = _request(updated, cfg, now, new_visit=True)
     return Decision(task=updated, emit=(request,), reason=f"retrying {task.stage}: {result.reason}")
 

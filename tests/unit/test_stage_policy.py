@@ -1017,3 +1017,15 @@ def test_an_unmerged_pull_request_retries_the_merge_step():
     assert d.task is not None
     assert (d.task.stage, d.task.step, d.task.stage_retries) == ("deploy-staging", sp.STEP_MERGE, 1)
     assert [r.role for r in requests(d)] == ["merge"]
+
+
+def test_a_stage_retry_drops_an_approval_given_to_the_previous_visit():
+    # Given an analysis approved before its analyst finished, whose artifacts then fail
+    task = task_on("analysis", approved=True)
+    failed = sp.GateResult(verdict="retry", reason="01-brd.md: missing")
+    # When the gate fails and the stage is retried
+    d = sp.on_gate(task, task.job_id, failed, now=NOW, revision=3, cfg=CFG)
+    # Then the new visit waits for a new approval
+    assert d.task is not None
+    assert d.task.visit("analysis") == 2
+    assert d.task.approved is False
