@@ -111,6 +111,7 @@ STREAM_EVENTS = "CONVEYOR_EVENTS"
 CONSUMER_QUEUE_WORKER = "queue_worker"
 CONSUMER_STAGE_ENGINE = "stage_engine"
 CONSUMER_LAUNCHERS = "launchers"
+CONSUMER_TRACKER = "tracker"
 
 BUCKET_TASKS = "conveyor_tasks"
 BUCKET_JOBS = "conveyor_jobs"

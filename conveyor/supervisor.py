@@ -23,7 +23,7 @@ from actors.stage_engine import StageEngine
 from actors.stage_policy import Task
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import JobInput, JobOutcome, KillJob, LaunchOrder, Tick
+from bus.messages import BusMessage, JobInput, JobOutcome, KillJob, LaunchOrder, Tick
 from bus.server import EmbeddedNats
 from conveyor import __version__, demo
 from conveyor.clock import Clock, SystemClock
@@ -32,6 +32,8 @@ from conveyor.layout import Layout
 from conveyor.logs import get_logger
 from conveyor.service import ControlService, launcher_status_handler
 from gateways.forge import LocalForge
+from gateways.tracker import LocalTracker
+from gateways.tracker_sync import TrackerSync
 
 log = get_logger(__name__)
 
@@ -180,6 +182,15 @@ class Node:
             ],
             msgspec.json.Decoder(JobInput),
             worker.tell,
+        )
+        tracker = TrackerSync.start(LocalTracker(self.layout.tracker, self.clock))
+        self.refs["tracker_sync"] = tracker
+        bus.consume(
+            subjects.STREAM_NOTIFY,
+            subjects.CONSUMER_TRACKER,
+            [subjects.STAGE_ALL, subjects.ALERTS],
+            msgspec.json.Decoder(BusMessage),
+            tracker.tell,
         )
         ControlService(
             bus,

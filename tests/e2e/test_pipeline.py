@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from gateways import git
+from gateways.tracker import LocalTracker
 from tests.harness import Harness, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,12 @@ def test_a_work_item_reaches_done_through_every_stage(harness: Harness) -> None:
     assert kinds["pr_merged"] == 1
     # and every job finished as done
     assert {job.status for job in harness.jobs().values()} == {"done"}
+    # and the tracker's work item mirrors every stage change once, ending done
+    tracker = LocalTracker(harness.layout.tracker)
+    wait_until(lambda: tracker.state(item) == "done", what="tracker state done")
+    comments = tracker.comments(item)
+    assert sum(c.startswith("Stage ") for c in comments) == len(ALL_STAGES) - 1
+    assert len(comments) == len(set(comments))
 
 
 def test_request_changes_sends_the_item_back_to_development(harness: Harness) -> None:

@@ -1,0 +1,54 @@
+"""TrackerSync: mirrors stage changes and alerts onto the tracker's work items.
+
+It consumes the durable notification stream and calls the tracker with an
+idempotency key per message, so a redelivered or replayed notification never
+posts a second comment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+
+from bus.bridge import Delivery
+from bus.messages import Alert, StageChanged
+from conveyor.logs import get_logger
+from gateways.tracker import Tracker
+
+log = get_logger(__name__)
+
+
+def stage_comment(event: StageChanged) -> str:
+    """The comment a stage change leaves on its work item."""
+    if not event.old:
+        return f"Conveyor accepted this work item ({event.cause})."
+    return f"Stage {event.old} → {event.new}: {event.cause}"
+
+
+class TrackerSync(pykka.ThreadingActor):
+    """Sole writer of Conveyor's comments and states on the tracker."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__()
+        self._tracker = tracker
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, Delivery):
+            return None
+        try:
+            match message.body:
+                case StageChanged() as event:
+                    key = f"{event.task_id}:stage:{event.revision}"
+                    self._tracker.comment(event.task_id, stage_comment(event), key=key)
+                    self._tracker.set_state(event.task_id, event.new, key=key)
+                case Alert(task_id=task_id) as alert if task_id:
+                    self._tracker.comment(
+                        task_id, f"[{alert.level}] {alert.text}", key=f"alert:{message.msg_id}"
+                    )
+            message.ack()
+        except Exception:
+            # The tracker is best-effort for the pipeline, never for the record: retry later.
+            log.exception("tracker_sync.failed", subject=message.subject)
+            message.nak(delay_s=5.0)
+        return None
