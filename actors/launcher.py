@@ -37,6 +37,10 @@ log = get_logger(__name__)
 LOG_TAIL_BYTES = 64 * 1024
 
 
+class Abandoned(ConveyorError):
+    """This launcher stopped; the run is left for the next incarnation to adopt."""
+
+
 class RunStarted(msgspec.Struct, frozen=True):
     """Run thread -> Launcher: the process exists."""
 
@@ -137,6 +141,12 @@ class Launcher(pykka.ThreadingActor):
         self._cancelled: set[str] = set()
         self._repo_locks: dict[str, threading.Lock] = {}
         self._started_at = 0.0
+        # Set when this incarnation stops: its run threads leave finished agents to the
+        # next incarnation's adoption instead of racing it through the post-steps.
+        self._abandoned = threading.Event()
+
+    def on_stop(self) -> None:
+        self._abandoned.set()
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
@@ -336,6 +346,9 @@ class Launcher(pykka.ThreadingActor):
                 done = self._builtin(run, order)
             else:
                 done = self._agent(run, order)
+        except Abandoned:
+            log.info("launcher.run_abandoned", job_id=run.job_id)
+            return
         except Exception as err:
             log.exception("launcher.run_failed", job_id=run.job_id)
             done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
@@ -370,6 +383,9 @@ class Launcher(pykka.ThreadingActor):
                 done = RunDone(run_id=run.id, exit_code=recorded[0], error="killed: job cancelled")
             else:
                 done = self._post_steps(run, order, recorded[0])
+        except Abandoned:
+            log.info("launcher.run_abandoned", job_id=run.job_id)
+            return
         except Exception as err:
             log.exception("launcher.adopt_failed", job_id=run.job_id)
             done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
@@ -469,6 +485,8 @@ class Launcher(pykka.ThreadingActor):
 
     def _post_steps(self, run: Run, order: LaunchOrder, exit_code: int) -> RunDone:
         """Commit, push, open the pull request, let the forge run CI; all idempotent."""
+        if self._abandoned.is_set():
+            raise Abandoned(run.id)
         worktree = self._layout.worktree(order.repo, order.task_id)
         usage = policy.parse_usage(_tail(Path(run.log_path)))
         with self._repo_lock(order.repo):

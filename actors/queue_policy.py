@@ -8,6 +8,7 @@ import msgspec
 
 from bus.messages import (
     Alert,
+    BusMessage,
     JobFinished,
     JobOutcome,
     JobRequested,
@@ -54,7 +55,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     head_sha: str = ""
     error: str = ""
-    outbox: list[Message] = msgspec.field(default_factory=list)
+    outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

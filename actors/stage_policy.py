@@ -14,6 +14,7 @@ import msgspec
 from bus.messages import (
     Alert,
     Approve,
+    BusMessage,
     Cancel,
     ConfirmDeploy,
     JobOutcome,
@@ -72,7 +73,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
-    outbox: list[Message] = msgspec.field(default_factory=list)
+    outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

@@ -510,3 +510,20 @@ def test_a_job_round_trips_through_its_wire_form():
     (claimed,) = qp.claim(job(), now=NOW).jobs
     data = msgspec.json.encode(claimed)
     assert msgspec.json.decode(data, type=qp.Job) == claimed
+
+
+def test_a_job_with_a_pending_outbox_survives_a_store_round_trip():
+    job = qp.Job(
+        id="DEMO-1.analysis.1.work",
+        task_id="DEMO-1",
+        repo="demo",
+        stage="analysis",
+        role="analyst",
+        visit=1,
+        branch="feature/DEMO-1-x",
+        title="x",
+    )
+    claimed = qp.claim(job, now=1.0)
+    stored = msgspec.structs.replace(claimed.jobs[0], outbox=list(claimed.emit))
+    loaded = msgspec.json.decode(msgspec.json.encode(stored), type=qp.Job)
+    assert loaded.outbox == list(claimed.emit)

@@ -1029,3 +1029,15 @@ def test_a_stage_retry_drops_an_approval_given_to_the_previous_visit():
     assert d.task is not None
     assert d.task.visit("analysis") == 2
     assert d.task.approved is False
+
+
+def test_a_task_with_a_pending_outbox_survives_a_store_round_trip():
+    # A crash between persisting a decision and flushing its outbox leaves the emits
+    # in the stored record; a restarted engine must be able to read them back.
+    d = sp.new_task(
+        task_id=TID, repo=REPO, title="Add login", description="", branch=BRANCH, now=NOW, cfg=CFG
+    )
+    assert d.task is not None
+    stored = msgspec.structs.replace(d.task, outbox=list(d.emit))
+    loaded = msgspec.json.decode(msgspec.json.encode(stored), type=sp.Task)
+    assert loaded.outbox == list(d.emit)
