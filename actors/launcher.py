@@ -135,7 +135,8 @@ class Launcher(pykka.ThreadingActor):
         self._layout = Layout(cfg.data_path)
         self._slots = slots
         self._host = socket.gethostname()
-        self._name = cfg.launcher.name or f"{self._host}-{os.getpid()}"
+        # The name must survive a restart: a restarted launcher adopts the runs of its name.
+        self._name = cfg.launcher.name or self._host
         self._runs: dict[str, Versioned[Run]] = {}
         self._procs: dict[str, int] = {}
         self._cancelled: set[str] = set()
@@ -150,7 +151,9 @@ class Launcher(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        self._runs = {k: v for k, v in self._store.load_all().items() if v.value.host == self._host}
+        self._runs = {
+            k: v for k, v in self._store.load_all().items() if v.value.launcher == self._name
+        }
         for key, entry in list(self._runs.items()):
             run = entry.value
             if run.status == policy.FINISHED and not run.reported:
