@@ -65,6 +65,12 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule `coro` without waiting; failures are logged."""
+        if not self.loop.is_running():
+            # Shutting down: an unacked message is redelivered, which is what we want.
+            coro.close()
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future.cancel()
+            return future
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         future.add_done_callback(_log_failure)
         return future
