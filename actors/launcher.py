@@ -23,7 +23,7 @@ from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, Tick
-from conveyor import procs, runwrap
+from conveyor import faults, procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, Fenced
@@ -224,6 +224,7 @@ class Launcher(pykka.ThreadingActor):
             delivery.ack()
             return
         self._runs[key] = Versioned(run, revision)
+        faults.point("launcher.run_recorded")
         delivery.ack()
         thread = threading.Thread(
             target=self._run_thread, args=(run, order), name=f"run-{key}", daemon=True
@@ -300,7 +301,9 @@ class Launcher(pykka.ThreadingActor):
             finished_at=run.finished_at or 0.0,
             usage=run.usage,
         )
+        faults.point("launcher.finished_recorded")
         self._bus.publish(subject_for(finished), finished, msg_id=f"{run.id}:finished")
+        faults.point("launcher.reported")
         self._save(msgspec.structs.replace(run, reported=True))
 
     def _kill(self, order: KillJob) -> None:
@@ -429,6 +432,7 @@ class Launcher(pykka.ThreadingActor):
             merged = self._forge.merge_pull(order.repo, pull.number, expected_head_sha=head)
         except ConveyorError as err:
             return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=str(err))
+        faults.point("launcher.merged")
         return RunDone(run_id=run.id, exit_code=0, head_sha=merged.merge_commit or head)
 
     def _agent(self, run: Run, order: LaunchOrder) -> RunDone:
@@ -468,6 +472,7 @@ class Launcher(pykka.ThreadingActor):
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             create_time = 0.0
+        faults.point("launcher.spawned")
         self._tell(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))
         self._procs[run.id] = proc.pid
         if not procs.wait_exit(proc.pid, agent.timeout_s):
@@ -480,6 +485,7 @@ class Launcher(pykka.ThreadingActor):
                 error=f"timed out after {agent.timeout_s:g}s; process tree killed",
             )
         proc.wait()
+        faults.point("launcher.agent_exited")
         recorded = runwrap.read_exit_file(exit_file)
         exit_code = recorded[0] if recorded else proc.returncode
         if order.job_id in self._cancelled:
@@ -498,7 +504,9 @@ class Launcher(pykka.ThreadingActor):
                 f"{order.role}: {order.task_id} {order.stage} "
                 f"(visit {order.visit}, attempt {order.attempt})",
             )
+            faults.point("launcher.committed")
             sha = git.push_branch(worktree, order.branch)
+        faults.point("launcher.pushed")
         title = order.title or order.task_id
         # A rework after a merge gets its new pull request from the merge step.
         if self._forge.find_pull(order.repo, order.branch) is None:
@@ -508,8 +516,12 @@ class Launcher(pykka.ThreadingActor):
                 f"{order.task_id}: {title}",
                 f"Work item {order.task_id}, delivered by Conveyor.",
             )
-        if self._forge.commit_status(order.repo, sha) is None:
+            faults.point("launcher.pr_opened")
+        status = self._forge.commit_status(order.repo, sha)
+        # A pending status is a check that died with an earlier incarnation: run it again.
+        if status is None or status.state == "pending":
             self._forge.on_push(order.repo, order.branch, sha)
+            faults.point("launcher.checked")
         return RunDone(run_id=run.id, exit_code=exit_code, head_sha=sha, usage=usage)
 
     def _status(self) -> dict[str, Any]:

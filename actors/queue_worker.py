@@ -12,6 +12,7 @@ from actors.common import is_durable, subject_for
 from actors.queue_policy import Job
 from bus.bridge import Bus, Delivery, Store, Versioned
 from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, Tick
+from conveyor import faults
 from conveyor.clock import Clock
 from conveyor.config import QueueConfig
 from conveyor.errors import Fenced
@@ -55,6 +56,7 @@ class QueueWorker(pykka.ThreadingActor):
                 case Delivery(body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished()):
                     self._handle(message)
                 case Tick():
+                    self._heal()
                     self._dispatch()
                 case QueueStatus():
                     return self._status()
@@ -104,6 +106,7 @@ class QueueWorker(pykka.ThreadingActor):
             outbox = emits if index == 0 else []
             self._save(msgspec.structs.replace(job, outbox=outbox))
         if decision.jobs:
+            faults.point("queue_worker.persisted")
             log.info(
                 "queue_worker.decided",
                 job_id=decision.jobs[0].id,
@@ -130,7 +133,13 @@ class QueueWorker(pykka.ThreadingActor):
                 self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
             else:
                 self._bus.publish_core(subject_for(msg), msg)
+        faults.point("queue_worker.published")
         self._save(msgspec.structs.replace(entry.value, outbox=[]))
+
+    def _heal(self) -> None:
+        """Publish outboxes a failure left stored but unsent (a bus outage, a crash)."""
+        for job_id in [j for j, e in self._jobs.items() if e.value.outbox]:
+            self._flush(job_id)
 
     def _dispatch(self) -> None:
         if self._fenced:

@@ -23,7 +23,7 @@ from bus.messages import (
     Submit,
     Tick,
 )
-from conveyor import validate
+from conveyor import faults, validate
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced, InvalidField
@@ -96,6 +96,15 @@ def _text(data: bytes | None) -> str | None:
     return data[:MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
 
 
+def _task_of(message: Any) -> str:
+    """The task a failed message was about, if any."""
+    if isinstance(message, GateRead):
+        return message.task_id
+    if isinstance(message, Delivery) and isinstance(message.body, JobOutcome):
+        return message.body.task_id
+    return ""
+
+
 def task_row(task: Task) -> dict[str, Any]:
     """The summary of a task shown in tables and command replies."""
     return {
@@ -129,6 +138,7 @@ class StageEngine(pykka.ThreadingActor):
         )
         self._started_at = 0.0
         self._gates_in_flight: set[str] = set()
+        self._stalled: set[str] = set()
         self._fenced = False
 
     def on_start(self) -> None:
@@ -163,7 +173,7 @@ class StageEngine(pykka.ThreadingActor):
                 case StatusQuery():
                     return self._status(message)
                 case Tick():
-                    return None
+                    self._heal()
                 case _:
                     log.warning("stage_engine.unknown_message", kind=type(message).__name__)
         except Fenced as err:
@@ -172,11 +182,29 @@ class StageEngine(pykka.ThreadingActor):
             self.stop()
         except Exception as err:
             log.exception("stage_engine.handle_failed", kind=type(message).__name__)
+            stalled = _task_of(message)
+            if stalled:
+                # Retried on the next tick: a bus outage must not strand a task.
+                self._stalled.add(stalled)
             if isinstance(message, Delivery):
                 message.nak(delay_s=2.0)
             if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
                 return Reply(ok=False, error=f"internal error: {err}")
         return None
+
+    def _heal(self) -> None:
+        """Finish what a failure interrupted: unflushed outboxes, gates never decided."""
+        for task_id in [t for t, e in self._tasks.items() if e.value.outbox]:
+            self._flush(task_id)
+        for task_id in list(self._stalled):
+            self._stalled.discard(task_id)
+            entry = self._tasks.get(task_id)
+            if entry is None:
+                continue
+            task = entry.value
+            if not task.terminal and not task.escalated and task.job_status in ("done", "failed"):
+                self._gates_in_flight.discard(f"{task_id}:{task.job_id}")
+                self._start_gate(task_id)
 
     # --- persistence --------------------------------------------------------------------
 
@@ -189,6 +217,7 @@ class StageEngine(pykka.ThreadingActor):
         else:
             revision = self._store.update(task.id, stored, expect=current.revision)
         self._tasks[task.id] = Versioned(stored, revision)
+        faults.point("stage_engine.persisted")
         self._flush(task.id)
 
     def _flush(self, task_id: str) -> None:
@@ -202,6 +231,7 @@ class StageEngine(pykka.ThreadingActor):
                 self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
             else:
                 self._bus.publish_core(subject_for(msg), msg)
+        faults.point("stage_engine.published")
         cleared = msgspec.structs.replace(entry.value, outbox=[])
         revision = self._store.update(task_id, cleared, expect=entry.revision)
         self._tasks[task_id] = Versioned(cleared, revision)

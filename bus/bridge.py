@@ -40,6 +40,19 @@ MSG_ID = "Nats-Msg-Id"
 DUPLICATE_WINDOW_S = 600.0
 
 
+_DISCONNECTED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+"""Errors that mean "the bus did not answer", as opposed to an answer that says no."""
+
+
 class LoopThread:
     """A daemon thread running one asyncio event loop."""
 
@@ -142,25 +155,59 @@ class Store(Generic[S]):
 
     def create(self, key: str, value: S) -> int:
         """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
+        data = encode(value)
 
         async def _create() -> int:
             try:
-                return int(await self._kv.create(key, encode(value)))
+                return int(await self._kv.create(key, data))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 raise KeyExists(key) from err
 
-        return self._bus.call(_create())
+        try:
+            return self._bus.call(_create())
+        except BusUnavailable:
+            landed = self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
 
     def update(self, key: str, value: S, *, expect: int) -> int:
         """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
+        data = encode(value)
 
         async def _update() -> int:
             try:
-                return int(await self._kv.update(key, encode(value), last=expect))
+                return int(await self._kv.update(key, data, last=expect))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
 
-        return self._bus.call(_update())
+        try:
+            return self._bus.call(_update())
+        except BusUnavailable:
+            landed = self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    def _landed(self, key: str, data: bytes) -> int | None:
+        """After an ambiguous write (no answer), the revision it got if it did land.
+
+        A timeout does not mean the write failed; re-reading tells, and a write that
+        landed must not later look like someone else's (which would fence us).
+        """
+
+        async def _raw() -> tuple[bytes | None, int | None]:
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None, None
+            return entry.value, entry.revision
+
+        try:
+            value, revision = self._bus.call(_raw())
+        except BusUnavailable:
+            return None
+        return revision if value == data else None
 
     def load_all(self) -> dict[str, Versioned[S]]:
         """Read the latest value of every key (one ordered consumer, not one get per key)."""
@@ -295,8 +342,11 @@ class Bus:
         return cls(loop, nc, nc.jetstream(timeout=request_timeout_s), request_timeout_s)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run a coroutine on the loop from an actor thread."""
-        return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
+        """Run a coroutine on the loop from an actor thread; lost connections are BusUnavailable."""
+        try:
+            return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
+        except _DISCONNECTED as err:
+            raise BusUnavailable(f"NATS unavailable: {err!r}") from err
 
     # --- set-up -------------------------------------------------------------------------
 

@@ -127,6 +127,17 @@ class LauncherConfig(_Section, frozen=True):
     name: str = ""
 
 
+class ReaperConfig(_Section, frozen=True):
+    """Healing of jobs left `running` by a dead executor (see docs/failure-model.md)."""
+
+    enabled: bool = True
+    interval_s: float = 2.0
+    dead_ticks: int = 2
+    finalize_grace_s: float = 60.0
+    heartbeat_timeout_s: float = 15.0
+    max_running_s: float = 7200.0
+
+
 class RepoConfig(_Section, frozen=True):
     """One repository Conveyor delivers to."""
 
@@ -167,6 +178,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
+    reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

@@ -164,6 +164,7 @@ class Node:
         self.refs["stage_engine"] = engine
         self.refs["queue_worker"] = worker
         self._ticker.add(worker)
+        self._ticker.add(engine)
         bus.consume(
             subjects.STREAM_JOBS,
             subjects.CONSUMER_STAGE_ENGINE,

@@ -13,6 +13,7 @@ import pykka
 
 from bus.bridge import Delivery
 from bus.messages import Alert, StageChanged
+from conveyor import faults
 from conveyor.logs import get_logger
 from gateways.tracker import Tracker
 
@@ -41,6 +42,7 @@ class TrackerSync(pykka.ThreadingActor):
                 case StageChanged() as event:
                     key = f"{event.task_id}:stage:{event.revision}"
                     self._tracker.comment(event.task_id, stage_comment(event), key=key)
+                    faults.point("tracker_sync.commented")
                     self._tracker.set_state(event.task_id, event.new, key=key)
                 case Alert(task_id=task_id) as alert if task_id:
                     self._tracker.comment(

@@ -1,0 +1,45 @@
+"""Fault injection: die at a named point, to prove a restart repeats no side effect.
+
+Set `CONVEYOR_FAULT` to one or more point names (comma-separated); the process
+that reaches such a point kills itself with SIGKILL, exactly like an OOM kill or
+a power cut would, leaving no chance to clean up. Unset (the default) it costs
+one environment lookup per point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+ENV = "CONVEYOR_FAULT"
+
+POINTS = (
+    "stage_engine.persisted",
+    "stage_engine.published",
+    "queue_worker.persisted",
+    "queue_worker.published",
+    "launcher.run_recorded",
+    "launcher.spawned",
+    "launcher.agent_exited",
+    "launcher.committed",
+    "launcher.pushed",
+    "launcher.pr_opened",
+    "launcher.checked",
+    "launcher.merged",
+    "launcher.finished_recorded",
+    "launcher.reported",
+    "tracker_sync.commented",
+)
+"""Every named point, in pipeline order (docs/failure-model.md says what each proves)."""
+
+
+def point(name: str) -> None:
+    """Die here if `CONVEYOR_FAULT` names this point."""
+    spec = os.environ.get(ENV)
+    if spec and name in spec.split(","):
+        log.warning("fault.injected", point=name, pid=os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
