@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,3 +145,111 @@ class Harness:
 
     def stages_of(self, item_id: str) -> list[str]:
         return [entry["new"] for entry in self.task(item_id)["history"]]
+
+
+CONFIG = """
+data_dir = "{data}"
+[nats]
+url = "{url}"
+[queue]
+tick_s = 0.1
+backoff_base_s = 0.05
+backoff_max_s = 0.2
+[launcher]
+kill_grace_s = 1.0
+[log]
+level = "info"
+format = "json"
+[[repos]]
+name = "demo"
+prefix = "DEMO"
+template = "demo"
+check_command = ["{{python}}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
+"""
+
+
+class Processes:
+    """Starts `conveyor up --parts ...` processes and kills them like an operator's bad day."""
+
+    def __init__(self, tmp: Path, url: str = "") -> None:
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.config = tmp / "config.toml"
+        self.config.write_text(CONFIG.format(data=self.data, url=url))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, parts: str, *, fault: str = "") -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}.log").open("ab")
+        env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"}
+        if fault:
+            env["CONVEYOR_FAULT"] = fault
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conveyor.cli",
+                "--config",
+                str(self.config),
+                "up",
+                "--parts",
+                parts,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=self.tmp,
+            env=env,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("*.log"))
+
+
+def wait_ready(client: Client, procs: Processes) -> None:
+    def _ready() -> bool:
+        try:
+            status = client.request(subjects.STATUS)
+        except Exception:
+            return False
+        return bool(status.get("healthy"))
+
+    try:
+        wait_until(_ready, what="conveyor healthy", deadline_s=60)
+    except AssertionError:
+        raise AssertionError(procs.logs()) from None
+
+
+def drive(client: Client, item: str, *stages: str, deadline_s: float = 90) -> dict:
+    def _check() -> dict | None:
+        try:
+            task = client.request(subjects.status_task(item))
+        except Exception:
+            return None
+        if task.get("stage") == "analysis" and "awaiting approval" in task.get("last_reason", ""):
+            client.command("approve", {"id": item})
+        return task if task.get("stage") in stages else None
+
+    result: dict = wait_until(_check, what=f"{item} in {stages}", deadline_s=deadline_s)
+    return result
+
+
+def stored_jobs(client: Client) -> list[Job]:
+    return [e.value for e in client.bus.store(subjects.BUCKET_JOBS, Job).load_all().values()]
