@@ -13,6 +13,7 @@ from bus.messages import (
     KillJob,
     LaunchOrder,
     Message,
+    ReapJob,
     StageChanged,
 )
 
@@ -30,6 +31,8 @@ def subject_for(msg: Message) -> str:
             return subjects.JOBS_FINISHED
         case JobOutcome():
             return subjects.JOBS_OUTCOME
+        case ReapJob():
+            return subjects.JOBS_REAP
         case LaunchOrder():
             return subjects.LAUNCH_ORDERS
         case KillJob():

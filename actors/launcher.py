@@ -22,7 +22,7 @@ from actors.launcher_policy import Run
 from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
-from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, Tick
+from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, RunHeartbeat, Tick
 from conveyor import faults, procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import Config
@@ -181,7 +181,7 @@ class Launcher(pykka.ThreadingActor):
                 case LauncherStatus():
                     return self._status()
                 case Tick():
-                    return None
+                    self._heartbeat()
                 case _:
                     log.warning("launcher.unknown_message", kind=type(message).__name__)
         except Fenced as err:
@@ -288,6 +288,17 @@ class Launcher(pykka.ThreadingActor):
             exit_code=run.exit_code,
             error=run.error or None,
         )
+
+    def _heartbeat(self) -> None:
+        """Tell the Reaper which runs this launcher is still looking after."""
+        now = self._clock.now()
+        for entry in self._runs.values():
+            run = entry.value
+            if run.status != policy.FINISHED:
+                beat = RunHeartbeat(
+                    job_id=run.job_id, attempt=run.attempt, launcher=self._name, at=now
+                )
+                self._bus.publish_core(subjects.HEARTBEATS, beat)
 
     def _report(self, key: str) -> None:
         run = self._runs[key].value

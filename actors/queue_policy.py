@@ -16,6 +16,7 @@ from bus.messages import (
     KillJob,
     LaunchOrder,
     Message,
+    ReapJob,
 )
 from conveyor.config import QueueConfig
 
@@ -165,6 +166,32 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     return Decision(
         jobs=(failed,), emit=(_outcome(failed), alert), reason=f"attempts exhausted ({why})"
     )
+
+
+def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decision:
+    """The Reaper found this attempt's executor dead: finish it like a run that ended.
+
+    Guarded like every flip: only a job still running this very attempt changes,
+    so a reap that lost the race to a late report or a requeue does nothing.
+    """
+    if job.status != RUNNING or reap.attempt != job.attempts:
+        return Decision(reason="reap of a job no longer running that attempt; ignored")
+    finished = JobFinished(
+        job_id=job.id,
+        attempt=reap.attempt,
+        run_id=job.run_id,
+        exit_code=reap.exit_code,
+        head_sha=job.head_sha,
+        error="" if reap.exit_code == 0 else f"reaped (tier {reap.tier}): {reap.reason}",
+        finished_at=now,
+    )
+    decision = on_finished(job, finished, now=now, cfg=cfg)
+    return msgspec.structs.replace(decision, reason=f"reaped tier {reap.tier}: {decision.reason}")
+
+
+def running_jobs(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs the Reaper watches."""
+    return [job for job in jobs if job.status == RUNNING]
 
 
 def on_cancel(jobs: Iterable[Job], *, now: float, reason: str) -> Decision:

@@ -11,7 +11,7 @@ from actors import queue_policy as policy
 from actors.common import is_durable, subject_for
 from actors.queue_policy import Job
 from bus.bridge import Bus, Delivery, Store, Versioned
-from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, Tick
+from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, ReapJob, Tick
 from conveyor import faults
 from conveyor.clock import Clock
 from conveyor.config import QueueConfig
@@ -19,6 +19,10 @@ from conveyor.errors import Fenced
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
+
+
+class RunningSnapshot(msgspec.Struct, frozen=True):
+    """Reaper -> QueueWorker (ask): the jobs currently running."""
 
 
 class QueueStatus(msgspec.Struct, frozen=True):
@@ -53,13 +57,17 @@ class QueueWorker(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         try:
             match message:
-                case Delivery(body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished()):
+                case Delivery(
+                    body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished() | ReapJob()
+                ):
                     self._handle(message)
                 case Tick():
                     self._heal()
                     self._dispatch()
                 case QueueStatus():
                     return self._status()
+                case RunningSnapshot():
+                    return policy.running_jobs(e.value for e in self._jobs.values())
                 case _:
                     log.warning("queue_worker.unknown_message", kind=type(message).__name__)
         except Fenced as err:
@@ -85,6 +93,20 @@ class QueueWorker(pykka.ThreadingActor):
             case JobsCancelled():
                 jobs = [e.value for e in self._jobs.values() if e.value.task_id == body.task_id]
                 decision = policy.on_cancel(jobs, now=now, reason=body.reason or "cancelled")
+            case ReapJob():
+                current = self._jobs.get(body.job_id)
+                if current is None:
+                    delivery.ack()
+                    return
+                decision = policy.on_reaped(current.value, body, now=now, cfg=self._cfg)
+                log.warning(
+                    "queue_worker.reap_requested",
+                    job_id=body.job_id,
+                    attempt=body.attempt,
+                    tier=body.tier,
+                    reason=body.reason,
+                    outcome=decision.reason,
+                )
             case JobStarted() | JobFinished():
                 current = self._jobs.get(body.job_id)
                 if current is None:

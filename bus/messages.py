@@ -148,7 +148,30 @@ class JobOutcome(Message, frozen=True):
     error: str = ""
 
 
-JobInput = JobRequested | JobsCancelled | JobStarted | JobFinished
+class RunHeartbeat(Message, frozen=True):
+    """Launcher -> Reaper, core NATS, every tick while a run's agent or post-steps are alive."""
+
+    job_id: str
+    attempt: int
+    launcher: str
+    at: float
+
+
+class ReapJob(Message, frozen=True):
+    """Reaper -> QueueWorker: finish a running attempt whose executor died.
+
+    The QueueWorker applies it only if the job is still running that attempt
+    (claim before act); `exit_code` is known for tier 2, else None.
+    """
+
+    job_id: str
+    attempt: int
+    tier: int
+    exit_code: int | None = None
+    reason: str = ""
+
+
+JobInput = JobRequested | JobsCancelled | JobStarted | JobFinished | ReapJob
 
 
 # --- launch (JetStream work queue, CONVEYOR_LAUNCH) --------------------------------------
@@ -208,7 +231,8 @@ class Tick(Message, frozen=True):
 
 
 BusMessage = (
-    JobRequested
+    ReapJob
+    | JobRequested
     | JobsCancelled
     | JobStarted
     | JobFinished

@@ -77,7 +77,12 @@ JOBS_FINISHED = f"{ROOT}.jobs.finished"
 """Launcher -> QueueWorker: JobFinished."""
 JOBS_OUTCOME = f"{ROOT}.jobs.outcome"
 """QueueWorker -> StageEngine: JobOutcome."""
+JOBS_REAP = f"{ROOT}.jobs.reap"
+"""Reaper -> QueueWorker: ReapJob (msg id `reap:<job>:<attempt>`)."""
 JOBS_ALL = f"{ROOT}.jobs.>"
+
+HEARTBEATS = f"{ROOT}.heartbeats.runs"
+"""Launchers -> Reaper, core NATS: RunHeartbeat for every live run, every tick."""
 
 # --- launch (JetStream work-queue stream CONVEYOR_LAUNCH) --------------------------------
 LAUNCH_ORDERS = f"{ROOT}.launch.orders"

@@ -15,6 +15,7 @@ import msgspec
 import pykka
 
 from actors.queue_worker import QueueStatus
+from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
 from bus import subjects
 from bus.bridge import Bus
@@ -88,6 +89,7 @@ class ControlService:
         bus: Bus,
         engine: pykka.ActorRef[Any],
         worker: pykka.ActorRef[Any],
+        reaper: pykka.ActorRef[Any],
         *,
         version: str,
         request_timeout_s: float,
@@ -95,6 +97,7 @@ class ControlService:
         self._bus = bus
         self._engine = engine
         self._worker = worker
+        self._reaper = reaper
         self._version = version
         self._timeout_s = request_timeout_s
 
@@ -114,6 +117,7 @@ class ControlService:
                 _answering(self._engine_status),
             ),
             ("queue_worker", subjects.status_actor("queue_worker"), _answering(self._queue)),
+            ("reaper", subjects.status_actor("reaper"), _answering(self._reaper_status)),
         ]
         self._bus.add_service(
             subjects.SERVICE_NAME,
@@ -148,7 +152,15 @@ class ControlService:
         return dumps(record)
 
     def _queue(self, _subject: str, _data: bytes) -> bytes:
-        return dumps(self._ask(self._worker, QueueStatus()))
+        status = self._ask(self._worker, QueueStatus())
+        try:
+            status["reaper"] = self._ask(self._reaper, ReaperStatus())
+        except (pykka.ActorDeadError, pykka.Timeout) as err:
+            status["reaper"] = {"healthy": False, "error": repr(err)}
+        return dumps(status)
+
+    def _reaper_status(self, _subject: str, _data: bytes) -> bytes:
+        return dumps(self._ask(self._reaper, ReaperStatus()))
 
     def _engine_status(self, _subject: str, _data: bytes) -> bytes:
         return dumps(self._ask(self._engine, StatusQuery(kind="actor")))
@@ -158,6 +170,7 @@ class ControlService:
         for name, ref, query in (
             ("stage_engine", self._engine, StatusQuery(kind="actor")),
             ("queue_worker", self._worker, QueueStatus()),
+            ("reaper", self._reaper, ReaperStatus()),
         ):
             try:
                 actors[name] = self._ask(ref, query)

@@ -19,11 +19,20 @@ from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
+from actors.reaper import Reaper
 from actors.stage_engine import StageEngine
 from actors.stage_policy import Task
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import BusMessage, JobInput, JobOutcome, KillJob, LaunchOrder, Tick
+from bus.messages import (
+    BusMessage,
+    JobInput,
+    JobOutcome,
+    KillJob,
+    LaunchOrder,
+    RunHeartbeat,
+    Tick,
+)
 from bus.server import EmbeddedNats
 from conveyor import __version__, demo
 from conveyor.clock import Clock, SystemClock
@@ -180,10 +189,17 @@ class Node:
                 subjects.JOBS_CANCELLED,
                 subjects.JOBS_STARTED,
                 subjects.JOBS_FINISHED,
+                subjects.JOBS_REAP,
             ],
             msgspec.json.Decoder(JobInput),
             worker.tell,
         )
+        reaper = Reaper.start(
+            bus, worker, bus.store(subjects.BUCKET_RUNS, Run), self.clock, self.cfg.reaper
+        )
+        self.refs["reaper"] = reaper
+        self._ticker.add(reaper)
+        bus.subscribe_core(subjects.HEARTBEATS, msgspec.json.Decoder(RunHeartbeat), reaper.tell)
         tracker = TrackerSync.start(LocalTracker(self.layout.tracker, self.clock))
         self.refs["tracker_sync"] = tracker
         bus.consume(
@@ -197,6 +213,7 @@ class Node:
             bus,
             engine,
             worker,
+            reaper,
             version=__version__,
             request_timeout_s=self.cfg.nats.request_timeout_s,
         ).register()
@@ -207,6 +224,7 @@ class Node:
             bus, bus.store(subjects.BUCKET_RUNS, Run), forge, self.clock, self.cfg, slots
         )
         self.refs["launcher"] = launcher
+        self._ticker.add(launcher)
 
         def _order(delivery: Any) -> None:
             slots.reserve()

@@ -171,16 +171,20 @@ check_command = ["{{python}}", "-m", "unittest", "discover", "-s", "tests", "-t"
 class Processes:
     """Starts `conveyor up --parts ...` processes and kills them like an operator's bad day."""
 
-    def __init__(self, tmp: Path, url: str = "") -> None:
+    def __init__(self, tmp: Path, url: str = "", extra_toml: str = "") -> None:
         self.tmp = tmp
         self.data = tmp / "data"
         self.config = tmp / "config.toml"
-        self.config.write_text(CONFIG.format(data=self.data, url=url))
+        self.config.write_text(CONFIG.format(data=self.data, url=url) + extra_toml)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, parts: str, *, fault: str = "") -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, parts: str, *, fault: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("ab")
+        extra_env = env
         env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"}
+        env.update(extra_env or {})
         if fault:
             env["CONVEYOR_FAULT"] = fault
         proc = subprocess.Popen(
