@@ -19,10 +19,24 @@ import pykka
 from actors import launcher_policy as policy
 from actors.common import subject_for
 from actors.launcher_policy import Run
+from actors.lease_policy import merge_lease
 from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
-from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, RunHeartbeat, Tick
+from bus.messages import (
+    JobFinished,
+    JobStarted,
+    KillJob,
+    LaunchOrder,
+    LeaseAcquire,
+    LeaseHolder,
+    LeaseRelease,
+    LeaseRenew,
+    LeaseReply,
+    RunHeartbeat,
+    Tick,
+    encode,
+)
 from conveyor import faults, procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import Config
@@ -57,6 +71,7 @@ class RunDone(msgspec.Struct, frozen=True):
     head_sha: str = ""
     error: str = ""
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    defer_s: float = 0.0
 
 
 class LauncherStatus(msgspec.Struct, frozen=True):
@@ -274,6 +289,7 @@ class Launcher(pykka.ThreadingActor):
             head_sha=done.head_sha,
             error=done.error,
             usage=done.usage,
+            defer_s=done.defer_s,
             finished_at=self._clock.now(),
         )
         self._save(run)
@@ -311,6 +327,7 @@ class Launcher(pykka.ThreadingActor):
             error=run.error,
             finished_at=run.finished_at or 0.0,
             usage=run.usage,
+            defer_s=run.defer_s,
         )
         faults.point("launcher.finished_recorded")
         self._bus.publish(subject_for(finished), finished, msg_id=f"{run.id}:finished")
@@ -425,9 +442,54 @@ class Launcher(pykka.ThreadingActor):
             with self._repo_lock(order.repo):
                 sha = git.push_branch(worktree, order.branch)
             return RunDone(run_id=run.id, exit_code=0, head_sha=sha)
+        return self._merge_gate(run, order)
+
+    def _merge_gate(self, run: Run, order: LaunchOrder) -> RunDone:
+        """Merge the pull request under the repository's merge lease (the only merge path).
+
+        Already merged at this head: success, no lease, no second merge. Otherwise
+        take the lease; a branch behind main is rebased, pushed and re-tested, an
+        up-to-date one keeps its green CI; the merge names the head that was
+        checked, and the lease is proven still ours right before it.
+        """
         head = self._forge.branch_head(order.repo, order.branch)
         if head is None:
             return RunDone(run_id=run.id, exit_code=1, error="branch missing on forge")
+        pull = self._forge.find_pull(order.repo, order.branch)
+        if pull is not None and pull.merged and pull.head_sha == head:
+            return RunDone(run_id=run.id, exit_code=0, head_sha=head)
+        name = merge_lease(order.repo)
+        grant = self._lease(
+            subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=self._holder(order))
+        )
+        if not grant.granted:
+            return RunDone(
+                run_id=run.id,
+                exit_code=None,
+                error=f"merge lease: {grant.reason}",
+                defer_s=self._cfg.leases.busy_retry_s,
+            )
+        try:
+            return self._merge_under_lease(run, order, name, grant.revision)
+        finally:
+            self._lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+
+    def _merge_under_lease(self, run: Run, order: LaunchOrder, name: str, revision: int) -> RunDone:
+        worktree = self._prepare_worktree(order)
+        with self._repo_lock(order.repo):
+            git.fetch(worktree)
+            behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
+            if behind and not git.rebase(worktree, "origin/main"):
+                return RunDone(run_id=run.id, exit_code=1, error="rebase onto main conflicts")
+            head = git.push_branch(worktree, order.branch) if behind else git.head_sha(worktree)
+        if behind:
+            # Re-test the rebased head; slow, and that is why merging is a job.
+            self._forge.on_push(order.repo, order.branch, head)
+        status = self._forge.commit_status(order.repo, head)
+        if status is None or status.state != "success":
+            state = status.state if status else "missing"
+            why = "re-test after rebase" if behind else "CI of the branch head"
+            return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=f"{why}: {state}")
         pull = self._forge.find_pull(order.repo, order.branch)
         if pull is None or (pull.merged and pull.head_sha != head):
             pull = self._forge.open_pull(
@@ -437,14 +499,43 @@ class Launcher(pykka.ThreadingActor):
                 "Opened by Conveyor before merge.",
             )
         if pull.merged:
-            # Already merged (a replayed merge step): success, never a second merge.
             return RunDone(run_id=run.id, exit_code=0, head_sha=head)
+        fence = self._lease(
+            subjects.LEASE_RENEW, LeaseRenew(name=name, task_id=order.task_id, revision=revision)
+        )
+        if not fence.granted:
+            return RunDone(
+                run_id=run.id,
+                exit_code=1,
+                head_sha=head,
+                error=f"merge lease lost before merging: {fence.reason}",
+            )
         try:
             merged = self._forge.merge_pull(order.repo, pull.number, expected_head_sha=head)
         except ConveyorError as err:
             return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=str(err))
         faults.point("launcher.merged")
+        log.info("launcher.merged", job_id=run.job_id, pull=pull.number, head=head, rebased=behind)
         return RunDone(run_id=run.id, exit_code=0, head_sha=merged.merge_commit or head)
+
+    def _holder(self, order: LaunchOrder) -> LeaseHolder:
+        me = psutil.Process()
+        return LeaseHolder(
+            task_id=order.task_id,
+            job_id=order.job_id,
+            launcher=self._name,
+            host=self._host,
+            pid=me.pid,
+            create_time=me.create_time(),
+            boot_id=procs.boot_id(),
+        )
+
+    def _lease(self, subject: str, request: msgspec.Struct) -> LeaseReply:
+        try:
+            data = self._bus.request(subject, encode(request), timeout_s=10.0)
+            return msgspec.json.decode(data, type=LeaseReply)
+        except (ConveyorError, msgspec.DecodeError, msgspec.ValidationError) as err:
+            return LeaseReply(granted=False, reason=f"lease keeper unreachable: {err}")
 
     def _agent(self, run: Run, order: LaunchOrder) -> RunDone:
         worktree = self._prepare_worktree(order)

@@ -47,6 +47,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     finished_at: float | None = None
     reported: bool = False
+    defer_s: float = 0.0
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

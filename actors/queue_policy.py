@@ -139,6 +139,20 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         finished_at=now,
         run_id=finished.run_id or job.run_id,
     )
+    if finished.defer_s > 0:
+        deferred = msgspec.structs.replace(
+            base,
+            status=QUEUED,
+            attempts=job.attempts - 1,
+            available_at=now + finished.defer_s,
+            claimed_at=None,
+            started_at=None,
+            pid=None,
+            create_time=None,
+        )
+        return Decision(
+            jobs=(deferred,), reason=f"deferred {finished.defer_s:g}s: {finished.error}"
+        )
     if finished.exit_code == 0 and not finished.error:
         done = msgspec.structs.replace(base, status=DONE)
         return Decision(jobs=(done,), emit=(_outcome(done),), reason="job done")

@@ -231,9 +231,16 @@ class Store(Generic[S]):
 
         return self._bus.call(_load(), timeout_s=120.0)
 
-    def delete(self, key: str) -> None:
-        """Delete a key (no CAS; used only for bookkeeping keys)."""
-        self._bus.call(self._kv.delete(key))
+    def delete(self, key: str, *, expect: int) -> None:
+        """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
+
+        async def _delete() -> None:
+            try:
+                await self._kv.delete(key, last=expect)
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+
+        self._bus.call(_delete())
 
 
 class Delivery(Generic[T]):
@@ -285,6 +292,7 @@ STREAMS = (
 )
 
 BUCKETS = (
+    subjects.BUCKET_LEASES,
     subjects.BUCKET_TASKS,
     subjects.BUCKET_JOBS,
     subjects.BUCKET_RUNS,

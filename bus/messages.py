@@ -132,6 +132,9 @@ class JobFinished(Message, frozen=True):
     error: str = ""
     finished_at: float = 0.0
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    defer_s: float = 0.0
+    """> 0: the attempt could not start its work (a busy lease); run it again later
+    without spending an attempt."""
 
 
 class JobOutcome(Message, frozen=True):
@@ -168,6 +171,52 @@ class ReapJob(Message, frozen=True):
     attempt: int
     tier: int
     exit_code: int | None = None
+    reason: str = ""
+
+
+class LeaseHolder(Message, frozen=True):
+    """Who asks for a lease: the task, the job run, and the process doing the work."""
+
+    task_id: str
+    job_id: str
+    launcher: str
+    host: str
+    pid: int
+    create_time: float
+    boot_id: str
+
+
+class LeaseAcquire(Message, frozen=True):
+    """Holder -> LeaseKeeper (request-reply): take lease `name` (re-entrant per task)."""
+
+    name: str
+    holder: LeaseHolder
+
+
+class LeaseRenew(Message, frozen=True):
+    """Holder -> LeaseKeeper (request-reply): prove the lease is still ours at `revision`.
+
+    Sent right before a fenced side effect; a lost lease answers `granted: false`.
+    """
+
+    name: str
+    task_id: str
+    revision: int
+
+
+class LeaseRelease(Message, frozen=True):
+    """Holder or operator -> LeaseKeeper (request-reply): free lease `name` of `task_id`."""
+
+    name: str
+    task_id: str = ""
+    force: bool = False
+
+
+class LeaseReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Answer to every lease request: granted or not, the fencing revision, and why."""
+
+    granted: bool
+    revision: int = 0
     reason: str = ""
 
 

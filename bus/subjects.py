@@ -45,6 +45,14 @@ COMMANDS = {
     "retry": CMD_RETRY,
 }
 
+# --- leases (core request-reply, answered by the LeaseKeeper) ---------------------------
+LEASE_ACQUIRE = f"{ROOT}.leases.acquire"
+"""Take a lease (LeaseAcquire -> LeaseReply)."""
+LEASE_RENEW = f"{ROOT}.leases.renew"
+"""Check-and-touch a held lease before a fenced effect (LeaseRenew -> LeaseReply)."""
+LEASE_RELEASE = f"{ROOT}.leases.release"
+"""Free a lease, holder-aware unless forced by an operator (LeaseRelease -> LeaseReply)."""
+
 # --- status (core request-reply, JSON) ---------------------------------------------------
 STATUS = f"{ROOT}.status"
 """Overview: counts, actors and their health."""
@@ -122,5 +130,7 @@ BUCKET_TASKS = "conveyor_tasks"
 BUCKET_JOBS = "conveyor_jobs"
 BUCKET_RUNS = "conveyor_runs"
 BUCKET_EFFECTS = "conveyor_effects"
+BUCKET_LEASES = "conveyor_leases"
+CONSUMER_LEASE_KEEPER = "lease_keeper"
 
 SERVICE_NAME = "conveyor"

@@ -138,6 +138,15 @@ class ReaperConfig(_Section, frozen=True):
     max_running_s: float = 7200.0
 
 
+class LeaseConfig(_Section, frozen=True):
+    """Merge leases: one merge at a time per repository, never taken from a live holder."""
+
+    enabled: bool = True
+    reclaim_enabled: bool = True
+    max_age_s: float = 3600.0
+    busy_retry_s: float = 5.0
+
+
 class RepoConfig(_Section, frozen=True):
     """One repository Conveyor delivers to."""
 
@@ -179,6 +188,7 @@ class Config(_Section, frozen=True):
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
+    leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -242,6 +252,13 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"pipeline.stages[{i}].on_fail: must be 'retry' or an earlier stage")
     positive = {
         "queue.backoff_base_s": cfg.queue.backoff_base_s,
+        "reaper.interval_s": cfg.reaper.interval_s,
+        "reaper.finalize_grace_s": cfg.reaper.finalize_grace_s,
+        "reaper.heartbeat_timeout_s": cfg.reaper.heartbeat_timeout_s,
+        "reaper.max_running_s": cfg.reaper.max_running_s,
+        "reaper.dead_ticks": cfg.reaper.dead_ticks,
+        "leases.max_age_s": cfg.leases.max_age_s,
+        "leases.busy_retry_s": cfg.leases.busy_retry_s,
         "queue.backoff_max_s": cfg.queue.backoff_max_s,
         "nats.connect_timeout_s": cfg.nats.connect_timeout_s,
         "nats.request_timeout_s": cfg.nats.request_timeout_s,

@@ -39,6 +39,15 @@ def _wait_psutil(pid: int, timeout_s: float | None) -> bool:
     return True
 
 
+def boot_id() -> str:
+    """This machine's boot id: a process recorded under another boot is gone for good."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def alive(pid: int, create_time: float | None) -> bool:
     """True if `pid` is still the process started at `create_time` (not a reused pid)."""
     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):

@@ -14,12 +14,25 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.lease_keeper import LeaseStatus
 from actors.queue_worker import QueueStatus
 from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import Approve, Cancel, ConfirmDeploy, Reject, Reply, Retry, Submit
+from bus.messages import (
+    Approve,
+    Cancel,
+    ConfirmDeploy,
+    LeaseAcquire,
+    LeaseRelease,
+    LeaseRenew,
+    LeaseReply,
+    Reject,
+    Reply,
+    Retry,
+    Submit,
+)
 from conveyor.errors import ConveyorError, InvalidField
 from conveyor.logs import get_logger
 
@@ -32,6 +45,12 @@ COMMAND_TYPES: dict[str, type[msgspec.Struct]] = {
     subjects.CMD_CONFIRM_DEPLOY: ConfirmDeploy,
     subjects.CMD_CANCEL: Cancel,
     subjects.CMD_RETRY: Retry,
+}
+
+LEASE_TYPES: dict[str, type[msgspec.Struct]] = {
+    subjects.LEASE_ACQUIRE: LeaseAcquire,
+    subjects.LEASE_RENEW: LeaseRenew,
+    subjects.LEASE_RELEASE: LeaseRelease,
 }
 
 ACTOR_TIMEOUT_S = 10.0
@@ -90,6 +109,7 @@ class ControlService:
         engine: pykka.ActorRef[Any],
         worker: pykka.ActorRef[Any],
         reaper: pykka.ActorRef[Any],
+        leases: pykka.ActorRef[Any],
         *,
         version: str,
         request_timeout_s: float,
@@ -98,6 +118,7 @@ class ControlService:
         self._engine = engine
         self._worker = worker
         self._reaper = reaper
+        self._leases = leases
         self._version = version
         self._timeout_s = request_timeout_s
 
@@ -118,6 +139,10 @@ class ControlService:
             ),
             ("queue_worker", subjects.status_actor("queue_worker"), _answering(self._queue)),
             ("reaper", subjects.status_actor("reaper"), _answering(self._reaper_status)),
+            ("lease_keeper", subjects.status_actor("lease_keeper"), _answering(self._lease_status)),
+            ("lease-acquire", subjects.LEASE_ACQUIRE, self._lease),
+            ("lease-renew", subjects.LEASE_RENEW, self._lease),
+            ("lease-release", subjects.LEASE_RELEASE, self._lease),
         ]
         self._bus.add_service(
             subjects.SERVICE_NAME,
@@ -159,6 +184,20 @@ class ControlService:
             status["reaper"] = {"healthy": False, "error": repr(err)}
         return dumps(status)
 
+    def _lease_status(self, _subject: str, _data: bytes) -> bytes:
+        return dumps(self._ask(self._leases, LeaseStatus()))
+
+    def _lease(self, subject: str, data: bytes) -> bytes:
+        kind = LEASE_TYPES[subject]
+        try:
+            request = msgspec.json.decode(data or b"{}", type=kind)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            return dumps(LeaseReply(granted=False, reason=f"bad request: {err}"))
+        try:
+            return dumps(self._ask(self._leases, request))
+        except (pykka.ActorDeadError, pykka.Timeout) as err:
+            return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
+
     def _reaper_status(self, _subject: str, _data: bytes) -> bytes:
         return dumps(self._ask(self._reaper, ReaperStatus()))
 
@@ -171,6 +210,7 @@ class ControlService:
             ("stage_engine", self._engine, StatusQuery(kind="actor")),
             ("queue_worker", self._worker, QueueStatus()),
             ("reaper", self._reaper, ReaperStatus()),
+            ("lease_keeper", self._leases, LeaseStatus()),
         ):
             try:
                 actors[name] = self._ask(ref, query)

@@ -17,6 +17,8 @@ import pykka
 
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
+from actors.lease_keeper import LeaseKeeper
+from actors.lease_policy import Lease
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
 from actors.reaper import Reaper
@@ -200,6 +202,18 @@ class Node:
         self.refs["reaper"] = reaper
         self._ticker.add(reaper)
         bus.subscribe_core(subjects.HEARTBEATS, msgspec.json.Decoder(RunHeartbeat), reaper.tell)
+        leases = LeaseKeeper.start(
+            bus, bus.store(subjects.BUCKET_LEASES, Lease), self.clock, self.cfg.leases
+        )
+        self.refs["lease_keeper"] = leases
+        self._ticker.add(leases)
+        bus.consume(
+            subjects.STREAM_NOTIFY,
+            subjects.CONSUMER_LEASE_KEEPER,
+            [subjects.STAGE_ALL],
+            msgspec.json.Decoder(BusMessage),
+            leases.tell,
+        )
         tracker = TrackerSync.start(LocalTracker(self.layout.tracker, self.clock))
         self.refs["tracker_sync"] = tracker
         bus.consume(
@@ -214,6 +228,7 @@ class Node:
             engine,
             worker,
             reaper,
+            leases,
             version=__version__,
             request_timeout_s=self.cfg.nats.request_timeout_s,
         ).register()

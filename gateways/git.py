@@ -427,3 +427,34 @@ def _url(value: str) -> str:
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def fetch(path: Path) -> None:
+    """Update the remote-tracking refs of a clone or worktree from origin."""
+    run_git(["fetch", "--quiet", "--prune", "origin"], path)
+
+
+def is_ancestor(path: Path, ancestor: str, descendant: str = "HEAD") -> bool:
+    """True if `ancestor` is contained in `descendant` (the branch is up to date with it)."""
+    _ref(ancestor)
+    _ref(descendant)
+    return run_git_result(["merge-base", "--is-ancestor", ancestor, descendant], path).ok
+
+
+def rebase(
+    worktree: Path,
+    onto: str,
+    *,
+    author_name: str = "Conveyor",
+    author_email: str = "conveyor@conveyor.local",
+) -> bool:
+    """Rebase the checked-out branch onto `onto`; on conflict abort and return False."""
+    _ref(onto)
+    result = run_git_result(
+        [*identity(author_name, author_email), "rebase", "--quiet", onto], worktree
+    )
+    if result.ok:
+        return True
+    run_git_result(["rebase", "--abort"], worktree)
+    log.info("git.rebase_conflicted", worktree=str(worktree), onto=onto)
+    return False

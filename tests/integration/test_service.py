@@ -81,12 +81,18 @@ def test_a_command_for_an_unknown_or_invalid_id_is_refused(harness: Harness, nam
 def test_status_subjects_answer_json(harness: Harness) -> None:
     overview = harness.client.request(subjects.STATUS)
     assert overview["service"] == "conveyor"
-    assert set(overview["actors"]) == {"stage_engine", "queue_worker", "reaper", "launcher"}
+    assert set(overview["actors"]) == {
+        "stage_engine",
+        "queue_worker",
+        "reaper",
+        "lease_keeper",
+        "launcher",
+    }
     assert overview["healthy"] is True
     queue = harness.client.request(subjects.STATUS_QUEUE)
     assert "counts" in queue
     assert "running" in queue
-    for actor in ("stage_engine", "queue_worker", "reaper", "launcher"):
+    for actor in ("stage_engine", "queue_worker", "reaper", "lease_keeper", "launcher"):
         assert harness.client.request(subjects.status_actor(actor))["healthy"] is True
     missing = harness.client.request(subjects.status_task("DEMO-404"))
     assert missing["ok"] is False

@@ -527,3 +527,31 @@ def test_a_job_with_a_pending_outbox_survives_a_store_round_trip():
     stored = msgspec.structs.replace(claimed.jobs[0], outbox=list(claimed.emit))
     loaded = msgspec.json.decode(msgspec.json.encode(stored), type=qp.Job)
     assert loaded.outbox == list(claimed.emit)
+
+
+def test_a_deferred_attempt_is_requeued_without_spending_an_attempt():
+    job = qp.Job(
+        id="DEMO-1.deploy-staging.1.merge",
+        task_id="DEMO-1",
+        repo="demo",
+        stage="deploy-staging",
+        role="merge",
+        visit=1,
+        branch="feature/DEMO-1-x",
+        title="x",
+    )
+    claimed = qp.claim(job, now=1.0).jobs[0]
+    finished = JobFinished(
+        job_id=job.id,
+        attempt=1,
+        run_id="r",
+        exit_code=None,
+        error="merge lease: held by DEMO-2",
+        defer_s=5.0,
+    )
+    d = qp.on_finished(claimed, finished, now=10.0, cfg=CFG)
+    (requeued,) = d.jobs
+    assert requeued.status == "queued"
+    assert requeued.attempts == 0
+    assert requeued.available_at == 15.0
+    assert d.emit == ()

@@ -1,0 +1,228 @@
+"""LeaseKeeper: sole writer of merge leases (grant, fenced renew, release, reclaim)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors import lease_policy as policy
+from actors.lease_policy import Lease
+from bus import subjects
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.messages import (
+    Alert,
+    LeaseAcquire,
+    LeaseHolder,
+    LeaseRelease,
+    LeaseRenew,
+    LeaseReply,
+    StageChanged,
+    Tick,
+)
+from conveyor import procs
+from conveyor.clock import Clock
+from conveyor.config import LeaseConfig
+from conveyor.errors import Fenced
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+ENDED = frozenset({"done", "cancelled"})
+
+
+def holder_alive(holder: LeaseHolder, host: str, boot: str) -> bool | None:
+    """True/False when it can be proven on this host; None for another host."""
+    if holder.host != host:
+        return None
+    if boot and holder.boot_id and holder.boot_id != boot:
+        return False
+    return procs.alive(holder.pid, holder.create_time)
+
+
+class LeaseStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> LeaseKeeper (ask)."""
+
+
+class LeaseKeeper(pykka.ThreadingActor):
+    """Grants each repository's merge lease to one task at a time; the revision fences."""
+
+    def __init__(self, bus: Bus, store: Store[Lease], clock: Clock, cfg: LeaseConfig) -> None:
+        super().__init__()
+        self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
+        self._leases: dict[str, Versioned[Lease]] = {}
+        self._host = socket.gethostname()
+        self._boot = procs.boot_id()
+        self._reclaimed_total = 0
+
+    def on_start(self) -> None:
+        self._leases = self._store.load_all()
+        self._sweep()
+        log.info("lease_keeper.started", leases=len(self._leases))
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case LeaseAcquire():
+                    return self._acquire(message)
+                case LeaseRenew():
+                    return self._renew(message)
+                case LeaseRelease():
+                    return self._release(message)
+                case Delivery(body=StageChanged() as event):
+                    if event.new in ENDED:
+                        self._release_task(event.task_id, f"task {event.new}")
+                    message.ack()
+                case Tick():
+                    self._sweep()
+                case LeaseStatus():
+                    return self._status()
+        except Fenced as err:
+            # Someone else wrote the lease: re-read, and let the caller try again.
+            log.warning("lease_keeper.conflict", error=str(err))
+            self._leases = self._store.load_all()
+            return LeaseReply(granted=False, reason="lease changed concurrently; retry")
+        except Exception as err:
+            log.exception("lease_keeper.failed", kind=type(message).__name__)
+            if isinstance(message, Delivery):
+                message.nak(delay_s=2.0)
+            return LeaseReply(granted=False, reason=f"lease keeper error: {err}")
+        return None
+
+    def _put(self, lease: Lease) -> int:
+        current = self._leases.get(lease.name)
+        if current is None:
+            try:
+                revision = self._store.create(lease.name, lease)
+            except KeyExists as err:
+                raise Fenced(f"lease {lease.name} appeared concurrently") from err
+        else:
+            revision = self._store.update(lease.name, lease, expect=current.revision)
+        self._leases[lease.name] = Versioned(lease, revision)
+        return revision
+
+    def _drop(self, name: str) -> None:
+        current = self._leases.pop(name, None)
+        if current is not None:
+            self._store.delete(name, expect=current.revision)
+
+    def _acquire(self, req: LeaseAcquire) -> LeaseReply:
+        if not self._cfg.enabled:
+            return LeaseReply(granted=True, revision=0, reason="leases disabled")
+        current = self._leases.get(req.name)
+        alive = holder_alive(current.value.holder, self._host, self._boot) if current else None
+        grant = policy.on_acquire(
+            current.value if current else None,
+            req.name,
+            req.holder,
+            holder_alive=alive,
+            now=self._clock.now(),
+        )
+        if not grant.granted or grant.lease is None:
+            return LeaseReply(granted=False, reason=grant.reason)
+        if grant.reclaimed is not None:
+            self._reclaimed(grant.reclaimed, grant.reason)
+        revision = self._put(grant.lease)
+        log.info(
+            "lease_keeper.granted",
+            lease=req.name,
+            task_id=req.holder.task_id,
+            revision=revision,
+            reason=grant.reason,
+        )
+        return LeaseReply(granted=True, revision=revision, reason=grant.reason)
+
+    def _renew(self, req: LeaseRenew) -> LeaseReply:
+        if not self._cfg.enabled:
+            return LeaseReply(granted=True, revision=0, reason="leases disabled")
+        current = self._leases.get(req.name)
+        if (
+            current is None
+            or current.revision != req.revision
+            or not policy.may_release(current.value, req.task_id)
+        ):
+            log.warning(
+                "lease_keeper.fenced_out",
+                lease=req.name,
+                task_id=req.task_id,
+                revision=req.revision,
+            )
+            return LeaseReply(granted=False, reason="lease lost (revision moved)")
+        touched = msgspec.structs.replace(current.value, renewed_at=self._clock.now())
+        return LeaseReply(granted=True, revision=self._put(touched), reason="renewed")
+
+    def _release(self, req: LeaseRelease) -> LeaseReply:
+        current = self._leases.get(req.name)
+        if current is None:
+            return LeaseReply(granted=True, reason="not held")
+        if not req.force and not policy.may_release(current.value, req.task_id):
+            return LeaseReply(granted=False, reason=f"held by {current.value.holder.task_id}")
+        self._drop(req.name)
+        log.info(
+            "lease_keeper.released",
+            lease=req.name,
+            task_id=current.value.holder.task_id,
+            forced=req.force,
+        )
+        return LeaseReply(granted=True, reason="released")
+
+    def _release_task(self, task_id: str, why: str) -> None:
+        for name, entry in list(self._leases.items()):
+            if entry.value.holder.task_id == task_id:
+                self._drop(name)
+                log.info("lease_keeper.released", lease=name, task_id=task_id, reason=why)
+
+    def _sweep(self) -> None:
+        now = self._clock.now()
+        for name, entry in list(self._leases.items()):
+            lease = entry.value
+            alive = holder_alive(lease.holder, self._host, self._boot)
+            action, reason = policy.on_tick(
+                lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
+            )
+            if action == "reclaim":
+                self._drop(name)
+                self._reclaimed(lease, reason)
+            elif action == "alert":
+                self._put(msgspec.structs.replace(lease, alerted=True))
+                self._alert(lease, reason, "warning")
+
+    def _reclaimed(self, lease: Lease, reason: str) -> None:
+        self._reclaimed_total += 1
+        log.warning(
+            "lease_keeper.reclaimed", lease=lease.name, task_id=lease.holder.task_id, reason=reason
+        )
+        self._alert(lease, f"merge lease {lease.name} reclaimed: {reason}", "warning")
+
+    def _alert(self, lease: Lease, text: str, level: str) -> None:
+        alert = Alert(
+            level=level,
+            text=text,
+            task_id=lease.holder.task_id,
+            source="lease_keeper",
+            at=self._clock.now(),
+        )
+        self._bus.publish(
+            subjects.ALERTS, alert, msg_id=f"lease:{lease.name}:{lease.acquired_at}:{text[:40]}"
+        )
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "healthy": True,
+            "enabled": self._cfg.enabled,
+            "reclaimed_total": self._reclaimed_total,
+            "leases": [
+                {
+                    "name": e.value.name,
+                    "task_id": e.value.holder.task_id,
+                    "job_id": e.value.holder.job_id,
+                    "revision": e.revision,
+                    "acquired_at": e.value.acquired_at,
+                    "host": e.value.holder.host,
+                    "pid": e.value.holder.pid,
+                }
+                for e in self._leases.values()
+            ],
+        }

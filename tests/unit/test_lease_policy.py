@@ -1,0 +1,96 @@
+"""Merge-lease decisions: never take a lease from a live holder."""
+
+from __future__ import annotations
+
+from actors import lease_policy as lp
+from bus.messages import LeaseHolder
+from conveyor.config import LeaseConfig
+
+NOW = 1_000_000.0
+CFG = LeaseConfig(max_age_s=600.0)
+
+
+def holder(task: str = "DEMO-1", pid: int = 100) -> LeaseHolder:
+    return LeaseHolder(
+        task_id=task,
+        job_id=f"{task}.deploy-staging.1.merge",
+        launcher="l1",
+        host="h",
+        pid=pid,
+        create_time=1.0,
+        boot_id="b",
+    )
+
+
+def held(task: str = "DEMO-1", age: float = 10.0, alerted: bool = False) -> lp.Lease:
+    return lp.Lease(
+        name="merge.demo",
+        holder=holder(task),
+        acquired_at=NOW - age,
+        renewed_at=NOW - age,
+        alerted=alerted,
+    )
+
+
+def test_a_free_lease_is_granted():
+    grant = lp.on_acquire(None, "merge.demo", holder(), holder_alive=None, now=NOW)
+    assert grant.granted
+    assert grant.lease is not None
+    assert grant.lease.holder.task_id == "DEMO-1"
+
+
+def test_the_holding_task_gets_its_lease_again():
+    grant = lp.on_acquire(held(), "merge.demo", holder(pid=200), holder_alive=True, now=NOW)
+    assert grant.granted
+    assert grant.lease is not None
+    assert grant.lease.holder.pid == 200
+    assert grant.lease.acquired_at == NOW - 10.0
+
+
+def test_a_live_or_unknown_holder_is_never_dispossessed():
+    for alive in (True, None):
+        grant = lp.on_acquire(
+            held(age=99999.0), "merge.demo", holder("DEMO-2"), holder_alive=alive, now=NOW
+        )
+        assert not grant.granted
+        assert "DEMO-1" in grant.reason
+
+
+def test_a_dead_holder_is_reclaimed_by_the_next_acquirer():
+    grant = lp.on_acquire(held(), "merge.demo", holder("DEMO-2"), holder_alive=False, now=NOW)
+    assert grant.granted
+    assert grant.reclaimed is not None
+    assert grant.reclaimed.holder.task_id == "DEMO-1"
+    assert grant.lease is not None
+    assert grant.lease.holder.task_id == "DEMO-2"
+
+
+def test_release_is_holder_aware():
+    assert lp.may_release(held(), "DEMO-1")
+    assert not lp.may_release(held(), "DEMO-2")
+    assert not lp.may_release(None, "DEMO-1")
+
+
+def test_a_tick_reclaims_a_dead_holder_and_keeps_a_live_one():
+    assert (
+        lp.on_tick(held(), holder_alive=False, task_ended=False, now=NOW, cfg=CFG)[0] == "reclaim"
+    )
+    assert lp.on_tick(held(), holder_alive=True, task_ended=False, now=NOW, cfg=CFG)[0] == "keep"
+    assert lp.on_tick(held(), holder_alive=None, task_ended=True, now=NOW, cfg=CFG)[0] == "reclaim"
+
+
+def test_the_reclaim_switch_off_keeps_even_a_dead_holder():
+    off = LeaseConfig(reclaim_enabled=False)
+    assert lp.on_tick(held(), holder_alive=False, task_ended=False, now=NOW, cfg=off)[0] == "keep"
+
+
+def test_an_old_lease_alerts_once_and_is_not_freed_silently():
+    action, reason = lp.on_tick(
+        held(age=601.0), holder_alive=True, task_ended=False, now=NOW, cfg=CFG
+    )
+    assert action == "alert"
+    assert "ceiling" in reason
+    again = lp.on_tick(
+        held(age=700.0, alerted=True), holder_alive=True, task_ended=False, now=NOW, cfg=CFG
+    )
+    assert again[0] == "keep"
