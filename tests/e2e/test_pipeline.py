@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bus import subjects
+from bus.messages import JobOutcome
 from gateways import git
 from gateways.tracker import LocalTracker
 from tests.harness import Harness, wait_until
@@ -334,3 +336,66 @@ def test_a_failed_deploy_goes_back_to_development_and_the_rework_is_merged(
     bare = harness.layout.forge / "repos" / "demo.git"
     notes = git.run_git(["show", f"main:docs/work-items/{item}/11-dev-notes.md"], git_dir=bare)
     assert "visit: 2" in notes
+
+
+def test_racing_entries_into_one_transition_produce_one_set_of_effects(harness: Harness) -> None:
+    # Given an analysis that finished and waits for approval
+    item = harness.submit("Racing actors")["task"]["id"]
+    harness.wait_stage(item, "analysis", approve=False)
+    wait_until(
+        lambda: "awaiting approval" in harness.task(item)["last_reason"],
+        what="analysis waiting for approval",
+    )
+    job = next(j for j in harness.jobs().values() if j.role == "analyst")
+    outcome = JobOutcome(
+        job_id=job.id,
+        task_id=item,
+        stage="analysis",
+        visit=1,
+        role="analyst",
+        status="done",
+        attempts=1,
+        exit_code=0,
+    )
+
+    # When duplicate outcomes (a replaying reaper, a late launcher, a reconciler) race an
+    # operator's approval into the same transition
+    def _replay(n: int) -> None:
+        harness.client.bus.publish(subjects.JOBS_OUTCOME, outcome, msg_id=f"race-{n}")
+
+    threads = [threading.Thread(target=_replay, args=(n,)) for n in range(6)]
+    threads.append(threading.Thread(target=lambda: harness.command("approve", item)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then the task moved once, and asked for one architect
+    harness.wait_stage(item, "development")
+    history = [(e["old"], e["new"]) for e in harness.task(item)["history"]]
+    assert history.count(("analysis", "architecture")) == 1
+    architects = [j for j in harness.jobs().values() if j.role == "architect"]
+    assert len(architects) == 1
+
+
+def test_the_reaper_never_reaps_a_launcher_that_is_still_finalizing(harness_factory) -> None:
+    # Given a slow CI (the launcher's post-steps outlive the agent's pid) and an eager reaper
+    slow_ci = ["{python}", "-c", "import time; time.sleep(2)"]
+    harness = harness_factory(
+        repos=[{"name": "demo", "prefix": "DEMO", "template": "demo", "check_command": slow_ci}],
+        reaper={
+            "interval_s": 0.2,
+            "dead_ticks": 1,
+            "heartbeat_timeout_s": 1.0,
+            "finalize_grace_s": 0.5,
+        },
+    )
+
+    # When an item goes through every stage
+    item = harness.submit("Slow CI")["task"]["id"]
+    harness.wait_stage(item, "done", deadline_s=120)
+
+    # Then nothing was reaped and every job ran exactly once
+    reaper = harness.client.request(subjects.status_actor("reaper"))
+    assert reaper["reaped_total"] == 0
+    assert {j.attempts for j in harness.jobs().values()} == {1}
