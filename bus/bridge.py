@@ -37,7 +37,8 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 
 MSG_ID = "Nats-Msg-Id"
-DUPLICATE_WINDOW_S = 600.0
+DUPLICATE_WINDOW_S = 7200.0
+"""How long a Nats-Msg-Id is remembered: longer than any restart should take."""
 
 
 _DISCONNECTED = (

@@ -358,6 +358,33 @@ _simple("retry", "Reset an escalated task's retry budget and re-run its stage.")
 _simple("confirm-deploy", "Confirm the production deploy of a protected repository.")
 
 
+@main.command("release-lease")
+@click.argument("name")
+@click.option("--task", "task_id", default="", help="Release only if this task holds it.")
+@click.option("--force", is_flag=True, help="Release whoever holds it (a stuck holder).")
+@_json_flag
+@click.pass_context
+def release_lease(ctx: click.Context, name: str, task_id: str, force: bool, as_json: bool) -> None:
+    """Release a merge lease (e.g. merge.demo); without --force only its holder task may."""
+    if not force and not task_id:
+        raise click.UsageError("give --task ID (holder-aware) or --force")
+    client = _client(ctx)
+    try:
+        reply = client.request(
+            subjects.LEASE_RELEASE, {"name": name, "task_id": task_id, "force": force}
+        )
+    except ConveyorError as err:
+        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+    finally:
+        client.close()
+    if as_json:
+        _print_json(reply)
+    else:
+        click.echo(f"{'released' if reply.get('granted') else 'refused'}: {reply.get('reason')}")
+    if not reply.get("granted"):
+        sys.exit(1)
+
+
 # --- read commands -----------------------------------------------------------------------
 
 

@@ -6,9 +6,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
+from bus import subjects
+from bus.messages import LeaseAcquire, LeaseHolder, encode
 from conveyor.cli import main
 from tests.harness import Harness, make_config
 
@@ -23,6 +26,7 @@ COMMANDS = [
     "cancel",
     "retry",
     "confirm-deploy",
+    "release-lease",
 ]
 
 
@@ -104,3 +108,29 @@ def test_status_of_a_bad_id_is_a_usage_error(running: tuple[Harness, list[str]])
     _, base = running
     result = CliRunner().invoke(main, [*base, "status", "a.b"])
     assert result.exit_code == 2
+
+
+def test_an_operator_can_force_release_a_stuck_merge_lease(
+    running: tuple[Harness, list[str]],
+) -> None:
+    harness, base = running
+    me = psutil.Process()
+    holder = LeaseHolder(
+        task_id="DEMO-9",
+        job_id="DEMO-9.deploy-staging.1.merge",
+        launcher="x",
+        host="elsewhere",
+        pid=me.pid,
+        create_time=me.create_time(),
+        boot_id="",
+    )
+    harness.client.bus.request(
+        subjects.LEASE_ACQUIRE, encode(LeaseAcquire(name="merge.demo", holder=holder))
+    )
+    runner = CliRunner()
+    refused = runner.invoke(main, [*base, "release-lease", "merge.demo", "--task", "DEMO-1"])
+    assert refused.exit_code == 1
+    assert "held by DEMO-9" in refused.output
+    forced = runner.invoke(main, [*base, "release-lease", "merge.demo", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert harness.client.request(subjects.status_actor("lease_keeper"))["leases"] == []
