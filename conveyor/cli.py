@@ -291,14 +291,22 @@ def _show(client: Client, msg: StageChanged | Alert, elapsed: float, approve: bo
 # --- commands ----------------------------------------------------------------------------
 
 
-def _send(ctx: click.Context, name: str, body: dict[str, Any], as_json: bool) -> None:
+def _ask(ctx: click.Context, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One request to a running Conveyor; an unreachable one is a clear CLI error."""
     client = _client(ctx)
     try:
-        reply = client.command(name, body)
+        reply = client.request(subject, body)
     except ConveyorError as err:
         raise click.ClickException(f"Conveyor is not reachable: {err}") from err
     finally:
         client.close()
+    if not isinstance(reply, dict):
+        raise click.ClickException(f"unexpected reply on {subject}: {reply!r}")
+    return reply
+
+
+def _send(ctx: click.Context, name: str, body: dict[str, Any], as_json: bool) -> None:
+    reply = _ask(ctx, subjects.COMMANDS[name], body)
     if as_json:
         _print_json(reply)
     elif reply.get("ok"):
@@ -368,15 +376,7 @@ def release_lease(ctx: click.Context, name: str, task_id: str, force: bool, as_j
     """Release a merge lease (e.g. merge.demo); without --force only its holder task may."""
     if not force and not task_id:
         raise click.UsageError("give --task ID (holder-aware) or --force")
-    client = _client(ctx)
-    try:
-        reply = client.request(
-            subjects.LEASE_RELEASE, {"name": name, "task_id": task_id, "force": force}
-        )
-    except ConveyorError as err:
-        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
-    finally:
-        client.close()
+    reply = _ask(ctx, subjects.LEASE_RELEASE, {"name": name, "task_id": task_id, "force": force})
     if as_json:
         _print_json(reply)
     else:

@@ -22,6 +22,19 @@ from conveyor.supervisor import Node
 
 DEADLINE_S = 60.0
 
+ALL_STAGES = [
+    "created",
+    "analysis",
+    "architecture",
+    "development",
+    "review",
+    "testing",
+    "deploy-staging",
+    "deploy",
+    "done",
+]
+"""Every stage of the default pipeline, in order, as a task's history lists them."""
+
 
 def make_config(data_dir: Path, nats_url: str, **overrides: Any) -> Config:
     """The embedded defaults, made fast for tests, on a fixture nats-server."""

@@ -20,21 +20,10 @@ from conveyor import faults
 from conveyor.client import Client
 from conveyor.errors import BusUnavailable
 from gateways.tracker import LocalTracker
-from tests.harness import Processes, drive, stored_jobs, wait_ready, wait_until
+from tests.harness import ALL_STAGES, Processes, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ALL_STAGES = [
-    "created",
-    "analysis",
-    "architecture",
-    "development",
-    "review",
-    "testing",
-    "deploy-staging",
-    "deploy",
-    "done",
-]
 CONTROL_POINTS = {
     p for p in faults.POINTS if p.split(".")[0] in ("stage_engine", "queue_worker", "tracker_sync")
 }

@@ -15,21 +15,9 @@ from bus import subjects
 from bus.messages import JobOutcome
 from gateways import git
 from gateways.tracker import LocalTracker
-from tests.harness import Harness, wait_until
+from tests.harness import ALL_STAGES, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
-
-ALL_STAGES = [
-    "created",
-    "analysis",
-    "architecture",
-    "development",
-    "review",
-    "testing",
-    "deploy-staging",
-    "deploy",
-    "done",
-]
 
 
 def _main_files(harness: Harness, repo: str = "demo") -> str:
