@@ -23,6 +23,7 @@ from actors.lease_policy import merge_lease
 from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.effects import Ledger, effect_key
 from bus.messages import (
     JobFinished,
     JobStarted,
@@ -44,7 +45,7 @@ from conveyor.errors import ConveyorError, Fenced
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
 from gateways import git
-from gateways.forge import Forge
+from gateways.forge import Forge, PullRequest
 
 log = get_logger(__name__)
 
@@ -143,12 +144,20 @@ class Launcher(pykka.ThreadingActor):
     """Sole owner of the runs on its host; fences each launch with a KV create."""
 
     def __init__(
-        self, bus: Bus, store: Store[Run], forge: Forge, clock: Clock, cfg: Config, slots: Slots
+        self,
+        bus: Bus,
+        store: Store[Run],
+        effects: Ledger,
+        forge: Forge,
+        clock: Clock,
+        cfg: Config,
+        slots: Slots,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._layout = Layout(cfg.data_path)
         self._slots = slots
+        self._effects = effects
         self._host = socket.gethostname()
         # The name must survive a restart: a restarted launcher adopts the runs of its name.
         self._name = cfg.launcher.name or self._host
@@ -490,14 +499,7 @@ class Launcher(pykka.ThreadingActor):
             state = status.state if status else "missing"
             why = "re-test after rebase" if behind else "CI of the branch head"
             return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=f"{why}: {state}")
-        pull = self._forge.find_pull(order.repo, order.branch)
-        if pull is None or (pull.merged and pull.head_sha != head):
-            pull = self._forge.open_pull(
-                order.repo,
-                order.branch,
-                f"{order.task_id}: {order.title or order.task_id}",
-                "Opened by Conveyor before merge.",
-            )
+        pull = self._ensure_pull(order, head, "Opened by Conveyor before merge.", after_merge=True)
         if pull.merged:
             return RunDone(run_id=run.id, exit_code=0, head_sha=head)
         fence = self._lease(
@@ -510,13 +512,57 @@ class Launcher(pykka.ThreadingActor):
                 head_sha=head,
                 error=f"merge lease lost before merging: {fence.reason}",
             )
+        number = pull.number
+
+        def _merge() -> str:
+            merged = self._forge.merge_pull(order.repo, number, expected_head_sha=head)
+            return merged.merge_commit or head
+
+        def _merged_already() -> str | None:
+            now = self._forge.find_pull(order.repo, order.branch)
+            if now is not None and now.merged and now.head_sha == head:
+                return now.merge_commit or head
+            return None
+
         try:
-            merged = self._forge.merge_pull(order.repo, pull.number, expected_head_sha=head)
+            commit = self._effects.once(
+                effect_key(order.task_id, "merge", head), _merge, _merged_already
+            )
         except ConveyorError as err:
             return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=str(err))
         faults.point("launcher.merged")
-        log.info("launcher.merged", job_id=run.job_id, pull=pull.number, head=head, rebased=behind)
-        return RunDone(run_id=run.id, exit_code=0, head_sha=merged.merge_commit or head)
+        log.info("launcher.merged", job_id=run.job_id, pull=number, head=head, rebased=behind)
+        return RunDone(run_id=run.id, exit_code=0, head_sha=commit)
+
+    def _ensure_pull(
+        self, order: LaunchOrder, head: str, body: str, *, after_merge: bool
+    ) -> PullRequest:
+        """The branch's pull request, opened at most once per head (effect ledger).
+
+        `after_merge`: a PR merged at an older head does not count (a rework after a
+        merge needs a new one); post-steps leave that to the merge step.
+        """
+
+        def _current() -> PullRequest | None:
+            pull = self._forge.find_pull(order.repo, order.branch)
+            if pull is not None and after_merge and pull.merged and pull.head_sha != head:
+                return None
+            return pull
+
+        existing = _current()
+        if existing is not None:
+            return existing
+
+        def _open() -> str:
+            title = f"{order.task_id}: {order.title or order.task_id}"
+            return str(self._forge.open_pull(order.repo, order.branch, title, body).number)
+
+        def _probe() -> str | None:
+            found = _current()
+            return str(found.number) if found is not None else None
+
+        number = self._effects.once(effect_key(order.task_id, "pull", head), _open, _probe)
+        return self._forge.get_pull(order.repo, int(number))
 
     def _holder(self, order: LaunchOrder) -> LeaseHolder:
         me = psutil.Process()
@@ -609,15 +655,10 @@ class Launcher(pykka.ThreadingActor):
             faults.point("launcher.committed")
             sha = git.push_branch(worktree, order.branch)
         faults.point("launcher.pushed")
-        title = order.title or order.task_id
         # A rework after a merge gets its new pull request from the merge step.
         if self._forge.find_pull(order.repo, order.branch) is None:
-            self._forge.open_pull(
-                order.repo,
-                order.branch,
-                f"{order.task_id}: {title}",
-                f"Work item {order.task_id}, delivered by Conveyor.",
-            )
+            body = f"Work item {order.task_id}, delivered by Conveyor."
+            self._ensure_pull(order, sha, body, after_merge=False)
             faults.point("launcher.pr_opened")
         status = self._forge.commit_status(order.repo, sha)
         # A pending status is a check that died with an earlier incarnation: run it again.

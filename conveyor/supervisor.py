@@ -7,6 +7,7 @@ one NATS. Nothing here decides anything about tasks or jobs.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from actors.stage_engine import StageEngine
 from actors.stage_policy import Task
 from bus import subjects
 from bus.bridge import Bus
+from bus.effects import Effect, Ledger
 from bus.messages import (
     BusMessage,
     JobInput,
@@ -235,8 +237,10 @@ class Node:
 
     def _start_launcher(self, bus: Bus, forge: LocalForge) -> None:
         slots = Slots(self.cfg.launcher.slots)
+        name = self.cfg.launcher.name or socket.gethostname()
+        effects = Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), self.clock, name)
         launcher = Launcher.start(
-            bus, bus.store(subjects.BUCKET_RUNS, Run), forge, self.clock, self.cfg, slots
+            bus, bus.store(subjects.BUCKET_RUNS, Run), effects, forge, self.clock, self.cfg, slots
         )
         self.refs["launcher"] = launcher
         self._ticker.add(launcher)

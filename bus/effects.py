@@ -1,0 +1,86 @@
+"""The effect ledger: an idempotency key per external side effect, stored before and after.
+
+`once(key, do, probe)` skips an effect whose key is recorded `done`. An effect
+recorded only as `started` was interrupted: `probe` asks the outside world
+whether it happened (a pull request for this head exists, the merge is on
+main), and only if it did not is `do` called again. Keys name the task, stage,
+step and what the effect acts on, so a replay of the same step finds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from bus.bridge import KeyExists, Store
+from conveyor.clock import Clock
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+STARTED = "started"
+DONE = "done"
+
+
+class Effect(msgspec.Struct, frozen=True, kw_only=True):
+    """One side effect's record; `result` is what the effect returned (e.g. a PR number)."""
+
+    key: str
+    status: str
+    started_at: float
+    done_at: float | None = None
+    result: str = ""
+    by: str = ""
+
+
+class Ledger:
+    """Runs side effects at most once per key, surviving crashes between call and record."""
+
+    def __init__(self, store: Store[Effect], clock: Clock, who: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._who = who
+
+    def once(self, key: str, do: Callable[[], str], probe: Callable[[], str | None]) -> str:
+        """Run `do` unless the effect `key` already happened; return its result."""
+        entry = self._store.get(key)
+        if entry is not None and entry.value.status == DONE:
+            log.info("effects.skipped", key=key, reason="done before")
+            return entry.value.result
+        if entry is not None:
+            # Started but never recorded done: the call may or may not have landed.
+            found = probe()
+            if found is not None:
+                self._finish(key, found, entry.revision)
+                log.info("effects.adopted", key=key, result=found)
+                return found
+            revision = entry.revision
+        else:
+            record = Effect(key=key, status=STARTED, started_at=self._clock.now(), by=self._who)
+            try:
+                revision = self._store.create(key, record)
+            except KeyExists:
+                return self.once(key, do, probe)
+        result = do()
+        self._finish(key, result, revision)
+        log.info("effects.done", key=key, result=result)
+        return result
+
+    def _finish(self, key: str, result: str, revision: int) -> None:
+        current = self._store.get(key)
+        started = current.value.started_at if current else self._clock.now()
+        done = Effect(
+            key=key,
+            status=DONE,
+            started_at=started,
+            done_at=self._clock.now(),
+            result=result,
+            by=self._who,
+        )
+        self._store.update(key, done, expect=current.revision if current else revision)
+
+
+def effect_key(*parts: object) -> str:
+    """A KV-safe key from its parts: `task.stage.step.what`."""
+    return ".".join(str(p).replace("/", "_").replace(".", "_") for p in parts)

@@ -1,0 +1,58 @@
+"""The effect ledger runs each side effect at most once per key, across crashes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bus import subjects
+from bus.bridge import Bus
+from bus.effects import STARTED, Effect, Ledger, effect_key
+from conveyor.clock import FakeClock
+
+
+@pytest.fixture
+def ledger(nats_url: str) -> Iterator[Ledger]:
+    bus = Bus.connect(nats_url)
+    bus.setup()
+    yield Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), FakeClock(), "test")
+    bus.close()
+
+
+def test_an_effect_runs_once_and_its_result_is_replayed(ledger: Ledger) -> None:
+    calls: list[int] = []
+
+    def _do() -> str:
+        calls.append(1)
+        return "7"
+
+    key = effect_key("DEMO-1", "pull", "abc")
+    assert ledger.once(key, _do, lambda: None) == "7"
+    assert ledger.once(key, _do, lambda: None) == "7"
+    assert calls == [1]
+
+
+def test_an_interrupted_effect_that_landed_is_adopted_not_repeated(ledger: Ledger) -> None:
+    # Given a crash after the call landed but before it was recorded done
+    key = effect_key("DEMO-1", "merge", "abc")
+    ledger._store.create(key, Effect(key=key, status=STARTED, started_at=1.0))
+
+    # When the step is replayed and the outside world shows the effect happened
+    result = ledger.once(key, lambda: pytest.fail("must not run again"), lambda: "merged-sha")
+
+    # Then it is adopted, and recorded done
+    assert result == "merged-sha"
+    entry = ledger._store.get(key)
+    assert entry is not None
+    assert entry.value.status == "done"
+
+
+def test_an_interrupted_effect_that_did_not_land_runs_again(ledger: Ledger) -> None:
+    key = effect_key("DEMO-1", "pull", "def")
+    ledger._store.create(key, Effect(key=key, status=STARTED, started_at=1.0))
+    assert ledger.once(key, lambda: "3", lambda: None) == "3"
+
+
+def test_keys_are_kv_safe() -> None:
+    assert effect_key("DEMO-1", "merge", "feature/DEMO-1-x.y") == "DEMO-1.merge.feature_DEMO-1-x_y"
