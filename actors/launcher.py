@@ -317,9 +317,12 @@ class Launcher(pykka.ThreadingActor):
     def _heartbeat(self) -> None:
         """Tell the Reaper which runs this launcher is still looking after."""
         now = self._clock.now()
-        for entry in self._runs.values():
+        for key, entry in list(self._runs.items()):
             run = entry.value
-            if run.status != policy.FINISHED:
+            if run.status == policy.FINISHED and not run.reported:
+                # The report failed (bus away) after the result was stored: send it again.
+                self._report(key)
+            elif run.status != policy.FINISHED:
                 beat = RunHeartbeat(
                     job_id=run.job_id, attempt=run.attempt, launcher=self._name, at=now
                 )

@@ -56,6 +56,7 @@ class LeaseKeeper(pykka.ThreadingActor):
         self._host = socket.gethostname()
         self._boot = procs.boot_id()
         self._reclaimed_total = 0
+        self._alerted: set[tuple[str, float]] = set()
 
     def on_start(self) -> None:
         self._leases = self._store.load_all()
@@ -117,7 +118,7 @@ class LeaseKeeper(pykka.ThreadingActor):
             current.value if current else None,
             req.name,
             req.holder,
-            holder_alive=alive,
+            holder_alive=alive if self._cfg.reclaim_enabled else None,
             now=self._clock.now(),
         )
         if not grant.granted or grant.lease is None:
@@ -177,7 +178,10 @@ class LeaseKeeper(pykka.ThreadingActor):
     def _sweep(self) -> None:
         now = self._clock.now()
         for name, entry in list(self._leases.items()):
-            lease = entry.value
+            # Whether it was alerted is remembered here, not in KV: writing the lease
+            # would move the holder's fencing token under it.
+            seen = (name, entry.value.acquired_at) in self._alerted
+            lease = msgspec.structs.replace(entry.value, alerted=seen)
             alive = holder_alive(lease.holder, self._host, self._boot)
             action, reason = policy.on_tick(
                 lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
@@ -186,7 +190,7 @@ class LeaseKeeper(pykka.ThreadingActor):
                 self._drop(name)
                 self._reclaimed(lease, reason)
             elif action == "alert":
-                self._put(msgspec.structs.replace(lease, alerted=True))
+                self._alerted.add((name, lease.acquired_at))
                 self._alert(lease, reason, "warning")
 
     def _reclaimed(self, lease: Lease, reason: str) -> None:

@@ -140,10 +140,11 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         run_id=finished.run_id or job.run_id,
     )
     if finished.defer_s > 0:
+        # The attempt number is spent (its run record fences it), the budget is not.
         deferred = msgspec.structs.replace(
             base,
             status=QUEUED,
-            attempts=job.attempts - 1,
+            max_attempts=job.max_attempts + 1,
             available_at=now + finished.defer_s,
             claimed_at=None,
             started_at=None,
@@ -200,7 +201,14 @@ def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decis
         finished_at=now,
     )
     decision = on_finished(job, finished, now=now, cfg=cfg)
-    return msgspec.structs.replace(decision, reason=f"reaped tier {reap.tier}: {decision.reason}")
+    emits = decision.emit
+    if reap.tier == 3:
+        # The backstop reaps whatever state the executor is in: make sure it stops, so
+        # the next attempt never shares the worktree with it.
+        emits = (KillJob(job_id=job.id, reason=f"reaped: {reap.reason}"), *emits)
+    return msgspec.structs.replace(
+        decision, emit=emits, reason=f"reaped tier {reap.tier}: {decision.reason}"
+    )
 
 
 def running_jobs(jobs: Iterable[Job]) -> list[Job]:

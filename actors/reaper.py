@@ -48,6 +48,9 @@ class Reaper(pykka.ThreadingActor):
         self._state = ReaperState()
         self._beats: dict[tuple[str, int], float] = {}
         self._next_tick = 0.0
+        # No verdicts until launchers had time to heartbeat: a control process that just
+        # restarted knows no finalizer yet.
+        self._warm_until = clock.now() + cfg.heartbeat_timeout_s
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -57,7 +60,7 @@ class Reaper(pykka.ThreadingActor):
                     self._beats[(message.job_id, message.attempt)] = self._clock.now()
                 case Tick():
                     now = self._clock.now()
-                    if now >= self._next_tick:
+                    if now >= self._next_tick and now >= self._warm_until:
                         self._next_tick = now + self._cfg.interval_s
                         self._tick(now)
                 case ReaperStatus():
@@ -106,8 +109,10 @@ class Reaper(pykka.ThreadingActor):
         entry = self._runs.get(run_key(job.id, job.attempts))
         if entry is not None:
             run = entry.value
-            if run.exit_code is not None:
-                exit_code, exit_at = run.exit_code, run.finished_at
+            if run.status == "finished":
+                # A failed post-step (push, PR) makes a clean exit code a failure.
+                exit_code = run.exit_code if not run.error else None
+                exit_at = run.finished_at
             elif run.host == self._host and run.run_dir:
                 recorded = runwrap.read_exit_file(Path(run.run_dir) / "exit_code")
                 if recorded is not None:

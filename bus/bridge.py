@@ -215,7 +215,9 @@ class Store(Generic[S]):
 
         async def _load() -> dict[str, Versioned[S]]:
             out: dict[str, Versioned[S]] = {}
-            watcher = await self._kv.watchall(ignore_deletes=True)
+            # A short inactivity threshold: the server drops the ephemeral consumer soon
+            # after, instead of keeping one per call for minutes.
+            watcher = await self._kv.watchall(ignore_deletes=True, inactive_threshold=2.0)
             try:
                 while True:
                     entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]

@@ -271,7 +271,7 @@ def _check(cfg: Config) -> None:
         "launcher.kill_grace_s": cfg.launcher.kill_grace_s,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # also refuses NaN
             raise ConfigError(f"{key}: must be > 0")
     for key, value in (
         ("pipeline.max_developer_retries", cfg.pipeline.max_developer_retries),
@@ -281,6 +281,14 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 1")
     for role in ROLES:
         agent = cfg.agents.for_role(role)
+        if cfg.reaper.enabled and agent.timeout_s + cfg.reaper.finalize_grace_s >= (
+            cfg.reaper.max_running_s
+        ):
+            raise ConfigError(
+                f"reaper.max_running_s: must exceed agents.{role}.timeout_s + "
+                f"reaper.finalize_grace_s ({agent.timeout_s + cfg.reaper.finalize_grace_s:g}s), "
+                "or the backstop would reap live agents"
+            )
         if not agent.command:
             raise ConfigError(f"agents.{role}.command: must not be empty")
         if agent.timeout_s <= 0:

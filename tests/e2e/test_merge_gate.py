@@ -14,7 +14,7 @@ from bus import subjects
 from bus.messages import LeaseAcquire, LeaseHolder, LeaseRelease, encode
 from conveyor import procs
 from gateways import git
-from tests.harness import Harness
+from tests.harness import Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -104,3 +104,33 @@ def test_a_lease_held_by_a_dead_process_is_reclaimed(
     assert grant["granted"] is True
     assert "dead holder" in str(grant["reason"])
     assert int(grant["revision"]) > int(first["revision"])
+
+
+def test_a_merge_waits_for_a_busy_lease_and_runs_once_it_is_free(harness_factory) -> None:
+    # Given another task holding the repository's merge lease
+    harness = harness_factory(leases={"busy_retry_s": 0.3})
+    me = psutil.Process()
+    other = _holder("DEMO-99", me.pid, me.create_time())
+    assert _ask(harness, subjects.LEASE_ACQUIRE, LeaseAcquire(name="merge.demo", holder=other))[
+        "granted"
+    ]
+    item = harness.submit("Waits for the lease")["task"]["id"]
+
+    # When the item reaches its merge step it is deferred, not failed
+    harness.wait_stage(item, "deploy-staging")
+    def _deferred() -> bool:
+        merge = harness.jobs().get(f"{item}.deploy-staging.1.merge")
+        # Each deferral spends an attempt number but grows the budget.
+        return merge is not None and merge.max_attempts > harness.cfg.queue.max_attempts + 1
+
+    wait_until(_deferred, what="merge deferred on the busy lease", deadline_s=90)
+    assert harness.task(item)["stage"] == "deploy-staging"
+
+    # Then, once the holder releases it, the merge runs and the item finishes
+    assert _ask(
+        harness, subjects.LEASE_RELEASE, LeaseRelease(name="merge.demo", task_id="DEMO-99")
+    )["granted"]
+    harness.wait_stage(item, "done")
+    merge = harness.jobs()[f"{item}.deploy-staging.1.merge"]
+    assert merge.status == "done"
+    assert sum(e["kind"] == "pr_merged" for e in harness.forge_effects()) == 1

@@ -16,6 +16,7 @@ from bus.messages import (
     JobStarted,
     KillJob,
     LaunchOrder,
+    ReapJob,
 )
 from conveyor.config import QueueConfig
 
@@ -552,6 +553,29 @@ def test_a_deferred_attempt_is_requeued_without_spending_an_attempt():
     d = qp.on_finished(claimed, finished, now=10.0, cfg=CFG)
     (requeued,) = d.jobs
     assert requeued.status == "queued"
-    assert requeued.attempts == 0
     assert requeued.available_at == 15.0
     assert d.emit == ()
+    # The budget grows by one, and the next claim gets a fresh attempt number, so the
+    # Launcher's run fence (one run per job and attempt) lets it run.
+    assert requeued.max_attempts - requeued.attempts == claimed.max_attempts - 0
+    again = qp.claim(requeued, now=16.0)
+    (order,) = again.emit
+    assert order.attempt == 2
+
+
+def test_a_backstop_reap_kills_the_executor_before_the_next_attempt():
+    job = qp.Job(
+        id="DEMO-1.development.1.work",
+        task_id="DEMO-1",
+        repo="demo",
+        stage="development",
+        role="developer",
+        visit=1,
+        branch="feature/DEMO-1-x",
+        title="x",
+    )
+    running = qp.claim(job, now=1.0).jobs[0]
+    reap = ReapJob(job_id=job.id, attempt=1, tier=3, reason="backstop")
+    d = qp.on_reaped(running, reap, now=9000.0, cfg=CFG)
+    assert isinstance(d.emit[0], KillJob)
+    assert d.jobs[0].status == "queued"
