@@ -118,6 +118,7 @@ def test_a_merge_waits_for_a_busy_lease_and_runs_once_it_is_free(harness_factory
 
     # When the item reaches its merge step it is deferred, not failed
     harness.wait_stage(item, "deploy-staging")
+
     def _deferred() -> bool:
         merge = harness.jobs().get(f"{item}.deploy-staging.1.merge")
         # Each deferral spends an attempt number but grows the budget.
