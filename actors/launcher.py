@@ -496,8 +496,9 @@ class Launcher(pykka.ThreadingActor):
             head = git.push_branch(worktree, order.branch) if behind else git.head_sha(worktree)
         if behind:
             # Re-test the rebased head; slow, and that is why merging is a job.
-            self._forge.on_push(order.repo, order.branch, head)
-        status = self._forge.commit_status(order.repo, head)
+            status = self._forge.await_checks(order.repo, order.branch, head)
+        else:
+            status = self._forge.commit_status(order.repo, head)
         if status is None or status.state != "success":
             state = status.state if status else "missing"
             why = "re-test after rebase" if behind else "CI of the branch head"

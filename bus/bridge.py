@@ -60,6 +60,9 @@ class LoopThread:
     def __init__(self, name: str = "conveyor-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stopped = False
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
         self._thread.start()
 
     def _run(self) -> None:
@@ -70,12 +73,23 @@ class LoopThread:
         """Run `coro` on the loop and wait for its result from another thread."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("Bus.call from the loop thread would deadlock")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            if self._stopped:
+                coro.close()
+                raise BusUnavailable("bus is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._waiting.add(future)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
             raise BusUnavailable(f"bus call timed out after {timeout_s}s") from err
+        except concurrent.futures.CancelledError as err:
+            # The loop stopped under this call: a caller must not wait out its timeout.
+            raise BusUnavailable("bus closed during the call") from err
+        finally:
+            with self._lock:
+                self._waiting.discard(future)
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule `coro` without waiting; failures are logged."""
@@ -91,11 +105,16 @@ class LoopThread:
 
     def stop(self) -> None:
         """Cancel what still runs on the loop, stop it and join the thread."""
+        with self._lock:
+            self._stopped = True
         if self.loop.is_running() and self._thread.is_alive():
             with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
                 asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(5.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        with self._lock:
+            for future in self._waiting:
+                future.cancel()
 
 
 async def _cancel_all() -> None:

@@ -273,6 +273,70 @@ class Alert(Message, frozen=True):
     at: float = 0.0
 
 
+# --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------
+
+
+class WorkItemEvent(Message, frozen=True):
+    """Gateway or Reconciler -> Intake: a Plane work item was created, changed or deleted.
+
+    Stored with `Nats-Msg-Id` `plane:<X-Plane-Delivery>` (webhooks) or
+    `plane-poll:<work item>:<state>:<updated_at>` (Reconciler), so a resend is stored once.
+    `state_name` is empty when the payload named the state only by id.
+    """
+
+    delivery_id: str
+    action: str
+    project_id: str
+    work_item_id: str
+    sequence_id: int = 0
+    title: str = ""
+    description: str = ""
+    state_id: str = ""
+    state_name: str = ""
+    field: str = ""
+    source: str = "webhook"
+
+
+class CommitStatusEvent(Message, frozen=True):
+    """Gateway -> Intake: Gitea reported a commit status (`Nats-Msg-Id` `gitea:<delivery>`)."""
+
+    delivery_id: str
+    repo: str
+    """`owner/name` on Gitea."""
+    sha: str
+    state: str
+    context: str = ""
+    description: str = ""
+    target_url: str = ""
+
+
+class PullRequestEvent(Message, frozen=True):
+    """Gateway -> Intake: a Gitea pull request changed; a merge is `closed` + `merged`."""
+
+    delivery_id: str
+    repo: str
+    number: int
+    action: str
+    merged: bool = False
+    head_branch: str = ""
+    head_sha: str = ""
+    base_branch: str = ""
+    merge_commit_sha: str = ""
+
+
+class PushEvent(Message, frozen=True):
+    """Gateway -> Intake: a branch of a Gitea repository was pushed."""
+
+    delivery_id: str
+    repo: str
+    branch: str
+    before: str = ""
+    after: str = ""
+
+
+Event = WorkItemEvent | CommitStatusEvent | PullRequestEvent | PushEvent
+
+
 class Tick(Message, frozen=True):
     """Timer -> actor: time passed (in-process only)."""
 
@@ -302,3 +366,4 @@ def encode(msg: msgspec.Struct) -> bytes:
 
 bus_decoder: msgspec.json.Decoder[BusMessage] = msgspec.json.Decoder(BusMessage)
 command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

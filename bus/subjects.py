@@ -110,10 +110,21 @@ def stage_changed(task_id: str) -> str:
     return f"{STAGE_PREFIX}.{token(task_id, 'id')}"
 
 
-# --- events (JetStream stream CONVEYOR_EVENTS; gateways publish, StageEngine consumes) ---
+# --- events (JetStream stream CONVEYOR_EVENTS; gateways publish, Intake consumes) ------
 EVENTS_ALL = f"{ROOT}.events.>"
+EVENTS_PLANE_WORK_ITEM = f"{ROOT}.events.plane.work_item"
+"""Gateway/Reconciler -> Intake: WorkItemEvent (msg id `plane:<delivery>`)."""
+EVENTS_GITEA_STATUS = f"{ROOT}.events.gitea.status"
+"""Gateway -> Intake: CommitStatusEvent (msg id `gitea:<delivery>`)."""
+EVENTS_GITEA_PULL_REQUEST = f"{ROOT}.events.gitea.pull_request"
+"""Gateway -> Intake: PullRequestEvent (msg id `gitea:<delivery>`)."""
+EVENTS_GITEA_PUSH = f"{ROOT}.events.gitea.push"
+"""Gateway -> Intake: PushEvent (msg id `gitea:<delivery>`)."""
+
 WEBHOOKS_GITEA = f"{ROOT}.webhooks.gitea"
+"""Anyone -> gateway, core NATS: a raw Gitea webhook body, the HTTP headers as NATS headers."""
 WEBHOOKS_PLANE = f"{ROOT}.webhooks.plane"
+"""Anyone -> gateway, core NATS: a raw Plane webhook body, the HTTP headers as NATS headers."""
 
 # --- streams, consumers, buckets ----------------------------------------------------------
 STREAM_JOBS = "CONVEYOR_JOBS"
@@ -132,5 +143,7 @@ BUCKET_RUNS = "conveyor_runs"
 BUCKET_EFFECTS = "conveyor_effects"
 BUCKET_LEASES = "conveyor_leases"
 CONSUMER_LEASE_KEEPER = "lease_keeper"
+CONSUMER_INTAKE = "intake"
+CONSUMER_NOTIFIER = "notifier"
 
 SERVICE_NAME = "conveyor"

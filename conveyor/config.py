@@ -156,6 +156,10 @@ class RepoConfig(_Section, frozen=True):
     check_command: list[str] = msgspec.field(default_factory=list)
     staging_command: list[str] = msgspec.field(default_factory=list)
     deploy_command: list[str] = msgspec.field(default_factory=list)
+    gitea_repo: str = ""
+    """`owner/name` on Gitea; empty: `<gitea.owner>/<name>`."""
+    plane_project: str = ""
+    """Plane project id (UUID) whose work items become this repository's tasks."""
 
 
 class ForgeConfig(_Section, frozen=True):
@@ -169,6 +173,82 @@ class TrackerConfig(_Section, frozen=True):
     """Which tracker holds work items (`local`: files under data_dir)."""
 
     kind: str = "local"
+
+
+class GiteaConfig(_Section, frozen=True):
+    """A Gitea server as the forge (`forge.kind = "gitea"`) and its webhooks."""
+
+    url: str = ""
+    token: str = ""
+    owner: str = ""
+    webhook_secret: str = ""
+    timeout_s: float = 10.0
+    retries: int = 3
+    status_context: str = ""
+    """Only this status context decides CI; empty: the combined status of every context."""
+    ci_poll_s: float = 5.0
+    """How often the merge step polls a pending re-test."""
+
+
+class PlaneStates(_Section, frozen=True):
+    """Names of the Plane board states Conveyor acts on (exact, case-sensitive)."""
+
+    in_progress: str = "In Progress"
+    approved: str = "Approved"
+    rejected: str = "Rejected"
+    confirm_deploy: str = "Confirm Deploy"
+    blocked: str = "Blocked"
+    needs_input: str = "Needs Input"
+    in_review: str = "In Review"
+    done: str = "Done"
+
+
+class PlaneConfig(_Section, frozen=True):
+    """A Plane workspace as the tracker (`tracker.kind = "plane"`) and its webhooks."""
+
+    url: str = ""
+    api_key: str = ""
+    workspace: str = ""
+    webhook_secret: str = ""
+    timeout_s: float = 10.0
+    retries: int = 3
+    per_page: int = 100
+    states: PlaneStates = msgspec.field(default_factory=PlaneStates)
+
+
+class TelegramConfig(_Section, frozen=True):
+    """Alerts to a Telegram chat (every alert is on `conveyor.alerts` regardless)."""
+
+    enabled: bool = False
+    bot_token: str = ""
+    chat_id: str = ""
+    api_url: str = "https://api.telegram.org"
+    timeout_s: float = 10.0
+    max_retries: int = 5
+    min_level: str = "info"
+
+
+class GatewayConfig(_Section, frozen=True):
+    """The inbound webhook server (`conveyor gateway`, also inside `conveyor up`)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_body_bytes: int = 1024 * 1024
+    publish_timeout_s: float = 5.0
+
+
+class ReconcilerConfig(_Section, frozen=True):
+    """Replays what webhooks missed: green gates, Plane states, unknown CI commits."""
+
+    enabled: bool = True
+    interval_s: float = 5.0
+    grace_s: float = 30.0
+    stage_grace_s: dict[str, float] = msgspec.field(default_factory=dict)
+    skip_blocked: bool = True
+    notify_unblock: bool = True
+    plane_poll_enabled: bool = True
+    plane_poll_s: float = 60.0
 
 
 class LogConfig(_Section, frozen=True):
@@ -191,6 +271,11 @@ class Config(_Section, frozen=True):
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
+    gitea: GiteaConfig = msgspec.field(default_factory=GiteaConfig)
+    plane: PlaneConfig = msgspec.field(default_factory=PlaneConfig)
+    telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     repos: list[RepoConfig] = msgspec.field(default_factory=list)
 
@@ -209,6 +294,18 @@ class Config(_Section, frozen=True):
     def repo_for_prefix(self, item_prefix: str) -> RepoConfig | None:
         """Return the repository whose work-item prefix is `item_prefix`."""
         return next((r for r in self.repos if r.prefix == item_prefix), None)
+
+    def repo_for_gitea(self, full_name: str) -> RepoConfig | None:
+        """Return the repository that is `owner/name` on Gitea."""
+        return next((r for r in self.repos if self.gitea_repo(r) == full_name), None)
+
+    def gitea_repo(self, repo: RepoConfig) -> str:
+        """`owner/name` of a repository on Gitea."""
+        return repo.gitea_repo or f"{self.gitea.owner}/{repo.name}"
+
+    def repo_for_plane(self, project_id: str) -> RepoConfig | None:
+        """Return the repository whose work items live in Plane project `project_id`."""
+        return next((r for r in self.repos if project_id and r.plane_project == project_id), None)
 
     def stage(self, name: str) -> StageConfig | None:
         """Return the configured stage `name`."""
@@ -269,6 +366,15 @@ def _check(cfg: Config) -> None:
         "launcher.slots": cfg.launcher.slots,
         "queue.tick_s": cfg.queue.tick_s,
         "launcher.kill_grace_s": cfg.launcher.kill_grace_s,
+        "gitea.timeout_s": cfg.gitea.timeout_s,
+        "gitea.ci_poll_s": cfg.gitea.ci_poll_s,
+        "plane.timeout_s": cfg.plane.timeout_s,
+        "plane.per_page": cfg.plane.per_page,
+        "telegram.timeout_s": cfg.telegram.timeout_s,
+        "gateway.max_body_bytes": cfg.gateway.max_body_bytes,
+        "gateway.publish_timeout_s": cfg.gateway.publish_timeout_s,
+        "reconciler.interval_s": cfg.reconciler.interval_s,
+        "reconciler.plane_poll_s": cfg.reconciler.plane_poll_s,
     }
     for key, value in positive.items():
         if not value > 0:  # also refuses NaN
@@ -293,12 +399,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"agents.{role}.command: must not be empty")
         if agent.timeout_s <= 0:
             raise ConfigError(f"agents.{role}.timeout_s: must be > 0")
-    if cfg.forge.kind != "local":
-        raise ConfigError(f"forge.kind: unsupported forge {cfg.forge.kind!r} (supported: local)")
-    if cfg.tracker.kind != "local":
-        raise ConfigError(
-            f"tracker.kind: unsupported tracker {cfg.tracker.kind!r} (supported: local)"
-        )
+    _check_integrations(cfg)
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error")
     if cfg.log.format not in ("auto", "json", "text"):
@@ -319,6 +420,84 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"repos[{i}].prefix: duplicate prefix {repo.prefix!r}")
         seen_repos.add(repo.name)
         seen_prefixes.add(repo.prefix)
+
+
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_GITEA_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+LEVELS = ("info", "warning", "error")
+
+
+def _need(cfg_value: str, key: str, why: str) -> None:
+    if not cfg_value:
+        raise ConfigError(f"{key}: required {why}")
+
+
+def _url(value: str, key: str) -> None:
+    if not _HTTP_URL.fullmatch(value):
+        raise ConfigError(f"{key}: must be an http(s) URL without query, got {value!r}")
+
+
+def _check_integrations(cfg: Config) -> None:
+    """Forge, tracker, Telegram, gateway and reconciler settings."""
+    if cfg.forge.kind not in ("local", "gitea"):
+        raise ConfigError(
+            f"forge.kind: unsupported forge {cfg.forge.kind!r} (supported: local, gitea)"
+        )
+    if cfg.tracker.kind not in ("local", "plane"):
+        raise ConfigError(
+            f"tracker.kind: unsupported tracker {cfg.tracker.kind!r} (supported: local, plane)"
+        )
+    if cfg.forge.kind == "gitea":
+        why = 'with forge.kind = "gitea"'
+        _need(cfg.gitea.url, "gitea.url", why)
+        _url(cfg.gitea.url, "gitea.url")
+        _need(cfg.gitea.token, "gitea.token", f"{why} (set CONVEYOR_GITEA__TOKEN)")
+        for i, repo in enumerate(cfg.repos):
+            if not repo.gitea_repo and not cfg.gitea.owner:
+                raise ConfigError(f"repos[{i}].gitea_repo: required when gitea.owner is empty")
+    if cfg.tracker.kind == "plane":
+        why = 'with tracker.kind = "plane"'
+        _need(cfg.plane.url, "plane.url", why)
+        _url(cfg.plane.url, "plane.url")
+        _need(cfg.plane.api_key, "plane.api_key", f"{why} (set CONVEYOR_PLANE__API_KEY)")
+        _need(cfg.plane.workspace, "plane.workspace", why)
+    for i, repo in enumerate(cfg.repos):
+        if repo.gitea_repo and not _GITEA_REPO.fullmatch(repo.gitea_repo):
+            raise ConfigError(f"repos[{i}].gitea_repo: must be owner/name")
+        if repo.plane_project and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", repo.plane_project):
+            raise ConfigError(f"repos[{i}].plane_project: must be a Plane project id")
+    projects = [r.plane_project for r in cfg.repos if r.plane_project]
+    if len(projects) != len(set(projects)):
+        raise ConfigError("repos: two repositories name the same plane_project")
+    if cfg.telegram.enabled:
+        _need(
+            cfg.telegram.bot_token,
+            "telegram.bot_token",
+            "when telegram.enabled (env CONVEYOR_TELEGRAM__BOT_TOKEN)",
+        )
+        _need(cfg.telegram.chat_id, "telegram.chat_id", "when telegram.enabled")
+        _url(cfg.telegram.api_url, "telegram.api_url")
+    if cfg.telegram.min_level not in LEVELS:
+        raise ConfigError(f"telegram.min_level: must be one of {', '.join(LEVELS)}")
+    for key, count in (
+        ("gitea.retries", cfg.gitea.retries),
+        ("plane.retries", cfg.plane.retries),
+        ("telegram.max_retries", cfg.telegram.max_retries),
+    ):
+        if count < 0:
+            raise ConfigError(f"{key}: must be >= 0")
+    if cfg.plane.per_page > 1000:
+        raise ConfigError("plane.per_page: must be <= 1000 (Plane's maximum)")
+    if not 0 <= cfg.gateway.port <= 65535:
+        raise ConfigError("gateway.port: must be 0-65535")
+    names = {s.name for s in cfg.pipeline.stages}
+    for stage, grace in cfg.reconciler.stage_grace_s.items():
+        if stage not in names:
+            raise ConfigError(f"reconciler.stage_grace_s.{stage}: unknown stage")
+        if not grace >= 0:
+            raise ConfigError(f"reconciler.stage_grace_s.{stage}: must be >= 0")
+    if not cfg.reconciler.grace_s >= 0:
+        raise ConfigError("reconciler.grace_s: must be >= 0")
 
 
 def _parse_env_value(raw: str) -> Any:

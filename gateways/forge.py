@@ -124,6 +124,14 @@ class Forge(Protocol):
         """React to `branch` having been pushed at `sha` (run CI, for the local forge)."""
         ...
 
+    def await_checks(self, repo: str, branch: str, sha: str) -> CommitStatus | None:
+        """Make sure CI runs for the pushed `sha` and return its final combined status.
+
+        Blocks (a job's worker thread, never an actor) until the status is no longer
+        pending or the forge's check timeout passes; None when nothing reported.
+        """
+        ...
+
 
 class LocalForge:
     """A forge on local disk: bare repos, JSON pull requests, CI by running a command."""
@@ -351,6 +359,11 @@ class LocalForge:
         log.info("forge.ci_started", repo=repo, branch=branch, sha=sha)
         state, description = self._run_check(repo, sha, command)
         self.set_status(repo, sha, state, CI_CONTEXT, description)
+
+    def await_checks(self, repo: str, branch: str, sha: str) -> CommitStatus | None:
+        # The local CI runs synchronously in on_push, so its result is there when it returns.
+        self.on_push(repo, branch, sha)
+        return self.commit_status(repo, sha)
 
     def _run_check(self, repo: str, sha: str, command: list[str]) -> tuple[str, str]:
         bare = self.repo_path(repo)

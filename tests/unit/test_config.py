@@ -118,7 +118,8 @@ def test_agent_argv_replaces_the_python_placeholder():
         ('[[pipeline.stages]]\nname = "a"\ngates = "ci_green"\n', "pipeline.stages[0].gates"),
         ('[agents.developer]\ncommand = ["x"]\ntimeout = 5\n', "agents.developer.timeout"),
         ("[agents.wizard]\ncommand = ['x']\n", "agents.wizard"),
-        ("[telegram]\ntoken = 'x'\n", "telegram"),
+        ("[telegram]\ntoken = 'x'\n", "telegram.token"),
+        ("[wizardry]\nlevel = 1\n", "wizardry"),
     ],
 )
 def test_an_unknown_key_is_an_error_naming_its_dotted_path(tmp_path: Path, text: str, key: str):
@@ -358,13 +359,54 @@ def test_a_non_positive_limit_is_an_error_naming_the_key(tmp_path: Path, text: s
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("[forge]\nkind = 'gitea'\n", "forge.kind"),
-        ("[tracker]\nkind = 'plane'\n", "tracker.kind"),
+        ("[forge]\nkind = 'github'\n", "forge.kind"),
+        ("[tracker]\nkind = 'jira'\n", "tracker.kind"),
         ("[log]\nformat = 'xml'\n", "log.format"),
+        ("[telegram]\nmin_level = 'debug'\n", "telegram.min_level"),
     ],
 )
 def test_an_unsupported_choice_is_an_error_naming_the_key(tmp_path: Path, text: str, key: str):
     assert error_of(tmp_path, text).startswith(f"{key}:")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[forge]\nkind = 'gitea'\n", "gitea.url"),
+        ("[forge]\nkind = 'gitea'\n[gitea]\nurl = 'ftp://x'\ntoken = 't'\n", "gitea.url"),
+        ("[forge]\nkind = 'gitea'\n[gitea]\nurl = 'http://g'\n", "gitea.token"),
+        ("[tracker]\nkind = 'plane'\n", "plane.url"),
+        ("[tracker]\nkind = 'plane'\n[plane]\nurl = 'http://p'\n", "plane.api_key"),
+        (
+            "[tracker]\nkind = 'plane'\n[plane]\nurl = 'http://p'\napi_key = 'k'\n",
+            "plane.workspace",
+        ),
+        ("[telegram]\nenabled = true\n", "telegram.bot_token"),
+        ("[telegram]\nenabled = true\nbot_token = 'b'\n", "telegram.chat_id"),
+        ("[reconciler]\nstage_grace_s = { nowhere = 3.0 }\n", "reconciler.stage_grace_s.nowhere"),
+        ("[plane]\nper_page = 5000\n", "plane.per_page"),
+        ("[gitea]\nretries = -1\n", "gitea.retries"),
+    ],
+)
+def test_an_incomplete_integration_is_an_error_naming_the_key(tmp_path: Path, text: str, key: str):
+    assert error_of(tmp_path, text).startswith(f"{key}:")
+
+
+def test_a_gitea_and_plane_configuration_loads_with_secrets_from_the_environment(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[forge]\nkind = 'gitea'\n[gitea]\nurl = 'https://git.example.test'\nowner = 'acme'\n"
+        "[tracker]\nkind = 'plane'\n[plane]\nurl = 'https://plane.example.test'\n"
+        "workspace = 'acme'\n"
+        "[[repos]]\nname = 'widgets'\nprefix = 'WID'\nplane_project = 'p-1'\n"
+    )
+    env = {"CONVEYOR_GITEA__TOKEN": "t0k", "CONVEYOR_PLANE__API_KEY": "k3y"}
+    cfg = config.load(path, env=env)
+    assert cfg.gitea.token == "t0k"
+    assert cfg.plane.api_key == "k3y"
+    assert cfg.repo_for_gitea("acme/widgets") is cfg.repos[0]
+    assert cfg.repo_for_plane("p-1") is cfg.repos[0]
+    assert cfg.repo_for_plane("") is None
 
 
 # --- data_dir --------------------------------------------------------------------------------
