@@ -48,3 +48,40 @@ class Fenced(ConveyorError):
 
 class BusUnavailable(ConveyorError):
     """NATS could not be reached or did not answer in time."""
+
+
+class RemoteError(ConveyorError):
+    """An HTTP API (Gitea, Plane, Telegram) refused a call, failed or answered junk.
+
+    `status` is the HTTP status (None: no answer); `retryable` says whether the same
+    call may be sent again (timeouts, 5xx and 429 on idempotent calls).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(f"{service} {operation}: {reason}")
+        self.service = service
+        self.operation = operation
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+
+
+class TrackerError(ConveyorError):
+    """The tracker refused or failed an operation."""
+
+
+class WebhookRejected(ConveyorError):
+    """An inbound webhook is refused; `status` is the HTTP answer (401, 400, 413, 415)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
