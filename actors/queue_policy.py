@@ -56,6 +56,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     head_sha: str = ""
     error: str = ""
+    cost_usd: float = 0.0
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -106,6 +107,8 @@ def _outcome(job: Job) -> JobOutcome:
         attempts=job.attempts,
         exit_code=job.exit_code,
         error=job.error,
+        head_sha=job.head_sha,
+        cost_usd=job.cost_usd,
     )
 
 
@@ -127,6 +130,14 @@ def on_started(job: Job, started: JobStarted) -> Decision:
     return Decision(jobs=(updated,), reason="job started")
 
 
+def reported_cost(usage: dict[str, object]) -> float:
+    """The cost an agent reported for one run; anything but a sane number counts as 0."""
+    cost = usage.get("cost_usd")
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        return 0.0
+    return float(cost) if 0 <= cost < 1e6 else 0.0
+
+
 def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) -> Decision:
     """Finish the current attempt: done, requeue with back-off, or fail for good."""
     if job.status != RUNNING or finished.attempt != job.attempts:
@@ -138,6 +149,7 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         error=finished.error,
         finished_at=now,
         run_id=finished.run_id or job.run_id,
+        cost_usd=job.cost_usd + reported_cost(finished.usage),
     )
     if finished.defer_s > 0:
         # The attempt number is spent (its run record fences it), the budget is not.

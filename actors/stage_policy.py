@@ -24,6 +24,7 @@ from bus.messages import (
     Reject,
     Retry,
     StageChanged,
+    TrackerUpdate,
 )
 from conveyor.config import Config, StageConfig
 
@@ -70,6 +71,22 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     stage_retries: int = 0
     escalated: bool = False
     last_reason: str = ""
+    external_id: str = ""
+    """The work item in the tracker (a Plane uuid); empty for CLI items."""
+    hold: str = ""
+    """`blocked` or `needs_input` while a human holds the work item; the Reconciler skips it."""
+    tracker_state: str = ""
+    """The last tracker state key applied (what the Reconciler compares a polled state with)."""
+    applied: list[str] = msgspec.field(default_factory=list)
+    """Keys of the tracker events already applied (newest last, bounded)."""
+    head_sha: str = ""
+    """The branch head the last job left behind."""
+    jobs_requested: int = 0
+    """Jobs requested since the task was created or retried by an operator (circuit breaker)."""
+    cost_usd: float = 0.0
+    """Agent cost reported over the task's whole life."""
+    budget_used_usd: float = 0.0
+    """Agent cost since creation or the last operator retry (circuit breaker)."""
     created_at: float = 0.0
     updated_at: float = 0.0
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
@@ -357,7 +374,12 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
     visit = visits[task.stage]
     job_id = job_id_for(task.id, task.stage, visit, task.step)
     updated = msgspec.structs.replace(
-        task, visits=visits, job_id=job_id, job_status="queued", updated_at=now
+        task,
+        visits=visits,
+        job_id=job_id,
+        job_status="queued",
+        updated_at=now,
+        jobs_requested=task.jobs_requested + 1,
     )
     request = JobRequested(
         job_id=job_id,
@@ -404,7 +426,15 @@ def _move(
 
 
 def new_task(
-    *, task_id: str, repo: str, title: str, description: str, branch: str, now: float, cfg: Config
+    *,
+    task_id: str,
+    repo: str,
+    title: str,
+    description: str,
+    branch: str,
+    now: float,
+    cfg: Config,
+    external_id: str = "",
 ) -> Decision:
     """A submitted work item becomes a task on `created` with its intake job requested."""
     task = Task(
@@ -413,6 +443,7 @@ def new_task(
         title=title,
         description=description,
         branch=branch,
+        external_id=external_id,
         created_at=now,
         updated_at=now,
         history=[HistoryEntry(at=now, old="", new=CREATED, cause="submitted")],
@@ -424,18 +455,37 @@ def new_task(
     return Decision(task=task, emit=(request, event), reason="task created")
 
 
-def on_job_outcome(task: Task, outcome: JobOutcome) -> Decision:
+def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) -> Decision:
     """A job ended: evaluate the gate if it is the job the task waits for."""
     if task.terminal:
         return Decision(reason=f"task {task.stage}; outcome ignored")
     if outcome.job_id != task.job_id:
         return Decision(reason="outcome of a superseded job; ignored")
     if task.job_status == outcome.status:
-        return Decision(reason="outcome already recorded", evaluate=outcome.status != "cancelled")
-    updated = msgspec.structs.replace(task, job_status=outcome.status)
+        evaluate = outcome.status != "cancelled" and not task.escalated
+        return Decision(reason="outcome already recorded", evaluate=evaluate)
+    updated = msgspec.structs.replace(
+        task,
+        job_status=outcome.status,
+        head_sha=outcome.head_sha or task.head_sha,
+        cost_usd=task.cost_usd + outcome.cost_usd,
+        budget_used_usd=task.budget_used_usd + outcome.cost_usd,
+    )
     if outcome.status == "cancelled":
         return Decision(task=updated, reason="job cancelled")
+    budget = cfg.pipeline.max_task_cost_usd
+    if budget > 0 and updated.budget_used_usd >= budget:
+        spent = f"${updated.budget_used_usd:.2f} of ${budget:.2f}"
+        return _escalate(updated, f"circuit breaker: agent budget spent ({spent})", now)
     return Decision(task=updated, reason=f"job {outcome.status}; evaluating gate", evaluate=True)
+
+
+def breaker_open(task: Task, cfg: Config) -> str:
+    """Why the task must not get another job (its circuit breaker), or ""."""
+    limit = cfg.pipeline.max_task_jobs
+    if limit > 0 and task.jobs_requested >= limit:
+        return f"circuit breaker: {task.jobs_requested} jobs requested (limit {limit})"
+    return ""
 
 
 def _next_stage(stage: str, cfg: Config) -> str:
@@ -541,6 +591,9 @@ def _counts_as_developer(task: Task, cfg: Config) -> bool:
 
 
 def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decision:
+    tripped = breaker_open(task, cfg)
+    if tripped:
+        return _escalate(task, f"{tripped}; last: {result.reason}", now)
     if _counts_as_developer(task, cfg) and task.step == STEP_WORK:
         retries = task.developer_retries + 1
         if retries > cfg.pipeline.max_developer_retries:
@@ -565,6 +618,9 @@ def _rework(
     retries = task.developer_retries + 1
     if retries > cfg.pipeline.max_developer_retries:
         return _escalate(task, f"developer retries exhausted ({result.reason})", now)
+    tripped = breaker_open(task, cfg)
+    if tripped:
+        return _escalate(task, f"{tripped}; last: {result.reason}", now)
     moved, event = _move(task, target, result.reason, now, revision=revision)
     moved = msgspec.structs.replace(moved, developer_retries=retries)
     moved, request = _request(moved, cfg, now, new_visit=True)
@@ -624,6 +680,8 @@ def on_command(
                 escalated=False,
                 developer_retries=0,
                 stage_retries=0,
+                jobs_requested=0,
+                budget_used_usd=0.0,
                 last_reason="retried by operator",
                 step=STEP_WORK if task.stage != CREATED else STEP_INTAKE,
             )
@@ -632,3 +690,69 @@ def on_command(
         case ConfirmDeploy():
             return _refuse("confirm-deploy applies to protected repositories (not configured)")
     return _refuse("unknown command", "type")
+
+
+# --- tracker (status-only) -----------------------------------------------------------------
+
+HOLDS = frozenset({"blocked", "needs_input"})
+MAX_APPLIED = 50
+"""How many applied tracker event keys a task remembers (older ones are long out of replay)."""
+
+
+def on_tracker(
+    task: Task, update: TrackerUpdate, *, now: float, revision: int, cfg: Config
+) -> Decision:
+    """Apply a tracker state change; status only, and each event at most once.
+
+    A state that does not apply here (Approved on a stage without human approval,
+    Rejected while the job runs) changes nothing but the hold and the remembered
+    tracker state: it is the tracker's word, not a command an operator typed, so it
+    is logged, never refused back. Any state but Blocked and Needs Input releases a hold.
+    """
+    if update.key in task.applied:
+        return Decision(reason=f"tracker event {update.key} already applied")
+    if task.terminal:
+        return Decision(reason=f"task is {task.stage}; tracker {update.state} ignored")
+    hold = update.state if update.state in HOLDS else ""
+    base = msgspec.structs.replace(task, hold=hold, tracker_state=update.state)
+    command: Approve | Reject | ConfirmDeploy | None = None
+    match update.state:
+        case "approved" if _approvable(base, cfg):
+            command = Approve(id=task.id)
+        case "rejected" if _approvable(base, cfg) and base.job_status in ("done", "failed"):
+            command = Reject(id=task.id, reason=update.reason or "rejected in the tracker")
+        case "confirm_deploy":
+            command = ConfirmDeploy(id=task.id)
+    decision = (
+        on_command(base, command, now=now, revision=revision, cfg=cfg)
+        if command is not None
+        else None
+    )
+    if decision is not None and decision.ok and decision.task is not None:
+        remembered = _remember(decision.task, update, decision.reason)
+        return msgspec.structs.replace(remembered, emit=decision.emit, evaluate=decision.evaluate)
+    why = (decision.error or decision.reason) if decision else f"nothing to do on {task.stage}"
+    evaluate = bool(decision and decision.evaluate)
+    if (base.hold, base.tracker_state) == (task.hold, task.tracker_state):
+        return Decision(reason=f"tracker {update.state}: {why}", evaluate=evaluate)
+    noted = _remember(base, update, f"tracker {update.state}: {why}")
+    return msgspec.structs.replace(noted, evaluate=evaluate)
+
+
+def _remember(task: Task, update: TrackerUpdate, reason: str) -> Decision:
+    applied = [*task.applied, update.key][-MAX_APPLIED:]
+    remembered = msgspec.structs.replace(
+        task, applied=applied, hold=task.hold, tracker_state=update.state
+    )
+    return Decision(task=remembered, reason=reason)
+
+
+def reevaluable(task: Task) -> str:
+    """Why the task's gate cannot be read again now, or "" when it can."""
+    if task.terminal:
+        return f"task is {task.stage}"
+    if task.escalated:
+        return "task is escalated"
+    if task.job_status not in ("done", "failed"):
+        return f"its job is {task.job_status or 'not requested'}"
+    return ""

@@ -78,7 +78,12 @@ def running(attempts: int = 1, max_attempts: int = 2) -> qp.Job:
     return job(status=qp.RUNNING, attempts=attempts, max_attempts=max_attempts, pid=4242)
 
 
-def finished(attempt: int = 1, exit_code: int | None = 0, error: str = "") -> JobFinished:
+def finished(
+    attempt: int = 1,
+    exit_code: int | None = 0,
+    error: str = "",
+    usage: dict[str, object] | None = None,
+) -> JobFinished:
     return JobFinished(
         job_id="j1",
         attempt=attempt,
@@ -87,6 +92,7 @@ def finished(attempt: int = 1, exit_code: int | None = 0, error: str = "") -> Jo
         head_sha="abc123",
         error=error,
         finished_at=NOW,
+        usage=usage or {},
     )
 
 
@@ -233,8 +239,29 @@ def test_exit_code_zero_finishes_the_job_and_reports_the_outcome():
             status="done",
             attempts=1,
             exit_code=0,
+            head_sha="abc123",
         ),
     )
+
+
+def test_the_reported_agent_cost_adds_up_over_attempts_and_reaches_the_outcome():
+    first = qp.on_finished(
+        running(), finished(exit_code=1, usage={"cost_usd": 0.25}), now=NOW, cfg=CFG
+    )
+    (requeued,) = first.jobs
+    again = msgspec.structs.replace(requeued, status=qp.RUNNING, attempts=2)
+    second = qp.on_finished(
+        again, finished(attempt=2, exit_code=0, usage={"cost_usd": 0.5}), now=NOW, cfg=CFG
+    )
+    (outcome,) = second.emit
+    assert isinstance(outcome, JobOutcome)
+    assert outcome.cost_usd == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("junk", [True, "1.0", -3.0, float("nan"), float("inf"), None, [1]])
+def test_a_junk_cost_in_an_agent_report_counts_as_nothing(junk: object):
+    assert qp.reported_cost({"cost_usd": junk}) == 0.0
+    assert qp.reported_cost({}) == 0.0
 
 
 def test_a_failure_within_the_budget_requeues_after_the_backoff():

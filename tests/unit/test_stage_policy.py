@@ -20,6 +20,7 @@ from bus.messages import (
     Reject,
     Retry,
     StageChanged,
+    TrackerUpdate,
 )
 from conveyor.config import load
 
@@ -459,7 +460,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
         if task.terminal:
             break
         now += 10.0
-        done = sp.on_job_outcome(task, outcome_for(task))
+        done = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
         assert done.evaluate
         assert done.task is not None
         task, revision = done.task, revision + 1
@@ -739,7 +740,7 @@ def test_approve_before_the_analyst_finished_does_not_evaluate_the_gate():
     assert d.task.approved
     assert not d.evaluate
     # When the analyst then finishes, the gate is evaluated and passes
-    finished = sp.on_job_outcome(d.task, outcome_for(d.task))
+    finished = sp.on_job_outcome(d.task, outcome_for(d.task), now=NOW, cfg=CFG)
     assert finished.evaluate
     assert finished.task is not None
     result = sp.evaluate_gate("analysis_complete", finished.task, GOOD)
@@ -903,7 +904,7 @@ def test_confirm_deploy_is_refused_without_protected_repositories():
 
 def test_the_outcome_of_the_awaited_job_records_it_and_asks_for_the_gate():
     task = task_on("review", job_status="queued")
-    d = sp.on_job_outcome(task, outcome_for(task, status="failed"))
+    d = sp.on_job_outcome(task, outcome_for(task, status="failed"), now=NOW, cfg=CFG)
     assert d.evaluate
     assert d.task is not None
     assert d.task.job_status == "failed"
@@ -911,14 +912,14 @@ def test_the_outcome_of_the_awaited_job_records_it_and_asks_for_the_gate():
 
 def test_a_replayed_outcome_changes_nothing_but_may_be_evaluated_again():
     task = task_on("review", job_status="done")
-    d = sp.on_job_outcome(task, outcome_for(task))
+    d = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
     assert d.task is None
     assert d.evaluate
 
 
 def test_a_cancelled_job_is_recorded_without_evaluating_the_gate():
     task = task_on("review", job_status="queued")
-    d = sp.on_job_outcome(task, outcome_for(task, status="cancelled"))
+    d = sp.on_job_outcome(task, outcome_for(task, status="cancelled"), now=NOW, cfg=CFG)
     assert d.task is not None
     assert d.task.job_status == "cancelled"
     assert not d.evaluate
@@ -928,7 +929,9 @@ def test_the_outcome_of_a_superseded_job_is_ignored():
     # Given a task that moved on to its second development visit
     task = task_on("development", job_id="DEMO-1.development.2.work", job_status="queued")
     # When the outcome of the first visit's job arrives late
-    d = sp.on_job_outcome(task, outcome_for(task, job_id="DEMO-1.development.1.work"))
+    d = sp.on_job_outcome(
+        task, outcome_for(task, job_id="DEMO-1.development.1.work"), now=NOW, cfg=CFG
+    )
     # Then nothing happens
     assert d.task is None
     assert not d.evaluate
@@ -938,7 +941,7 @@ def test_the_outcome_of_a_superseded_job_is_ignored():
 @pytest.mark.parametrize("stage", ["done", "cancelled"])
 def test_an_outcome_for_a_finished_task_is_ignored(stage: str):
     task = task_on(stage, job_id="DEMO-1.deploy.1.work", job_status="queued")
-    d = sp.on_job_outcome(task, outcome_for(task))
+    d = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
     assert d.task is None
     assert not d.evaluate
 
@@ -999,7 +1002,7 @@ def test_a_merged_pull_request_moves_the_task_to_deploy():
         job_id="DEMO-1.deploy-staging.1.merge",
         job_status="queued",
     )
-    finished = sp.on_job_outcome(task, outcome_for(task))
+    finished = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
     assert finished.task is not None
     # When the pull request is merged
     result = sp.evaluate_gate(sp.gate_for(finished.task, CFG), finished.task, GOOD)
@@ -1041,3 +1044,168 @@ def test_a_task_with_a_pending_outbox_survives_a_store_round_trip():
     stored = msgspec.structs.replace(d.task, outbox=list(d.emit))
     loaded = msgspec.json.decode(msgspec.json.encode(stored), type=sp.Task)
     assert loaded.outbox == list(d.emit)
+
+
+# --- circuit breaker -----------------------------------------------------------------------
+
+
+def test_a_task_that_requested_its_job_ceiling_escalates_instead_of_retrying_again():
+    cfg = load(env={"CONVEYOR_PIPELINE__MAX_TASK_JOBS": "5"})
+    task = task_on("architecture", jobs_requested=5)
+    d = sp.on_gate(
+        task,
+        task.job_id,
+        sp.GateResult(verdict="retry", reason="no ADR"),
+        now=NOW,
+        revision=3,
+        cfg=cfg,
+    )
+    assert d.task is not None
+    assert d.task.escalated
+    assert requests(d) == []
+    assert "circuit breaker" in alerts(d)[0].text
+
+
+def test_a_rework_past_the_job_ceiling_escalates_too():
+    cfg = load(env={"CONVEYOR_PIPELINE__MAX_TASK_JOBS": "3"})
+    task = task_on("review", jobs_requested=3)
+    d = sp.on_gate(
+        task,
+        task.job_id,
+        sp.GateResult(verdict="rework", reason="v1"),
+        now=NOW,
+        revision=3,
+        cfg=cfg,
+    )
+    assert d.task is not None
+    assert d.task.escalated
+    assert d.task.stage == "review"
+
+
+def test_every_job_request_counts_towards_the_breaker_and_an_operator_retry_resets_it():
+    task = task_on("architecture", jobs_requested=2)
+    d = gate(task, "retry", "no ADR")
+    assert d.task is not None
+    assert d.task.jobs_requested == 3
+    escalated = msgspec.structs.replace(d.task, escalated=True, job_status="done")
+    again = sp.on_command(escalated, Retry(id=TID), now=NOW, revision=9, cfg=CFG)
+    assert again.task is not None
+    assert again.task.jobs_requested == 1
+    assert again.task.budget_used_usd == 0.0
+
+
+def test_the_job_ceiling_of_zero_switches_the_breaker_off():
+    cfg = load(env={"CONVEYOR_PIPELINE__MAX_TASK_JOBS": "0"})
+    assert sp.breaker_open(task_on("development", jobs_requested=10_000), cfg) == ""
+
+
+def test_spending_the_agent_budget_escalates_instead_of_evaluating_the_gate():
+    cfg = load(env={"CONVEYOR_PIPELINE__MAX_TASK_COST_USD": "1.0"})
+    task = task_on("development", job_status="running", budget_used_usd=0.8, cost_usd=3.0)
+    outcome = msgspec.structs.replace(outcome_for(task), cost_usd=0.25, head_sha="f00d")
+    d = sp.on_job_outcome(task, outcome, now=NOW, cfg=cfg)
+    assert d.task is not None
+    assert d.task.escalated
+    assert not d.evaluate
+    assert d.task.cost_usd == pytest.approx(3.25)
+    assert d.task.head_sha == "f00d"
+    assert "agent budget spent ($1.05 of $1.00)" in alerts(d)[0].text
+
+
+def test_an_outcome_within_the_budget_records_cost_and_head_then_evaluates():
+    task = task_on("development", job_status="running")
+    outcome = msgspec.structs.replace(outcome_for(task), cost_usd=0.5, head_sha="beef")
+    d = sp.on_job_outcome(task, outcome, now=NOW, cfg=CFG)
+    assert d.evaluate
+    assert d.task is not None
+    assert (d.task.head_sha, d.task.cost_usd, d.task.escalated) == ("beef", 0.5, False)
+
+
+# --- tracker states (status only) ----------------------------------------------------------
+
+
+def tracker(task: sp.Task, state: str, key: str = "plane:d1") -> sp.Decision:
+    update = TrackerUpdate(id=task.id, state=state, key=key)
+    return sp.on_tracker(task, update, now=NOW, revision=4, cfg=CFG)
+
+
+def test_approved_in_the_tracker_approves_analysis_and_evaluates_its_gate():
+    d = tracker(task_on("analysis"), "approved")
+    assert d.ok
+    assert d.evaluate
+    assert d.task is not None
+    assert d.task.approved
+    assert d.task.applied == ["plane:d1"]
+    assert d.task.tracker_state == "approved"
+
+
+def test_a_replayed_tracker_event_changes_nothing():
+    first = tracker(task_on("analysis"), "approved")
+    assert first.task is not None
+    again = tracker(first.task, "approved")
+    assert again.task is None
+    assert not again.evaluate
+    assert "already applied" in again.reason
+
+
+def test_rejected_in_the_tracker_reruns_analysis_once():
+    d = tracker(task_on("analysis"), "rejected")
+    assert d.task is not None
+    assert [r.stage for r in requests(d)] == ["analysis"]
+    assert d.task.visit("analysis") == 2
+
+
+def test_rejected_while_the_analysis_job_runs_is_only_noted():
+    d = tracker(task_on("analysis", job_status="running"), "rejected")
+    assert d.task is not None
+    assert requests(d) == []
+    assert d.task.tracker_state == "rejected"
+
+
+@pytest.mark.parametrize("stage", ["architecture", "development", "deploy"])
+def test_approved_on_a_stage_without_human_approval_does_nothing_to_the_pipeline(stage: str):
+    task = task_on(stage)
+    d = tracker(task, "approved")
+    assert d.emit == ()
+    assert not d.evaluate
+    assert d.task is not None
+    assert (d.task.stage, d.task.approved, d.task.job_status) == (stage, False, "done")
+
+
+@pytest.mark.parametrize("hold", ["blocked", "needs_input"])
+def test_blocked_and_needs_input_hold_the_task_until_another_state(hold: str):
+    held = tracker(task_on("development"), hold, key="k1")
+    assert held.task is not None
+    assert held.task.hold == hold
+    assert held.emit == ()
+    released = tracker(held.task, "in_progress", key="k2")
+    assert released.task is not None
+    assert released.task.hold == ""
+
+
+def test_a_terminal_task_ignores_the_tracker():
+    d = tracker(task_on("done"), "approved")
+    assert d.task is None
+
+
+def test_applied_keys_are_bounded():
+    task = task_on("development", applied=[f"k{i}" for i in range(sp.MAX_APPLIED)])
+    d = tracker(task, "blocked", key="newest")
+    assert d.task is not None
+    assert len(d.task.applied) == sp.MAX_APPLIED
+    assert d.task.applied[-1] == "newest"
+    assert "k0" not in d.task.applied
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"stage": "done"}, "task is done"),
+        ({"escalated": True}, "task is escalated"),
+        ({"job_status": "running"}, "its job is running"),
+    ],
+)
+def test_a_gate_is_read_again_only_for_a_live_task_whose_job_ended(changes: dict, why: str):
+    task = msgspec.structs.replace(task_on("development"), **changes)
+    assert sp.reevaluable(task) == why
+    assert sp.reevaluable(task_on("development")) == ""
