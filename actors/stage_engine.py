@@ -17,11 +17,13 @@ from bus.messages import (
     Cancel,
     ConfirmDeploy,
     JobOutcome,
+    Reevaluate,
     Reject,
     Reply,
     Retry,
     Submit,
     Tick,
+    TrackerUpdate,
 )
 from conveyor import faults, validate
 from conveyor.clock import Clock
@@ -43,6 +45,8 @@ class GateRead(msgspec.Struct, frozen=True):
     job_id: str
     gate: str
     inputs: GateInputs
+    only_pass: bool = False
+    cause: str = ""
 
 
 class StatusQuery(msgspec.Struct, frozen=True):
@@ -121,6 +125,11 @@ def task_row(task: Task) -> dict[str, Any]:
         "branch": task.branch,
         "reason": task.last_reason,
         "updated_at": task.updated_at,
+        "head_sha": task.head_sha,
+        "hold": task.hold,
+        "tracker_state": task.tracker_state,
+        "external_id": task.external_id,
+        "cost_usd": task.cost_usd,
     }
 
 
@@ -170,6 +179,10 @@ class StageEngine(pykka.ThreadingActor):
                     return self._submit(message)
                 case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
                     return self._command(message)
+                case TrackerUpdate():
+                    return self._tracker(message)
+                case Reevaluate():
+                    return self._reevaluate(message)
                 case StatusQuery():
                     return self._status(message)
                 case Tick():
@@ -189,6 +202,8 @@ class StageEngine(pykka.ThreadingActor):
             if isinstance(message, Delivery):
                 message.nak(delay_s=2.0)
             if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
+                return Reply(ok=False, error=f"internal error: {err}")
+            if isinstance(message, TrackerUpdate | Reevaluate):
                 return Reply(ok=False, error=f"internal error: {err}")
         return None
 
@@ -258,14 +273,18 @@ class StageEngine(pykka.ThreadingActor):
             log.warning("stage_engine.outcome_unknown_task", task_id=outcome.task_id)
             delivery.ack()
             return
-        self._apply(outcome.task_id, policy.on_job_outcome(entry.value, outcome))
+        self._apply(
+            outcome.task_id,
+            policy.on_job_outcome(entry.value, outcome, now=self._clock.now(), cfg=self._cfg),
+        )
         delivery.ack()
 
-    def _start_gate(self, task_id: str) -> None:
+    def _start_gate(self, task_id: str, *, only_pass: bool = False, cause: str = "") -> bool:
+        """Read the task's gate in a worker thread; False if a read is already in flight."""
         task = self._tasks[task_id].value
         key = f"{task_id}:{task.job_id}"
         if key in self._gates_in_flight:
-            return
+            return False
         self._gates_in_flight.add(key)
         gate = policy.gate_for(task, self._cfg)
         job_id = task.job_id
@@ -273,9 +292,19 @@ class StageEngine(pykka.ThreadingActor):
 
         def _read() -> None:
             inputs = read_gate_inputs(self._forge, task, gate)
-            actor.tell(GateRead(task_id=task_id, job_id=job_id, gate=gate, inputs=inputs))
+            actor.tell(
+                GateRead(
+                    task_id=task_id,
+                    job_id=job_id,
+                    gate=gate,
+                    inputs=inputs,
+                    only_pass=only_pass,
+                    cause=cause,
+                )
+            )
 
         self._pool.submit(_read)
+        return True
 
     def _on_gate(self, read: GateRead) -> None:
         self._gates_in_flight.discard(f"{read.task_id}:{read.job_id}")
@@ -283,12 +312,17 @@ class StageEngine(pykka.ThreadingActor):
         if entry is None:
             return
         result: GateResult = policy.evaluate_gate(read.gate, entry.value, read.inputs)
+        if read.only_pass and result.verdict != "pass":
+            # A replay of a lost event stays silent unless the gate is green.
+            log.debug("stage_engine.replay_not_green", task_id=read.task_id, reason=result.reason)
+            return
         log.info(
             "stage_engine.gate_evaluated",
             task_id=read.task_id,
             gate=read.gate,
             verdict=result.verdict,
             reason=result.reason,
+            cause=read.cause or None,
         )
         decision = policy.on_gate(
             entry.value,
@@ -307,6 +341,7 @@ class StageEngine(pykka.ThreadingActor):
             repo = self._cfg.repo(validate.repo_name(cmd.repo))
             title = validate.title(cmd.title)
             description = validate.description(cmd.description)
+            external_id = validate.external_id(cmd.external_id) if cmd.external_id else ""
             if cmd.id:
                 task_id = validate.work_item_id(cmd.id)
                 if task_id.split("-")[0] != repo.prefix:
@@ -326,6 +361,7 @@ class StageEngine(pykka.ThreadingActor):
                 branch=validate.branch_for(task_id, title),
                 now=self._clock.now(),
                 cfg=self._cfg,
+                external_id=external_id,
             )
             assert decision.task is not None  # noqa: S101 - new_task always creates
             try:
@@ -384,6 +420,39 @@ class StageEngine(pykka.ThreadingActor):
             reason=decision.reason,
         )
         return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
+
+    def _tracker(self, update: TrackerUpdate) -> Reply:
+        try:
+            task_id = validate.work_item_id(update.id)
+        except InvalidField as err:
+            return Reply(ok=False, error=str(err), field=err.field)
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            return Reply(ok=False, error=f"id: no task {task_id}", field="id")
+        decision = policy.on_tracker(
+            entry.value, update, now=self._clock.now(), revision=entry.revision, cfg=self._cfg
+        )
+        self._apply(task_id, decision)
+        log.info(
+            "stage_engine.tracker_applied",
+            task_id=task_id,
+            state=update.state,
+            key=update.key,
+            reason=decision.reason,
+        )
+        return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
+
+    def _reevaluate(self, cmd: Reevaluate) -> Reply:
+        entry = self._tasks.get(cmd.id)
+        if entry is None:
+            return Reply(ok=False, error=f"id: no task {cmd.id}", field="id")
+        why = policy.reevaluable(entry.value)
+        if why:
+            return Reply(ok=False, error=why)
+        started = self._start_gate(cmd.id, only_pass=cmd.only_pass, cause=cmd.cause)
+        note = "gate read started" if started else "gate read already in flight"
+        log.info("stage_engine.reevaluating", task_id=cmd.id, cause=cmd.cause, note=note)
+        return Reply(ok=True, note=note)
 
     # --- status -------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ class Submit(Message, frozen=True):
     title: str
     id: str = ""
     description: str = ""
+    external_id: str = ""
+    """The work item's id in the tracker (a Plane work item uuid); empty for CLI items."""
 
 
 class Approve(Message, frozen=True):
@@ -62,6 +64,32 @@ class ConfirmDeploy(Message, frozen=True):
     """Operator -> StageEngine: confirm the production deploy of a protected repository."""
 
     id: str
+
+
+class TrackerUpdate(Message, frozen=True):
+    """Intake -> StageEngine: the tracker moved the task's work item to `state`.
+
+    Status only: `state` is a key (`in_progress`, `approved`, `rejected`,
+    `confirm_deploy`, `blocked`, `needs_input`, `other`). Idempotent by `key`, the
+    event's message id: a replayed event changes nothing.
+    """
+
+    id: str
+    state: str
+    key: str
+    reason: str = ""
+
+
+class Reevaluate(Message, frozen=True):
+    """Intake or Reconciler -> StageEngine: read the task's gate again.
+
+    `only_pass`: act only on a passing gate and stay silent otherwise (the
+    Reconciler's replay of a lost event); `sha`: only if the branch head is this commit.
+    """
+
+    id: str
+    cause: str
+    only_pass: bool = False
 
 
 Command = Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy
@@ -149,6 +177,10 @@ class JobOutcome(Message, frozen=True):
     attempts: int
     exit_code: int | None = None
     error: str = ""
+    head_sha: str = ""
+    """The branch head the job left behind (empty when it pushed nothing)."""
+    cost_usd: float = 0.0
+    """What the agent reported spending over every attempt of the job."""
 
 
 class RunHeartbeat(Message, frozen=True):

@@ -71,6 +71,10 @@ class PipelineConfig(_Section, frozen=True):
     stages: list[StageConfig] = msgspec.field(default_factory=_default_stages)
     max_developer_retries: int = 3
     max_stage_retries: int = 3
+    max_task_jobs: int = 40
+    """Circuit breaker: a task that requested this many jobs is escalated (0: off)."""
+    max_task_cost_usd: float = 0.0
+    """Circuit breaker: a task whose agents reported this much cost is escalated (0: off)."""
 
 
 class QueueConfig(_Section, frozen=True):
@@ -480,6 +484,8 @@ def _check_integrations(cfg: Config) -> None:
     if cfg.telegram.min_level not in LEVELS:
         raise ConfigError(f"telegram.min_level: must be one of {', '.join(LEVELS)}")
     for key, count in (
+        ("pipeline.max_task_jobs", cfg.pipeline.max_task_jobs),
+        ("pipeline.max_task_cost_usd", cfg.pipeline.max_task_cost_usd),
         ("gitea.retries", cfg.gitea.retries),
         ("plane.retries", cfg.plane.retries),
         ("telegram.max_retries", cfg.telegram.max_retries),

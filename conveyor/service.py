@@ -8,7 +8,7 @@ field, an unavailable actor gets `ok: false` saying so.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -113,7 +113,9 @@ class ControlService:
         *,
         version: str,
         request_timeout_s: float,
+        others: Mapping[str, tuple[pykka.ActorRef[Any], Any]] | None = None,
     ) -> None:
+        self._others = dict(others or {})
         self._bus = bus
         self._engine = engine
         self._worker = worker
@@ -140,6 +142,10 @@ class ControlService:
             ("queue_worker", subjects.status_actor("queue_worker"), _answering(self._queue)),
             ("reaper", subjects.status_actor("reaper"), _answering(self._reaper_status)),
             ("lease_keeper", subjects.status_actor("lease_keeper"), _answering(self._lease_status)),
+            *[
+                (name, subjects.status_actor(name), _answering(self._other_status(name)))
+                for name in self._others
+            ],
             ("lease-acquire", subjects.LEASE_ACQUIRE, self._lease),
             ("lease-renew", subjects.LEASE_RENEW, self._lease),
             ("lease-release", subjects.LEASE_RELEASE, self._lease),
@@ -198,6 +204,14 @@ class ControlService:
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
 
+    def _other_status(self, name: str) -> Callable[[str, bytes], bytes]:
+        ref, query = self._others[name]
+
+        def _handler(_subject: str, _data: bytes) -> bytes:
+            return dumps(self._ask(ref, query))
+
+        return _handler
+
     def _reaper_status(self, _subject: str, _data: bytes) -> bytes:
         return dumps(self._ask(self._reaper, ReaperStatus()))
 
@@ -211,6 +225,7 @@ class ControlService:
             ("queue_worker", self._worker, QueueStatus()),
             ("reaper", self._reaper, ReaperStatus()),
             ("lease_keeper", self._leases, LeaseStatus()),
+            *((name, ref, query) for name, (ref, query) in self._others.items()),
         ):
             try:
                 actors[name] = self._ask(ref, query)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.intake import Intake, IntakeStatus
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper
@@ -23,7 +24,8 @@ from actors.lease_policy import Lease
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
 from actors.reaper import Reaper
-from actors.stage_engine import StageEngine
+from actors.reconciler import Reconciler, ReconcilerStatus
+from actors.stage_engine import StageEngine, StatusQuery
 from actors.stage_policy import Task
 from bus import subjects
 from bus.bridge import Bus
@@ -36,6 +38,7 @@ from bus.messages import (
     LaunchOrder,
     RunHeartbeat,
     Tick,
+    event_decoder,
 )
 from bus.server import EmbeddedNats
 from conveyor import __version__, demo
@@ -225,6 +228,23 @@ class Node:
             msgspec.json.Decoder(BusMessage),
             tracker.tell,
         )
+
+        def _tasks() -> list[dict[str, Any]]:
+            rows = engine.ask(StatusQuery(kind="tasks"), timeout=10)
+            return list(rows)
+
+        intake = Intake.start(engine, self.cfg, tasks=_tasks)
+        self.refs["intake"] = intake
+        bus.consume(
+            subjects.STREAM_EVENTS,
+            subjects.CONSUMER_INTAKE,
+            [subjects.EVENTS_ALL],
+            event_decoder,
+            intake.tell,
+        )
+        reconciler = Reconciler.start(engine, bus, self.clock, self.cfg, tasks=_tasks)
+        self.refs["reconciler"] = reconciler
+        self._ticker.add(reconciler)
         ControlService(
             bus,
             engine,
@@ -233,6 +253,10 @@ class Node:
             leases,
             version=__version__,
             request_timeout_s=self.cfg.nats.request_timeout_s,
+            others={
+                "intake": (intake, IntakeStatus()),
+                "reconciler": (reconciler, ReconcilerStatus()),
+            },
         ).register()
 
     def _start_launcher(self, bus: Bus, forge: LocalForge) -> None:

@@ -21,6 +21,9 @@ REPO_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
 BRANCH_RE = re.compile(r"^feature/[A-Z][A-Z0-9]{0,15}-[1-9][0-9]{0,8}-[a-z0-9]+(?:-[a-z0-9]+)*$")
 
+EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""A tracker's own id for a work item (a Plane uuid): never a path or an option."""
+
 MAX_TITLE = 200
 MAX_DESCRIPTION = 20_000
 MAX_SLUG = 40
@@ -30,6 +33,13 @@ def work_item_id(value: object, field: str = "id") -> str:
     """Return `value` if it is a valid work-item id."""
     if not isinstance(value, str) or not WORK_ITEM_ID_RE.fullmatch(value):
         raise InvalidField(field, "must look like PREFIX-123 (A-Z0-9 prefix, positive number)")
+    return value
+
+
+def external_id(value: object, field: str = "external_id") -> str:
+    """Return `value` if it is a valid tracker id of a work item."""
+    if not isinstance(value, str) or not EXTERNAL_ID_RE.fullmatch(value):
+        raise InvalidField(field, "must be 1-64 of A-Z a-z 0-9 - _ (a tracker id such as a uuid)")
     return value
 
 

@@ -86,13 +86,16 @@ def test_status_subjects_answer_json(harness: Harness) -> None:
         "queue_worker",
         "reaper",
         "lease_keeper",
+        "intake",
+        "reconciler",
         "launcher",
     }
     assert overview["healthy"] is True
     queue = harness.client.request(subjects.STATUS_QUEUE)
     assert "counts" in queue
     assert "running" in queue
-    for actor in ("stage_engine", "queue_worker", "reaper", "lease_keeper", "launcher"):
+    actors = ("stage_engine", "queue_worker", "reaper", "lease_keeper", "intake", "reconciler")
+    for actor in (*actors, "launcher"):
         assert harness.client.request(subjects.status_actor(actor))["healthy"] is True
     missing = harness.client.request(subjects.status_task("DEMO-404"))
     assert missing["ok"] is False

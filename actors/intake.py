@@ -1,0 +1,143 @@
+"""Intake: turns normalized events (webhooks, the Reconciler's replays) into StageEngine inputs.
+
+It owns nothing. Each event from the durable consumer `intake` is routed by
+`intake_policy`, handed to the StageEngine (ask, in this process), and acked
+only once the StageEngine has answered, so a crash in between redelivers it;
+the StageEngine's inputs are idempotent (a task is created once per id, a
+tracker event once per key, a gate read changes nothing by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actors import intake_policy as policy
+from actors.intake_policy import Route, TaskView
+from bus.bridge import Delivery
+from bus.messages import (
+    CommitStatusEvent,
+    PullRequestEvent,
+    PushEvent,
+    Reply,
+    WorkItemEvent,
+)
+from conveyor.config import Config
+from conveyor.errors import ConveyorError
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+MAX_DELIVERIES = 20
+"""An event that cannot be handed over after this many tries is dropped with an error log."""
+
+StateResolver = Callable[[str, str], str | None]
+"""(project id, state id) -> state name, from the tracker (None: unknown)."""
+
+
+class Intake(pykka.ThreadingActor):
+    """Routes events to the StageEngine; acks each after the StageEngine answered."""
+
+    def __init__(
+        self,
+        engine: pykka.ActorRef[Any],
+        cfg: Config,
+        *,
+        tasks: Callable[[], list[dict[str, Any]]],
+        resolve_state: StateResolver | None = None,
+        ask_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self._engine = engine
+        self._cfg = cfg
+        self._tasks = tasks
+        self._resolve_state = resolve_state
+        self._timeout_s = ask_timeout_s
+        self._routed = 0
+        self._ignored = 0
+        self._failed = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, IntakeStatus):
+            return {
+                "healthy": True,
+                "routed": self._routed,
+                "ignored": self._ignored,
+                "failed": self._failed,
+            }
+        if not isinstance(message, Delivery):
+            return None
+        try:
+            route = self._route(message)
+            for item in route.inputs:
+                reply = self._engine.ask(item, timeout=self._timeout_s)
+                if isinstance(reply, Reply) and not reply.ok:
+                    log.info(
+                        "intake.not_applied",
+                        kind=type(item).__name__,
+                        task_id=getattr(item, "id", ""),
+                        reason=reply.error,
+                    )
+            if route.inputs:
+                self._routed += 1
+            else:
+                self._ignored += 1
+            log.info(
+                "intake.routed",
+                kind=type(message.body).__name__,
+                msg_id=message.msg_id,
+                inputs=len(route.inputs),
+                reason=route.reason,
+            )
+            message.ack()
+        except Exception as err:  # one event must never stop intake
+            self._failed += 1
+            if message.num_delivered >= MAX_DELIVERIES:
+                log.exception(
+                    "intake.dropped", msg_id=message.msg_id, error=repr(err), tries=MAX_DELIVERIES
+                )
+                message.ack()
+            else:
+                log.warning("intake.retrying", msg_id=message.msg_id, error=repr(err))
+                message.nak(delay_s=min(30.0, 1.0 * message.num_delivered))
+        return None
+
+    def _route(self, delivery: Delivery[Any]) -> Route:
+        match delivery.body:
+            case WorkItemEvent() as event:
+                name = event.state_name or self._state_name(event)
+                return policy.route_work_item(event, name, key=delivery.msg_id, cfg=self._cfg)
+            case CommitStatusEvent() as event:
+                return policy.route_status(event, self._views(), cfg=self._cfg)
+            case PullRequestEvent() as event:
+                return policy.route_pull_request(event, self._views(), cfg=self._cfg)
+            case PushEvent() as event:
+                return Route(reason=f"push of {event.branch} at {event.after[:12]}: logged only")
+        return Route(reason=f"unknown event {type(delivery.body).__name__}")
+
+    def _state_name(self, event: WorkItemEvent) -> str:
+        if not event.state_id or self._resolve_state is None:
+            return ""
+        try:
+            return self._resolve_state(event.project_id, event.state_id) or ""
+        except ConveyorError as err:
+            # Retried by redelivery: the tracker may be briefly unreachable.
+            raise RuntimeError(f"cannot resolve Plane state {event.state_id}: {err}") from err
+
+    def _views(self) -> list[TaskView]:
+        return [
+            TaskView(
+                id=row["id"],
+                repo=row["repo"],
+                stage=row["stage"],
+                branch=row["branch"],
+                head_sha=row.get("head_sha", ""),
+            )
+            for row in self._tasks()
+        ]
+
+
+class IntakeStatus:
+    """Status endpoint -> Intake (ask)."""

@@ -1,0 +1,191 @@
+"""Reconciler: makes a lost webhook harmless by replaying what it would have caused.
+
+Every `reconciler.interval_s` it reads the StageEngine's task rows and asks for a
+gate read (acted on only when green) of each task that has been quiet past its
+stage's grace. Every `reconciler.plane_poll_s` it polls Plane (in a worker
+thread) and publishes, as ordinary events, the work item states a task never
+saw. Its bookkeeping (when each task was replayed) is soft state: after a
+restart the worst case is one early replay, which is harmless.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors import reconciler_policy as policy
+from actors.reconciler_policy import PolledItem, TaskRow
+from bus import subjects
+from bus.bridge import Bus
+from bus.messages import Alert, Reevaluate, Tick
+from conveyor.clock import Clock
+from conveyor.config import Config
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+Poll = Callable[[], list[PolledItem]]
+"""Reads every configured Plane project's work items (I/O; runs in a worker thread)."""
+
+
+class PollDone(msgspec.Struct, frozen=True):
+    """Worker thread -> Reconciler: what a Plane poll found (or why it failed)."""
+
+    items: list[PolledItem]
+    error: str = ""
+
+
+class ReconcilerStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> Reconciler (ask)."""
+
+
+class Reconciler(pykka.ThreadingActor):
+    """Sole owner of replay bookkeeping; never writes a task, only asks the StageEngine."""
+
+    def __init__(
+        self,
+        engine: pykka.ActorRef[Any],
+        bus: Bus,
+        clock: Clock,
+        cfg: Config,
+        *,
+        tasks: Callable[[], list[dict[str, Any]]],
+        poll: Poll | None = None,
+    ) -> None:
+        super().__init__()
+        self._engine, self._bus, self._clock, self._cfg = engine, bus, clock, cfg
+        self._tasks = tasks
+        self._poll = poll
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="plane-poll"
+        )
+        self._last_run = float("-inf")
+        self._last_poll = float("-inf")
+        self._polling = False
+        self._replayed_at: dict[str, float] = {}
+        self._watching: dict[str, tuple[str, str]] = {}
+        self._counts = {"replayed": 0, "unblocked": 0, "polls": 0, "poll_errors": 0, "events": 0}
+        self._last_replayed: dict[str, Any] = {}
+        self._last_poll_error = ""
+
+    def on_stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case Tick():
+                    self._tick()
+                case PollDone():
+                    self._on_poll(message)
+                case ReconcilerStatus():
+                    return self._status()
+        except Exception:  # a failed round is retried on the next tick
+            log.exception("reconciler.round_failed", kind=type(message).__name__)
+            if isinstance(message, PollDone):
+                self._polling = False
+        return None
+
+    def _tick(self) -> None:
+        if not self._cfg.reconciler.enabled:
+            return
+        now = self._clock.now()
+        if now - self._last_run >= self._cfg.reconciler.interval_s:
+            self._last_run = now
+            self._replay_gates(now)
+        if (
+            self._poll is not None
+            and self._cfg.reconciler.plane_poll_enabled
+            and not self._polling
+            and now - self._last_poll >= self._cfg.reconciler.plane_poll_s
+        ):
+            self._last_poll = now
+            self._polling = True
+            poll, actor = self._poll, self.actor_ref
+
+            def _run() -> None:
+                try:
+                    found = PollDone(items=poll())
+                except Exception as err:  # noqa: BLE001 - reported to the actor, retried later
+                    found = PollDone(items=[], error=f"{type(err).__name__}: {err}")
+                actor.tell(found)
+
+            self._pool.submit(_run)
+
+    def _rows(self) -> list[TaskRow]:
+        return [msgspec.convert(row, TaskRow) for row in self._tasks()]
+
+    def _replay_gates(self, now: float) -> None:
+        rows = self._rows()
+        self._notice_unblocked(rows, now)
+        live = {row.id for row in rows}
+        self._replayed_at = {k: v for k, v in self._replayed_at.items() if k in live}
+        for replay in policy.due(rows, now=now, replayed_at=self._replayed_at, cfg=self._cfg):
+            row = next(r for r in rows if r.id == replay.task_id)
+            self._replayed_at[replay.task_id] = now
+            self._watching[replay.task_id] = (row.stage, row.job_id)
+            self._engine.tell(
+                Reevaluate(id=replay.task_id, cause=f"reconciler: {replay.reason}", only_pass=True)
+            )
+            self._counts["replayed"] += 1
+            self._last_replayed = {"task_id": replay.task_id, "reason": replay.reason, "at": now}
+            log.info("reconciler.replayed", task_id=replay.task_id, reason=replay.reason)
+
+    def _notice_unblocked(self, rows: list[TaskRow], now: float) -> None:
+        """A replayed task that moved since was stuck on a lost event: say so once."""
+        by_id = {row.id: row for row in rows}
+        for task_id, (stage, job_id) in list(self._watching.items()):
+            row = by_id.get(task_id)
+            if row is None:
+                del self._watching[task_id]
+                continue
+            if (row.stage, row.job_id) == (stage, job_id):
+                continue
+            del self._watching[task_id]
+            self._counts["unblocked"] += 1
+            text = f"reconciler unblocked {task_id}: {stage} → {row.stage} (a lost event)"
+            log.warning("reconciler.unblocked", task_id=task_id, old=stage, new=row.stage)
+            if self._cfg.reconciler.notify_unblock:
+                alert = Alert(
+                    level="warning", text=text, task_id=task_id, source="reconciler", at=now
+                )
+                self._bus.publish(
+                    subjects.ALERTS, alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked"
+                )
+
+    def _on_poll(self, done: PollDone) -> None:
+        self._polling = False
+        self._counts["polls"] += 1
+        if done.error:
+            self._counts["poll_errors"] += 1
+            self._last_poll_error = done.error
+            log.warning("reconciler.poll_failed", error=done.error)
+            return
+        rows = {row.id: row for row in self._rows()}
+        for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
+            self._bus.publish(subjects.EVENTS_PLANE_WORK_ITEM, event, msg_id=msg_id)
+            self._counts["events"] += 1
+            log.info(
+                "reconciler.state_replayed",
+                work_item_id=event.work_item_id,
+                state=event.state_name,
+                msg_id=msg_id,
+            )
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "healthy": True,
+            "enabled": self._cfg.reconciler.enabled,
+            "interval_s": self._cfg.reconciler.interval_s,
+            "grace_s": self._cfg.reconciler.grace_s,
+            "plane_poll": self._poll is not None and self._cfg.reconciler.plane_poll_enabled,
+            "last_run": self._last_run if self._last_run > 0 else None,
+            "last_poll": self._last_poll if self._last_poll > 0 else None,
+            "last_poll_error": self._last_poll_error or None,
+            "last_replayed": self._last_replayed or None,
+            **{f"{name}_total": count for name, count in self._counts.items()},
+        }

@@ -1,0 +1,136 @@
+"""Pure decisions of the Reconciler: which gates to read again, which Plane states to replay.
+
+The pipeline moves on events. A lost webhook (a CI status, a merge, a state
+change in Plane) must not strand a task, so the Reconciler replays what the
+event would have caused: a gate read (acted on only if green) once a stage's
+grace has passed, and a work item state that the task never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from actors.intake_policy import state_key, task_id_for
+from actors.stage_policy import TERMINAL
+from bus.messages import WorkItemEvent
+from conveyor.config import Config
+
+REPLAYED_STATES = frozenset({"in_progress", "approved", "rejected", "blocked", "needs_input"})
+"""Plane states a poll replays. Never Confirm Deploy: a production deploy needs a live human."""
+
+
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    """What the Reconciler reads of a task (the StageEngine's status row)."""
+
+    id: str
+    repo: str
+    stage: str
+    step: str = ""
+    job_id: str = ""
+    job_status: str = ""
+    escalated: bool = False
+    hold: str = ""
+    tracker_state: str = ""
+    updated_at: float = 0.0
+
+
+class PolledItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A Plane work item as a poll saw it, with its state's name resolved."""
+
+    project_id: str
+    id: str
+    sequence_id: int
+    name: str
+    description: str = ""
+    state_id: str
+    state_name: str
+    updated_at: str = ""
+
+
+class Replay(msgspec.Struct, frozen=True, kw_only=True):
+    """Read this task's gate again (acting only if it is green)."""
+
+    task_id: str
+    reason: str
+
+
+def grace_for(stage: str, cfg: Config) -> float:
+    """Seconds a stage waits for its event before the Reconciler reads its gate."""
+    return cfg.reconciler.stage_grace_s.get(stage, cfg.reconciler.grace_s)
+
+
+def skip_reason(row: TaskRow, cfg: Config) -> str:
+    """Why a task is not the Reconciler's business now, or ""."""
+    if row.stage in TERMINAL:
+        return f"task is {row.stage}"
+    if row.escalated:
+        return "task is escalated"
+    if cfg.reconciler.skip_blocked and row.hold:
+        return f"task is held ({row.hold})"
+    stage = cfg.stage(row.stage)
+    if stage is not None and stage.human_approval and row.step == "work":
+        return f"{row.stage} waits for a human"
+    if row.job_status not in ("done", "failed"):
+        return f"its job is {row.job_status or 'not requested'}"
+    return ""
+
+
+def due(
+    rows: Sequence[TaskRow], *, now: float, replayed_at: Mapping[str, float], cfg: Config
+) -> list[Replay]:
+    """Tasks whose gate should be read again: quiet past the grace, at most once per grace."""
+    out: list[Replay] = []
+    for row in rows:
+        if skip_reason(row, cfg):
+            continue
+        grace = grace_for(row.stage, cfg)
+        quiet = now - row.updated_at
+        if quiet < grace or now - replayed_at.get(row.id, float("-inf")) < grace:
+            continue
+        out.append(Replay(task_id=row.id, reason=f"quiet on {row.stage} for {quiet:.0f}s"))
+    return out
+
+
+def plane_replays(
+    items: Sequence[PolledItem], rows: Mapping[str, TaskRow], *, cfg: Config
+) -> list[tuple[str, WorkItemEvent]]:
+    """Work item states a lost webhook kept from a task, as (message id, event) pairs.
+
+    In Progress for an item with no task starts it; Approved, Rejected, Blocked and
+    Needs Input are replayed when the task's remembered tracker state differs. The
+    message id names the difference, so one difference is replayed once.
+    """
+    out: list[tuple[str, WorkItemEvent]] = []
+    for item in items:
+        repo = cfg.repo_for_plane(item.project_id)
+        key = state_key(item.state_name, cfg.plane.states)
+        if repo is None or key not in REPLAYED_STATES:
+            continue
+        task_id = task_id_for(repo.prefix, item.sequence_id)
+        if not task_id:
+            continue
+        row = rows.get(task_id)
+        if row is None:
+            if key != "in_progress":
+                continue
+        elif row.stage in TERMINAL or row.tracker_state == key:
+            continue
+        seen = row.tracker_state if row is not None else "none"
+        msg_id = f"plane-poll:{item.id}:{item.state_id}:{seen}"
+        event = WorkItemEvent(
+            delivery_id=msg_id,
+            action="updated",
+            project_id=item.project_id,
+            work_item_id=item.id,
+            sequence_id=item.sequence_id,
+            title=item.name,
+            description=item.description,
+            state_id=item.state_id,
+            state_name=item.state_name,
+            field="state",
+            source="poll",
+        )
+        out.append((msg_id, event))
+    return out
