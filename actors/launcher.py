@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pykka
 from actors import launcher_policy as policy
 from actors.common import subject_for
 from actors.launcher_policy import Run
-from actors.lease_policy import merge_lease
+from actors.lease_policy import merge_lease, task_lease
 from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
@@ -54,6 +55,30 @@ LOG_TAIL_BYTES = 64 * 1024
 
 class Abandoned(ConveyorError):
     """This launcher stopped; the run is left for the next incarnation to adopt."""
+
+
+class LeaseBusy(ConveyorError):
+    """The task's transition lease is held by another live executor."""
+
+
+class TransitionFence:
+    """A held transition lease; `check` proves it is still ours right before an effect."""
+
+    def __init__(self, launcher: Launcher, name: str, task_id: str, revision: int) -> None:
+        self._launcher = launcher
+        self.name = name
+        self.task_id = task_id
+        self.revision = revision
+
+    def check(self, step: str) -> None:
+        """Raise `Fenced` if the lease was reclaimed or released since it was granted."""
+        reply = self._launcher._lease(
+            subjects.LEASE_RENEW,
+            LeaseRenew(name=self.name, task_id=self.task_id, revision=self.revision),
+        )
+        if not reply.granted:
+            raise Fenced(f"transition lease {self.name} lost before {step}: {reply.reason}")
+        self.revision = reply.revision or self.revision
 
 
 class RunStarted(msgspec.Struct, frozen=True):
@@ -448,15 +473,51 @@ class Launcher(pykka.ThreadingActor):
             git.ensure_worktree(workspace, worktree, order.branch)
         return worktree
 
-    def _builtin(self, run: Run, order: LaunchOrder) -> RunDone:
-        if order.role == ROLE_INTAKE:
-            worktree = self._prepare_worktree(order)
-            with self._repo_lock(order.repo):
-                sha = git.push_branch(worktree, order.branch)
-            return RunDone(run_id=run.id, exit_code=0, head_sha=sha)
-        return self._merge_gate(run, order)
+    @contextlib.contextmanager
+    def _transition(self, order: LaunchOrder, *, wait: bool) -> Iterator[TransitionFence]:
+        """Hold the task's transition lease for the side effects of one step.
 
-    def _merge_gate(self, run: Run, order: LaunchOrder) -> RunDone:
+        `wait`: an agent's work is done and must not be redone, so its post-steps wait
+        for the lease (up to `leases.max_age_s`); a built-in step is cheap to defer.
+        """
+        name = task_lease(order.task_id)
+        deadline = self._clock.now() + self._cfg.leases.max_age_s
+        while True:
+            grant = self._lease(
+                subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=self._holder(order))
+            )
+            if grant.granted:
+                break
+            if not wait or self._clock.now() >= deadline:
+                raise LeaseBusy(f"transition lease: {grant.reason}")
+            log.info("launcher.transition_wait", job_id=order.job_id, reason=grant.reason)
+            if self._abandoned.wait(self._cfg.leases.busy_retry_s):
+                raise Abandoned(order.job_id)
+        fence = TransitionFence(self, name, order.task_id, grant.revision)
+        try:
+            yield fence
+        finally:
+            self._lease(
+                subjects.LEASE_RELEASE,
+                LeaseRelease(name=name, task_id=order.task_id, revision=fence.revision),
+            )
+
+    def _builtin(self, run: Run, order: LaunchOrder) -> RunDone:
+        try:
+            with self._transition(order, wait=False) as fence:
+                if order.role == ROLE_INTAKE:
+                    worktree = self._prepare_worktree(order)
+                    fence.check("push")
+                    with self._repo_lock(order.repo):
+                        sha = git.push_branch(worktree, order.branch)
+                    return RunDone(run_id=run.id, exit_code=0, head_sha=sha)
+                return self._merge_gate(run, order, fence)
+        except LeaseBusy as err:
+            return RunDone(
+                run_id=run.id, exit_code=None, error=str(err), defer_s=self._cfg.leases.busy_retry_s
+            )
+
+    def _merge_gate(self, run: Run, order: LaunchOrder, fence: TransitionFence) -> RunDone:
         """Merge the pull request under the repository's merge lease (the only merge path).
 
         Already merged at this head: success, no lease, no second merge. Otherwise
@@ -482,17 +543,21 @@ class Launcher(pykka.ThreadingActor):
                 defer_s=self._cfg.leases.busy_retry_s,
             )
         try:
-            return self._merge_under_lease(run, order, name, grant.revision)
+            return self._merge_under_lease(run, order, name, grant.revision, fence)
         finally:
             self._lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
 
-    def _merge_under_lease(self, run: Run, order: LaunchOrder, name: str, revision: int) -> RunDone:
+    def _merge_under_lease(
+        self, run: Run, order: LaunchOrder, name: str, revision: int, fence: TransitionFence
+    ) -> RunDone:
         worktree = self._prepare_worktree(order)
         with self._repo_lock(order.repo):
             git.fetch(worktree)
             behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
             if behind and not git.rebase(worktree, "origin/main"):
                 return RunDone(run_id=run.id, exit_code=1, error="rebase onto main conflicts")
+            if behind:
+                fence.check("push")
             head = git.push_branch(worktree, order.branch) if behind else git.head_sha(worktree)
         if behind:
             # Re-test the rebased head; slow, and that is why merging is a job.
@@ -506,17 +571,21 @@ class Launcher(pykka.ThreadingActor):
         pull = self._ensure_pull(order, head, "Opened by Conveyor before merge.", after_merge=True)
         if pull.merged:
             return RunDone(run_id=run.id, exit_code=0, head_sha=head)
-        fence = self._lease(
+        renewed = self._lease(
             subjects.LEASE_RENEW, LeaseRenew(name=name, task_id=order.task_id, revision=revision)
         )
-        if not fence.granted:
+        if not renewed.granted:
             return RunDone(
                 run_id=run.id,
                 exit_code=1,
                 head_sha=head,
-                error=f"merge lease lost before merging: {fence.reason}",
+                error=f"merge lease lost before merging: {renewed.reason}",
             )
         number = pull.number
+        try:
+            fence.check("merge")
+        except Fenced as err:
+            return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=str(err))
 
         def _merge() -> str:
             merged = self._forge.merge_pull(order.repo, number, expected_head_sha=head)
@@ -648,8 +717,15 @@ class Launcher(pykka.ThreadingActor):
         """Commit, push, open the pull request, let the forge run CI; all idempotent."""
         if self._abandoned.is_set():
             raise Abandoned(run.id)
+        with self._transition(order, wait=True) as fence:
+            return self._post_steps_fenced(run, order, exit_code, fence)
+
+    def _post_steps_fenced(
+        self, run: Run, order: LaunchOrder, exit_code: int, fence: TransitionFence
+    ) -> RunDone:
         worktree = self._layout.worktree(order.repo, order.task_id)
         usage = policy.parse_usage(_tail(Path(run.log_path)))
+        fence.check("push")
         with self._repo_lock(order.repo):
             git.commit_all(
                 worktree,
@@ -661,6 +737,7 @@ class Launcher(pykka.ThreadingActor):
         faults.point("launcher.pushed")
         # A rework after a merge gets its new pull request from the merge step.
         if self._forge.find_pull(order.repo, order.branch) is None:
+            fence.check("pull request")
             body = f"Work item {order.task_id}, delivered by Conveyor."
             self._ensure_pull(order, sha, body, after_merge=False)
             faults.point("launcher.pr_opened")

@@ -1,4 +1,4 @@
-"""LeaseKeeper: sole writer of merge leases (grant, fenced renew, release, reclaim)."""
+"""LeaseKeeper: sole writer of merge and transition leases (grant, renew, release, reclaim)."""
 
 from __future__ import annotations
 
@@ -158,7 +158,9 @@ class LeaseKeeper(pykka.ThreadingActor):
         current = self._leases.get(req.name)
         if current is None:
             return LeaseReply(granted=True, reason="not held")
-        if not req.force and not policy.may_release(current.value, req.task_id):
+        if not req.force and not policy.may_release(
+            current.value, req.task_id, revision=req.revision, held=current.revision
+        ):
             return LeaseReply(granted=False, reason=f"held by {current.value.holder.task_id}")
         self._drop(req.name)
         log.info(
@@ -198,7 +200,7 @@ class LeaseKeeper(pykka.ThreadingActor):
         log.warning(
             "lease_keeper.reclaimed", lease=lease.name, task_id=lease.holder.task_id, reason=reason
         )
-        self._alert(lease, f"merge lease {lease.name} reclaimed: {reason}", "warning")
+        self._alert(lease, f"lease {lease.name} reclaimed: {reason}", "warning")
 
     def _alert(self, lease: Lease, text: str, level: str) -> None:
         alert = Alert(

@@ -1,5 +1,10 @@
-"""Pure decisions of the LeaseKeeper: grant, release and reclaim of merge leases.
+"""Pure decisions of the LeaseKeeper: grant, release and reclaim of leases.
 
+Two kinds share one bucket and one set of rules. A merge lease `merge.<repo>` lets
+one task at a time merge into a repository; it is re-entrant per task. A
+transition lease `task.<id>` lets one executor at a time do a task's side
+effects (push, pull request, merge); it is re-entrant per job and launcher, so a
+restarted launcher adopting its run keeps it while another attempt elsewhere waits.
 A lease is never taken from a live holder (SPEC §9): it is reclaimed only when
 its holder is provably dead (same host, pid gone or reused, or another boot),
 when the task that holds it has ended, or by an operator. Past its age ceiling a
@@ -33,15 +38,31 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+MERGE_PREFIX = "merge."
+TASK_PREFIX = "task."
+
+
 def merge_lease(repo: str) -> str:
     """KV key of a repository's merge lease."""
-    return f"merge.{repo}"
+    return f"{MERGE_PREFIX}{repo}"
+
+
+def task_lease(task_id: str) -> str:
+    """KV key of a task's transition lease."""
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def same_holder(current: Lease, holder: Holder) -> bool:
+    """Whether `holder` already holds `current` (re-entrance)."""
+    if current.name.startswith(TASK_PREFIX):
+        return (current.holder.job_id, current.holder.launcher) == (holder.job_id, holder.launcher)
+    return current.holder.task_id == holder.task_id
 
 
 def on_acquire(
     current: Lease | None, name: str, holder: Holder, *, holder_alive: bool | None, now: float
 ) -> Grant:
-    """Grant a free lease, re-grant it to the task that holds it, reclaim it from the dead.
+    """Grant a free lease, re-grant it to its holder (`same_holder`), reclaim it from the dead.
 
     `holder_alive` is the current holder's liveness: True, False (provably dead) or
     None (cannot tell, e.g. another host) — unknown counts as alive.
@@ -49,9 +70,9 @@ def on_acquire(
     fresh = Lease(name=name, holder=holder, acquired_at=now, renewed_at=now)
     if current is None:
         return Grant(granted=True, lease=fresh, reason="free")
-    if current.holder.task_id == holder.task_id:
+    if same_holder(current, holder):
         kept = msgspec.structs.replace(current, holder=holder, renewed_at=now)
-        return Grant(granted=True, lease=kept, reason="already held by this task")
+        return Grant(granted=True, lease=kept, reason="already held by this holder")
     if holder_alive is False:
         return Grant(
             granted=True,
@@ -59,15 +80,22 @@ def on_acquire(
             reclaimed=current,
             reason=f"reclaimed from dead holder {current.holder.task_id}",
         )
-    return Grant(
-        granted=False,
-        reason=f"held by {current.holder.task_id} since {now - current.acquired_at:.0f}s",
-    )
+    by = current.holder.task_id
+    if current.name.startswith(TASK_PREFIX):
+        by = f"{current.holder.job_id} on {current.holder.launcher}"
+    return Grant(granted=False, reason=f"held by {by} since {now - current.acquired_at:.0f}s")
 
 
-def may_release(current: Lease | None, task_id: str) -> bool:
-    """Holder-aware release: only the task that holds a lease frees it."""
-    return current is not None and current.holder.task_id == task_id
+def may_release(current: Lease | None, task_id: str, *, revision: int = 0, held: int = 0) -> bool:
+    """Holder-aware release: only the task that holds a lease frees it.
+
+    With `revision` (the holder's fencing token) only that very grant (`held` is the
+    stored revision) is freed, so a stale executor cannot release the lease a later
+    attempt of its task holds now.
+    """
+    if current is None or current.holder.task_id != task_id:
+        return False
+    return revision in (0, held)
 
 
 def on_tick(
@@ -81,7 +109,7 @@ def on_tick(
     age = now - current.acquired_at
     if age >= cfg.max_age_s and not current.alerted:
         return "alert", (
-            f"merge lease {current.name} held by {current.holder.task_id} for "
+            f"lease {current.name} held by {current.holder.task_id} for "
             f"{age:.0f}s (ceiling {cfg.max_age_s:.0f}s); release it with "
             f"`conveyor release-lease {current.name}` if its holder is stuck"
         )

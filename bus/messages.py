@@ -84,7 +84,7 @@ class Reevaluate(Message, frozen=True):
     """Intake or Reconciler -> StageEngine: read the task's gate again.
 
     `only_pass`: act only on a passing gate and stay silent otherwise (the
-    Reconciler's replay of a lost event); `sha`: only if the branch head is this commit.
+    Reconciler's replay of a lost event).
     """
 
     id: str
@@ -242,6 +242,8 @@ class LeaseRelease(Message, frozen=True):
     name: str
     task_id: str = ""
     force: bool = False
+    revision: int = 0
+    """The holder's fencing token; non-zero: release only that grant."""
 
 
 class LeaseReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import msgspec
 import psutil
 import pytest
 
@@ -135,3 +136,44 @@ def test_a_merge_waits_for_a_busy_lease_and_runs_once_it_is_free(harness_factory
     merge = harness.jobs()[f"{item}.deploy-staging.1.merge"]
     assert merge.status == "done"
     assert sum(e["kind"] == "pr_merged" for e in harness.forge_effects()) == 1
+
+
+def test_a_task_transition_lease_blocks_a_second_executor_until_released(
+    harness_factory,
+) -> None:
+    # Given another live executor holding the task's transition lease
+    harness = harness_factory(leases={"busy_retry_s": 0.3})
+    me = psutil.Process()
+    other = msgspec.structs.replace(
+        _holder("DEMO-1", me.pid, me.create_time()), job_id="elsewhere", launcher="other"
+    )
+    grant = _ask(harness, subjects.LEASE_ACQUIRE, LeaseAcquire(name="task.DEMO-1", holder=other))
+    assert grant["granted"]
+    item = harness.submit("Waits for its transition lease")["task"]["id"]
+    assert item == "DEMO-1"
+
+    # When its intake step runs, it is deferred (no push, no branch) while the lease is held
+    def _deferred() -> bool:
+        intake = harness.jobs().get(f"{item}.created.1.intake")
+        return intake is not None and intake.max_attempts > harness.cfg.queue.max_attempts + 1
+
+    wait_until(_deferred, what="intake deferred on the transition lease", deadline_s=60)
+    assert (
+        git.run_git_result(
+            ["rev-parse", "--verify", f"refs/heads/{harness.task(item)['branch']}"],
+            git_dir=harness.layout.forge / "repos" / "demo.git",
+        ).ok
+        is False
+    )
+    # A stale release naming an old revision frees nothing.
+    stale = LeaseRelease(name="task.DEMO-1", task_id="DEMO-1", revision=int(grant["revision"]) + 1)
+    assert not _ask(harness, subjects.LEASE_RELEASE, stale)["granted"]
+
+    # Then, once released by its holder, the item goes all the way, each effect once
+    release = LeaseRelease(name="task.DEMO-1", task_id="DEMO-1", revision=int(grant["revision"]))
+    assert _ask(harness, subjects.LEASE_RELEASE, release)["granted"]
+    harness.wait_stage(item, "done")
+    effects = harness.forge_effects()
+    assert sum(e["kind"] == "pr_opened" for e in effects) == 1
+    assert sum(e["kind"] == "pr_merged" for e in effects) == 1
+    assert harness.client.request(subjects.status_actor("lease_keeper"))["leases"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from actors import lease_policy as lp
 from bus.messages import LeaseHolder
 from conveyor.config import LeaseConfig
@@ -94,3 +96,34 @@ def test_an_old_lease_alerts_once_and_is_not_freed_silently():
         held(age=700.0, alerted=True), holder_alive=True, task_ended=False, now=NOW, cfg=CFG
     )
     assert again[0] == "keep"
+
+
+def _task_lease(job: str = "DEMO-1.development.1.work", launcher: str = "l1") -> lp.Lease:
+    owner = msgspec.structs.replace(holder(), job_id=job, launcher=launcher)
+    return lp.Lease(name=lp.task_lease("DEMO-1"), holder=owner, acquired_at=NOW, renewed_at=NOW)
+
+
+def test_a_transition_lease_is_reentrant_per_job_and_launcher_not_per_task():
+    current = _task_lease()
+    same = msgspec.structs.replace(
+        holder(pid=300), job_id="DEMO-1.development.1.work", launcher="l1"
+    )
+    assert lp.on_acquire(current, current.name, same, holder_alive=True, now=NOW).granted
+    # Another attempt of the same task on another launcher waits for a live holder.
+    other = msgspec.structs.replace(same, launcher="l2")
+    busy = lp.on_acquire(current, current.name, other, holder_alive=True, now=NOW)
+    assert not busy.granted
+    assert "DEMO-1.development.1.work on l1" in busy.reason
+    # and takes it over from a dead one.
+    assert lp.on_acquire(current, current.name, other, holder_alive=False, now=NOW).granted
+
+
+def test_a_merge_lease_stays_reentrant_per_task():
+    other_job = msgspec.structs.replace(holder(), job_id="DEMO-1.deploy.1.merge", launcher="l9")
+    assert lp.on_acquire(held(), "merge.demo", other_job, holder_alive=True, now=NOW).granted
+
+
+def test_release_with_a_revision_frees_only_that_grant():
+    assert lp.may_release(held(), "DEMO-1", revision=7, held=7)
+    assert not lp.may_release(held(), "DEMO-1", revision=6, held=7)
+    assert lp.may_release(held(), "DEMO-1", revision=0, held=7)
