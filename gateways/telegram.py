@@ -233,9 +233,12 @@ class Notifier(pykka.ThreadingActor):
         send: Callable[[str], object],
         effects: Ledger,
         cfg: TelegramConfig,
+        *,
+        retry_delay_s: float = RETRY_DELAY_S,
     ) -> None:
         super().__init__()
         self._send, self._effects, self._cfg = send, effects, cfg
+        self._retry_delay_s = retry_delay_s
         self._min_rank = level_rank(cfg.min_level)
         self._counts = {"sent": 0, "skipped": 0, "filtered": 0, "retried": 0, "dropped": 0}
         self._last_error = ""
@@ -271,7 +274,7 @@ class Notifier(pykka.ThreadingActor):
             self._last_error = str(err)
             self._counts["retried"] += 1
             log.warning("notifier.ledger_unavailable", msg_id=delivery.msg_id, error=str(err))
-            delivery.nak(delay_s=RETRY_DELAY_S)
+            delivery.nak(delay_s=self._retry_delay_s)
             return
         except Exception as err:
             # One bad alert must not stop the actor, nor block the stream forever.
@@ -281,7 +284,7 @@ class Notifier(pykka.ThreadingActor):
                 self._counts["dropped"] += 1
                 delivery.ack()
             else:
-                delivery.nak(delay_s=RETRY_DELAY_S)
+                delivery.nak(delay_s=self._retry_delay_s)
             return
         if sent:
             self._counts["sent"] += 1
@@ -296,7 +299,7 @@ class Notifier(pykka.ThreadingActor):
         if err.retryable:
             self._counts["retried"] += 1
             log.warning("notifier.send_deferred", msg_id=delivery.msg_id, reason=err.reason)
-            delivery.nak(delay_s=RETRY_DELAY_S)
+            delivery.nak(delay_s=self._retry_delay_s)
             return
         # A refusal (bad token, unknown chat) will not heal by resending this alert.
         self._counts["dropped"] += 1

@@ -383,6 +383,14 @@ class FakePlane(ServerThread):
         fault = Fault("junk", method, path_prefix, count, status=200, body=body)
         self.call(lambda: self.faults.append(fault))
 
+    def reset_rate_window(self) -> None:
+        """Start a fresh rate-limit window now (as if the reset time had passed)."""
+
+        def _reset() -> None:
+            self._window_start, self._window_count = self._clock.now(), 0
+
+        self.call(_reset)
+
     # --- the server ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
