@@ -9,12 +9,19 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
-from gateways.plane import PlaneClient, PlaneTracker, comment_html, comment_text
+from gateways.plane import (
+    PlaneClient,
+    PlaneTracker,
+    comment_html,
+    comment_text,
+    rate_limit_wait_s,
+)
 from tests.fakes.plane import FIXTURE_PROJECT, FakePlane, ServerThread
 from tests.harness import wait_until
 
@@ -280,6 +287,14 @@ def test_unknown_work_item_is_a_tracker_error_naming_it(tracker: PlaneTracker) -
         tracker.state("DEMO-404")
 
 
+def test_a_rate_limit_reset_is_read_as_epoch_or_seconds_and_capped() -> None:
+    now = 1_700_000_000.0
+    assert rate_limit_wait_s(httpx.Headers({"X-RateLimit-Reset": str(now + 12)}), 0, now) == 12
+    assert rate_limit_wait_s(httpx.Headers({"X-RateLimit-Reset": "7"}), 0, now) == 7
+    assert rate_limit_wait_s(httpx.Headers({"Retry-After": "900"}), 0, now) == 60
+    assert rate_limit_wait_s(httpx.Headers({}), 2, now) == 2.0
+
+
 def test_comment_text_strips_marker_and_markup() -> None:
     assert comment_text(comment_html("a < b & c", "x:1")) == "a < b & c"
     assert comment_text("<p>Hi <strong>there</strong></p>") == "Hi there"
@@ -319,7 +334,7 @@ def test_a_429_waits_for_the_rate_limit_reset(plane: FakePlane, item: dict[str, 
     sleeps = Sleeps(on_sleep=plane.reset_rate_window)
     tracker = tracker_for(plane, item, sleeps)
     try:
-        # When one call needs three requests (states, item, states is cached: item, item)
+        # When the third request of the window (the second call's work item GET) gets a 429
         assert tracker.state("DEMO-1") == "Backlog"
         assert tracker.state("DEMO-1") == "Backlog"
     finally:
