@@ -1,0 +1,1 @@
+"""Local HTTP servers that speak the real APIs of Gitea, Plane and Telegram."""
