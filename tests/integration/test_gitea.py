@@ -19,7 +19,7 @@ from aiohttp import web
 from conveyor import config as config_mod
 from conveyor.clock import FakeClock
 from conveyor.config import Config
-from conveyor.errors import ForgeError, HeadMismatch, MergeConflict, RemoteError
+from conveyor.errors import ForgeError, GitError, HeadMismatch, MergeConflict, RemoteError
 from gateways.gitea import GiteaClient, GiteaForge, with_token
 from tests.fakes.gitea import FakeGitea
 from tests.harness import wait_until
@@ -126,6 +126,15 @@ def test_clone_url_is_the_reported_one_and_http_urls_carry_the_token(
     assert with_token("git@git.example.test:acme/widgets.git", "tk") == (
         "git@git.example.test:acme/widgets.git"
     )
+
+
+def test_git_errors_never_show_the_token_of_a_clone_url() -> None:
+    url = with_token("https://git.example.test/acme/widgets.git", TOKEN)
+    err = GitError(["clone", "--", url, "/tmp/x"], 128, f"fatal: cannot access '{url}'")
+
+    assert TOKEN not in str(err)
+    assert TOKEN not in " ".join(err.args_list)
+    assert "https://***@git.example.test/acme/widgets.git" in str(err)
 
 
 # -- pull requests -----------------------------------------------------------
