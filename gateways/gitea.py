@@ -710,13 +710,20 @@ class GiteaForge:
     def await_checks(self, repo: str, branch: str, sha: str) -> CommitStatus | None:
         """Poll the combined status every `gitea.ci_poll_s` until it is final.
 
-        No status yet counts as pending (CI may not have picked the push up); after
-        `forge.check_timeout_s` the last status seen is returned, None if there was none.
+        No status yet counts as pending (CI may not have picked the push up), and a
+        poll that fails transiently is skipped; after `forge.check_timeout_s` the last
+        status seen is returned, None if there was none.
         """
         _branch(branch)
         deadline = self._clock.monotonic() + self._cfg.forge.check_timeout_s
+        status: CommitStatus | None = None
         while True:
-            status = self.commit_status(repo, sha)
+            try:
+                status = self.commit_status(repo, sha)
+            except RemoteError as err:
+                if not err.retryable:
+                    raise
+                log.warning("gitea.poll_failed", repo=repo, sha=sha, reason=err.reason)
             if status is not None and status.state != "pending":
                 return status
             if self._clock.monotonic() >= deadline:
