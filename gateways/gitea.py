@@ -19,7 +19,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -39,7 +39,7 @@ from conveyor.errors import (
 )
 from conveyor.logs import get_logger
 from gateways import git
-from gateways.forge import MAIN, CommitStatus, PullRequest
+from gateways.forge import MAIN, CommitStatus, Forge, PullRequest
 
 log = get_logger(__name__)
 
@@ -880,3 +880,10 @@ def _sha(value: str) -> str:
     if not isinstance(value, str) or not git.is_sha(value):
         raise InvalidField("sha", "must be a full lower-case hex sha")
     return value
+
+
+if TYPE_CHECKING:
+
+    def _is_a_forge(forge: GiteaForge) -> Forge:
+        """Let mypy prove that `GiteaForge` implements every method of `Forge`."""
+        return forge

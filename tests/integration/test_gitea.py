@@ -284,6 +284,50 @@ def test_merge_failing_with_a_5xx_is_read_back_not_merged_twice(
     assert fake.requests.count(("POST", merge_path)) == (1 if after else 2)
 
 
+def test_merge_that_times_out_is_read_back_and_sent_again_only_once(
+    fake: FakeGitea, tmp_path: Path
+) -> None:
+    # Given a merge request that Gitea holds past the client's timeout
+    forge = GiteaForge(make_cfg(fake, tmp_path, timeout_s=0.3), sleep=Sleeps())
+    try:
+        sha = open_branch(fake)
+        pull = forge.open_pull(REPO, BRANCH, "WID-1: retry", "")
+        fake.hang_next("POST", f"/repos/{FULL}/pulls/{pull.number}/merge", 0.8)
+
+        # When Conveyor merges
+        merged = forge.merge_pull(REPO, pull.number, expected_head_sha=sha)
+    finally:
+        forge.close()
+
+    # Then the pull request is merged exactly once; the held request finds it merged
+    assert merged.merged
+    wait_until(
+        lambda: fake.requests.count(("POST", f"/repos/{FULL}/pulls/{pull.number}/merge")) == 2,
+        deadline_s=5,
+        what="the held merge request",
+    )
+    assert len(fake.effects_of("pr_merged")) == 1
+
+
+def test_creating_a_second_open_pull_request_is_refused_with_409(fake: FakeGitea) -> None:
+    open_branch(fake)
+
+    async def create_twice() -> RemoteError:
+        client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
+        try:
+            await client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
+            with pytest.raises(RemoteError) as caught:
+                await client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
+            return caught.value
+        finally:
+            await client.aclose()
+
+    refused = asyncio.run(create_twice())
+    assert (refused.status, refused.retryable) == (409, False)
+    assert "already exists" in refused.reason
+    assert len(fake.effects_of("pr_opened")) == 1
+
+
 # -- statuses and CI -------------------------------------------------------
 
 
