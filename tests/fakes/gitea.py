@@ -97,6 +97,7 @@ class _Repo:
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     heads: dict[str, str] = field(default_factory=dict)
+    refs_seen: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def full(self) -> str:
@@ -730,6 +731,11 @@ class FakeGitea:
                     log.warning("fake_gitea.scan_failed", repo=repo.full, error=repr(err))
 
     def _scan(self, repo: _Repo) -> None:
+        # Ref files change on every push; only then is git asked for the heads.
+        seen = _ref_files(repo.bare)
+        if seen == repo.refs_seen:
+            return
+        repo.refs_seen = seen
         current = self._refs(repo.bare)
         with self._lock:
             changed = {
@@ -1082,6 +1088,24 @@ class _Scratch:
     def __exit__(self, *exc: object) -> None:
         if self._path is not None:
             shutil.rmtree(self._path, ignore_errors=True)
+
+
+def _ref_files(bare: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """Path, inode, mtime and size of every branch ref file and of packed-refs.
+
+    git replaces a ref file by renaming a new one over it, so the inode changes
+    even when two updates share an mtime tick.
+    """
+    found: list[tuple[str, int, int, int]] = []
+    candidates = [bare / "packed-refs", *(bare / "refs" / "heads").rglob("*")]
+    for path in candidates:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.is_file():
+            found.append((str(path), info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(sorted(found))
 
 
 def _dump(obj: Any) -> bytes:
