@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+# `scheme://user:secret@host`: a forge token embedded in a clone URL.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the credentials of any URL in it replaced by `***`."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
 
 class ConveyorError(Exception):
     """Base of every error Conveyor raises on purpose."""
@@ -24,6 +34,8 @@ class GitError(ConveyorError):
     """A git command failed; carries the command and its stderr."""
 
     def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
+        args = [redact_credentials(arg) for arg in args]
+        stderr = redact_credentials(stderr)
         super().__init__(f"git {' '.join(args)} exited {returncode}: {stderr.strip()[:500]}")
         self.args_list = args
         self.returncode = returncode

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor import validate
-from conveyor.errors import ConveyorError, GitError, InvalidField
+from conveyor.errors import ConveyorError, GitError, InvalidField, redact_credentials
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -129,7 +129,9 @@ def run_git_result(
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         proc.communicate()
-        log.warning("git.timed_out", args=args, timeout_s=timeout_s)
+        log.warning(
+            "git.timed_out", args=[redact_credentials(a) for a in args], timeout_s=timeout_s
+        )
         raise GitError(args, -1, f"timed out after {timeout_s}s") from None
     return GitResult(proc.returncode, out, errout.decode("utf-8", "replace"))
 
@@ -182,7 +184,7 @@ def ensure_clone(url: str, path: Path) -> None:
         (staging / "repo").rename(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("git.cloned", url=url, path=str(path))
+    log.info("git.cloned", url=redact_credentials(url), path=str(path))
 
 
 def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> None:
