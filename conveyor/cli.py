@@ -31,7 +31,7 @@ from conveyor.supervisor import Node
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
-PARTS = ("nats", "control", "launcher")
+PARTS = ("nats", "control", "launcher", "gateway")
 
 
 def _load(ctx: click.Context) -> Config:
@@ -105,15 +105,32 @@ def _block_until_signal(on_stop: Callable[[], None]) -> None:
 @main.command()
 @click.option(
     "--parts",
-    default=",".join(PARTS),
-    show_default=True,
-    help="Comma-separated parts to run in this process: nats, control, launcher.",
+    default=None,
+    help=(
+        "Comma-separated parts to run in this process: nats, control, launcher, gateway "
+        "[default: all; the gateway only when gateway.enabled]."
+    ),
 )
 @click.pass_context
-def up(ctx: click.Context, parts: str) -> None:
+def up(ctx: click.Context, parts: str | None) -> None:
     """Run Conveyor: all parts in one process, or some of them (Procfile)."""
     cfg = _load(ctx)
     _configure_logs(cfg)
+    if parts is None:
+        parts = ",".join(p for p in PARTS if p != "gateway" or cfg.gateway.enabled)
+    _run_parts(ctx, cfg, parts)
+
+
+@main.command()
+@click.pass_context
+def gateway(ctx: click.Context) -> None:
+    """Run the webhook gateway alone (POST /webhooks/gitea, /webhooks/plane, GET /healthz)."""
+    cfg = _load(ctx)
+    _configure_logs(cfg)
+    _run_parts(ctx, cfg, "gateway")
+
+
+def _run_parts(ctx: click.Context, cfg: Config, parts: str) -> None:
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
     unknown = sorted(set(chosen) - set(PARTS))
     if unknown or not chosen:
@@ -147,6 +164,8 @@ def up(ctx: click.Context, parts: str) -> None:
     except ConveyorError as err:
         raise click.ClickException(f"start-up failed: {err}") from err
     click.echo(f"Conveyor is up ({', '.join(chosen)}); NATS at {node.url}", err=True)
+    if node.gateway is not None:
+        click.echo(f"Webhook gateway at {node.gateway.url}", err=True)
     _block_until_signal(node.stop)
 
 

@@ -1,8 +1,10 @@
 """Process wiring: which actors, consumers and services run in this process.
 
 `conveyor up` runs every part in one process; the Procfile runs `nats`,
-`control` (StageEngine + QueueWorker) and `launcher` as separate processes on
-one NATS. Nothing here decides anything about tasks or jobs.
+`control` (StageEngine, QueueWorker and the other control actors), `launcher`
+and `gateway` as separate processes on one NATS. This is also where the
+configured forge (local or Gitea), tracker (local or Plane) and notifier
+(Telegram) are chosen. Nothing here decides anything about tasks or jobs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pykka
@@ -47,7 +49,11 @@ from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
 from conveyor.service import ControlService, launcher_status_handler
-from gateways.forge import LocalForge
+from gateways.forge import Forge, LocalForge
+from gateways.gateway import Gateway, start_gateway
+from gateways.gitea import GiteaForge
+from gateways.plane import PlaneTracker
+from gateways.telegram import Notifier, NotifierStatus, Telegram, consume_alerts
 from gateways.tracker import LocalTracker
 from gateways.tracker_sync import TrackerSync
 
@@ -55,11 +61,15 @@ log = get_logger(__name__)
 
 CONTROL = "control"
 LAUNCHER = "launcher"
+GATEWAY = "gateway"
 ALL_PARTS = (CONTROL, LAUNCHER)
+"""What `Node` runs by default; `conveyor up` adds the gateway when `gateway.enabled`."""
 
 
-def make_forge(cfg: Config, clock: Clock) -> LocalForge:
-    """The configured forge (only the local one so far)."""
+def make_forge(cfg: Config, clock: Clock) -> Forge:
+    """The configured forge: bare repositories on disk, or a Gitea server."""
+    if cfg.forge.kind == "gitea":
+        return GiteaForge(cfg, clock=clock)
     checks = {
         repo.name: python_argv(repo.check_command) for repo in cfg.repos if repo.check_command
     }
@@ -68,8 +78,13 @@ def make_forge(cfg: Config, clock: Clock) -> LocalForge:
     )
 
 
-def ensure_repos(cfg: Config, forge: LocalForge) -> None:
-    """Create the configured repositories on the local forge if they are missing."""
+def ensure_repos(cfg: Config, forge: Forge) -> None:
+    """Create the configured repositories on the local forge if they are missing.
+
+    On Gitea the repositories are the operator's: Conveyor never creates them.
+    """
+    if not isinstance(forge, LocalForge):
+        return
     for repo in cfg.repos:
         files = (
             demo.create_demo_files()
@@ -77,6 +92,18 @@ def ensure_repos(cfg: Config, forge: LocalForge) -> None:
             else {"README.md": f"# {repo.name}\n".encode()}
         )
         forge.create_repo(repo.name, initial_files=files)
+
+
+def plane_state_for(cfg: Config) -> Callable[[str], str | None]:
+    """The Plane state a stage puts its work item in (None: leave the board as it is).
+
+    Only states that say something to people: the review and the end. Every other
+    stage is visible as a comment; moving cards there would fight the humans who
+    move them to Approved, Blocked or Confirm Deploy.
+    """
+    states = cfg.plane.states
+    mapping = {"review": states.in_review, "done": states.done}
+    return mapping.get
 
 
 class Ticker:
@@ -128,6 +155,9 @@ class Node:
         self.refs: dict[str, pykka.ActorRef[Any]] = {}
         self._ticker = Ticker(cfg.queue.tick_s, self.clock)
         self._stopped = False
+        self.gateway: Gateway | None = None
+        self._plane: PlaneTracker | None = None
+        self._closers: list[Callable[[], None]] = []
 
     @property
     def url(self) -> str:
@@ -155,12 +185,24 @@ class Node:
             request_timeout_s=self.cfg.nats.request_timeout_s,
         )
         self.bus.setup()
-        forge = make_forge(self.cfg, self.clock)
-        ensure_repos(self.cfg, forge)
-        if CONTROL in self.parts:
-            self._start_control(self.bus, forge)
-        if LAUNCHER in self.parts:
-            self._start_launcher(self.bus, forge)
+        if CONTROL in self.parts or LAUNCHER in self.parts:
+            forge = make_forge(self.cfg, self.clock)
+            if isinstance(forge, GiteaForge):
+                self._closers.append(forge.close)
+            ensure_repos(self.cfg, forge)
+            if CONTROL in self.parts:
+                self._start_control(self.bus, forge)
+            if LAUNCHER in self.parts:
+                self._start_launcher(self.bus, forge)
+        if GATEWAY in self.parts:
+            self.gateway = start_gateway(self.bus, self.cfg)
+            (self.layout.root / "gateway.url").write_text(self.gateway.url)
+            self.bus.add_service(
+                subjects.SERVICE_NAME,
+                __version__,
+                "Conveyor webhook gateway",
+                [("gateway", subjects.status_actor("gateway"), self._gateway_status)],
+            )
         self._ticker.start()
         log.info(
             "conveyor.started",
@@ -170,7 +212,35 @@ class Node:
         )
         return self
 
-    def _start_control(self, bus: Bus, forge: LocalForge) -> None:
+    def _gateway_status(self, _subject: str, _body: bytes) -> bytes:
+        status = self.gateway.status() if self.gateway is not None else {"healthy": False}
+        return msgspec.json.encode({"ok": True, **status})
+
+    def _tracker(self, engine: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+        """TrackerSync over the configured tracker; for Plane, only tasks from Plane."""
+        if self.cfg.tracker.kind != "plane":
+            return TrackerSync.start(LocalTracker(self.layout.tracker, self.clock))
+
+        def _refs(task_id: str) -> tuple[str, str] | None:
+            task = cast(
+                "dict[str, Any] | None",
+                engine.ask(StatusQuery(kind="task", task_id=task_id), timeout=10),
+            )
+            if not task or not task.get("external_id"):
+                return None
+            project = self.cfg.repo(task["repo"]).plane_project
+            return (project, task["external_id"]) if project else None
+
+        plane = PlaneTracker(self.cfg.plane, _refs)
+        self._plane = plane
+        self._closers.append(plane.close)
+        return TrackerSync.start(
+            plane,
+            state_for=plane_state_for(self.cfg),
+            tracked=lambda task_id: _refs(task_id) is not None,
+        )
+
+    def _start_control(self, bus: Bus, forge: Forge) -> None:
         engine = StageEngine.start(
             bus, bus.store(subjects.BUCKET_TASKS, Task), forge, self.clock, self.cfg
         )
@@ -219,7 +289,7 @@ class Node:
             msgspec.json.Decoder(BusMessage),
             leases.tell,
         )
-        tracker = TrackerSync.start(LocalTracker(self.layout.tracker, self.clock))
+        tracker = self._tracker(engine)
         self.refs["tracker_sync"] = tracker
         bus.consume(
             subjects.STREAM_NOTIFY,
@@ -233,7 +303,13 @@ class Node:
             rows = engine.ask(StatusQuery(kind="tasks"), timeout=10)
             return list(rows)
 
-        intake = Intake.start(engine, self.cfg, tasks=_tasks)
+        plane = self._plane
+        intake = Intake.start(
+            engine,
+            self.cfg,
+            tasks=_tasks,
+            resolve_state=plane.resolve_state if plane is not None else None,
+        )
         self.refs["intake"] = intake
         bus.consume(
             subjects.STREAM_EVENTS,
@@ -242,9 +318,29 @@ class Node:
             event_decoder,
             intake.tell,
         )
-        reconciler = Reconciler.start(engine, bus, self.clock, self.cfg, tasks=_tasks)
+        projects = [r.plane_project for r in self.cfg.repos if r.plane_project]
+        reconciler = Reconciler.start(
+            engine,
+            bus,
+            self.clock,
+            self.cfg,
+            tasks=_tasks,
+            poll=plane.poller(projects) if plane is not None and projects else None,
+        )
         self.refs["reconciler"] = reconciler
         self._ticker.add(reconciler)
+        others: dict[str, tuple[pykka.ActorRef[Any], Any]] = {
+            "intake": (intake, IntakeStatus()),
+            "reconciler": (reconciler, ReconcilerStatus()),
+        }
+        if self.cfg.telegram.enabled:
+            telegram = Telegram(self.cfg.telegram)
+            self._closers.append(telegram.close)
+            effects = Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), self.clock, "notifier")
+            notifier = Notifier.start(telegram.send, effects, self.cfg.telegram)
+            self.refs["notifier"] = notifier
+            consume_alerts(bus, notifier)
+            others["notifier"] = (notifier, NotifierStatus())
         ControlService(
             bus,
             engine,
@@ -253,13 +349,10 @@ class Node:
             leases,
             version=__version__,
             request_timeout_s=self.cfg.nats.request_timeout_s,
-            others={
-                "intake": (intake, IntakeStatus()),
-                "reconciler": (reconciler, ReconcilerStatus()),
-            },
+            others=others,
         ).register()
 
-    def _start_launcher(self, bus: Bus, forge: LocalForge) -> None:
+    def _start_launcher(self, bus: Bus, forge: Forge) -> None:
         slots = Slots(self.cfg.launcher.slots)
         name = self.cfg.launcher.name or socket.gethostname()
         effects = Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), self.clock, name)
@@ -305,11 +398,18 @@ class Node:
             return
         self._stopped = True
         self._ticker.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.bus is not None:
             self.bus.close()
         for ref in self.refs.values():
             if ref.is_alive():
                 ref.stop(block=True, timeout=10)
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                log.exception("conveyor.close_failed")
         if self.server is not None:
             self.server.stop()
         log.info("conveyor.stopped", parts=",".join(self.parts))

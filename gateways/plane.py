@@ -463,6 +463,10 @@ class PlaneTracker:
             return None
         return await self.client.state_name(project_id, item.state)
 
+    def resolve_state(self, project_id: str, state_id: str) -> str | None:
+        """The name of a project's state (Intake, for payloads that name only the id)."""
+        return self._run(self.client.state_name(project_id, state_id))
+
     def poll_states(self, project_id: str) -> list[PolledItem]:
         """Every work item of the project with its state name, for the Reconciler."""
         return self._run(self._poll(project_id))

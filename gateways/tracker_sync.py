@@ -7,6 +7,7 @@ posts a second comment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -28,23 +29,38 @@ def stage_comment(event: StageChanged) -> str:
 
 
 class TrackerSync(pykka.ThreadingActor):
-    """Sole writer of Conveyor's comments and states on the tracker."""
+    """Sole writer of Conveyor's comments and states on the tracker.
 
-    def __init__(self, tracker: Tracker) -> None:
+    `state_for` maps a stage to the tracker's state name (None: leave the state as
+    it is); `tracked` says whether a task has a work item on the tracker at all (a
+    task submitted from the CLI has none on Plane).
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        state_for: Callable[[str], str | None] = lambda stage: stage,
+        tracked: Callable[[str], bool] = lambda task_id: True,
+    ) -> None:
         super().__init__()
         self._tracker = tracker
+        self._state_for = state_for
+        self._tracked = tracked
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Delivery):
             return None
         try:
             match message.body:
-                case StageChanged() as event:
+                case StageChanged() as event if self._tracked(event.task_id):
                     key = f"{event.task_id}:stage:{event.revision}"
                     self._tracker.comment(event.task_id, stage_comment(event), key=key)
                     faults.point("tracker_sync.commented")
-                    self._tracker.set_state(event.task_id, event.new, key=key)
-                case Alert(task_id=task_id) as alert if task_id:
+                    state = self._state_for(event.new)
+                    if state:
+                        self._tracker.set_state(event.task_id, state, key=key)
+                case Alert(task_id=task_id) as alert if task_id and self._tracked(task_id):
                     self._tracker.comment(
                         task_id, f"[{alert.level}] {alert.text}", key=f"alert:{message.msg_id}"
                     )
