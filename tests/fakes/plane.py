@@ -1,9 +1,10 @@
 """A fake Plane: the public REST API Conveyor calls, and the webhooks Plane sends.
 
-Shapes come from the fixtures in /work/shared/reference/integrations (see its
-README, sections 2 and 4). A human's board move (`move`) and an API PATCH both
-change the state and send a signed `issue` `updated` webhook, with
-`activity.field` `state_id` (web UI) or `state` (API), as Plane does.
+Shapes come from the recorded fixtures in tests/fixtures/integrations (copied
+byte-exact from the integration reference; its README, sections 2 and 4). A
+human's board move (`move`) and an API PATCH both change the state and send a
+signed `issue` `updated` webhook, with `activity.field` `state_id` (web UI) or
+`state` (API), as Plane does.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from conveyor.clock import SystemClock
 
 T = TypeVar("T")
 
-REFERENCE = Path("/work/shared/reference/integrations")
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "integrations"
 
 
 def _fixture(name: str) -> Any:
-    here = Path(__file__).resolve().parent.parent / "fixtures" / name
-    path = here if here.exists() else REFERENCE / name
-    return json.loads(path.read_bytes())
+    return json.loads((FIXTURES / name).read_bytes())
 
 
 STATES_PAGE = _fixture("plane-states-list.json")

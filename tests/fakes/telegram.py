@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from conveyor.clock import SystemClock
-from tests.fakes.plane import REFERENCE, ServerThread
+from tests.fakes.plane import FIXTURES, ServerThread
 
 
 def _fixture_bytes(name: str) -> bytes:
-    here = Path(__file__).resolve().parent.parent / "fixtures" / name
-    return (here if here.exists() else REFERENCE / name).read_bytes()
+    return (FIXTURES / name).read_bytes()
 
 
 TOO_MANY_REQUESTS = _fixture_bytes("telegram-429.json")
