@@ -164,6 +164,39 @@ class RepoConfig(_Section, frozen=True):
     """`owner/name` on Gitea; empty: `<gitea.owner>/<name>`."""
     plane_project: str = ""
     """Plane project id (UUID) whose work items become this repository's tasks."""
+    protected: bool = False
+    """Production deploys wait for an explicit Confirm Deploy; the monitor only alerts."""
+    health_url: str = ""
+    """Probed after a configured deploy command and during the post-deploy window."""
+    rollback_command: list[str] = msgspec.field(default_factory=list)
+    """Run once when the post-deploy window finds production degraded (not for protected)."""
+
+
+class DeployConfig(_Section, frozen=True):
+    """How Conveyor runs a repository's `staging_command` / `deploy_command` itself."""
+
+    timeout_s: float = 600.0
+    health_timeout_s: float = 60.0
+    """How long a deploy's health check may take to answer 2xx before it is FAILED."""
+    health_interval_s: float = 2.0
+
+
+class MonitorConfig(_Section, frozen=True):
+    """The post-deploy watch window after `done`."""
+
+    enabled: bool = True
+    repos: list[str] = msgspec.field(default_factory=list)
+    """Repositories watched; empty: every repository with a `health_url`."""
+    window_s: float = 600.0
+    interval_s: float = 15.0
+    fail_threshold: int = 3
+    """Consecutive failed probes that make production degraded."""
+    error_ratio: float = 0.5
+    """Share of 5xx answers in the window that makes production degraded."""
+    min_checks: int = 4
+    """Probes needed before the 5xx ratio counts."""
+    probe_timeout_s: float = 5.0
+    rollback_timeout_s: float = 600.0
 
 
 class ForgeConfig(_Section, frozen=True):
@@ -280,6 +313,8 @@ class Config(_Section, frozen=True):
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
+    deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
+    monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     repos: list[RepoConfig] = msgspec.field(default_factory=list)
 
@@ -441,6 +476,33 @@ def _url(value: str, key: str) -> None:
         raise ConfigError(f"{key}: must be an http(s) URL without query, got {value!r}")
 
 
+def _check_deploy(cfg: Config) -> None:
+    """Deploy commands, health URLs and the post-deploy monitor."""
+    for i, repo in enumerate(cfg.repos):
+        if repo.health_url:
+            _url(repo.health_url, f"repos[{i}].health_url")
+    names = {r.name for r in cfg.repos}
+    for i, name in enumerate(cfg.monitor.repos):
+        if name not in names:
+            raise ConfigError(f"monitor.repos[{i}]: unknown repository {name!r}")
+    m = cfg.monitor
+    for key, value in (
+        ("deploy.timeout_s", cfg.deploy.timeout_s),
+        ("deploy.health_timeout_s", cfg.deploy.health_timeout_s),
+        ("deploy.health_interval_s", cfg.deploy.health_interval_s),
+        ("monitor.window_s", m.window_s),
+        ("monitor.interval_s", m.interval_s),
+        ("monitor.probe_timeout_s", m.probe_timeout_s),
+        ("monitor.rollback_timeout_s", m.rollback_timeout_s),
+        ("monitor.fail_threshold", m.fail_threshold),
+        ("monitor.min_checks", m.min_checks),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0")
+    if not 0 < m.error_ratio <= 1:
+        raise ConfigError("monitor.error_ratio: must be in (0, 1]")
+
+
 def _check_integrations(cfg: Config) -> None:
     """Forge, tracker, Telegram, gateway and reconciler settings."""
     if cfg.forge.kind not in ("local", "gitea"):
@@ -492,6 +554,7 @@ def _check_integrations(cfg: Config) -> None:
     ):
         if count < 0:
             raise ConfigError(f"{key}: must be >= 0")
+    _check_deploy(cfg)
     if cfg.plane.per_page > 1000:
         raise ConfigError("plane.per_page: must be <= 1000 (Plane's maximum)")
     if not 0 <= cfg.gateway.port <= 65535:

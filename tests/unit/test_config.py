@@ -443,3 +443,30 @@ def test_env_keys_under_an_agent_env_table_keep_their_case():
     cfg = config.load(env={"CONVEYOR_AGENTS__DEVELOPER__ENV__ANTHROPIC_API_KEY": "sk-test"})
     assert cfg.agents.developer.env == {"ANTHROPIC_API_KEY": "sk-test"}
     assert cfg.agents.developer.command == cfg.agents.analyst.command
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[[repos]]\nname = "a"\nprefix = "A"\nhealth_url = "ftp://x"\n', "repos[0].health_url"),
+        ('[monitor]\nrepos = ["nope"]\n', "monitor.repos[0]"),
+        ("[monitor]\nerror_ratio = 1.5\n", "monitor.error_ratio"),
+        ("[monitor]\nfail_threshold = 0\n", "monitor.fail_threshold"),
+        ("[deploy]\nhealth_timeout_s = 0\n", "deploy.health_timeout_s"),
+    ],
+)
+def test_deploy_and_monitor_rules_name_the_key(tmp_path: Path, text: str, key: str):
+    assert key in error_of(tmp_path, text)
+
+
+def test_a_protected_repository_with_health_and_rollback_loads(tmp_path: Path):
+    cfg = load_text(
+        tmp_path,
+        '[[repos]]\nname = "core"\nprefix = "CORE"\nprotected = true\n'
+        'health_url = "http://127.0.0.1:8080/health"\nrollback_command = ["./rollback.sh"]\n'
+        '[monitor]\nrepos = ["core"]\nwindow_s = 60.0\n',
+    )
+    repo = cfg.repo("core")
+    assert repo.protected
+    assert repo.rollback_command == ["./rollback.sh"]
+    assert cfg.monitor.repos == ["core"]
