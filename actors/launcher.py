@@ -542,10 +542,20 @@ class Launcher(pykka.ThreadingActor):
                 error=f"merge lease: {grant.reason}",
                 defer_s=self._cfg.leases.busy_retry_s,
             )
+        done: RunDone | None = None
         try:
-            return self._merge_under_lease(run, order, name, grant.revision, fence)
+            done = self._merge_under_lease(run, order, name, grant.revision, fence)
+            return done
         finally:
-            self._lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+            # A protected repository's task keeps its merge lease until its confirmed
+            # production deploy ends (the LeaseKeeper frees it then): nothing else may
+            # merge into what is about to be deployed.
+            keep = done is not None and done.exit_code == 0 and self._protected(order.repo)
+            if not keep:
+                self._lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+
+    def _protected(self, repo: str) -> bool:
+        return any(r.name == repo and r.protected for r in self._cfg.repos)
 
     def _merge_under_lease(
         self, run: Run, order: LaunchOrder, name: str, revision: int, fence: TransitionFence

@@ -49,9 +49,18 @@ class LeaseStatus(msgspec.Struct, frozen=True):
 class LeaseKeeper(pykka.ThreadingActor):
     """Grants each repository's merge lease to one task at a time; the revision fences."""
 
-    def __init__(self, bus: Bus, store: Store[Lease], clock: Clock, cfg: LeaseConfig) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store[Lease],
+        clock: Clock,
+        cfg: LeaseConfig,
+        *,
+        kept: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
+        self._kept = kept
         self._leases: dict[str, Versioned[Lease]] = {}
         self._host = socket.gethostname()
         self._boot = procs.boot_id()
@@ -73,8 +82,18 @@ class LeaseKeeper(pykka.ThreadingActor):
                 case LeaseRelease():
                     return self._release(message)
                 case Delivery(body=StageChanged() as event):
-                    if event.new in ENDED:
-                        self._release_task(event.task_id, f"task {event.new}")
+                    which = policy.release_on_stage(
+                        event.new, ended=event.new in ENDED, kept=self._kept
+                    )
+                    if which:
+                        self._release_task(
+                            event.task_id, f"task {event.new}", merge_only=which == "merge"
+                        )
+                    message.ack()
+                case Delivery(body=Alert(kind="escalated", task_id=task_id) as alert):
+                    self._release_task(task_id, f"task escalated: {alert.text[:80]}")
+                    message.ack()
+                case Delivery():
                     message.ack()
                 case Tick():
                     self._sweep()
@@ -171,8 +190,10 @@ class LeaseKeeper(pykka.ThreadingActor):
         )
         return LeaseReply(granted=True, reason="released")
 
-    def _release_task(self, task_id: str, why: str) -> None:
+    def _release_task(self, task_id: str, why: str, *, merge_only: bool = False) -> None:
         for name, entry in list(self._leases.items()):
+            if merge_only and not name.startswith(policy.MERGE_PREFIX):
+                continue
             if entry.value.holder.task_id == task_id:
                 self._drop(name)
                 log.info("lease_keeper.released", lease=name, task_id=task_id, reason=why)

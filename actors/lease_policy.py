@@ -114,3 +114,24 @@ def on_tick(
             f"`conveyor release-lease {current.name}` if its holder is stuck"
         )
     return "keep", "holder alive or unknown, within its ceiling"
+
+
+def merged_stages(stages: list[tuple[str, bool]]) -> frozenset[str]:
+    """Stages after the last merging stage: where a protected task keeps its merge lease.
+
+    `stages` are the pipeline's (name, merge) pairs in order.
+    """
+    last = max((i for i, (_, merge) in enumerate(stages) if merge), default=len(stages))
+    return frozenset(name for name, _ in stages[last + 1 :])
+
+
+def release_on_stage(new: str, *, ended: bool, kept: frozenset[str]) -> str:
+    """Which of a task's leases a stage change frees: "all", "merge" or "" (none).
+
+    An ended task frees everything. A task that moves to a stage where a merge
+    lease is not kept (a rework back to development) frees its merge lease: the
+    merged change it guarded is being replaced.
+    """
+    if ended:
+        return "all"
+    return "" if new in kept else "merge"

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from actors.intake_policy import state_key, task_id_for
-from actors.stage_policy import TERMINAL
+from actors.stage_policy import STEP_CONFIRM, TERMINAL
 from bus.messages import WorkItemEvent
 from conveyor.config import Config
 
@@ -69,6 +69,8 @@ def skip_reason(row: TaskRow, cfg: Config) -> str:
         return "task is escalated"
     if cfg.reconciler.skip_blocked and row.hold:
         return f"task is held ({row.hold})"
+    if row.step == STEP_CONFIRM:
+        return "its production deploy waits for Confirm Deploy"
     stage = cfg.stage(row.stage)
     if stage is not None and stage.human_approval and row.step == "work":
         return f"{row.stage} waits for a human"

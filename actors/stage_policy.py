@@ -36,6 +36,8 @@ TERMINAL = frozenset({DONE, CANCELLED})
 STEP_INTAKE = "intake"
 STEP_WORK = "work"
 STEP_MERGE = "merge"
+STEP_CONFIRM = "confirm"
+"""A protected repository's production deploy waits here for Confirm Deploy; no job runs."""
 
 ROLE_INTAKE = "intake"
 ROLE_MERGE = "merge"
@@ -496,8 +498,8 @@ def _next_stage(stage: str, cfg: Config) -> str:
     return names[index + 1] if index + 1 < len(names) else DONE
 
 
-def _alert(task: Task, text: str, now: float, level: str = "warning") -> Alert:
-    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now)
+def _alert(task: Task, text: str, now: float, level: str = "warning", kind: str = "") -> Alert:
+    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now, kind=kind)
 
 
 def on_gate(
@@ -569,10 +571,46 @@ def _pass(
     emits: list[Message] = [event]
     if new_stage == DONE:
         emits.append(_alert(moved, f"{task.id} is done", now, level="info"))
+    elif guarded(moved, cfg):
+        moved, alert = _await_confirm(moved, now)
+        emits.append(alert)
     else:
         moved, request = _request(moved, cfg, now, new_visit=True)
         emits.insert(0, request)
     return Decision(task=moved, emit=tuple(emits), reason=f"advanced to {new_stage}")
+
+
+def guarded(task: Task, cfg: Config) -> bool:
+    """Whether the task's stage is the production deploy of a protected repository."""
+    stage_cfg = cfg.stage(task.stage)
+    repo = next((r for r in cfg.repos if r.name == task.repo), None)
+    return (
+        stage_cfg is not None
+        and stage_cfg.gate == "deploy_status"
+        and repo is not None
+        and repo.protected
+    )
+
+
+def _await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
+    """Park the task before its production deploy and tell the operator what to do."""
+    reason = "waiting for Confirm Deploy (protected repository)"
+    # The visit starts now, so the confirmed job has an id no earlier deploy used.
+    visits = {**task.visits, task.stage: task.visits.get(task.stage, 0) + 1}
+    waiting = msgspec.structs.replace(
+        task,
+        step=STEP_CONFIRM,
+        visits=visits,
+        job_id="",
+        job_status="",
+        last_reason=reason,
+        updated_at=now,
+    )
+    text = (
+        f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
+        f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
+    )
+    return waiting, _alert(waiting, text, now, level="warning")
 
 
 def _escalate(task: Task, reason: str, now: float) -> Decision:
@@ -580,7 +618,7 @@ def _escalate(task: Task, reason: str, now: float) -> Decision:
     text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
     return Decision(
         task=escalated,
-        emit=(_alert(task, text, now, level="error"),),
+        emit=(_alert(task, text, now, level="error", kind="escalated"),),
         reason=f"escalated: {reason}",
     )
 
@@ -685,11 +723,33 @@ def on_command(
                 last_reason="retried by operator",
                 step=STEP_WORK if task.stage != CREATED else STEP_INTAKE,
             )
+            if guarded(reset, cfg):
+                # A retry is not a confirmation: the deploy still waits for one.
+                parked, alert = _await_confirm(reset, now)
+                return Decision(task=parked, emit=(alert,), reason="retried; awaiting confirm")
             reset, request = _request(reset, cfg, now, new_visit=True)
             return Decision(task=reset, emit=(request,), reason="retried by operator")
         case ConfirmDeploy():
-            return _refuse("confirm-deploy applies to protected repositories (not configured)")
+            return _confirm(task, now=now, cfg=cfg)
     return _refuse("unknown command", "type")
+
+
+def _confirm(task: Task, *, now: float, cfg: Config) -> Decision:
+    """Start a protected production deploy, once: a repeated confirmation changes nothing."""
+    repo = next((r for r in cfg.repos if r.name == task.repo), None)
+    if repo is None or not repo.protected:
+        return _refuse(f"repository {task.repo} is not protected; its deploys need no confirmation")
+    if not guarded(task, cfg):
+        return _refuse(f"task is on {task.stage}; confirm-deploy applies on its production deploy")
+    if task.step != STEP_CONFIRM:
+        return Decision(reason=f"deploy already confirmed (job {task.job_id or 'pending'})")
+    if task.escalated:
+        return _refuse("task is escalated; `conveyor retry` it first")
+    confirmed = msgspec.structs.replace(
+        task, step=STEP_WORK, last_reason="deploy confirmed", updated_at=now
+    )
+    confirmed, request = _request(confirmed, cfg, now, new_visit=False)
+    return Decision(task=confirmed, emit=(request,), reason="deploy confirmed")
 
 
 # --- tracker (status-only) -----------------------------------------------------------------

@@ -305,6 +305,8 @@ class Alert(Message, frozen=True):
     task_id: str = ""
     source: str = ""
     at: float = 0.0
+    kind: str = ""
+    """What happened, for machines: `escalated` (the LeaseKeeper frees the task's leases)."""
 
 
 # --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------

@@ -22,7 +22,7 @@ from actors.intake import Intake, IntakeStatus
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper
-from actors.lease_policy import Lease
+from actors.lease_policy import Lease, merged_stages
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
 from actors.reaper import Reaper
@@ -277,15 +277,16 @@ class Node:
         self.refs["reaper"] = reaper
         self._ticker.add(reaper)
         bus.subscribe_core(subjects.HEARTBEATS, msgspec.json.Decoder(RunHeartbeat), reaper.tell)
+        kept = merged_stages([(s.name, s.merge) for s in self.cfg.pipeline.stages])
         leases = LeaseKeeper.start(
-            bus, bus.store(subjects.BUCKET_LEASES, Lease), self.clock, self.cfg.leases
+            bus, bus.store(subjects.BUCKET_LEASES, Lease), self.clock, self.cfg.leases, kept=kept
         )
         self.refs["lease_keeper"] = leases
         self._ticker.add(leases)
         bus.consume(
             subjects.STREAM_NOTIFY,
             subjects.CONSUMER_LEASE_KEEPER,
-            [subjects.STAGE_ALL],
+            [subjects.STAGE_ALL, subjects.ALERTS],
             msgspec.json.Decoder(BusMessage),
             leases.tell,
         )

@@ -127,3 +127,13 @@ def test_release_with_a_revision_frees_only_that_grant():
     assert lp.may_release(held(), "DEMO-1", revision=7, held=7)
     assert not lp.may_release(held(), "DEMO-1", revision=6, held=7)
     assert lp.may_release(held(), "DEMO-1", revision=0, held=7)
+
+
+def test_a_protected_task_keeps_its_merge_lease_only_after_its_merge():
+    kept = lp.merged_stages([("analysis", False), ("deploy-staging", True), ("deploy", False)])
+    assert kept == frozenset({"deploy"})
+    assert lp.release_on_stage("deploy", ended=False, kept=kept) == ""
+    # A rework back to development frees the merge lease; an ended task frees all.
+    assert lp.release_on_stage("development", ended=False, kept=kept) == "merge"
+    assert lp.release_on_stage("done", ended=True, kept=kept) == "all"
+    assert lp.merged_stages([("a", False)]) == frozenset()

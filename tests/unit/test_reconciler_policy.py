@@ -123,3 +123,9 @@ def test_approved_for_an_item_without_a_task_and_foreign_projects_are_not_replay
 def test_terminal_tasks_get_no_replays():
     rows = {"WID-1": row("done", tracker_state="in_progress")}
     assert rp.plane_replays([polled("Blocked")], rows, cfg=CFG) == []
+
+
+def test_the_reconciler_never_starts_a_production_deploy_waiting_for_confirmation():
+    waiting = row("deploy", step="confirm", job_id="", job_status="", updated_at=NOW - 9999)
+    assert rp.due([waiting], now=NOW, replayed_at={}, cfg=CFG) == []
+    assert "Confirm Deploy" in rp.skip_reason(waiting, CFG)

@@ -22,7 +22,7 @@ from bus.messages import (
     StageChanged,
     TrackerUpdate,
 )
-from conveyor.config import load
+from conveyor.config import Config, load
 
 CFG = load(env={})
 TID = "DEMO-1"
@@ -1209,3 +1209,92 @@ def test_a_gate_is_read_again_only_for_a_live_task_whose_job_ended(changes: dict
     task = msgspec.structs.replace(task_on("development"), **changes)
     assert sp.reevaluable(task) == why
     assert sp.reevaluable(task_on("development")) == ""
+
+
+# --- protected repositories: Confirm Deploy ------------------------------------------------
+
+PROTECTED = load(
+    env={},
+    overrides={"repos": [{"name": REPO, "prefix": "DEMO", "template": "demo", "protected": True}]},
+)
+
+
+def _merged_into_deploy(cfg: Config = PROTECTED) -> sp.Decision:
+    task = task_on("deploy-staging", step=sp.STEP_MERGE, job_id="DEMO-1.deploy-staging.1.merge")
+    return sp.on_gate(
+        task,
+        task.job_id,
+        sp.GateResult(verdict="pass", reason="pull request merged"),
+        now=NOW,
+        revision=7,
+        cfg=cfg,
+    )
+
+
+def test_a_protected_production_deploy_waits_for_confirm_and_tells_the_operator():
+    d = _merged_into_deploy()
+    assert d.task is not None
+    assert (d.task.stage, d.task.step) == ("deploy", sp.STEP_CONFIRM)
+    assert requests(d) == []
+    assert [(c.old, c.new) for c in changes(d)] == [("deploy-staging", "deploy")]
+    (alert,) = alerts(d)
+    assert "conveyor confirm-deploy DEMO-1" in alert.text
+    assert "Confirm Deploy" in alert.text
+
+
+def test_confirm_deploy_starts_the_deploy_once():
+    waiting = _merged_into_deploy().task
+    assert waiting is not None
+    first = sp.on_command(waiting, ConfirmDeploy(id=TID), now=NOW, revision=8, cfg=PROTECTED)
+    assert first.ok
+    assert first.task is not None
+    assert [(r.job_id, r.role) for r in requests(first)] == [("DEMO-1.deploy.1.work", "deployer")]
+    # A second confirmation (a repeat, a replayed Plane move) deploys nothing more.
+    again = sp.on_command(first.task, ConfirmDeploy(id=TID), now=NOW, revision=9, cfg=PROTECTED)
+    assert again.ok
+    assert again.task is None
+    assert again.emit == ()
+
+
+@pytest.mark.parametrize("state", ["approved", "in_progress", "other"])
+def test_approved_or_any_other_tracker_state_does_not_start_a_protected_deploy(state: str):
+    waiting = _merged_into_deploy().task
+    assert waiting is not None
+    update = TrackerUpdate(id=TID, state=state, key=f"plane:{state}")
+    d = sp.on_tracker(waiting, update, now=NOW, revision=8, cfg=PROTECTED)
+    assert requests(d) == []
+    assert (d.task or waiting).step == sp.STEP_CONFIRM
+    approve = sp.on_command(waiting, Approve(id=TID), now=NOW, revision=8, cfg=PROTECTED)
+    assert not approve.ok
+
+
+def test_confirm_deploy_in_the_tracker_starts_the_deploy():
+    waiting = _merged_into_deploy().task
+    assert waiting is not None
+    update = TrackerUpdate(id=TID, state="confirm_deploy", key="plane:confirm")
+    d = sp.on_tracker(waiting, update, now=NOW, revision=8, cfg=PROTECTED)
+    assert [r.job_id for r in requests(d)] == ["DEMO-1.deploy.1.work"]
+
+
+def test_a_retry_of_a_protected_deploy_waits_for_a_new_confirmation():
+    failed = task_on("deploy", job_status="failed", escalated=True)
+    d = sp.on_command(failed, Retry(id=TID), now=NOW, revision=8, cfg=PROTECTED)
+    assert d.task is not None
+    assert d.task.step == sp.STEP_CONFIRM
+    assert requests(d) == []
+    confirmed = sp.on_command(d.task, ConfirmDeploy(id=TID), now=NOW, revision=9, cfg=PROTECTED)
+    # A new visit: never the job id of the deploy that already ran.
+    assert [r.job_id for r in requests(confirmed)] == ["DEMO-1.deploy.2.work"]
+
+
+def test_confirm_deploy_is_refused_off_the_production_deploy():
+    d = sp.on_command(task_on("testing"), ConfirmDeploy(id=TID), now=NOW, revision=5, cfg=PROTECTED)
+    assert not d.ok
+    assert "production deploy" in d.error
+
+
+def test_an_unprotected_repository_deploys_without_a_human():
+    d = _merged_into_deploy(CFG)
+    assert d.task is not None
+    assert d.task.step == sp.STEP_WORK
+    assert [r.job_id for r in requests(d)] == ["DEMO-1.deploy.1.work"]
