@@ -13,6 +13,7 @@ from actors.common import is_durable, subject_for
 from actors.stage_policy import GateInputs, GateResult, Task
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
+    Annotate,
     Approve,
     Cancel,
     ConfirmDeploy,
@@ -183,6 +184,8 @@ class StageEngine(pykka.ThreadingActor):
                     return self._tracker(message)
                 case Reevaluate():
                     return self._reevaluate(message)
+                case Annotate():
+                    return self._annotate(message)
                 case StatusQuery():
                     return self._status(message)
                 case Tick():
@@ -203,7 +206,7 @@ class StageEngine(pykka.ThreadingActor):
                 message.nak(delay_s=2.0)
             if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
                 return Reply(ok=False, error=f"internal error: {err}")
-            if isinstance(message, TrackerUpdate | Reevaluate):
+            if isinstance(message, TrackerUpdate | Reevaluate | Annotate):
                 return Reply(ok=False, error=f"internal error: {err}")
         return None
 
@@ -441,6 +444,14 @@ class StageEngine(pykka.ThreadingActor):
             reason=decision.reason,
         )
         return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
+
+    def _annotate(self, note: Annotate) -> Reply:
+        entry = self._tasks.get(note.id)
+        if entry is None:
+            return Reply(ok=False, error=f"id: no task {note.id}", field="id")
+        decision = policy.on_annotate(entry.value, note, now=self._clock.now())
+        self._apply(note.id, decision)
+        return Reply(ok=True, note=decision.reason)
 
     def _reevaluate(self, cmd: Reevaluate) -> Reply:
         entry = self._tasks.get(cmd.id)

@@ -13,6 +13,7 @@ import msgspec
 
 from bus.messages import (
     Alert,
+    Annotate,
     Approve,
     BusMessage,
     Cancel,
@@ -797,6 +798,20 @@ def on_tracker(
         return Decision(reason=f"tracker {update.state}: {why}", evaluate=evaluate)
     noted = _remember(base, update, f"tracker {update.state}: {why}")
     return msgspec.structs.replace(noted, evaluate=evaluate)
+
+
+def on_annotate(task: Task, note: Annotate, *, now: float) -> Decision:
+    """Add a note to the history (same stage before and after), once per key."""
+    if note.key in task.applied:
+        return Decision(reason=f"note {note.key} already recorded")
+    entry = HistoryEntry(at=now, old=task.stage, new=task.stage, cause=note.cause)
+    noted = msgspec.structs.replace(
+        task,
+        history=[*task.history, entry],
+        applied=[*task.applied, note.key][-MAX_APPLIED:],
+        updated_at=now,
+    )
+    return Decision(task=noted, reason=f"noted: {note.cause}")
 
 
 def _remember(task: Task, update: TrackerUpdate, reason: str) -> Decision:

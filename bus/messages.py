@@ -92,6 +92,17 @@ class Reevaluate(Message, frozen=True):
     only_pass: bool = False
 
 
+class Annotate(Message, frozen=True):
+    """PostDeployMonitor -> StageEngine: record what happened after `done` in the history.
+
+    Idempotent by `key`; the stage does not change.
+    """
+
+    id: str
+    cause: str
+    key: str
+
+
 Command = Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from actors import stage_policy as sp
 from bus.messages import (
     Alert,
+    Annotate,
     Approve,
     Cancel,
     ConfirmDeploy,
@@ -1298,3 +1299,14 @@ def test_an_unprotected_repository_deploys_without_a_human():
     assert d.task is not None
     assert d.task.step == sp.STEP_WORK
     assert [r.job_id for r in requests(d)] == ["DEMO-1.deploy.1.work"]
+
+
+def test_a_post_deploy_note_joins_the_history_once_without_a_stage_change():
+    done = task_on("done", step="", job_id="", job_status="")
+    note = Annotate(id=TID, cause="post-deploy DEGRADED: rollback ran (exit 0)", key="monitor:1")
+    d = sp.on_annotate(done, note, now=NOW)
+    assert d.task is not None
+    assert (d.task.history[-1].old, d.task.history[-1].new) == ("done", "done")
+    assert d.emit == ()
+    again = sp.on_annotate(d.task, note, now=NOW)
+    assert again.task is None
