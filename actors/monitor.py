@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,10 @@ class PostDeployMonitor(pykka.ThreadingActor):
         self._watches: dict[str, Versioned[Watch]] = {}
         self._probing: set[str] = set()
         self._finishing: set[str] = set()
-        # Probes are short (probe_timeout_s); a rollback may take rollback_timeout_s and
-        # must not hold up the probes of other tasks.
+        # Probes are short (probe_timeout_s) and share a pool. A rollback may take
+        # rollback_timeout_s: it gets its own daemon thread, so it neither holds up other
+        # tasks' probes nor keeps a stopping process alive.
         self._probes = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="monitor-probe")
-        self._rollbacks = concurrent.futures.ThreadPoolExecutor(
-            2, thread_name_prefix="monitor-rollback"
-        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -134,7 +133,6 @@ class PostDeployMonitor(pykka.ThreadingActor):
         self._probes.shutdown(wait=False, cancel_futures=True)
         # A running rollback is left to finish on its own: it is its own process group,
         # and the ledger plus its exit file tell the next monitor what happened.
-        self._rollbacks.shutdown(wait=False, cancel_futures=True)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -303,10 +301,9 @@ class PostDeployMonitor(pykka.ThreadingActor):
                 with contextlib.suppress(pykka.ActorDeadError):
                     me.tell(msg)
 
-            try:
-                self._rollbacks.submit(_run)
-            except RuntimeError:
-                self._finishing.discard(watch.task_id)
+            threading.Thread(
+                target=_run, name=f"monitor-rollback-{watch.task_id}", daemon=True
+            ).start()
             return
         self._close(watch)
 
