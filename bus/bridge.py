@@ -319,6 +319,7 @@ BUCKETS = (
     subjects.BUCKET_JOBS,
     subjects.BUCKET_RUNS,
     subjects.BUCKET_EFFECTS,
+    subjects.BUCKET_MONITOR,
 )
 
 

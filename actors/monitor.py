@@ -1,0 +1,491 @@
+"""PostDeployMonitor: watches production for a window after `done`, rolls back once when degraded.
+
+Inputs: `StageChanged` deliveries (durable `monitor` on CONVEYOR_NOTIFY) and
+`Tick`s. A `done` creates the task's watch in KV `conveyor_monitor` (a KV
+`create`, so a redelivered `done` never restarts the window), then the
+delivery is acked. On ticks, due probes run in worker threads and come back as
+messages; the counts are CAS-written. A verdict is stored before it is acted
+on, and the rollback runs through the effect ledger under
+`monitor.<task>.rollback`, so neither a redelivery nor a restart runs it twice.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pykka
+
+from actors import monitor_policy as policy
+from actors.launcher import kill_tree
+from actors.launcher_policy import python_argv, substitute
+from actors.monitor_policy import Probe, Watch
+from bus import subjects
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.effects import Ledger, effect_key
+from bus.messages import Alert, StageChanged, Tick
+from conveyor import procs, runwrap, validate
+from conveyor.clock import Clock, iso
+from conveyor.config import Config, RepoConfig
+from conveyor.errors import Fenced, InvalidField
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+LOG_NAME = "16-post-deploy-log.md"
+ROLLBACK_LOG = "rollback.log"
+ROLLBACK_EXIT = "rollback.exit"
+INTERRUPTED = "interrupted"
+"""Ledger result of a rollback that started before a crash and left no exit code."""
+TIMED_OUT = "timeout"
+
+ProbeFn = Callable[[str, float], Probe]
+RecordFn = Callable[[str, str], None]
+
+
+def http_probe(url: str, timeout_s: float) -> Probe:
+    """GET `url` once; no answer at all (timeout, refused, DNS) is an uncertain probe."""
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=True) as client:
+            response = client.get(url)
+    except httpx.HTTPError as err:
+        return policy.classify(None, f"{type(err).__name__}: {err}")
+    return policy.classify(response.status_code)
+
+
+def _no_record(_task_id: str, _cause: str) -> None:
+    """Default `record`: the task history is told nothing."""
+
+
+class MonitorStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> PostDeployMonitor (ask): counts and every watch."""
+
+
+class _Probed(msgspec.Struct, frozen=True):
+    """Probe worker -> PostDeployMonitor (in-process): one probe's outcome."""
+
+    task_id: str
+    probe: Probe
+
+
+class _RolledBack(msgspec.Struct, frozen=True):
+    """Rollback worker -> PostDeployMonitor (in-process): the ledger's result, or an error."""
+
+    task_id: str
+    result: str = ""
+    error: str = ""
+
+
+class PostDeployMonitor(pykka.ThreadingActor):
+    """Sole writer of the watches in `conveyor_monitor`; one rollback per task at most."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store[Watch],
+        effects: Ledger,
+        clock: Clock,
+        cfg: Config,
+        *,
+        data_dir: Path,
+        record: RecordFn | None = None,
+        probe: ProbeFn | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__()
+        self._bus, self._store, self._effects, self._clock = bus, store, effects, clock
+        self._cfg, self._mcfg = cfg, cfg.monitor
+        self._data_dir = data_dir
+        self._record = record or _no_record
+        self._probe = probe or http_probe
+        self._python = python
+        self._watches: dict[str, Versioned[Watch]] = {}
+        self._probing: set[str] = set()
+        self._finishing: set[str] = set()
+        # Probes are short (probe_timeout_s) and share a pool. A rollback may take
+        # rollback_timeout_s: it gets its own daemon thread, so it neither holds up other
+        # tasks' probes nor keeps a stopping process alive.
+        self._probes = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="monitor-probe")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._watches = self._store.load_all()
+        watching = sum(1 for e in self._watches.values() if e.value.status == policy.WATCHING)
+        log.info("monitor.started", watches=len(self._watches), watching=watching)
+        if self._mcfg.enabled:
+            # A verdict stored before a crash is acted on now; the ledger keeps it to once.
+            for entry in list(self._watches.values()):
+                if policy.needs_finishing(entry.value):
+                    self._finish(entry.value)
+
+    def on_stop(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
+        # A running rollback is left to finish on its own: it is its own process group,
+        # and the ledger plus its exit file tell the next monitor what happened.
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case Delivery(body=StageChanged() as event):
+                    self._on_stage(event)
+                    message.ack()
+                case Delivery():
+                    message.ack()
+                case Tick():
+                    self._tick()
+                case _Probed():
+                    self._on_probed(message)
+                case _RolledBack():
+                    self._on_rolled_back(message)
+                case MonitorStatus():
+                    return self._status()
+        except Exception:
+            # One bad message must not stop the monitor.
+            log.exception("monitor.failed", kind=type(message).__name__)
+            if isinstance(message, Delivery):
+                message.nak(delay_s=2.0)
+        return None
+
+    # --- starting a watch ---------------------------------------------------------------
+
+    def _repo(self, name: str) -> RepoConfig | None:
+        try:
+            return self._cfg.repo(name)
+        except InvalidField:
+            return None
+
+    def _on_stage(self, event: StageChanged) -> None:
+        if event.new != "done":
+            return
+        repo = self._repo(event.repo)
+        watch = policy.start_watch(event, repo, now=self._clock.now(), cfg=self._mcfg)
+        if watch is None:
+            why = policy.watched(repo, self._mcfg) or "window already over"
+            log.info("monitor.not_watched", task_id=event.task_id, repo=event.repo, reason=why)
+            return
+        try:
+            revision = self._store.create(watch.task_id, watch)
+        except KeyExists:
+            # A redelivered or repeated `done`: the window that runs is the first one.
+            existing = self._store.get(watch.task_id)
+            if existing is not None:
+                self._watches[watch.task_id] = existing
+            log.info("monitor.already_watching", task_id=watch.task_id)
+            return
+        self._watches[watch.task_id] = Versioned(watch, revision)
+        log.info(
+            "monitor.watch_started",
+            task_id=watch.task_id,
+            repo=watch.repo,
+            health_url=watch.health_url,
+            ends_at=watch.ends_at,
+        )
+
+    # --- probing ------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._mcfg.enabled:
+            return
+        now = self._clock.now()
+        for task_id, entry in list(self._watches.items()):
+            watch = entry.value
+            if task_id in self._probing:
+                continue
+            if policy.window_over(watch, now):
+                self._apply(entry, policy.on_window_end(watch, now))
+            elif policy.due(watch, now, self._mcfg):
+                self._start_probe(watch)
+            elif policy.needs_finishing(watch):
+                # An earlier attempt failed (bus down, disk full): try again.
+                self._finish(watch)
+
+    def _start_probe(self, watch: Watch) -> None:
+        self._probing.add(watch.task_id)
+        me = self.actor_ref
+        url, timeout_s, task_id = watch.health_url, self._mcfg.probe_timeout_s, watch.task_id
+
+        def _run() -> None:
+            try:
+                result = self._probe(url, timeout_s)
+            except Exception as err:  # noqa: BLE001 - a broken probe is an uncertain one
+                result = policy.classify(None, f"probe failed: {err!r}")
+            with contextlib.suppress(pykka.ActorDeadError):
+                me.tell(_Probed(task_id=task_id, probe=result))
+
+        try:
+            self._probes.submit(_run)
+        except RuntimeError:
+            self._probing.discard(watch.task_id)
+
+    def _on_probed(self, msg: _Probed) -> None:
+        self._probing.discard(msg.task_id)
+        entry = self._watches.get(msg.task_id)
+        if entry is None or not self._mcfg.enabled:
+            return
+        now = self._clock.now()
+        log.debug(
+            "monitor.probed",
+            task_id=msg.task_id,
+            outcome=msg.probe.outcome,
+            status_code=msg.probe.status_code,
+            detail=msg.probe.detail,
+        )
+        self._apply(entry, policy.on_probe(entry.value, msg.probe, now, self._mcfg))
+
+    def _apply(self, entry: Versioned[Watch], watch: Watch) -> None:
+        """CAS-write the new watch; act on a verdict only once it is stored."""
+        if watch == entry.value:
+            return
+        stored = self._put(entry, watch)
+        if stored is None:
+            return
+        if entry.value.status == policy.WATCHING and watch.status != policy.WATCHING:
+            log.info(
+                "monitor.decided",
+                task_id=watch.task_id,
+                status=watch.status,
+                action=watch.action,
+                reason=watch.reason,
+                checks=watch.checks,
+            )
+            self._finish(watch)
+
+    def _put(self, entry: Versioned[Watch], watch: Watch) -> Versioned[Watch] | None:
+        try:
+            revision = self._store.update(watch.task_id, watch, expect=entry.revision)
+        except Fenced:
+            revision = None
+        if revision is None:
+            # Someone else wrote this watch (a second monitor): take theirs, act on nothing.
+            log.error("monitor.fenced", task_id=watch.task_id, revision=entry.revision)
+            fresh = self._store.get(watch.task_id)
+            if fresh is None:
+                self._watches.pop(watch.task_id, None)
+            else:
+                self._watches[watch.task_id] = fresh
+            return None
+        stored = Versioned(watch, revision)
+        self._watches[watch.task_id] = stored
+        return stored
+
+    # --- acting on a verdict ------------------------------------------------------------
+
+    def _finish(self, watch: Watch) -> None:
+        """Alert, roll back (once, through the ledger) if so decided, write the log, close."""
+        if watch.task_id in self._finishing:
+            return
+        if watch.status == policy.DEGRADED:
+            self._alert(watch, "error", watch.status, self._degraded_text(watch))
+        if watch.action == policy.ROLLBACK and not watch.rollback_result:
+            self._finishing.add(watch.task_id)
+            me = self.actor_ref
+
+            def _run() -> None:
+                try:
+                    msg = _RolledBack(task_id=watch.task_id, result=self._rollback_once(watch))
+                except Exception as err:
+                    # Reported to the actor; the next tick tries again through the ledger.
+                    log.exception("monitor.rollback_failed", task_id=watch.task_id)
+                    msg = _RolledBack(task_id=watch.task_id, error=repr(err))
+                with contextlib.suppress(pykka.ActorDeadError):
+                    me.tell(msg)
+
+            threading.Thread(
+                target=_run, name=f"monitor-rollback-{watch.task_id}", daemon=True
+            ).start()
+            return
+        self._close(watch)
+
+    def _on_rolled_back(self, msg: _RolledBack) -> None:
+        self._finishing.discard(msg.task_id)
+        entry = self._watches.get(msg.task_id)
+        if entry is None or msg.error:
+            return
+        stored = self._put(entry, msgspec.structs.replace(entry.value, rollback_result=msg.result))
+        if stored is not None:
+            self._close(stored.value)
+
+    def _close(self, watch: Watch) -> None:
+        entry = self._watches.get(watch.task_id)
+        if entry is None or entry.value.closed:
+            return
+        self._write_log(watch)
+        if watch.action == policy.ROLLBACK:
+            code = policy.rollback_outcome(watch.rollback_result)
+            level = "warning" if code == 0 else "error"
+            self._alert(watch, level, "rollback", self._rollback_text(watch))
+        elif watch.status == policy.HEALTHY:
+            self._alert(watch, "info", watch.status, self._healthy_text(watch))
+        try:
+            self._record(watch.task_id, self._cause(watch))
+        except Exception:
+            # The task history is best-effort; the log file and the alert are the record.
+            log.exception("monitor.record_failed", task_id=watch.task_id)
+        if self._put(entry, msgspec.structs.replace(watch, closed=True)) is not None:
+            log.info(
+                "monitor.closed",
+                task_id=watch.task_id,
+                status=watch.status,
+                action=watch.action,
+                rollback_result=watch.rollback_result,
+            )
+
+    # --- the rollback -------------------------------------------------------------------
+
+    def _task_dir(self, task_id: str) -> Path:
+        return self._data_dir / "monitor" / validate.work_item_id(task_id)
+
+    def _rollback_once(self, watch: Watch) -> str:
+        """Run the rollback command unless the ledger says it already ran; its result."""
+        task_dir = self._task_dir(watch.task_id)
+
+        def _probe() -> str | None:
+            # Started before a crash: the exit file is its verdict; a log without one means
+            # it may still run (its own session) or died with us. Never a second run.
+            recorded = runwrap.read_exit_file(task_dir / ROLLBACK_EXIT)
+            if recorded is not None:
+                return str(recorded[0])
+            return INTERRUPTED if (task_dir / ROLLBACK_LOG).exists() else None
+
+        return self._effects.once(
+            effect_key("monitor", watch.task_id, "rollback"),
+            lambda: self._run_rollback(watch, task_dir),
+            _probe,
+        )
+
+    def _run_rollback(self, watch: Watch, task_dir: Path) -> str:
+        repo = self._repo(watch.repo)
+        if repo is None or not repo.rollback_command:
+            log.warning("monitor.rollback_skipped", task_id=watch.task_id, repo=watch.repo)
+            return "no rollback_command"
+        command = substitute(
+            python_argv(repo.rollback_command, self._python),
+            {"work_item": watch.task_id, "repo": watch.repo},
+        )
+        exit_file = task_dir / ROLLBACK_EXIT
+        argv = [
+            self._python,
+            "-m",
+            "conveyor.runwrap",
+            "--exit-file",
+            str(exit_file),
+            "--",
+            *command,
+        ]
+        env = {**os.environ, "CONVEYOR_WORK_ITEM": watch.task_id, "CONVEYOR_REPO": watch.repo}
+        task_dir.mkdir(parents=True, exist_ok=True)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        log.warning("monitor.rolling_back", task_id=watch.task_id, repo=watch.repo, argv=command)
+        with (task_dir / ROLLBACK_LOG).open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self._data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        timeout_s = self._mcfg.rollback_timeout_s
+        if not procs.wait_exit(proc.pid, timeout_s):
+            log.error("monitor.rollback_timed_out", task_id=watch.task_id, timeout_s=timeout_s)
+            kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
+            proc.wait()
+            return TIMED_OUT
+        proc.wait()
+        recorded = runwrap.read_exit_file(exit_file)
+        exit_code = recorded[0] if recorded is not None else proc.returncode
+        log.info("monitor.rolled_back", task_id=watch.task_id, exit_code=exit_code)
+        return str(exit_code)
+
+    # --- outputs ------------------------------------------------------------------------
+
+    def _alert(self, watch: Watch, level: str, what: str, text: str) -> None:
+        alert = Alert(
+            level=level, text=text, task_id=watch.task_id, source="monitor", at=self._clock.now()
+        )
+        # The id is the verdict's, so a retried or restarted close alerts once.
+        self._bus.publish(subjects.ALERTS, alert, msg_id=f"monitor:{watch.task_id}:{what}")
+
+    def _degraded_text(self, watch: Watch) -> str:
+        if watch.action == policy.ROLLBACK:
+            then = "running its rollback_command"
+        elif watch.protected:
+            then = "protected repository: alert only, check production by hand"
+        else:
+            then = "no rollback_command: alert only, check production by hand"
+        return f"production of {watch.repo} degraded after {watch.task_id}: {watch.reason}; {then}"
+
+    def _rollback_text(self, watch: Watch) -> str:
+        code = policy.rollback_outcome(watch.rollback_result)
+        if code is not None:
+            return f"rollback of {watch.repo} after {watch.task_id} exited {code}"
+        return (
+            f"rollback of {watch.repo} after {watch.task_id}: {watch.rollback_result}; "
+            "outcome unknown, check production by hand"
+        )
+
+    def _healthy_text(self, watch: Watch) -> str:
+        return (
+            f"post-deploy window of {watch.task_id} ({watch.repo}) healthy: "
+            f"{watch.checks} probes, {watch.failures} failed, {watch.uncertain} uncertain"
+        )
+
+    def _cause(self, watch: Watch) -> str:
+        if watch.status == policy.HEALTHY:
+            return f"post-deploy HEALTHY ({watch.checks} probes)"
+        if watch.action == policy.ROLLBACK:
+            return f"post-deploy DEGRADED: {watch.reason}; rollback {watch.rollback_result}"
+        return f"post-deploy DEGRADED: {watch.reason}; alert only"
+
+    def _write_log(self, watch: Watch) -> None:
+        """`16-post-deploy-log.md`: YAML front matter with the figures, then a short body."""
+        ended = watch.decided_at if watch.decided_at is not None else self._clock.now()
+        fields = policy.log_front_matter(
+            watch, window_started=iso(watch.started_at), window_ended=iso(ended)
+        )
+        # JSON scalars are valid YAML scalars, and quote what YAML would misread.
+        lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in fields.items()), "---", ""]
+        lines += [
+            f"# Post-deploy monitor: {watch.task_id}",
+            "",
+            f"- Verdict: **{watch.status}**, action **{watch.action}**.",
+            f"- Why: {watch.reason}.",
+            f"- Probes of {watch.health_url}: {watch.checks} "
+            f"({watch.failures} failed, of which {watch.server_errors} 5xx; "
+            f"{watch.uncertain} uncertain, counted healthy).",
+        ]
+        if watch.action == policy.ROLLBACK:
+            lines.append(f"- Rollback: {watch.rollback_result} (output in `{ROLLBACK_LOG}`).")
+        elif watch.action == policy.ALERT:
+            lines.append("- No rollback: alert only. Check production by hand.")
+        task_dir = self._task_dir(watch.task_id)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        tmp = task_dir / f".{LOG_NAME}.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(task_dir / LOG_NAME)
+
+    def _status(self) -> dict[str, Any]:
+        watches = [e.value for e in self._watches.values()]
+        return {
+            "healthy": True,
+            "enabled": self._mcfg.enabled,
+            **policy.summary(watches),
+            "probing": len(self._probing),
+            "rolling_back": len(self._finishing),
+            "watches": [
+                {**msgspec.structs.asdict(w), "revision": self._watches[w.task_id].revision}
+                for w in sorted(watches, key=lambda w: w.started_at)
+            ],
+        }
