@@ -54,10 +54,12 @@ RecordFn = Callable[[str, str], None]
 
 
 def http_probe(url: str, timeout_s: float) -> Probe:
-    """GET `url` once; no answer at all (timeout, refused, DNS) is an uncertain probe."""
+    """GET `url` once; a refused connection fails, any other lack of answer is uncertain."""
     try:
         with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=True) as client:
             response = client.get(url)
+    except httpx.ConnectError as err:
+        return policy.classify(None, f"{type(err).__name__}: {err}", refused=True)
     except httpx.HTTPError as err:
         return policy.classify(None, f"{type(err).__name__}: {err}")
     return policy.classify(response.status_code)

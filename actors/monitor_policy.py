@@ -50,10 +50,15 @@ class Probe(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
-def classify(status_code: int | None, detail: str = "") -> Probe:
-    """A probe from the HTTP status code, or from no answer at all (`status_code` None)."""
+def classify(status_code: int | None, detail: str = "", *, refused: bool = False) -> Probe:
+    """A probe from the HTTP status code, or from no answer at all (`status_code` None).
+
+    No answer is uncertain (the probe, not the service, may be at fault: a timeout,
+    a dropped connection) except a refused connection: nothing listens there, and
+    that is production down, not doubt.
+    """
     if status_code is None:
-        return Probe(outcome=UNCERTAIN, detail=detail)
+        return Probe(outcome=FAILED if refused else UNCERTAIN, detail=detail)
     if 200 <= status_code < 300:
         outcome = OK
     elif 500 <= status_code < 600:

@@ -9,6 +9,7 @@ configured forge (local or Gitea), tracker (local or Plane) and notifier
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper
 from actors.lease_policy import Lease, merged_stages
+from actors.monitor import MonitorStatus, PostDeployMonitor
+from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
 from actors.reaper import Reaper
@@ -33,6 +36,7 @@ from bus import subjects
 from bus.bridge import Bus
 from bus.effects import Effect, Ledger
 from bus.messages import (
+    Annotate,
     BusMessage,
     JobInput,
     JobOutcome,
@@ -334,6 +338,30 @@ class Node:
             "intake": (intake, IntakeStatus()),
             "reconciler": (reconciler, ReconcilerStatus()),
         }
+
+        def _record(task_id: str, cause: str) -> None:
+            key = f"monitor:{hashlib.sha256(cause.encode()).hexdigest()[:16]}"
+            engine.tell(Annotate(id=task_id, cause=cause, key=key))
+
+        monitor = PostDeployMonitor.start(
+            bus,
+            bus.store(subjects.BUCKET_MONITOR, Watch),
+            Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), self.clock, "monitor"),
+            self.clock,
+            self.cfg,
+            data_dir=self.layout.root,
+            record=_record,
+        )
+        self.refs["monitor"] = monitor
+        self._ticker.add(monitor)
+        bus.consume(
+            subjects.STREAM_NOTIFY,
+            subjects.CONSUMER_MONITOR,
+            [subjects.STAGE_ALL],
+            msgspec.json.Decoder(BusMessage),
+            monitor.tell,
+        )
+        others["monitor"] = (monitor, MonitorStatus())
         if self.cfg.telegram.enabled:
             telegram = Telegram(self.cfg.telegram)
             self._closers.append(telegram.close)

@@ -508,3 +508,21 @@ def _consumer_idle(control: Control) -> bool:
 
     info = control.bus.call(_info())
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+def test_a_service_nobody_listens_for_is_degraded_and_rolled_back(
+    make_cfg: Callable[..., Config],
+    controls: Callable[..., Control],
+    service: Service,
+    rollbacks: Path,
+) -> None:
+    # Given production whose process is gone: connections are refused
+    cfg = make_cfg(window_s=30.0, fail_threshold=2)
+    control = controls(cfg)
+    service.close()
+
+    publish_done(control, "SHOP-9", "shop")
+    watch = wait_until(lambda: closed(control, "SHOP-9"), deadline_s=DEADLINE_S, what="close")
+
+    assert (watch.status, watch.action) == ("DEGRADED", "ROLLBACK")
+    assert len(lines(rollbacks)) == 1

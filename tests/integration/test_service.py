@@ -88,13 +88,22 @@ def test_status_subjects_answer_json(harness: Harness) -> None:
         "lease_keeper",
         "intake",
         "reconciler",
+        "monitor",
         "launcher",
     }
     assert overview["healthy"] is True
     queue = harness.client.request(subjects.STATUS_QUEUE)
     assert "counts" in queue
     assert "running" in queue
-    actors = ("stage_engine", "queue_worker", "reaper", "lease_keeper", "intake", "reconciler")
+    actors = (
+        "stage_engine",
+        "queue_worker",
+        "reaper",
+        "lease_keeper",
+        "intake",
+        "reconciler",
+        "monitor",
+    )
     for actor in (*actors, "launcher"):
         assert harness.client.request(subjects.status_actor(actor))["healthy"] is True
     missing = harness.client.request(subjects.status_task("DEMO-404"))

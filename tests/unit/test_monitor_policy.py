@@ -81,6 +81,10 @@ def test_a_probe_is_classified_by_its_status_code(code: int | None, outcome: str
     assert mp.classify(code).outcome == outcome
 
 
+def test_a_refused_connection_is_a_failure_not_doubt():
+    assert mp.classify(None, "ConnectError", refused=True).outcome == mp.FAILED
+
+
 # --- starting a watch ---------------------------------------------------------------------
 
 
