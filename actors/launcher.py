@@ -812,10 +812,8 @@ class Launcher(pykka.ThreadingActor):
         """Run the repository's deploy command (not an agent), then finalize its verdict."""
         earlier = self._earlier_deploy(run)
         if earlier is not None:
+            # No RunStarted: this process is not a kill target, and the heartbeat covers it.
             log.info("launcher.deploy_reused", job_id=run.job_id, exit_code=earlier[0])
-            # Like a built-in step: the finalizer runs in this process.
-            me = psutil.Process()
-            self._tell(RunStarted(run_id=run.id, pid=me.pid, create_time=me.create_time()))
             return self._finalize(run, order, earlier[0], "", earlier[1])
         worktree = self._prepare_worktree(order)
         self._clear_previous_verdict(order, worktree)
