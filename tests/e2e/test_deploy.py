@@ -292,3 +292,82 @@ def _approve_quietly(client: Client) -> None:
         task = client.request(f"conveyor.status.task.{ITEM}")
         if "awaiting approval" in task.get("last_reason", ""):
             client.command("approve", {"id": ITEM})
+
+
+STALE_SCRIPT = """\
+import os, pathlib, signal, sys
+
+out, stage, item, fail_visits, kill_visit, pidfile = sys.argv[1:7]
+visit = os.environ["CONVEYOR_VISIT"]
+with open(out, "a") as log:
+    log.write(f"{stage} {item} {visit}\\n")
+if visit == kill_visit:
+    # The launcher dies while the deploy runs, and stays dead past the Reaper's grace.
+    os.kill(int(pathlib.Path(pidfile).read_text()), signal.SIGKILL)
+sys.exit(1 if visit in fail_visits.split(",") else 0)
+"""
+
+
+def test_a_reaped_deploy_reads_no_verdict_rather_than_the_previous_visits(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # Given staging succeeds on visit 1 and production fails on visit 1 (back to
+    # development), and the second staging visit kills the launcher mid-deploy
+    script = tmp_path / "stale_script.py"
+    script.write_text(STALE_SCRIPT)
+    out, pidfile = tmp_path / "deploys.txt", tmp_path / "launcher.pid"
+
+    def _command(fail_visits: str, kill_visit: str) -> list[str]:
+        argv = [str(script), str(out), "{stage}", "{work_item}", fail_visits, kill_visit]
+        return ["{python}", *argv, str(pidfile)]
+
+    extra = EXTRA_TOML.format(
+        staging=_toml_list(_command("", "2")), deploy=_toml_list(_command("1", ""))
+    ) + ("[reaper]\ninterval_s = 0.5\nfinalize_grace_s = 1.0\nheartbeat_timeout_s = 2.0\n")
+    procs = Processes(tmp_path, nats_url, extra_toml=extra)
+    procs.start("control", "control")
+    pidfile.write_text(str(procs.start("launcher", "launcher").pid))
+    client = Client(nats_url)
+    try:
+        wait_ready(client, procs)
+        assert client.command("submit", {"repo": "demo", "title": "Stale", "id": ITEM})["ok"]
+
+        # When the launcher dies during the second staging deploy and the Reaper
+        # finishes that job from its exit code (0), with no verdict written
+        def _died() -> bool:
+            _approve_quietly(client)
+            return procs.procs["launcher"].poll() is not None
+
+        wait_until(_died, what="the second staging deploy to kill the launcher", deadline_s=150)
+        procs.procs.pop("launcher")
+        third = f"{ITEM}.deploy-staging.3.work"
+        wait_until(
+            lambda: any(j.id == third for j in stored_jobs(client)),
+            what="the staging stage to be retried",
+        )
+
+        # Then the gate read "missing" and retried the stage instead of passing on the
+        # first visit's SUCCESS (which would have merged)
+        task = client.request(f"conveyor.status.task.{ITEM}")
+        assert task["stage"] == "deploy-staging"
+        jobs = {j.id: j for j in stored_jobs(client)}
+        assert f"{ITEM}.deploy-staging.2.merge" not in jobs
+        assert jobs[f"{ITEM}.deploy-staging.2.work"].status == "done"
+        # and once the launcher is back the item completes, deploying staging again
+        pidfile.write_text(str(procs.start("launcher", "launcher").pid))
+        task = drive(client, ITEM, "done", deadline_s=150)
+        assert out.read_text().splitlines() == [
+            f"deploy-staging {ITEM} 1",
+            f"deploy {ITEM} 1",
+            f"deploy-staging {ITEM} 2",
+            f"deploy-staging {ITEM} 3",
+            f"deploy {ITEM} 2",
+        ]
+        back = [e for e in task["history"] if (e["old"], e["new"]) == ("deploy", "development")]
+        assert len(back) == 1
+    except AssertionError:
+        print(procs.logs())
+        raise
+    finally:
+        client.close()
+        procs.stop_all()
