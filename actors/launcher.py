@@ -1,4 +1,4 @@
-"""Launcher: runs agents (and the built-in intake/merge steps) for launch orders."""
+"""Launcher: runs agents, deploy commands and the built-in intake/merge steps for launch orders."""
 
 from __future__ import annotations
 
