@@ -1,8 +1,9 @@
-"""Launcher: runs agents (and the built-in intake/merge steps) for launch orders."""
+"""Launcher: runs agents, deploy commands and the built-in intake/merge steps for launch orders."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import psutil
 import pykka
@@ -40,9 +42,9 @@ from bus.messages import (
     encode,
 )
 from conveyor import faults, procs, runwrap
-from conveyor.clock import Clock
+from conveyor.clock import Clock, iso
 from conveyor.config import Config
-from conveyor.errors import ConveyorError, Fenced
+from conveyor.errors import ConveyorError, Fenced, InvalidField
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
 from gateways import git
@@ -51,6 +53,8 @@ from gateways.forge import Forge, PullRequest
 log = get_logger(__name__)
 
 LOG_TAIL_BYTES = 64 * 1024
+DEPLOY_MARKER = "deploy.json"
+"""In a run directory: this run is a deploy command (its argv), not an agent."""
 
 
 class Abandoned(ConveyorError):
@@ -154,6 +158,28 @@ def kill_tree(pid: int, grace_s: float) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
+def check_health(
+    url: str, *, timeout_s: float, interval_s: float, clock: Clock, stop: threading.Event
+) -> tuple[bool, str]:
+    """Poll `url` until it answers 2xx or `timeout_s` passes; `(ok, what it last answered)`."""
+    deadline = clock.monotonic() + timeout_s
+    last = "not checked"
+    with httpx.Client(follow_redirects=False) as client:
+        while True:
+            remaining = deadline - clock.monotonic()
+            try:
+                answer = client.get(url, timeout=max(0.1, min(remaining, 10.0)))
+                last = f"HTTP {answer.status_code}"
+                if answer.is_success:
+                    return True, last
+            except httpx.HTTPError as err:
+                last = f"{type(err).__name__}: {err}"
+            if clock.monotonic() + interval_s > deadline:
+                return False, f"{last} (no 2xx within {timeout_s:g}s)"
+            if stop.wait(interval_s):
+                raise Abandoned(url)
+
+
 def _tail(path: Path) -> str:
     try:
         with path.open("rb") as handle:
@@ -248,6 +274,15 @@ class Launcher(pykka.ThreadingActor):
     def _launch(self, order: LaunchOrder, delivery: Delivery[Any]) -> None:
         key = policy.run_key(order.job_id, order.attempt)
         run_dir = self._layout.run_dir(order.job_id, order.attempt)
+        try:
+            deploy = policy.deploy_argv(
+                order,
+                self._cfg.repo(order.repo),
+                worktree=str(self._layout.worktree(order.repo, order.task_id)),
+                python=sys.executable,
+            )
+        except InvalidField:
+            deploy = []  # an unknown repository fails in the run, like any agent's
         run = Run(
             id=key,
             job_id=order.job_id,
@@ -263,6 +298,7 @@ class Launcher(pykka.ThreadingActor):
             started_at=self._clock.now(),
             run_dir=str(run_dir),
             log_path=str(run_dir / "output.log"),
+            deploy_command=deploy,
         )
         try:
             revision = self._store.create(key, run)
@@ -406,6 +442,11 @@ class Launcher(pykka.ThreadingActor):
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(message)
 
+    def _ask(self, message: Any) -> None:
+        """Like `_tell`, but return once the actor has handled it (stored it)."""
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self.actor_ref.ask(message, timeout=10.0)
+
     def _run_thread(self, run: Run, order: LaunchOrder) -> None:
         try:
             if order.role in (ROLE_INTAKE, ROLE_MERGE):
@@ -415,6 +456,8 @@ class Launcher(pykka.ThreadingActor):
                     )
                 )
                 done = self._builtin(run, order)
+            elif run.deploy_command:
+                done = self._deploy(run, order)
             else:
                 done = self._agent(run, order)
         except Abandoned:
@@ -433,10 +476,18 @@ class Launcher(pykka.ThreadingActor):
             if pid is not None:
                 log.info("launcher.adopted", job_id=run.job_id, pid=pid)
                 self._procs[run.id] = pid
-                timeout_s = self._cfg.agents.for_role(run.role).timeout_s
+                timeout_s = (
+                    self._cfg.deploy.timeout_s
+                    if run.deploy_command
+                    else self._cfg.agents.for_role(run.role).timeout_s
+                )
                 remaining = run.started_at + timeout_s - self._clock.now()
                 if not procs.wait_exit(pid, max(0.0, remaining)):
                     kill_tree(pid, self._cfg.launcher.kill_grace_s)
+                    if run.deploy_command and run.job_id not in self._cancelled:
+                        why = f"timed out after {timeout_s:g}s; process tree killed"
+                        self._tell(self._finalize(run, order, None, why, Path(run.log_path)))
+                        return
                     self._tell(
                         RunDone(
                             run_id=run.id,
@@ -452,6 +503,8 @@ class Launcher(pykka.ThreadingActor):
                 )
             elif run.job_id in self._cancelled:
                 done = RunDone(run_id=run.id, exit_code=recorded[0], error="killed: job cancelled")
+            elif run.deploy_command:
+                done = self._finalize(run, order, recorded[0], "", Path(run.log_path))
             else:
                 done = self._post_steps(run, order, recorded[0])
         except Abandoned:
@@ -668,6 +721,7 @@ class Launcher(pykka.ThreadingActor):
 
     def _agent(self, run: Run, order: LaunchOrder) -> RunDone:
         worktree = self._prepare_worktree(order)
+        self._clear_previous_verdict(order, worktree)
         run_dir = Path(run.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         prompt_path = run_dir / "prompt.md"
@@ -722,6 +776,162 @@ class Launcher(pykka.ThreadingActor):
         if order.job_id in self._cancelled:
             return RunDone(run_id=run.id, exit_code=exit_code, error="killed: job cancelled")
         return self._post_steps(run, order, exit_code)
+
+    # --- deploys Conveyor runs itself ---------------------------------------------------
+
+    def _clear_previous_verdict(self, order: LaunchOrder, worktree: Path) -> None:
+        """Take an earlier visit's verdict off the branch before this visit's work starts.
+
+        The gate reads the branch head once the job ends, whatever way it ends: a job
+        that fails before writing its verdict (reaped, attempts spent) must find no
+        verdict rather than the previous visit's. Pushed every time, so a deletion a
+        dead incarnation committed but never pushed reaches the forge too.
+        """
+        relative = policy.verdict_path(order.stage, order.task_id)
+        if relative is None or order.role in (ROLE_INTAKE, ROLE_MERGE):
+            return
+        with self._transition(order, wait=True) as fence:
+            stale = worktree / relative
+            existed = stale.exists()
+            stale.unlink(missing_ok=True)
+            fence.check("push")
+            with self._repo_lock(order.repo):
+                git.commit_all(
+                    worktree,
+                    f"conveyor: {order.task_id} clear the previous {order.stage} verdict "
+                    f"(visit {order.visit})",
+                )
+                git.push_branch(worktree, order.branch)
+        if existed:
+            log.info("launcher.verdict_cleared", job_id=order.job_id, path=relative)
+
+    def _earlier_deploy(self, run: Run) -> tuple[int, Path] | None:
+        """An earlier attempt of this job that already ran the deploy to its exit code.
+
+        Its result is the deploy's: a new attempt (after a reap, or a lost report)
+        finalizes it instead of deploying a second time.
+        """
+        for attempt in range(run.attempt - 1, 0, -1):
+            run_dir = self._layout.run_dir(run.job_id, attempt)
+            recorded = runwrap.read_exit_file(run_dir / "exit_code")
+            if recorded is not None and (run_dir / DEPLOY_MARKER).exists():
+                return recorded[0], run_dir / "output.log"
+        return None
+
+    def _deploy(self, run: Run, order: LaunchOrder) -> RunDone:
+        """Run the repository's deploy command (not an agent), then finalize its verdict."""
+        earlier = self._earlier_deploy(run)
+        if earlier is not None:
+            # No RunStarted: this process is not a kill target, and the heartbeat covers it.
+            log.info("launcher.deploy_reused", job_id=run.job_id, exit_code=earlier[0])
+            return self._finalize(run, order, earlier[0], "", earlier[1])
+        worktree = self._prepare_worktree(order)
+        self._clear_previous_verdict(order, worktree)
+        run_dir = Path(run.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / DEPLOY_MARKER).write_text(json.dumps(run.deploy_command))
+        exit_file = run_dir / "exit_code"
+        env = policy.agent_env(
+            os.environ,
+            order,
+            repo=self._cfg.repo(order.repo),
+            worktree=str(worktree),
+            python=sys.executable,
+            extra={},
+        )
+        argv = policy.wrap(run.deploy_command, exit_file=str(exit_file), python=sys.executable)
+        with Path(run.log_path).open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=worktree,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:
+            create_time = 0.0
+        self._procs[run.id] = proc.pid
+        # Stored before going on: a restart adopts the deploy by this pid, never reruns it.
+        self._ask(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))
+        log.info("launcher.deploy_started", job_id=run.job_id, pid=proc.pid, stage=order.stage)
+        faults.point("launcher.deploy_started")
+        timeout_s = self._cfg.deploy.timeout_s
+        if not procs.wait_exit(proc.pid, timeout_s):
+            log.warning("launcher.deploy_timed_out", job_id=run.job_id, timeout_s=timeout_s)
+            kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
+            proc.wait()
+            if order.job_id in self._cancelled:
+                return RunDone(run_id=run.id, exit_code=None, error="killed: job cancelled")
+            why = f"timed out after {timeout_s:g}s; process tree killed"
+            return self._finalize(run, order, None, why, Path(run.log_path))
+        proc.wait()
+        recorded = runwrap.read_exit_file(exit_file)
+        exit_code = recorded[0] if recorded else proc.returncode
+        if order.job_id in self._cancelled:
+            return RunDone(run_id=run.id, exit_code=exit_code, error="killed: job cancelled")
+        return self._finalize(run, order, exit_code, "", Path(run.log_path))
+
+    def _finalize(
+        self, run: Run, order: LaunchOrder, exit_code: int | None, detail: str, output: Path
+    ) -> RunDone:
+        """Turn the deploy's exit code and health check into the verdict file, then commit it.
+
+        The verdict overwrites whatever an agent or an earlier incarnation wrote: it
+        is proven here, never claimed. The job itself succeeds once the verdict is on
+        the branch, FAILED or not, so the queue never retries (redeploys) it; the gate
+        reads the verdict and decides.
+        """
+        if self._abandoned.is_set():
+            raise Abandoned(run.id)
+        repo = self._cfg.repo(order.repo)
+        health_ok: bool | None = None
+        health = "not configured"
+        if exit_code == 0 and repo.health_url:
+            health_ok, health = check_health(
+                repo.health_url,
+                timeout_s=self._cfg.deploy.health_timeout_s,
+                interval_s=self._cfg.deploy.health_interval_s,
+                clock=self._clock,
+                stop=self._abandoned,
+            )
+            detail = health
+        elif repo.health_url:
+            health = "not checked (the command failed)"
+        status, reason = policy.verdict(exit_code, health_ok, detail=detail)
+        relative, text = policy.deploy_log(
+            order.stage,
+            policy.DeployFacts(
+                work_item=order.task_id,
+                job_id=run.job_id,
+                timestamp=iso(self._clock.now()),
+                command=run.deploy_command,
+                exit_code=exit_code,
+                health_url=repo.health_url,
+                health=health,
+                status=status,
+                reason=reason,
+                output=_tail(output),
+            ),
+        )
+        target = self._layout.worktree(order.repo, order.task_id) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        log.info(
+            "launcher.deploy_verdict",
+            job_id=run.job_id,
+            stage=order.stage,
+            status=status,
+            reason=reason,
+            exit_code=exit_code,
+        )
+        faults.point("launcher.deploy_verdict")
+        done = self._post_steps(run, order, 0)
+        facts = {"exit_code": exit_code, "status": status, "reason": reason}
+        return msgspec.structs.replace(done, usage={**done.usage, "deploy": facts})
 
     def _post_steps(self, run: Run, order: LaunchOrder, exit_code: int) -> RunDone:
         """Commit, push, open the pull request, let the forge run CI; all idempotent."""

@@ -1,4 +1,4 @@
-"""Pure parts of the Launcher: paths, environment, argv placeholders, usage parsing."""
+"""Pure parts of the Launcher: paths, environment, argv placeholders, usage, deploy verdicts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from actors.stage_policy import BUILTIN_ROLES, DEPLOY_LOG, STAGING_LOG, artifact_path
 from bus.messages import LaunchOrder
 from conveyor.config import RepoConfig
 
@@ -49,6 +50,8 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     reported: bool = False
     defer_s: float = 0.0
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    deploy_command: list[str] = msgspec.field(default_factory=list)
+    """The repository's deploy argv Conveyor runs instead of an agent; empty: an agent run."""
 
 
 def run_key(job_id: str, attempt: int) -> str:
@@ -88,7 +91,7 @@ def wrapped_argv(
 ) -> list[str]:
     """The agent command behind the exit-code wrapper, placeholders filled in."""
     agent = substitute(python_argv(command, python), placeholder_values(order, worktree))
-    return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *agent]
+    return wrap(agent, exit_file=exit_file, python=python)
 
 
 def agent_env(
@@ -103,11 +106,7 @@ def agent_env(
     """Environment of an agent: the launcher's, minus nesting guards, plus the job's facts."""
     env = {k: v for k, v in base.items() if k not in STRIPPED_ENV and not k.startswith("CONVEYOR_")}
     values = placeholder_values(order, worktree)
-    deploy: list[str] = []
-    if order.stage == "deploy-staging":
-        deploy = repo.staging_command
-    elif order.stage == "deploy":
-        deploy = repo.deploy_command
+    deploy = deploy_command_for(order.stage, repo)
     env.update(
         {
             "CONVEYOR_ROLE": order.role,
@@ -163,3 +162,123 @@ def parse_usage(tail: str) -> dict[str, Any]:
                 out["is_error"] = True
             return out
     return {}
+
+
+# --- deploys run by Conveyor ---------------------------------------------------------------
+
+STAGING_STAGE = "deploy-staging"
+DEPLOY_STAGE = "deploy"
+SUCCESS = "SUCCESS"
+FAILED = "FAILED"
+DEPLOY_LOG_TAIL_CHARS = 4000
+"""How much of the command's output the verdict file quotes."""
+
+_VERDICT_FILES = {
+    STAGING_STAGE: (STAGING_LOG, "staging_status"),
+    DEPLOY_STAGE: (DEPLOY_LOG, "deploy_status"),
+}
+
+
+def deploy_command_for(order_stage: str, repo: RepoConfig) -> list[str]:
+    """The repository's command for a deploy stage (unsubstituted); [] for any other stage."""
+    if order_stage == STAGING_STAGE:
+        return list(repo.staging_command)
+    if order_stage == DEPLOY_STAGE:
+        return list(repo.deploy_command)
+    return []
+
+
+def deploy_argv(order: LaunchOrder, repo: RepoConfig, *, worktree: str, python: str) -> list[str]:
+    """What the Launcher runs itself instead of the agent for `order`; [] when an agent runs.
+
+    Only the stage's work step: the merge step on `deploy-staging` is built in.
+    """
+    if order.role in BUILTIN_ROLES:
+        return []
+    command = deploy_command_for(order.stage, repo)
+    if not command:
+        return []
+    return substitute(python_argv(command, python), placeholder_values(order, worktree))
+
+
+def wrap(argv: Sequence[str], *, exit_file: str, python: str) -> list[str]:
+    """`argv` behind the exit-code wrapper (already substituted)."""
+    return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *argv]
+
+
+def verdict_path(order_stage: str, task_id: str) -> str | None:
+    """The verdict file a deploy stage's gate reads (repository path), or None."""
+    found = _VERDICT_FILES.get(order_stage)
+    return artifact_path(task_id, found[0]) if found else None
+
+
+def verdict(exit_code: int | None, health_ok: bool | None, *, detail: str = "") -> tuple[str, str]:
+    """`(status, reason)` of a deploy: SUCCESS only for exit code 0 and no failed health check.
+
+    `health_ok` None: no health URL (or not checked). `detail` says why the command has
+    no exit code (a timeout) or why the health check failed.
+    """
+    if exit_code is None:
+        return FAILED, f"deploy command did not finish: {detail or 'no exit code'}"
+    if exit_code != 0:
+        return FAILED, f"deploy command exited with code {exit_code}"
+    if health_ok is False:
+        return FAILED, f"health check failed: {detail or 'no 2xx answer'}"
+    if health_ok:
+        return SUCCESS, "deploy command exited 0; health check answered 2xx"
+    return SUCCESS, "deploy command exited 0; no health URL configured"
+
+
+class DeployFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What the finalizer found out about one deploy run."""
+
+    work_item: str
+    job_id: str
+    timestamp: str
+    command: list[str]
+    exit_code: int | None
+    health_url: str
+    health: str
+    status: str
+    reason: str
+    output: str = ""
+
+
+def deploy_log(stage: str, facts: DeployFacts) -> tuple[str, str]:
+    """`(repository path, text)` of the verdict file for a deploy stage.
+
+    The status is written by Conveyor from the command's exit code and the health
+    check (`decided_by: conveyor`); the file replaces whatever an agent put there.
+    """
+    found = _VERDICT_FILES.get(stage)
+    if found is None:
+        raise ValueError(f"stage {stage!r} has no deploy verdict")
+    name, status_key = found
+    fields: list[tuple[str, object]] = [
+        (status_key, facts.status),
+        ("work_item", facts.work_item),
+        ("job_id", facts.job_id),
+        ("timestamp", facts.timestamp),
+        ("command", facts.command),
+        ("exit_code", facts.exit_code),
+        ("health_url", facts.health_url),
+        ("health", facts.health),
+        ("reason", facts.reason),
+        ("decided_by", "conveyor"),
+    ]
+    # JSON scalars and lists are valid YAML, and quoting every value keeps a command
+    # argument like `--x: y` from changing the document's shape.
+    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in fields)
+    tail = facts.output[-DEPLOY_LOG_TAIL_CHARS:]
+    fence = "```"
+    while fence in tail:
+        fence += "`"
+    title = "Staging log" if stage == STAGING_STAGE else "Deploy log"
+    body = (
+        f"# {title}: {facts.work_item}\n\n"
+        f"**{facts.status}**: {facts.reason}.\n\n"
+        "Decided by Conveyor from the command's exit code and the health check.\n\n"
+        f"## Output (last {DEPLOY_LOG_TAIL_CHARS} characters)\n\n"
+        f"{fence}text\n{tail.rstrip()}\n{fence}\n"
+    )
+    return artifact_path(facts.work_item, name), f"---\n{front}\n---\n\n{body}"

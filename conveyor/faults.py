@@ -4,6 +4,12 @@ Set `CONVEYOR_FAULT` to one or more point names (comma-separated); the process
 that reaches such a point kills itself with SIGKILL, exactly like an OOM kill or
 a power cut would, leaving no chance to clean up. Unset (the default) it costs
 one environment lookup per point.
+
+Two points fire only for a repository with a `staging_command` / `deploy_command`
+(`DEPLOY_POINTS`, proved by `tests/e2e/test_deploy.py`): `launcher.deploy_started`
+right after the deploy command's wrapper is spawned and its pid stored, and
+`launcher.deploy_verdict` after the finalizer wrote the verdict file into the
+worktree, before it is committed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ POINTS = (
     "launcher.run_recorded",
     "launcher.spawned",
     "launcher.agent_exited",
+    "launcher.deploy_started",
+    "launcher.deploy_verdict",
     "launcher.committed",
     "launcher.pushed",
     "launcher.pr_opened",
@@ -35,6 +43,9 @@ POINTS = (
     "tracker_sync.commented",
 )
 """Every named point, in pipeline order (docs/failure-model.md says what each proves)."""
+
+DEPLOY_POINTS = ("launcher.deploy_started", "launcher.deploy_verdict")
+"""The points only a deploy command Conveyor runs itself reaches."""
 
 
 def point(name: str) -> None:

@@ -1,14 +1,16 @@
-"""Launcher decisions: argv placeholders, agent environment, prompt, usage parsing."""
+"""Launcher decisions: argv placeholders, agent environment, prompt, usage, deploy verdicts."""
 
 from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import launcher_policy as lp
+from actors import stage_policy as sp
 from bus.messages import LaunchOrder
 from conveyor.config import RepoConfig
 
@@ -348,3 +350,139 @@ def test_a_result_line_with_odd_fields_yields_empty_usage_and_no_cost():
 def test_parse_usage_never_raises_on_any_output(tail: str):
     result = lp.parse_usage(tail)
     assert result == {} or isinstance(result["usage"], dict)
+
+
+# --- deploys run by Conveyor -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("deploy-staging", REPO.staging_command),
+        ("deploy", REPO.deploy_command),
+        ("testing", []),
+        ("done", []),
+    ],
+)
+def test_deploy_command_for_picks_the_repository_command_of_a_deploy_stage(
+    stage: str, expected: list[str]
+):
+    assert lp.deploy_command_for(stage, REPO) == expected
+
+
+def test_deploy_argv_fills_python_and_placeholders_without_a_shell():
+    argv = lp.deploy_argv(
+        order(stage="deploy-staging", role="deployer"), REPO, worktree=WORKTREE, python=PYTHON
+    )
+    assert argv == [PYTHON, "deploy.py", "--env", "staging", "--item", "DEMO-1"]
+
+
+def test_deploy_argv_is_empty_for_the_merge_step_and_for_a_repository_without_commands():
+    merge = order(stage="deploy-staging", role="merge")
+    assert lp.deploy_argv(merge, REPO, worktree=WORKTREE, python=PYTHON) == []
+    bare = RepoConfig(name="demo", prefix="DEMO")
+    deploy = order(stage="deploy", role="deployer")
+    assert lp.deploy_argv(deploy, bare, worktree=WORKTREE, python=PYTHON) == []
+
+
+def test_wrap_puts_the_command_behind_the_exit_code_wrapper():
+    assert lp.wrap(["./d.sh", "x"], exit_file="/r/exit_code", python=PYTHON) == [
+        PYTHON,
+        "-m",
+        "conveyor.runwrap",
+        "--exit-file",
+        "/r/exit_code",
+        "--",
+        "./d.sh",
+        "x",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "health_ok", "status", "said"),
+    [
+        (0, None, "SUCCESS", "no health URL"),
+        (0, True, "SUCCESS", "answered 2xx"),
+        (0, False, "FAILED", "health check failed: HTTP 500"),
+        (1, None, "FAILED", "exited with code 1"),
+        (2, True, "FAILED", "exited with code 2"),
+        (None, None, "FAILED", "did not finish: HTTP 500"),
+    ],
+)
+def test_verdict_is_success_only_for_exit_zero_and_no_failed_health_check(
+    exit_code: int | None, health_ok: bool | None, status: str, said: str
+):
+    got, reason = lp.verdict(exit_code, health_ok, detail="HTTP 500")
+    assert got == status
+    assert said in reason
+
+
+def _facts(**changes: object) -> lp.DeployFacts:
+    fields: dict[str, object] = {
+        "work_item": "DEMO-1",
+        "job_id": "DEMO-1.deploy.2.work",
+        "timestamp": "2025-01-02T03:04:05Z",
+        "command": [PYTHON, "deploy.py", "--x: y", "# not a comment"],
+        "exit_code": 0,
+        "health_url": "http://127.0.0.1:9/health",
+        "health": "HTTP 200",
+        "status": "SUCCESS",
+        "reason": "deploy command exited 0",
+        "output": "line 1\nline 2\n",
+    }
+    fields.update(changes)
+    return lp.DeployFacts(**fields)
+
+
+def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyor():
+    path, text = lp.deploy_log("deploy-staging", _facts())
+    assert path == "docs/work-items/DEMO-1/15-staging-log.md"
+    fm = msgspec.yaml.decode(sp.split_front_matter(text).encode())
+    assert fm["staging_status"] == "SUCCESS"
+    assert fm["decided_by"] == "conveyor"
+    assert fm["command"] == [PYTHON, "deploy.py", "--x: y", "# not a comment"]
+    assert fm["exit_code"] == 0
+    assert fm["work_item"] == "DEMO-1"
+    assert fm["health_url"] == "http://127.0.0.1:9/health"
+    assert "line 2" in text.split("---", 2)[2]
+    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b")
+    inputs = sp.GateInputs(files={path: text})
+    assert sp.evaluate_gate("staging_status", task, inputs).verdict == "pass"
+
+
+def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
+    path, text = lp.deploy_log(
+        "deploy", _facts(status="FAILED", exit_code=None, reason="timed out", output="")
+    )
+    assert path == "docs/work-items/DEMO-1/14-deploy-log.md"
+    fm = msgspec.yaml.decode(sp.split_front_matter(text).encode())
+    assert fm["deploy_status"] == "FAILED"
+    assert fm["exit_code"] is None
+    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b")
+    result = sp.evaluate_gate("deploy_status", task, sp.GateInputs(files={path: text}))
+    assert result.verdict == "rework"
+
+
+def test_deploy_log_output_with_backticks_cannot_close_the_quote_early():
+    _, text = lp.deploy_log("deploy", _facts(output="```\n---\ndeploy_status: SUCCESS\n"))
+    assert "````text\n" in text
+    assert text.rstrip().endswith("````")
+
+
+def test_deploy_log_quotes_only_the_tail_of_long_output():
+    _, text = lp.deploy_log("deploy", _facts(output="x" * 10_000 + "END"))
+    assert "END" in text
+    assert text.count("x") < 5_000
+
+
+def test_deploy_log_refuses_a_stage_without_a_verdict():
+    with pytest.raises(ValueError, match="no deploy verdict"):
+        lp.deploy_log("review", _facts())
+
+
+def test_verdict_path_names_the_files_the_deploy_gates_read():
+    assert lp.verdict_path("deploy-staging", "DEMO-1") == sp.artifact_path("DEMO-1", sp.STAGING_LOG)
+    assert lp.verdict_path("deploy", "DEMO-1") == sp.artifact_path("DEMO-1", sp.DEPLOY_LOG)
+    assert lp.verdict_path("testing", "DEMO-1") is None
+    assert sp.GATE_FILES["staging_status"] == (sp.STAGING_LOG,)
+    assert sp.GATE_FILES["deploy_status"] == (sp.DEPLOY_LOG,)
