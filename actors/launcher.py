@@ -619,6 +619,11 @@ class Launcher(pykka.ThreadingActor):
             behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
             if behind and not git.rebase(worktree, "origin/main"):
                 return RunDone(run_id=run.id, exit_code=1, error="rebase onto main conflicts")
+            # An earlier attempt may have rebased here and died before pushing: a local
+            # head the forge does not have was never tested, so push and re-test it.
+            behind = behind or git.head_sha(worktree) != self._forge.branch_head(
+                order.repo, order.branch
+            )
             if behind:
                 fence.check("push")
             head = git.push_branch(worktree, order.branch) if behind else git.head_sha(worktree)

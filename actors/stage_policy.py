@@ -159,16 +159,31 @@ class TestReportFM(_FrontMatter, kw_only=True):
     result: Literal["PASS", "FAIL"]
 
 
-class StagingFM(_FrontMatter, kw_only=True):
+class _VerdictFM(_FrontMatter, kw_only=True):
+    job_id: str | None = None
+    decided_by: str | None = None
+
+
+class StagingFM(_VerdictFM, kw_only=True):
     """Front matter of `15-staging-log.md`."""
 
     staging_status: Literal["SUCCESS", "FAILED"]
 
 
-class DeployFM(_FrontMatter, kw_only=True):
+class DeployFM(_VerdictFM, kw_only=True):
     """Front matter of `14-deploy-log.md`."""
 
     deploy_status: Literal["SUCCESS", "FAILED"]
+
+
+def _current_verdict(fm: _VerdictFM, task: Task, name: str) -> None:
+    """Refuse a verdict Conveyor wrote for another job than the task's current one.
+
+    An adopted run of a superseded visit can finish late and write its verdict; it
+    must not decide the visit that replaced it.
+    """
+    if fm.decided_by == "conveyor" and fm.job_id and fm.job_id != task.job_id:
+        raise FrontMatterError(f"{name}: verdict of job {fm.job_id}, not of {task.job_id}")
 
 
 class FrontMatterError(ValueError):
@@ -315,11 +330,13 @@ def _evaluate(gate: str, task: Task, inputs: GateInputs) -> GateResult:
             return GateResult(verdict="rework", reason="test report FAIL")
         case "staging_status":
             staging = _doc(inputs, tid, STAGING_LOG, StagingFM)
+            _current_verdict(staging, task, STAGING_LOG)
             if staging.staging_status == "SUCCESS":
                 return GateResult(verdict="pass", reason="staging SUCCESS")
             return GateResult(verdict="rework", reason="staging FAILED")
         case "deploy_status":
             deploy = _doc(inputs, tid, DEPLOY_LOG, DeployFM)
+            _current_verdict(deploy, task, DEPLOY_LOG)
             if deploy.deploy_status == "SUCCESS":
                 return GateResult(verdict="pass", reason="deploy SUCCESS")
             return GateResult(verdict="rework", reason="deploy FAILED")

@@ -501,6 +501,13 @@ def _check_deploy(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be > 0")
     if not 0 < m.error_ratio <= 1:
         raise ConfigError("monitor.error_ratio: must be in (0, 1]")
+    longest = cfg.deploy.timeout_s + cfg.deploy.health_timeout_s
+    if cfg.reaper.enabled and longest >= cfg.reaper.max_running_s:
+        raise ConfigError(
+            f"deploy.timeout_s: with health_timeout_s ({longest:g}s) it must stay under "
+            f"reaper.max_running_s ({cfg.reaper.max_running_s:g}s), or the backstop reaps "
+            "a live deploy"
+        )
 
 
 def _check_integrations(cfg: Config) -> None:

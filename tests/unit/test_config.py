@@ -470,3 +470,9 @@ def test_a_protected_repository_with_health_and_rollback_loads(tmp_path: Path):
     assert repo.protected
     assert repo.rollback_command == ["./rollback.sh"]
     assert cfg.monitor.repos == ["core"]
+
+
+def test_a_deploy_longer_than_the_reaper_backstop_is_refused(tmp_path: Path):
+    message = error_of(tmp_path, "[deploy]\ntimeout_s = 7200.0\n")
+    assert "deploy.timeout_s" in message
+    assert "reaper.max_running_s" in message

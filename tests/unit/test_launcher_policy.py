@@ -445,7 +445,7 @@ def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyo
     assert fm["work_item"] == "DEMO-1"
     assert fm["health_url"] == "http://127.0.0.1:9/health"
     assert "line 2" in text.split("---", 2)[2]
-    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b")
+    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b", job_id="DEMO-1.deploy.2.work")
     inputs = sp.GateInputs(files={path: text})
     assert sp.evaluate_gate("staging_status", task, inputs).verdict == "pass"
 
@@ -458,7 +458,7 @@ def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
     fm = msgspec.yaml.decode(sp.split_front_matter(text).encode())
     assert fm["deploy_status"] == "FAILED"
     assert fm["exit_code"] is None
-    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b")
+    task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b", job_id="DEMO-1.deploy.2.work")
     result = sp.evaluate_gate("deploy_status", task, sp.GateInputs(files={path: text}))
     assert result.verdict == "rework"
 

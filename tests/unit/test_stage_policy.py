@@ -1310,3 +1310,25 @@ def test_a_post_deploy_note_joins_the_history_once_without_a_stage_change():
     assert d.emit == ()
     again = sp.on_annotate(d.task, note, now=NOW)
     assert again.task is None
+
+
+def test_a_conveyor_verdict_of_another_job_never_decides_the_current_one():
+    task = task_on("deploy", job_id="DEMO-1.deploy.2.work")
+    stale = fm(
+        work_item_id=TID,
+        deploy_status="SUCCESS",
+        decided_by="conveyor",
+        job_id="DEMO-1.deploy.1.work",
+    )
+    result = sp.evaluate_gate("deploy_status", task, with_file(sp.DEPLOY_LOG, stale))
+    assert result.verdict == "retry"
+    assert "DEMO-1.deploy.1.work" in result.reason
+    current = fm(
+        work_item_id=TID,
+        deploy_status="SUCCESS",
+        decided_by="conveyor",
+        job_id="DEMO-1.deploy.2.work",
+    )
+    assert sp.evaluate_gate("deploy_status", task, with_file(sp.DEPLOY_LOG, current)).verdict == (
+        "pass"
+    )
