@@ -73,7 +73,8 @@ def _repo(tmp: Path, production: Production, **extra: Any) -> dict[str, Any]:
         "prefix": "DEMO",
         "template": "demo",
         "check_command": CHECK,
-        "staging_command": [sys.executable, str(script), str(tmp / "staging-state"), "ok"],
+        # Staging and production share the one health endpoint of this tiny world.
+        "staging_command": [sys.executable, str(script), state, "ok"],
         "deploy_command": [sys.executable, str(script), state, "ok"],
         "health_url": production.url,
         "rollback_command": [
