@@ -170,6 +170,8 @@ backoff_base_s = 0.05
 backoff_max_s = 0.2
 [launcher]
 kill_grace_s = 1.0
+[leases]
+busy_retry_s = 0.5
 [log]
 level = "info"
 format = "json"
