@@ -129,7 +129,10 @@ def _log_failure(future: concurrent.futures.Future[Any]) -> None:
     if future.cancelled():
         return
     exc = future.exception()
-    if exc is not None:
+    if isinstance(exc, nats.errors.ConnectionClosedError):
+        # A fire-and-forget publish (a heartbeat) racing the close at shutdown: expected.
+        log.debug("bus.background_dropped", error=repr(exc))
+    elif exc is not None:
         log.warning("bus.background_failed", error=repr(exc))
 
 
