@@ -33,13 +33,16 @@ def _load_bench() -> ModuleType:
     return module
 
 
+ITEMS = 4
+
+
 @pytest.mark.timeout(300)
 def test_random_kills_lose_nothing_and_double_no_effect(tmp_path: Path) -> None:
     chaos = _load_bench()
 
-    # Given 6 items over 2 repositories, while a random process is killed -9 every 3-6 s
+    # Given 4 items over 2 repositories, while a random process is killed -9 every 3-6 s
     report = chaos.run(
-        items=6,
+        items=ITEMS,
         repos=2,
         kill_min_s=3.0,
         kill_max_s=6.0,
@@ -59,9 +62,9 @@ def test_random_kills_lose_nothing_and_double_no_effect(tmp_path: Path) -> None:
     # and every item is done: none lost, none escalated
     assert not report.lost, report.lost
     assert not report.escalated, report.escalated
-    assert sorted(report.done) == ["R1-1", "R1-2", "R1-3", "R2-1", "R2-2", "R2-3"]
+    assert sorted(report.done) == ["R1-1", "R1-2", "R2-1", "R2-2"]
     # and every external effect happened exactly once
-    assert report.effects["pr_opened"] == 6, report.effects
-    assert report.effects["pr_merged"] == 6, report.effects
+    assert report.effects["pr_opened"] == ITEMS, report.effects
+    assert report.effects["pr_merged"] == ITEMS, report.effects
     assert report.duplicated_effects == 0, report.duplicate_details
     assert report.duplicated_comments == 0, report.comment_details

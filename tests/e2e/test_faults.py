@@ -77,7 +77,8 @@ def test_a_kill_at_any_point_is_recovered_with_every_effect_done_once(
     victim = "control" if point in CONTROL_POINTS else "launcher"
     procs.start("control", "control", fault=point if victim == "control" else "")
     procs.start("launcher", "launcher", fault=point if victim == "launcher" else "")
-    client = Client(nats_url)
+    # A command the victim dies answering waits out this timeout; keep it short.
+    client = Client(nats_url, timeout_s=3.0)
     try:
         wait_ready(client, procs)
         item = "DEMO-1"
