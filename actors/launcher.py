@@ -180,6 +180,35 @@ def check_health(
                 raise Abandoned(url)
 
 
+def spawn(
+    argv: list[str],
+    *,
+    cwd: Path,
+    stdin: Any,
+    log_path: str,
+    env: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start `argv` in its own session, output appended to `log_path`; (process, create time).
+
+    A create time of 0.0 means the process was gone before it could be read.
+    """
+    with Path(log_path).open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    return proc, create_time
+
+
 def _tail(path: Path) -> str:
     try:
         with path.open("rb") as handle:
@@ -748,20 +777,10 @@ class Launcher(pykka.ThreadingActor):
             worktree=str(worktree),
             python=sys.executable,
         )
-        with prompt_path.open("rb") as stdin, Path(run.log_path).open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=worktree,
-                stdin=stdin,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
+        with prompt_path.open("rb") as stdin:
+            proc, create_time = spawn(
+                argv, cwd=worktree, stdin=stdin, log_path=run.log_path, env=env
             )
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:
-            create_time = 0.0
         faults.point("launcher.spawned")
         self._tell(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))
         self._procs[run.id] = proc.pid
@@ -845,20 +864,9 @@ class Launcher(pykka.ThreadingActor):
             extra={},
         )
         argv = policy.wrap(run.deploy_command, exit_file=str(exit_file), python=sys.executable)
-        with Path(run.log_path).open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=worktree,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:
-            create_time = 0.0
+        proc, create_time = spawn(
+            argv, cwd=worktree, stdin=subprocess.DEVNULL, log_path=run.log_path, env=env
+        )
         self._procs[run.id] = proc.pid
         # Stored before going on: a restart adopts the deploy by this pid, never reruns it.
         self._ask(RunStarted(run_id=run.id, pid=proc.pid, create_time=create_time))

@@ -27,8 +27,8 @@ import msgspec
 import pykka
 
 from actors import monitor_policy as policy
-from actors.launcher import kill_tree
-from actors.launcher_policy import python_argv, substitute
+from actors.launcher import kill_tree, spawn
+from actors.launcher_policy import python_argv, substitute, wrap
 from actors.monitor_policy import Probe, Watch
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
@@ -376,29 +376,18 @@ class PostDeployMonitor(pykka.ThreadingActor):
             {"work_item": watch.task_id, "repo": watch.repo},
         )
         exit_file = task_dir / ROLLBACK_EXIT
-        argv = [
-            self._python,
-            "-m",
-            "conveyor.runwrap",
-            "--exit-file",
-            str(exit_file),
-            "--",
-            *command,
-        ]
+        argv = wrap(command, exit_file=str(exit_file), python=self._python)
         env = {**os.environ, "CONVEYOR_WORK_ITEM": watch.task_id, "CONVEYOR_REPO": watch.repo}
         task_dir.mkdir(parents=True, exist_ok=True)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         log.warning("monitor.rolling_back", task_id=watch.task_id, repo=watch.repo, argv=command)
-        with (task_dir / ROLLBACK_LOG).open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self._data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        proc, _ = spawn(
+            argv,
+            cwd=self._data_dir,
+            stdin=subprocess.DEVNULL,
+            log_path=str(task_dir / ROLLBACK_LOG),
+            env=env,
+        )
         timeout_s = self._mcfg.rollback_timeout_s
         if not procs.wait_exit(proc.pid, timeout_s):
             log.error("monitor.rollback_timed_out", task_id=watch.task_id, timeout_s=timeout_s)

@@ -190,38 +190,37 @@ class GiteaClient:
             raise _refused(resp, op)
         return _decode(resp, GiteaRepo, op)
 
-    async def branch_head(self, full: str, branch: str) -> str | None:
-        """Sha of `branch`, or None when it does not exist."""
-        op = "branch_head"
-        resp = await self._request("GET", f"{_repo(full)}/branches/{_seg(branch)}", op)
+    async def _found(
+        self, path: str, op: str, params: dict[str, str] | None = None
+    ) -> httpx.Response | None:
+        """GET `path`: the 200 answer, None on 404, `RemoteError` on anything else."""
+        resp = await self._request("GET", path, op, params=params)
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
             raise _refused(resp, op)
-        return _decode(resp, _Branch, op).commit.id
+        return resp
+
+    async def branch_head(self, full: str, branch: str) -> str | None:
+        """Sha of `branch`, or None when it does not exist."""
+        op = "branch_head"
+        resp = await self._found(f"{_repo(full)}/branches/{_seg(branch)}", op)
+        return None if resp is None else _decode(resp, _Branch, op).commit.id
 
     async def file(self, full: str, ref: str, path: str) -> bytes | None:
         """Raw content of `path` at `ref`, or None when missing."""
         op = "file"
-        resp = await self._request(
-            "GET", f"{_repo(full)}/raw/{_seg(path)}", op, params={"ref": ref}
-        )
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise _refused(resp, op)
-        return resp.content
+        resp = await self._found(f"{_repo(full)}/raw/{_seg(path)}", op, {"ref": ref})
+        return None if resp is None else resp.content
 
     async def list_dir(self, full: str, ref: str, path: str) -> list[str]:
         """Entry names of directory `path` at `ref`; empty when missing or not a directory."""
         op = "list_dir"
         rel = path.strip("/")
         where = f"{_repo(full)}/contents/{_seg(rel)}" if rel else f"{_repo(full)}/contents"
-        resp = await self._request("GET", where, op, params={"ref": ref})
-        if resp.status_code == 404:
+        resp = await self._found(where, op, {"ref": ref})
+        if resp is None:
             return []
-        if resp.status_code != 200:
-            raise _refused(resp, op)
         if resp.content.lstrip()[:1] == b"{":
             # A file's metadata, not a listing: `path` is no directory.
             return []
@@ -255,12 +254,8 @@ class GiteaClient:
     async def pull_by_head(self, full: str, base: str, head: str) -> GiteaPull | None:
         """A pull request of `head` into `base` (any state; Gitea picks one), or None."""
         op = "pull_by_head"
-        resp = await self._request("GET", f"{_repo(full)}/pulls/{_seg(base)}/{_seg(head)}", op)
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise _refused(resp, op)
-        return _decode(resp, GiteaPull, op)
+        resp = await self._found(f"{_repo(full)}/pulls/{_seg(base)}/{_seg(head)}", op)
+        return None if resp is None else _decode(resp, GiteaPull, op)
 
     async def pulls_page(self, full: str, state: str, page: int) -> list[GiteaPull]:
         """One page (1-based, `PAGE_LIMIT` long) of pull requests in `state`."""
@@ -289,12 +284,8 @@ class GiteaClient:
     async def get_pull(self, full: str, number: int) -> GiteaPull | None:
         """Pull request `number`, or None when it does not exist."""
         op = "get_pull"
-        resp = await self._request("GET", f"{_repo(full)}/pulls/{int(number)}", op)
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise _refused(resp, op)
-        return _decode(resp, GiteaPull, op)
+        resp = await self._found(f"{_repo(full)}/pulls/{int(number)}", op)
+        return None if resp is None else _decode(resp, GiteaPull, op)
 
     async def merge_pull(
         self, full: str, number: int, head_commit_id: str, style: str = "merge"
