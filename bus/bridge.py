@@ -243,6 +243,8 @@ class Store(Generic[S]):
             try:
                 while True:
                     entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+                    if entry is None and not out:
+                        entry = await self._after_early_marker(watcher)
                     if entry is None:
                         break
                     value = self._decode(entry.value)
@@ -255,6 +257,22 @@ class Store(Generic[S]):
             return out
 
         return self._bus.call(_load(), timeout_s=120.0)
+
+    async def _after_early_marker(self, watcher: Any) -> Any:
+        """The first entry after an "initial values done" marker that came before any.
+
+        nats-py sends that marker when the consumer reports nothing pending and its
+        callback has handled nothing yet, which is also the case when every entry was
+        already delivered but not yet handled (seen under load: an empty load of a
+        full bucket). A bucket that holds messages gets a moment for them to arrive.
+        """
+        status = await self._kv.status()
+        if status.values == 0:
+            return None
+        try:
+            return await watcher.updates(timeout=0.5)
+        except nats.errors.TimeoutError:
+            return None  # only delete markers: every key was deleted
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
