@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import msgspec
 
-from actors.stage_policy import TERMINAL
 from bus.messages import (
     CommitStatusEvent,
     PullRequestEvent,
@@ -24,6 +23,7 @@ from bus.messages import (
 )
 from conveyor import validate
 from conveyor.config import Config, PlaneStates
+from conveyor.pipeline import TERMINAL
 
 STATE_KEYS = (
     "in_progress",

@@ -23,7 +23,6 @@ from actors import launcher_policy as policy
 from actors.common import subject_for
 from actors.launcher_policy import Run
 from actors.lease_policy import merge_lease, task_lease
-from actors.stage_policy import ROLE_INTAKE, ROLE_MERGE
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger, effect_key
@@ -47,6 +46,7 @@ from conveyor.config import Config
 from conveyor.errors import ConveyorError, Fenced, InvalidField
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
+from conveyor.pipeline import ROLE_INTAKE, ROLE_MERGE
 from gateways import git
 from gateways.forge import Forge, PullRequest
 

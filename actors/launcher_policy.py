@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from actors.stage_policy import BUILTIN_ROLES, DEPLOY_LOG, STAGING_LOG, artifact_path
 from bus.messages import LaunchOrder
 from conveyor.config import RepoConfig
+from conveyor.pipeline import BUILTIN_ROLES, DEPLOY_LOG, STAGING_LOG, artifact_path
 
 STARTING = "starting"
 RUNNING = "running"

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from actors.intake_policy import state_key, task_id_for
-from actors.stage_policy import STEP_CONFIRM, TERMINAL
 from bus.messages import WorkItemEvent
 from conveyor.config import Config
+from conveyor.pipeline import STEP_CONFIRM, TERMINAL
 
 REPLAYED_STATES = frozenset({"in_progress", "approved", "rejected", "blocked", "needs_input"})
 """Plane states a poll replays. Never Confirm Deploy: a production deploy needs a live human."""

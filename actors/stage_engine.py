@@ -26,7 +26,7 @@ from bus.messages import (
     Tick,
     TrackerUpdate,
 )
-from conveyor import faults, validate
+from conveyor import faults, pipeline, validate
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced, InvalidField
@@ -61,15 +61,15 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
     """Read what `gate` needs from the forge at the branch head (I/O; never on the actor)."""
     try:
         head = forge.branch_head(task.repo, task.branch)
-        if gate == policy.GATE_BRANCH_EXISTS or head is None:
+        if gate == pipeline.GATE_BRANCH_EXISTS or head is None:
             return GateInputs(branch_head=head)
         files: dict[str, str | None] = {}
         for name in policy.GATE_FILES.get(gate, ()):
-            path = policy.artifact_path(task.id, name)
+            path = pipeline.artifact_path(task.id, name)
             files[path] = _text(forge.read_file(task.repo, head, path))
         adr_files: dict[str, str] = {}
         if gate == "architecture_done":
-            adr_dir = policy.artifact_path(task.id, policy.ADR_DIR)
+            adr_dir = pipeline.artifact_path(task.id, pipeline.ADR_DIR)
             for name in sorted(forge.list_dir(task.repo, head, adr_dir))[:MAX_ADRS]:
                 if name.endswith(".md"):
                     text = _text(forge.read_file(task.repo, head, f"{adr_dir}/{name}"))
@@ -80,7 +80,7 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
             status = forge.commit_status(task.repo, head)
             ci_state = status.state if status else None
         pr_merged = None
-        if gate == policy.GATE_PR_MERGED:
+        if gate == pipeline.GATE_PR_MERGED:
             pull = forge.find_pull(task.repo, task.branch)
             # Merged means this head is merged: rework after a merge needs a new merge.
             pr_merged = bool(pull and pull.merged and pull.head_sha == head)

@@ -28,23 +28,28 @@ from bus.messages import (
     TrackerUpdate,
 )
 from conveyor.config import Config, StageConfig
-
-CREATED = "created"
-DONE = "done"
-CANCELLED = "cancelled"
-TERMINAL = frozenset({DONE, CANCELLED})
-
-STEP_INTAKE = "intake"
-STEP_WORK = "work"
-STEP_MERGE = "merge"
-STEP_CONFIRM = "confirm"
-"""A protected repository's production deploy waits here for Confirm Deploy; no job runs."""
-
-ROLE_INTAKE = "intake"
-ROLE_MERGE = "merge"
-BUILTIN_ROLES = frozenset({ROLE_INTAKE, ROLE_MERGE})
-
-WORK_ITEMS_DIR = "docs/work-items"
+from conveyor.pipeline import (
+    ADR_DIR,
+    ANALYSIS_DOCS,
+    CANCELLED,
+    CREATED,
+    DEPLOY_LOG,
+    DONE,
+    GATE_BRANCH_EXISTS,
+    GATE_PR_MERGED,
+    REVIEW,
+    ROLE_INTAKE,
+    ROLE_MERGE,
+    STAGING_LOG,
+    STEP_CONFIRM,
+    STEP_INTAKE,
+    STEP_MERGE,
+    STEP_WORK,
+    TERMINAL,
+    TEST_PLAN,
+    TEST_REPORT,
+    artifact_path,
+)
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,19 +219,6 @@ def parse_front_matter(text: str, schema: type[T]) -> T:
         raise FrontMatterError(f"front matter invalid: {err}") from err
 
 
-def artifact_path(task_id: str, name: str) -> str:
-    """Path of an artifact inside the repository."""
-    return f"{WORK_ITEMS_DIR}/{task_id}/{name}"
-
-
-ANALYSIS_DOCS = ("01-brd.md", "02-trz.md", "03-acceptance-criteria.md")
-TEST_PLAN = "04-test-plan.yaml"
-REVIEW = "12-review.md"
-TEST_REPORT = "13-test-report.md"
-STAGING_LOG = "15-staging-log.md"
-DEPLOY_LOG = "14-deploy-log.md"
-ADR_DIR = "06-adr"
-
 GATE_FILES: dict[str, tuple[str, ...]] = {
     "analysis_complete": (*ANALYSIS_DOCS, TEST_PLAN),
     "review_approved": (REVIEW,),
@@ -235,9 +227,6 @@ GATE_FILES: dict[str, tuple[str, ...]] = {
     "deploy_status": (DEPLOY_LOG,),
 }
 """Artifacts each gate reads (file names under the work item's directory)."""
-
-GATE_BRANCH_EXISTS = "branch_exists"
-GATE_PR_MERGED = "pr_merged"
 
 
 def _read(inputs: GateInputs, task_id: str, name: str) -> str:

@@ -66,7 +66,7 @@ from actors.queue_policy import RUNNING, Job
 from actors.stage_policy import DONE, Task
 from bus import subjects
 from bus.server import EmbeddedNats
-from conveyor.client import Client
+from conveyor.app.client import Client
 from conveyor.clock import SystemClock
 from gateways.tracker import LocalTracker
 
@@ -364,7 +364,7 @@ class Cluster:
 
     def spawn(self, part: str) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        argv = [sys.executable, "-m", "conveyor.cli", "--config", str(self.config), "up"]
+        argv = [sys.executable, "-m", "conveyor.app.cli", "--config", str(self.config), "up"]
         argv += ["--parts", part]
         with (self.workdir / f"{part}.log").open("ab") as log:
             proc = self._spawner.submit(

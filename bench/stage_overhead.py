@@ -57,12 +57,13 @@ from bus import subjects
 from bus.bridge import Bus, Store
 from bus.messages import Alert, LaunchOrder, StageChanged
 from conveyor import config as config_mod
-from conveyor import demo, logs, runwrap, validate
-from conveyor.client import Client
+from conveyor import logs, runwrap, validate
+from conveyor.agents import demo_repo as demo
+from conveyor.app.client import Client
+from conveyor.app.node import Node
 from conveyor.clock import SystemClock
 from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
-from conveyor.supervisor import Node
 from gateways import git
 from gateways.forge import LocalForge
 

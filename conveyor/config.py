@@ -20,6 +20,7 @@ import msgspec
 
 from conveyor import validate
 from conveyor.errors import ConfigError, InvalidField
+from conveyor.pipeline import AGENT_ROLES, GATES, RESERVED_STAGES
 
 ENV_PREFIX = "CONVEYOR_"
 
@@ -104,7 +105,7 @@ def _demo_agent() -> AgentConfig:
     return AgentConfig()
 
 
-ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
+ROLES = AGENT_ROLES
 
 
 class AgentsConfig(_Section, frozen=True):
@@ -351,19 +352,6 @@ class Config(_Section, frozen=True):
         return next((s for s in self.pipeline.stages if s.name == name), None)
 
 
-GATES = frozenset(
-    {
-        "",
-        "analysis_complete",
-        "architecture_done",
-        "ci_green",
-        "review_approved",
-        "tests_passed",
-        "staging_status",
-        "deploy_status",
-    }
-)
-RESERVED_STAGES = frozenset({"created", "done", "cancelled"})
 _STAGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 

@@ -14,11 +14,11 @@ from typing import Any
 from actors.queue_policy import Job
 from bus import subjects
 from conveyor import config as config_mod
-from conveyor.client import Client
+from conveyor.app.client import Client
+from conveyor.app.node import Node
 from conveyor.clock import SystemClock
 from conveyor.config import Config
 from conveyor.layout import Layout
-from conveyor.supervisor import Node
 
 DEADLINE_S = 60.0
 
@@ -206,7 +206,7 @@ class Processes:
             [
                 sys.executable,
                 "-m",
-                "conveyor.cli",
+                "conveyor.app.cli",
                 "--config",
                 str(self.config),
                 "up",

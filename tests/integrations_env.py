@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conveyor import demo
-from conveyor.supervisor import ALL_PARTS, GATEWAY, Node
+from conveyor.agents import demo_repo as demo
+from conveyor.app.node import ALL_PARTS, GATEWAY, Node
 from tests.fakes.gitea import FakeGitea
 from tests.fakes.plane import FIXTURE_PROJECT, FakePlane
 from tests.harness import Harness, make_config

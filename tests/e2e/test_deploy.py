@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from actors.stage_policy import split_front_matter
-from conveyor.client import Client
+from conveyor.app.client import Client
 from gateways import git
 from tests.harness import ALL_STAGES, Harness, Processes, drive, stored_jobs, wait_ready, wait_until
 

@@ -17,7 +17,7 @@ import pytest
 
 from bus.server import EmbeddedNats
 from conveyor import faults
-from conveyor.client import Client
+from conveyor.app.client import Client
 from conveyor.errors import BusUnavailable
 from gateways.tracker import LocalTracker
 from tests.harness import ALL_STAGES, Processes, drive, stored_jobs, wait_ready, wait_until

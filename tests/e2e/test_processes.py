@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.client import Client
+from conveyor.app.client import Client
 from tests.harness import Processes, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bus import subjects
 from bus.messages import LeaseAcquire, LeaseHolder, encode
-from conveyor.cli import main
+from conveyor.app.cli import main
 from tests.harness import Harness, make_config
 
 COMMANDS = [

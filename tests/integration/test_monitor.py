@@ -23,9 +23,9 @@ from bus import subjects
 from bus.bridge import Bus, Store
 from bus.effects import Effect, Ledger
 from bus.messages import Alert, BusMessage, StageChanged
+from conveyor.app.node import Ticker
 from conveyor.clock import SystemClock
 from conveyor.config import Config
-from conveyor.supervisor import Ticker
 from tests.harness import make_config, wait_until
 
 DEADLINE_S = 30.0

@@ -14,8 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor.demo import DEMO_CHECK_COMMAND, create_demo_files
-from conveyor.demo_agent import (
+from conveyor.agents.demo_agent import (
     BEHAVIOURS,
     ROLES,
     applies,
@@ -23,6 +22,7 @@ from conveyor.demo_agent import (
     load_job,
     parse_directives,
 )
+from conveyor.agents.demo_repo import DEMO_CHECK_COMMAND, create_demo_files
 from conveyor.errors import InvalidField
 
 AGENT = [sys.executable, "-m", "conveyor.demo_agent"]

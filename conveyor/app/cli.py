@@ -21,12 +21,12 @@ from bus.messages import Alert, StageChanged
 from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
-from conveyor.client import Client, discover_url
+from conveyor.app.client import Client, discover_url
+from conveyor.app.node import Node
 from conveyor.clock import SystemClock, iso
 from conveyor.config import Config
 from conveyor.errors import BusUnavailable, ConfigError, ConveyorError
 from conveyor.layout import Layout
-from conveyor.supervisor import Node
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)

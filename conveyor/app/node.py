@@ -47,12 +47,13 @@ from bus.messages import (
     event_decoder,
 )
 from bus.server import EmbeddedNats
-from conveyor import __version__, demo
+from conveyor import __version__
+from conveyor.agents import demo_repo as demo
+from conveyor.app.service import ControlService, launcher_status_handler
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
-from conveyor.service import ControlService, launcher_status_handler
 from gateways.forge import Forge, LocalForge
 from gateways.gateway import Gateway, start_gateway
 from gateways.gitea import GiteaForge

@@ -1,0 +1,1 @@
+"""Programs Conveyor ships: the scripted demo agent and the demo repository."""

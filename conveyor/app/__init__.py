@@ -1,0 +1,1 @@
+"""Composition root: the CLI, the client, the status service and the process wiring."""

@@ -1,0 +1,116 @@
+"""The pipeline's vocabulary: stage, step, role, gate, artifact and status names, spelled once.
+
+Every module that names one of these imports it from here, so a rename is one
+edit and a typo is a mypy error (the `Literal` types) instead of a silent miss.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# --- stages -------------------------------------------------------------------------------
+
+CREATED: Final = "created"
+DONE: Final = "done"
+CANCELLED: Final = "cancelled"
+TERMINAL: Final = frozenset({DONE, CANCELLED})
+RESERVED_STAGES: Final = frozenset({CREATED, DONE, CANCELLED})
+"""Stage names the pipeline itself uses; a configured stage may not take them."""
+
+# --- steps within a stage ----------------------------------------------------------------
+
+Step = Literal["intake", "work", "merge", "confirm"]
+STEP_INTAKE: Final = "intake"
+STEP_WORK: Final = "work"
+STEP_MERGE: Final = "merge"
+STEP_CONFIRM: Final = "confirm"
+"""A protected repository's production deploy waits here for Confirm Deploy; no job runs."""
+
+# --- roles ---------------------------------------------------------------------------------
+
+AgentRole = Literal["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
+AGENT_ROLES: Final = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
+"""Roles an agent plays; each has its command in `[agents.<role>]`."""
+ROLE_INTAKE: Final = "intake"
+ROLE_MERGE: Final = "merge"
+BUILTIN_ROLES: Final = frozenset({ROLE_INTAKE, ROLE_MERGE})
+"""Steps Conveyor runs itself (push the new branch; the merge gate): no agent, no pid."""
+
+# --- gates ---------------------------------------------------------------------------------
+
+Gate = Literal[
+    "",
+    "analysis_complete",
+    "architecture_done",
+    "ci_green",
+    "review_approved",
+    "tests_passed",
+    "staging_status",
+    "deploy_status",
+]
+GATE_NONE: Final = ""
+GATE_ANALYSIS: Final = "analysis_complete"
+GATE_ARCHITECTURE: Final = "architecture_done"
+GATE_CI_GREEN: Final = "ci_green"
+GATE_REVIEW: Final = "review_approved"
+GATE_TESTS: Final = "tests_passed"
+GATE_STAGING: Final = "staging_status"
+GATE_DEPLOY: Final = "deploy_status"
+GATES: Final = frozenset(
+    {
+        GATE_NONE,
+        GATE_ANALYSIS,
+        GATE_ARCHITECTURE,
+        GATE_CI_GREEN,
+        GATE_REVIEW,
+        GATE_TESTS,
+        GATE_STAGING,
+        GATE_DEPLOY,
+    }
+)
+DEPLOY_GATES: Final = frozenset({GATE_STAGING, GATE_DEPLOY})
+"""Gates whose stage runs the repository's deploy command (staging or production)."""
+GATE_BRANCH_EXISTS: Final = "branch_exists"
+"""The `created` stage's exit: the branch is on the forge."""
+GATE_PR_MERGED: Final = "pr_merged"
+"""The merge step's exit on a stage with a merge step."""
+
+# --- artifacts -----------------------------------------------------------------------------
+
+WORK_ITEMS_DIR: Final = "docs/work-items"
+"""Where each work item's artifacts live in its repository: `<dir>/<ID>/<file>`."""
+ANALYSIS_DOCS: Final = ("01-brd.md", "02-trz.md", "03-acceptance-criteria.md")
+TEST_PLAN: Final = "04-test-plan.yaml"
+ADR_DIR: Final = "06-adr"
+REVIEW: Final = "12-review.md"
+TEST_REPORT: Final = "13-test-report.md"
+DEPLOY_LOG: Final = "14-deploy-log.md"
+STAGING_LOG: Final = "15-staging-log.md"
+POST_DEPLOY_LOG: Final = "16-post-deploy-log.md"
+
+# --- verdicts written into artifacts -------------------------------------------------------
+
+SUCCESS: Final = "SUCCESS"
+FAILED: Final = "FAILED"
+
+# --- job statuses (owned by the QueueWorker) -----------------------------------------------
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+JOB_QUEUED: Final = "queued"
+JOB_RUNNING: Final = "running"
+JOB_DONE: Final = "done"
+JOB_FAILED: Final = "failed"
+JOB_CANCELLED: Final = "cancelled"
+JOB_FINISHED: Final = frozenset({JOB_DONE, JOB_FAILED, JOB_CANCELLED})
+
+# --- run statuses (owned by the Launcher) --------------------------------------------------
+
+RunStatus = Literal["starting", "running", "finished"]
+RUN_STARTING: Final = "starting"
+RUN_RUNNING: Final = "running"
+RUN_FINISHED: Final = "finished"
+
+
+def artifact_path(task_id: str, name: str) -> str:
+    """Path of an artifact inside the repository."""
+    return f"{WORK_ITEMS_DIR}/{task_id}/{name}"
