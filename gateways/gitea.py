@@ -16,14 +16,19 @@ from conveyor.config import Config
 from conveyor.errors import ForgeError, InvalidField, RemoteError
 from conveyor.logs import get_logger
 from gateways import git
-from gateways.forge import MAIN, CommitStatus, Forge, PullRequest
+from gateways.forge import (
+    MAIN,
+    STATE_RANK,
+    CommitStatus,
+    Forge,
+    PullRequest,
+    branch_or_main,
+    full_sha,
+)
 from gateways.gitea_api import PAGE_LIMIT, GiteaClient, GiteaPull, GiteaStatus
 from gateways.http import Jitter, Sleep, equal_jitter
 
 log = get_logger(__name__)
-
-# Worst first; a combined status is as bad as its worst context.
-_STATE_RANK = {"error": 0, "failure": 1, "pending": 2, "success": 3}
 
 
 class GiteaForge:
@@ -86,7 +91,7 @@ class GiteaForge:
         return url
 
     def branch_head(self, repo: str, branch: str) -> str | None:
-        return self._client.branch_head(self.full_name(repo), _branch(branch))
+        return self._client.branch_head(self.full_name(repo), branch_or_main(branch))
 
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
         return self._client.file(self.full_name(repo), _ref(ref), path)
@@ -136,20 +141,20 @@ class GiteaForge:
         The state is computed from the statuses, not taken from Gitea's combined
         `state`, which ranks warning below pending.
         """
-        combined = self._client.combined_status(self.full_name(repo), _sha(sha))
+        combined = self._client.combined_status(self.full_name(repo), full_sha(sha))
         wanted = self._cfg.gitea.status_context
         mapped = [
             _status(sha, s) for s in combined.statuses or [] if not wanted or s.context == wanted
         ]
         if not mapped:
             return None
-        return min(mapped, key=lambda s: (_STATE_RANK[s.state], -s.updated_at))
+        return min(mapped, key=lambda s: (STATE_RANK[s.state], -s.updated_at))
 
     def set_status(self, repo: str, sha: str, state: str, context: str, description: str) -> None:
-        if state not in _STATE_RANK:
-            raise InvalidField("state", f"must be one of {', '.join(_STATE_RANK)}")
+        if state not in STATE_RANK:
+            raise InvalidField("state", f"must be one of {', '.join(STATE_RANK)}")
         full = self.full_name(repo)
-        self._client.create_status(full, _sha(sha), state, context, description)
+        self._client.create_status(full, full_sha(sha), state, context, description)
         log.info("gitea.status_set", repo=repo, sha=sha, state=state, context=context)
 
     def on_push(self, repo: str, branch: str, sha: str) -> None:
@@ -162,7 +167,7 @@ class GiteaForge:
         poll that fails transiently is skipped; after `forge.check_timeout_s` the last
         status seen is returned, None if there was none.
         """
-        _branch(branch)
+        branch_or_main(branch)
         deadline = self._clock.monotonic() + self._cfg.forge.check_timeout_s
         status: CommitStatus | None = None
         while True:
@@ -294,7 +299,7 @@ def epoch(text: str | None) -> float | None:
 
 def _status(sha: str, status: GiteaStatus) -> CommitStatus:
     state = "success" if status.status == "warning" else status.status
-    if state not in _STATE_RANK:
+    if state not in STATE_RANK:
         # An unknown state must not pass a gate.
         state = "error"
     return CommitStatus(
@@ -306,22 +311,10 @@ def _status(sha: str, status: GiteaStatus) -> CommitStatus:
     )
 
 
-def _branch(value: str) -> str:
-    if value == MAIN:
-        return value
-    return validate.branch(value)
-
-
 def _ref(value: str) -> str:
     if git.is_sha(value):
         return value
-    return _branch(value)
-
-
-def _sha(value: str) -> str:
-    if not isinstance(value, str) or not git.is_sha(value):
-        raise InvalidField("sha", "must be a full lower-case hex sha")
-    return value
+    return branch_or_main(value)
 
 
 if TYPE_CHECKING:
