@@ -6,6 +6,7 @@ read-back of ambiguous writes live in `gateways.gitea_api`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -26,7 +27,7 @@ from gateways.forge import (
     full_sha,
 )
 from gateways.gitea_api import PAGE_LIMIT, GiteaClient, GiteaPull, GiteaStatus
-from gateways.http import Jitter, Sleep, equal_jitter
+from gateways.http import HttpOptions
 
 log = get_logger(__name__)
 
@@ -34,28 +35,28 @@ log = get_logger(__name__)
 class GiteaForge:
     """The `Forge` protocol on a Gitea server; Conveyor repo names map via the config.
 
-    `sleep` is the back-off between retries (the clock's sleep unless given),
-    `jitter` its random share, and `clock` paces `await_checks`; tests inject them.
+    `clock` paces `await_checks` and, unless `http` names another, the HTTP
+    client's back-off; tests inject both.
     """
 
     def __init__(
         self,
         cfg: Config,
         *,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
         clock: Clock | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
         self._clock: Clock = clock if clock is not None else SystemClock()
+        options = http or HttpOptions()
+        if options.clock is None:
+            options = replace(options, clock=self._clock)
         self._client = GiteaClient(
             cfg.gitea.url,
             cfg.gitea.token,
             timeout_s=cfg.gitea.timeout_s,
             retries=cfg.gitea.retries,
-            sleep=sleep,
-            jitter=jitter,
-            clock=self._clock,
+            options=options,
         )
         self._clone_urls: dict[str, str] = {}
 

@@ -16,11 +16,10 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from conveyor.clock import Clock
 from conveyor.errors import ForgeError, HeadMismatch, InvalidField, MergeConflict, RemoteError
 from conveyor.logs import get_logger
 from gateways.forge import MAIN
-from gateways.http import Http, Jitter, Sleep, equal_jitter
+from gateways.http import Http, HttpOptions
 
 log = get_logger(__name__)
 
@@ -122,10 +121,7 @@ class GiteaClient:
         *,
         timeout_s: float = 10.0,
         retries: int = 3,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
-        clock: Clock | None = None,
-        transport: httpx.BaseTransport | None = None,
+        options: HttpOptions | None = None,
     ) -> None:
         self._http = Http(
             SERVICE,
@@ -133,11 +129,8 @@ class GiteaClient:
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
             timeout_s=timeout_s,
             retries=retries,
-            clock=clock,
-            sleep=sleep,
-            jitter=jitter,
             describe=_status_message,
-            transport=transport,
+            options=options,
         )
 
     @property

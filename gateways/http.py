@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -66,6 +67,20 @@ def retry_after_hint(response: httpx.Response, now: float) -> float | None:
     return retry.retry_after_s(response.headers.get("Retry-After"), now)
 
 
+@dataclass(frozen=True)
+class HttpOptions:
+    """What a caller may swap in a client (tests, mostly).
+
+    The wait between attempts, its jitter, the clock (for `Retry-After` dates and
+    as the default sleep) and the httpx transport.
+    """
+
+    sleep: Sleep | None = None
+    jitter: Jitter = equal_jitter
+    clock: Clock | None = None
+    transport: httpx.BaseTransport | None = None
+
+
 class _Transient(Exception):
     """A failure worth another try; `maybe_applied` when the request may have landed."""
 
@@ -81,9 +96,8 @@ class _Transient(Exception):
 class Http:
     """Blocking calls to one service; `path` is joined to `base_url` (or is a full URL).
 
-    `sleep` waits between attempts (the clock's sleep unless injected), `jitter`
-    draws each back-off's share, `describe` words a failed answer and
-    `wait_hint` reads how long a 429 or 5xx asks to wait.
+    `describe` words a failed answer and `wait_hint` reads how long a 429 or 5xx
+    asks to wait; `options` holds what tests swap in.
     """
 
     def __init__(
@@ -94,25 +108,23 @@ class Http:
         timeout_s: float,
         retries: int,
         headers: dict[str, str] | None = None,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
         describe: Describe = status_line,
         wait_hint: WaitHint = retry_after_hint,
-        transport: httpx.BaseTransport | None = None,
+        options: HttpOptions | None = None,
     ) -> None:
         if retries < 0:
             raise InvalidField("retries", "must be >= 0")
         self.service = service
         self.timeout_s = timeout_s
         self.retries = retries
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._sleep: Sleep = sleep if sleep is not None else self._clock.sleep
-        self._jitter = jitter
+        options = options or HttpOptions()
+        self._clock: Clock = options.clock if options.clock is not None else SystemClock()
+        self._sleep: Sleep = options.sleep if options.sleep is not None else self._clock.sleep
+        self._jitter = options.jitter
         self._describe = describe
         self._wait_hint = wait_hint
         self._http = httpx.Client(
-            base_url=base_url, headers=headers, timeout=timeout_s, transport=transport
+            base_url=base_url, headers=headers, timeout=timeout_s, transport=options.transport
         )
 
     def close(self) -> None:

@@ -22,7 +22,6 @@ import msgspec
 
 from actors.reconciler_policy import PolledItem
 from conveyor import retry
-from conveyor.clock import Clock
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
 from conveyor.logs import get_logger
@@ -31,9 +30,7 @@ from gateways.http import (
     BACKOFF_MAX_S,
     RETRY_AFTER_MAX_S,
     Http,
-    Jitter,
-    Sleep,
-    equal_jitter,
+    HttpOptions,
 )
 
 log = get_logger(__name__)
@@ -116,10 +113,7 @@ class PlaneClient:
         self,
         cfg: PlaneConfig,
         *,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
-        clock: Clock | None = None,
-        transport: httpx.BaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
         self._http = Http(
@@ -128,12 +122,9 @@ class PlaneClient:
             headers={"X-API-Key": cfg.api_key, "Accept": "application/json"},
             timeout_s=cfg.timeout_s,
             retries=cfg.retries,
-            clock=clock,
-            sleep=sleep,
-            jitter=jitter,
             describe=_reason,
             wait_hint=lambda response, now: _reset_hint(response.headers, now),
-            transport=transport,
+            options=http,
         )
         self._states: dict[str, list[PlaneState]] = {}
 
@@ -357,14 +348,11 @@ class PlaneTracker:
         cfg: PlaneConfig,
         refs: Refs,
         *,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
-        clock: Clock | None = None,
-        transport: httpx.BaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
         self._refs = refs
-        self.client = PlaneClient(cfg, sleep=sleep, jitter=jitter, clock=clock, transport=transport)
+        self.client = PlaneClient(cfg, http=http)
 
     def close(self) -> None:
         """Close the HTTP client."""

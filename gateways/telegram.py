@@ -19,11 +19,10 @@ from bus.bridge import Bus, Delivery
 from bus.effects import Ledger, effect_key
 from bus.messages import Alert
 from conveyor import retry
-from conveyor.clock import Clock
 from conveyor.config import TelegramConfig
 from conveyor.errors import BusUnavailable, RemoteError
 from conveyor.logs import get_logger
-from gateways.http import Http, Jitter, Sleep, equal_jitter
+from gateways.http import Http, HttpOptions
 
 log = get_logger(__name__)
 
@@ -72,10 +71,7 @@ class TelegramClient:
         self,
         cfg: TelegramConfig,
         *,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
-        clock: Clock | None = None,
-        transport: httpx.BaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
         self._url = f"{cfg.api_url.rstrip('/')}/bot{cfg.bot_token}/sendMessage"
@@ -83,12 +79,9 @@ class TelegramClient:
             SERVICE,
             timeout_s=cfg.timeout_s,
             retries=cfg.max_retries,
-            clock=clock,
-            sleep=sleep,
-            jitter=jitter,
             describe=_describe,
             wait_hint=_retry_after_hint,
-            transport=transport,
+            options=http,
         )
 
     def close(self) -> None:
@@ -149,29 +142,8 @@ def _error(reason: str, status: int | None, retryable: bool) -> RemoteError:
     return RemoteError(SERVICE, OPERATION, reason, status=status, retryable=retryable)
 
 
-class Telegram:
-    """Sync sender over `TelegramClient` (for actors)."""
-
-    def __init__(
-        self,
-        cfg: TelegramConfig,
-        *,
-        sleep: Sleep | None = None,
-        jitter: Jitter = equal_jitter,
-        clock: Clock | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.client = TelegramClient(
-            cfg, sleep=sleep, jitter=jitter, clock=clock, transport=transport
-        )
-
-    def send(self, text: str, *, disable_notification: bool = False) -> int:
-        """Send `text`; return the message id."""
-        return self.client.send(text, disable_notification=disable_notification)
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        self.client.close()
+Telegram = TelegramClient
+"""The sender actors are given; the client is already blocking."""
 
 
 # --- the Notifier actor -------------------------------------------------------------------

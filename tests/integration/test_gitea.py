@@ -22,7 +22,7 @@ from conveyor.config import Config
 from conveyor.errors import ForgeError, GitError, HeadMismatch, MergeConflict, RemoteError
 from gateways.gitea import GiteaForge, with_token
 from gateways.gitea_api import GiteaClient
-from gateways.http import no_jitter
+from gateways.http import HttpOptions, no_jitter
 from tests.fakes.gitea import FakeGitea
 from tests.harness import wait_until
 
@@ -88,7 +88,7 @@ def sleeps() -> Sleeps:
 
 @pytest.fixture
 def forge(fake: FakeGitea, tmp_path: Path, sleeps: Sleeps) -> Iterator[GiteaForge]:
-    gitea = GiteaForge(make_cfg(fake, tmp_path), sleep=sleeps, jitter=no_jitter)
+    gitea = GiteaForge(make_cfg(fake, tmp_path), http=HttpOptions(sleep=sleeps, jitter=no_jitter))
     try:
         yield gitea
     finally:
@@ -289,7 +289,7 @@ def test_merge_that_times_out_is_read_back_and_sent_again_only_once(
     fake: FakeGitea, tmp_path: Path
 ) -> None:
     # Given a merge request that Gitea holds past the client's timeout
-    forge = GiteaForge(make_cfg(fake, tmp_path, timeout_s=0.3), sleep=Sleeps())
+    forge = GiteaForge(make_cfg(fake, tmp_path, timeout_s=0.3), http=HttpOptions(sleep=Sleeps()))
     try:
         sha = open_branch(fake)
         pull = forge.open_pull(REPO, BRANCH, "WID-1: retry", "")

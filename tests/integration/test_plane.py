@@ -14,7 +14,7 @@ from aiohttp import web
 
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
-from gateways.http import no_jitter
+from gateways.http import HttpOptions, no_jitter
 from gateways.plane import (
     PlaneClient,
     PlaneTracker,
@@ -91,7 +91,9 @@ def tracker_for(
 ) -> PlaneTracker:
     refs = {"DEMO-1": (PROJECT, item["id"])}
     return PlaneTracker(
-        config(plane, **changes), refs.get, sleep=sleep or Sleeps(), jitter=no_jitter
+        config(plane, **changes),
+        refs.get,
+        http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter),
     )
 
 
@@ -104,7 +106,7 @@ def tracker(plane: FakePlane, item: dict[str, Any]) -> Iterator[PlaneTracker]:
 
 def run_client(cfg: PlaneConfig, body: Any, sleep: Sleeps | None = None) -> Any:
     """Run `body(client)` with a fresh client."""
-    client = PlaneClient(cfg, sleep=sleep or Sleeps(), jitter=no_jitter)
+    client = PlaneClient(cfg, http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter))
     try:
         return body(client)
     finally:

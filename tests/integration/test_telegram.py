@@ -15,7 +15,7 @@ from bus.messages import Alert
 from conveyor.clock import FakeClock
 from conveyor.config import TelegramConfig
 from conveyor.errors import RemoteError
-from gateways.http import no_jitter
+from gateways.http import HttpOptions, no_jitter
 from gateways.telegram import (
     Notifier,
     NotifierStatus,
@@ -63,7 +63,7 @@ def config(fake: FakeTelegram, **changes: Any) -> TelegramConfig:
 
 
 def send(cfg: TelegramConfig, text: str, sleep: Sleeps | None = None) -> int:
-    client = TelegramClient(cfg, sleep=sleep or Sleeps(), jitter=no_jitter)
+    client = TelegramClient(cfg, http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter))
     try:
         return client.send(text)
     finally:
@@ -152,7 +152,7 @@ class Node:
         self.bus.setup()
         self.ledger = Ledger(self.bus.store(subjects.BUCKET_EFFECTS, Effect), FakeClock(), "t")
         self.sleeps = Sleeps()
-        self.sender = Telegram(cfg, sleep=self.sleeps, jitter=no_jitter)
+        self.sender = Telegram(cfg, http=HttpOptions(sleep=self.sleeps, jitter=no_jitter))
         self.ref = Notifier.start(self.sender.send, self.ledger, cfg, retry_delay_s=0.2)
         if durable == subjects.CONSUMER_NOTIFIER:
             consume_alerts(self.bus, self.ref)

@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
 from conveyor.clock import FakeClock
 from conveyor.errors import InvalidField, RemoteError
-from gateways.http import RETRY_AFTER_MAX_S, Http, equal_jitter, no_jitter
+from gateways.http import RETRY_AFTER_MAX_S, Http, HttpOptions, Jitter, equal_jitter, no_jitter
 
 
 @dataclass
@@ -117,16 +118,17 @@ def sleeps() -> Sleeps:
 CLOCK_START = 1_700_000_000.0
 
 
-def client(server: Server, sleeps: Sleeps, **changes: object) -> Http:
-    options: dict[str, object] = {
-        "timeout_s": 2.0,
-        "retries": 2,
-        "clock": FakeClock(CLOCK_START),
-        "sleep": sleeps,
-        "jitter": no_jitter,
-        **changes,
-    }
-    return Http("svc", server.url, **options)  # type: ignore[arg-type]
+def client(
+    server: Server,
+    sleeps: Sleeps,
+    *,
+    timeout_s: float = 2.0,
+    retries: int = 2,
+    jitter: Jitter = no_jitter,
+    **changes: Any,
+) -> Http:
+    options = HttpOptions(sleep=sleeps, jitter=jitter, clock=FakeClock(CLOCK_START))
+    return Http("svc", server.url, timeout_s=timeout_s, retries=retries, options=options, **changes)
 
 
 def effects_seen(http: Http) -> list[str] | None:
@@ -324,7 +326,9 @@ def test_a_refused_connection_never_shows_the_url(sleeps: Sleeps) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    http = Http("svc", timeout_s=1.0, retries=1, sleep=sleeps, jitter=no_jitter)
+    http = Http(
+        "svc", timeout_s=1.0, retries=1, options=HttpOptions(sleep=sleeps, jitter=no_jitter)
+    )
     try:
         with pytest.raises(RemoteError, match="cannot connect") as caught:
             http.request("POST", f"http://127.0.0.1:{port}/botSECRET/send", "send", json={})
