@@ -17,11 +17,8 @@ import httpx
 import msgspec
 
 from conveyor.errors import ForgeError, HeadMismatch, InvalidField, MergeConflict, RemoteError
-from conveyor.logs import get_logger
 from gateways.forge import MAIN
 from gateways.http import Http, HttpOptions
-
-log = get_logger(__name__)
 
 SERVICE = "gitea"
 """`RemoteError.service` of every failure raised here."""
@@ -132,10 +129,6 @@ class GiteaClient:
             describe=_status_message,
             options=options,
         )
-
-    @property
-    def timeout_s(self) -> float:
-        return self._http.timeout_s
 
     def close(self) -> None:
         """Close the connection pool."""

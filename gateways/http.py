@@ -131,13 +131,12 @@ class Http:
         """Close the connection pool."""
         self._http.close()
 
-    def backoff_s(self, attempt: int) -> float:
-        """The jittered delay before retry number `attempt` (0-based)."""
-        return retry.backoff_s(BACKOFF_BASE_S, BACKOFF_MAX_S, attempt, self._jitter())
-
-    def pause(self, op: str, attempt: int, error: RemoteError, wait_s: float | None = None) -> None:
+    def _pause(self, op: str, attempt: int, error: RemoteError, wait_s: float | None) -> None:
         """Wait before retry number `attempt`: `wait_s` when the server named it, else back off."""
-        delay = self.backoff_s(attempt) if wait_s is None else min(wait_s, RETRY_AFTER_MAX_S)
+        if wait_s is None:
+            delay = retry.backoff_s(BACKOFF_BASE_S, BACKOFF_MAX_S, attempt, self._jitter())
+        else:
+            delay = min(wait_s, RETRY_AFTER_MAX_S)
         log.warning(
             "http.retrying",
             service=self.service,
@@ -201,7 +200,7 @@ class Http:
             except _Transient as failure:
                 if attempt >= retries:
                     raise failure.error from None
-                self.pause(op, attempt, failure.error, failure.wait_s)
+                self._pause(op, attempt, failure.error, failure.wait_s)
                 if probe is not None and failure.maybe_applied:
                     found = self._probe(probe, op, failure)
                     if found is not None:
