@@ -65,7 +65,7 @@ from conveyor.clock import SystemClock
 from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
 from gateways import git
-from gateways.forge import LocalForge
+from gateways.local_forge import LocalForge
 
 TARGET_RATIO = 1.30
 BUDGET_MS_PER_STAGE = 30.0

@@ -54,9 +54,10 @@ from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
-from gateways.forge import Forge, LocalForge
+from gateways.forge import Forge
 from gateways.gateway import Gateway, start_gateway
 from gateways.gitea import GiteaForge
+from gateways.local_forge import LocalForge
 from gateways.plane import PlaneTracker
 from gateways.telegram import Notifier, NotifierStatus, Telegram, consume_alerts
 from gateways.tracker import LocalTracker
