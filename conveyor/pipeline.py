@@ -92,9 +92,15 @@ GATE_PR_MERGED: Final = "pr_merged"
 
 WORK_ITEMS_DIR: Final = "docs/work-items"
 """Where each work item's artifacts live in its repository: `<dir>/<ID>/<file>`."""
-ANALYSIS_DOCS: Final = ("01-brd.md", "02-trz.md", "03-acceptance-criteria.md")
+BRD: Final = "01-brd.md"
+TRZ: Final = "02-trz.md"
+ACCEPTANCE_CRITERIA: Final = "03-acceptance-criteria.md"
+ANALYSIS_DOCS: Final = (BRD, TRZ, ACCEPTANCE_CRITERIA)
 TEST_PLAN: Final = "04-test-plan.yaml"
 ADR_DIR: Final = "06-adr"
+INFRA_REQUIREMENTS: Final = "07-infra-requirements.md"
+TECH_RISKS: Final = "10-tech-risks.md"
+DEV_NOTES: Final = "11-dev-notes.md"
 REVIEW: Final = "12-review.md"
 TEST_REPORT: Final = "13-test-report.md"
 DEPLOY_LOG: Final = "14-deploy-log.md"
