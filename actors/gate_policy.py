@@ -14,6 +14,7 @@ from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
+from conveyor.config import Config
 from conveyor.pipeline import (
     ADR_DIR,
     ANALYSIS_DOCS,
@@ -32,6 +33,8 @@ from conveyor.pipeline import (
     GATE_TESTS,
     REVIEW,
     STAGING_LOG,
+    STEP_INTAKE,
+    STEP_MERGE,
     SUCCESS,
     TEST_PLAN,
     TEST_REPORT,
@@ -74,6 +77,12 @@ class GateSubject(Protocol):
 
     @property
     def job_id(self) -> str: ...
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def step(self) -> str: ...
 
 
 # --- artifact schemas ----------------------------------------------------------------------
@@ -234,7 +243,20 @@ GATE_FILES: dict[str, tuple[str, ...]] = {
 """Artifacts each gate reads (file names under the work item's directory)."""
 
 
-# --- evaluation ----------------------------------------------------------------------------
+# --- which gate ----------------------------------------------------------------------------
+
+
+def gate_for(task: GateSubject, cfg: Config) -> str:
+    """The gate that decides the task's current step."""
+    if task.step == STEP_INTAKE:
+        return GATE_BRANCH_EXISTS
+    if task.step == STEP_MERGE:
+        return GATE_PR_MERGED
+    stage = cfg.stage(task.stage)
+    return stage.gate if stage else GATE_NONE
+
+
+# --- evaluation ---------------------------------------------------------------------------
 
 
 def _current_verdict(fm: _VerdictFM, task: GateSubject, name: str) -> None:

@@ -291,7 +291,7 @@ class StageEngine(pykka.ThreadingActor):
         if key in self._gates_in_flight:
             return False
         self._gates_in_flight.add(key)
-        gate = policy.gate_for(task, self._cfg)
+        gate = gate_policy.gate_for(task, self._cfg)
         job_id = task.job_id
         actor = self.actor_ref
 

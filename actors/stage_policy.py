@@ -36,13 +36,11 @@ from conveyor.pipeline import (
     CANCELLED,
     CREATED,
     DONE,
-    GATE_BRANCH_EXISTS,
     GATE_DEPLOY,
-    GATE_NONE,
-    GATE_PR_MERGED,
     HOLD_STATES,
     JOB_CANCELLED,
     JOB_QUEUED,
+    ON_FAIL_RETRY,
     ROLE_DEVELOPER,
     ROLE_INTAKE,
     ROLE_MERGE,
@@ -55,19 +53,6 @@ from conveyor.pipeline import (
     STEP_WORK,
     TERMINAL,
 )
-
-# --- gates ---------------------------------------------------------------------------------
-
-
-def gate_for(task: Task, cfg: Config) -> str:
-    """The gate that decides the task's current step."""
-    if task.step == STEP_INTAKE:
-        return GATE_BRANCH_EXISTS
-    if task.step == STEP_MERGE:
-        return GATE_PR_MERGED
-    stage = cfg.stage(task.stage)
-    return stage.gate if stage else GATE_NONE
-
 
 # --- decisions -----------------------------------------------------------------------------
 
@@ -237,7 +222,9 @@ def on_gate(
             )
         case "pass":
             return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
-        case "rework" if stage_cfg and stage_cfg.on_fail != "retry" and task.step == STEP_WORK:
+        case "rework" if (
+            stage_cfg and stage_cfg.on_fail != ON_FAIL_RETRY and task.step == STEP_WORK
+        ):
             return _rework(task, stage_cfg.on_fail, result, now=now, revision=revision, cfg=cfg)
         case _:
             return _retry(task, result, now=now, cfg=cfg)

@@ -88,6 +88,9 @@ GATE_BRANCH_EXISTS: Final = "branch_exists"
 GATE_PR_MERGED: Final = "pr_merged"
 """The merge step's exit on a stage with a merge step."""
 
+ON_FAIL_RETRY: Final = "retry"
+"""A stage's `on_fail` that retries the stage itself instead of sending the work back."""
+
 # --- artifacts -----------------------------------------------------------------------------
 
 WORK_ITEMS_DIR: Final = "docs/work-items"

@@ -473,7 +473,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
         assert done.evaluate
         assert done.task is not None
         task, revision = done.task, revision + 1
-        result = gp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
+        result = gp.evaluate_gate(gp.gate_for(task, CFG), task, GOOD)
         assert result.verdict == "pass", (task.stage, task.step, result)
         d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
         if d.task is not None and "awaiting approval" in d.task.last_reason:
@@ -484,7 +484,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
             assert approved.evaluate
             assert approved.task is not None
             task, revision = approved.task, revision + 1
-            result = gp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
+            result = gp.evaluate_gate(gp.gate_for(task, CFG), task, GOOD)
             d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
         assert d.task is not None
         for event in changes(d):
@@ -987,7 +987,7 @@ def test_a_gate_for_a_cancelled_task_is_ignored():
 def test_staging_success_starts_the_merge_step_instead_of_moving_on():
     # Given a staging deploy that finished
     task = task_on("deploy-staging")
-    assert sp.gate_for(task, CFG) == "staging_status"
+    assert gp.gate_for(task, CFG) == "staging_status"
     # When its gate passes
     d = gate(task, "pass", "staging SUCCESS")
     # Then the task stays on deploy-staging, on its merge step, and a merge job is requested
@@ -1000,7 +1000,7 @@ def test_staging_success_starts_the_merge_step_instead_of_moving_on():
         "merge",
         "deploy-staging",
     )
-    assert sp.gate_for(d.task, CFG) == "pr_merged"
+    assert gp.gate_for(d.task, CFG) == "pr_merged"
 
 
 def test_a_merged_pull_request_moves_the_task_to_deploy():
@@ -1014,7 +1014,7 @@ def test_a_merged_pull_request_moves_the_task_to_deploy():
     finished = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
     assert finished.task is not None
     # When the pull request is merged
-    result = gp.evaluate_gate(sp.gate_for(finished.task, CFG), finished.task, GOOD)
+    result = gp.evaluate_gate(gp.gate_for(finished.task, CFG), finished.task, GOOD)
     d = gate(finished.task, result.verdict, result.reason)
     # Then the task moves to deploy with a deployer job
     assert d.task is not None
