@@ -1255,6 +1255,42 @@ def test_a_protected_production_deploy_waits_for_confirm_and_tells_the_operator(
     assert "Confirm Deploy" in alert.text
 
 
+def _renamed_stages() -> list[dict[str, object]]:
+    renamed = {"deploy-staging": "ship-to-qa", "deploy": "release"}
+    stages = [msgspec.to_builtins(s) for s in CFG.pipeline.stages]
+    for stage in stages:
+        stage["name"] = renamed.get(str(stage["name"]), stage["name"])
+    return stages
+
+
+def test_a_renamed_production_deploy_of_a_protected_repository_still_waits_for_confirm():
+    # Given the deploy stages renamed in config, their gates unchanged
+    cfg = load(
+        env={},
+        overrides={
+            "pipeline": {"stages": _renamed_stages()},
+            "repos": [{"name": REPO, "prefix": "DEMO", "template": "demo", "protected": True}],
+        },
+    )
+    task = task_on("deploy-staging", step=pl.STEP_MERGE, job_id="DEMO-1.ship-to-qa.1.merge")
+    task = msgspec.structs.replace(task, stage="ship-to-qa")
+    # When the staging stage's merge passes
+    d = sp.on_gate(
+        task,
+        task.job_id,
+        gp.GateResult(verdict="pass", reason="pull request merged"),
+        now=NOW,
+        revision=7,
+        cfg=cfg,
+    )
+    # Then the production deploy (keyed on its gate, not its name) waits for Confirm Deploy
+    assert d.task is not None
+    assert (d.task.stage, d.task.step) == ("release", pl.STEP_CONFIRM)
+    assert requests(d) == []
+    confirmed = sp.on_command(d.task, ConfirmDeploy(id=TID), now=NOW, revision=8, cfg=cfg)
+    assert [r.stage for r in requests(confirmed)] == ["release"]
+
+
 def test_confirm_deploy_starts_the_deploy_once():
     waiting = _merged_into_deploy().task
     assert waiting is not None
