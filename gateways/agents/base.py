@@ -159,7 +159,13 @@ def base_env(request: AgentRequest, home: Path) -> dict[str, str]:
     env["XDG_DATA_HOME"] = str(home / ".local" / "share")
     env["XDG_STATE_HOME"] = str(home / ".local" / "state")
     env["XDG_CACHE_HOME"] = str(home / ".cache")
+    env["TMPDIR"] = str(home / ".tmp")
     return env
+
+
+def home_dirs(home: Path) -> tuple[Path, ...]:
+    """The directories `base_env` points at that must exist before the CLI starts."""
+    return (home, home / ".tmp")
 
 
 def price_usd(model: str | None, usage: Usage, table: Mapping[str, ModelPrice]) -> float | None:

@@ -14,12 +14,13 @@ from gateways.agents.base import (
     LaunchPlan,
     Stream,
     Usage,
+    base_env,
     classify_error,
+    home_dirs,
     int_field,
     json_object,
     outcome_for_status,
     retry_after_s,
-    base_env,
 )
 
 
@@ -58,7 +59,7 @@ class ClaudeAdapter:
         if request.model:
             argv += ["--model", request.model]
         argv += request.extra_args
-        return LaunchPlan(argv=tuple(argv), env=env, cwd=request.workdir, dirs=(home,))
+        return LaunchPlan(argv=tuple(argv), env=env, cwd=request.workdir, dirs=home_dirs(home))
 
     def parser(self) -> ClaudeParser:
         return ClaudeParser()

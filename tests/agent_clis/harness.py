@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,13 +23,8 @@ class Run:
     timed_out: bool = False
 
     def explain(self) -> str:
-        return f"result={self.result}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
-
-
-def git_workdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q", str(path)], check=True)
-    return path
+        out, err = self.stdout[-4000:], self.stderr[-4000:]
+        return f"result={self.result}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
 def request(binary: str, workdir: Path, run_dir: Path, base_url: str, **kw: object) -> AgentRequest:
@@ -67,10 +63,8 @@ def run_agent(adapter: AgentAdapter, req: AgentRequest, timeout_s: float = 60) -
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
     # The CLI's own children (Codex's native binary, shells it spawned) go with the group.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     parser = adapter.parser()
     activities: list[Activity] = []
     for line in stdout.splitlines():

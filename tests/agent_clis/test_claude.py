@@ -21,8 +21,12 @@ def test_claude_writes_the_file_with_its_write_tool_and_reports_usage_and_cost(
     # Given a model that answers with one Write call, then a final text
     fake_model.script.writes = [WriteFile("hello.txt", "hello from the fake model\n")]
     req = request(
-        agent_clis["claude"], workdir, tmp_path / "run", fake_model.url,
-        prompt="Create hello.txt with a greeting. MARKER-CLAUDE-7", model=MODEL,
+        agent_clis["claude"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt with a greeting. MARKER-CLAUDE-7",
+        model=MODEL,
     )
     # When the real binary runs
     run = run_agent(ClaudeAdapter(), req, timeout_s=60)
@@ -44,8 +48,14 @@ def test_claude_rate_limited_by_the_model_is_reported_as_rate_limited(
 ) -> None:
     fake_model.fail_always(RATE_LIMITED)
     req = request(
-        agent_clis["claude"], workdir, tmp_path / "run", fake_model.url,
-        prompt="Create hello.txt", model=MODEL, max_retries=1, request_timeout_s=10,
+        agent_clis["claude"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt",
+        model=MODEL,
+        max_retries=1,
+        request_timeout_s=10,
     )
     run = run_agent(ClaudeAdapter(), req, timeout_s=60)
     assert run.result.outcome == "rate_limited", run.explain()
@@ -59,8 +69,14 @@ def test_claude_refused_api_key_is_reported_as_auth_refused(
 ) -> None:
     fake_model.fail_always(UNAUTHORIZED)
     req = request(
-        agent_clis["claude"], workdir, tmp_path / "run", fake_model.url,
-        prompt="Create hello.txt", model=MODEL, max_retries=1, request_timeout_s=10,
+        agent_clis["claude"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt",
+        model=MODEL,
+        max_retries=1,
+        request_timeout_s=10,
     )
     run = run_agent(ClaudeAdapter(), req, timeout_s=60)
     assert run.result.outcome == "auth_refused", run.explain()
@@ -73,8 +89,12 @@ def test_claude_whose_writes_were_denied_exits_zero_but_is_not_success(
     # Given no permission flag at all: headless Claude denies the Write call
     fake_model.script.writes = [WriteFile("hello.txt", "hello\n")]
     req = request(
-        agent_clis["claude"], workdir, tmp_path / "run", fake_model.url,
-        prompt="Create hello.txt", model=MODEL,
+        agent_clis["claude"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt",
+        model=MODEL,
     )
     run = run_agent(ClaudeAdapter(skip_permissions=False), req, timeout_s=60)
     assert not (workdir / "hello.txt").exists()

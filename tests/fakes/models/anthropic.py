@@ -61,7 +61,10 @@ def reply(script: Script, body: dict[str, Any]) -> list[bytes]:
         delta = {"type": "input_json_delta", "partial_json": json.dumps(tool_input)}
         stop = "tool_use"
     events += [
-        _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        ),
         _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
         _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
         _sse(

@@ -1,4 +1,4 @@
-"""Gemini v1beta `:streamGenerateContent?alt=sse` and `:generateContent`, as Gemini CLI speaks it."""
+"""Gemini v1beta `:streamGenerateContent?alt=sse` and `:generateContent` (Gemini CLI)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 
-ROUTER_ANSWER = json.dumps(
-    {"complexity_reasoning": "A single file write.", "complexity_score": 1}
-)
+ROUTER_ANSWER = json.dumps({"complexity_reasoning": "A single file write.", "complexity_score": 1})
 
 
 def tool_results(body: dict[str, Any]) -> int:
