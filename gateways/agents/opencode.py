@@ -87,7 +87,7 @@ class OpenCodeParser:
         self._usage = Usage()
         self._cost = 0.0
         self._steps = 0
-        self._errors: list[tuple[str, int | None]] = []
+        self._errors: list[tuple[str, int | None, float | None]] = []
         self._stderr: list[str] = []
 
     @property
@@ -140,25 +140,33 @@ class OpenCodeParser:
             return AgentResult(
                 outcome=SUCCESS, usage=self._usage, cost_usd=cost, exit_code=exit_code
             )
-        detail, status = self._errors[-1] if self._errors else (" ".join(self._stderr[-3:]), None)
+        detail, status, wait_s = (
+            self._errors[-1] if self._errors else (" ".join(self._stderr[-3:]), None, None)
+        )
         detail = detail or f"no step finished (exit {exit_code})"
         outcome = classify_error(detail, status)
         return AgentResult(
             outcome=ERROR if outcome == SUCCESS else outcome,
             usage=self._usage,
             cost_usd=cost,
-            retry_after_s=retry_after_s(detail),
+            retry_after_s=wait_s if wait_s is not None else retry_after_s(detail),
             detail=detail,
             exit_code=exit_code,
         )
 
 
-def _error(raw: object) -> tuple[str, int | None]:
-    """Message and HTTP status of an `error` event (`{name, data: {message, statusCode}}`)."""
+def _error(raw: object) -> tuple[str, int | None, float | None]:
+    """Message, HTTP status and Retry-After of an `error` event (`{name, data: {...}}`)."""
     if not isinstance(raw, dict):
-        return str(raw or ""), None
+        return str(raw or ""), None, None
     data = raw.get("data")
     data = data if isinstance(data, dict) else {}
     status = data.get("statusCode")
     message = str(data.get("message") or raw.get("message") or raw.get("name") or "")
-    return message, status if isinstance(status, int) else None
+    headers = data.get("responseHeaders")
+    wait = headers.get("retry-after") if isinstance(headers, dict) else None
+    try:
+        wait_s = float(wait) if isinstance(wait, str) else None
+    except ValueError:
+        wait_s = None  # an HTTP date; the caller's back-off applies
+    return message, status if isinstance(status, int) else None, wait_s
