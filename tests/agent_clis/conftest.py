@@ -22,9 +22,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def agent_clis() -> dict[str, str]:
     """name -> binary path; an install failure fails the tests with the installer's output."""
-    proc = subprocess.run(
-        [str(INSTALLER)], capture_output=True, text=True, timeout=900, check=False
-    )
+    try:
+        proc = subprocess.run(
+            [str(INSTALLER)], capture_output=True, text=True, timeout=900, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"install-agent-clis did not finish in 900 s\n{err.stderr!r}", pytrace=False)
     if proc.returncode != 0:
         pytest.fail(
             f"install-agent-clis exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-6000:]}",

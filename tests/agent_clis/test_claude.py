@@ -8,7 +8,7 @@ import pytest
 
 from gateways.agents.claude import ClaudeAdapter
 from tests.agent_clis.harness import request, run_agent
-from tests.fakes.models import RATE_LIMITED, UNAUTHORIZED, FakeModel, WriteFile
+from tests.fakes.models import HANG, RATE_LIMITED, UNAUTHORIZED, FakeModel, WriteFile
 
 pytestmark = pytest.mark.agent_cli
 
@@ -100,3 +100,24 @@ def test_claude_whose_writes_were_denied_exits_zero_but_is_not_success(
     assert not (workdir / "hello.txt").exists()
     assert run.result.exit_code == 0, run.explain()
     assert run.result.outcome == "permission_denied", run.explain()
+
+
+def test_claude_hang_before_headers_ends_by_the_request_timeout(
+    agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
+) -> None:
+    # Given a model that never answers, and a 3 s request timeout without retries
+    fake_model.fail_always(HANG)
+    req = request(
+        agent_clis["claude"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt",
+        model=MODEL,
+        max_retries=0,
+        request_timeout_s=3,
+    )
+    run = run_agent(ClaudeAdapter(), req, timeout_s=60)
+    assert not run.timed_out, run.explain()
+    assert run.result.outcome == "error", run.explain()
+    assert run.result.exit_code == 1

@@ -9,7 +9,7 @@ import pytest
 from gateways.agents.base import ModelPrice, with_price
 from gateways.agents.codex import CodexAdapter
 from tests.agent_clis.harness import request, run_agent
-from tests.fakes.models import RATE_LIMITED, FakeModel, WriteFile
+from tests.fakes.models import RATE_LIMITED, STALL, FakeModel, WriteFile
 
 pytestmark = pytest.mark.agent_cli
 
@@ -61,3 +61,24 @@ def test_codex_rate_limited_by_the_model_is_reported_as_rate_limited(
     run = run_agent(CodexAdapter(), req, timeout_s=60)
     assert run.result.exit_code == 1, run.explain()
     assert run.result.outcome == "rate_limited", run.explain()
+
+
+def test_codex_stalled_stream_ends_by_its_idle_timeout_as_an_error(
+    agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
+) -> None:
+    # Given a model that sends headers and its first event, then nothing
+    fake_model.fail_always(STALL)
+    req = request(
+        agent_clis["codex"],
+        workdir,
+        tmp_path / "run",
+        fake_model.url,
+        prompt="Create hello.txt",
+        model=MODEL,
+        max_retries=0,
+        stall_s=2,
+    )
+    run = run_agent(CodexAdapter(), req, timeout_s=60)
+    assert not run.timed_out, run.explain()
+    assert run.result.outcome == "error", run.explain()
+    assert "idle timeout" in run.result.detail

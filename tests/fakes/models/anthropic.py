@@ -32,8 +32,8 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 def reply(script: Script, body: dict[str, Any]) -> list[bytes]:
     """The SSE events of one assistant turn: a Write tool call, or the final text."""
-    write = script.turn(tool_results(body))
     n = tool_results(body)
+    write = script.turn(n)
     usage_in = {
         "input_tokens": script.input_tokens,
         "cache_read_input_tokens": script.cached_tokens,
@@ -51,6 +51,7 @@ def reply(script: Script, body: dict[str, Any]) -> list[bytes]:
         "usage": usage_in,
     }
     events = [_sse("message_start", {"type": "message_start", "message": message})]
+    block: dict[str, Any]
     if write is None:
         block = {"type": "text", "text": ""}
         delta = {"type": "text_delta", "text": script.final_text}
