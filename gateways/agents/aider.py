@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from gateways.agents.base import (
-    ERROR,
     SUCCESS,
     Activity,
     AgentRequest,
@@ -14,9 +13,8 @@ from gateways.agents.base import (
     Stream,
     Usage,
     base_env,
-    classify_error,
+    failure,
     home_dirs,
-    retry_after_s,
 )
 
 _TOKENS = re.compile(r"^Tokens: (?P<counts>.+?) received\.(?: Cost: (?P<cost>.*))?$")
@@ -132,12 +130,4 @@ class AiderParser:
                 outcome=SUCCESS, usage=self._usage, cost_usd=self._cost, exit_code=exit_code
             )
         detail = self._last_error or f"no model reply (exit {exit_code})"
-        outcome = classify_error(detail)
-        return AgentResult(
-            outcome=ERROR if outcome == SUCCESS else outcome,
-            usage=self._usage,
-            cost_usd=self._cost,
-            retry_after_s=retry_after_s(detail),
-            detail=detail,
-            exit_code=exit_code,
-        )
+        return failure(detail, usage=self._usage, exit_code=exit_code, cost_usd=self._cost)

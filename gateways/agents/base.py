@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -242,6 +242,26 @@ def classify_error(text: str, status: int | None = None) -> Outcome:
     return ERROR
 
 
+def failure(
+    detail: str,
+    *,
+    usage: Usage,
+    exit_code: int | None,
+    status: int | None = None,
+    cost_usd: float | None = None,
+    wait_s: float | None = None,
+) -> AgentResult:
+    """A failed run: the outcome its message and status stand for, and any wait it asked for."""
+    return AgentResult(
+        outcome=classify_error(detail, status),
+        usage=usage,
+        cost_usd=cost_usd,
+        retry_after_s=wait_s if wait_s is not None else retry_after_s(detail),
+        detail=detail,
+        exit_code=exit_code,
+    )
+
+
 def retry_after_s(text: str) -> float | None:
     """Seconds the API asked to wait, when the message carries them."""
     match = _RETRY_AFTER.search(text)
@@ -257,7 +277,7 @@ def int_field(data: Mapping[str, object], key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def json_object(line: str) -> dict[str, object] | None:
+def json_object(line: str) -> dict[str, Any] | None:
     """`line` decoded when it is one JSON object; CLIs mix log text into their output."""
     text = line.strip()
     if not text.startswith("{"):
@@ -267,6 +287,27 @@ def json_object(line: str) -> dict[str, object] | None:
     except msgspec.DecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+class JsonLinesParser:
+    """Base of the parsers of JSONL output: decodes each line, keeps the tail of stderr."""
+
+    def __init__(self) -> None:
+        self._stderr: list[str] = []
+
+    def feed(self, line: str, stream: Stream = "stdout") -> list[Activity]:
+        event = json_object(line)
+        if event is not None:
+            return self.on_event(event)
+        if stream == "stderr" and line.strip():
+            self._stderr = [*self._stderr[-9:], line.strip()]
+        return []
+
+    def on_event(self, event: dict[str, Any]) -> list[Activity]:
+        raise NotImplementedError
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        return " ".join(self._stderr[-lines:])
 
 
 class LineBuffer:

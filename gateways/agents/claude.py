@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from gateways.agents.base import (
-    ERROR,
     PERMISSION_DENIED,
     SUCCESS,
     Activity,
     AgentRequest,
     AgentResult,
+    JsonLinesParser,
     LaunchPlan,
-    Stream,
     Usage,
     base_env,
     classify_error,
     home_dirs,
     int_field,
-    json_object,
     outcome_for_status,
     retry_after_s,
 )
@@ -75,15 +73,15 @@ def _usage(raw: object) -> Usage:
     )
 
 
-class ClaudeParser:
+class ClaudeParser(JsonLinesParser):
     """Reads stream-json; usage and cost come only from the final `result` line."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._result: dict[str, Any] | None = None
         self._per_message: dict[str, Usage] = {}
         self._last_retry_status: int | None = None
         self._writes_done = 0
-        self._stderr: list[str] = []
 
     @property
     def usage(self) -> Usage:
@@ -94,12 +92,7 @@ class ClaudeParser:
             total = total + usage
         return total
 
-    def feed(self, line: str, stream: Stream = "stdout") -> list[Activity]:
-        event = json_object(line)
-        if event is None:
-            if stream == "stderr" and line.strip():
-                self._stderr.append(line.strip())
-            return []
+    def on_event(self, event: dict[str, Any]) -> list[Activity]:
         match event.get("type"), event.get("subtype"):
             case "system", "init":
                 return [Activity(kind="started", detail=str(event.get("model", "")))]
@@ -139,7 +132,7 @@ class ClaudeParser:
     def finish(self, exit_code: int | None) -> AgentResult:
         result = self._result
         if result is None:
-            detail = " ".join(self._stderr[-3:]) or f"no result line (exit {exit_code})"
+            detail = self.stderr_tail() or f"no result line (exit {exit_code})"
             outcome = outcome_for_status(self._last_retry_status) or classify_error(detail)
             return AgentResult(
                 outcome=outcome, usage=self.usage, detail=detail, exit_code=exit_code
@@ -155,8 +148,6 @@ class ClaudeParser:
         if failed:
             status = result.get("api_error_status")
             outcome = classify_error(text, status if isinstance(status, int) else None)
-            if outcome == SUCCESS:
-                outcome = ERROR
         elif denials and self._writes_done == 0:
             outcome = PERMISSION_DENIED
             text = f"{len(denials)} tool call(s) denied: {text}"

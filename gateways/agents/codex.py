@@ -6,20 +6,17 @@ import json
 from typing import Any
 
 from gateways.agents.base import (
-    ERROR,
     SUCCESS,
     Activity,
     AgentRequest,
     AgentResult,
+    JsonLinesParser,
     LaunchPlan,
-    Stream,
     Usage,
     base_env,
-    classify_error,
+    failure,
     home_dirs,
     int_field,
-    json_object,
-    retry_after_s,
 )
 
 API_KEY_ENV = "CONVEYOR_MODEL_API_KEY"
@@ -87,26 +84,21 @@ class CodexAdapter:
         return CodexParser()
 
 
-class CodexParser:
+class CodexParser(JsonLinesParser):
     """JSONL events; `turn.completed.usage` is the thread's running total, not a delta."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._usage = Usage()
         self._completed = False
         self._failure: str | None = None
         self._last_error = ""
-        self._stderr: list[str] = []
 
     @property
     def usage(self) -> Usage:
         return self._usage
 
-    def feed(self, line: str, stream: Stream = "stdout") -> list[Activity]:
-        event = json_object(line)
-        if event is None:
-            if stream == "stderr" and line.strip():
-                self._stderr.append(line.strip())
-            return []
+    def on_event(self, event: dict[str, Any]) -> list[Activity]:
         kind = event.get("type")
         if kind == "thread.started":
             return [Activity(kind="started", detail=str(event.get("thread_id", "")))]
@@ -128,16 +120,9 @@ class CodexParser:
     def finish(self, exit_code: int | None) -> AgentResult:
         if self._failure is None and self._completed and exit_code == 0:
             return AgentResult(outcome=SUCCESS, usage=self._usage, exit_code=exit_code)
-        detail = self._failure or self._last_error or " ".join(self._stderr[-3:])
+        detail = self._failure or self._last_error or self.stderr_tail()
         detail = detail or f"no turn.completed (exit {exit_code})"
-        outcome = classify_error(detail)
-        return AgentResult(
-            outcome=ERROR if outcome == SUCCESS else outcome,
-            usage=self._usage,
-            retry_after_s=retry_after_s(detail),
-            detail=detail,
-            exit_code=exit_code,
-        )
+        return failure(detail, usage=self._usage, exit_code=exit_code)
 
 
 def _usage(raw: object) -> Usage:

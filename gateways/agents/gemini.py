@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from gateways.agents.base import (
     AUTH_REFUSED,
-    ERROR,
     SUCCESS,
     Activity,
     AgentRequest,
@@ -16,11 +17,10 @@ from gateways.agents.base import (
     Stream,
     Usage,
     base_env,
-    classify_error,
+    failure,
     home_dirs,
     int_field,
     json_object,
-    retry_after_s,
 )
 
 SETTINGS = {
@@ -126,7 +126,8 @@ class GeminiParser:
 
     def feed(self, line: str, stream: Stream = "stdout") -> list[Activity]:
         if stream == "stderr":
-            self._stderr.append(line)
+            # Enough for the error document printed at exit; not a whole run of warnings.
+            self._stderr = [*self._stderr[-199:], line]
             return []
         event = json_object(line)
         if event is None or "type" not in event:
@@ -149,22 +150,21 @@ class GeminiParser:
     def finish(self, exit_code: int | None) -> AgentResult:
         if self._result is None:
             self._result = _document("\n".join(self._stdout))
-        result = self._result or {}
-        error = result.get("error") or (_document("\n".join(self._stderr)) or {}).get("error")
-        ok = exit_code == 0 and not error and result.get("status", "success") == "success"
-        if ok and ("response" in result or "stats" in result):
+        final = self._result or {}
+        error = final.get("error") or (_document("\n".join(self._stderr)) or {}).get("error")
+        ok = exit_code == 0 and not error and final.get("status", "success") == "success"
+        if ok and ("response" in final or "stats" in final):
             return AgentResult(outcome=SUCCESS, usage=self.usage, exit_code=exit_code)
         detail, status = _error_text(error, self._errors, self._stderr)
-        outcome = classify_error(detail, status or _status_of_exit(exit_code))
-        if exit_code == EXIT_AUTH:
-            outcome = AUTH_REFUSED
-        return AgentResult(
-            outcome=ERROR if outcome == SUCCESS else outcome,
+        failed = failure(
+            detail or f"exit {exit_code}",
             usage=self.usage,
-            retry_after_s=retry_after_s(detail),
-            detail=detail or f"exit {exit_code}",
             exit_code=exit_code,
+            status=status or _status_of_exit(exit_code),
         )
+        if exit_code == EXIT_AUTH:
+            return msgspec.structs.replace(failed, outcome=AUTH_REFUSED)
+        return failed
 
 
 def _error_text(error: object, events: list[str], stderr: list[str]) -> tuple[str, int | None]:

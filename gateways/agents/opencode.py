@@ -6,20 +6,17 @@ import json
 from typing import Any
 
 from gateways.agents.base import (
-    ERROR,
     SUCCESS,
     Activity,
     AgentRequest,
     AgentResult,
+    JsonLinesParser,
     LaunchPlan,
-    Stream,
     Usage,
     base_env,
-    classify_error,
+    failure,
     home_dirs,
     int_field,
-    json_object,
-    retry_after_s,
 )
 
 API_KEY_ENV = "CONVEYOR_MODEL_API_KEY"
@@ -80,26 +77,21 @@ class OpenCodeAdapter:
         return OpenCodeParser()
 
 
-class OpenCodeParser:
+class OpenCodeParser(JsonLinesParser):
     """JSONL events; usage and cost are the sums over `step_finish` parts."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._usage = Usage()
         self._cost = 0.0
         self._steps = 0
         self._errors: list[tuple[str, int | None, float | None]] = []
-        self._stderr: list[str] = []
 
     @property
     def usage(self) -> Usage:
         return self._usage
 
-    def feed(self, line: str, stream: Stream = "stdout") -> list[Activity]:
-        event = json_object(line)
-        if event is None:
-            if stream == "stderr" and line.strip():
-                self._stderr.append(line.strip())
-            return []
+    def on_event(self, event: dict[str, Any]) -> list[Activity]:
         part = event.get("part")
         part = part if isinstance(part, dict) else {}
         match event.get("type"):
@@ -141,17 +133,16 @@ class OpenCodeParser:
                 outcome=SUCCESS, usage=self._usage, cost_usd=cost, exit_code=exit_code
             )
         detail, status, wait_s = (
-            self._errors[-1] if self._errors else (" ".join(self._stderr[-3:]), None, None)
+            self._errors[-1] if self._errors else (self.stderr_tail(), None, None)
         )
         detail = detail or f"no step finished (exit {exit_code})"
-        outcome = classify_error(detail, status)
-        return AgentResult(
-            outcome=ERROR if outcome == SUCCESS else outcome,
+        return failure(
+            detail,
             usage=self._usage,
-            cost_usd=cost,
-            retry_after_s=wait_s if wait_s is not None else retry_after_s(detail),
-            detail=detail,
             exit_code=exit_code,
+            status=status,
+            cost_usd=cost,
+            wait_s=wait_s,
         )
 
 
