@@ -14,11 +14,9 @@ from gateways.agents.base import (
     LaunchPlan,
     Usage,
     base_env,
-    classify_error,
+    failure,
     home_dirs,
     int_field,
-    outcome_for_status,
-    retry_after_s,
 )
 
 
@@ -133,9 +131,8 @@ class ClaudeParser(JsonLinesParser):
         result = self._result
         if result is None:
             detail = self.stderr_tail() or f"no result line (exit {exit_code})"
-            outcome = outcome_for_status(self._last_retry_status) or classify_error(detail)
-            return AgentResult(
-                outcome=outcome, usage=self.usage, detail=detail, exit_code=exit_code
+            return failure(
+                detail, usage=self.usage, exit_code=exit_code, status=self._last_retry_status
             )
         text = str(result.get("result") or "")
         errors = result.get("errors")
@@ -143,21 +140,25 @@ class ClaudeParser(JsonLinesParser):
             text = " ".join([text, *map(str, errors)]).strip()
         cost = result.get("total_cost_usd")
         cost_usd = float(cost) if isinstance(cost, int | float) else None
-        denials = result.get("permission_denials") or []
         failed = bool(result.get("is_error")) or str(result.get("subtype", "")).startswith("error")
         if failed:
             status = result.get("api_error_status")
-            outcome = classify_error(text, status if isinstance(status, int) else None)
-        elif denials and self._writes_done == 0:
-            outcome = PERMISSION_DENIED
-            text = f"{len(denials)} tool call(s) denied: {text}"
-        else:
-            outcome = SUCCESS
+            return failure(
+                text,
+                usage=self.usage,
+                exit_code=exit_code,
+                status=status if isinstance(status, int) else None,
+                cost_usd=cost_usd,
+            )
+        denials = result.get("permission_denials") or []
+        if denials and self._writes_done == 0:
+            return AgentResult(
+                outcome=PERMISSION_DENIED,
+                usage=self.usage,
+                cost_usd=cost_usd,
+                detail=f"{len(denials)} tool call(s) denied: {text}",
+                exit_code=exit_code,
+            )
         return AgentResult(
-            outcome=outcome,
-            usage=self.usage,
-            cost_usd=cost_usd,
-            retry_after_s=retry_after_s(text) if failed else None,
-            detail=text,
-            exit_code=exit_code,
+            outcome=SUCCESS, usage=self.usage, cost_usd=cost_usd, detail=text, exit_code=exit_code
         )

@@ -5,6 +5,7 @@ A Claude-style final `result` line, when the program prints one, supplies usage 
 
 from __future__ import annotations
 
+from conveyor.errors import InvalidField
 from gateways.agents.base import (
     ERROR,
     SUCCESS,
@@ -32,7 +33,7 @@ class CommandAdapter:
 
     def __init__(self, argv: tuple[str, ...]) -> None:
         if not argv:
-            raise ValueError("agent command: argv must not be empty")
+            raise InvalidField("command", "must not be empty")
         self.argv = argv
 
     def plan(self, request: AgentRequest) -> LaunchPlan:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.errors import InvalidField
 from gateways.agents.aider import AiderAdapter
 from gateways.agents.base import (
     AgentRequest,
@@ -32,6 +33,7 @@ from gateways.agents.codex import API_KEY_ENV, CodexAdapter
 from gateways.agents.command import CommandAdapter
 from gateways.agents.gemini import GeminiAdapter
 from gateways.agents.opencode import OpenCodeAdapter
+from gateways.agents.registry import CLIS, adapter_for
 
 
 def replay(
@@ -507,3 +509,17 @@ def test_line_buffer_holds_a_partial_line_until_its_end() -> None:
     assert list(buffer.push('{"type":')) == []
     assert list(buffer.push('"x"}\r\nnext')) == ['{"type":"x"}']
     assert list(buffer.flush()) == ["next"]
+
+
+def test_every_configurable_cli_name_has_an_adapter_of_that_name() -> None:
+    for cli in CLIS:
+        assert adapter_for(cli, command=("agent",)).name == cli
+
+
+def test_an_unknown_cli_or_an_empty_command_is_refused_naming_the_config_key() -> None:
+    with pytest.raises(InvalidField, match=r"agents\.developer\.cli: unknown agent CLI 'cursor'"):
+        adapter_for("cursor", field="agents.developer.cli")
+    with pytest.raises(InvalidField, match="needs a command"):
+        adapter_for("command")
+    with pytest.raises(InvalidField, match="command: must not be empty"):
+        CommandAdapter(())
