@@ -14,12 +14,6 @@ INSTALLER = Path(__file__).resolve().parents[2] / "scripts" / "install-agent-cli
 INSTALL_TIMEOUT_S = 900
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "agent_cli: runs a real agent CLI binary against a fake model API"
-    )
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The first test to use the CLIs pays for a fresh install inside its own timeout; each
     # run of a CLI is still bounded by run_agent's timeout.
