@@ -1,4 +1,3 @@
-"""Where actors found message routing before `Bus.emit`; the table is in `bus.subjects`."""
+"""Where the Launcher finds `subject_for` until it publishes with `Bus.emit`."""
 
-from bus.subjects import is_durable as is_durable
 from bus.subjects import subject_for as subject_for

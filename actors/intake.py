@@ -16,6 +16,7 @@ import pykka
 
 from actors import intake_policy as policy
 from actors.intake_policy import Route, TaskView
+from actors.owner import Owner
 from bus.bridge import Delivery
 from bus.messages import (
     CommitStatusEvent,
@@ -37,8 +38,11 @@ StateResolver = Callable[[str, str], str | None]
 """(project id, state id) -> state name, from the tracker (None: unknown)."""
 
 
-class Intake(pykka.ThreadingActor):
+class Intake(Owner):
     """Routes events to the StageEngine; acks each after the StageEngine answered."""
+
+    name = "intake"
+    stops_when_fenced = False
 
     def __init__(
         self,
@@ -59,7 +63,7 @@ class Intake(pykka.ThreadingActor):
         self._ignored = 0
         self._failed = 0
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, IntakeStatus):
             return {
                 "healthy": True,
@@ -69,39 +73,43 @@ class Intake(pykka.ThreadingActor):
             }
         if not isinstance(message, Delivery):
             return None
-        try:
-            route = self._route(message)
-            for item in route.inputs:
-                reply = self._engine.ask(item, timeout=self._timeout_s)
-                if isinstance(reply, Reply) and not reply.ok:
-                    log.info(
-                        "intake.not_applied",
-                        kind=type(item).__name__,
-                        task_id=getattr(item, "id", ""),
-                        reason=reply.error,
-                    )
-            if route.inputs:
-                self._routed += 1
-            else:
-                self._ignored += 1
-            log.info(
-                "intake.routed",
-                kind=type(message.body).__name__,
-                msg_id=message.msg_id,
-                inputs=len(route.inputs),
-                reason=route.reason,
+        route = self._route(message)
+        for item in route.inputs:
+            reply = self._engine.ask(item, timeout=self._timeout_s)
+            if isinstance(reply, Reply) and not reply.ok:
+                log.info(
+                    "intake.not_applied",
+                    kind=type(item).__name__,
+                    task_id=getattr(item, "id", ""),
+                    reason=reply.error,
+                )
+        if route.inputs:
+            self._routed += 1
+        else:
+            self._ignored += 1
+        log.info(
+            "intake.routed",
+            kind=type(message.body).__name__,
+            msg_id=message.msg_id,
+            inputs=len(route.inputs),
+            reason=route.reason,
+        )
+        message.ack()
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        if not isinstance(message, Delivery):
+            return super().on_failed(message, err)
+        # One event must never stop intake; it is retried with a growing delay.
+        self._failed += 1
+        if message.num_delivered >= MAX_DELIVERIES:
+            log.exception(
+                "intake.dropped", msg_id=message.msg_id, error=repr(err), tries=MAX_DELIVERIES
             )
             message.ack()
-        except Exception as err:  # one event must never stop intake
-            self._failed += 1
-            if message.num_delivered >= MAX_DELIVERIES:
-                log.exception(
-                    "intake.dropped", msg_id=message.msg_id, error=repr(err), tries=MAX_DELIVERIES
-                )
-                message.ack()
-            else:
-                log.warning("intake.retrying", msg_id=message.msg_id, error=repr(err))
-                message.nak(delay_s=min(30.0, 1.0 * message.num_delivered))
+        else:
+            log.warning("intake.retrying", msg_id=message.msg_id, error=repr(err))
+            message.nak(delay_s=min(30.0, 1.0 * message.num_delivered))
         return None
 
     def _route(self, delivery: Delivery[Any]) -> Route:

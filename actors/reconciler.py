@@ -18,8 +18,8 @@ import msgspec
 import pykka
 
 from actors import reconciler_policy as policy
+from actors.owner import Owner
 from actors.reconciler_policy import PolledItem, TaskRow
-from bus import subjects
 from bus.bridge import Bus
 from bus.messages import Alert, Reevaluate, Tick
 from conveyor.clock import Clock
@@ -43,8 +43,13 @@ class ReconcilerStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> Reconciler (ask)."""
 
 
-class Reconciler(pykka.ThreadingActor):
+class Reconciler(Owner):
     """Sole owner of replay bookkeeping; never writes a task, only asks the StageEngine."""
+
+    name = "reconciler"
+    # A failed round is retried on the next tick.
+    failed_event = "round_failed"
+    stops_when_fenced = False
 
     def __init__(
         self,
@@ -75,19 +80,20 @@ class Reconciler(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Tick():
-                    self._tick()
-                case PollDone():
-                    self._on_poll(message)
-                case ReconcilerStatus():
-                    return self._status()
-        except Exception:  # a failed round is retried on the next tick
-            log.exception("reconciler.round_failed", kind=type(message).__name__)
-            if isinstance(message, PollDone):
-                self._polling = False
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                self._tick()
+            case PollDone():
+                self._on_poll(message)
+            case ReconcilerStatus():
+                return self._status()
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        super().on_failed(message, err)
+        if isinstance(message, PollDone):
+            self._polling = False
         return None
 
     def _tick(self) -> None:
@@ -153,9 +159,7 @@ class Reconciler(pykka.ThreadingActor):
                 alert = Alert(
                     level="warning", text=text, task_id=task_id, source="reconciler", at=now
                 )
-                self._bus.publish(
-                    subjects.ALERTS, alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked"
-                )
+                self._bus.emit(alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked")
 
     def _on_poll(self, done: PollDone) -> None:
         self._polling = False
@@ -167,7 +171,7 @@ class Reconciler(pykka.ThreadingActor):
             return
         rows = {row.id: row for row in self._rows()}
         for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
-            self._bus.publish(subjects.EVENTS_PLANE_WORK_ITEM, event, msg_id=msg_id)
+            self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1
             log.info(
                 "reconciler.state_replayed",

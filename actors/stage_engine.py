@@ -6,10 +6,9 @@ import concurrent.futures
 from typing import Any
 
 import msgspec
-import pykka
 
 from actors import stage_policy as policy
-from actors.common import is_durable, subject_for
+from actors.owner import Owner, flush_outbox
 from actors.stage_policy import GateInputs, GateResult, Task
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
@@ -110,6 +109,11 @@ def _task_of(message: Any) -> str:
     return ""
 
 
+COMMANDS = (Submit, Approve, Reject, Cancel, Retry, ConfirmDeploy)
+REPLIED = (*COMMANDS, TrackerUpdate, Reevaluate, Annotate)
+"""Asks answered with a `Reply`, also when handling them failed."""
+
+
 def task_row(task: Task) -> dict[str, Any]:
     """The summary of a task shown in tables and command replies."""
     return {
@@ -134,8 +138,10 @@ def task_row(task: Task) -> dict[str, Any]:
     }
 
 
-class StageEngine(pykka.ThreadingActor):
+class StageEngine(Owner):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
+
+    name = "stage_engine"
 
     def __init__(
         self, bus: Bus, store: Store[Task], forge: Forge, clock: Clock, cfg: Config
@@ -149,7 +155,6 @@ class StageEngine(pykka.ThreadingActor):
         self._started_at = 0.0
         self._gates_in_flight: set[str] = set()
         self._stalled: set[str] = set()
-        self._fenced = False
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
@@ -169,45 +174,38 @@ class StageEngine(pykka.ThreadingActor):
     def on_failure(self, *_: object) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Delivery(body=JobOutcome() as outcome):
-                    self._on_outcome(outcome, message)
-                case GateRead():
-                    self._on_gate(message)
-                case Submit():
-                    return self._submit(message)
-                case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
-                    return self._command(message)
-                case TrackerUpdate():
-                    return self._tracker(message)
-                case Reevaluate():
-                    return self._reevaluate(message)
-                case Annotate():
-                    return self._annotate(message)
-                case StatusQuery():
-                    return self._status(message)
-                case Tick():
-                    self._heal()
-                case _:
-                    log.warning("stage_engine.unknown_message", kind=type(message).__name__)
-        except Fenced as err:
-            log.error("stage_engine.fenced", error=str(err))  # noqa: TRY400 - expected, no trace
-            self._fenced = True
-            self.stop()
-        except Exception as err:
-            log.exception("stage_engine.handle_failed", kind=type(message).__name__)
-            stalled = _task_of(message)
-            if stalled:
-                # Retried on the next tick: a bus outage must not strand a task.
-                self._stalled.add(stalled)
-            if isinstance(message, Delivery):
-                message.nak(delay_s=2.0)
-            if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
-                return Reply(ok=False, error=f"internal error: {err}")
-            if isinstance(message, TrackerUpdate | Reevaluate | Annotate):
-                return Reply(ok=False, error=f"internal error: {err}")
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Delivery(body=JobOutcome() as outcome):
+                self._on_outcome(outcome, message)
+            case GateRead():
+                self._on_gate(message)
+            case Submit():
+                return self._submit(message)
+            case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
+                return self._command(message)
+            case TrackerUpdate():
+                return self._tracker(message)
+            case Reevaluate():
+                return self._reevaluate(message)
+            case Annotate():
+                return self._annotate(message)
+            case StatusQuery():
+                return self._status(message)
+            case Tick():
+                self._heal()
+            case _:
+                log.warning("stage_engine.unknown_message", kind=type(message).__name__)
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        super().on_failed(message, err)
+        stalled = _task_of(message)
+        if stalled:
+            # Retried on the next tick: a bus outage must not strand a task.
+            self._stalled.add(stalled)
+        if isinstance(message, REPLIED):
+            return Reply(ok=False, error=f"internal error: {err}")
         return None
 
     def _heal(self) -> None:
@@ -239,20 +237,15 @@ class StageEngine(pykka.ThreadingActor):
         self._flush(task.id)
 
     def _flush(self, task_id: str) -> None:
-        """Publish the task's outbox (ids stable per revision, so a replay dedupes), clear it."""
         entry = self._tasks[task_id]
-        if not entry.value.outbox:
-            return
-        for index, msg in enumerate(entry.value.outbox):
-            msg_id = f"{task_id}:{entry.revision}:{index}"
-            if is_durable(msg):
-                self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
-            else:
-                self._bus.publish_core(subject_for(msg), msg)
-        faults.point("stage_engine.published")
-        cleared = msgspec.structs.replace(entry.value, outbox=[])
-        revision = self._store.update(task_id, cleared, expect=entry.revision)
-        self._tasks[task_id] = Versioned(cleared, revision)
+        self._tasks[task_id] = flush_outbox(
+            self._bus,
+            self._store,
+            task_id,
+            entry,
+            entry.value.outbox,
+            fault="stage_engine.published",
+        )
 
     def _apply(self, task_id: str, decision: policy.Decision) -> None:
         if decision.task is not None:
@@ -483,7 +476,7 @@ class StageEngine(pykka.ThreadingActor):
         for task in tasks:
             by_stage[task.stage] = by_stage.get(task.stage, 0) + 1
         return {
-            "healthy": not self._fenced,
+            "healthy": not self.fenced,
             "tasks": len(tasks),
             "by_stage": by_stage,
             "escalated": sum(1 for t in tasks if t.escalated),
