@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pykka
 
 from actors import intake_policy as policy
 from actors.intake_policy import Route, TaskView
 from actors.owner import Owner
+from actors.task_summary import FindTasks
 from bus.bridge import Delivery
 from bus.messages import (
     CommitStatusEvent,
@@ -25,6 +27,7 @@ from bus.messages import (
     Reply,
     WorkItemEvent,
 )
+from conveyor import pipeline
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
 from conveyor.logs import get_logger
@@ -49,16 +52,19 @@ class Intake(Owner):
         engine: pykka.ActorRef[Any],
         cfg: Config,
         *,
-        tasks: Callable[[], list[dict[str, Any]]],
+        tasks: Callable[[], list[Any]] | None = None,
         resolve_state: StateResolver | None = None,
         ask_timeout_s: float = 10.0,
     ) -> None:
         super().__init__()
+        del tasks  # tasks are looked up at the StageEngine, by branch or commit
         self._engine = engine
         self._cfg = cfg
-        self._tasks = tasks
         self._resolve_state = resolve_state
         self._timeout_s = ask_timeout_s
+        self._ci_stages = tuple(
+            s.name for s in cfg.pipeline.stages if s.gate == pipeline.GATE_CI_GREEN
+        )
         self._routed = 0
         self._ignored = 0
         self._failed = 0
@@ -118,9 +124,11 @@ class Intake(Owner):
                 name = event.state_name or self._state_name(event)
                 return policy.route_work_item(event, name, key=delivery.msg_id, cfg=self._cfg)
             case CommitStatusEvent() as event:
-                return policy.route_status(event, self._views(), cfg=self._cfg)
+                views = self._find(event.repo, commit=event.sha, stages=self._ci_stages)
+                return policy.route_status(event, views, cfg=self._cfg)
             case PullRequestEvent() as event:
-                return policy.route_pull_request(event, self._views(), cfg=self._cfg)
+                views = self._find(event.repo, branch=event.head_branch)
+                return policy.route_pull_request(event, views, cfg=self._cfg)
             case PushEvent() as event:
                 return Route(reason=f"push of {event.branch} at {event.after[:12]}: logged only")
         return Route(reason=f"unknown event {type(delivery.body).__name__}")
@@ -134,17 +142,16 @@ class Intake(Owner):
             # Retried by redelivery: the tracker may be briefly unreachable.
             raise RuntimeError(f"cannot resolve Plane state {event.state_id}: {err}") from err
 
-    def _views(self) -> list[TaskView]:
-        return [
-            TaskView(
-                id=row["id"],
-                repo=row["repo"],
-                stage=row["stage"],
-                branch=row["branch"],
-                head_sha=row.get("head_sha", ""),
-            )
-            for row in self._tasks()
-        ]
+    def _find(
+        self, gitea_repo: str, *, branch: str = "", commit: str = "", stages: tuple[str, ...] = ()
+    ) -> list[TaskView]:
+        """The live tasks of a Gitea repository on `branch`, at `commit` or on `stages`."""
+        repo = self._cfg.repo_for_gitea(gitea_repo)
+        if repo is None:
+            return []
+        query = FindTasks(repo=repo.name, branch=branch, commit=commit, stages=stages)
+        found: Any = self._engine.ask(query, timeout=self._timeout_s)
+        return [msgspec.convert(s, TaskView, from_attributes=True) for s in found]
 
 
 class IntakeStatus:

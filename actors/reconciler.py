@@ -1,6 +1,6 @@
 """Reconciler: makes a lost webhook harmless by replaying what it would have caused.
 
-Every `reconciler.interval_s` it reads the StageEngine's task rows and asks for a
+Every `reconciler.interval_s` it reads the StageEngine's task summaries and asks for a
 gate read (acted on only when green) of each task that has been quiet past its
 stage's grace. Every `reconciler.plane_poll_s` it polls Plane (in a worker
 thread) and publishes, as ordinary events, the work item states a task never
@@ -20,6 +20,7 @@ import pykka
 from actors import reconciler_policy as policy
 from actors.owner import Owner
 from actors.reconciler_policy import PolledItem, TaskRow
+from actors.task_summary import AllTasks
 from bus.bridge import Bus
 from bus.messages import Alert, Reevaluate, Tick
 from conveyor.clock import Clock
@@ -27,6 +28,8 @@ from conveyor.config import Config
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
+
+ASK_TIMEOUT_S = 10.0
 
 Poll = Callable[[], list[PolledItem]]
 """Reads every configured Plane project's work items (I/O; runs in a worker thread)."""
@@ -58,12 +61,12 @@ class Reconciler(Owner):
         clock: Clock,
         cfg: Config,
         *,
-        tasks: Callable[[], list[dict[str, Any]]],
+        tasks: Callable[[], list[Any]] | None = None,
         poll: Poll | None = None,
     ) -> None:
         super().__init__()
+        del tasks  # each round asks the StageEngine for its task summaries
         self._engine, self._bus, self._clock, self._cfg = engine, bus, clock, cfg
-        self._tasks = tasks
         self._poll = poll
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="plane-poll"
@@ -123,7 +126,8 @@ class Reconciler(Owner):
             self._pool.submit(_run)
 
     def _rows(self) -> list[TaskRow]:
-        return [msgspec.convert(row, TaskRow) for row in self._tasks()]
+        summaries: Any = self._engine.ask(AllTasks(), timeout=ASK_TIMEOUT_S)
+        return [msgspec.convert(s, TaskRow, from_attributes=True) for s in summaries]
 
     def _replay_gates(self, now: float) -> None:
         rows = self._rows()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -10,6 +11,7 @@ import msgspec
 from actors import stage_policy as policy
 from actors.owner import Owner, flush_outbox
 from actors.stage_policy import GateInputs, GateResult, Task
+from actors.task_summary import AllTasks, FindTasks, TaskIndex, TaskSummary, summarize
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -115,27 +117,9 @@ REPLIED = (*COMMANDS, TrackerUpdate, Reevaluate, Annotate)
 
 
 def task_row(task: Task) -> dict[str, Any]:
-    """The summary of a task shown in tables and command replies."""
-    return {
-        "id": task.id,
-        "repo": task.repo,
-        "title": task.title,
-        "stage": task.stage,
-        "step": task.step,
-        "job_id": task.job_id,
-        "job_status": task.job_status,
-        "escalated": task.escalated,
-        "approved": task.approved,
-        "developer_retries": task.developer_retries,
-        "branch": task.branch,
-        "reason": task.last_reason,
-        "updated_at": task.updated_at,
-        "head_sha": task.head_sha,
-        "hold": task.hold,
-        "tracker_state": task.tracker_state,
-        "external_id": task.external_id,
-        "cost_usd": task.cost_usd,
-    }
+    """A task's summary as a command reply carries it."""
+    row: dict[str, Any] = msgspec.to_builtins(summarize(task))
+    return row
 
 
 class StageEngine(Owner):
@@ -149,6 +133,7 @@ class StageEngine(Owner):
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._tasks: dict[str, Versioned[Task]] = {}
+        self._index = TaskIndex()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
         )
@@ -158,7 +143,8 @@ class StageEngine(Owner):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        self._tasks = self._store.load_all()
+        for entry in self._store.load_all().values():
+            self._keep(entry)
         for task_id in list(self._tasks):
             self._flush(task_id)
         for task_id, entry in self._tasks.items():
@@ -192,6 +178,10 @@ class StageEngine(Owner):
                 return self._annotate(message)
             case StatusQuery():
                 return self._status(message)
+            case AllTasks():
+                return self._summaries(self._tasks)
+            case FindTasks():
+                return self._summaries(sorted(self._index.find(message)))
             case Tick():
                 self._heal()
             case _:
@@ -232,19 +222,25 @@ class StageEngine(Owner):
             revision = self._store.create(task.id, stored)
         else:
             revision = self._store.update(task.id, stored, expect=current.revision)
-        self._tasks[task.id] = Versioned(stored, revision)
+        self._keep(Versioned(stored, revision))
         faults.point("stage_engine.persisted")
         self._flush(task.id)
 
+    def _keep(self, entry: Versioned[Task]) -> None:
+        self._tasks[entry.value.id] = entry
+        self._index.put(entry.value)
+
     def _flush(self, task_id: str) -> None:
         entry = self._tasks[task_id]
-        self._tasks[task_id] = flush_outbox(
-            self._bus,
-            self._store,
-            task_id,
-            entry,
-            entry.value.outbox,
-            fault="stage_engine.published",
+        self._keep(
+            flush_outbox(
+                self._bus,
+                self._store,
+                task_id,
+                entry,
+                entry.value.outbox,
+                fault="stage_engine.published",
+            )
         )
 
     def _apply(self, task_id: str, decision: policy.Decision) -> None:
@@ -380,7 +376,7 @@ class StageEngine(Owner):
         reloaded = self._store.get(task_id)
         if reloaded is None:
             raise Fenced(f"task {task_id} exists but cannot be read")
-        self._tasks[task_id] = reloaded
+        self._keep(reloaded)
         return reloaded
 
     def _next_id(self, prefix: str) -> str:
@@ -460,10 +456,14 @@ class StageEngine(Owner):
 
     # --- status -------------------------------------------------------------------------
 
+    def _summaries(self, task_ids: Iterable[str]) -> list[TaskSummary]:
+        tasks = [self._tasks[task_id].value for task_id in task_ids]
+        return [summarize(t) for t in sorted(tasks, key=lambda t: t.created_at)]
+
     def _status(self, query: StatusQuery) -> Any:
         tasks = [entry.value for entry in self._tasks.values()]
         if query.kind == "tasks":
-            return [task_row(t) for t in sorted(tasks, key=lambda t: t.created_at)]
+            return self._summaries(self._tasks)
         if query.kind == "task":
             entry = self._tasks.get(query.task_id)
             if entry is None:
