@@ -43,7 +43,7 @@ DUPLICATE_WINDOW_S = 7200.0
 """How long a Nats-Msg-Id is remembered: longer than any restart should take."""
 
 
-_DISCONNECTED = (
+DISCONNECTED = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError,
@@ -167,7 +167,7 @@ class Bus:
         """Run a coroutine on the loop from an actor thread; lost connections are BusUnavailable."""
         try:
             return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
-        except _DISCONNECTED as err:
+        except DISCONNECTED as err:
             raise BusUnavailable(f"NATS unavailable: {err!r}") from err
 
     # --- set-up -------------------------------------------------------------------------
