@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pykka
 
 from actors import intake_policy as policy
 from actors.intake_policy import Route, TaskView
+from actors.owner import Owner
+from actors.task_summary import FindTasks
 from bus.bridge import Delivery
 from bus.messages import (
     CommitStatusEvent,
@@ -24,6 +27,7 @@ from bus.messages import (
     Reply,
     WorkItemEvent,
 )
+from conveyor import pipeline
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
 from conveyor.logs import get_logger
@@ -37,29 +41,35 @@ StateResolver = Callable[[str, str], str | None]
 """(project id, state id) -> state name, from the tracker (None: unknown)."""
 
 
-class Intake(pykka.ThreadingActor):
+class Intake(Owner):
     """Routes events to the StageEngine; acks each after the StageEngine answered."""
+
+    name = "intake"
+    stops_when_fenced = False
 
     def __init__(
         self,
         engine: pykka.ActorRef[Any],
         cfg: Config,
         *,
-        tasks: Callable[[], list[dict[str, Any]]],
+        tasks: Callable[[], list[Any]] | None = None,
         resolve_state: StateResolver | None = None,
         ask_timeout_s: float = 10.0,
     ) -> None:
         super().__init__()
+        del tasks  # tasks are looked up at the StageEngine, by branch or commit
         self._engine = engine
         self._cfg = cfg
-        self._tasks = tasks
         self._resolve_state = resolve_state
         self._timeout_s = ask_timeout_s
+        self._ci_stages = tuple(
+            s.name for s in cfg.pipeline.stages if s.gate == pipeline.GATE_CI_GREEN
+        )
         self._routed = 0
         self._ignored = 0
         self._failed = 0
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, IntakeStatus):
             return {
                 "healthy": True,
@@ -69,39 +79,43 @@ class Intake(pykka.ThreadingActor):
             }
         if not isinstance(message, Delivery):
             return None
-        try:
-            route = self._route(message)
-            for item in route.inputs:
-                reply = self._engine.ask(item, timeout=self._timeout_s)
-                if isinstance(reply, Reply) and not reply.ok:
-                    log.info(
-                        "intake.not_applied",
-                        kind=type(item).__name__,
-                        task_id=getattr(item, "id", ""),
-                        reason=reply.error,
-                    )
-            if route.inputs:
-                self._routed += 1
-            else:
-                self._ignored += 1
-            log.info(
-                "intake.routed",
-                kind=type(message.body).__name__,
-                msg_id=message.msg_id,
-                inputs=len(route.inputs),
-                reason=route.reason,
+        route = self._route(message)
+        for item in route.inputs:
+            reply = self._engine.ask(item, timeout=self._timeout_s)
+            if isinstance(reply, Reply) and not reply.ok:
+                log.info(
+                    "intake.not_applied",
+                    kind=type(item).__name__,
+                    task_id=getattr(item, "id", ""),
+                    reason=reply.error,
+                )
+        if route.inputs:
+            self._routed += 1
+        else:
+            self._ignored += 1
+        log.info(
+            "intake.routed",
+            kind=type(message.body).__name__,
+            msg_id=message.msg_id,
+            inputs=len(route.inputs),
+            reason=route.reason,
+        )
+        message.ack()
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        if not isinstance(message, Delivery):
+            return super().on_failed(message, err)
+        # One event must never stop intake; it is retried with a growing delay.
+        self._failed += 1
+        if message.num_delivered >= MAX_DELIVERIES:
+            log.exception(
+                "intake.dropped", msg_id=message.msg_id, error=repr(err), tries=MAX_DELIVERIES
             )
             message.ack()
-        except Exception as err:  # one event must never stop intake
-            self._failed += 1
-            if message.num_delivered >= MAX_DELIVERIES:
-                log.exception(
-                    "intake.dropped", msg_id=message.msg_id, error=repr(err), tries=MAX_DELIVERIES
-                )
-                message.ack()
-            else:
-                log.warning("intake.retrying", msg_id=message.msg_id, error=repr(err))
-                message.nak(delay_s=min(30.0, 1.0 * message.num_delivered))
+        else:
+            log.warning("intake.retrying", msg_id=message.msg_id, error=repr(err))
+            message.nak(delay_s=min(30.0, 1.0 * message.num_delivered))
         return None
 
     def _route(self, delivery: Delivery[Any]) -> Route:
@@ -110,9 +124,11 @@ class Intake(pykka.ThreadingActor):
                 name = event.state_name or self._state_name(event)
                 return policy.route_work_item(event, name, key=delivery.msg_id, cfg=self._cfg)
             case CommitStatusEvent() as event:
-                return policy.route_status(event, self._views(), cfg=self._cfg)
+                views = self._find(event.repo, commit=event.sha, stages=self._ci_stages)
+                return policy.route_status(event, views, cfg=self._cfg)
             case PullRequestEvent() as event:
-                return policy.route_pull_request(event, self._views(), cfg=self._cfg)
+                views = self._find(event.repo, branch=event.head_branch)
+                return policy.route_pull_request(event, views, cfg=self._cfg)
             case PushEvent() as event:
                 return Route(reason=f"push of {event.branch} at {event.after[:12]}: logged only")
         return Route(reason=f"unknown event {type(delivery.body).__name__}")
@@ -126,17 +142,16 @@ class Intake(pykka.ThreadingActor):
             # Retried by redelivery: the tracker may be briefly unreachable.
             raise RuntimeError(f"cannot resolve Plane state {event.state_id}: {err}") from err
 
-    def _views(self) -> list[TaskView]:
-        return [
-            TaskView(
-                id=row["id"],
-                repo=row["repo"],
-                stage=row["stage"],
-                branch=row["branch"],
-                head_sha=row.get("head_sha", ""),
-            )
-            for row in self._tasks()
-        ]
+    def _find(
+        self, gitea_repo: str, *, branch: str = "", commit: str = "", stages: tuple[str, ...] = ()
+    ) -> list[TaskView]:
+        """The live tasks of a Gitea repository on `branch`, at `commit` or on `stages`."""
+        repo = self._cfg.repo_for_gitea(gitea_repo)
+        if repo is None:
+            return []
+        query = FindTasks(repo=repo.name, branch=branch, commit=commit, stages=stages)
+        found: Any = self._engine.ask(query, timeout=self._timeout_s)
+        return [msgspec.convert(s, TaskView, from_attributes=True) for s in found]
 
 
 class IntakeStatus:

@@ -6,11 +6,10 @@ import socket
 from typing import Any
 
 import msgspec
-import pykka
 
 from actors import lease_policy as policy
 from actors.lease_policy import Lease
-from bus import subjects
+from actors.owner import Owner
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Alert,
@@ -46,8 +45,11 @@ class LeaseStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> LeaseKeeper (ask)."""
 
 
-class LeaseKeeper(pykka.ThreadingActor):
+class LeaseKeeper(Owner):
     """Grants each repository's merge lease to one task at a time; the revision fences."""
+
+    name = "lease_keeper"
+    failed_event = "failed"
 
     def __init__(
         self,
@@ -72,44 +74,42 @@ class LeaseKeeper(pykka.ThreadingActor):
         self._sweep()
         log.info("lease_keeper.started", leases=len(self._leases))
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case LeaseAcquire():
-                    return self._acquire(message)
-                case LeaseRenew():
-                    return self._renew(message)
-                case LeaseRelease():
-                    return self._release(message)
-                case Delivery(body=StageChanged() as event):
-                    which = policy.release_on_stage(
-                        event.new, ended=event.new in ENDED, kept=self._kept
+    def handle(self, message: Any) -> Any:
+        match message:
+            case LeaseAcquire():
+                return self._acquire(message)
+            case LeaseRenew():
+                return self._renew(message)
+            case LeaseRelease():
+                return self._release(message)
+            case Delivery(body=StageChanged() as event):
+                ended = event.new in ENDED
+                which = policy.release_on_stage(event.new, ended=ended, kept=self._kept)
+                if which:
+                    self._release_task(
+                        event.task_id, f"task {event.new}", merge_only=which == "merge"
                     )
-                    if which:
-                        self._release_task(
-                            event.task_id, f"task {event.new}", merge_only=which == "merge"
-                        )
-                    message.ack()
-                case Delivery(body=Alert(kind="escalated", task_id=task_id) as alert):
-                    self._release_task(task_id, f"task escalated: {alert.text[:80]}")
-                    message.ack()
-                case Delivery():
-                    message.ack()
-                case Tick():
-                    self._sweep()
-                case LeaseStatus():
-                    return self._status()
-        except Fenced as err:
-            # Someone else wrote the lease: re-read, and let the caller try again.
-            log.warning("lease_keeper.conflict", error=str(err))
-            self._leases = self._store.load_all()
-            return LeaseReply(granted=False, reason="lease changed concurrently; retry")
-        except Exception as err:
-            log.exception("lease_keeper.failed", kind=type(message).__name__)
-            if isinstance(message, Delivery):
-                message.nak(delay_s=2.0)
-            return LeaseReply(granted=False, reason=f"lease keeper error: {err}")
+                message.ack()
+            case Delivery(body=Alert(kind="escalated", task_id=task_id) as alert):
+                self._release_task(task_id, f"task escalated: {alert.text[:80]}")
+                message.ack()
+            case Delivery():
+                message.ack()
+            case Tick():
+                self._sweep()
+            case LeaseStatus():
+                return self._status()
         return None
+
+    def on_fenced(self, err: Fenced) -> Any:
+        # Someone else wrote the lease: re-read, and let the caller try again.
+        log.warning("lease_keeper.conflict", error=str(err))
+        self._leases = self._store.load_all()
+        return LeaseReply(granted=False, reason="lease changed concurrently; retry")
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        super().on_failed(message, err)
+        return LeaseReply(granted=False, reason=f"lease keeper error: {err}")
 
     def _put(self, lease: Lease) -> int:
         current = self._leases.get(lease.name)
@@ -231,9 +231,7 @@ class LeaseKeeper(pykka.ThreadingActor):
             source="lease_keeper",
             at=self._clock.now(),
         )
-        self._bus.publish(
-            subjects.ALERTS, alert, msg_id=f"lease:{lease.name}:{lease.acquired_at}:{text[:40]}"
-        )
+        self._bus.emit(alert, msg_id=f"lease:{lease.name}:{lease.acquired_at}:{text[:40]}")
 
     def _status(self) -> dict[str, Any]:
         return {

@@ -30,7 +30,7 @@ from actors import monitor_policy as policy
 from actors.launcher import kill_tree, spawn
 from actors.launcher_policy import python_argv, substitute, wrap
 from actors.monitor_policy import Probe, Watch
-from bus import subjects
+from actors.owner import Owner
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger, effect_key
 from bus.messages import Alert, StageChanged, Tick
@@ -88,8 +88,13 @@ class _RolledBack(msgspec.Struct, frozen=True):
     error: str = ""
 
 
-class PostDeployMonitor(pykka.ThreadingActor):
+class PostDeployMonitor(Owner):
     """Sole writer of the watches in `conveyor_monitor`; one rollback per task at most."""
+
+    name = "monitor"
+    # One bad message must not stop the monitor; a fenced watch is handled where it is written.
+    failed_event = "failed"
+    stops_when_fenced = False
 
     def __init__(
         self,
@@ -136,27 +141,21 @@ class PostDeployMonitor(pykka.ThreadingActor):
         # A running rollback is left to finish on its own: it is its own process group,
         # and the ledger plus its exit file tell the next monitor what happened.
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Delivery(body=StageChanged() as event):
-                    self._on_stage(event)
-                    message.ack()
-                case Delivery():
-                    message.ack()
-                case Tick():
-                    self._tick()
-                case _Probed():
-                    self._on_probed(message)
-                case _RolledBack():
-                    self._on_rolled_back(message)
-                case MonitorStatus():
-                    return self._status()
-        except Exception:
-            # One bad message must not stop the monitor.
-            log.exception("monitor.failed", kind=type(message).__name__)
-            if isinstance(message, Delivery):
-                message.nak(delay_s=2.0)
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Delivery(body=StageChanged() as event):
+                self._on_stage(event)
+                message.ack()
+            case Delivery():
+                message.ack()
+            case Tick():
+                self._tick()
+            case _Probed():
+                self._on_probed(message)
+            case _RolledBack():
+                self._on_rolled_back(message)
+            case MonitorStatus():
+                return self._status()
         return None
 
     # --- starting a watch ---------------------------------------------------------------
@@ -407,7 +406,7 @@ class PostDeployMonitor(pykka.ThreadingActor):
             level=level, text=text, task_id=watch.task_id, source="monitor", at=self._clock.now()
         )
         # The id is the verdict's, so a retried or restarted close alerts once.
-        self._bus.publish(subjects.ALERTS, alert, msg_id=f"monitor:{watch.task_id}:{what}")
+        self._bus.emit(alert, msg_id=f"monitor:{watch.task_id}:{what}")
 
     def _degraded_text(self, watch: Watch) -> str:
         if watch.action == policy.ROLLBACK:

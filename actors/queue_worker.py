@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import pykka
 
 from actors import queue_policy as policy
-from actors.common import is_durable, subject_for
+from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job
 from bus.bridge import Bus, Delivery, Store, Versioned
 from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, ReapJob, Tick
 from conveyor import faults
 from conveyor.clock import Clock
 from conveyor.config import QueueConfig
-from conveyor.errors import Fenced
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,14 +34,15 @@ def job_key(job_id: str) -> str:
     return job_id
 
 
-class QueueWorker(pykka.ThreadingActor):
+class QueueWorker(Owner):
     """Stores jobs, claims them fairly within limits, turns finishes into outcomes."""
+
+    name = "queue_worker"
 
     def __init__(self, bus: Bus, store: Store[Job], clock: Clock, cfg: QueueConfig) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         self._jobs: dict[str, Versioned[Job]] = {}
-        self._fenced = False
         self._started_at = 0.0
 
     def on_start(self) -> None:
@@ -54,30 +53,21 @@ class QueueWorker(pykka.ThreadingActor):
         log.info("queue_worker.started", jobs=len(self._jobs))
         self._dispatch()
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Delivery(
-                    body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished() | ReapJob()
-                ):
-                    self._handle(message)
-                case Tick():
-                    self._heal()
-                    self._dispatch()
-                case QueueStatus():
-                    return self._status()
-                case RunningSnapshot():
-                    return policy.running_jobs(e.value for e in self._jobs.values())
-                case _:
-                    log.warning("queue_worker.unknown_message", kind=type(message).__name__)
-        except Fenced as err:
-            log.error("queue_worker.fenced", error=str(err))  # noqa: TRY400 - expected
-            self._fenced = True
-            self.stop()
-        except Exception:
-            log.exception("queue_worker.handle_failed", kind=type(message).__name__)
-            if isinstance(message, Delivery):
-                message.nak(delay_s=2.0)
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Delivery(
+                body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished() | ReapJob()
+            ):
+                self._handle(message)
+            case Tick():
+                self._heal()
+                self._dispatch()
+            case QueueStatus():
+                return self._status()
+            case RunningSnapshot():
+                return policy.running_jobs(e.value for e in self._jobs.values())
+            case _:
+                log.warning("queue_worker.unknown_message", kind=type(message).__name__)
         return None
 
     def _handle(self, delivery: Delivery[Any]) -> None:
@@ -147,16 +137,14 @@ class QueueWorker(pykka.ThreadingActor):
 
     def _flush(self, job_id: str) -> None:
         entry = self._jobs[job_id]
-        if not entry.value.outbox:
-            return
-        for index, msg in enumerate(entry.value.outbox):
-            msg_id = f"{job_id}:{entry.revision}:{index}"
-            if is_durable(msg):
-                self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
-            else:
-                self._bus.publish_core(subject_for(msg), msg)
-        faults.point("queue_worker.published")
-        self._save(msgspec.structs.replace(entry.value, outbox=[]))
+        self._jobs[job_id] = flush_outbox(
+            self._bus,
+            self._store,
+            job_key(job_id),
+            entry,
+            entry.value.outbox,
+            fault="queue_worker.published",
+        )
 
     def _heal(self) -> None:
         """Publish outboxes a failure left stored but unsent (a bus outage, a crash)."""
@@ -164,7 +152,7 @@ class QueueWorker(pykka.ThreadingActor):
             self._flush(job_id)
 
     def _dispatch(self) -> None:
-        if self._fenced:
+        if self.fenced:
             return
         now = self._clock.now()
         jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
@@ -198,7 +186,7 @@ class QueueWorker(pykka.ThreadingActor):
             reverse=True,
         )[:10]
         return {
-            "healthy": not self._fenced,
+            "healthy": not self.fenced,
             "counts": counts,
             "max_concurrency": self._cfg.max_concurrency,
             "per_repo_concurrency": self._cfg.per_repo_concurrency,

@@ -11,10 +11,10 @@ import pykka
 
 from actors import reaper_policy as policy
 from actors.launcher_policy import Run, run_key
+from actors.owner import Owner
 from actors.queue_policy import Job
 from actors.queue_worker import RunningSnapshot
 from actors.reaper_policy import ReaperState, RunningJob
-from bus import subjects
 from bus.bridge import Bus, Store
 from bus.messages import ReapJob, RunHeartbeat, Tick
 from conveyor import procs, runwrap
@@ -31,8 +31,13 @@ class ReaperStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> Reaper (ask)."""
 
 
-class Reaper(pykka.ThreadingActor):
+class Reaper(Owner):
     """Sole owner of liveness streaks and reap figures; asks the QueueWorker to flip jobs."""
+
+    name = "reaper"
+    # A failed tick must not stop the reaper; the next one tries again.
+    failed_event = "tick_failed"
+    stops_when_fenced = False
 
     def __init__(
         self,
@@ -52,22 +57,18 @@ class Reaper(pykka.ThreadingActor):
         # restarted knows no finalizer yet.
         self._warm_until = clock.now() + cfg.heartbeat_timeout_s
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case RunHeartbeat():
-                    # Our own clock, not the sender's: hosts' clocks may disagree.
-                    self._beats[(message.job_id, message.attempt)] = self._clock.now()
-                case Tick():
-                    now = self._clock.now()
-                    if now >= self._next_tick and now >= self._warm_until:
-                        self._next_tick = now + self._cfg.interval_s
-                        self._tick(now)
-                case ReaperStatus():
-                    return {"healthy": True, **policy.reaper_status(self._state, self._cfg)}
-        except Exception:
-            # A failed tick must not stop the reaper; the next one tries again.
-            log.exception("reaper.tick_failed")
+    def handle(self, message: Any) -> Any:
+        match message:
+            case RunHeartbeat():
+                # Our own clock, not the sender's: hosts' clocks may disagree.
+                self._beats[(message.job_id, message.attempt)] = self._clock.now()
+            case Tick():
+                now = self._clock.now()
+                if now >= self._next_tick and now >= self._warm_until:
+                    self._next_tick = now + self._cfg.interval_s
+                    self._tick(now)
+            case ReaperStatus():
+                return {"healthy": True, **policy.reaper_status(self._state, self._cfg)}
         return None
 
     def _tick(self, now: float) -> None:
@@ -85,8 +86,7 @@ class Reaper(pykka.ThreadingActor):
                 exit_code=reap.exit_code,
                 reason=reap.reason,
             )
-            self._bus.publish(
-                subjects.JOBS_REAP,
+            self._bus.emit(
                 ReapJob(
                     job_id=reap.job_id,
                     attempt=reap.attempt,

@@ -1,6 +1,6 @@
 """Reconciler: makes a lost webhook harmless by replaying what it would have caused.
 
-Every `reconciler.interval_s` it reads the StageEngine's task rows and asks for a
+Every `reconciler.interval_s` it reads the StageEngine's task summaries and asks for a
 gate read (acted on only when green) of each task that has been quiet past its
 stage's grace. Every `reconciler.plane_poll_s` it polls Plane (in a worker
 thread) and publishes, as ordinary events, the work item states a task never
@@ -18,8 +18,9 @@ import msgspec
 import pykka
 
 from actors import reconciler_policy as policy
+from actors.owner import Owner
 from actors.reconciler_policy import PolledItem, TaskRow
-from bus import subjects
+from actors.task_summary import AllTasks
 from bus.bridge import Bus
 from bus.messages import Alert, Reevaluate, Tick
 from conveyor.clock import Clock
@@ -27,6 +28,8 @@ from conveyor.config import Config
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
+
+ASK_TIMEOUT_S = 10.0
 
 Poll = Callable[[], list[PolledItem]]
 """Reads every configured Plane project's work items (I/O; runs in a worker thread)."""
@@ -43,8 +46,13 @@ class ReconcilerStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> Reconciler (ask)."""
 
 
-class Reconciler(pykka.ThreadingActor):
+class Reconciler(Owner):
     """Sole owner of replay bookkeeping; never writes a task, only asks the StageEngine."""
+
+    name = "reconciler"
+    # A failed round is retried on the next tick.
+    failed_event = "round_failed"
+    stops_when_fenced = False
 
     def __init__(
         self,
@@ -53,12 +61,12 @@ class Reconciler(pykka.ThreadingActor):
         clock: Clock,
         cfg: Config,
         *,
-        tasks: Callable[[], list[dict[str, Any]]],
+        tasks: Callable[[], list[Any]] | None = None,
         poll: Poll | None = None,
     ) -> None:
         super().__init__()
+        del tasks  # each round asks the StageEngine for its task summaries
         self._engine, self._bus, self._clock, self._cfg = engine, bus, clock, cfg
-        self._tasks = tasks
         self._poll = poll
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="plane-poll"
@@ -75,19 +83,20 @@ class Reconciler(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Tick():
-                    self._tick()
-                case PollDone():
-                    self._on_poll(message)
-                case ReconcilerStatus():
-                    return self._status()
-        except Exception:  # a failed round is retried on the next tick
-            log.exception("reconciler.round_failed", kind=type(message).__name__)
-            if isinstance(message, PollDone):
-                self._polling = False
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                self._tick()
+            case PollDone():
+                self._on_poll(message)
+            case ReconcilerStatus():
+                return self._status()
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        super().on_failed(message, err)
+        if isinstance(message, PollDone):
+            self._polling = False
         return None
 
     def _tick(self) -> None:
@@ -117,7 +126,8 @@ class Reconciler(pykka.ThreadingActor):
             self._pool.submit(_run)
 
     def _rows(self) -> list[TaskRow]:
-        return [msgspec.convert(row, TaskRow) for row in self._tasks()]
+        summaries: Any = self._engine.ask(AllTasks(), timeout=ASK_TIMEOUT_S)
+        return [msgspec.convert(s, TaskRow, from_attributes=True) for s in summaries]
 
     def _replay_gates(self, now: float) -> None:
         rows = self._rows()
@@ -153,9 +163,7 @@ class Reconciler(pykka.ThreadingActor):
                 alert = Alert(
                     level="warning", text=text, task_id=task_id, source="reconciler", at=now
                 )
-                self._bus.publish(
-                    subjects.ALERTS, alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked"
-                )
+                self._bus.emit(alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked")
 
     def _on_poll(self, done: PollDone) -> None:
         self._polling = False
@@ -167,7 +175,7 @@ class Reconciler(pykka.ThreadingActor):
             return
         rows = {row.id: row for row in self._rows()}
         for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
-            self._bus.publish(subjects.EVENTS_PLANE_WORK_ITEM, event, msg_id=msg_id)
+            self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1
             log.info(
                 "reconciler.state_replayed",

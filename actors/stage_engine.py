@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-import pykka
 
 from actors import gate_policy
 from actors import stage_policy as policy
-from actors.common import is_durable, subject_for
 from actors.gate_policy import GateInputs, GateResult
+from actors.owner import Owner, flush_outbox
 from actors.stage_policy import Task
+from actors.task_summary import AllTasks, FindTasks, TaskIndex, TaskSummary, summarize
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -112,32 +113,21 @@ def _task_of(message: Any) -> str:
     return ""
 
 
+COMMANDS = (Submit, Approve, Reject, Cancel, Retry, ConfirmDeploy)
+REPLIED = (*COMMANDS, TrackerUpdate, Reevaluate, Annotate)
+"""Asks answered with a `Reply`, also when handling them failed."""
+
+
 def task_row(task: Task) -> dict[str, Any]:
-    """The summary of a task shown in tables and command replies."""
-    return {
-        "id": task.id,
-        "repo": task.repo,
-        "title": task.title,
-        "stage": task.stage,
-        "step": task.step,
-        "job_id": task.job_id,
-        "job_status": task.job_status,
-        "escalated": task.escalated,
-        "approved": task.approved,
-        "developer_retries": task.developer_retries,
-        "branch": task.branch,
-        "reason": task.last_reason,
-        "updated_at": task.updated_at,
-        "head_sha": task.head_sha,
-        "hold": task.hold,
-        "tracker_state": task.tracker_state,
-        "external_id": task.external_id,
-        "cost_usd": task.cost_usd,
-    }
+    """A task's summary as a command reply carries it."""
+    row: dict[str, Any] = msgspec.to_builtins(summarize(task))
+    return row
 
 
-class StageEngine(pykka.ThreadingActor):
+class StageEngine(Owner):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
+
+    name = "stage_engine"
 
     def __init__(
         self, bus: Bus, store: Store[Task], forge: Forge, clock: Clock, cfg: Config
@@ -145,17 +135,18 @@ class StageEngine(pykka.ThreadingActor):
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._tasks: dict[str, Versioned[Task]] = {}
+        self._index = TaskIndex()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
         )
         self._started_at = 0.0
         self._gates_in_flight: set[str] = set()
         self._stalled: set[str] = set()
-        self._fenced = False
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        self._tasks = self._store.load_all()
+        for entry in self._store.load_all().values():
+            self._keep(entry)
         for task_id in list(self._tasks):
             self._flush(task_id)
         for task_id, entry in self._tasks.items():
@@ -171,45 +162,42 @@ class StageEngine(pykka.ThreadingActor):
     def on_failure(self, *_: object) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def on_receive(self, message: Any) -> Any:
-        try:
-            match message:
-                case Delivery(body=JobOutcome() as outcome):
-                    self._on_outcome(outcome, message)
-                case GateRead():
-                    self._on_gate(message)
-                case Submit():
-                    return self._submit(message)
-                case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
-                    return self._command(message)
-                case TrackerUpdate():
-                    return self._tracker(message)
-                case Reevaluate():
-                    return self._reevaluate(message)
-                case Annotate():
-                    return self._annotate(message)
-                case StatusQuery():
-                    return self._status(message)
-                case Tick():
-                    self._heal()
-                case _:
-                    log.warning("stage_engine.unknown_message", kind=type(message).__name__)
-        except Fenced as err:
-            log.error("stage_engine.fenced", error=str(err))  # noqa: TRY400 - expected, no trace
-            self._fenced = True
-            self.stop()
-        except Exception as err:
-            log.exception("stage_engine.handle_failed", kind=type(message).__name__)
-            stalled = _task_of(message)
-            if stalled:
-                # Retried on the next tick: a bus outage must not strand a task.
-                self._stalled.add(stalled)
-            if isinstance(message, Delivery):
-                message.nak(delay_s=2.0)
-            if isinstance(message, Submit | Approve | Reject | Cancel | Retry | ConfirmDeploy):
-                return Reply(ok=False, error=f"internal error: {err}")
-            if isinstance(message, TrackerUpdate | Reevaluate | Annotate):
-                return Reply(ok=False, error=f"internal error: {err}")
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Delivery(body=JobOutcome() as outcome):
+                self._on_outcome(outcome, message)
+            case GateRead():
+                self._on_gate(message)
+            case Submit():
+                return self._submit(message)
+            case Approve() | Reject() | Cancel() | Retry() | ConfirmDeploy():
+                return self._command(message)
+            case TrackerUpdate():
+                return self._tracker(message)
+            case Reevaluate():
+                return self._reevaluate(message)
+            case Annotate():
+                return self._annotate(message)
+            case StatusQuery():
+                return self._status(message)
+            case AllTasks():
+                return self._summaries(self._tasks)
+            case FindTasks():
+                return self._summaries(sorted(self._index.find(message)))
+            case Tick():
+                self._heal()
+            case _:
+                log.warning("stage_engine.unknown_message", kind=type(message).__name__)
+        return None
+
+    def on_failed(self, message: Any, err: Exception) -> Any:
+        super().on_failed(message, err)
+        stalled = _task_of(message)
+        if stalled:
+            # Retried on the next tick: a bus outage must not strand a task.
+            self._stalled.add(stalled)
+        if isinstance(message, REPLIED):
+            return Reply(ok=False, error=f"internal error: {err}")
         return None
 
     def _heal(self) -> None:
@@ -236,25 +224,26 @@ class StageEngine(pykka.ThreadingActor):
             revision = self._store.create(task.id, stored)
         else:
             revision = self._store.update(task.id, stored, expect=current.revision)
-        self._tasks[task.id] = Versioned(stored, revision)
+        self._keep(Versioned(stored, revision))
         faults.point("stage_engine.persisted")
         self._flush(task.id)
 
+    def _keep(self, entry: Versioned[Task]) -> None:
+        self._tasks[entry.value.id] = entry
+        self._index.put(entry.value)
+
     def _flush(self, task_id: str) -> None:
-        """Publish the task's outbox (ids stable per revision, so a replay dedupes), clear it."""
         entry = self._tasks[task_id]
-        if not entry.value.outbox:
-            return
-        for index, msg in enumerate(entry.value.outbox):
-            msg_id = f"{task_id}:{entry.revision}:{index}"
-            if is_durable(msg):
-                self._bus.publish(subject_for(msg), msg, msg_id=msg_id)
-            else:
-                self._bus.publish_core(subject_for(msg), msg)
-        faults.point("stage_engine.published")
-        cleared = msgspec.structs.replace(entry.value, outbox=[])
-        revision = self._store.update(task_id, cleared, expect=entry.revision)
-        self._tasks[task_id] = Versioned(cleared, revision)
+        self._keep(
+            flush_outbox(
+                self._bus,
+                self._store,
+                task_id,
+                entry,
+                entry.value.outbox,
+                fault="stage_engine.published",
+            )
+        )
 
     def _apply(self, task_id: str, decision: policy.Decision) -> None:
         if decision.task is not None:
@@ -389,7 +378,7 @@ class StageEngine(pykka.ThreadingActor):
         reloaded = self._store.get(task_id)
         if reloaded is None:
             raise Fenced(f"task {task_id} exists but cannot be read")
-        self._tasks[task_id] = reloaded
+        self._keep(reloaded)
         return reloaded
 
     def _next_id(self, prefix: str) -> str:
@@ -469,10 +458,14 @@ class StageEngine(pykka.ThreadingActor):
 
     # --- status -------------------------------------------------------------------------
 
+    def _summaries(self, task_ids: Iterable[str]) -> list[TaskSummary]:
+        tasks = [self._tasks[task_id].value for task_id in task_ids]
+        return [summarize(t) for t in sorted(tasks, key=lambda t: t.created_at)]
+
     def _status(self, query: StatusQuery) -> Any:
         tasks = [entry.value for entry in self._tasks.values()]
         if query.kind == "tasks":
-            return [task_row(t) for t in sorted(tasks, key=lambda t: t.created_at)]
+            return self._summaries(self._tasks)
         if query.kind == "task":
             entry = self._tasks.get(query.task_id)
             if entry is None:
@@ -485,7 +478,7 @@ class StageEngine(pykka.ThreadingActor):
         for task in tasks:
             by_stage[task.stage] = by_stage.get(task.stage, 0) + 1
         return {
-            "healthy": not self._fenced,
+            "healthy": not self.fenced,
             "tasks": len(tasks),
             "by_stage": by_stage,
             "escalated": sum(1 for t in tasks if t.escalated),

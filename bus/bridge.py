@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -24,11 +23,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.kv import KeyValue
 
 from bus import subjects
-from bus.messages import encode
-from conveyor.errors import BusUnavailable, Fenced
+from bus.kv import KeyExists as KeyExists
+from bus.kv import Store as Store
+from bus.kv import Versioned as Versioned
+from bus.loop import LoopThread as LoopThread
+from bus.messages import Message, encode
+from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,7 +43,7 @@ DUPLICATE_WINDOW_S = 7200.0
 """How long a Nats-Msg-Id is remembered: longer than any restart should take."""
 
 
-_DISCONNECTED = (
+DISCONNECTED = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError,
@@ -52,238 +54,6 @@ _DISCONNECTED = (
     asyncio.TimeoutError,
 )
 """Errors that mean "the bus did not answer", as opposed to an answer that says no."""
-
-
-class LoopThread:
-    """A daemon thread running one asyncio event loop."""
-
-    def __init__(self, name: str = "conveyor-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._stopped = False
-        self._waiting: set[concurrent.futures.Future[Any]] = set()
-        self._lock = threading.Lock()
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = 30.0) -> T:
-        """Run `coro` on the loop and wait for its result from another thread."""
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("Bus.call from the loop thread would deadlock")
-        with self._lock:
-            if self._stopped:
-                coro.close()
-                raise BusUnavailable("bus is closed")
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-            self._waiting.add(future)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError as err:
-            future.cancel()
-            raise BusUnavailable(f"bus call timed out after {timeout_s}s") from err
-        except concurrent.futures.CancelledError as err:
-            # The loop stopped under this call: a caller must not wait out its timeout.
-            raise BusUnavailable("bus closed during the call") from err
-        finally:
-            with self._lock:
-                self._waiting.discard(future)
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        """Schedule `coro` without waiting; failures are logged."""
-        if not self.loop.is_running():
-            # Shutting down: an unacked message is redelivered, which is what we want.
-            coro.close()
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            future.cancel()
-            return future
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        future.add_done_callback(_log_failure)
-        return future
-
-    def stop(self) -> None:
-        """Cancel what still runs on the loop, stop it and join the thread."""
-        with self._lock:
-            self._stopped = True
-        if self.loop.is_running() and self._thread.is_alive():
-            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-                asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(5.0)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        with self._lock:
-            for future in self._waiting:
-                future.cancel()
-
-
-async def _cancel_all() -> None:
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _log_failure(future: concurrent.futures.Future[Any]) -> None:
-    if future.cancelled():
-        return
-    exc = future.exception()
-    if isinstance(exc, nats.errors.ConnectionClosedError):
-        # A fire-and-forget publish (a heartbeat) racing the close at shutdown: expected.
-        log.debug("bus.background_dropped", error=repr(exc))
-    elif exc is not None:
-        log.warning("bus.background_failed", error=repr(exc))
-
-
-class Versioned(msgspec.Struct, Generic[T], frozen=True):
-    """A stored value and the KV revision it was read at (the CAS token)."""
-
-    value: T
-    revision: int
-
-
-class KeyExists(Exception):
-    """`create` found the key already present."""
-
-
-class Store(Generic[S]):
-    """A typed view of one KV bucket; writes are compare-and-swap on the revision."""
-
-    def __init__(self, bus: Bus, kv: KeyValue, value_type: type[S]) -> None:
-        self._bus = bus
-        self._kv = kv
-        self._decoder = msgspec.json.Decoder(value_type)
-        self.bucket: str = kv._name
-
-    def _decode(self, data: bytes | None) -> S | None:
-        if not data:
-            return None
-        return self._decoder.decode(data)
-
-    def get(self, key: str) -> Versioned[S] | None:
-        """Read one key (leader-routed), or None when absent or deleted."""
-
-        async def _get() -> Versioned[S] | None:
-            try:
-                entry = await self._kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None
-            value = self._decode(entry.value)
-            if value is None or entry.revision is None:
-                return None
-            return Versioned(value, entry.revision)
-
-        return self._bus.call(_get())
-
-    def create(self, key: str, value: S) -> int:
-        """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
-        data = encode(value)
-
-        async def _create() -> int:
-            try:
-                return int(await self._kv.create(key, data))
-            except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise KeyExists(key) from err
-
-        try:
-            return self._bus.call(_create())
-        except BusUnavailable:
-            landed = self._landed(key, data)
-            if landed is None:
-                raise
-            return landed
-
-    def update(self, key: str, value: S, *, expect: int) -> int:
-        """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
-        data = encode(value)
-
-        async def _update() -> int:
-            try:
-                return int(await self._kv.update(key, data, last=expect))
-            except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
-
-        try:
-            return self._bus.call(_update())
-        except BusUnavailable:
-            landed = self._landed(key, data)
-            if landed is None:
-                raise
-            return landed
-
-    def _landed(self, key: str, data: bytes) -> int | None:
-        """After an ambiguous write (no answer), the revision it got if it did land.
-
-        A timeout does not mean the write failed; re-reading tells, and a write that
-        landed must not later look like someone else's (which would fence us).
-        """
-
-        async def _raw() -> tuple[bytes | None, int | None]:
-            try:
-                entry = await self._kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None, None
-            return entry.value, entry.revision
-
-        try:
-            value, revision = self._bus.call(_raw())
-        except BusUnavailable:
-            return None
-        return revision if value == data else None
-
-    def load_all(self) -> dict[str, Versioned[S]]:
-        """Read the latest value of every key (one ordered consumer, not one get per key)."""
-
-        async def _load() -> dict[str, Versioned[S]]:
-            out: dict[str, Versioned[S]] = {}
-            # A short inactivity threshold: the server drops the ephemeral consumer soon
-            # after, instead of keeping one per call for minutes.
-            watcher = await self._kv.watchall(ignore_deletes=True, inactive_threshold=2.0)
-            try:
-                while True:
-                    entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-                    if entry is None and not out:
-                        entry = await self._after_early_marker(watcher)
-                    if entry is None:
-                        break
-                    value = self._decode(entry.value)
-                    if value is not None and entry.revision is not None:
-                        out[entry.key] = Versioned(value, entry.revision)
-                    if entry.delta == 0:
-                        break
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            return out
-
-        return self._bus.call(_load(), timeout_s=120.0)
-
-    async def _after_early_marker(self, watcher: Any) -> Any:
-        """The first entry after an "initial values done" marker that came before any.
-
-        nats-py sends that marker when the consumer reports nothing pending and its
-        callback has handled nothing yet, which is also the case when every entry was
-        already delivered but not yet handled (seen under load: an empty load of a
-        full bucket). A bucket that holds messages gets a moment for them to arrive.
-        """
-        status = await self._kv.status()
-        if status.values == 0:
-            return None
-        try:
-            return await watcher.updates(timeout=0.5)
-        except nats.errors.TimeoutError:
-            return None  # only delete markers: every key was deleted
-
-    def delete(self, key: str, *, expect: int) -> None:
-        """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
-
-        async def _delete() -> None:
-            try:
-                await self._kv.delete(key, last=expect)
-            except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
-
-        self._bus.call(_delete())
 
 
 class Delivery(Generic[T]):
@@ -397,7 +167,7 @@ class Bus:
         """Run a coroutine on the loop from an actor thread; lost connections are BusUnavailable."""
         try:
             return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
-        except _DISCONNECTED as err:
+        except DISCONNECTED as err:
             raise BusUnavailable(f"NATS unavailable: {err!r}") from err
 
     # --- set-up -------------------------------------------------------------------------
@@ -452,6 +222,13 @@ class Bus:
         headers = {MSG_ID: msg_id} if msg_id else None
         data = encode(msg)
         self.call(_retry_js(lambda: self.js.publish(subject, data, headers=headers)))
+
+    def emit(self, msg: Message, *, msg_id: str) -> None:
+        """Publish `msg` on its type's subject: durably under `msg_id`, or on core NATS."""
+        if subjects.is_durable(msg):
+            self.publish(subjects.subject_for(msg), msg, msg_id=msg_id)
+        else:
+            self.publish_core(subjects.subject_for(msg), msg)
 
     def publish_core(self, subject: str, msg: msgspec.Struct) -> None:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""

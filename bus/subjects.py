@@ -1,4 +1,4 @@
-"""Every NATS subject, stream, consumer and bucket name, in one place.
+"""Every NATS subject, stream, consumer and bucket name, and which message goes where.
 
 No other module spells `conveyor.`; builders reject tokens that could widen a
 subscription (dots, wildcards, whitespace).
@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import re
 
+from bus.messages import (
+    Alert,
+    CommitStatusEvent,
+    JobFinished,
+    JobOutcome,
+    JobRequested,
+    JobsCancelled,
+    JobStarted,
+    KillJob,
+    LaunchOrder,
+    Message,
+    PullRequestEvent,
+    PushEvent,
+    ReapJob,
+    RunHeartbeat,
+    StageChanged,
+    WorkItemEvent,
+)
 from conveyor.errors import InvalidField
 
 ROOT = "conveyor"
@@ -151,3 +169,40 @@ CONSUMER_MONITOR = "monitor"
 """PostDeployMonitor on CONVEYOR_NOTIFY, `conveyor.stage.>`: a `done` starts a watch."""
 
 SERVICE_NAME = "conveyor"
+
+# --- routing: the subject of each message type ---------------------------------------------
+ROUTES: dict[type[Message], str] = {
+    JobRequested: JOBS_REQUESTED,
+    JobsCancelled: JOBS_CANCELLED,
+    JobStarted: JOBS_STARTED,
+    JobFinished: JOBS_FINISHED,
+    JobOutcome: JOBS_OUTCOME,
+    ReapJob: JOBS_REAP,
+    RunHeartbeat: HEARTBEATS,
+    LaunchOrder: LAUNCH_ORDERS,
+    KillJob: LAUNCH_KILL,
+    Alert: ALERTS,
+    WorkItemEvent: EVENTS_PLANE_WORK_ITEM,
+    CommitStatusEvent: EVENTS_GITEA_STATUS,
+    PullRequestEvent: EVENTS_GITEA_PULL_REQUEST,
+    PushEvent: EVENTS_GITEA_PUSH,
+}
+
+CORE = frozenset({KillJob, RunHeartbeat})
+"""Types published on core NATS: a dead launcher's processes die with their wrapper's
+timeout, and a heartbeat is worth nothing once late."""
+
+
+def subject_for(msg: Message) -> str:
+    """The subject a message is published on."""
+    if isinstance(msg, StageChanged):
+        return stage_changed(msg.task_id)
+    try:
+        return ROUTES[type(msg)]
+    except KeyError:
+        raise TypeError(f"no subject for {type(msg).__name__}") from None
+
+
+def is_durable(msg: Message) -> bool:
+    """Whether `msg` goes to JetStream (stored, deduplicated) rather than core NATS."""
+    return type(msg) not in CORE

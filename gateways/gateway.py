@@ -25,13 +25,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from aiohttp import web
 from nats.aio.msg import Msg
 
 from bus import subjects
-from bus.bridge import MSG_ID, Bus
+from bus.bridge import DISCONNECTED, MSG_ID, Bus
 from bus.messages import encode
 from conveyor.config import Config
 from conveyor.errors import BusUnavailable, WebhookRejected
@@ -55,18 +54,7 @@ SHUTDOWN_TIMEOUT_S = 5.0
 
 _RAW_SUBJECTS = ((subjects.WEBHOOKS_GITEA, GITEA), (subjects.WEBHOOKS_PLANE, PLANE))
 
-_UNAVAILABLE = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    TimeoutError,
-    BusUnavailable,
-)
+_UNAVAILABLE = (*DISCONNECTED, nats.js.errors.ServiceUnavailableError, BusUnavailable)
 """Errors that mean the bus did not take the event now; the sender should retry."""
 
 

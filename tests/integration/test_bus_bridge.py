@@ -9,15 +9,21 @@ from typing import Any
 import msgspec
 import pytest
 
+from actors.owner import flush_outbox
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists
-from bus.messages import Alert, JobInput, JobRequested, JobsCancelled
+from bus.messages import Alert, BusMessage, JobInput, JobRequested, JobsCancelled, KillJob
 from conveyor.errors import BusUnavailable, Fenced
 
 
 class Record(msgspec.Struct, frozen=True):
     name: str
     count: int = 0
+
+
+class Boxed(msgspec.Struct, frozen=True):
+    name: str
+    outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
 @pytest.fixture
@@ -140,6 +146,61 @@ def test_core_subscribers_see_messages_published_to_a_stream(bus: Bus) -> None:
     bus.subscribe_core(subjects.ALERTS, msgspec.json.Decoder(Alert), got.put)
     bus.publish(subjects.ALERTS, Alert(level="info", text="hello"), msg_id="a1")
     assert got.get(timeout=5).text == "hello"
+
+
+def test_emit_publishes_on_the_subject_of_the_message_type(bus: Bus) -> None:
+    durable: queue.Queue[Delivery[Any]] = queue.Queue()
+    core: queue.Queue[KillJob] = queue.Queue()
+    bus.subscribe_core(subjects.LAUNCH_KILL, msgspec.json.Decoder(KillJob), core.put)
+    for _ in range(2):
+        bus.emit(_request("J3"), msg_id="J3:1:0")
+    bus.emit(KillJob(job_id="J3", reason="test"), msg_id="")
+    bus.consume(
+        subjects.STREAM_JOBS,
+        "test_emit",
+        [subjects.JOBS_REQUESTED],
+        msgspec.json.Decoder(JobInput),
+        durable.put,
+    )
+    first = durable.get(timeout=10)
+    first.ack()
+    assert (first.subject, first.msg_id, first.body.job_id) == (
+        subjects.JOBS_REQUESTED,
+        "J3:1:0",
+        "J3",
+    )
+    assert core.get(timeout=5).job_id == "J3"
+    with pytest.raises(queue.Empty):
+        durable.get(timeout=1.5)
+
+
+def test_a_flushed_outbox_is_published_once_under_its_revision_and_cleared(bus: Bus) -> None:
+    got: queue.Queue[Delivery[Any]] = queue.Queue()
+    store = bus.store(subjects.BUCKET_JOBS, Boxed)
+    boxed = Boxed(name="b", outbox=[JobsCancelled(task_id="DEMO-4", reason="flush")])
+    revision = store.create("boxed", boxed)
+    stored = store.get("boxed")
+    assert stored is not None
+    # A crash after publishing and before clearing publishes the same outbox again.
+    bus.emit(boxed.outbox[0], msg_id=f"boxed:{revision}:0")
+    flushed = flush_outbox(bus, store, "boxed", stored, boxed.outbox, fault="test.flushed")
+    assert flushed.value.outbox == []
+    again = store.get("boxed")
+    assert again is not None
+    assert again.revision == flushed.revision
+    assert again.value.outbox == []
+    bus.consume(
+        subjects.STREAM_JOBS,
+        "test_flush",
+        [subjects.JOBS_CANCELLED],
+        msgspec.json.Decoder(JobInput),
+        got.put,
+    )
+    first = got.get(timeout=10)
+    first.ack()
+    assert (first.msg_id, first.body) == (f"boxed:{revision}:0", boxed.outbox[0])
+    with pytest.raises(queue.Empty):
+        got.get(timeout=1.5)
 
 
 def test_a_request_nobody_answers_is_a_bus_error(bus: Bus) -> None:

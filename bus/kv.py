@@ -1,0 +1,169 @@
+"""Typed KV buckets: reads with their revision, compare-and-swap writes, a full load."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from bus.messages import encode
+from conveyor.errors import BusUnavailable, Fenced
+
+if TYPE_CHECKING:
+    from bus.bridge import Bus
+
+T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Versioned(msgspec.Struct, Generic[T], frozen=True):
+    """A stored value and the KV revision it was read at (the CAS token)."""
+
+    value: T
+    revision: int
+
+
+class KeyExists(Exception):
+    """`create` found the key already present."""
+
+
+class Store(Generic[S]):
+    """A typed view of one KV bucket; writes are compare-and-swap on the revision."""
+
+    def __init__(self, bus: Bus, kv: KeyValue, value_type: type[S]) -> None:
+        self._bus = bus
+        self._kv = kv
+        self._decoder = msgspec.json.Decoder(value_type)
+        self.bucket: str = kv._name
+
+    def _decode(self, data: bytes | None) -> S | None:
+        if not data:
+            return None
+        return self._decoder.decode(data)
+
+    def get(self, key: str) -> Versioned[S] | None:
+        """Read one key (leader-routed), or None when absent or deleted."""
+
+        async def _get() -> Versioned[S] | None:
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            value = self._decode(entry.value)
+            if value is None or entry.revision is None:
+                return None
+            return Versioned(value, entry.revision)
+
+        return self._bus.call(_get())
+
+    def create(self, key: str, value: S) -> int:
+        """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
+        data = encode(value)
+
+        async def _create() -> int:
+            try:
+                return int(await self._kv.create(key, data))
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise KeyExists(key) from err
+
+        try:
+            return self._bus.call(_create())
+        except BusUnavailable:
+            landed = self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    def update(self, key: str, value: S, *, expect: int) -> int:
+        """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
+        data = encode(value)
+
+        async def _update() -> int:
+            try:
+                return int(await self._kv.update(key, data, last=expect))
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+
+        try:
+            return self._bus.call(_update())
+        except BusUnavailable:
+            landed = self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    def _landed(self, key: str, data: bytes) -> int | None:
+        """After an ambiguous write (no answer), the revision it got if it did land.
+
+        A timeout does not mean the write failed; re-reading tells, and a write that
+        landed must not later look like someone else's (which would fence us).
+        """
+
+        async def _raw() -> tuple[bytes | None, int | None]:
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None, None
+            return entry.value, entry.revision
+
+        try:
+            value, revision = self._bus.call(_raw())
+        except BusUnavailable:
+            return None
+        return revision if value == data else None
+
+    def load_all(self) -> dict[str, Versioned[S]]:
+        """Read the latest value of every key (one ordered consumer, not one get per key)."""
+
+        async def _load() -> dict[str, Versioned[S]]:
+            out: dict[str, Versioned[S]] = {}
+            # A short inactivity threshold: the server drops the ephemeral consumer soon
+            # after, instead of keeping one per call for minutes.
+            watcher = await self._kv.watchall(ignore_deletes=True, inactive_threshold=2.0)
+            try:
+                while True:
+                    entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+                    if entry is None and not out:
+                        entry = await self._after_early_marker(watcher)
+                    if entry is None:
+                        break
+                    value = self._decode(entry.value)
+                    if value is not None and entry.revision is not None:
+                        out[entry.key] = Versioned(value, entry.revision)
+                    if entry.delta == 0:
+                        break
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            return out
+
+        return self._bus.call(_load(), timeout_s=120.0)
+
+    async def _after_early_marker(self, watcher: Any) -> Any:
+        """The first entry after an "initial values done" marker that came before any.
+
+        nats-py sends that marker when the consumer reports nothing pending and its
+        callback has handled nothing yet, which is also the case when every entry was
+        already delivered but not yet handled (seen under load: an empty load of a
+        full bucket). A bucket that holds messages gets a moment for them to arrive.
+        """
+        status = await self._kv.status()
+        if status.values == 0:
+            return None
+        try:
+            return await watcher.updates(timeout=0.5)
+        except nats.errors.TimeoutError:
+            return None  # only delete markers: every key was deleted
+
+    def delete(self, key: str, *, expect: int) -> None:
+        """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
+
+        async def _delete() -> None:
+            try:
+                await self._kv.delete(key, last=expect)
+            except nats.js.errors.KeyWrongLastSequenceError as err:
+                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+
+        self._bus.call(_delete())
