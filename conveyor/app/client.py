@@ -101,4 +101,3 @@ class Client:
     def close(self) -> None:
         """Close the connection."""
         self.bus.close()
-
