@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt procfile bench clean
+.PHONY: run test test-agents agent-clis lint fmt procfile bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -20,9 +20,17 @@ run: $(STAMP)
 	@mkdir -p .demo
 	cd .demo && ../$(BIN)/conveyor run "Add a greeting feature"
 
-## test: the whole suite (unit, integration with a real nats-server, end-to-end)
-test: $(STAMP)
+## agent-clis: install the pinned agent CLIs (npm, and a venv for Aider), cached in ~/.cache/conveyor-agent-clis
+agent-clis:
+	@scripts/install-agent-clis >/dev/null
+
+## test: the whole suite (unit, integration with a real nats-server, end-to-end, real agent CLIs)
+test: $(STAMP) agent-clis
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## test-agents: only the real agent CLIs against the fake model APIs
+test-agents: $(STAMP) agent-clis
+	$(BIN)/pytest -q -p no:cacheprovider -m agent_cli tests/agent_clis
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)

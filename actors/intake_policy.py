@@ -23,18 +23,9 @@ from bus.messages import (
 )
 from conveyor import validate
 from conveyor.config import Config, PlaneStates
-from conveyor.pipeline import TERMINAL
+from conveyor.pipeline import GATE_CI_GREEN, STATE_IN_PROGRESS, TERMINAL, TRACKER_STATES
 
-STATE_KEYS = (
-    "in_progress",
-    "approved",
-    "rejected",
-    "confirm_deploy",
-    "blocked",
-    "needs_input",
-    "in_review",
-    "done",
-)
+STATE_KEYS = TRACKER_STATES
 """Plane board states Conveyor knows, by their key in `plane.states`."""
 
 FINAL_CI_STATES = frozenset({"success", "failure", "error"})
@@ -94,7 +85,7 @@ def route_work_item(event: WorkItemEvent, state_name: str, *, key: str, cfg: Con
         return Route(reason=f"{task_id}: state {event.state_id!r} unknown")
     state = state_key(state_name, cfg.plane.states)
     update = TrackerUpdate(id=task_id, state=state, key=key, reason=f"{state_name} in Plane")
-    if state != "in_progress":
+    if state != STATE_IN_PROGRESS:
         return Route(inputs=(update,), reason=f"{task_id}: {state_name}")
     submit = Submit(
         repo=repo.name,
@@ -126,7 +117,7 @@ def route_status(event: CommitStatusEvent, tasks: Sequence[TaskView], *, cfg: Co
     live = _live(tasks, repo.name)
     owners = [t for t in live if t.head_sha == event.sha]
     if not owners:
-        ci_stages = {s.name for s in cfg.pipeline.stages if s.gate == "ci_green"}
+        ci_stages = {s.name for s in cfg.pipeline.stages if s.gate == GATE_CI_GREEN}
         owners = [t for t in live if t.stage in ci_stages]
         if len(owners) != 1:
             found = ", ".join(t.id for t in owners) or "none"

@@ -27,6 +27,7 @@ import msgspec
 
 from bus.messages import StageChanged
 from conveyor.config import MonitorConfig, RepoConfig
+from conveyor.pipeline import DONE
 
 WATCHING = "watching"
 HEALTHY = "HEALTHY"
@@ -120,7 +121,7 @@ def start_watch(
     down) shortens it, and a delivery after the window would have ended starts
     nothing: a replayed stream must not probe tasks finished long ago.
     """
-    if event.new != "done" or watched(repo, cfg) or repo is None:
+    if event.new != DONE or watched(repo, cfg) or repo is None:
         return None
     # A `done` stamped in the future (another host's clock) starts now.
     started = min(event.at, now) if event.at > 0 else now

@@ -18,6 +18,7 @@ from bus.messages import (
     Message,
     ReapJob,
 )
+from conveyor import retry
 from conveyor.config import QueueConfig
 
 QUEUED = "queued"
@@ -69,8 +70,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def backoff_s(attempt: int, cfg: QueueConfig) -> float:
-    """Delay before retry number `attempt` (1-based): exponential, capped."""
-    return float(min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** max(0, attempt - 1))))
+    """Delay before retry number `attempt` (1-based): exponential, capped, never jittered."""
+    return retry.backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt - 1)
 
 
 def on_request(

@@ -15,9 +15,22 @@ import msgspec
 from actors.intake_policy import state_key, task_id_for
 from bus.messages import WorkItemEvent
 from conveyor.config import Config
-from conveyor.pipeline import STEP_CONFIRM, TERMINAL
+from conveyor.pipeline import (
+    JOB_DONE,
+    JOB_FAILED,
+    STATE_APPROVED,
+    STATE_BLOCKED,
+    STATE_IN_PROGRESS,
+    STATE_NEEDS_INPUT,
+    STATE_REJECTED,
+    STEP_CONFIRM,
+    STEP_WORK,
+    TERMINAL,
+)
 
-REPLAYED_STATES = frozenset({"in_progress", "approved", "rejected", "blocked", "needs_input"})
+REPLAYED_STATES = frozenset(
+    {STATE_IN_PROGRESS, STATE_APPROVED, STATE_REJECTED, STATE_BLOCKED, STATE_NEEDS_INPUT}
+)
 """Plane states a poll replays. Never Confirm Deploy: a production deploy needs a live human."""
 
 
@@ -72,9 +85,9 @@ def skip_reason(row: TaskRow, cfg: Config) -> str:
     if row.step == STEP_CONFIRM:
         return "its production deploy waits for Confirm Deploy"
     stage = cfg.stage(row.stage)
-    if stage is not None and stage.human_approval and row.step == "work":
+    if stage is not None and stage.human_approval and row.step == STEP_WORK:
         return f"{row.stage} waits for a human"
-    if row.job_status not in ("done", "failed"):
+    if row.job_status not in (JOB_DONE, JOB_FAILED):
         return f"its job is {row.job_status or 'not requested'}"
     return ""
 
@@ -115,7 +128,7 @@ def plane_replays(
             continue
         row = rows.get(task_id)
         if row is None:
-            if key != "in_progress":
+            if key != STATE_IN_PROGRESS:
                 continue
         elif row.stage in TERMINAL or row.tracker_state == key:
             continue

@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors import gate_policy
 from actors import stage_policy as policy
 from actors.common import is_durable, subject_for
-from actors.stage_policy import GateInputs, GateResult, Task
+from actors.gate_policy import GateInputs, GateResult
+from actors.stage_policy import Task
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -64,7 +66,7 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
         if gate == pipeline.GATE_BRANCH_EXISTS or head is None:
             return GateInputs(branch_head=head)
         files: dict[str, str | None] = {}
-        for name in policy.GATE_FILES.get(gate, ()):
+        for name in gate_policy.GATE_FILES.get(gate, ()):
             path = pipeline.artifact_path(task.id, name)
             files[path] = _text(forge.read_file(task.repo, head, path))
         adr_files: dict[str, str] = {}
@@ -289,7 +291,7 @@ class StageEngine(pykka.ThreadingActor):
         if key in self._gates_in_flight:
             return False
         self._gates_in_flight.add(key)
-        gate = policy.gate_for(task, self._cfg)
+        gate = gate_policy.gate_for(task, self._cfg)
         job_id = task.job_id
         actor = self.actor_ref
 
@@ -314,7 +316,7 @@ class StageEngine(pykka.ThreadingActor):
         entry = self._tasks.get(read.task_id)
         if entry is None:
             return
-        result: GateResult = policy.evaluate_gate(read.gate, entry.value, read.inputs)
+        result: GateResult = gate_policy.evaluate_gate(read.gate, entry.value, read.inputs)
         if read.only_pass and result.verdict != "pass":
             # A replay of a lost event stays silent unless the gate is green.
             log.debug("stage_engine.replay_not_green", task_id=read.task_id, reason=result.reason)

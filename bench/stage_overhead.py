@@ -26,198 +26,40 @@ the medians are compared. Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import os
 import queue
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from actors import launcher_policy
-from actors.stage_policy import (
-    ADR_DIR,
-    GATE_FILES,
-    STEP_WORK,
-    GateInputs,
-    Task,
-    artifact_path,
-    evaluate_gate,
-    job_id_for,
-)
 from bus import subjects
-from bus.bridge import Bus, Store
-from bus.messages import Alert, LaunchOrder, StageChanged
+from bus.messages import Alert, StageChanged
 from conveyor import config as config_mod
-from conveyor import logs, runwrap, validate
-from conveyor.agents import demo_repo as demo
+from conveyor import logs
 from conveyor.app.client import Client
 from conveyor.app.node import Node
-from conveyor.clock import SystemClock
-from conveyor.config import Config, python_argv
-from conveyor.layout import Layout
-from gateways import git
-from gateways.forge import LocalForge
+from conveyor.pipeline import CANCELLED, DONE
+
+# bench/ is a folder of scripts, not a package: its sibling modules import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stage_overhead_floor import FloorSide
+from stage_overhead_probe import (
+    REPO,
+    TITLE,
+    Probe,
+    RunResult,
+    add_stage_times,
+    stage_names,
+)
 
 TARGET_RATIO = 1.30
 BUDGET_MS_PER_STAGE = 30.0
-TITLE = "Add a greeting feature"
-REPO = "demo"
 ITEM_DEADLINE_S = 300.0
-
-
-# --- accounting ----------------------------------------------------------------------------
-
-AGENT_KIND = "agent (runwrap + demo agent)"
-
-
-@dataclass
-class Tally:
-    """What one side did during one run: spawns, agent reap delays, JetStream writes."""
-
-    spawns: collections.Counter[str] = field(default_factory=collections.Counter)
-    reap_s: list[float] = field(default_factory=list)
-    bus_ops: int = 0
-    bus_s: float = 0.0
-
-    def since(self, before: Tally) -> Tally:
-        return Tally(
-            spawns=self.spawns - before.spawns,
-            reap_s=self.reap_s[len(before.reap_s) :],
-            bus_ops=self.bus_ops - before.bus_ops,
-            bus_s=self.bus_s - before.bus_s,
-        )
-
-
-class Probe:
-    """Counts this process's spawns (git by subcommand, agents, CI), agent reap delays and
-    JetStream writes, by wrapping `subprocess.Popen`, `Bus.publish` and `Store.create/update`.
-
-    The reap delay of an agent is the time from `conveyor.runwrap` recording its exit code
-    (`finished_at` in the exit file) to the parent's `wait` returning. The wrappers cost
-    microseconds, against milliseconds for what they wrap, and apply to both sides alike.
-    """
-
-    def __init__(self) -> None:
-        self._tally = Tally()
-        self._lock = threading.Lock()
-        self._clock = SystemClock()
-
-    @staticmethod
-    def kind(argv: Any) -> str:
-        args = [str(a) for a in argv] if isinstance(argv, list | tuple) else [str(argv)]
-        exe = os.path.basename(args[0]) if args else "?"
-        if exe == "git":
-            # Skip options, `-c key=value` pairs and `--git-dir=...` to find the subcommand.
-            rest = iter(args[1:])
-            for arg in rest:
-                if arg == "-c":
-                    next(rest, None)
-                elif not arg.startswith("-"):
-                    return f"git {arg}"
-            return "git"
-        if "conveyor.runwrap" in args:
-            return AGENT_KIND
-        if "-m" in args and args.index("-m") + 1 < len(args):
-            return f"python -m {args[args.index('-m') + 1]}"
-        return exe
-
-    def _spawned(self, kind: str) -> None:
-        with self._lock:
-            self._tally.spawns[kind] += 1
-
-    def _reaped(self, exit_file: Path) -> None:
-        recorded = runwrap.read_exit_file(exit_file)
-        if recorded is not None:
-            with self._lock:
-                self._tally.reap_s.append(self._clock.now() - recorded[1])
-
-    def _timed(self, original: Any) -> Any:
-        probe = self
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                elapsed = time.perf_counter() - started
-                with probe._lock:
-                    probe._tally.bus_ops += 1
-                    probe._tally.bus_s += elapsed
-
-        return wrapper
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[Probe]:
-        probe = self
-        original_popen = subprocess.Popen
-
-        class ProbedPopen(original_popen):  # type: ignore[misc, valid-type]
-            def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
-                kind = Probe.kind(args)
-                self._exit_file: Path | None = None
-                if kind == AGENT_KIND:
-                    argv = [str(a) for a in args]
-                    self._exit_file = Path(argv[argv.index("--exit-file") + 1])
-                probe._spawned(kind)
-                super().__init__(args, *rest, **kwargs)
-
-            def wait(self, timeout: float | None = None) -> int:
-                code: int = super().wait(timeout)
-                if self._exit_file is not None:
-                    exit_file, self._exit_file = self._exit_file, None
-                    probe._reaped(exit_file)
-                return code
-
-        patched = [
-            (subprocess, "Popen", ProbedPopen),
-            (Bus, "publish", self._timed(Bus.publish)),
-            (Store, "create", self._timed(Store.create)),
-            (Store, "update", self._timed(Store.update)),
-        ]
-        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patched]
-        for owner, name, value in patched:
-            setattr(owner, name, value)
-        try:
-            yield self
-        finally:
-            for owner, name, value in saved:
-                setattr(owner, name, value)
-
-    def snapshot(self) -> Tally:
-        with self._lock:
-            t = self._tally
-            return Tally(collections.Counter(t.spawns), list(t.reap_s), t.bus_ops, t.bus_s)
-
-
-# --- results -------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """One run (N items in sequence) of one side."""
-
-    seconds: float
-    stage_seconds: dict[str, list[float]] = field(default_factory=dict)
-    tally: Tally = field(default_factory=Tally)
-
-
-def stage_names(cfg: Config) -> list[str]:
-    """Stages an item spends time on: created (intake) and every pipeline stage."""
-    return ["created", *(s.name for s in cfg.pipeline.stages)]
-
-
-def _add_stage_times(result: RunResult, names: list[str], marks: list[float]) -> None:
-    for name, start, end in zip(names, marks, marks[1:], strict=False):
-        result.stage_seconds.setdefault(name, []).append(end - start)
 
 
 # --- Conveyor side -------------------------------------------------------------------------
@@ -278,197 +120,15 @@ class ConveyorSide:
                 elif "escalated" in msg.text:
                     raise RuntimeError(f"{task_id}: {msg.text}")
                 continue
-            if msg.new == "done":
+            if msg.new == DONE:
                 elapsed = time.perf_counter() - started
                 break
-            if msg.new == "cancelled":
+            if msg.new == CANCELLED:
                 raise RuntimeError(f"{task_id} was cancelled: {msg.cause}")
         record = client.request(subjects.status_task(task_id))
         marks = [entry["at"] for entry in record.get("history", [])]
-        _add_stage_times(result, names, marks)
+        add_stage_times(result, names, marks)
         return elapsed
-
-
-# --- floor side ----------------------------------------------------------------------------
-
-
-class FloorSide:
-    """The same git operations, forge calls and agent spawns, in one plain sequential loop."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.cfg = config_mod.load(env={}, overrides={"data_dir": str(data_dir)})
-        self.layout = Layout(self.cfg.data_path)
-        self.repo_cfg = self.cfg.repo(REPO)
-        checks = {r.name: python_argv(r.check_command) for r in self.cfg.repos if r.check_command}
-        self.forge = LocalForge(
-            self.layout.forge, checks, check_timeout_s=self.cfg.forge.check_timeout_s
-        )
-        self.next_number = 1
-
-    def start(self) -> None:
-        # As the Node does at start-up (not timed on either side).
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        self.forge.create_repo(REPO, initial_files=demo.create_demo_files())
-
-    def run(self, items: int) -> RunResult:
-        names = stage_names(self.cfg)
-        result = RunResult(seconds=0.0)
-        for _ in range(items):
-            task_id = f"{self.repo_cfg.prefix}-{self.next_number}"
-            self.next_number += 1
-            started = time.perf_counter()
-            marks = self._one(task_id)
-            result.seconds += time.perf_counter() - started
-            _add_stage_times(result, names, [started, *marks])
-        return result
-
-    def _one(self, task_id: str) -> list[float]:
-        """Deliver one item; return the time each stage's gate passed."""
-        branch = validate.branch_for(task_id, TITLE)
-        task = Task(id=task_id, repo=REPO, title=TITLE, branch=branch, step="intake")
-        marks: list[float] = []
-        # created: the built-in intake job, then the branch_exists gate.
-        worktree = self._prepare_worktree(task_id, branch)
-        git.push_branch(worktree, branch)
-        self._gate(task, "branch_exists")
-        marks.append(time.perf_counter())
-        for stage in self.cfg.pipeline.stages:
-            task = Task(
-                id=task_id, repo=REPO, title=TITLE, branch=branch, stage=stage.name, step=STEP_WORK
-            )
-            self._agent(task, stage.name, stage.role, step=STEP_WORK)
-            if stage.human_approval:
-                # Conveyor reads the gate, waits for the approval, then reads it again.
-                self._gate(task, stage.gate)
-                task = Task(
-                    id=task_id,
-                    repo=REPO,
-                    title=TITLE,
-                    branch=branch,
-                    stage=stage.name,
-                    step=STEP_WORK,
-                    approved=True,
-                )
-            self._gate(task, stage.gate)
-            if stage.merge:
-                self._merge(task_id, branch)
-                self._gate(task, "pr_merged")
-            marks.append(time.perf_counter())
-        return marks
-
-    def _prepare_worktree(self, task_id: str, branch: str) -> Path:
-        worktree = self.layout.worktree(REPO, task_id)
-        git.ensure_clone(self.forge.clone_url(REPO), self.layout.workspace(REPO))
-        git.ensure_worktree(self.layout.workspace(REPO), worktree, branch)
-        return worktree
-
-    def _agent(self, task: Task, stage: str, role: str, *, step: str) -> None:
-        order = LaunchOrder(
-            job_id=job_id_for(task.id, stage, 1, step),
-            attempt=1,
-            task_id=task.id,
-            repo=REPO,
-            stage=stage,
-            role=role,
-            visit=1,
-            branch=task.branch,
-            title=TITLE,
-            description="",
-        )
-        worktree = self._prepare_worktree(task.id, task.branch)
-        run_dir = self.layout.run_dir(order.job_id, order.attempt)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        prompt_path = run_dir / "prompt.md"
-        prompt_path.write_text(launcher_policy.prompt(order))
-        exit_file = run_dir / "exit_code"
-        agent = self.cfg.agents.for_role(role)
-        env = launcher_policy.agent_env(
-            os.environ,
-            order,
-            repo=self.repo_cfg,
-            worktree=str(worktree),
-            python=sys.executable,
-            extra=agent.env,
-        )
-        argv = launcher_policy.wrapped_argv(
-            agent.command,
-            order,
-            exit_file=str(exit_file),
-            worktree=str(worktree),
-            python=sys.executable,
-        )
-        with prompt_path.open("rb") as stdin, (run_dir / "output.log").open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=worktree,
-                stdin=stdin,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        proc.wait()
-        recorded = runwrap.read_exit_file(exit_file)
-        code = recorded[0] if recorded else proc.returncode
-        if code != 0:
-            raise RuntimeError(f"floor: {role} on {stage} exited {code} (see {run_dir})")
-        # The Launcher's post-steps: commit, push, pull request, CI.
-        git.commit_all(worktree, f"{role}: {task.id} {stage} (visit 1, attempt 1)")
-        sha = git.push_branch(worktree, task.branch)
-        if self.forge.find_pull(REPO, task.branch) is None:
-            self.forge.open_pull(
-                REPO, task.branch, f"{task.id}: {TITLE}", f"Work item {task.id}, delivered."
-            )
-        if self.forge.commit_status(REPO, sha) is None:
-            self.forge.on_push(REPO, task.branch, sha)
-
-    def _merge(self, task_id: str, branch: str) -> None:
-        """The built-in merge job of a `merge = true` stage."""
-        head = self.forge.branch_head(REPO, branch)
-        if head is None:
-            raise RuntimeError(f"floor: branch {branch} missing before merge")
-        pull = self.forge.find_pull(REPO, branch)
-        if pull is None:
-            pull = self.forge.open_pull(REPO, branch, f"{task_id}: {TITLE}", "Opened before merge.")
-        if not pull.merged:
-            self.forge.merge_pull(REPO, pull.number, expected_head_sha=head)
-
-    def _gate(self, task: Task, gate: str, expect: str = "pass") -> None:
-        """Read what the gate reads from the forge at the branch head, and decide it."""
-        forge = self.forge
-        head = forge.branch_head(REPO, task.branch)
-        files: dict[str, str | None] = {}
-        adr_files: dict[str, str] = {}
-        ci_state = None
-        pr_merged = None
-        if gate != "branch_exists" and head is not None:
-            for name in GATE_FILES.get(gate, ()):
-                path = artifact_path(task.id, name)
-                data = forge.read_file(REPO, head, path)
-                files[path] = None if data is None else data.decode("utf-8", "replace")
-            if gate == "architecture_done":
-                adr_dir = artifact_path(task.id, ADR_DIR)
-                for name in sorted(forge.list_dir(REPO, head, adr_dir)):
-                    if name.endswith(".md"):
-                        data = forge.read_file(REPO, head, f"{adr_dir}/{name}")
-                        if data is not None:
-                            adr_files[name] = data.decode("utf-8", "replace")
-            if gate == "ci_green":
-                status = forge.commit_status(REPO, head)
-                ci_state = status.state if status else None
-            if gate == "pr_merged":
-                pull = forge.find_pull(REPO, task.branch)
-                pr_merged = bool(pull and pull.merged)
-        inputs = GateInputs(
-            files=files,
-            adr_files=adr_files,
-            branch_head=head,
-            ci_state=ci_state,
-            pr_merged=pr_merged,
-        )
-        verdict = evaluate_gate(gate, task, inputs)
-        if verdict.verdict != expect:
-            raise RuntimeError(f"floor: gate {gate} said {verdict.verdict}: {verdict.reason}")
 
 
 # --- running and reporting -----------------------------------------------------------------

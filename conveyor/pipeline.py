@@ -29,7 +29,20 @@ STEP_CONFIRM: Final = "confirm"
 # --- roles ---------------------------------------------------------------------------------
 
 AgentRole = Literal["analyst", "architect", "developer", "reviewer", "tester", "deployer"]
-AGENT_ROLES: Final = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
+ROLE_ANALYST: Final = "analyst"
+ROLE_ARCHITECT: Final = "architect"
+ROLE_DEVELOPER: Final = "developer"
+ROLE_REVIEWER: Final = "reviewer"
+ROLE_TESTER: Final = "tester"
+ROLE_DEPLOYER: Final = "deployer"
+AGENT_ROLES: Final = (
+    ROLE_ANALYST,
+    ROLE_ARCHITECT,
+    ROLE_DEVELOPER,
+    ROLE_REVIEWER,
+    ROLE_TESTER,
+    ROLE_DEPLOYER,
+)
 """Roles an agent plays; each has its command in `[agents.<role>]`."""
 ROLE_INTAKE: Final = "intake"
 ROLE_MERGE: Final = "merge"
@@ -75,13 +88,22 @@ GATE_BRANCH_EXISTS: Final = "branch_exists"
 GATE_PR_MERGED: Final = "pr_merged"
 """The merge step's exit on a stage with a merge step."""
 
+ON_FAIL_RETRY: Final = "retry"
+"""A stage's `on_fail` that retries the stage itself instead of sending the work back."""
+
 # --- artifacts -----------------------------------------------------------------------------
 
 WORK_ITEMS_DIR: Final = "docs/work-items"
 """Where each work item's artifacts live in its repository: `<dir>/<ID>/<file>`."""
-ANALYSIS_DOCS: Final = ("01-brd.md", "02-trz.md", "03-acceptance-criteria.md")
+BRD: Final = "01-brd.md"
+TRZ: Final = "02-trz.md"
+ACCEPTANCE_CRITERIA: Final = "03-acceptance-criteria.md"
+ANALYSIS_DOCS: Final = (BRD, TRZ, ACCEPTANCE_CRITERIA)
 TEST_PLAN: Final = "04-test-plan.yaml"
 ADR_DIR: Final = "06-adr"
+INFRA_REQUIREMENTS: Final = "07-infra-requirements.md"
+TECH_RISKS: Final = "10-tech-risks.md"
+DEV_NOTES: Final = "11-dev-notes.md"
 REVIEW: Final = "12-review.md"
 TEST_REPORT: Final = "13-test-report.md"
 DEPLOY_LOG: Final = "14-deploy-log.md"
@@ -90,8 +112,44 @@ POST_DEPLOY_LOG: Final = "16-post-deploy-log.md"
 
 # --- verdicts written into artifacts -------------------------------------------------------
 
+DeployStatus = Literal["SUCCESS", "FAILED"]
 SUCCESS: Final = "SUCCESS"
 FAILED: Final = "FAILED"
+"""A staging or production deploy log's `staging_status` / `deploy_status`."""
+ReviewVerdict = Literal["APPROVED", "REQUEST_CHANGES"]
+APPROVED: Final = "APPROVED"
+REQUEST_CHANGES: Final = "REQUEST_CHANGES"
+"""The review's `verdict`."""
+TestResult = Literal["PASS", "FAIL"]
+TESTS_PASS: Final = "PASS"  # noqa: S105 - a test verdict, not a password
+TESTS_FAIL: Final = "FAIL"
+"""The test report's `result`."""
+DECIDED_BY_CONVEYOR: Final = "conveyor"
+"""`decided_by` of a verdict Conveyor wrote itself (from the deploy command's exit)."""
+
+# --- tracker states (keys of `[plane.states]`) --------------------------------------------
+
+STATE_IN_PROGRESS: Final = "in_progress"
+STATE_APPROVED: Final = "approved"
+STATE_REJECTED: Final = "rejected"
+STATE_CONFIRM_DEPLOY: Final = "confirm_deploy"
+STATE_BLOCKED: Final = "blocked"
+STATE_NEEDS_INPUT: Final = "needs_input"
+STATE_IN_REVIEW: Final = "in_review"
+STATE_DONE: Final = "done"
+TRACKER_STATES: Final = (
+    STATE_IN_PROGRESS,
+    STATE_APPROVED,
+    STATE_REJECTED,
+    STATE_CONFIRM_DEPLOY,
+    STATE_BLOCKED,
+    STATE_NEEDS_INPUT,
+    STATE_IN_REVIEW,
+    STATE_DONE,
+)
+"""Tracker board states Conveyor knows, by their key in `plane.states`."""
+HOLD_STATES: Final = frozenset({STATE_BLOCKED, STATE_NEEDS_INPUT})
+"""States in which a human holds the work item."""
 
 # --- job statuses (owned by the QueueWorker) -----------------------------------------------
 

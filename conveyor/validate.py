@@ -112,3 +112,23 @@ def branch(value: object, field: str = "branch") -> str:
     if not isinstance(value, str) or not BRANCH_RE.fullmatch(value) or ".." in value:
         raise InvalidField(field, "must be feature/<ID>-<slug> with a-z 0-9 and hyphens")
     return value
+
+
+_MSGSPEC_AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
+_MSGSPEC_MISSING = re.compile(r"^Object missing required field `(.*)`$", re.DOTALL)
+
+
+def msgspec_error(message: str) -> tuple[str, str]:
+    """Split msgspec's `problem - at `$.a.b[0]`` into (`a.b[0]`, `problem`).
+
+    The path is empty for the top level; a missing field is named in the path
+    and its problem is `missing`.
+    """
+    match = _MSGSPEC_AT.fullmatch(message)
+    problem, path = (match.group(1), match.group(2) or "") if match else (message, "")
+    path = path.lstrip(".")
+    missing = _MSGSPEC_MISSING.fullmatch(problem)
+    if missing:
+        path = ".".join(part for part in (path, missing.group(1)) if part)
+        problem = "missing"
+    return path, problem

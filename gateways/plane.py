@@ -1,19 +1,18 @@
-"""Plane as the tracker: an async REST client and the sync `Tracker` over it.
+"""Plane as the tracker: a blocking REST client and the `Tracker` over it.
 
-`PlaneClient` speaks Plane's public API (`/api/v1`, `X-API-Key`). Reads and
-PATCHes of a state are idempotent, so they are retried on timeouts, connection
-errors, 5xx and 429. A comment POST is not: `PlaneTracker.comment` embeds an
-invisible marker `<!-- conveyor:<key> -->` and looks for it before every
-attempt, so a replay after a crash (or after a POST whose answer was lost)
-never posts twice.
+`PlaneClient` speaks Plane's public API (`/api/v1`, `X-API-Key`) through
+`gateways.http`. Reads and PATCHes of a state are idempotent, so they are
+retried on timeouts, connection errors, 5xx and 429. A comment POST is not:
+`PlaneTracker.comment` embeds an invisible marker `<!-- conveyor:<key> -->` and
+looks for it before the first send and before any resend, so a replay after a
+crash (or after a POST whose answer was lost) never posts twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -22,11 +21,17 @@ import httpx
 import msgspec
 
 from actors.reconciler_policy import PolledItem
-from bus.bridge import LoopThread
-from conveyor.clock import Clock, SystemClock
+from conveyor import retry
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
 from conveyor.logs import get_logger
+from gateways.http import (
+    BACKOFF_BASE_S,
+    BACKOFF_MAX_S,
+    RETRY_AFTER_MAX_S,
+    Http,
+    HttpOptions,
+)
 
 log = get_logger(__name__)
 
@@ -34,12 +39,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SERVICE = "plane"
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
-RATE_LIMIT_MAX_WAIT_S = 60.0
-"""Longest wait for a rate-limit window; a longer reset is treated as this."""
 
-Sleep = Callable[[float], Awaitable[None]]
 Refs = Callable[[str], tuple[str, str] | None]
 """Maps a Conveyor work item id to (Plane project id, Plane work item id), or None."""
 
@@ -83,56 +83,54 @@ class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     next_page_results: bool = False
 
 
-def backoff_s(attempt: int) -> float:
-    """Seconds to wait before retry number `attempt` (0-based)."""
-    return float(min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S))
-
-
 def rate_limit_wait_s(headers: httpx.Headers, attempt: int, now: float) -> float:
     """How long a 429 asks us to wait: `Retry-After`, else `X-RateLimit-Reset`, else back-off.
 
     `X-RateLimit-Reset` is read as an epoch timestamp when it looks like one, and as
     seconds otherwise; either way the wait is capped.
     """
-    for name in ("Retry-After", "X-RateLimit-Reset"):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        if value > 1e9:
-            value -= now
-        return max(0.0, min(value, RATE_LIMIT_MAX_WAIT_S))
-    return backoff_s(attempt)
+    hint = _reset_hint(headers, now)
+    if hint is None:
+        return retry.backoff_s(BACKOFF_BASE_S, BACKOFF_MAX_S, attempt)
+    return min(hint, RETRY_AFTER_MAX_S)
+
+
+def _reset_hint(headers: httpx.Headers, now: float) -> float | None:
+    after = retry.retry_after_s(headers.get("Retry-After"), now)
+    if after is not None:
+        return after
+    try:
+        value = float(headers.get("X-RateLimit-Reset", ""))
+    except ValueError:
+        return None
+    return max(0.0, value - now if value > 1e9 else value)
 
 
 class PlaneClient:
-    """Async client of one Plane workspace; one instance per event loop."""
+    """Blocking client of one Plane workspace."""
 
     def __init__(
         self,
         cfg: PlaneConfig,
         *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Clock | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
-        self._sleep = sleep
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._http = httpx.AsyncClient(
-            base_url=f"{cfg.url.rstrip('/')}/api/v1",
+        self._http = Http(
+            SERVICE,
+            f"{cfg.url.rstrip('/')}/api/v1",
             headers={"X-API-Key": cfg.api_key, "Accept": "application/json"},
-            timeout=cfg.timeout_s,
-            transport=transport,
+            timeout_s=cfg.timeout_s,
+            retries=cfg.retries,
+            describe=_reason,
+            wait_hint=lambda response, now: _reset_hint(response.headers, now),
+            options=http,
         )
         self._states: dict[str, list[PlaneState]] = {}
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        self._http.close()
 
     def _project(self, project_id: str) -> str:
         workspace = quote(self._cfg.workspace, safe="")
@@ -143,62 +141,58 @@ class PlaneClient:
 
     # --- states ---------------------------------------------------------------------------
 
-    async def states(self, project_id: str) -> list[PlaneState]:
+    def states(self, project_id: str) -> list[PlaneState]:
         """Every state of the project (all pages), and refresh the cache with them."""
         found = [
             s
-            async for s in self._pages(
-                f"{self._project(project_id)}/states/", PlaneState, "list states"
-            )
+            for s in self._pages(f"{self._project(project_id)}/states/", PlaneState, "list states")
         ]
         self._states[project_id] = found
         return found
 
-    async def _find(
-        self, project_id: str, match: Callable[[PlaneState], bool]
-    ) -> PlaneState | None:
+    def _find(self, project_id: str, match: Callable[[PlaneState], bool]) -> PlaneState | None:
         cached = self._states.get(project_id)
         if cached is not None:
             found = next((s for s in cached if match(s)), None)
             if found is not None:
                 return found
         # Unknown to the cache: the board may have changed since, so read it once more.
-        return next((s for s in await self.states(project_id) if match(s)), None)
+        return next((s for s in self.states(project_id) if match(s)), None)
 
-    async def state_by_name(self, project_id: str, name: str) -> PlaneState:
+    def state_by_name(self, project_id: str, name: str) -> PlaneState:
         """The state called `name`; the cache is reloaded once if the name is unknown."""
-        found = await self._find(project_id, lambda s: s.name == name)
+        found = self._find(project_id, lambda s: s.name == name)
         if found is None:
             raise TrackerError(f"plane project {project_id} has no state named {name!r}")
         return found
 
-    async def state_name(self, project_id: str, state_id: str) -> str:
+    def state_name(self, project_id: str, state_id: str) -> str:
         """The name of state `state_id`; the cache is reloaded once if the id is unknown."""
-        found = await self._find(project_id, lambda s: s.id == state_id)
+        found = self._find(project_id, lambda s: s.id == state_id)
         if found is None:
             raise TrackerError(f"plane project {project_id} has no state with id {state_id!r}")
         return found.name
 
     # --- work items -----------------------------------------------------------------------
 
-    async def work_items(
+    def work_items(
         self, project_id: str, *, updated_after: datetime | None = None
-    ) -> AsyncIterator[PlaneWorkItem]:
+    ) -> Iterator[PlaneWorkItem]:
         """Every work item of the project, page by page (optionally only recently updated)."""
         path = f"{self._project(project_id)}/work-items/"
-        async for item in self._pages(path, PlaneWorkItem, "list work items"):
+        for item in self._pages(path, PlaneWorkItem, "list work items"):
             if updated_after is not None and not _after(item.updated_at, updated_after):
                 continue
             yield item
 
-    async def work_item(self, project_id: str, item_id: str) -> PlaneWorkItem:
+    def work_item(self, project_id: str, item_id: str) -> PlaneWorkItem:
         """One work item."""
-        data = await self._send("GET", self._item(project_id, item_id), "get work item", True)
+        data = self._send("GET", self._item(project_id, item_id), "get work item", True)
         return _decode(data, PlaneWorkItem, "get work item")
 
-    async def set_state(self, project_id: str, item_id: str, state_id: str) -> PlaneWorkItem:
+    def set_state(self, project_id: str, item_id: str, state_id: str) -> PlaneWorkItem:
         """PATCH the work item's state (idempotent, so retried like a read)."""
-        data = await self._send(
+        data = self._send(
             "PATCH",
             self._item(project_id, item_id),
             "set state",
@@ -207,36 +201,49 @@ class PlaneClient:
         )
         return _decode(data, PlaneWorkItem, "set state")
 
-    async def comment(
-        self, project_id: str, item_id: str, comment_html: str, *, external_id: str = ""
+    def comment(
+        self,
+        project_id: str,
+        item_id: str,
+        comment_html: str,
+        *,
+        external_id: str = "",
+        landed: Callable[[], PlaneComment | None] | None = None,
     ) -> PlaneComment:
-        """POST one comment, once: the caller decides whether a failed POST may be resent."""
+        """POST one comment; resent after an ambiguous failure only when `landed` finds none.
+
+        Without `landed` it is sent once and the caller decides whether a failure
+        may be sent again.
+        """
+        op = "comment"
         body: dict[str, str] = {"comment_html": comment_html}
         if external_id:
             body.update(external_source="conveyor", external_id=external_id)
-        data = await self._send(
-            "POST", f"{self._item(project_id, item_id)}comments/", "comment", False, json=body
-        )
-        return _decode(data, PlaneComment, "comment")
+        path = f"{self._item(project_id, item_id)}comments/"
+        if landed is None:
+            return _decode(self._send("POST", path, op, False, json=body), PlaneComment, op)
+        outcome = self._http.write("POST", path, op, landed, json=body)
+        if isinstance(outcome, PlaneComment):
+            return outcome
+        return _decode(_checked(outcome, op), PlaneComment, op)
 
-    async def comments(self, project_id: str, item_id: str) -> list[PlaneComment]:
+    def comments(self, project_id: str, item_id: str) -> list[PlaneComment]:
         """Every comment on the work item, oldest first as Plane lists them."""
         path = f"{self._item(project_id, item_id)}comments/"
-        return [c async for c in self._pages(path, PlaneComment, "list comments")]
+        return [c for c in self._pages(path, PlaneComment, "list comments")]
 
     # --- transport ------------------------------------------------------------------------
 
-    async def _pages(self, path: str, item_type: type[T], op: str) -> AsyncIterator[T]:
+    def _pages(self, path: str, item_type: type[T], op: str) -> Iterator[T]:
         per_page = self._cfg.per_page
         cursor = f"{per_page}:0:0"
         seen = {cursor}
         while True:
-            data = await self._send(
+            data = self._send(
                 "GET", path, op, True, params={"per_page": per_page, "cursor": cursor}
             )
             page = _decode(data, Page[item_type], op)  # type: ignore[valid-type]
-            for item in page.results:
-                yield item
+            yield from page.results
             if not page.next_page_results:
                 return
             # A server that hands back a cursor it already gave would loop forever.
@@ -247,7 +254,7 @@ class PlaneClient:
             seen.add(page.next_cursor)
             cursor = page.next_cursor
 
-    async def _send(
+    def _send(
         self,
         method: str,
         path: str,
@@ -257,53 +264,19 @@ class PlaneClient:
         params: dict[str, Any] | None = None,
         json: Any = None,
     ) -> bytes:
-        attempts = 1 + (self._cfg.retries if idempotent else 0)
-        for attempt in range(attempts):
-            try:
-                return await self._once(method, path, op, params=params, json=json)
-            except _RetryAfter as wait:
-                last = wait.error
-                delay = wait.delay_s if wait.delay_s is not None else backoff_s(attempt)
-            if attempt + 1 < attempts:
-                log.info(
-                    "plane.retrying", op=op, attempt=attempt + 1, delay_s=delay, reason=last.reason
-                )
-                await self._sleep(delay)
-        raise last
-
-    async def _once(
-        self, method: str, path: str, op: str, *, params: dict[str, Any] | None, json: Any
-    ) -> bytes:
-        try:
-            response = await self._http.request(method, path, params=params, json=json)
-        except httpx.TimeoutException as err:
-            raise _RetryAfter(
-                RemoteError(SERVICE, op, f"timed out ({type(err).__name__})", retryable=True)
-            ) from err
-        except httpx.TransportError as err:
-            raise _RetryAfter(
-                RemoteError(SERVICE, op, f"no answer ({type(err).__name__})", retryable=True)
-            ) from err
-        status = response.status_code
-        if status == 429:
-            error = RemoteError(SERVICE, op, "rate limited", status=status, retryable=True)
-            raise _RetryAfter(error, rate_limit_wait_s(response.headers, 0, self._clock.now()))
-        if status >= 500:
-            raise _RetryAfter(
-                RemoteError(SERVICE, op, f"server error {status}", status=status, retryable=True)
-            )
-        if status >= 400:
-            raise RemoteError(SERVICE, op, _reason(response), status=status, retryable=False)
-        return response.content
+        response = self._http.request(
+            method, path, op, params=params, json=json, idempotent=idempotent
+        )
+        return _checked(response, op)
 
 
-class _RetryAfter(Exception):
-    """Internal: a failure the same request may be sent again after."""
-
-    def __init__(self, error: RemoteError, delay_s: float | None = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.delay_s = delay_s
+def _checked(response: httpx.Response, op: str) -> bytes:
+    """The body of a successful answer; a refusal is a `RemoteError` that resending cannot fix."""
+    if response.status_code >= 400:
+        raise RemoteError(
+            SERVICE, op, _reason(response), status=response.status_code, retryable=False
+        )
+    return response.content
 
 
 def _reason(response: httpx.Response) -> str:
@@ -364,7 +337,7 @@ def _has_key(comment: PlaneComment, key: str) -> bool:
 
 
 class PlaneTracker:
-    """`Tracker` on Plane: sync calls run on an asyncio loop thread.
+    """`Tracker` on Plane, called from actor and job threads.
 
     `state` values are Plane state names (as in `PlaneStates`). `refs` maps a
     Conveyor work item id to its Plane (project id, work item id).
@@ -374,31 +347,16 @@ class PlaneTracker:
         self,
         cfg: PlaneConfig,
         refs: Refs,
-        loop: LoopThread | None = None,
         *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Clock | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
         self._refs = refs
-        self._own_loop = loop is None
-        self._loop = loop if loop is not None else LoopThread(name="plane-loop")
-        self._sleep = sleep
-        self.client = PlaneClient(cfg, sleep=sleep, clock=clock, transport=transport)
-        # Every retry may wait out a timeout and a back-off; the bound only catches a stuck loop.
-        self._call_timeout_s = (cfg.timeout_s + RATE_LIMIT_MAX_WAIT_S) * (cfg.retries + 2) * 3
+        self.client = PlaneClient(cfg, http=http)
 
     def close(self) -> None:
-        """Close the HTTP client, and the loop thread if this tracker made it."""
-        try:
-            self._loop.call(self.client.aclose(), timeout_s=10.0)
-        finally:
-            if self._own_loop:
-                self._loop.stop()
-
-    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
-        return self._loop.call(coro, timeout_s=self._call_timeout_s)
+        """Close the HTTP client."""
+        self.client.close()
 
     def _ref(self, work_item_id: str) -> tuple[str, str]:
         ref = self._refs(work_item_id)
@@ -408,68 +366,64 @@ class PlaneTracker:
 
     def comment(self, work_item_id: str, text: str, *, key: str) -> None:
         project_id, item_id = self._ref(work_item_id)
-        posted = self._run(self._comment_once(project_id, item_id, text, key))
+        posted = self._comment_once(project_id, item_id, text, key)
         if posted:
             log.info("plane.commented", work_item_id=work_item_id, key=key)
 
-    async def _comment_once(self, project_id: str, item_id: str, text: str, key: str) -> bool:
-        body = comment_html(text, key)
-        attempts = 1 + self._cfg.retries
-        for attempt in range(attempts):
-            # Looking first is what makes a resend safe: a POST whose answer was lost
-            # may have landed, and then its marker is there.
-            existing = await self.client.comments(project_id, item_id)
-            if any(_has_key(c, key) for c in existing):
-                return False
-            try:
-                await self.client.comment(project_id, item_id, body, external_id=key)
-            except RemoteError as err:
-                if err.status == 409:
-                    return False  # Plane already holds a comment with this external id
-                if not err.retryable or attempt + 1 == attempts:
-                    raise
-                log.info("plane.comment_retrying", attempt=attempt + 1, reason=err.reason)
-                await self._sleep(backoff_s(attempt))
-                continue
-            return True
-        return False
+    def _comment_once(self, project_id: str, item_id: str, text: str, key: str) -> bool:
+        def landed() -> PlaneComment | None:
+            # A POST whose answer was lost may have landed, and then its marker is there.
+            found = self.client.comments(project_id, item_id)
+            return next((c for c in found if _has_key(c, key)), None)
+
+        if landed() is not None:
+            return False
+        try:
+            self.client.comment(
+                project_id, item_id, comment_html(text, key), external_id=key, landed=landed
+            )
+        except RemoteError as err:
+            if err.status == 409:
+                return False  # Plane already holds a comment with this external id
+            raise
+        return True
 
     def set_state(self, work_item_id: str, state: str, *, key: str) -> None:
         project_id, item_id = self._ref(work_item_id)
-        changed = self._run(self._set_state(project_id, item_id, state))
+        changed = self._set_state(project_id, item_id, state)
         if changed:
             log.info("plane.state_set", work_item_id=work_item_id, state=state, key=key)
 
-    async def _set_state(self, project_id: str, item_id: str, state: str) -> bool:
-        target = await self.client.state_by_name(project_id, state)
-        item = await self.client.work_item(project_id, item_id)
+    def _set_state(self, project_id: str, item_id: str, state: str) -> bool:
+        target = self.client.state_by_name(project_id, state)
+        item = self.client.work_item(project_id, item_id)
         if item.state == target.id:
             return False
-        await self.client.set_state(project_id, item_id, target.id)
+        self.client.set_state(project_id, item_id, target.id)
         return True
 
     def comments(self, work_item_id: str) -> list[str]:
         project_id, item_id = self._ref(work_item_id)
-        found = self._run(self.client.comments(project_id, item_id))
+        found = self.client.comments(project_id, item_id)
         return [comment_text(c.comment_html) for c in found]
 
     def state(self, work_item_id: str) -> str | None:
         project_id, item_id = self._ref(work_item_id)
-        return self._run(self._state(project_id, item_id))
+        return self._state(project_id, item_id)
 
-    async def _state(self, project_id: str, item_id: str) -> str | None:
-        item = await self.client.work_item(project_id, item_id)
+    def _state(self, project_id: str, item_id: str) -> str | None:
+        item = self.client.work_item(project_id, item_id)
         if not item.state:
             return None
-        return await self.client.state_name(project_id, item.state)
+        return self.client.state_name(project_id, item.state)
 
     def resolve_state(self, project_id: str, state_id: str) -> str | None:
         """The name of a project's state (Intake, for payloads that name only the id)."""
-        return self._run(self.client.state_name(project_id, state_id))
+        return self.client.state_name(project_id, state_id)
 
     def poll_states(self, project_id: str) -> list[PolledItem]:
         """Every work item of the project with its state name, for the Reconciler."""
-        return self._run(self._poll(project_id))
+        return self._poll(project_id)
 
     def poller(self, project_ids: list[str]) -> Callable[[], list[PolledItem]]:
         """A Reconciler `Poll` over several projects."""
@@ -479,13 +433,13 @@ class PlaneTracker:
 
         return _poll
 
-    async def _poll(self, project_id: str) -> list[PolledItem]:
+    def _poll(self, project_id: str) -> list[PolledItem]:
         out: list[PolledItem] = []
-        async for item in self.client.work_items(project_id):
+        for item in self.client.work_items(project_id):
             name = ""
             if item.state:
                 try:
-                    name = await self.client.state_name(project_id, item.state)
+                    name = self.client.state_name(project_id, item.state)
                 except TrackerError:
                     log.warning("plane.unknown_state", project_id=project_id, state_id=item.state)
             out.append(

@@ -1,15 +1,13 @@
-"""Alerts to a Telegram chat: an async Bot API client and the Notifier actor.
+"""Alerts to a Telegram chat: a blocking Bot API client and the Notifier actor.
 
 The bot token is part of every request URL, so no URL, request or httpx error
-text is ever logged or put in an error message.
+text is ever logged or put in an error message (`gateways.http` sees to both).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,30 +15,24 @@ import msgspec
 import pykka
 
 from bus import subjects
-from bus.bridge import Bus, Delivery, LoopThread
+from bus.bridge import Bus, Delivery
 from bus.effects import Ledger, effect_key
 from bus.messages import Alert
+from conveyor import retry
 from conveyor.config import TelegramConfig
 from conveyor.errors import BusUnavailable, RemoteError
 from conveyor.logs import get_logger
+from gateways.http import Http, HttpOptions
 
 log = get_logger(__name__)
 
-# httpx logs every request URL at INFO, and a Bot API URL carries the token.
-logging.getLogger("httpx").setLevel(logging.WARNING)
-
 SERVICE = "telegram"
-RETRY_AFTER_MAX_S = 60.0
-"""Longest wait a 429 may impose; Telegram's `retry_after` can be far longer."""
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
+OPERATION = "sendMessage"
 MAX_TEXT = 4096
 """Telegram's limit on one message's text."""
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 """Alert levels, least to most severe."""
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def level_rank(level: str) -> int:
@@ -72,133 +64,86 @@ class _Reply(msgspec.Struct, frozen=True, kw_only=True):
     parameters: dict[str, Any] | None = None
 
 
-def _backoff_s(attempt: int) -> float:
-    return float(min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S))
-
-
 class TelegramClient:
-    """Async client for `sendMessage` to one chat; one instance per event loop."""
+    """Blocking client for `sendMessage` to one chat."""
 
     def __init__(
         self,
         cfg: TelegramConfig,
         *,
-        sleep: Sleep = asyncio.sleep,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: HttpOptions | None = None,
     ) -> None:
         self._cfg = cfg
-        self._sleep = sleep
         self._url = f"{cfg.api_url.rstrip('/')}/bot{cfg.bot_token}/sendMessage"
-        self._http = httpx.AsyncClient(timeout=cfg.timeout_s, transport=transport)
+        self._http = Http(
+            SERVICE,
+            timeout_s=cfg.timeout_s,
+            retries=cfg.max_retries,
+            describe=_describe,
+            wait_hint=_retry_after_hint,
+            options=http,
+        )
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        self._http.close()
 
-    async def send(self, text: str, *, disable_notification: bool = False) -> int:
+    def send(self, text: str, *, disable_notification: bool = False) -> int:
         """Send `text` to the chat; return Telegram's message id.
 
         429 waits `retry_after` (capped); 5xx, timeouts and lost connections back
-        off; both up to `max_retries` times. Refusals raise at once.
+        off; both up to `max_retries` times. Refusals raise at once. A send whose
+        answer was lost is sent again unread: the Bot API cannot be asked whether
+        it landed, and a rare duplicate beats a lost alert.
         """
         body: dict[str, Any] = {"chat_id": self._cfg.chat_id, "text": text[:MAX_TEXT]}
         if disable_notification:
             body["disable_notification"] = True
-        attempts = 1 + self._cfg.max_retries
-        for attempt in range(attempts):
-            try:
-                return await self._attempt(body, attempt)
-            except _Retry as retry:
-                if attempt + 1 == attempts:
-                    raise retry.error from None
-                log.info(
-                    "telegram.retrying",
-                    attempt=attempt + 1,
-                    delay_s=retry.wait_s,
-                    reason=retry.error.reason,
-                )
-                await self._sleep(retry.wait_s)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(self, body: dict[str, Any], attempt: int) -> int:
-        """One POST: the message id, `_Retry`, or a RemoteError that retrying cannot fix."""
-        try:
-            response = await self._http.post(self._url, json=body)
-        except httpx.TimeoutException:
-            # No `from err`: httpx's message may name the URL, and with it the token.
-            raise _Retry(_error("timed out", None, True), _backoff_s(attempt)) from None
-        except httpx.TransportError as err:
-            reason = f"no answer ({type(err).__name__})"
-            raise _Retry(_error(reason, None, True), _backoff_s(attempt)) from None
+        response = self._http.request("POST", self._url, OPERATION, json=body)
         status = response.status_code
-        try:
-            reply = msgspec.json.decode(response.content, type=_Reply)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            if status >= 500:
-                error = _error(f"server error {status}", status, True)
-                raise _Retry(error, _backoff_s(attempt)) from None
-            raise _error(f"unexpected answer (HTTP {status})", status, False) from None
+        reply = _reply(response)
+        if reply is None:
+            raise _error(f"unexpected answer (HTTP {status})", status, False)
         if reply.ok and status < 300:
             message_id = reply.result.get("message_id") if isinstance(reply.result, dict) else None
             return message_id if isinstance(message_id, int) else 0
         code = reply.error_code or status
-        reason = f"{code}: {reply.description[:200]}" if reply.description else f"HTTP {code}"
-        if code == 429:
-            retry_after = (reply.parameters or {}).get("retry_after")
-            wait = (
-                float(retry_after)
-                if isinstance(retry_after, int | float) and retry_after >= 0
-                else _backoff_s(attempt)
-            )
-            raise _Retry(_error(reason, code, True), min(wait, RETRY_AFTER_MAX_S))
-        if code >= 500:
-            raise _Retry(_error(reason, code, True), _backoff_s(attempt))
-        raise _error(reason, code, False)
+        raise _error(_describe(response), code, code == 429 or code >= 500)
 
 
-class _Retry(Exception):
-    """Internal: the same request may be sent again after `wait_s`."""
+def _reply(response: httpx.Response) -> _Reply | None:
+    try:
+        return msgspec.json.decode(response.content, type=_Reply)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
-    def __init__(self, error: RemoteError, wait_s: float) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.wait_s = wait_s
+
+def _describe(response: httpx.Response) -> str:
+    """`429: Too Many Requests: ...` from the Bot API's answer; the status when it has none."""
+    status = response.status_code
+    reply = _reply(response)
+    if reply is None:
+        return f"server error {status}" if status >= 500 else f"HTTP {status}"
+    code = reply.error_code or status
+    return f"{code}: {reply.description[:200]}" if reply.description else f"HTTP {code}"
+
+
+def _retry_after_hint(response: httpx.Response, now: float) -> float | None:
+    """`Retry-After`, else the Bot API's own `parameters.retry_after` of a 429 body."""
+    header = retry.retry_after_s(response.headers.get("Retry-After"), now)
+    if header is not None:
+        return header
+    reply = _reply(response)
+    wait = (reply.parameters or {}).get("retry_after") if reply is not None else None
+    return float(wait) if isinstance(wait, int | float) and wait >= 0 else None
 
 
 def _error(reason: str, status: int | None, retryable: bool) -> RemoteError:
-    return RemoteError(SERVICE, "sendMessage", reason, status=status, retryable=retryable)
+    return RemoteError(SERVICE, OPERATION, reason, status=status, retryable=retryable)
 
 
-class Telegram:
-    """Sync sender over `TelegramClient` on an asyncio loop thread (for actors)."""
-
-    def __init__(
-        self,
-        cfg: TelegramConfig,
-        loop: LoopThread | None = None,
-        *,
-        sleep: Sleep = asyncio.sleep,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._own_loop = loop is None
-        self._loop = loop if loop is not None else LoopThread(name="telegram-loop")
-        self.client = TelegramClient(cfg, sleep=sleep, transport=transport)
-        self._timeout_s = (cfg.timeout_s + RETRY_AFTER_MAX_S) * (cfg.max_retries + 1) + 30.0
-
-    def send(self, text: str, *, disable_notification: bool = False) -> int:
-        """Send `text`; return the message id."""
-        return self._loop.call(
-            self.client.send(text, disable_notification=disable_notification),
-            timeout_s=self._timeout_s,
-        )
-
-    def close(self) -> None:
-        """Close the HTTP client, and the loop thread if this sender made it."""
-        try:
-            self._loop.call(self.client.aclose(), timeout_s=10.0)
-        finally:
-            if self._own_loop:
-                self._loop.stop()
+Telegram = TelegramClient
+"""The sender actors are given; the client is already blocking."""
 
 
 # --- the Notifier actor -------------------------------------------------------------------

@@ -70,9 +70,7 @@ MAX_BRANCH = 255
 MAX_SHORT_TEXT = 255
 _SIGNATURE_RE = re.compile(r"^(?:sha256=)?([0-9a-fA-F]{64})$")
 _BAD_REF_CHARS = frozenset(" ~^:?*[\\\x7f")
-_MSGSPEC_AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
 _CONTROL = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_MSGSPEC_MISSING = re.compile(r"^Object missing required field `(.*)`$", re.DOTALL)
 
 T = TypeVar("T")
 
@@ -418,17 +416,9 @@ def _decode(data: bytes, kind: type[T], *, at: str = "") -> T:
 
 def _field_error(message: str, at: str) -> str:
     """Rewrite msgspec's `... - at `$.a.b`` as `a.b: ...`, a missing field as `a.b.c: missing`."""
-    match = _MSGSPEC_AT.fullmatch(message)
-    text, path = (match.group(1), match.group(2) or "") if match else (message, "")
-    parts = [p for p in (at, path.lstrip(".")) if p]
-    missing = _MSGSPEC_MISSING.fullmatch(text)
-    if missing:
-        parts.append(missing.group(1))
-        text = "missing"
-    else:
-        text = text[:1].lower() + text[1:]
-    field = ".".join(parts).replace(".[", "[") or "body"
-    return f"{field}: {text}"
+    path, problem = validate.msgspec_error(message)
+    field = ".".join(part for part in (at, path) if part).replace(".[", "[") or "body"
+    return f"{field}: {problem[:1].lower()}{problem[1:]}"
 
 
 def _sha(value: str, field: str) -> str:

@@ -15,8 +15,9 @@ from conveyor.agents import demo_repo as demo
 from conveyor.clock import Clock
 from conveyor.config import Config, python_argv
 from conveyor.layout import Layout
-from gateways.forge import Forge, LocalForge
+from gateways.forge import Forge
 from gateways.gitea import GiteaForge
+from gateways.local_forge import LocalForge
 from gateways.plane import PlaneTracker
 from gateways.tracker import LocalTracker
 from gateways.tracker_sync import TrackerSync

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.stage_policy import split_front_matter
+from actors.gate_policy import split_front_matter
 from conveyor.app.client import Client
 from gateways import git
 from tests.harness import ALL_STAGES, Harness, Processes, drive, stored_jobs, wait_ready, wait_until

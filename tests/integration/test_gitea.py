@@ -20,7 +20,9 @@ from conveyor import config as config_mod
 from conveyor.clock import FakeClock
 from conveyor.config import Config
 from conveyor.errors import ForgeError, GitError, HeadMismatch, MergeConflict, RemoteError
-from gateways.gitea import GiteaClient, GiteaForge, with_token
+from gateways.gitea import GiteaForge, with_token
+from gateways.gitea_api import GiteaClient
+from gateways.http import HttpOptions, no_jitter
 from tests.fakes.gitea import FakeGitea
 from tests.harness import wait_until
 
@@ -40,7 +42,7 @@ class Sleeps:
     def __init__(self) -> None:
         self.delays: list[float] = []
 
-    async def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
 
 
@@ -86,7 +88,7 @@ def sleeps() -> Sleeps:
 
 @pytest.fixture
 def forge(fake: FakeGitea, tmp_path: Path, sleeps: Sleeps) -> Iterator[GiteaForge]:
-    gitea = GiteaForge(make_cfg(fake, tmp_path), sleep=sleeps)
+    gitea = GiteaForge(make_cfg(fake, tmp_path), http=HttpOptions(sleep=sleeps, jitter=no_jitter))
     try:
         yield gitea
     finally:
@@ -232,14 +234,13 @@ def test_merge_answered_already_merged_counts_as_merged(
     pull = forge.open_pull(REPO, BRANCH, "WID-1: retry", "")
     forge.merge_pull(REPO, pull.number, expected_head_sha=sha)
 
-    async def merge_again() -> bool:
-        client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
-        try:
-            return await client.merge_pull(FULL, pull.number, sha)
-        finally:
-            await client.aclose()
+    client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
+    try:
+        merged_again = client.merge_pull(FULL, pull.number, sha)
+    finally:
+        client.close()
 
-    assert asyncio.run(merge_again()) is False
+    assert merged_again is False
     assert len(fake.effects_of("pr_merged")) == 1
 
 
@@ -288,7 +289,7 @@ def test_merge_that_times_out_is_read_back_and_sent_again_only_once(
     fake: FakeGitea, tmp_path: Path
 ) -> None:
     # Given a merge request that Gitea holds past the client's timeout
-    forge = GiteaForge(make_cfg(fake, tmp_path, timeout_s=0.3), sleep=Sleeps())
+    forge = GiteaForge(make_cfg(fake, tmp_path, timeout_s=0.3), http=HttpOptions(sleep=Sleeps()))
     try:
         sha = open_branch(fake)
         pull = forge.open_pull(REPO, BRANCH, "WID-1: retry", "")
@@ -312,17 +313,15 @@ def test_merge_that_times_out_is_read_back_and_sent_again_only_once(
 def test_creating_a_second_open_pull_request_is_refused_with_409(fake: FakeGitea) -> None:
     open_branch(fake)
 
-    async def create_twice() -> RemoteError:
-        client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
-        try:
-            await client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
-            with pytest.raises(RemoteError) as caught:
-                await client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
-            return caught.value
-        finally:
-            await client.aclose()
+    client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
+    try:
+        client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
+        with pytest.raises(RemoteError) as caught:
+            client.create_pull(FULL, BRANCH, "main", "WID-1: retry", "")
+    finally:
+        client.close()
 
-    refused = asyncio.run(create_twice())
+    refused = caught.value
     assert (refused.status, refused.retryable) == (409, False)
     assert "already exists" in refused.reason
     assert len(fake.effects_of("pr_opened")) == 1

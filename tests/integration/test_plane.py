@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
+from gateways.http import HttpOptions, no_jitter
 from gateways.plane import (
     PlaneClient,
     PlaneTracker,
@@ -38,7 +38,7 @@ class Sleeps:
         self.waits: list[float] = []
         self._on_sleep = on_sleep
 
-    async def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
         if self._on_sleep is not None:
             self._on_sleep()
@@ -90,7 +90,11 @@ def tracker_for(
     plane: FakePlane, item: dict[str, Any], sleep: Sleeps | None = None, **changes: Any
 ) -> PlaneTracker:
     refs = {"DEMO-1": (PROJECT, item["id"])}
-    return PlaneTracker(config(plane, **changes), refs.get, sleep=sleep or Sleeps())
+    return PlaneTracker(
+        config(plane, **changes),
+        refs.get,
+        http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter),
+    )
 
 
 @pytest.fixture
@@ -101,16 +105,12 @@ def tracker(plane: FakePlane, item: dict[str, Any]) -> Iterator[PlaneTracker]:
 
 
 def run_client(cfg: PlaneConfig, body: Any, sleep: Sleeps | None = None) -> Any:
-    """Run `body(client)` on a fresh loop with a fresh client."""
-
-    async def _main() -> Any:
-        client = PlaneClient(cfg, sleep=sleep or Sleeps())
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(_main())
+    """Run `body(client)` with a fresh client."""
+    client = PlaneClient(cfg, http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter))
+    try:
+        return body(client)
+    finally:
+        client.close()
 
 
 def gets(plane: FakePlane, part: str) -> int:
@@ -121,18 +121,18 @@ def gets(plane: FakePlane, part: str) -> int:
 
 
 def test_states_are_read_once_and_reloaded_once_for_an_unknown_name(plane: FakePlane) -> None:
-    async def _body(client: PlaneClient) -> tuple[str, str, str]:
-        first = await client.state_by_name(PROJECT, "In Progress")
-        again = await client.state_by_name(PROJECT, "In Progress")
+    def _body(client: PlaneClient) -> tuple[str, str, str]:
+        first = client.state_by_name(PROJECT, "In Progress")
+        again = client.state_by_name(PROJECT, "In Progress")
         assert first == again
         assert gets(plane, "/states/") == 1
         # When an admin adds a state after the cache was filled
         plane.add_state(PROJECT, "QA")
-        qa = await client.state_by_name(PROJECT, "QA")
+        qa = client.state_by_name(PROJECT, "QA")
         assert gets(plane, "/states/") == 2
-        name = await client.state_name(PROJECT, qa.id)
+        name = client.state_name(PROJECT, qa.id)
         with pytest.raises(TrackerError, match="no state named 'Nope'"):
-            await client.state_by_name(PROJECT, "Nope")
+            client.state_by_name(PROJECT, "Nope")
         assert gets(plane, "/states/") == 3
         return first.name, qa.name, name
 
@@ -140,8 +140,8 @@ def test_states_are_read_once_and_reloaded_once_for_an_unknown_name(plane: FakeP
 
 
 def test_the_fake_serves_the_fixture_states_with_conveyors_board_states(plane: FakePlane) -> None:
-    async def _body(client: PlaneClient) -> list[str]:
-        return [s.name for s in await client.states(PROJECT)]
+    def _body(client: PlaneClient) -> list[str]:
+        return [s.name for s in client.states(PROJECT)]
 
     names = run_client(config(plane, per_page=4), _body)
     assert names[:6] == ["Backlog", "Todo", "In Progress", "In Review", "Done", "Cancelled"]
@@ -156,8 +156,8 @@ def test_work_items_are_read_over_every_page(plane: FakePlane) -> None:
     for n in range(250):
         plane.create_item(PROJECT, f"item {n}")
 
-    async def _body(client: PlaneClient) -> list[int]:
-        return [i.sequence_id async for i in client.work_items(PROJECT)]
+    def _body(client: PlaneClient) -> list[int]:
+        return [i.sequence_id for i in client.work_items(PROJECT)]
 
     # Then all of them arrive, in order, in three list requests
     assert run_client(config(plane, per_page=100), _body) == list(range(1, 251))
@@ -169,8 +169,8 @@ def test_a_cursor_that_does_not_advance_stops_the_listing(plane: FakePlane) -> N
         plane.create_item(PROJECT, f"item {n}")
     plane.stuck_cursor = True
 
-    async def _body(client: PlaneClient) -> list[str]:
-        return [i.id async for i in client.work_items(PROJECT)]
+    def _body(client: PlaneClient) -> list[str]:
+        return [i.id for i in client.work_items(PROJECT)]
 
     with pytest.raises(RemoteError, match="does not advance") as err:
         run_client(config(plane, per_page=2), _body)
@@ -180,8 +180,8 @@ def test_a_cursor_that_does_not_advance_stops_the_listing(plane: FakePlane) -> N
 
 
 def test_a_bad_cursor_is_refused_by_the_fake_like_plane(plane: FakePlane) -> None:
-    async def _body(client: PlaneClient) -> Any:
-        return await client._send(
+    def _body(client: PlaneClient) -> Any:
+        return client._send(
             "GET", f"{client._project(PROJECT)}/states/", "x", True, params={"cursor": "zz"}
         )
 
@@ -269,10 +269,10 @@ def test_a_failed_comment_without_retries_is_safe_to_replay(
 def test_plane_refuses_a_second_comment_with_the_same_external_id(plane: FakePlane) -> None:
     item = plane.create_item(PROJECT, "x")
 
-    async def _body(client: PlaneClient) -> int | None:
-        await client.comment(PROJECT, item["id"], comment_html("a", "k"), external_id="k")
+    def _body(client: PlaneClient) -> int | None:
+        client.comment(PROJECT, item["id"], comment_html("a", "k"), external_id="k")
         try:
-            await client.comment(PROJECT, item["id"], comment_html("a", "k"), external_id="k")
+            client.comment(PROJECT, item["id"], comment_html("a", "k"), external_id="k")
         except RemoteError as err:
             return err.status
         return None

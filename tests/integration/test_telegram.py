@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from bus.messages import Alert
 from conveyor.clock import FakeClock
 from conveyor.config import TelegramConfig
 from conveyor.errors import RemoteError
+from gateways.http import HttpOptions, no_jitter
 from gateways.telegram import (
     Notifier,
     NotifierStatus,
@@ -39,7 +39,7 @@ class Sleeps:
     def __init__(self) -> None:
         self.waits: list[float] = []
 
-    async def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
 
 
@@ -63,14 +63,11 @@ def config(fake: FakeTelegram, **changes: Any) -> TelegramConfig:
 
 
 def send(cfg: TelegramConfig, text: str, sleep: Sleeps | None = None) -> int:
-    async def _main() -> int:
-        client = TelegramClient(cfg, sleep=sleep or Sleeps())
-        try:
-            return await client.send(text)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(_main())
+    client = TelegramClient(cfg, http=HttpOptions(sleep=sleep or Sleeps(), jitter=no_jitter))
+    try:
+        return client.send(text)
+    finally:
+        client.close()
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -155,7 +152,7 @@ class Node:
         self.bus.setup()
         self.ledger = Ledger(self.bus.store(subjects.BUCKET_EFFECTS, Effect), FakeClock(), "t")
         self.sleeps = Sleeps()
-        self.sender = Telegram(cfg, sleep=self.sleeps)
+        self.sender = Telegram(cfg, http=HttpOptions(sleep=self.sleeps, jitter=no_jitter))
         self.ref = Notifier.start(self.sender.send, self.ledger, cfg, retry_delay_s=0.2)
         if durable == subjects.CONSUMER_NOTIFIER:
             consume_alerts(self.bus, self.ref)

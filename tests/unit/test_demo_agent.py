@@ -14,14 +14,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor.agents.demo_agent import (
-    BEHAVIOURS,
-    ROLES,
-    applies,
-    front_matter,
-    load_job,
-    parse_directives,
-)
+from conveyor.agents.demo_directives import BEHAVIOURS, applies, parse_directives
+from conveyor.agents.demo_job import ROLES, front_matter, load_job
 from conveyor.agents.demo_repo import DEMO_CHECK_COMMAND, create_demo_files
 from conveyor.errors import InvalidField
 
@@ -261,6 +255,11 @@ def test_load_job_reads_the_environment(tmp_path: Path) -> None:
         ({"CONVEYOR_CHECK_COMMAND": "[1, 2]"}, "CONVEYOR_CHECK_COMMAND"),
         ({"CONVEYOR_DEPLOY_COMMAND": '[""]'}, "CONVEYOR_DEPLOY_COMMAND"),
         ({"CONVEYOR_ROLE": "deployer", "CONVEYOR_STAGE": "testing"}, "CONVEYOR_STAGE"),
+        ({"CONVEYOR_ROLE": "deployer", "CONVEYOR_GATE": "tests_passed"}, "CONVEYOR_GATE"),
+        (
+            {"CONVEYOR_ROLE": "deployer", "CONVEYOR_STAGE": "deploy", "CONVEYOR_GATE": ""},
+            "CONVEYOR_GATE",
+        ),
     ],
 )
 def test_load_job_refuses_bad_environment(
@@ -526,6 +525,36 @@ def test_deployer_fail_reports_failed(repo: Path, stage: str, name: str, field: 
     done = run_agent(repo, "deployer", "demo: deployer=fail", CONVEYOR_STAGE=stage)
     assert done.returncode == 0, done.stderr
     assert front(repo, name)[field] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("stage", "gate", "name", "field"),
+    [
+        ("ship-to-qa", "staging_status", "15-staging-log.md", "staging_status"),
+        ("release", "deploy_status", "14-deploy-log.md", "deploy_status"),
+        ("deploy", "staging_status", "15-staging-log.md", "staging_status"),
+    ],
+)
+def test_deployer_picks_its_verdict_file_by_the_gate_whatever_the_stage_is_called(
+    repo: Path, stage: str, gate: str, name: str, field: str
+) -> None:
+    # Given a deploy stage renamed in config, its gate passed in CONVEYOR_GATE
+    done = run_agent(repo, "deployer", CONVEYOR_STAGE=stage, CONVEYOR_GATE=gate)
+    # Then the deployer writes the verdict that gate reads, and only that one
+    assert done.returncode == 0, done.stderr
+    assert front(repo, name)[field] == "SUCCESS"
+    other = "14-deploy-log.md" if name == "15-staging-log.md" else "15-staging-log.md"
+    assert not (repo / ITEM_DIR / other).exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "gate"), [("deploy-staging", "staging_status"), ("deploy", "deploy_status")]
+)
+def test_without_conveyor_gate_the_deployer_falls_back_to_the_stage_name(
+    tmp_path: Path, stage: str, gate: str
+) -> None:
+    job = load_job(agent_env("deployer", CONVEYOR_STAGE=stage), "", tmp_path)
+    assert job.gate == gate
 
 
 def test_deployer_refuses_a_stage_it_has_no_log_for(repo: Path) -> None:

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import gate_policy as gp
 from actors import launcher_policy as lp
 from actors import stage_policy as sp
 from bus.messages import LaunchOrder
+from conveyor import pipeline as pl
 from conveyor.config import RepoConfig
 
 PYTHON = "/opt/py/bin/python3"
@@ -437,7 +439,7 @@ def _facts(**changes: object) -> lp.DeployFacts:
 def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyor():
     path, text = lp.deploy_log("deploy-staging", _facts())
     assert path == "docs/work-items/DEMO-1/15-staging-log.md"
-    fm = msgspec.yaml.decode(sp.split_front_matter(text).encode())
+    fm = msgspec.yaml.decode(gp.split_front_matter(text).encode())
     assert fm["staging_status"] == "SUCCESS"
     assert fm["decided_by"] == "conveyor"
     assert fm["command"] == [PYTHON, "deploy.py", "--x: y", "# not a comment"]
@@ -446,8 +448,8 @@ def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyo
     assert fm["health_url"] == "http://127.0.0.1:9/health"
     assert "line 2" in text.split("---", 2)[2]
     task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b", job_id="DEMO-1.deploy.2.work")
-    inputs = sp.GateInputs(files={path: text})
-    assert sp.evaluate_gate("staging_status", task, inputs).verdict == "pass"
+    inputs = gp.GateInputs(files={path: text})
+    assert gp.evaluate_gate("staging_status", task, inputs).verdict == "pass"
 
 
 def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
@@ -455,11 +457,11 @@ def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
         "deploy", _facts(status="FAILED", exit_code=None, reason="timed out", output="")
     )
     assert path == "docs/work-items/DEMO-1/14-deploy-log.md"
-    fm = msgspec.yaml.decode(sp.split_front_matter(text).encode())
+    fm = msgspec.yaml.decode(gp.split_front_matter(text).encode())
     assert fm["deploy_status"] == "FAILED"
     assert fm["exit_code"] is None
     task = sp.Task(id="DEMO-1", repo="demo", title="t", branch="b", job_id="DEMO-1.deploy.2.work")
-    result = sp.evaluate_gate("deploy_status", task, sp.GateInputs(files={path: text}))
+    result = gp.evaluate_gate("deploy_status", task, gp.GateInputs(files={path: text}))
     assert result.verdict == "rework"
 
 
@@ -481,8 +483,8 @@ def test_deploy_log_refuses_a_stage_without_a_verdict():
 
 
 def test_verdict_path_names_the_files_the_deploy_gates_read():
-    assert lp.verdict_path("deploy-staging", "DEMO-1") == sp.artifact_path("DEMO-1", sp.STAGING_LOG)
-    assert lp.verdict_path("deploy", "DEMO-1") == sp.artifact_path("DEMO-1", sp.DEPLOY_LOG)
+    assert lp.verdict_path("deploy-staging", "DEMO-1") == pl.artifact_path("DEMO-1", pl.STAGING_LOG)
+    assert lp.verdict_path("deploy", "DEMO-1") == pl.artifact_path("DEMO-1", pl.DEPLOY_LOG)
     assert lp.verdict_path("testing", "DEMO-1") is None
-    assert sp.GATE_FILES["staging_status"] == (sp.STAGING_LOG,)
-    assert sp.GATE_FILES["deploy_status"] == (sp.DEPLOY_LOG,)
+    assert gp.GATE_FILES["staging_status"] == (pl.STAGING_LOG,)
+    assert gp.GATE_FILES["deploy_status"] == (pl.DEPLOY_LOG,)

@@ -14,7 +14,8 @@ import pytest
 from conveyor.clock import FakeClock
 from conveyor.errors import ForgeError, HeadMismatch, InvalidField, MergeConflict
 from gateways import git
-from gateways.forge import CI_CONTEXT, Forge, LocalForge, PullRequest
+from gateways.forge import Forge, PullRequest
+from gateways.local_forge import CI_CONTEXT, LocalForge
 
 REPO = "demo"
 BRANCH = "feature/DEMO-1-add-greeting"

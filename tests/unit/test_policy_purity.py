@@ -17,6 +17,7 @@ ALLOWED_PROJECT = {
     "conveyor.config",
     "conveyor.validate",
     "conveyor.pipeline",
+    "conveyor.retry",
 }
 FORBIDDEN = {
     "time",

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import gate_policy as gp
 from actors import stage_policy as sp
+from actors import task_policy as tp
 from bus.messages import (
     Alert,
     Annotate,
@@ -23,6 +25,7 @@ from bus.messages import (
     StageChanged,
     TrackerUpdate,
 )
+from conveyor import pipeline as pl
 from conveyor.config import Config, load
 
 CFG = load(env={})
@@ -40,7 +43,7 @@ def fm(**fields: object) -> str:
 
 
 def path(name: str) -> str:
-    return sp.artifact_path(TID, name)
+    return pl.artifact_path(TID, name)
 
 
 TEST_PLAN_OK = f"work_item: {TID}\ntests:\n  - id: TC-01\n    type: unit\n"
@@ -49,19 +52,19 @@ GOOD_FILES: dict[str, str | None] = {
     path("01-brd.md"): fm(type="brd", work_item_id=TID),
     path("02-trz.md"): fm(type="trz", work_item_id=TID),
     path("03-acceptance-criteria.md"): fm(type="acceptance-criteria", work_item_id=TID),
-    path(sp.TEST_PLAN): TEST_PLAN_OK,
-    path(sp.REVIEW): fm(type="review", work_item_id=TID, verdict="APPROVED", version=2),
-    path(sp.TEST_REPORT): fm(type="test-report", work_item_id=TID, result="PASS"),
-    path(sp.STAGING_LOG): fm(work_item_id=TID, staging_status="SUCCESS"),
-    path(sp.DEPLOY_LOG): fm(work_item_id=TID, deploy_status="SUCCESS"),
+    path(pl.TEST_PLAN): TEST_PLAN_OK,
+    path(pl.REVIEW): fm(type="review", work_item_id=TID, verdict="APPROVED", version=2),
+    path(pl.TEST_REPORT): fm(type="test-report", work_item_id=TID, result="PASS"),
+    path(pl.STAGING_LOG): fm(work_item_id=TID, staging_status="SUCCESS"),
+    path(pl.DEPLOY_LOG): fm(work_item_id=TID, deploy_status="SUCCESS"),
 }
 GOOD_ADRS = {"0001-session-store.md": fm(type="adr", work_item_id=TID)}
-GOOD = sp.GateInputs(
+GOOD = gp.GateInputs(
     files=GOOD_FILES, adr_files=GOOD_ADRS, branch_head="abc123", ci_state="success", pr_merged=True
 )
 
 
-def with_file(name: str, text: str | None) -> sp.GateInputs:
+def with_file(name: str, text: str | None) -> gp.GateInputs:
     files = dict(GOOD_FILES)
     if text is None:
         files.pop(path(name))
@@ -80,9 +83,9 @@ def task_on(stage: str, **changes: object) -> sp.Task:
         title="Add login",
         branch=BRANCH,
         stage=stage,
-        step=sp.STEP_WORK,
+        step=pl.STEP_WORK,
         visits=visits,
-        job_id=sp.job_id_for(TID, stage, 1, sp.STEP_WORK),
+        job_id=tp.job_id_for(TID, stage, 1, pl.STEP_WORK),
         job_status="done",
         created_at=NOW - 500,
         updated_at=NOW - 10,
@@ -104,12 +107,12 @@ def outcome_for(task: sp.Task, status: str = "done", job_id: str | None = None) 
 
 
 def gate(
-    task: sp.Task, verdict: sp.Verdict, reason: str, *, now: float = NOW, revision: int = 7
+    task: sp.Task, verdict: gp.Verdict, reason: str, *, now: float = NOW, revision: int = 7
 ) -> sp.Decision:
     return sp.on_gate(
         task,
         task.job_id,
-        sp.GateResult(verdict=verdict, reason=reason),
+        gp.GateResult(verdict=verdict, reason=reason),
         now=now,
         revision=revision,
         cfg=CFG,
@@ -150,7 +153,7 @@ def alerts(d: sp.Decision) -> list[Alert]:
     ],
 )
 def test_every_gate_passes_on_good_inputs(gate_name: str, stage: str):
-    result = sp.evaluate_gate(gate_name, task_on(stage), GOOD)
+    result = gp.evaluate_gate(gate_name, task_on(stage), GOOD)
     assert result.verdict == "pass"
     assert result.reason
 
@@ -158,13 +161,13 @@ def test_every_gate_passes_on_good_inputs(gate_name: str, stage: str):
 def test_analysis_gate_passes_on_good_documents_whatever_the_approval():
     # The human approval is the stage's rule (human_approval), not the artifact gate's.
     for approved in (False, True):
-        result = sp.evaluate_gate("analysis_complete", task_on("analysis", approved=approved), GOOD)
+        result = gp.evaluate_gate("analysis_complete", task_on("analysis", approved=approved), GOOD)
         assert result.verdict == "pass"
 
 
 def test_a_passing_gate_on_a_human_approval_stage_waits_until_approved():
-    passed = sp.GateResult(verdict="pass", reason="analysis complete")
-    job = sp.job_id_for(TID, "analysis", 1, sp.STEP_WORK)
+    passed = gp.GateResult(verdict="pass", reason="analysis complete")
+    job = tp.job_id_for(TID, "analysis", 1, pl.STEP_WORK)
     waiting = sp.on_gate(task_on("analysis"), job, passed, now=NOW, revision=3, cfg=CFG)
     assert waiting.task is not None
     assert waiting.task.stage == "analysis"
@@ -178,13 +181,13 @@ def test_a_passing_gate_on_a_human_approval_stage_waits_until_approved():
 
 def test_front_matter_closed_with_dots_and_crlf_line_ends_are_accepted():
     review = "---\r\nwork_item_id: DEMO-1\r\nverdict: APPROVED\r\n...\r\nbody\r\n"
-    result = sp.evaluate_gate("review_approved", task_on("review"), with_file(sp.REVIEW, review))
+    result = gp.evaluate_gate("review_approved", task_on("review"), with_file(pl.REVIEW, review))
     assert result.verdict == "pass"
 
 
 def test_front_matter_naming_the_work_item_under_the_older_key_is_accepted():
     review = fm(work_item=TID, verdict="APPROVED")
-    result = sp.evaluate_gate("review_approved", task_on("review"), with_file(sp.REVIEW, review))
+    result = gp.evaluate_gate("review_approved", task_on("review"), with_file(pl.REVIEW, review))
     assert result.verdict == "pass"
 
 
@@ -194,40 +197,45 @@ def test_front_matter_naming_the_work_item_under_the_older_key_is_accepted():
         (
             "review_approved",
             "review",
-            sp.REVIEW,
+            pl.REVIEW,
             fm(work_item_id=TID, verdict="REQUEST_CHANGES", version=3),
         ),
-        ("tests_passed", "testing", sp.TEST_REPORT, fm(work_item_id=TID, result="FAIL")),
+        ("tests_passed", "testing", pl.TEST_REPORT, fm(work_item_id=TID, result="FAIL")),
         (
             "staging_status",
             "deploy-staging",
-            sp.STAGING_LOG,
+            pl.STAGING_LOG,
             fm(work_item_id=TID, staging_status="FAILED"),
         ),
-        ("deploy_status", "deploy", sp.DEPLOY_LOG, fm(work_item_id=TID, deploy_status="FAILED")),
+        (
+            "deploy_status",
+            "deploy",
+            pl.DEPLOY_LOG,
+            fm(work_item_id=TID, deploy_status="FAILED"),
+        ),
     ],
 )
 def test_a_negative_verdict_in_a_well_formed_artifact_asks_for_rework(
     gate_name: str, stage: str, name: str, text: str
 ):
-    result = sp.evaluate_gate(gate_name, task_on(stage), with_file(name, text))
+    result = gp.evaluate_gate(gate_name, task_on(stage), with_file(name, text))
     assert result.verdict == "rework"
     assert result.reason
 
 
 def test_review_rework_reason_names_the_review_version():
     review = fm(work_item_id=TID, verdict="REQUEST_CHANGES", version=3)
-    result = sp.evaluate_gate("review_approved", task_on("review"), with_file(sp.REVIEW, review))
+    result = gp.evaluate_gate("review_approved", task_on("review"), with_file(pl.REVIEW, review))
     assert result.reason == "review v3 requests changes"
 
 
 # --- gates: missing and malformed artifacts --------------------------------------------------
 
 SINGLE_FILE_GATES = [
-    ("review_approved", "review", sp.REVIEW, "verdict", "APPROVED", "approved"),
-    ("tests_passed", "testing", sp.TEST_REPORT, "result", "PASS", "passed"),
-    ("staging_status", "deploy-staging", sp.STAGING_LOG, "staging_status", "SUCCESS", "ok"),
-    ("deploy_status", "deploy", sp.DEPLOY_LOG, "deploy_status", "SUCCESS", "DONE"),
+    ("review_approved", "review", pl.REVIEW, "verdict", "APPROVED", "approved"),
+    ("tests_passed", "testing", pl.TEST_REPORT, "result", "PASS", "passed"),
+    ("staging_status", "deploy-staging", pl.STAGING_LOG, "staging_status", "SUCCESS", "ok"),
+    ("deploy_status", "deploy", pl.DEPLOY_LOG, "deploy_status", "SUCCESS", "DONE"),
     ("analysis_complete", "analysis", "01-brd.md", "type", "brd", None),
     ("analysis_complete", "analysis", "02-trz.md", "type", "trz", None),
     ("analysis_complete", "analysis", "03-acceptance-criteria.md", "type", "ac", None),
@@ -266,19 +274,19 @@ def test_a_missing_or_malformed_artifact_retries_the_stage_naming_the_file(
     gate_name: str, stage: str, name: str, text: str | None
 ):
     task = task_on(stage, approved=True)
-    result = sp.evaluate_gate(gate_name, task, with_file(name, text))
+    result = gp.evaluate_gate(gate_name, task, with_file(name, text))
     assert result.verdict == "retry"
     assert name in result.reason
 
 
 def test_a_missing_artifact_says_it_is_missing():
-    result = sp.evaluate_gate("tests_passed", task_on("testing"), with_file(sp.TEST_REPORT, None))
+    result = gp.evaluate_gate("tests_passed", task_on("testing"), with_file(pl.TEST_REPORT, None))
     assert result.reason == "13-test-report.md: missing"
 
 
 def test_an_artifact_of_another_work_item_names_the_other_id():
     text = fm(work_item_id="DEMO-2", verdict="APPROVED")
-    result = sp.evaluate_gate("review_approved", task_on("review"), with_file(sp.REVIEW, text))
+    result = gp.evaluate_gate("review_approved", task_on("review"), with_file(pl.REVIEW, text))
     assert result.verdict == "retry"
     assert "DEMO-2" in result.reason
 
@@ -297,16 +305,16 @@ def test_an_artifact_of_another_work_item_names_the_other_id():
 )
 def test_a_bad_test_plan_retries_analysis_naming_the_file(case: str, text: str | None):
     task = task_on("analysis", approved=True)
-    result = sp.evaluate_gate("analysis_complete", task, with_file(sp.TEST_PLAN, text))
+    result = gp.evaluate_gate("analysis_complete", task, with_file(pl.TEST_PLAN, text))
     assert result.verdict == "retry", case
-    assert sp.TEST_PLAN in result.reason
+    assert pl.TEST_PLAN in result.reason
 
 
 def test_analysis_gate_checks_documents_before_approval():
     # Given an approved analysis whose BRD was never written
     task = task_on("analysis", approved=True)
     # When the gate runs
-    result = sp.evaluate_gate("analysis_complete", task, with_file("01-brd.md", None))
+    result = gp.evaluate_gate("analysis_complete", task, with_file("01-brd.md", None))
     # Then approval does not let it through
     assert result.verdict == "retry"
     assert "01-brd.md" in result.reason
@@ -314,8 +322,8 @@ def test_analysis_gate_checks_documents_before_approval():
 
 def test_architecture_gate_without_any_adr_retries():
     inputs = msgspec.structs.replace(GOOD, adr_files={})
-    result = sp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
-    assert result == sp.GateResult(verdict="retry", reason="06-adr: no ADR")
+    result = gp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
+    assert result == gp.GateResult(verdict="retry", reason="06-adr: no ADR")
 
 
 @pytest.mark.parametrize(
@@ -331,7 +339,7 @@ def test_architecture_gate_without_any_adr_retries():
 )
 def test_architecture_gate_with_only_malformed_adrs_retries_naming_each_file(text: str):
     inputs = msgspec.structs.replace(GOOD, adr_files={"0001-a.md": text, "0002-b.md": text})
-    result = sp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
+    result = gp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
     assert result.verdict == "retry"
     assert "06-adr/0001-a.md" in result.reason
     assert "06-adr/0002-b.md" in result.reason
@@ -340,7 +348,7 @@ def test_architecture_gate_with_only_malformed_adrs_retries_naming_each_file(tex
 def test_architecture_gate_passes_when_one_adr_of_several_is_good():
     adrs = {"0001-draft.md": "scribbles\n", "0002-real.md": fm(type="adr", work_item_id=TID)}
     inputs = msgspec.structs.replace(GOOD, adr_files=adrs)
-    result = sp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
+    result = gp.evaluate_gate("architecture_done", task_on("architecture"), inputs)
     assert result.verdict == "pass"
     assert "0002-real.md" in result.reason
 
@@ -358,7 +366,7 @@ def test_architecture_gate_passes_when_one_adr_of_several_is_good():
 )
 def test_ci_gate_follows_the_commit_status_of_the_branch_head(ci_state: str | None, verdict: str):
     inputs = msgspec.structs.replace(GOOD, ci_state=ci_state)
-    result = sp.evaluate_gate("ci_green", task_on("development"), inputs)
+    result = gp.evaluate_gate("ci_green", task_on("development"), inputs)
     assert result.verdict == verdict
     assert "CI" in result.reason
 
@@ -366,7 +374,7 @@ def test_ci_gate_follows_the_commit_status_of_the_branch_head(ci_state: str | No
 @pytest.mark.parametrize("head", [None, ""])
 def test_intake_gate_retries_when_the_branch_is_missing_on_the_forge(head: str | None):
     inputs = msgspec.structs.replace(GOOD, branch_head=head)
-    result = sp.evaluate_gate("branch_exists", task_on("created"), inputs)
+    result = gp.evaluate_gate("branch_exists", task_on("created"), inputs)
     assert result.verdict == "retry"
     assert BRANCH in result.reason
 
@@ -374,20 +382,20 @@ def test_intake_gate_retries_when_the_branch_is_missing_on_the_forge(head: str |
 @pytest.mark.parametrize("merged", [None, False])
 def test_merge_gate_retries_while_the_pull_request_is_not_merged(merged: bool | None):
     inputs = msgspec.structs.replace(GOOD, pr_merged=merged)
-    result = sp.evaluate_gate("pr_merged", task_on("deploy-staging"), inputs)
-    assert result == sp.GateResult(verdict="retry", reason="pull request not merged")
+    result = gp.evaluate_gate("pr_merged", task_on("deploy-staging"), inputs)
+    assert result == gp.GateResult(verdict="retry", reason="pull request not merged")
 
 
 def test_unreadable_gate_inputs_wait_instead_of_failing_the_stage():
     inputs = msgspec.structs.replace(GOOD, error="forge timed out")
-    result = sp.evaluate_gate("review_approved", task_on("review"), inputs)
-    assert result == sp.GateResult(
+    result = gp.evaluate_gate("review_approved", task_on("review"), inputs)
+    assert result == gp.GateResult(
         verdict="wait", reason="gate inputs unavailable: forge timed out"
     )
 
 
 def test_an_unknown_gate_retries_and_names_itself():
-    result = sp.evaluate_gate("vibes_check", task_on("review"), GOOD)
+    result = gp.evaluate_gate("vibes_check", task_on("review"), GOOD)
     assert result.verdict == "retry"
     assert "vibes_check" in result.reason
 
@@ -434,7 +442,7 @@ artifact_text = st.one_of(
 def test_no_artifact_text_makes_a_gate_raise(gate_name: str, name: str, text: str, approved: bool):
     files = {**GOOD_FILES, name: text}
     inputs = msgspec.structs.replace(GOOD, files=files, adr_files={"0001.md": text})
-    result = sp.evaluate_gate(gate_name, task_on("review", approved=approved), inputs)
+    result = gp.evaluate_gate(gate_name, task_on("review", approved=approved), inputs)
     assert result.verdict in ("pass", "wait", "retry", "rework")
     assert result.reason
 
@@ -465,7 +473,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
         assert done.evaluate
         assert done.task is not None
         task, revision = done.task, revision + 1
-        result = sp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
+        result = gp.evaluate_gate(gp.gate_for(task, CFG), task, GOOD)
         assert result.verdict == "pass", (task.stage, task.step, result)
         d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
         if d.task is not None and "awaiting approval" in d.task.last_reason:
@@ -476,7 +484,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
             assert approved.evaluate
             assert approved.task is not None
             task, revision = approved.task, revision + 1
-            result = sp.evaluate_gate(sp.gate_for(task, CFG), task, GOOD)
+            result = gp.evaluate_gate(gp.gate_for(task, CFG), task, GOOD)
             d = sp.on_gate(task, task.job_id, result, now=now, revision=revision, cfg=CFG)
         assert d.task is not None
         for event in changes(d):
@@ -485,7 +493,7 @@ def test_a_task_walks_the_default_pipeline_to_done_when_every_gate_passes():
         emitted.extend(d.emit)
         task, revision = d.task, revision + 1
     # Then it is done, with every stage in its history and a cause for each move
-    assert task.stage == sp.DONE
+    assert task.stage == pl.DONE
     assert not task.escalated
     assert [h.new for h in task.history] == ["created", *STAGES, "done"]
     assert [h.old for h in task.history] == ["", "created", *STAGES]
@@ -579,7 +587,7 @@ def test_review_request_changes_sends_the_task_back_to_development():
     assert d.task is not None
     assert d.task.stage == "development"
     assert d.task.developer_retries == 1
-    assert d.task.history[-1] == sp.HistoryEntry(
+    assert d.task.history[-1] == tp.HistoryEntry(
         at=NOW, old="review", new="development", cause="review v1 requests changes"
     )
     # And a second developer visit is requested, and the move is announced
@@ -744,7 +752,7 @@ def test_approve_before_the_analyst_finished_does_not_evaluate_the_gate():
     finished = sp.on_job_outcome(d.task, outcome_for(d.task), now=NOW, cfg=CFG)
     assert finished.evaluate
     assert finished.task is not None
-    result = sp.evaluate_gate("analysis_complete", finished.task, GOOD)
+    result = gp.evaluate_gate("analysis_complete", finished.task, GOOD)
     assert result.verdict == "pass"
 
 
@@ -877,10 +885,10 @@ def test_retry_of_a_task_whose_job_failed_is_accepted():
 
 
 def test_retry_of_a_stuck_intake_reruns_the_intake_step():
-    task = task_on("created", step=sp.STEP_INTAKE, escalated=True, job_id="DEMO-1.created.1.intake")
+    task = task_on("created", step=pl.STEP_INTAKE, escalated=True, job_id="DEMO-1.created.1.intake")
     d = sp.on_command(task, Retry(id=TID), now=NOW, revision=5, cfg=CFG)
     assert d.task is not None
-    assert d.task.step == sp.STEP_INTAKE
+    assert d.task.step == pl.STEP_INTAKE
     assert [(r.job_id, r.role) for r in requests(d)] == [("DEMO-1.created.2.intake", "intake")]
 
 
@@ -952,7 +960,7 @@ def test_the_gate_of_a_superseded_job_is_ignored():
     d = sp.on_gate(
         task,
         "DEMO-1.development.1.work",
-        sp.GateResult(verdict="pass", reason="CI green for branch head"),
+        gp.GateResult(verdict="pass", reason="CI green for branch head"),
         now=NOW,
         revision=4,
         cfg=CFG,
@@ -979,12 +987,12 @@ def test_a_gate_for_a_cancelled_task_is_ignored():
 def test_staging_success_starts_the_merge_step_instead_of_moving_on():
     # Given a staging deploy that finished
     task = task_on("deploy-staging")
-    assert sp.gate_for(task, CFG) == "staging_status"
+    assert gp.gate_for(task, CFG) == "staging_status"
     # When its gate passes
     d = gate(task, "pass", "staging SUCCESS")
     # Then the task stays on deploy-staging, on its merge step, and a merge job is requested
     assert d.task is not None
-    assert (d.task.stage, d.task.step) == ("deploy-staging", sp.STEP_MERGE)
+    assert (d.task.stage, d.task.step) == ("deploy-staging", pl.STEP_MERGE)
     assert changes(d) == []
     (request,) = requests(d)
     assert (request.job_id, request.role, request.stage) == (
@@ -992,41 +1000,45 @@ def test_staging_success_starts_the_merge_step_instead_of_moving_on():
         "merge",
         "deploy-staging",
     )
-    assert sp.gate_for(d.task, CFG) == "pr_merged"
+    assert gp.gate_for(d.task, CFG) == "pr_merged"
 
 
 def test_a_merged_pull_request_moves_the_task_to_deploy():
     # Given a task whose merge job finished
     task = task_on(
         "deploy-staging",
-        step=sp.STEP_MERGE,
+        step=pl.STEP_MERGE,
         job_id="DEMO-1.deploy-staging.1.merge",
         job_status="queued",
     )
     finished = sp.on_job_outcome(task, outcome_for(task), now=NOW, cfg=CFG)
     assert finished.task is not None
     # When the pull request is merged
-    result = sp.evaluate_gate(sp.gate_for(finished.task, CFG), finished.task, GOOD)
+    result = gp.evaluate_gate(gp.gate_for(finished.task, CFG), finished.task, GOOD)
     d = gate(finished.task, result.verdict, result.reason)
     # Then the task moves to deploy with a deployer job
     assert d.task is not None
-    assert (d.task.stage, d.task.step) == ("deploy", sp.STEP_WORK)
+    assert (d.task.stage, d.task.step) == ("deploy", pl.STEP_WORK)
     assert [(c.old, c.new) for c in changes(d)] == [("deploy-staging", "deploy")]
     assert [(r.job_id, r.role) for r in requests(d)] == [("DEMO-1.deploy.1.work", "deployer")]
 
 
 def test_an_unmerged_pull_request_retries_the_merge_step():
-    task = task_on("deploy-staging", step=sp.STEP_MERGE, job_id="DEMO-1.deploy-staging.1.merge")
+    task = task_on("deploy-staging", step=pl.STEP_MERGE, job_id="DEMO-1.deploy-staging.1.merge")
     d = gate(task, "retry", "pull request not merged")
     assert d.task is not None
-    assert (d.task.stage, d.task.step, d.task.stage_retries) == ("deploy-staging", sp.STEP_MERGE, 1)
+    assert (d.task.stage, d.task.step, d.task.stage_retries) == (
+        "deploy-staging",
+        pl.STEP_MERGE,
+        1,
+    )
     assert [r.role for r in requests(d)] == ["merge"]
 
 
 def test_a_stage_retry_drops_an_approval_given_to_the_previous_visit():
     # Given an analysis approved before its analyst finished, whose artifacts then fail
     task = task_on("analysis", approved=True)
-    failed = sp.GateResult(verdict="retry", reason="01-brd.md: missing")
+    failed = gp.GateResult(verdict="retry", reason="01-brd.md: missing")
     # When the gate fails and the stage is retried
     d = sp.on_gate(task, task.job_id, failed, now=NOW, revision=3, cfg=CFG)
     # Then the new visit waits for a new approval
@@ -1056,7 +1068,7 @@ def test_a_task_that_requested_its_job_ceiling_escalates_instead_of_retrying_aga
     d = sp.on_gate(
         task,
         task.job_id,
-        sp.GateResult(verdict="retry", reason="no ADR"),
+        gp.GateResult(verdict="retry", reason="no ADR"),
         now=NOW,
         revision=3,
         cfg=cfg,
@@ -1073,7 +1085,7 @@ def test_a_rework_past_the_job_ceiling_escalates_too():
     d = sp.on_gate(
         task,
         task.job_id,
-        sp.GateResult(verdict="rework", reason="v1"),
+        gp.GateResult(verdict="rework", reason="v1"),
         now=NOW,
         revision=3,
         cfg=cfg,
@@ -1097,7 +1109,7 @@ def test_every_job_request_counts_towards_the_breaker_and_an_operator_retry_rese
 
 def test_the_job_ceiling_of_zero_switches_the_breaker_off():
     cfg = load(env={"CONVEYOR_PIPELINE__MAX_TASK_JOBS": "0"})
-    assert sp.breaker_open(task_on("development", jobs_requested=10_000), cfg) == ""
+    assert tp.breaker_open(task_on("development", jobs_requested=10_000), cfg) == ""
 
 
 def test_spending_the_agent_budget_escalates_instead_of_evaluating_the_gate():
@@ -1190,10 +1202,10 @@ def test_a_terminal_task_ignores_the_tracker():
 
 
 def test_applied_keys_are_bounded():
-    task = task_on("development", applied=[f"k{i}" for i in range(sp.MAX_APPLIED)])
+    task = task_on("development", applied=[f"k{i}" for i in range(tp.MAX_APPLIED)])
     d = tracker(task, "blocked", key="newest")
     assert d.task is not None
-    assert len(d.task.applied) == sp.MAX_APPLIED
+    assert len(d.task.applied) == tp.MAX_APPLIED
     assert d.task.applied[-1] == "newest"
     assert "k0" not in d.task.applied
 
@@ -1221,11 +1233,11 @@ PROTECTED = load(
 
 
 def _merged_into_deploy(cfg: Config = PROTECTED) -> sp.Decision:
-    task = task_on("deploy-staging", step=sp.STEP_MERGE, job_id="DEMO-1.deploy-staging.1.merge")
+    task = task_on("deploy-staging", step=pl.STEP_MERGE, job_id="DEMO-1.deploy-staging.1.merge")
     return sp.on_gate(
         task,
         task.job_id,
-        sp.GateResult(verdict="pass", reason="pull request merged"),
+        gp.GateResult(verdict="pass", reason="pull request merged"),
         now=NOW,
         revision=7,
         cfg=cfg,
@@ -1235,12 +1247,48 @@ def _merged_into_deploy(cfg: Config = PROTECTED) -> sp.Decision:
 def test_a_protected_production_deploy_waits_for_confirm_and_tells_the_operator():
     d = _merged_into_deploy()
     assert d.task is not None
-    assert (d.task.stage, d.task.step) == ("deploy", sp.STEP_CONFIRM)
+    assert (d.task.stage, d.task.step) == ("deploy", pl.STEP_CONFIRM)
     assert requests(d) == []
     assert [(c.old, c.new) for c in changes(d)] == [("deploy-staging", "deploy")]
     (alert,) = alerts(d)
     assert "conveyor confirm-deploy DEMO-1" in alert.text
     assert "Confirm Deploy" in alert.text
+
+
+def _renamed_stages() -> list[dict[str, object]]:
+    renamed = {"deploy-staging": "ship-to-qa", "deploy": "release"}
+    stages = [msgspec.to_builtins(s) for s in CFG.pipeline.stages]
+    for stage in stages:
+        stage["name"] = renamed.get(str(stage["name"]), stage["name"])
+    return stages
+
+
+def test_a_renamed_production_deploy_of_a_protected_repository_still_waits_for_confirm():
+    # Given the deploy stages renamed in config, their gates unchanged
+    cfg = load(
+        env={},
+        overrides={
+            "pipeline": {"stages": _renamed_stages()},
+            "repos": [{"name": REPO, "prefix": "DEMO", "template": "demo", "protected": True}],
+        },
+    )
+    task = task_on("deploy-staging", step=pl.STEP_MERGE, job_id="DEMO-1.ship-to-qa.1.merge")
+    task = msgspec.structs.replace(task, stage="ship-to-qa")
+    # When the staging stage's merge passes
+    d = sp.on_gate(
+        task,
+        task.job_id,
+        gp.GateResult(verdict="pass", reason="pull request merged"),
+        now=NOW,
+        revision=7,
+        cfg=cfg,
+    )
+    # Then the production deploy (keyed on its gate, not its name) waits for Confirm Deploy
+    assert d.task is not None
+    assert (d.task.stage, d.task.step) == ("release", pl.STEP_CONFIRM)
+    assert requests(d) == []
+    confirmed = sp.on_command(d.task, ConfirmDeploy(id=TID), now=NOW, revision=8, cfg=cfg)
+    assert [r.stage for r in requests(confirmed)] == ["release"]
 
 
 def test_confirm_deploy_starts_the_deploy_once():
@@ -1264,7 +1312,7 @@ def test_approved_or_any_other_tracker_state_does_not_start_a_protected_deploy(s
     update = TrackerUpdate(id=TID, state=state, key=f"plane:{state}")
     d = sp.on_tracker(waiting, update, now=NOW, revision=8, cfg=PROTECTED)
     assert requests(d) == []
-    assert (d.task or waiting).step == sp.STEP_CONFIRM
+    assert (d.task or waiting).step == pl.STEP_CONFIRM
     approve = sp.on_command(waiting, Approve(id=TID), now=NOW, revision=8, cfg=PROTECTED)
     assert not approve.ok
 
@@ -1281,7 +1329,7 @@ def test_a_retry_of_a_protected_deploy_waits_for_a_new_confirmation():
     failed = task_on("deploy", job_status="failed", escalated=True)
     d = sp.on_command(failed, Retry(id=TID), now=NOW, revision=8, cfg=PROTECTED)
     assert d.task is not None
-    assert d.task.step == sp.STEP_CONFIRM
+    assert d.task.step == pl.STEP_CONFIRM
     assert requests(d) == []
     confirmed = sp.on_command(d.task, ConfirmDeploy(id=TID), now=NOW, revision=9, cfg=PROTECTED)
     # A new visit: never the job id of the deploy that already ran.
@@ -1297,7 +1345,7 @@ def test_confirm_deploy_is_refused_off_the_production_deploy():
 def test_an_unprotected_repository_deploys_without_a_human():
     d = _merged_into_deploy(CFG)
     assert d.task is not None
-    assert d.task.step == sp.STEP_WORK
+    assert d.task.step == pl.STEP_WORK
     assert [r.job_id for r in requests(d)] == ["DEMO-1.deploy.1.work"]
 
 
@@ -1320,7 +1368,7 @@ def test_a_conveyor_verdict_of_another_job_never_decides_the_current_one():
         decided_by="conveyor",
         job_id="DEMO-1.deploy.1.work",
     )
-    result = sp.evaluate_gate("deploy_status", task, with_file(sp.DEPLOY_LOG, stale))
+    result = gp.evaluate_gate("deploy_status", task, with_file(pl.DEPLOY_LOG, stale))
     assert result.verdict == "retry"
     assert "DEMO-1.deploy.1.work" in result.reason
     current = fm(
@@ -1329,6 +1377,6 @@ def test_a_conveyor_verdict_of_another_job_never_decides_the_current_one():
         decided_by="conveyor",
         job_id="DEMO-1.deploy.2.work",
     )
-    assert sp.evaluate_gate("deploy_status", task, with_file(sp.DEPLOY_LOG, current)).verdict == (
+    assert gp.evaluate_gate("deploy_status", task, with_file(pl.DEPLOY_LOG, current)).verdict == (
         "pass"
     )

@@ -1,0 +1,144 @@
+"""The StageEngine's task record and its bookkeeping, apart from how a task moves.
+
+A `Task` is the StageEngine's state; a `Decision` is what every stage policy
+function returns. The circuit breaker, the applied-event memory and history notes
+change a task without moving it, so they live here too. Pure: no I/O, clock or logs.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from bus.messages import Annotate, BusMessage, Message, TrackerUpdate
+from conveyor.config import Config
+from conveyor.pipeline import CREATED, JOB_DONE, JOB_FAILED, STEP_INTAKE, TERMINAL
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stage change of a task and why it happened."""
+
+    at: float
+    old: str
+    new: str
+    cause: str
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A work item on its way through the pipeline; owned by the StageEngine alone."""
+
+    id: str
+    repo: str
+    title: str
+    description: str = ""
+    branch: str
+    stage: str = CREATED
+    step: str = STEP_INTAKE
+    visits: dict[str, int] = msgspec.field(default_factory=dict)
+    job_id: str = ""
+    job_status: str = ""
+    approved: bool = False
+    developer_retries: int = 0
+    stage_retries: int = 0
+    escalated: bool = False
+    last_reason: str = ""
+    external_id: str = ""
+    """The work item in the tracker (a Plane uuid); empty for CLI items."""
+    hold: str = ""
+    """`blocked` or `needs_input` while a human holds the work item; the Reconciler skips it."""
+    tracker_state: str = ""
+    """The last tracker state key applied (what the Reconciler compares a polled state with)."""
+    applied: list[str] = msgspec.field(default_factory=list)
+    """Keys of the tracker events already applied (newest last, bounded)."""
+    head_sha: str = ""
+    """The branch head the last job left behind."""
+    jobs_requested: int = 0
+    """Jobs requested since the task was created or retried by an operator (circuit breaker)."""
+    cost_usd: float = 0.0
+    """Agent cost reported over the task's whole life."""
+    budget_used_usd: float = 0.0
+    """Agent cost since creation or the last operator retry (circuit breaker)."""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    history: list[HistoryEntry] = msgspec.field(default_factory=list)
+    outbox: list[BusMessage] = msgspec.field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task is done or cancelled."""
+        return self.stage in TERMINAL
+
+    def visit(self, stage: str) -> int:
+        """How many times work for `stage` has been requested."""
+        return self.visits.get(stage, 0)
+
+
+JOB_ENDED = frozenset({JOB_DONE, JOB_FAILED})
+"""Job statuses after which the step's gate can be read."""
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What to do with one input: the new task (or None), what to emit, and why."""
+
+    task: Task | None = None
+    emit: tuple[Message, ...] = ()
+    reason: str
+    ok: bool = True
+    error: str = ""
+    field: str = ""
+    evaluate: bool = False
+
+
+def refuse(reason: str, field: str = "id") -> Decision:
+    """A refused input: nothing changes and `error` names why."""
+    return Decision(reason=reason, ok=False, error=reason, field=field)
+
+
+def job_id_for(task_id: str, stage: str, visit: int, step: str) -> str:
+    """Deterministic job id: a replayed request names the same job."""
+    return f"{task_id}.{stage}.{visit}.{step}"
+
+
+def breaker_open(task: Task, cfg: Config) -> str:
+    """Why the task must not get another job (its circuit breaker), or ""."""
+    limit = cfg.pipeline.max_task_jobs
+    if limit > 0 and task.jobs_requested >= limit:
+        return f"circuit breaker: {task.jobs_requested} jobs requested (limit {limit})"
+    return ""
+
+
+MAX_APPLIED = 50
+"""How many applied tracker event keys a task remembers (older ones are long out of replay)."""
+
+
+def on_annotate(task: Task, note: Annotate, *, now: float) -> Decision:
+    """Add a note to the history (same stage before and after), once per key."""
+    if note.key in task.applied:
+        return Decision(reason=f"note {note.key} already recorded")
+    entry = HistoryEntry(at=now, old=task.stage, new=task.stage, cause=note.cause)
+    noted = msgspec.structs.replace(
+        task,
+        history=[*task.history, entry],
+        applied=[*task.applied, note.key][-MAX_APPLIED:],
+        updated_at=now,
+    )
+    return Decision(task=noted, reason=f"noted: {note.cause}")
+
+
+def remember(task: Task, update: TrackerUpdate, reason: str) -> Decision:
+    """The task having applied tracker event `update` (its key kept, bounded)."""
+    applied = [*task.applied, update.key][-MAX_APPLIED:]
+    remembered = msgspec.structs.replace(
+        task, applied=applied, hold=task.hold, tracker_state=update.state
+    )
+    return Decision(task=remembered, reason=reason)
+
+
+def reevaluable(task: Task) -> str:
+    """Why the task's gate cannot be read again now, or "" when it can."""
+    if task.terminal:
+        return f"task is {task.stage}"
+    if task.escalated:
+        return "task is escalated"
+    if task.job_status not in JOB_ENDED:
+        return f"its job is {task.job_status or 'not requested'}"
+    return ""
