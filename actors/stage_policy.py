@@ -217,7 +217,7 @@ def on_gate(
             text = f"{task.id} {task.stage} is ready: approve or reject it"
             return Decision(
                 task=waiting,
-                emit=(_alert(task, text, now, level="info"),),
+                emit=(_alert(task, text, now, level="info", kind="awaiting_approval"),),
                 reason=f"waiting: {reason}",
             )
         case "pass":

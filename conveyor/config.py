@@ -453,11 +453,6 @@ def _dotted(message: str) -> str:
     return message
 
 
-def agent_argv(agent: AgentConfig) -> list[str]:
-    """Return the agent command with `{python}` replaced by this interpreter."""
-    return python_argv(agent.command)
-
-
 def python_argv(argv: list[str]) -> list[str]:
     """Replace a `{python}` argument with the interpreter running Conveyor."""
     return [sys.executable if part == PYTHON else part for part in argv]

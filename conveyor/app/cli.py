@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape as esc
-from rich.table import Table
 
 from bus import subjects
 from bus.messages import Alert, StageChanged
@@ -23,13 +21,23 @@ from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app.client import Client, discover_url
 from conveyor.app.node import Node
-from conveyor.clock import SystemClock, iso
+from conveyor.app.render import (
+    console,
+    err_console,
+    print_event,
+    print_followed,
+    print_overview,
+    print_task,
+)
+from conveyor.clock import SystemClock
 from conveyor.config import Config
 from conveyor.errors import BusUnavailable, ConfigError, ConveyorError
 from conveyor.layout import Layout
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+ALERT_AWAITING_APPROVAL = "awaiting_approval"
+"""`Alert.kind` of a stage whose work passed and waits for a person's approval."""
+ALERT_ESCALATED = "escalated"
+"""`Alert.kind` of a task that ran out of retries."""
 
 PARTS = ("nats", "control", "launcher", "gateway")
 
@@ -291,20 +299,16 @@ def _follow_run(
 
 def _show(client: Client, msg: StageChanged | Alert, elapsed: float, approve: bool) -> str | None:
     """Print one event of the followed task; return how it ended, if it did."""
+    print_followed(msg, elapsed)
     if isinstance(msg, StageChanged):
-        console.print(
-            f"[dim]{elapsed:6.1f}s[/] [bold]{msg.task_id}[/] "
-            f"{msg.old or '-'} → [cyan]{msg.new}[/]  [dim]({esc(msg.cause)})[/]"
-        )
         return msg.new if msg.new in ("done", "cancelled") else None
-    console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {esc(msg.text)}")
-    if "approve" in msg.text and approve:
+    if msg.kind == ALERT_AWAITING_APPROVAL and approve:
         reply = client.command("approve", {"id": msg.task_id})
         outcome = "ok" if reply.get("ok") else reply.get("error")
         console.print(
             f"[dim]{elapsed:6.1f}s[/] $ conveyor approve {msg.task_id} → {esc(str(outcome))}"
         )
-    return "escalated" if "escalated" in msg.text else None
+    return "escalated" if msg.kind == ALERT_ESCALATED else None
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -407,17 +411,6 @@ def release_lease(ctx: click.Context, name: str, task_id: str, force: bool, as_j
 # --- read commands -----------------------------------------------------------------------
 
 
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0.0, SystemClock().now() - ts)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
 @main.command()
 @click.argument("item_id", metavar="[ID]", required=False)
 @_json_flag
@@ -435,7 +428,7 @@ def status(ctx: click.Context, item_id: str | None, as_json: bool) -> None:
             if as_json:
                 _print_json(record)
             else:
-                _print_task(record)
+                print_task(record)
             if record.get("ok") is False:
                 sys.exit(1)
             return
@@ -448,70 +441,7 @@ def status(ctx: click.Context, item_id: str | None, as_json: bool) -> None:
     if as_json:
         _print_json({"overview": overview, "tasks": tasks})
         return
-    _print_overview(overview, tasks)
-
-
-def _print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
-    health = "[green]healthy[/]" if overview.get("healthy") else "[red]degraded[/]"
-    console.print(
-        f"Conveyor {overview.get('version', '?')} — {health} — "
-        f"{overview.get('tasks', 0)} tasks, jobs {overview.get('jobs', {})}"
-    )
-    actors = Table("actor", "health", "details", title="Actors", title_justify="left")
-    for name, info in sorted(overview.get("actors", {}).items()):
-        ok = info.get("healthy")
-        detail = info.get("error") or ", ".join(
-            f"{k}={v}"
-            for k, v in info.items()
-            if k in ("tasks", "escalated", "counts", "busy", "slots", "name")
-        )
-        actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", esc(str(detail)))
-    console.print(actors)
-    table = Table(
-        "id",
-        "repo",
-        "stage",
-        "step",
-        "job",
-        "retries",
-        "updated",
-        "title",
-        title="Tasks",
-        title_justify="left",
-    )
-    for task in tasks:
-        stage = task["stage"] + (" [red](escalated)[/]" if task.get("escalated") else "")
-        table.add_row(
-            task["id"],
-            task["repo"],
-            stage,
-            task.get("step", ""),
-            task.get("job_status", ""),
-            str(task.get("developer_retries", 0)),
-            _ago(task.get("updated_at")),
-            esc(task["title"]),
-        )
-    console.print(table)
-
-
-def _print_task(record: dict[str, Any]) -> None:
-    if record.get("ok") is False:
-        err_console.print(f"[red]{esc(str(record.get('error')))}[/]")
-        return
-    flags = " [red]escalated[/]" if record.get("escalated") else ""
-    console.print(
-        f"[bold]{record['id']}[/] {esc(record['title'])}  ({record['repo']}, {record['branch']})"
-    )
-    console.print(
-        f"stage [cyan]{record['stage']}[/] step {record.get('step')} job "
-        f"{record.get('job_id') or '-'} \\[{record.get('job_status') or '-'}]{flags}"
-    )
-    if record.get("last_reason"):
-        console.print(f"last: {esc(record['last_reason'])}")
-    table = Table("at", "from", "to", "cause", title="History", title_justify="left")
-    for entry in record.get("history", []):
-        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
-    console.print(table)
+    print_overview(overview, tasks)
 
 
 @main.command()
@@ -525,13 +455,8 @@ def tail(ctx: click.Context, history: bool, as_json: bool) -> None:
     def on_message(msg: StageChanged | Alert) -> None:
         if as_json:
             click.echo(json.dumps({"subject": _subject_of(msg), **json.loads(_encode(msg))}))
-        elif isinstance(msg, StageChanged):
-            console.print(
-                f"{iso(msg.at)} [bold]{msg.task_id}[/] {msg.old or '-'} → "
-                f"[cyan]{msg.new}[/] ({esc(msg.cause)})"
-            )
         else:
-            console.print(f"{iso(msg.at)} [yellow]{msg.level}[/] {esc(msg.text)}")
+            print_event(msg)
 
     try:
         client.follow(on_message, history=history)

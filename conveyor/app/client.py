@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -102,11 +101,3 @@ class Client:
     def close(self) -> None:
         """Close the connection."""
         self.bus.close()
-
-
-def data_dir_hint(path: Path) -> str:
-    """A short path for messages."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

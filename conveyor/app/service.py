@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.lease_keeper import LeaseStatus
 from actors.queue_worker import QueueStatus
 from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
@@ -113,9 +112,9 @@ class ControlService:
         *,
         version: str,
         request_timeout_s: float,
-        others: Mapping[str, tuple[pykka.ActorRef[Any], Any]] | None = None,
+        statuses: Mapping[str, tuple[pykka.ActorRef[Any], Any]],
     ) -> None:
-        self._others = dict(others or {})
+        self._statuses = dict(statuses)
         self._bus = bus
         self._engine = engine
         self._worker = worker
@@ -134,17 +133,9 @@ class ControlService:
             ("tasks", subjects.STATUS_TASKS, _answering(self._tasks)),
             ("task", subjects.STATUS_TASK_WILDCARD, _answering(self._task)),
             ("queue", subjects.STATUS_QUEUE, _answering(self._queue)),
-            (
-                "stage_engine",
-                subjects.status_actor("stage_engine"),
-                _answering(self._engine_status),
-            ),
-            ("queue_worker", subjects.status_actor("queue_worker"), _answering(self._queue)),
-            ("reaper", subjects.status_actor("reaper"), _answering(self._reaper_status)),
-            ("lease_keeper", subjects.status_actor("lease_keeper"), _answering(self._lease_status)),
             *[
-                (name, subjects.status_actor(name), _answering(self._other_status(name)))
-                for name in self._others
+                (name, subjects.status_actor(name), _answering(self._actor_status(name)))
+                for name in self._statuses
             ],
             ("lease-acquire", subjects.LEASE_ACQUIRE, self._lease),
             ("lease-renew", subjects.LEASE_RENEW, self._lease),
@@ -190,9 +181,6 @@ class ControlService:
             status["reaper"] = {"healthy": False, "error": repr(err)}
         return dumps(status)
 
-    def _lease_status(self, _subject: str, _data: bytes) -> bytes:
-        return dumps(self._ask(self._leases, LeaseStatus()))
-
     def _lease(self, subject: str, data: bytes) -> bytes:
         kind = LEASE_TYPES[subject]
         try:
@@ -204,29 +192,20 @@ class ControlService:
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
 
-    def _other_status(self, name: str) -> Callable[[str, bytes], bytes]:
-        ref, query = self._others[name]
+    def _actor_status(self, name: str) -> Callable[[str, bytes], bytes]:
+        if name == "queue_worker":
+            # The queue's status carries the Reaper's, as `conveyor.status.queue` does.
+            return self._queue
+        ref, query = self._statuses[name]
 
         def _handler(_subject: str, _data: bytes) -> bytes:
             return dumps(self._ask(ref, query))
 
         return _handler
 
-    def _reaper_status(self, _subject: str, _data: bytes) -> bytes:
-        return dumps(self._ask(self._reaper, ReaperStatus()))
-
-    def _engine_status(self, _subject: str, _data: bytes) -> bytes:
-        return dumps(self._ask(self._engine, StatusQuery(kind="actor")))
-
     def _overview(self, _subject: str, _data: bytes) -> bytes:
         actors: dict[str, Any] = {}
-        for name, ref, query in (
-            ("stage_engine", self._engine, StatusQuery(kind="actor")),
-            ("queue_worker", self._worker, QueueStatus()),
-            ("reaper", self._reaper, ReaperStatus()),
-            ("lease_keeper", self._leases, LeaseStatus()),
-            *((name, ref, query) for name, (ref, query) in self._others.items()),
-        ):
+        for name, (ref, query) in self._statuses.items():
             try:
                 actors[name] = self._ask(ref, query)
             except (pykka.ActorDeadError, pykka.Timeout) as err:

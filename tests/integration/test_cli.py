@@ -15,6 +15,8 @@ from bus.messages import LeaseAcquire, LeaseHolder, encode
 from conveyor.app.cli import main
 from tests.harness import Harness, make_config
 
+ROOT = Path(__file__).resolve().parents[2]
+
 COMMANDS = [
     "up",
     "run",
@@ -134,3 +136,25 @@ def test_an_operator_can_force_release_a_stuck_merge_lease(
     forced = runner.invoke(main, [*base, "release-lease", "merge.demo", "--force"])
     assert forced.exit_code == 0, forced.output
     assert harness.client.request(subjects.status_actor("lease_keeper"))["leases"] == []
+
+
+def test_run_approves_the_analysis_when_it_asks_for_approval_and_follows_it_to_done(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # The shipped defaults (the demo repository), on the fixture server.
+    defaults = (ROOT / "conveyor" / "default_config.toml").read_text()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        defaults.replace('data_dir = ".conveyor"', f'data_dir = "{tmp_path / "data"}"', 1).replace(
+            'url = ""', f'url = "{nats_url}"', 1
+        )
+    )
+
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "run", "Add a greeting feature", "--deadline", "120"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "analysis is ready: approve or reject it" in result.output
+    assert "$ conveyor approve DEMO-1 → ok" in result.output
+    assert "DEMO-1 is done" in result.output

@@ -97,9 +97,9 @@ def test_config_lookups_name_what_is_missing():
     assert info.value.field == "repo"
 
 
-def test_agent_argv_replaces_the_python_placeholder():
+def test_python_argv_replaces_the_python_placeholder():
     cfg = config.load(env={})
-    argv = config.agent_argv(cfg.agents.developer)
+    argv = config.python_argv(cfg.agents.developer.command)
     assert config.PYTHON not in argv
     assert argv[1:] == ["-P", "-m", "conveyor.demo_agent"]
 

@@ -1,0 +1,93 @@
+"""The outside systems a node talks to: forge (local or Gitea) and tracker (local or Plane).
+
+A local forge also gets the configured repositories here when they are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import pykka
+
+from actors.stage_engine import StatusQuery
+from conveyor.agents import demo_repo as demo
+from conveyor.clock import Clock
+from conveyor.config import Config, python_argv
+from conveyor.layout import Layout
+from gateways.forge import Forge
+from gateways.gitea import GiteaForge
+from gateways.local_forge import LocalForge
+from gateways.plane import PlaneTracker
+from gateways.tracker import LocalTracker
+from gateways.tracker_sync import TrackerSync
+
+
+def make_forge(cfg: Config, clock: Clock) -> Forge:
+    """The configured forge: bare repositories on disk, or a Gitea server."""
+    if cfg.forge.kind == "gitea":
+        return GiteaForge(cfg, clock=clock)
+    checks = {
+        repo.name: python_argv(repo.check_command) for repo in cfg.repos if repo.check_command
+    }
+    return LocalForge(
+        Layout(cfg.data_path).forge, checks, check_timeout_s=cfg.forge.check_timeout_s, clock=clock
+    )
+
+
+def ensure_repos(cfg: Config, forge: Forge) -> None:
+    """Create the configured repositories on the local forge if they are missing.
+
+    On Gitea the repositories are the operator's: Conveyor never creates them.
+    """
+    if not isinstance(forge, LocalForge):
+        return
+    for repo in cfg.repos:
+        files = (
+            demo.create_demo_files()
+            if repo.template == "demo"
+            else {"README.md": f"# {repo.name}\n".encode()}
+        )
+        forge.create_repo(repo.name, initial_files=files)
+
+
+def plane_state_for(cfg: Config) -> Callable[[str], str | None]:
+    """The Plane state a stage puts its work item in (None: leave the board as it is).
+
+    Only states that say something to people: the review and the end. Every other
+    stage is visible as a comment; moving cards there would fight the humans who
+    move them to Approved, Blocked or Confirm Deploy.
+    """
+    states = cfg.plane.states
+    mapping = {"review": states.in_review, "done": states.done}
+    return mapping.get
+
+
+def start_tracker_sync(
+    cfg: Config, clock: Clock, engine: pykka.ActorRef[Any]
+) -> tuple[pykka.ActorRef[Any], PlaneTracker | None]:
+    """TrackerSync over the configured tracker; for Plane, only tasks from Plane.
+
+    The Plane client is returned too: Intake resolves state ids and the Reconciler
+    polls with it.
+    """
+    if cfg.tracker.kind != "plane":
+        return TrackerSync.start(LocalTracker(Layout(cfg.data_path).tracker, clock)), None
+
+    def _refs(task_id: str) -> tuple[str, str] | None:
+        task = cast(
+            "dict[str, Any] | None",
+            engine.ask(StatusQuery(kind="task", task_id=task_id), timeout=10),
+        )
+        if not task or not task.get("external_id"):
+            return None
+        project = cfg.repo(task["repo"]).plane_project
+        return (project, task["external_id"]) if project else None
+
+    plane = PlaneTracker(cfg.plane, _refs)
+    sync = TrackerSync.start(
+        plane,
+        state_for=plane_state_for(cfg),
+        tracked=lambda task_id: _refs(task_id) is not None,
+    )
+    return sync, plane

@@ -1,0 +1,114 @@
+"""How the CLI shows things: status tables, one task with its history, followed events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape as esc
+from rich.table import Table
+
+from bus.messages import Alert, StageChanged
+from conveyor.clock import SystemClock, iso
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+def ago(ts: float | None) -> str:
+    """How long ago `ts` was, for people ("-" when never)."""
+    if not ts:
+        return "-"
+    seconds = max(0.0, SystemClock().now() - ts)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    """The daemon's health, its actors and its tasks."""
+    health = "[green]healthy[/]" if overview.get("healthy") else "[red]degraded[/]"
+    console.print(
+        f"Conveyor {overview.get('version', '?')} — {health} — "
+        f"{overview.get('tasks', 0)} tasks, jobs {overview.get('jobs', {})}"
+    )
+    actors = Table("actor", "health", "details", title="Actors", title_justify="left")
+    for name, info in sorted(overview.get("actors", {}).items()):
+        ok = info.get("healthy")
+        detail = info.get("error") or ", ".join(
+            f"{k}={v}"
+            for k, v in info.items()
+            if k in ("tasks", "escalated", "counts", "busy", "slots", "name")
+        )
+        actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", esc(str(detail)))
+    console.print(actors)
+    table = Table(
+        "id",
+        "repo",
+        "stage",
+        "step",
+        "job",
+        "retries",
+        "updated",
+        "title",
+        title="Tasks",
+        title_justify="left",
+    )
+    for task in tasks:
+        stage = task["stage"] + (" [red](escalated)[/]" if task.get("escalated") else "")
+        table.add_row(
+            task["id"],
+            task["repo"],
+            stage,
+            task.get("step", ""),
+            task.get("job_status", ""),
+            str(task.get("developer_retries", 0)),
+            ago(task.get("updated_at")),
+            esc(task["title"]),
+        )
+    console.print(table)
+
+
+def print_task(record: dict[str, Any]) -> None:
+    """One task with its history, or the refusal the service answered."""
+    if record.get("ok") is False:
+        err_console.print(f"[red]{esc(str(record.get('error')))}[/]")
+        return
+    flags = " [red]escalated[/]" if record.get("escalated") else ""
+    console.print(
+        f"[bold]{record['id']}[/] {esc(record['title'])}  ({record['repo']}, {record['branch']})"
+    )
+    console.print(
+        f"stage [cyan]{record['stage']}[/] step {record.get('step')} job "
+        f"{record.get('job_id') or '-'} \\[{record.get('job_status') or '-'}]{flags}"
+    )
+    if record.get("last_reason"):
+        console.print(f"last: {esc(record['last_reason'])}")
+    table = Table("at", "from", "to", "cause", title="History", title_justify="left")
+    for entry in record.get("history", []):
+        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
+    console.print(table)
+
+
+def print_event(msg: StageChanged | Alert) -> None:
+    """One line of `conveyor tail`."""
+    if isinstance(msg, StageChanged):
+        console.print(
+            f"{iso(msg.at)} [bold]{msg.task_id}[/] {msg.old or '-'} → "
+            f"[cyan]{msg.new}[/] ({esc(msg.cause)})"
+        )
+    else:
+        console.print(f"{iso(msg.at)} [yellow]{msg.level}[/] {esc(msg.text)}")
+
+
+def print_followed(msg: StageChanged | Alert, elapsed: float) -> None:
+    """One line of `conveyor run`, stamped with the seconds since submission."""
+    if isinstance(msg, StageChanged):
+        console.print(
+            f"[dim]{elapsed:6.1f}s[/] [bold]{msg.task_id}[/] "
+            f"{msg.old or '-'} → [cyan]{msg.new}[/]  [dim]({esc(msg.cause)})[/]"
+        )
+    else:
+        console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {esc(msg.text)}")
