@@ -52,12 +52,10 @@ class Intake(Owner):
         engine: pykka.ActorRef[Any],
         cfg: Config,
         *,
-        tasks: Callable[[], list[Any]] | None = None,
         resolve_state: StateResolver | None = None,
         ask_timeout_s: float = 10.0,
     ) -> None:
         super().__init__()
-        del tasks  # tasks are looked up at the StageEngine, by branch or commit
         self._engine = engine
         self._cfg = cfg
         self._resolve_state = resolve_state

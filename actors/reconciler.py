@@ -61,11 +61,9 @@ class Reconciler(Owner):
         clock: Clock,
         cfg: Config,
         *,
-        tasks: Callable[[], list[Any]] | None = None,
         poll: Poll | None = None,
     ) -> None:
         super().__init__()
-        del tasks  # each round asks the StageEngine for its task summaries
         self._engine, self._bus, self._clock, self._cfg = engine, bus, clock, cfg
         self._poll = poll
         self._pool = concurrent.futures.ThreadPoolExecutor(

@@ -85,11 +85,6 @@ class Context:
     def ref(self, name: str) -> Ref:
         return self.refs[name]
 
-    def tasks(self) -> list[dict[str, Any]]:
-        """The StageEngine's task rows (Intake and Reconciler read them)."""
-        rows = self.ref("stage_engine").ask(StatusQuery(kind="tasks"), timeout=ASK_TIMEOUT_S)
-        return list(rows)
-
     def need_forge(self) -> Forge:
         if self.forge is None:
             raise ConveyorError("this actor needs a forge in its context")
@@ -189,7 +184,6 @@ def _intake(ctx: Context, _store: Store[Any] | None) -> Ref:
     return Intake.start(
         ctx.ref("stage_engine"),
         ctx.cfg,
-        tasks=ctx.tasks,
         resolve_state=plane.resolve_state if plane is not None else None,
     )
 
@@ -202,7 +196,6 @@ def _reconciler(ctx: Context, _store: Store[Any] | None) -> Ref:
         ctx.bus,
         ctx.clock,
         ctx.cfg,
-        tasks=ctx.tasks,
         poll=plane.poller(projects) if plane is not None and projects else None,
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from actors.stage_engine import StatusQuery
+from actors.task_summary import FindTasks, TaskSummary
 from bus import subjects
 from bus.messages import CommitStatusEvent, PullRequestEvent, PushEvent, Reevaluate, Reply
 from conveyor.config import Config
@@ -25,6 +26,35 @@ ROW = {
     "branch": "conveyor/DEMO-1",
     "head_sha": HEAD,
 }
+SUMMARY = TaskSummary(
+    id="DEMO-1",
+    repo="demo",
+    title="t",
+    stage="testing",
+    step="work",
+    job_id="",
+    job_status="",
+    escalated=False,
+    approved=False,
+    developer_retries=0,
+    branch="conveyor/DEMO-1",
+    reason="",
+    updated_at=0.0,
+    head_sha=HEAD,
+    hold="",
+    tracker_state="",
+    external_id="",
+    cost_usd=0.0,
+)
+
+
+def matches(query: FindTasks, task: TaskSummary) -> bool:
+    """The engine's rule: same repository, and on the branch, at the commit or on a stage."""
+    return query.repo == task.repo and (
+        (bool(query.branch) and query.branch == task.branch)
+        or (bool(query.commit) and query.commit == task.head_sha)
+        or task.stage in query.stages
+    )
 
 
 @pytest.fixture
@@ -39,6 +69,8 @@ class Engine:
         self.fail_first = fail_first
 
     def answer(self, message: Any) -> Any:
+        if isinstance(message, FindTasks):
+            return [SUMMARY] if matches(message, SUMMARY) else []
         if isinstance(message, StatusQuery):
             return [dict(ROW)] if message.kind == "tasks" else dict(ROW)
         if self.fail_first > 0:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from actors.stage_engine import StatusQuery
+from actors.task_summary import AllTasks, TaskSummary
 from bus import subjects
 from bus.messages import Alert, Reevaluate
 from conveyor.config import Config
@@ -30,7 +32,22 @@ class Board:
             "updated_at": updated_at,
         }
 
+    def summary(self) -> TaskSummary:
+        blank = {
+            "approved": False,
+            "developer_retries": 0,
+            "reason": "",
+            "head_sha": "",
+            "hold": "",
+            "tracker_state": "",
+            "external_id": "",
+            "cost_usd": 0.0,
+        }
+        return msgspec.convert({**blank, **self.row}, TaskSummary)
+
     def answer(self, message: Any) -> Any:
+        if isinstance(message, AllTasks):
+            return [self.summary()]
         if isinstance(message, StatusQuery) and message.kind == "tasks":
             return [dict(self.row)]
         return None
