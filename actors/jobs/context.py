@@ -22,6 +22,10 @@ class Abandoned(ConveyorError):
     """This launcher stopped; the run is left for the next incarnation to adopt."""
 
 
+KILLED = "killed: job cancelled"
+"""The error of a run whose job a KillJob cancelled."""
+
+
 class RunStarted(msgspec.Struct, frozen=True):
     """Run thread -> Launcher: the process exists.
 

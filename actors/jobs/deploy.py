@@ -10,11 +10,11 @@ import httpx
 import msgspec
 
 from actors import launcher_policy as policy
-from actors.jobs.context import Abandoned, JobContext, RunDone, RunStarted
-from actors.jobs.steps import clear_previous_verdict, post_steps, prepare_worktree, tail
+from actors.jobs.context import KILLED, Abandoned, JobContext, RunDone, RunStarted
+from actors.jobs.steps import post_steps, prepare_run, run_process, tail
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
-from conveyor import faults, procs, runwrap
+from conveyor import faults, runwrap
 from conveyor.clock import Clock, iso
 from conveyor.logs import get_logger
 
@@ -22,8 +22,6 @@ log = get_logger(__name__)
 
 DEPLOY_MARKER = "deploy.json"
 """In a run directory: this run is a deploy command (its argv), not an agent."""
-
-CANCELLED = "killed: job cancelled"
 
 
 def check_health(
@@ -69,11 +67,8 @@ def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) 
         # No RunStarted: this process is not a kill target, and the heartbeat covers it.
         log.info("launcher.deploy_reused", job_id=run.job_id, exit_code=earlier[0])
         return finalize(ctx, run, order, plan.gate, earlier[0], "", earlier[1])
-    worktree = prepare_worktree(ctx, order)
-    clear_previous_verdict(ctx, order, worktree, plan.verdict_path)
-    run_dir = Path(run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / DEPLOY_MARKER).write_text(json.dumps(run.deploy_command))
+    worktree = prepare_run(ctx, run, order, plan)
+    (Path(run.run_dir) / DEPLOY_MARKER).write_text(json.dumps(run.deploy_command))
 
     def _started(pid: int, create_time: float) -> None:
         # Stored before going on: a restart adopts the deploy by this pid, never reruns it.
@@ -81,24 +76,15 @@ def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) 
         log.info("launcher.deploy_started", job_id=run.job_id, pid=pid, stage=order.stage)
         faults.point("launcher.deploy_started")
 
-    result = procs.run_wrapped(
-        plan.argv,
-        exit_file=Path(plan.exit_file),
-        cwd=worktree,
-        log_path=run.log_path,
-        env=plan.env,
-        timeout_s=plan.timeout_s,
-        kill_grace_s=ctx.cfg.launcher.kill_grace_s,
-        on_started=_started,
-    )
+    result = run_process(ctx, run, plan, worktree, _started)
     if result.exit_code is None:
         log.warning("launcher.deploy_timed_out", job_id=run.job_id, timeout_s=plan.timeout_s)
         if ctx.cancelled.is_set():
-            return RunDone(run_id=run.id, exit_code=None, error=CANCELLED)
+            return RunDone(run_id=run.id, exit_code=None, error=KILLED)
         why = f"timed out after {plan.timeout_s:g}s; process tree killed"
         return finalize(ctx, run, order, plan.gate, None, why, Path(run.log_path))
     if ctx.cancelled.is_set():
-        return RunDone(run_id=run.id, exit_code=result.exit_code, error=CANCELLED)
+        return RunDone(run_id=run.id, exit_code=result.exit_code, error=KILLED)
     return finalize(ctx, run, order, plan.gate, result.exit_code, "", Path(run.log_path))
 
 

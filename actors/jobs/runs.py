@@ -9,8 +9,8 @@ import psutil
 
 from actors import launcher_policy as policy
 from actors.jobs.agent import run_agent
-from actors.jobs.context import Abandoned, JobContext, RunDone, RunStarted
-from actors.jobs.deploy import CANCELLED, finalize, run_deploy
+from actors.jobs.context import KILLED, Abandoned, JobContext, RunDone, RunStarted
+from actors.jobs.deploy import finalize, run_deploy
 from actors.jobs.leases import LeaseBusy, transition
 from actors.jobs.merge_gate import merge_gate
 from actors.jobs.steps import intake, post_steps
@@ -109,7 +109,7 @@ def _resume(ctx: JobContext, run: Run, order: LaunchOrder) -> RunDone:
     if recorded is None or builtin:
         return RunDone(run_id=run.id, exit_code=None, error="launcher died; run result unknown")
     if ctx.cancelled.is_set():
-        return RunDone(run_id=run.id, exit_code=recorded[0], error=CANCELLED)
+        return RunDone(run_id=run.id, exit_code=recorded[0], error=KILLED)
     if run.deploy_command:
         return finalize(ctx, run, order, gate, recorded[0], "", Path(run.log_path))
     return post_steps(ctx, run, order, recorded[0])

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from actors import launcher_policy as policy
 from actors.jobs.context import Abandoned, JobContext, RunDone
 from actors.jobs.leases import TransitionFence, transition
-from actors.launcher_policy import Run
+from actors.launcher_policy import LaunchPlan, Run
 from bus.effects import effect_key
 from bus.messages import LaunchOrder
-from conveyor import faults
+from conveyor import faults, procs
 from conveyor.logs import get_logger
 from gateways import git
 from gateways.forge import PullRequest
@@ -69,6 +70,36 @@ def clear_previous_verdict(
             git.push_branch(worktree, order.branch)
     if existed:
         log.info("launcher.verdict_cleared", job_id=order.job_id, path=relative)
+
+
+def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Path:
+    """The worktree, without the previous visit's verdict, and the run directory, made."""
+    worktree = prepare_worktree(ctx, order)
+    clear_previous_verdict(ctx, order, worktree, plan.verdict_path)
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    return worktree
+
+
+def run_process(
+    ctx: JobContext,
+    run: Run,
+    plan: LaunchPlan,
+    worktree: Path,
+    on_started: Callable[[int, float], None],
+    stdin_path: Path | None = None,
+) -> procs.Wrapped:
+    """Run the plan's process in the worktree, output to the run's log, to its end."""
+    return procs.run_wrapped(
+        plan.argv,
+        exit_file=Path(plan.exit_file),
+        cwd=worktree,
+        log_path=run.log_path,
+        env=plan.env,
+        timeout_s=plan.timeout_s,
+        kill_grace_s=ctx.cfg.launcher.kill_grace_s,
+        stdin_path=stdin_path,
+        on_started=on_started,
+    )
 
 
 def ensure_pull(
