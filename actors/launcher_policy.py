@@ -13,6 +13,7 @@ from bus.messages import LaunchOrder
 from conveyor.config import Config, RepoConfig
 from conveyor.pipeline import (
     BUILTIN_ROLES,
+    DECIDED_BY_CONVEYOR,
     DEPLOY_LOG,
     FAILED,
     GATE_DEPLOY,
@@ -286,7 +287,7 @@ def deploy_log(gate: str, facts: DeployFacts) -> tuple[str, str]:
         ("health_url", facts.health_url),
         ("health", facts.health),
         ("reason", facts.reason),
-        ("decided_by", "conveyor"),
+        ("decided_by", DECIDED_BY_CONVEYOR),
     ]
     # JSON scalars and lists are valid YAML, and quoting every value keeps a command
     # argument like `--x: y` from changing the document's shape.
