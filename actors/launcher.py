@@ -15,7 +15,6 @@ import msgspec
 import pykka
 
 from actors import launcher_policy as policy
-from actors.common import subject_for
 from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
 from actors.launcher_policy import LaunchPlan, Run
@@ -308,7 +307,7 @@ class Launcher(pykka.ThreadingActor):
             defer_s=run.defer_s,
         )
         faults.point("launcher.finished_recorded")
-        self._bus.publish(subject_for(finished), finished, msg_id=f"{run.id}:finished")
+        self._bus.emit(finished, msg_id=f"{run.id}:finished")
         faults.point("launcher.reported")
         self._save(msgspec.structs.replace(run, reported=True))
 
