@@ -1,21 +1,37 @@
-"""Pure parts of the Launcher: paths, environment, argv placeholders, usage, deploy verdicts."""
+"""Pure parts of the Launcher: the launch plan, environment, argv placeholders, usage, verdicts."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from bus.messages import LaunchOrder
-from conveyor.config import RepoConfig
-from conveyor.pipeline import BUILTIN_ROLES, DEPLOY_LOG, STAGING_LOG, artifact_path
+from conveyor.config import Config, RepoConfig
+from conveyor.pipeline import (
+    BUILTIN_ROLES,
+    DECIDED_BY_CONVEYOR,
+    DEPLOY_LOG,
+    FAILED,
+    GATE_DEPLOY,
+    GATE_NONE,
+    GATE_STAGING,
+    ROLE_INTAKE,
+    ROLE_MERGE,
+    RUN_FINISHED,
+    RUN_RUNNING,
+    RUN_STARTING,
+    STAGING_LOG,
+    SUCCESS,
+    artifact_path,
+)
 
-STARTING = "starting"
-RUNNING = "running"
-FINISHED = "finished"
+STARTING = RUN_STARTING
+RUNNING = RUN_RUNNING
+FINISHED = RUN_FINISHED
 
 PLACEHOLDERS = ("{work_item}", "{repo}", "{branch}", "{worktree}", "{stage}")
 
@@ -99,6 +115,7 @@ def agent_env(
     order: LaunchOrder,
     *,
     repo: RepoConfig,
+    gate: str,
     worktree: str,
     python: str,
     extra: Mapping[str, str],
@@ -106,7 +123,7 @@ def agent_env(
     """Environment of an agent: the launcher's, minus nesting guards, plus the job's facts."""
     env = {k: v for k, v in base.items() if k not in STRIPPED_ENV and not k.startswith("CONVEYOR_")}
     values = placeholder_values(order, worktree)
-    deploy = deploy_command_for(order.stage, repo)
+    deploy = deploy_command_for(gate, repo)
     env.update(
         {
             "CONVEYOR_ROLE": order.role,
@@ -115,6 +132,7 @@ def agent_env(
             "CONVEYOR_REPO": order.repo,
             "CONVEYOR_BRANCH": order.branch,
             "CONVEYOR_STAGE": order.stage,
+            "CONVEYOR_GATE": gate,
             "CONVEYOR_VISIT": str(order.visit),
             "CONVEYOR_ATTEMPT": str(order.attempt),
             "CONVEYOR_CHECK_COMMAND": json.dumps(python_argv(repo.check_command, python)),
@@ -166,36 +184,41 @@ def parse_usage(tail: str) -> dict[str, Any]:
 
 # --- deploys run by Conveyor ---------------------------------------------------------------
 
-STAGING_STAGE = "deploy-staging"
-DEPLOY_STAGE = "deploy"
-SUCCESS = "SUCCESS"
-FAILED = "FAILED"
 DEPLOY_LOG_TAIL_CHARS = 4000
 """How much of the command's output the verdict file quotes."""
 
 _VERDICT_FILES = {
-    STAGING_STAGE: (STAGING_LOG, "staging_status"),
-    DEPLOY_STAGE: (DEPLOY_LOG, "deploy_status"),
+    GATE_STAGING: (STAGING_LOG, "Staging log"),
+    GATE_DEPLOY: (DEPLOY_LOG, "Deploy log"),
 }
+"""Per deploy gate: the verdict file its gate reads (front-matter key = the gate) and title."""
 
 
-def deploy_command_for(order_stage: str, repo: RepoConfig) -> list[str]:
-    """The repository's command for a deploy stage (unsubstituted); [] for any other stage."""
-    if order_stage == STAGING_STAGE:
+def stage_gate(cfg: Config, stage: str) -> str:
+    """The gate of the configured stage `stage`; none for a stage no longer configured."""
+    found = cfg.stage(stage)
+    return found.gate if found is not None else GATE_NONE
+
+
+def deploy_command_for(gate: str, repo: RepoConfig) -> list[str]:
+    """The repository's command for a stage with `gate` (unsubstituted); [] for other gates."""
+    if gate == GATE_STAGING:
         return list(repo.staging_command)
-    if order_stage == DEPLOY_STAGE:
+    if gate == GATE_DEPLOY:
         return list(repo.deploy_command)
     return []
 
 
-def deploy_argv(order: LaunchOrder, repo: RepoConfig, *, worktree: str, python: str) -> list[str]:
+def deploy_argv(
+    order: LaunchOrder, repo: RepoConfig, *, gate: str, worktree: str, python: str
+) -> list[str]:
     """What the Launcher runs itself instead of the agent for `order`; [] when an agent runs.
 
-    Only the stage's work step: the merge step on `deploy-staging` is built in.
+    Only the stage's work step: a merge step on a deploy stage is built in.
     """
     if order.role in BUILTIN_ROLES:
         return []
-    command = deploy_command_for(order.stage, repo)
+    command = deploy_command_for(gate, repo)
     if not command:
         return []
     return substitute(python_argv(command, python), placeholder_values(order, worktree))
@@ -206,9 +229,9 @@ def wrap(argv: Sequence[str], *, exit_file: str, python: str) -> list[str]:
     return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *argv]
 
 
-def verdict_path(order_stage: str, task_id: str) -> str | None:
-    """The verdict file a deploy stage's gate reads (repository path), or None."""
-    found = _VERDICT_FILES.get(order_stage)
+def verdict_path(gate: str, task_id: str) -> str | None:
+    """The verdict file a deploy gate reads (repository path), or None for other gates."""
+    found = _VERDICT_FILES.get(gate)
     return artifact_path(task_id, found[0]) if found else None
 
 
@@ -244,18 +267,18 @@ class DeployFacts(msgspec.Struct, frozen=True, kw_only=True):
     output: str = ""
 
 
-def deploy_log(stage: str, facts: DeployFacts) -> tuple[str, str]:
-    """`(repository path, text)` of the verdict file for a deploy stage.
+def deploy_log(gate: str, facts: DeployFacts) -> tuple[str, str]:
+    """`(repository path, text)` of the verdict file for a stage with a deploy gate.
 
     The status is written by Conveyor from the command's exit code and the health
     check (`decided_by: conveyor`); the file replaces whatever an agent put there.
     """
-    found = _VERDICT_FILES.get(stage)
+    found = _VERDICT_FILES.get(gate)
     if found is None:
-        raise ValueError(f"stage {stage!r} has no deploy verdict")
-    name, status_key = found
+        raise ValueError(f"gate {gate!r} has no deploy verdict")
+    name, title = found
     fields: list[tuple[str, object]] = [
-        (status_key, facts.status),
+        (gate, facts.status),
         ("work_item", facts.work_item),
         ("job_id", facts.job_id),
         ("timestamp", facts.timestamp),
@@ -264,7 +287,7 @@ def deploy_log(stage: str, facts: DeployFacts) -> tuple[str, str]:
         ("health_url", facts.health_url),
         ("health", facts.health),
         ("reason", facts.reason),
-        ("decided_by", "conveyor"),
+        ("decided_by", DECIDED_BY_CONVEYOR),
     ]
     # JSON scalars and lists are valid YAML, and quoting every value keeps a command
     # argument like `--x: y` from changing the document's shape.
@@ -273,7 +296,6 @@ def deploy_log(stage: str, facts: DeployFacts) -> tuple[str, str]:
     fence = "```"
     while fence in tail:
         fence += "`"
-    title = "Staging log" if stage == STAGING_STAGE else "Deploy log"
     body = (
         f"# {title}: {facts.work_item}\n\n"
         f"**{facts.status}**: {facts.reason}.\n\n"
@@ -282,3 +304,92 @@ def deploy_log(stage: str, facts: DeployFacts) -> tuple[str, str]:
         f"{fence}text\n{tail.rstrip()}\n{fence}\n"
     )
     return artifact_path(facts.work_item, name), f"---\n{front}\n---\n\n{body}"
+
+
+# --- the launch plan -----------------------------------------------------------------------
+
+JobKind = Literal["intake", "merge", "deploy", "agent"]
+
+
+class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What one launch runs, where, for how long, and where its results go."""
+
+    kind: JobKind
+    gate: str
+    """The stage's configured gate (`GATE_NONE` for a stage no longer configured)."""
+    command: list[str]
+    """The deploy command Conveyor runs itself (substituted, unwrapped); [] otherwise."""
+    argv: list[str]
+    """What is spawned (behind the exit-code wrapper); [] for a built-in step."""
+    env: dict[str, str]
+    cwd: str
+    timeout_s: float
+    prompt: str
+    """The agent's stdin; empty when no agent runs."""
+    exit_file: str
+    log_path: str
+    verdict_path: str | None
+    """The verdict file a deploy gate reads, cleared before the stage's work starts."""
+
+
+def timeout_s(cfg: Config, role: str, *, deploy: bool) -> float:
+    """How long a deploy command or the agent of `role` may run."""
+    return cfg.deploy.timeout_s if deploy else cfg.agents.for_role(role).timeout_s
+
+
+def plan(
+    order: LaunchOrder,
+    cfg: Config,
+    *,
+    worktree: str,
+    run_dir: str,
+    python: str,
+    base_env: Mapping[str, str],
+) -> LaunchPlan:
+    """The launch plan of `order`; raises `InvalidField` for an unknown repository."""
+    gate = stage_gate(cfg, order.stage)
+    exit_file = f"{run_dir}/exit_code"
+    log_path = f"{run_dir}/output.log"
+    if order.role == ROLE_INTAKE or order.role == ROLE_MERGE:
+        return LaunchPlan(
+            kind=ROLE_INTAKE if order.role == ROLE_INTAKE else ROLE_MERGE,
+            gate=gate,
+            command=[],
+            argv=[],
+            env={},
+            cwd=worktree,
+            timeout_s=0.0,
+            prompt="",
+            exit_file=exit_file,
+            log_path=log_path,
+            verdict_path=None,
+        )
+    repo = cfg.repo(order.repo)
+    command = deploy_argv(order, repo, gate=gate, worktree=worktree, python=python)
+    if command:
+        argv = wrap(command, exit_file=exit_file, python=python)
+        extra: Mapping[str, str] = {}
+        text = ""
+    else:
+        agent = cfg.agents.for_role(order.role)
+        argv = wrapped_argv(
+            agent.command, order, exit_file=exit_file, worktree=worktree, python=python
+        )
+        extra = agent.env
+        text = prompt(order)
+    env = agent_env(
+        base_env, order, repo=repo, gate=gate, worktree=worktree, python=python, extra=extra
+    )
+    return LaunchPlan(
+        kind="deploy" if command else "agent",
+        gate=gate,
+        command=command,
+        argv=argv,
+        env=env,
+        cwd=worktree,
+        timeout_s=timeout_s(cfg, order.role, deploy=bool(command)),
+        prompt=text,
+        exit_file=exit_file,
+        log_path=log_path,
+        verdict_path=verdict_path(gate, order.task_id),
+    )

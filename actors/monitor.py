@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -27,7 +26,6 @@ import msgspec
 import pykka
 
 from actors import monitor_policy as policy
-from actors.launcher import kill_tree, spawn
 from actors.launcher_policy import python_argv, substitute, wrap
 from actors.monitor_policy import Probe, Watch
 from actors.owner import Owner
@@ -380,24 +378,21 @@ class PostDeployMonitor(Owner):
         task_dir.mkdir(parents=True, exist_ok=True)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         log.warning("monitor.rolling_back", task_id=watch.task_id, repo=watch.repo, argv=command)
-        proc, _ = spawn(
+        timeout_s = self._mcfg.rollback_timeout_s
+        result = procs.run_wrapped(
             argv,
+            exit_file=exit_file,
             cwd=self._data_dir,
-            stdin=subprocess.DEVNULL,
             log_path=str(task_dir / ROLLBACK_LOG),
             env=env,
+            timeout_s=timeout_s,
+            kill_grace_s=self._cfg.launcher.kill_grace_s,
         )
-        timeout_s = self._mcfg.rollback_timeout_s
-        if not procs.wait_exit(proc.pid, timeout_s):
+        if result.timed_out:
             log.error("monitor.rollback_timed_out", task_id=watch.task_id, timeout_s=timeout_s)
-            kill_tree(proc.pid, self._cfg.launcher.kill_grace_s)
-            proc.wait()
             return TIMED_OUT
-        proc.wait()
-        recorded = runwrap.read_exit_file(exit_file)
-        exit_code = recorded[0] if recorded is not None else proc.returncode
-        log.info("monitor.rolled_back", task_id=watch.task_id, exit_code=exit_code)
-        return str(exit_code)
+        log.info("monitor.rolled_back", task_id=watch.task_id, exit_code=result.exit_code)
+        return str(result.exit_code)
 
     # --- outputs ------------------------------------------------------------------------
 

@@ -134,6 +134,7 @@ class FloorSide:
             os.environ,
             order,
             repo=self.repo_cfg,
+            gate=launcher_policy.stage_gate(self.cfg, stage),
             worktree=str(worktree),
             python=sys.executable,
             extra=agent.env,

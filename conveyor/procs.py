@@ -1,4 +1,4 @@
-"""Waiting for processes without polling.
+"""Process control: spawn in a session, wait without polling, kill a tree, run wrapped.
 
 `Popen.wait(timeout)` and `psutil.Process.wait(timeout)` poll with sleeps that
 grow to 50 ms, which adds that much latency to every agent and CI run. A pidfd
@@ -10,8 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import psutil
+
+from conveyor import runwrap
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def wait_exit(pid: int, timeout_s: float | None) -> bool:
@@ -55,3 +65,107 @@ def alive(pid: int, create_time: float | None) -> bool:
         same = create_time is not None and abs(proc.create_time() - create_time) < 0.01
         return same and proc.status() != psutil.STATUS_ZOMBIE
     return False
+
+
+def kill_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM the process, its group and every descendant; SIGKILL what is left after grace."""
+    if pid <= 1 or pid == os.getpid() or pid == os.getpgrp():
+        log.error("launcher.kill_refused", pid=pid, reason="would kill Conveyor itself")
+        return
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive_ones = psutil.wait_procs(tree, timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in alive_ones:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive_ones, timeout=grace_s)
+
+
+def wait_or_kill(pid: int, timeout_s: float | None, grace_s: float) -> bool:
+    """Wait for `pid` to exit (True); past `timeout_s` kill its tree instead (False)."""
+    if wait_exit(pid, timeout_s):
+        return True
+    kill_tree(pid, grace_s)
+    return False
+
+
+def spawn(
+    argv: list[str],
+    *,
+    cwd: Path,
+    stdin: Any,
+    log_path: str,
+    env: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start `argv` in its own session, output appended to `log_path`; (process, create time).
+
+    A create time of 0.0 means the process was gone before it could be read.
+    """
+    with Path(log_path).open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    return proc, create_time
+
+
+class Wrapped(NamedTuple):
+    """How a wrapped process ended: its exit code (None: killed on timeout) and identity."""
+
+    exit_code: int | None
+    timed_out: bool
+    pid: int
+    create_time: float
+
+
+def run_wrapped(
+    argv: list[str],
+    *,
+    exit_file: Path,
+    cwd: Path,
+    log_path: str,
+    env: dict[str, str],
+    timeout_s: float | None,
+    kill_grace_s: float,
+    stdin_path: Path | None = None,
+    on_started: Callable[[int, float], None] | None = None,
+) -> Wrapped:
+    """Run `argv` (already behind `conveyor.runwrap --exit-file exit_file`) to its end.
+
+    `on_started(pid, create_time)` runs once the process exists, before the wait. On
+    timeout the whole tree is killed and there is no exit code. Otherwise the code
+    is the one the wrapper recorded, else the wrapper's own.
+    """
+    with contextlib.ExitStack() as stack:
+        stdin: Any = subprocess.DEVNULL
+        if stdin_path is not None:
+            stdin = stack.enter_context(stdin_path.open("rb"))
+        proc, create_time = spawn(argv, cwd=cwd, stdin=stdin, log_path=log_path, env=env)
+    if on_started is not None:
+        on_started(proc.pid, create_time)
+    if not wait_or_kill(proc.pid, timeout_s, kill_grace_s):
+        proc.wait()
+        return Wrapped(None, True, proc.pid, create_time)
+    proc.wait()
+    recorded = runwrap.read_exit_file(exit_file)
+    exit_code = recorded[0] if recorded is not None else proc.returncode
+    return Wrapped(exit_code, False, proc.pid, create_time)

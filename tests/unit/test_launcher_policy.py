@@ -13,8 +13,11 @@ from actors import gate_policy as gp
 from actors import launcher_policy as lp
 from actors import stage_policy as sp
 from bus.messages import LaunchOrder
+from conveyor import config as config_mod
 from conveyor import pipeline as pl
-from conveyor.config import RepoConfig
+from conveyor.config import Config, RepoConfig
+from conveyor.errors import InvalidField
+from conveyor.pipeline import GATE_DEPLOY, GATE_STAGING
 
 PYTHON = "/opt/py/bin/python3"
 WORKTREE = "/data/worktrees/DEMO-1"
@@ -51,11 +54,21 @@ def order(stage: str = "development", role: str = "developer", **changes: object
     return LaunchOrder(**fields)
 
 
+STAGE_GATES = {"deploy-staging": GATE_STAGING, "deploy": GATE_DEPLOY}
+"""The default pipeline's deploy stages and their gates."""
+
+
 def env_for(
     launch: LaunchOrder, base: dict[str, str] | None = None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
     return lp.agent_env(
-        base or {}, launch, repo=REPO, worktree=WORKTREE, python=PYTHON, extra=extra or {}
+        base or {},
+        launch,
+        repo=REPO,
+        gate=STAGE_GATES.get(launch.stage, ""),
+        worktree=WORKTREE,
+        python=PYTHON,
+        extra=extra or {},
     )
 
 
@@ -369,22 +382,26 @@ def test_parse_usage_never_raises_on_any_output(tail: str):
 def test_deploy_command_for_picks_the_repository_command_of_a_deploy_stage(
     stage: str, expected: list[str]
 ):
-    assert lp.deploy_command_for(stage, REPO) == expected
+    assert lp.deploy_command_for(STAGE_GATES.get(stage, ""), REPO) == expected
 
 
 def test_deploy_argv_fills_python_and_placeholders_without_a_shell():
     argv = lp.deploy_argv(
-        order(stage="deploy-staging", role="deployer"), REPO, worktree=WORKTREE, python=PYTHON
+        order(stage="deploy-staging", role="deployer"),
+        REPO,
+        gate=GATE_STAGING,
+        worktree=WORKTREE,
+        python=PYTHON,
     )
     assert argv == [PYTHON, "deploy.py", "--env", "staging", "--item", "DEMO-1"]
 
 
 def test_deploy_argv_is_empty_for_the_merge_step_and_for_a_repository_without_commands():
     merge = order(stage="deploy-staging", role="merge")
-    assert lp.deploy_argv(merge, REPO, worktree=WORKTREE, python=PYTHON) == []
+    assert lp.deploy_argv(merge, REPO, gate=GATE_STAGING, worktree=WORKTREE, python=PYTHON) == []
     bare = RepoConfig(name="demo", prefix="DEMO")
     deploy = order(stage="deploy", role="deployer")
-    assert lp.deploy_argv(deploy, bare, worktree=WORKTREE, python=PYTHON) == []
+    assert lp.deploy_argv(deploy, bare, gate=GATE_DEPLOY, worktree=WORKTREE, python=PYTHON) == []
 
 
 def test_wrap_puts_the_command_behind_the_exit_code_wrapper():
@@ -437,7 +454,7 @@ def _facts(**changes: object) -> lp.DeployFacts:
 
 
 def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyor():
-    path, text = lp.deploy_log("deploy-staging", _facts())
+    path, text = lp.deploy_log(GATE_STAGING, _facts())
     assert path == "docs/work-items/DEMO-1/15-staging-log.md"
     fm = msgspec.yaml.decode(gp.split_front_matter(text).encode())
     assert fm["staging_status"] == "SUCCESS"
@@ -454,7 +471,7 @@ def test_deploy_log_of_staging_is_read_by_the_staging_gate_as_decided_by_conveyo
 
 def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
     path, text = lp.deploy_log(
-        "deploy", _facts(status="FAILED", exit_code=None, reason="timed out", output="")
+        GATE_DEPLOY, _facts(status="FAILED", exit_code=None, reason="timed out", output="")
     )
     assert path == "docs/work-items/DEMO-1/14-deploy-log.md"
     fm = msgspec.yaml.decode(gp.split_front_matter(text).encode())
@@ -466,25 +483,131 @@ def test_a_failed_deploy_log_sends_the_gate_to_rework_with_a_null_exit_code():
 
 
 def test_deploy_log_output_with_backticks_cannot_close_the_quote_early():
-    _, text = lp.deploy_log("deploy", _facts(output="```\n---\ndeploy_status: SUCCESS\n"))
+    _, text = lp.deploy_log(GATE_DEPLOY, _facts(output="```\n---\ndeploy_status: SUCCESS\n"))
     assert "````text\n" in text
     assert text.rstrip().endswith("````")
 
 
 def test_deploy_log_quotes_only_the_tail_of_long_output():
-    _, text = lp.deploy_log("deploy", _facts(output="x" * 10_000 + "END"))
+    _, text = lp.deploy_log(GATE_DEPLOY, _facts(output="x" * 10_000 + "END"))
     assert "END" in text
     assert text.count("x") < 5_000
 
 
 def test_deploy_log_refuses_a_stage_without_a_verdict():
     with pytest.raises(ValueError, match="no deploy verdict"):
-        lp.deploy_log("review", _facts())
+        lp.deploy_log("review_approved", _facts())
 
 
 def test_verdict_path_names_the_files_the_deploy_gates_read():
-    assert lp.verdict_path("deploy-staging", "DEMO-1") == pl.artifact_path("DEMO-1", pl.STAGING_LOG)
-    assert lp.verdict_path("deploy", "DEMO-1") == pl.artifact_path("DEMO-1", pl.DEPLOY_LOG)
-    assert lp.verdict_path("testing", "DEMO-1") is None
+    assert lp.verdict_path(GATE_STAGING, "DEMO-1") == pl.artifact_path("DEMO-1", pl.STAGING_LOG)
+    assert lp.verdict_path(GATE_DEPLOY, "DEMO-1") == pl.artifact_path("DEMO-1", pl.DEPLOY_LOG)
+    assert lp.verdict_path("tests_passed", "DEMO-1") is None
     assert gp.GATE_FILES["staging_status"] == (pl.STAGING_LOG,)
     assert gp.GATE_FILES["deploy_status"] == (pl.DEPLOY_LOG,)
+
+
+# --- keyed on the gate, not the stage name ---------------------------------------------------
+
+RENAMED = [
+    {"name": "analysis", "role": "analyst", "gate": "analysis_complete"},
+    {"name": "development", "role": "developer", "gate": "ci_green"},
+    {"name": "stage-it", "role": "deployer", "gate": "staging_status", "merge": True},
+    {"name": "ship", "role": "deployer", "gate": "deploy_status", "on_fail": "development"},
+]
+
+
+def fake_config(stages: list[dict[str, object]] | None = None) -> Config:
+    """A config with the test repository, and optionally a renamed pipeline."""
+    overrides: dict[str, object] = {
+        "data_dir": "/data",
+        "repos": [msgspec.to_builtins(REPO)],
+        "agents": {"developer": {"command": ["{python}", "agent.py", "{stage}"], "timeout_s": 7.0}},
+        "deploy": {"timeout_s": 42.0},
+    }
+    if stages is not None:
+        overrides["pipeline"] = {"stages": stages}
+    return config_mod.load(env={}, overrides=overrides)
+
+
+def plan_for(launch: LaunchOrder, cfg: Config) -> lp.LaunchPlan:
+    return lp.plan(
+        launch,
+        cfg,
+        worktree=WORKTREE,
+        run_dir="/data/runs/DEMO-1/x.2",
+        python=PYTHON,
+        base_env={"HOME": "/home/c", "CONVEYOR_LEAK": "x"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "gate", "command", "verdict"),
+    [
+        ("stage-it", GATE_STAGING, REPO.staging_command, pl.STAGING_LOG),
+        ("ship", GATE_DEPLOY, REPO.deploy_command, pl.DEPLOY_LOG),
+    ],
+)
+def test_a_renamed_deploy_stage_still_runs_its_command_and_clears_its_verdict(
+    stage: str, gate: str, command: list[str], verdict: str
+):
+    launch = order(stage=stage, role="deployer")
+    plan = plan_for(launch, fake_config(RENAMED))
+    values = lp.placeholder_values(launch, WORKTREE)
+    assert plan.kind == "deploy"
+    assert plan.gate == gate
+    assert plan.command == lp.substitute(lp.python_argv(command, PYTHON), values)
+    assert plan.argv == lp.wrap(plan.command, exit_file=plan.exit_file, python=PYTHON)
+    assert plan.verdict_path == pl.artifact_path("DEMO-1", verdict)
+    assert plan.env["CONVEYOR_GATE"] == gate
+    assert json.loads(plan.env["CONVEYOR_DEPLOY_COMMAND"]) == plan.command
+    assert plan.timeout_s == 42.0
+    assert plan.prompt == ""
+
+
+def test_a_stage_named_deploy_with_another_gate_runs_its_agent():
+    stages = [{"name": "deploy", "role": "developer", "gate": "ci_green"}]
+    plan = plan_for(order(stage="deploy"), fake_config(stages))
+    assert plan.kind == "agent"
+    assert plan.command == []
+    assert plan.verdict_path is None
+    assert plan.env["CONVEYOR_GATE"] == "ci_green"
+    assert json.loads(plan.env["CONVEYOR_DEPLOY_COMMAND"]) == []
+
+
+def test_the_plan_of_an_agent_run_names_its_files_argv_prompt_and_timeout():
+    launch = order()
+    plan = plan_for(launch, fake_config())
+    assert plan.kind == "agent"
+    assert plan.exit_file == "/data/runs/DEMO-1/x.2/exit_code"
+    assert plan.log_path == "/data/runs/DEMO-1/x.2/output.log"
+    assert plan.cwd == WORKTREE
+    assert plan.argv == lp.wrap(
+        [PYTHON, "agent.py", "development"], exit_file=plan.exit_file, python=PYTHON
+    )
+    assert plan.prompt == lp.prompt(launch)
+    assert plan.timeout_s == 7.0
+    assert plan.env["CONVEYOR_GATE"] == "ci_green"
+    assert plan.env["HOME"] == "/home/c"
+    assert "CONVEYOR_LEAK" not in plan.env
+    assert plan.verdict_path is None
+
+
+@pytest.mark.parametrize("role", ["intake", "merge"])
+def test_a_built_in_step_plans_no_process(role: str):
+    plan = plan_for(order(stage="stage-it", role=role), fake_config(RENAMED))
+    assert plan.kind == role
+    assert plan.argv == []
+    assert plan.command == []
+    assert plan.verdict_path is None
+
+
+def test_the_plan_of_an_unknown_repository_is_refused():
+    with pytest.raises(InvalidField):
+        plan_for(order(repo="nope"), fake_config())
+
+
+def test_a_stage_no_longer_configured_has_no_gate_and_runs_no_deploy():
+    cfg = fake_config(RENAMED)
+    assert lp.stage_gate(cfg, "deploy") == ""
+    assert plan_for(order(stage="deploy", role="deployer"), cfg).kind == "agent"

@@ -28,8 +28,6 @@ AGENTS = "conveyor.agents"
 KNOWN_EXCEPTIONS = {
     # Plane's poller builds the Reconciler's `PolledItem`; the type moves below `actors`.
     ("gateways.plane", "actors.reconciler_policy"),
-    # The monitor borrows the Launcher's process helpers until they move to the foundation.
-    ("actors.monitor", "actors.launcher"),
     # The Reaper asks the QueueWorker with `RunningSnapshot`, a message kept in the actor module.
     ("actors.reaper", "actors.queue_worker"),
 }

@@ -1,0 +1,92 @@
+"""What every step of one launch is given: the explicit context, and what it reports back."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from bus.effects import Ledger
+from bus.messages import LeaseReply
+from conveyor.clock import Clock
+from conveyor.config import Config
+from conveyor.errors import ConveyorError
+from conveyor.layout import Layout
+from gateways.forge import Forge
+
+
+class Abandoned(ConveyorError):
+    """This launcher stopped; the run is left for the next incarnation to adopt."""
+
+
+KILLED = "killed: job cancelled"
+"""The error of a run whose job a KillJob cancelled."""
+
+
+class RunStarted(msgspec.Struct, frozen=True):
+    """Run thread -> Launcher: the process exists.
+
+    `adopted`: a previous incarnation started it; only its pid is news (a kill target).
+    """
+
+    run_id: str
+    pid: int
+    create_time: float
+    adopted: bool = False
+
+
+class RunDone(msgspec.Struct, frozen=True):
+    """Run thread -> Launcher: the run and its post-steps are over."""
+
+    run_id: str
+    exit_code: int | None
+    head_sha: str = ""
+    error: str = ""
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    defer_s: float = 0.0
+
+
+LeaseRequest = Callable[[str, msgspec.Struct], LeaseReply]
+"""Ask the LeaseKeeper (subject, request); an unreachable keeper answers not granted."""
+
+ReportStarted = Callable[[RunStarted, bool], None]
+"""Tell the Launcher a process exists; with True, return only once it stored the pid."""
+
+
+class RepoLocks:
+    """One lock per repository: its workspace clone is shared by every task's worktree."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, repo: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(repo, threading.Lock())
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobContext:
+    """Everything one run may use; never the Launcher actor itself."""
+
+    cfg: Config
+    clock: Clock
+    layout: Layout
+    forge: Forge
+    effects: Ledger
+    lease: LeaseRequest
+    launcher: str
+    """The launcher's stable name (a restarted launcher adopts the runs of its name)."""
+    host: str
+    python: str
+    """The interpreter that replaces `{python}` in configured commands."""
+    repo_lock: RepoLocks
+    abandoned: threading.Event
+    """Set when this launcher incarnation stops."""
+    report_started: ReportStarted
+    report_done: Callable[[RunDone], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set by the Launcher when a KillJob for this run's job arrives."""

@@ -1,0 +1,179 @@
+"""The git and forge steps around a run: worktree, stale verdict, commit/push/PR/CI, intake."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from actors import launcher_policy as policy
+from actors.jobs.context import Abandoned, JobContext, RunDone
+from actors.jobs.leases import TransitionFence, transition
+from actors.launcher_policy import LaunchPlan, Run
+from bus.effects import effect_key
+from bus.messages import LaunchOrder
+from conveyor import faults, procs
+from conveyor.logs import get_logger
+from gateways import git
+from gateways.forge import PullRequest
+
+log = get_logger(__name__)
+
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def tail(path: Path) -> str:
+    """The last `LOG_TAIL_BYTES` of a run's output ("" when there is none)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Path:
+    """The task's worktree on its branch, cloning the repository's workspace if needed."""
+    workspace = ctx.layout.workspace(order.repo)
+    worktree = ctx.layout.worktree(order.repo, order.task_id)
+    with ctx.repo_lock(order.repo):
+        git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)
+        git.ensure_worktree(workspace, worktree, order.branch)
+    return worktree
+
+
+def clear_previous_verdict(
+    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: str | None
+) -> None:
+    """Take an earlier visit's verdict (`relative`) off the branch before this visit's work.
+
+    The gate reads the branch head once the job ends, whatever way it ends: a job
+    that fails before writing its verdict (reaped, attempts spent) must find no
+    verdict rather than the previous visit's. Pushed every time, so a deletion a
+    dead incarnation committed but never pushed reaches the forge too.
+    """
+    if relative is None:
+        return
+    with transition(ctx, order, wait=True) as fence:
+        stale = worktree / relative
+        existed = stale.exists()
+        stale.unlink(missing_ok=True)
+        fence.check("push")
+        with ctx.repo_lock(order.repo):
+            git.commit_all(
+                worktree,
+                f"conveyor: {order.task_id} clear the previous {order.stage} verdict "
+                f"(visit {order.visit})",
+            )
+            git.push_branch(worktree, order.branch)
+    if existed:
+        log.info("launcher.verdict_cleared", job_id=order.job_id, path=relative)
+
+
+def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Path:
+    """The worktree, without the previous visit's verdict, and the run directory, made."""
+    worktree = prepare_worktree(ctx, order)
+    clear_previous_verdict(ctx, order, worktree, plan.verdict_path)
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    return worktree
+
+
+def run_process(
+    ctx: JobContext,
+    run: Run,
+    plan: LaunchPlan,
+    worktree: Path,
+    on_started: Callable[[int, float], None],
+    stdin_path: Path | None = None,
+) -> procs.Wrapped:
+    """Run the plan's process in the worktree, output to the run's log, to its end."""
+    return procs.run_wrapped(
+        plan.argv,
+        exit_file=Path(plan.exit_file),
+        cwd=worktree,
+        log_path=run.log_path,
+        env=plan.env,
+        timeout_s=plan.timeout_s,
+        kill_grace_s=ctx.cfg.launcher.kill_grace_s,
+        stdin_path=stdin_path,
+        on_started=on_started,
+    )
+
+
+def ensure_pull(
+    ctx: JobContext, order: LaunchOrder, head: str, body: str, *, after_merge: bool
+) -> PullRequest:
+    """The branch's pull request, opened at most once per head (effect ledger).
+
+    `after_merge`: a PR merged at an older head does not count (a rework after a
+    merge needs a new one); post-steps leave that to the merge step.
+    """
+
+    def _current() -> PullRequest | None:
+        pull = ctx.forge.find_pull(order.repo, order.branch)
+        if pull is not None and after_merge and pull.merged and pull.head_sha != head:
+            return None
+        return pull
+
+    existing = _current()
+    if existing is not None:
+        return existing
+
+    def _open() -> str:
+        title = f"{order.task_id}: {order.title or order.task_id}"
+        return str(ctx.forge.open_pull(order.repo, order.branch, title, body).number)
+
+    def _probe() -> str | None:
+        found = _current()
+        return str(found.number) if found is not None else None
+
+    number = ctx.effects.once(effect_key(order.task_id, "pull", head), _open, _probe)
+    return ctx.forge.get_pull(order.repo, int(number))
+
+
+def post_steps(ctx: JobContext, run: Run, order: LaunchOrder, exit_code: int) -> RunDone:
+    """Commit, push, open the pull request, let the forge run CI; all idempotent."""
+    if ctx.abandoned.is_set():
+        raise Abandoned(run.id)
+    with transition(ctx, order, wait=True) as fence:
+        return _post_steps_fenced(ctx, run, order, exit_code, fence)
+
+
+def _post_steps_fenced(
+    ctx: JobContext, run: Run, order: LaunchOrder, exit_code: int, fence: TransitionFence
+) -> RunDone:
+    worktree = ctx.layout.worktree(order.repo, order.task_id)
+    usage = policy.parse_usage(tail(Path(run.log_path)))
+    fence.check("push")
+    with ctx.repo_lock(order.repo):
+        git.commit_all(
+            worktree,
+            f"{order.role}: {order.task_id} {order.stage} "
+            f"(visit {order.visit}, attempt {order.attempt})",
+        )
+        faults.point("launcher.committed")
+        sha = git.push_branch(worktree, order.branch)
+    faults.point("launcher.pushed")
+    # A rework after a merge gets its new pull request from the merge step.
+    if ctx.forge.find_pull(order.repo, order.branch) is None:
+        fence.check("pull request")
+        body = f"Work item {order.task_id}, delivered by Conveyor."
+        ensure_pull(ctx, order, sha, body, after_merge=False)
+        faults.point("launcher.pr_opened")
+    status = ctx.forge.commit_status(order.repo, sha)
+    # A pending status is a check that died with an earlier incarnation: run it again.
+    if status is None or status.state == "pending":
+        ctx.forge.on_push(order.repo, order.branch, sha)
+        faults.point("launcher.checked")
+    return RunDone(run_id=run.id, exit_code=exit_code, head_sha=sha, usage=usage)
+
+
+def intake(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionFence) -> RunDone:
+    """The built-in intake step: push the task's new branch to the forge."""
+    worktree = prepare_worktree(ctx, order)
+    fence.check("push")
+    with ctx.repo_lock(order.repo):
+        sha = git.push_branch(worktree, order.branch)
+    return RunDone(run_id=run.id, exit_code=0, head_sha=sha)
