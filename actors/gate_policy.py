@@ -378,20 +378,19 @@ def _tests_passed(task: GateSubject, inputs: GateInputs) -> GateResult:
     return GateResult(verdict="rework", reason="test report FAIL")
 
 
-def _staging_status(task: GateSubject, inputs: GateInputs) -> GateResult:
-    staging = _doc(inputs, task.id, STAGING_LOG, StagingFM)
-    _current_verdict(staging, task, STAGING_LOG)
-    if _passes(_STAGING_RULE, staging):
-        return GateResult(verdict="pass", reason="staging SUCCESS")
-    return GateResult(verdict="rework", reason="staging FAILED")
+def _deploy_verdict(
+    rule: ArtifactRule, schema: type[_VerdictFM], label: str
+) -> Callable[[GateSubject, GateInputs], GateResult]:
+    """The gate of a deploy stage: its log's current verdict, SUCCESS or back to rework."""
 
+    def _evaluate(task: GateSubject, inputs: GateInputs) -> GateResult:
+        log = _doc(inputs, task.id, rule.name, schema)
+        _current_verdict(log, task, rule.name)
+        if _passes(rule, log):
+            return GateResult(verdict="pass", reason=f"{label} SUCCESS")
+        return GateResult(verdict="rework", reason=f"{label} FAILED")
 
-def _deploy_status(task: GateSubject, inputs: GateInputs) -> GateResult:
-    deploy = _doc(inputs, task.id, DEPLOY_LOG, DeployFM)
-    _current_verdict(deploy, task, DEPLOY_LOG)
-    if _passes(_DEPLOY_RULE, deploy):
-        return GateResult(verdict="pass", reason="deploy SUCCESS")
-    return GateResult(verdict="rework", reason="deploy FAILED")
+    return _evaluate
 
 
 _EVALUATORS: dict[str, Callable[[GateSubject, GateInputs], GateResult]] = {
@@ -403,6 +402,6 @@ _EVALUATORS: dict[str, Callable[[GateSubject, GateInputs], GateResult]] = {
     GATE_CI_GREEN: _ci_green,
     GATE_REVIEW: _review_approved,
     GATE_TESTS: _tests_passed,
-    GATE_STAGING: _staging_status,
-    GATE_DEPLOY: _deploy_status,
+    GATE_STAGING: _deploy_verdict(_STAGING_RULE, StagingFM, "staging"),
+    GATE_DEPLOY: _deploy_verdict(_DEPLOY_RULE, DeployFM, "deploy"),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -25,20 +26,27 @@ log = get_logger(__name__)
 
 def execute(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan | None) -> None:
     """Run one launch to its end and report it; `plan` None: the launch could not be planned."""
+
+    def _launch() -> RunDone:
+        chosen = plan if plan is not None else _plan(ctx, run, order)
+        if chosen.kind == "deploy":
+            return run_deploy(ctx, run, order, chosen)
+        if chosen.kind == "agent":
+            return run_agent(ctx, run, order, chosen)
+        return _builtin(ctx, run, order)
+
+    _finish(ctx, run, _launch, failed_event="launcher.run_failed")
+
+
+def _finish(ctx: JobContext, run: Run, body: Callable[[], RunDone], *, failed_event: str) -> None:
+    """Report what `body` returns; an abandoned run reports nothing (the next incarnation will)."""
     try:
-        if plan is None:
-            plan = _plan(ctx, run, order)
-        if plan.kind == "deploy":
-            done = run_deploy(ctx, run, order, plan)
-        elif plan.kind == "agent":
-            done = run_agent(ctx, run, order, plan)
-        else:
-            done = _builtin(ctx, run, order)
+        done = body()
     except Abandoned:
         log.info("launcher.run_abandoned", job_id=run.job_id)
         return
     except Exception as err:
-        log.exception("launcher.run_failed", job_id=run.job_id)
+        log.exception(failed_event, job_id=run.job_id)
         done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
     ctx.report_done(done)
 
@@ -72,15 +80,7 @@ def _builtin(ctx: JobContext, run: Run, order: LaunchOrder) -> RunDone:
 
 def resume(ctx: JobContext, run: Run, order: LaunchOrder) -> None:
     """Wait for a run a previous incarnation started, or report its result; never rerun it."""
-    try:
-        done = _resume(ctx, run, order)
-    except Abandoned:
-        log.info("launcher.run_abandoned", job_id=run.job_id)
-        return
-    except Exception as err:
-        log.exception("launcher.adopt_failed", job_id=run.job_id)
-        done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")
-    ctx.report_done(done)
+    _finish(ctx, run, lambda: _resume(ctx, run, order), failed_event="launcher.adopt_failed")
 
 
 def _resume(ctx: JobContext, run: Run, order: LaunchOrder) -> RunDone:
