@@ -323,6 +323,22 @@ class Alert(Message, frozen=True):
 # --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------
 
 
+class PolledItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A Plane work item as a poll saw it, with its state's name resolved.
+
+    In-process only (Plane poller -> Reconciler), never on the wire.
+    """
+
+    project_id: str
+    id: str
+    sequence_id: int
+    name: str
+    description: str = ""
+    state_id: str
+    state_name: str
+    updated_at: str = ""
+
+
 class WorkItemEvent(Message, frozen=True):
     """Gateway or Reconciler -> Intake: a Plane work item was created, changed or deleted.
 
