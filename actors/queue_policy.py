@@ -29,6 +29,10 @@ CANCELLED = "cancelled"
 FINISHED = frozenset({DONE, FAILED, CANCELLED})
 
 
+class RunningSnapshot(msgspec.Struct, frozen=True):
+    """Reaper -> QueueWorker (ask): the jobs currently running."""
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     """One unit of work for the Launcher; owned by the QueueWorker alone."""
 

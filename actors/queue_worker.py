@@ -8,7 +8,7 @@ import msgspec
 
 from actors import queue_policy as policy
 from actors.owner import Owner, flush_outbox
-from actors.queue_policy import Job
+from actors.queue_policy import Job, RunningSnapshot
 from bus.bridge import Bus, Delivery, Store, Versioned
 from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, ReapJob, Tick
 from conveyor import faults
@@ -17,10 +17,6 @@ from conveyor.config import QueueConfig
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
-
-
-class RunningSnapshot(msgspec.Struct, frozen=True):
-    """Reaper -> QueueWorker (ask): the jobs currently running."""
 
 
 class QueueStatus(msgspec.Struct, frozen=True):

@@ -12,8 +12,7 @@ import pykka
 from actors import reaper_policy as policy
 from actors.launcher_policy import Run, run_key
 from actors.owner import Owner
-from actors.queue_policy import Job
-from actors.queue_worker import RunningSnapshot
+from actors.queue_policy import Job, RunningSnapshot
 from actors.reaper_policy import ReaperState, RunningJob
 from bus.bridge import Bus, Store
 from bus.messages import ReapJob, RunHeartbeat, Tick

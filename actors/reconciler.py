@@ -19,10 +19,10 @@ import pykka
 
 from actors import reconciler_policy as policy
 from actors.owner import Owner
-from actors.reconciler_policy import PolledItem, TaskRow
+from actors.reconciler_policy import TaskRow
 from actors.task_summary import AllTasks
 from bus.bridge import Bus
-from bus.messages import Alert, Reevaluate, Tick
+from bus.messages import Alert, PolledItem, Reevaluate, Tick
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.logs import get_logger

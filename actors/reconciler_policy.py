@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from actors.intake_policy import state_key, task_id_for
-from bus.messages import WorkItemEvent
+from bus.messages import PolledItem, WorkItemEvent
 from conveyor.config import Config
 from conveyor.pipeline import (
     JOB_DONE,
@@ -47,19 +47,6 @@ class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
     hold: str = ""
     tracker_state: str = ""
     updated_at: float = 0.0
-
-
-class PolledItem(msgspec.Struct, frozen=True, kw_only=True):
-    """A Plane work item as a poll saw it, with its state's name resolved."""
-
-    project_id: str
-    id: str
-    sequence_id: int
-    name: str
-    description: str = ""
-    state_id: str
-    state_name: str
-    updated_at: str = ""
 
 
 class Replay(msgspec.Struct, frozen=True, kw_only=True):

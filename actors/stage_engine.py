@@ -13,7 +13,14 @@ from actors import stage_policy as policy
 from actors.gate_policy import GateInputs, GateResult
 from actors.owner import Owner, flush_outbox
 from actors.stage_policy import Task
-from actors.task_summary import AllTasks, FindTasks, TaskIndex, TaskSummary, summarize
+from actors.task_summary import (
+    AllTasks,
+    FindTasks,
+    GetTask,
+    TaskIndex,
+    TaskSummary,
+    summarize,
+)
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -184,6 +191,9 @@ class StageEngine(Owner):
                 return self._summaries(self._tasks)
             case FindTasks():
                 return self._summaries(sorted(self._index.find(message)))
+            case GetTask(task_id=task_id):
+                entry = self._tasks.get(task_id)
+                return summarize(entry.value) if entry is not None else None
             case Tick():
                 self._heal()
             case _:

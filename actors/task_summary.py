@@ -63,6 +63,12 @@ class AllTasks(msgspec.Struct, frozen=True):
     """Another actor -> StageEngine (ask): every task's summary, oldest first."""
 
 
+class GetTask(msgspec.Struct, frozen=True):
+    """Another part -> StageEngine (ask): one task's summary, or None when it is unknown."""
+
+    task_id: str
+
+
 class FindTasks(msgspec.Struct, frozen=True, kw_only=True):
     """Another actor -> StageEngine (ask): live tasks of `repo` that match any filter given.
 

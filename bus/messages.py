@@ -135,6 +135,9 @@ class JobRequested(Message, frozen=True):
     title: str
     description: str = ""
     requested_at: float = 0.0
+    brief: str = ""
+    """Why the task came back to this stage (review findings, failing tests, …); empty on a
+    first visit. The next run of the role gets it in its prompt."""
 
 
 class JobsCancelled(Message, frozen=True):
@@ -174,6 +177,10 @@ class JobFinished(Message, frozen=True):
     defer_s: float = 0.0
     """> 0: the attempt could not start its work (a busy lease); run it again later
     without spending an attempt."""
+    outcome: str = ""
+    """How the agent run ended (`conveyor.pipeline.AgentOutcome`); empty when unknown."""
+    reason: str = ""
+    """The outcome for people: "rate limited (429)", "authentication refused", "stalled"."""
 
 
 class JobOutcome(Message, frozen=True):
@@ -192,6 +199,10 @@ class JobOutcome(Message, frozen=True):
     """The branch head the job left behind (empty when it pushed nothing)."""
     cost_usd: float = 0.0
     """What the agent reported spending over every attempt of the job."""
+    outcome: str = ""
+    """How the last attempt's agent run ended (`conveyor.pipeline.AgentOutcome`)."""
+    reason: str = ""
+    """The last attempt's outcome for people ("rate limited (429)", "stalled", …)."""
 
 
 class RunHeartbeat(Message, frozen=True):
@@ -201,6 +212,9 @@ class RunHeartbeat(Message, frozen=True):
     attempt: int
     launcher: str
     at: float
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Running token and USD totals of the agent so far (`input_tokens`, `output_tokens`,
+    `cached_tokens`, `cost_usd`); empty when the agent reports none."""
 
 
 class ReapJob(Message, frozen=True):
@@ -284,6 +298,8 @@ class LaunchOrder(Message, frozen=True):
     branch: str
     title: str
     description: str = ""
+    brief: str = ""
+    """The rework brief of the job's request, for the agent's prompt."""
 
 
 class KillJob(Message, frozen=True):
@@ -321,6 +337,22 @@ class Alert(Message, frozen=True):
 
 
 # --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------
+
+
+class PolledItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A Plane work item as a poll saw it, with its state's name resolved.
+
+    In-process only (Plane poller -> Reconciler), never on the wire.
+    """
+
+    project_id: str
+    id: str
+    sequence_id: int
+    name: str
+    description: str = ""
+    state_id: str
+    state_name: str
+    updated_at: str = ""
 
 
 class WorkItemEvent(Message, frozen=True):

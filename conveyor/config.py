@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from conveyor import validate
 from conveyor.config_check import check
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.pipeline import (
@@ -446,11 +447,8 @@ def _dotted(message: str) -> str:
     if unknown:
         field, parent = unknown.groups()
         return f"{parent + '.' if parent else ''}{field}: unknown key"  # parent may be None
-    located = re.fullmatch(r"(.*) - at `\$\.?(.*)`", message)
-    if located:
-        problem, path = located.groups()
-        return f"{path or '(top level)'}: {problem.replace('`', '')}"
-    return message
+    path, problem = validate.msgspec_error(message)
+    return f"{path or '(top level)'}: {problem.replace('`', '')}"
 
 
 def python_argv(argv: list[str]) -> list[str]:

@@ -169,6 +169,37 @@ RUN_RUNNING: Final = "running"
 RUN_FINISHED: Final = "finished"
 
 
+# --- how an agent run ended (the adapters' parsers and the Launcher decide) ---------------
+
+AgentOutcome = Literal[
+    "",
+    "success",
+    "error",
+    "rate_limited",
+    "overloaded",
+    "auth_refused",
+    "context_exceeded",
+    "permission_denied",
+    "stalled",
+    "timed_out",
+    "over_budget",
+]
+OUTCOME_UNKNOWN: Final = ""
+"""No outcome was read (the demo agent, an older launcher, a built-in step)."""
+OUTCOME_SUCCESS: Final = "success"
+OUTCOME_ERROR: Final = "error"
+OUTCOME_RATE_LIMITED: Final = "rate_limited"
+OUTCOME_OVERLOADED: Final = "overloaded"
+OUTCOME_AUTH_REFUSED: Final = "auth_refused"
+OUTCOME_CONTEXT_EXCEEDED: Final = "context_exceeded"
+OUTCOME_PERMISSION_DENIED: Final = "permission_denied"
+OUTCOME_STALLED: Final = "stalled"
+OUTCOME_TIMED_OUT: Final = "timed_out"
+OUTCOME_OVER_BUDGET: Final = "over_budget"
+WAIT_OUTCOMES: Final = frozenset({OUTCOME_RATE_LIMITED, OUTCOME_OVERLOADED})
+"""The model API asked us to come back later: wait, do not spend an attempt."""
+
+
 def artifact_path(task_id: str, name: str) -> str:
     """Path of an artifact inside the repository."""
     return f"{WORK_ITEMS_DIR}/{task_id}/{name}"

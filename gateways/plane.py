@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from actors.reconciler_policy import PolledItem
+from bus.messages import PolledItem
 from conveyor import retry
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pykka
 
-from actors.stage_engine import StatusQuery
+from actors.task_summary import GetTask, TaskSummary
 from conveyor.agents import demo_repo as demo
 from conveyor.clock import Clock
 from conveyor.config import Config, python_argv
@@ -75,14 +75,11 @@ def start_tracker_sync(
         return TrackerSync.start(LocalTracker(Layout(cfg.data_path).tracker, clock)), None
 
     def _refs(task_id: str) -> tuple[str, str] | None:
-        task = cast(
-            "dict[str, Any] | None",
-            engine.ask(StatusQuery(kind="task", task_id=task_id), timeout=10),
-        )
-        if not task or not task.get("external_id"):
+        task = cast("TaskSummary | None", engine.ask(GetTask(task_id), timeout=10))
+        if task is None or not task.external_id:
             return None
-        project = cfg.repo(task["repo"]).plane_project
-        return (project, task["external_id"]) if project else None
+        project = cfg.repo(task.repo).plane_project
+        return (project, task.external_id) if project else None
 
     plane = PlaneTracker(cfg.plane, _refs)
     sync = TrackerSync.start(

@@ -32,6 +32,7 @@ from bus.messages import (
     Retry,
     Submit,
 )
+from conveyor import validate
 from conveyor.errors import ConveyorError, InvalidField
 from conveyor.logs import get_logger
 
@@ -66,13 +67,10 @@ def decode_command(subject: str, data: bytes) -> msgspec.Struct:
     try:
         return msgspec.json.decode(data or b"{}", type=kind)
     except msgspec.ValidationError as err:
-        message = str(err)
-        field = "body"
-        if "missing required field" in message:
-            field = message.split("`")[1] if "`" in message else field
-        elif "- at `$." in message:
-            field = message.rsplit("- at `$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        raise InvalidField(field, message) from err
+        path, _problem = validate.msgspec_error(str(err))
+        # Command bodies are flat: the top-level key is the field the sender got wrong.
+        field = path.split(".")[0].split("[")[0] or "body"
+        raise InvalidField(field, str(err)) from err
     except msgspec.DecodeError as err:
         raise InvalidField("body", f"not valid JSON: {err}") from err
 

@@ -10,8 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.queue_policy import Job
-from actors.queue_worker import RunningSnapshot
+from actors.queue_policy import Job, RunningSnapshot
 from bus import subjects
 from bus.messages import ReapJob, RunHeartbeat
 from conveyor.config import Config

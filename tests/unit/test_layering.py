@@ -25,12 +25,7 @@ JOBS = "actors.jobs"
 APP = "conveyor.app"
 AGENTS = "conveyor.agents"
 
-KNOWN_EXCEPTIONS = {
-    # Plane's poller builds the Reconciler's `PolledItem`; the type moves below `actors`.
-    ("gateways.plane", "actors.reconciler_policy"),
-    # The Reaper asks the QueueWorker with `RunningSnapshot`, a message kept in the actor module.
-    ("actors.reaper", "actors.queue_worker"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 """Edges the tree still has that the floors forbid; each one goes when its code moves."""
 
 
