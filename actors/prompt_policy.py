@@ -19,12 +19,13 @@ import msgspec
 from actors.gate_policy import GATE_CONTRACTS, IDENTITY_KEYS, ArtifactRule, GateContract
 from actors.role_text_policy import ROLE_TEXTS
 from bus.messages import LaunchOrder
-from conveyor.config import INSTRUCTIONS_MAX_BYTES, Config, StageConfig
+from conveyor.config import Config, StageConfig
 from conveyor.pipeline import WORK_ITEMS_DIR, artifact_path
 
 REPO_INSTRUCTIONS_DIR = ".conveyor/agents"
 """Where a repository keeps its own role texts: `<dir>/<role>.md`."""
 
+ROLE_TEXT_MAX_CHARS = 64 * 1024
 TITLE_MAX_CHARS = 200
 DESCRIPTION_MAX_CHARS = 64 * 1024
 BRIEF_MAX_CHARS = 16 * 1024
@@ -49,9 +50,9 @@ def choose_prose(role: str, *, operator: str | None, repo: str | None) -> tuple[
     None or a blank text means that source has nothing to offer.
     """
     if operator is not None and operator.strip():
-        return bounded(operator, INSTRUCTIONS_MAX_BYTES), "config"
+        return bounded(operator, ROLE_TEXT_MAX_CHARS), "config"
     if repo is not None and repo.strip():
-        return bounded(repo, INSTRUCTIONS_MAX_BYTES), "repository"
+        return bounded(repo, ROLE_TEXT_MAX_CHARS), "repository"
     return ROLE_TEXTS.get(role, ""), "shipped"
 
 

@@ -21,6 +21,7 @@ import msgspec
 from conveyor import validate
 from conveyor.config_check import check
 from conveyor.errors import ConfigError, InvalidField
+from conveyor.instructions import anchor_instructions, check_instructions
 from conveyor.pipeline import (
     AGENT_ROLES,
     GATE_ANALYSIS,
@@ -119,10 +120,6 @@ class AgentConfig(_Section, frozen=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     instructions: str = ""
     """A file whose text replaces the role's shipped instructions; empty: none."""
-
-
-INSTRUCTIONS_MAX_BYTES = 64 * 1024
-"""Largest role instruction file read (operator file or repository file)."""
 
 
 def _demo_agent() -> AgentConfig:
@@ -440,7 +437,7 @@ def load(
     if path is not None and isinstance(data_dir, str) and not Path(data_dir).is_absolute():
         data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
     if path is not None:
-        _anchor_instructions(data, path.parent.resolve())
+        anchor_instructions(data, path.parent.resolve())
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as err:
@@ -448,36 +445,6 @@ def load(
     check(cfg)
     check_instructions(cfg)
     return cfg
-
-
-def _anchor_instructions(data: dict[str, Any], base: Path) -> None:
-    """Make relative `agents.<role>.instructions` paths relative to the config file."""
-    agents = data.get("agents")
-    for table in agents.values() if isinstance(agents, dict) else ():
-        path = table.get("instructions") if isinstance(table, dict) else None
-        if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
-            table["instructions"] = str(base / path)
-
-
-def read_instructions(path: str) -> str:
-    """The text of an instruction file; raises OSError or ValueError (too large, not UTF-8)."""
-    with Path(path).expanduser().open("rb") as handle:
-        data = handle.read(INSTRUCTIONS_MAX_BYTES + 1)
-    if len(data) > INSTRUCTIONS_MAX_BYTES:
-        raise ValueError(f"larger than {INSTRUCTIONS_MAX_BYTES} bytes")
-    return data.decode()
-
-
-def check_instructions(cfg: Config) -> None:
-    """Every configured role instruction file is readable now, or start-up stops."""
-    for role in ROLES:
-        path = cfg.agents.for_role(role).instructions
-        if not path:
-            continue
-        try:
-            read_instructions(path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"agents.{role}.instructions: cannot use {path!r}: {err}") from err
 
 
 def _dotted(message: str) -> str:

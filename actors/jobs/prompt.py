@@ -8,7 +8,7 @@ from actors import launcher_policy as policy
 from actors import prompt_policy
 from actors.jobs.context import JobContext
 from bus.messages import LaunchOrder
-from conveyor.config import read_instructions
+from conveyor.instructions import read_instructions
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)

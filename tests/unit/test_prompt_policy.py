@@ -162,11 +162,11 @@ def test_operator_text_beats_the_repository_text_which_beats_the_shipped_one() -
 
 def test_a_blank_override_offers_nothing_and_a_long_one_is_cut() -> None:
     assert pp.choose_prose("tester", operator=" \n", repo="") == (ROLE_TEXTS["tester"], "shipped")
-    long = "x" * (config_mod.INSTRUCTIONS_MAX_BYTES + 10)
+    long = "x" * (pp.ROLE_TEXT_MAX_CHARS + 10)
     prose, source = pp.choose_prose("tester", operator=None, repo=long)
     assert source == "repository"
     assert prose.endswith(pp.TRUNCATED)
-    assert len(prose) == config_mod.INSTRUCTIONS_MAX_BYTES + len(pp.TRUNCATED)
+    assert len(prose) == pp.ROLE_TEXT_MAX_CHARS + len(pp.TRUNCATED)
 
 
 def test_the_repository_path_of_a_role_text() -> None:

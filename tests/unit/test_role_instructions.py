@@ -17,6 +17,7 @@ from bus.messages import LaunchOrder
 from conveyor import config as config_mod
 from conveyor.config import Config
 from conveyor.errors import ConfigError
+from conveyor.instructions import INSTRUCTIONS_MAX_BYTES
 
 ITEM = "DEMO-3"
 
@@ -50,7 +51,7 @@ def test_a_missing_instructions_file_stops_start_up_naming_the_key(tmp_path: Pat
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (b"x" * (config_mod.INSTRUCTIONS_MAX_BYTES + 1), "larger than"),
+        (b"x" * (INSTRUCTIONS_MAX_BYTES + 1), "larger than"),
         (b"\xff\xfe not text", "decode"),
     ],
 )
