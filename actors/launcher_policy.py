@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 
 from actors import prompt_policy
+from actors.role_text_policy import ROLE_TEXTS
 from bus.messages import LaunchOrder
 from conveyor.config import Config, RepoConfig
 from conveyor.pipeline import (
@@ -162,11 +163,7 @@ def prompt(
     the earlier stages' artifacts present in the worktree. Without `cfg` the
     contract is the default pipeline's.
     """
-    chosen = (
-        prose
-        if prose is not None
-        else prompt_policy.choose_prose(order.role, operator=None, repo=None)[0]
-    )
+    chosen = ROLE_TEXTS.get(order.role, "") if prose is None else prose
     return prompt_policy.render(order, cfg or Config(), prose=chosen, existing=existing)
 
 
