@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from actors import prompt_policy
+from actors.role_text_policy import ROLE_TEXTS
 from bus.messages import LaunchOrder
 from conveyor.config import Config, RepoConfig
 from conveyor.pipeline import (
@@ -148,16 +150,21 @@ def python_argv(argv: Sequence[str], python: str) -> list[str]:
     return [python if part == "{python}" else part for part in argv]
 
 
-def prompt(order: LaunchOrder) -> str:
-    """The task file an agent reads on stdin."""
-    return (
-        f"# {order.role} for {order.task_id}: {order.title}\n\n"
-        f"Repository: {order.repo}\nBranch: {order.branch}\nStage: {order.stage} "
-        f"(visit {order.visit}, attempt {order.attempt})\n"
-        f"Artifacts go in docs/work-items/{order.task_id}/ with YAML front matter; "
-        "the stage gate reads only the front matter.\n\n"
-        f"## Work item\n\n{order.description or '(no description)'}\n"
-    )
+def prompt(
+    order: LaunchOrder,
+    cfg: Config | None = None,
+    *,
+    prose: str | None = None,
+    existing: Sequence[str] = (),
+) -> str:
+    """The task file an agent reads: role text with its gate contract, work item, brief.
+
+    `prose`: the role's text chosen by the job (None: the shipped one); `existing`:
+    the earlier stages' artifacts present in the worktree. Without `cfg` the
+    contract is the default pipeline's.
+    """
+    chosen = ROLE_TEXTS.get(order.role, "") if prose is None else prose
+    return prompt_policy.render(order, cfg or Config(), prose=chosen, existing=existing)
 
 
 def parse_usage(tail: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import msgspec
 from conveyor import validate
 from conveyor.config_check import check
 from conveyor.errors import ConfigError, InvalidField
+from conveyor.instructions import anchor_instructions, check_instructions
 from conveyor.pipeline import (
     AGENT_ROLES,
     GATE_ANALYSIS,
@@ -117,6 +118,8 @@ class AgentConfig(_Section, frozen=True):
     command: list[str] = msgspec.field(default_factory=lambda: list(DEMO_AGENT_COMMAND))
     timeout_s: float = 1800.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    instructions: str = ""
+    """A file whose text replaces the role's shipped instructions; empty: none."""
 
 
 def _demo_agent() -> AgentConfig:
@@ -433,11 +436,14 @@ def load(
     data_dir = data.get("data_dir")
     if path is not None and isinstance(data_dir, str) and not Path(data_dir).is_absolute():
         data["data_dir"] = str((path.parent / data["data_dir"]).resolve())
+    if path is not None:
+        anchor_instructions(data, path.parent.resolve())
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as err:
         raise ConfigError(f"{where}: {_dotted(str(err))}") from err
     check(cfg)
+    check_instructions(cfg)
     return cfg
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.jobs.context import KILLED, JobContext, RunDone, RunStarted
+from actors.jobs.prompt import agent_prompt
 from actors.jobs.steps import post_steps, prepare_run, run_process
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
@@ -18,7 +19,7 @@ def run_agent(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -
     """Run the agent of `plan` to its end, then commit and push what it left."""
     worktree = prepare_run(ctx, run, order, plan)
     prompt_path = Path(run.run_dir) / "prompt.md"
-    prompt_path.write_text(plan.prompt)
+    prompt_path.write_text(agent_prompt(ctx, order, worktree))
 
     def _started(pid: int, create_time: float) -> None:
         faults.point("launcher.spawned")
