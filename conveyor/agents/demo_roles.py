@@ -105,11 +105,17 @@ def _output_section(run: CommandRun) -> str:
 _MALFORMED = "verdict: [unclosed\n"
 
 
+def _work_item(prompt: str) -> str:
+    """The work item's part of a prompt (it comes last, after the role text and the contract)."""
+    _, marker, rest = prompt.rpartition("\n## Work item ")
+    return marker.lstrip("\n") + rest if marker else prompt
+
+
 def _analyst(job: Job, behaviour: str) -> str:
     brd_fields: dict[str, object] = {"type": "brd", "work_item_id": job.item_id, "title": job.title}
     brd_body = (
         f"# BRD: {job.title}\n\n"
-        f"## Context\n\n{quote(job.prompt[:_PROMPT_EXCERPT_CHARS]) or '> TBD'}\n\n"
+        f"## Context\n\n{quote(_work_item(job.prompt)[:_PROMPT_EXCERPT_CHARS]) or '> TBD'}\n\n"
         "## Business goals\n\n- BG-1: deliver the requested feature behind a tested module.\n\n"
         "## Scope\n\n- In: one feature module and its unit test.\n- Out: everything else.\n\n"
         "## Assumptions\n\n- A-1: the existing test suite is green.\n\n"
