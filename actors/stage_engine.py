@@ -100,6 +100,7 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
             branch_head=head,
             ci_state=ci_state,
             pr_merged=pr_merged,
+            visit_base=task.visit_base_sha if gate == "ci_green" else "",
         )
     except Exception as err:  # noqa: BLE001 - an unreadable forge means "wait", not a crash
         return GateInputs(error=f"{type(err).__name__}: {err}")

@@ -11,9 +11,19 @@ from __future__ import annotations
 import msgspec
 
 from actors.gate_policy import GateResult
-from actors.task_policy import JOB_ENDED, HistoryEntry, breaker_open, job_id_for, remember
+from actors.task_policy import (
+    JOB_ENDED,
+    HistoryEntry,
+    breaker_open,
+    job_failure,
+    job_id_for,
+    remember,
+    with_job_failure,
+)
 from actors.task_policy import Decision as Decision
 from actors.task_policy import Task as Task
+from actors.task_policy import alert as _alert
+from actors.task_policy import escalate as _escalate
 from actors.task_policy import on_annotate as on_annotate
 from actors.task_policy import reevaluable as reevaluable
 from actors.task_policy import refuse as _refuse
@@ -39,8 +49,10 @@ from conveyor.pipeline import (
     GATE_DEPLOY,
     HOLD_STATES,
     JOB_CANCELLED,
+    JOB_FAILED,
     JOB_QUEUED,
     ON_FAIL_RETRY,
+    OUTCOME_AUTH_REFUSED,
     ROLE_DEVELOPER,
     ROLE_INTAKE,
     ROLE_MERGE,
@@ -78,8 +90,11 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
         visits=visits,
         job_id=job_id,
         job_status=JOB_QUEUED,
+        job_reason="",
         updated_at=now,
         jobs_requested=task.jobs_requested + 1,
+        # The work must move the head past where it stood when the work was asked for.
+        visit_base_sha=task.head_sha if task.step == STEP_WORK else task.visit_base_sha,
     )
     request = JobRequested(
         job_id=job_id,
@@ -164,15 +179,20 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
     if task.job_status == outcome.status:
         evaluate = outcome.status != JOB_CANCELLED and not task.escalated
         return Decision(reason="outcome already recorded", evaluate=evaluate)
+    failed = outcome.status == JOB_FAILED
     updated = msgspec.structs.replace(
         task,
         job_status=outcome.status,
         head_sha=outcome.head_sha or task.head_sha,
         cost_usd=task.cost_usd + outcome.cost_usd,
         budget_used_usd=task.budget_used_usd + outcome.cost_usd,
+        job_reason=job_failure(outcome) if failed else "",
     )
     if outcome.status == JOB_CANCELLED:
         return Decision(task=updated, reason="job cancelled")
+    if failed and outcome.outcome == OUTCOME_AUTH_REFUSED:
+        # Another run would be refused the same way: only a person can fix credentials.
+        return _escalate(updated, f"the {outcome.role} job failed: {updated.job_reason}", now)
     budget = cfg.pipeline.max_task_cost_usd
     if budget > 0 and updated.budget_used_usd >= budget:
         spent = f"${updated.budget_used_usd:.2f} of ${budget:.2f}"
@@ -188,10 +208,6 @@ def _next_stage(stage: str, cfg: Config) -> str:
     return names[index + 1] if index + 1 < len(names) else DONE
 
 
-def _alert(task: Task, text: str, now: float, level: str = "warning", kind: str = "") -> Alert:
-    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now, kind=kind)
-
-
 def on_gate(
     task: Task, job_id: str, result: GateResult, *, now: float, revision: int, cfg: Config
 ) -> Decision:
@@ -203,6 +219,7 @@ def on_gate(
     if task.job_status not in JOB_ENDED:
         return Decision(reason="job still running; gate not decided")
     stage_cfg = cfg.stage(task.stage)
+    result = with_job_failure(task, result)
     match result.verdict:
         case "wait":
             if task.last_reason == result.reason:
@@ -303,16 +320,6 @@ def _await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
         f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
     )
     return waiting, _alert(waiting, text, now, level="warning")
-
-
-def _escalate(task: Task, reason: str, now: float) -> Decision:
-    escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
-    text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
-    return Decision(
-        task=escalated,
-        emit=(_alert(task, text, now, level="error", kind="escalated"),),
-        reason=f"escalated: {reason}",
-    )
 
 
 def _counts_as_developer(task: Task, cfg: Config) -> bool:

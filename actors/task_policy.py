@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import msgspec
 
-from bus.messages import Annotate, BusMessage, Message, TrackerUpdate
+from actors.gate_policy import GateResult
+from bus.messages import Alert, Annotate, BusMessage, JobOutcome, Message, TrackerUpdate
 from conveyor.config import Config
-from conveyor.pipeline import CREATED, JOB_DONE, JOB_FAILED, STEP_INTAKE, TERMINAL
+from conveyor.pipeline import (
+    CREATED,
+    JOB_DONE,
+    JOB_FAILED,
+    OUTCOME_AUTH_REFUSED,
+    STEP_INTAKE,
+    TERMINAL,
+)
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +59,12 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     """Keys of the tracker events already applied (newest last, bounded)."""
     head_sha: str = ""
     """The branch head the last job left behind."""
+    visit_base_sha: str = ""
+    """The branch head when the current work visit was requested: a CI gate passes only
+    once the visit moved the head past it (a visit that committed nothing is no progress)."""
+    job_reason: str = ""
+    """Why the last job failed, for people ("rate limited (429)", "exit code 1"); empty when
+    it succeeded."""
     jobs_requested: int = 0
     """Jobs requested since the task was created or retried by an operator (circuit breaker)."""
     cost_usd: float = 0.0
@@ -104,6 +118,39 @@ def breaker_open(task: Task, cfg: Config) -> str:
     if limit > 0 and task.jobs_requested >= limit:
         return f"circuit breaker: {task.jobs_requested} jobs requested (limit {limit})"
     return ""
+
+
+def job_failure(outcome: JobOutcome) -> str:
+    """Why a job failed, for people: the agent's outcome when known, never a bare exit code."""
+    if outcome.outcome == OUTCOME_AUTH_REFUSED and "authentication refused" not in outcome.reason:
+        return f"authentication refused{': ' + outcome.reason if outcome.reason else ''}"
+    if outcome.reason:
+        return outcome.reason
+    return outcome.error or f"exit code {outcome.exit_code}"
+
+
+def with_job_failure(task: Task, result: GateResult) -> GateResult:
+    """A gate that fails after a failed job names the job's failure too."""
+    if task.job_status != JOB_FAILED or not task.job_reason or result.verdict == "pass":
+        return result
+    reason = f"{result.reason}; the job failed: {task.job_reason}"
+    return msgspec.structs.replace(result, reason=reason)
+
+
+def alert(task: Task, text: str, now: float, level: str = "warning", kind: str = "") -> Alert:
+    """An alert about `task` from the StageEngine."""
+    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now, kind=kind)
+
+
+def escalate(task: Task, reason: str, now: float) -> Decision:
+    """Stop the task until an operator retries it, with an error alert saying why."""
+    escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
+    text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
+    return Decision(
+        task=escalated,
+        emit=(alert(task, text, now, level="error", kind="escalated"),),
+        reason=f"escalated: {reason}",
+    )
 
 
 MAX_APPLIED = 50
