@@ -86,6 +86,8 @@ def print_task(record: dict[str, Any]) -> None:
     )
     if record.get("last_reason"):
         console.print(f"last: {esc(record['last_reason'])}")
+    if record.get("job_reason"):
+        console.print(f"job failed: [red]{esc(record['job_reason'])}[/]")
     table = Table("at", "from", "to", "cause", title="History", title_justify="left")
     for entry in record.get("history", []):
         table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
