@@ -62,6 +62,7 @@ class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
     adr_files: dict[str, str] = msgspec.field(default_factory=dict)
     branch_head: str | None = None
     ci_state: str | None = None
+    ci_description: str = ""
     pr_merged: bool | None = None
     visit_base: str = ""
     """The branch head when the visit started (the task's); the CI gate needs a newer head."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.gate_policy import GateResult
+from actors import brief_policy
+from actors.gate_policy import GateInputs, GateResult, gate_for
 from actors.task_policy import (
     JOB_ENDED,
     HistoryEntry,
@@ -23,12 +24,13 @@ from actors.task_policy import (
 from actors.task_policy import Decision as Decision
 from actors.task_policy import Task as Task
 from actors.task_policy import alert as _alert
+from actors.task_policy import await_confirm as _await_confirm
 from actors.task_policy import escalate as _escalate
+from actors.task_policy import guarded as guarded
 from actors.task_policy import on_annotate as on_annotate
 from actors.task_policy import reevaluable as reevaluable
 from actors.task_policy import refuse as _refuse
 from bus.messages import (
-    Alert,
     Approve,
     Cancel,
     ConfirmDeploy,
@@ -46,7 +48,6 @@ from conveyor.pipeline import (
     CANCELLED,
     CREATED,
     DONE,
-    GATE_DEPLOY,
     HOLD_STATES,
     JOB_CANCELLED,
     JOB_FAILED,
@@ -78,7 +79,9 @@ def _role_for(task: Task, cfg: Config) -> str:
     return stage.role if stage else ""
 
 
-def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[Task, JobRequested]:
+def _request(
+    task: Task, cfg: Config, now: float, *, new_visit: bool, brief: str = ""
+) -> tuple[Task, JobRequested]:
     """Return the task waiting on a fresh job for its current step, and the request."""
     visits = dict(task.visits)
     if new_visit or visits.get(task.stage, 0) == 0:
@@ -107,6 +110,7 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
         title=task.title,
         description=task.description,
         requested_at=now,
+        brief=brief,
     )
     return updated, request
 
@@ -209,9 +213,16 @@ def _next_stage(stage: str, cfg: Config) -> str:
 
 
 def on_gate(
-    task: Task, job_id: str, result: GateResult, *, now: float, revision: int, cfg: Config
+    task: Task,
+    job_id: str,
+    result: GateResult,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+    inputs: GateInputs | None = None,
 ) -> Decision:
-    """Act on a gate verdict for the step whose job is `job_id`."""
+    """Act on a gate verdict for the step whose job is `job_id` (read from `inputs`)."""
     if task.terminal or task.escalated:
         return Decision(reason=f"task {task.stage}{' escalated' if task.escalated else ''}")
     if job_id != task.job_id:
@@ -220,6 +231,7 @@ def on_gate(
         return Decision(reason="job still running; gate not decided")
     stage_cfg = cfg.stage(task.stage)
     result = with_job_failure(task, result)
+    task, brief = brief_policy.noted(task, gate_for(task, cfg), inputs, result, now=now)
     match result.verdict:
         case "wait":
             if task.last_reason == result.reason:
@@ -242,9 +254,10 @@ def on_gate(
         case "rework" if (
             stage_cfg and stage_cfg.on_fail != ON_FAIL_RETRY and task.step == STEP_WORK
         ):
-            return _rework(task, stage_cfg.on_fail, result, now=now, revision=revision, cfg=cfg)
+            target = stage_cfg.on_fail
+            return _rework(task, target, result, now=now, revision=revision, cfg=cfg, brief=brief)
         case _:
-            return _retry(task, result, now=now, cfg=cfg)
+            return _retry(task, result, now=now, cfg=cfg, brief=brief)
 
 
 def _needs_approval(task: Task, stage_cfg: StageConfig | None) -> bool:
@@ -289,45 +302,12 @@ def _pass(
     return Decision(task=moved, emit=tuple(emits), reason=f"advanced to {new_stage}")
 
 
-def guarded(task: Task, cfg: Config) -> bool:
-    """Whether the task's stage is the production deploy of a protected repository."""
-    stage_cfg = cfg.stage(task.stage)
-    repo = next((r for r in cfg.repos if r.name == task.repo), None)
-    return (
-        stage_cfg is not None
-        and stage_cfg.gate == GATE_DEPLOY
-        and repo is not None
-        and repo.protected
-    )
-
-
-def _await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
-    """Park the task before its production deploy and tell the operator what to do."""
-    reason = "waiting for Confirm Deploy (protected repository)"
-    # The visit starts now, so the confirmed job has an id no earlier deploy used.
-    visits = {**task.visits, task.stage: task.visits.get(task.stage, 0) + 1}
-    waiting = msgspec.structs.replace(
-        task,
-        step=STEP_CONFIRM,
-        visits=visits,
-        job_id="",
-        job_status="",
-        last_reason=reason,
-        updated_at=now,
-    )
-    text = (
-        f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
-        f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
-    )
-    return waiting, _alert(waiting, text, now, level="warning")
-
-
 def _counts_as_developer(task: Task, cfg: Config) -> bool:
     stage = cfg.stage(task.stage)
     return stage is not None and stage.role == ROLE_DEVELOPER
 
 
-def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decision:
+def _retry(task: Task, result: GateResult, *, now: float, cfg: Config, brief: str = "") -> Decision:
     tripped = breaker_open(task, cfg)
     if tripped:
         return _escalate(task, f"{tripped}; last: {result.reason}", now)
@@ -345,12 +325,19 @@ def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decisi
         updated = msgspec.structs.replace(task, stage_retries=retries, last_reason=result.reason)
     # A new visit produces new work: an approval given to the old one does not carry over.
     updated = msgspec.structs.replace(updated, approved=False)
-    updated, request = _request(updated, cfg, now, new_visit=True)
+    updated, request = _request(updated, cfg, now, new_visit=True, brief=brief)
     return Decision(task=updated, emit=(request,), reason=f"retrying {task.stage}: {result.reason}")
 
 
 def _rework(
-    task: Task, target: str, result: GateResult, *, now: float, revision: int, cfg: Config
+    task: Task,
+    target: str,
+    result: GateResult,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+    brief: str = "",
 ) -> Decision:
     retries = task.developer_retries + 1
     if retries > cfg.pipeline.max_developer_retries:
@@ -360,7 +347,7 @@ def _rework(
         return _escalate(task, f"{tripped}; last: {result.reason}", now)
     moved, event = _move(task, target, result.reason, now, revision=revision)
     moved = msgspec.structs.replace(moved, developer_retries=retries)
-    moved, request = _request(moved, cfg, now, new_visit=True)
+    moved, request = _request(moved, cfg, now, new_visit=True, brief=brief)
     return Decision(task=moved, emit=(request, event), reason=f"back to {target}: {result.reason}")
 
 

@@ -14,9 +14,11 @@ from bus.messages import Alert, Annotate, BusMessage, JobOutcome, Message, Track
 from conveyor.config import Config
 from conveyor.pipeline import (
     CREATED,
+    GATE_DEPLOY,
     JOB_DONE,
     JOB_FAILED,
     OUTCOME_AUTH_REFUSED,
+    STEP_CONFIRM,
     STEP_INTAKE,
     TERMINAL,
 )
@@ -29,6 +31,21 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     old: str
     new: str
     cause: str
+
+
+class Brief(msgspec.Struct, frozen=True, kw_only=True):
+    """Why work came back to a stage, as the next run of its role is told."""
+
+    kind: str
+    """review, tests, ci, no_work, merge, deploy or gate (see `brief_policy`)."""
+    stage: str
+    """The stage whose gate sent the work back."""
+    head: str = ""
+    """The branch head the failure was seen at; the same kind at the same head is kept once."""
+    text: str
+    count: int = 1
+    """How many times this failure was seen at this head."""
+    at: float = 0.0
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +88,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     """Agent cost reported over the task's whole life."""
     budget_used_usd: float = 0.0
     """Agent cost since creation or the last operator retry (circuit breaker)."""
+    briefs: list[Brief] = msgspec.field(default_factory=list)
+    """Rework briefs, oldest first (bounded); the newest went into the last job request."""
     created_at: float = 0.0
     updated_at: float = 0.0
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
@@ -151,6 +170,39 @@ def escalate(task: Task, reason: str, now: float) -> Decision:
         emit=(alert(task, text, now, level="error", kind="escalated"),),
         reason=f"escalated: {reason}",
     )
+
+
+def guarded(task: Task, cfg: Config) -> bool:
+    """Whether the task's stage is the production deploy of a protected repository."""
+    stage_cfg = cfg.stage(task.stage)
+    repo = next((r for r in cfg.repos if r.name == task.repo), None)
+    return (
+        stage_cfg is not None
+        and stage_cfg.gate == GATE_DEPLOY
+        and repo is not None
+        and repo.protected
+    )
+
+
+def await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
+    """Park the task before its production deploy and tell the operator what to do."""
+    reason = "waiting for Confirm Deploy (protected repository)"
+    # The visit starts now, so the confirmed job has an id no earlier deploy used.
+    visits = {**task.visits, task.stage: task.visits.get(task.stage, 0) + 1}
+    waiting = msgspec.structs.replace(
+        task,
+        step=STEP_CONFIRM,
+        visits=visits,
+        job_id="",
+        job_status="",
+        last_reason=reason,
+        updated_at=now,
+    )
+    text = (
+        f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
+        f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
+    )
+    return waiting, alert(waiting, text, now, level="warning")
 
 
 MAX_APPLIED = 50
