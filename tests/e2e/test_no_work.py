@@ -7,6 +7,7 @@ went on to done with no code merged.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 from collections.abc import Callable, Iterator
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from click.testing import CliRunner
 
 from bus import subjects
 from bus.messages import Alert
+from conveyor.app.cli import main
 from gateways import git
 from tests.agent_clis.conftest import agent_clis  # noqa: F401 - the installed CLIs fixture
 from tests.fakes.models import RATE_LIMITED, FakeModel, Script
@@ -83,6 +86,40 @@ def test_a_developer_that_crashes_every_attempt_escalates_instead_of_reaching_do
     # When the pipeline runs, then development is retried once, then escalated
     task = _assert_escalated_on_development(harness, alerts, item, developer_runs=2)
     assert "exit code" in str(task["job_reason"])
+    # and the retried developer was told it produced nothing
+    second = harness.jobs()[f"{item}.development.2.work"]
+    assert second.brief.startswith("Sent back by the development gate (no_work at ")
+    assert "You produced nothing" in second.brief
+
+    # and `conveyor status ID` says why, in its table and in --json
+    base = ["--nats-url", harness.url, "status", item]
+    shown = CliRunner().invoke(main, base)
+    assert shown.exit_code == 0, shown.output
+    assert "job failed: exit code" in shown.output
+    assert "did not move" in shown.output
+    assert "no_work" in shown.output
+    record = json.loads(CliRunner().invoke(main, [*base, "--json"]).output)
+    assert record["job_reason"] == task["job_reason"]
+    # (the same failure at the same head is kept once, counted)
+    assert [(b["kind"], b["count"]) for b in record["briefs"]] == [("no_work", 2)]
+
+
+def test_review_findings_reach_the_next_developer_job_as_a_brief(harness: Harness) -> None:
+    # Given a reviewer that requests changes on its first visit
+    item = harness.submit("Review loop", description="demo: reviewer=request_changes")["task"]["id"]
+
+    # When the item goes through the review loop to done
+    task = harness.wait_stage(item, "done", "escalated", deadline_s=120)
+    assert task["stage"] == "done", task["last_reason"]
+
+    # Then the second development job carried the review's findings, the first none
+    jobs = harness.jobs()
+    assert jobs[f"{item}.development.1.work"].brief == ""
+    brief = jobs[f"{item}.development.2.work"].brief
+    assert brief.startswith("Sent back by the review gate (review at ")
+    assert "## Findings" in brief
+    assert "verdict:" not in brief  # the body, not the front matter
+    assert [b["kind"] for b in task["briefs"]] == ["review"]
 
 
 @pytest.fixture
