@@ -21,7 +21,10 @@ from bus import subjects
 from bus.messages import Alert
 from conveyor.app.cli import main
 from gateways import git
-from tests.agent_clis.conftest import agent_clis  # noqa: F401 - the installed CLIs fixture
+from tests.agent_clis.conftest import (
+    INSTALL_TIMEOUT_S,
+    agent_clis,  # noqa: F401 - the installed CLIs fixture
+)
 from tests.fakes.models import RATE_LIMITED, FakeModel, Script
 from tests.harness import Harness
 
@@ -131,6 +134,8 @@ def fake_anthropic(tmp_path: Path) -> Iterator[FakeModel]:
 
 
 @pytest.mark.agent_cli
+# A fresh machine installs the CLIs inside this test's time.
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 120)
 def test_real_claude_code_answered_429_never_gets_the_item_to_done(
     harness_factory: Callable[..., Harness],
     agent_clis: dict[str, str],  # noqa: F811 - the fixture imported above
