@@ -62,7 +62,10 @@ class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
     adr_files: dict[str, str] = msgspec.field(default_factory=dict)
     branch_head: str | None = None
     ci_state: str | None = None
+    ci_description: str = ""
     pr_merged: bool | None = None
+    visit_base: str = ""
+    """The branch head when the visit started (the task's); the CI gate needs a newer head."""
     error: str = ""
 
 
@@ -226,7 +229,10 @@ GATE_CONTRACTS: dict[str, GateContract] = {
         GateContract(
             gate=GATE_ARCHITECTURE, artifacts=(ArtifactRule(ADR_DIR, DocFM, any_in_dir=True),)
         ),
-        GateContract(gate=GATE_CI_GREEN, looks_at="the CI status of the branch head"),
+        GateContract(
+            gate=GATE_CI_GREEN,
+            looks_at="a new commit on the branch from this visit, and its CI status",
+        ),
         GateContract(gate=GATE_REVIEW, artifacts=(_REVIEW_RULE,)),
         GateContract(gate=GATE_TESTS, artifacts=(_TESTS_RULE,)),
         GateContract(gate=GATE_STAGING, artifacts=(_STAGING_RULE,)),
@@ -356,6 +362,12 @@ def _architecture_done(task: GateSubject, inputs: GateInputs) -> GateResult:
 
 
 def _ci_green(task: GateSubject, inputs: GateInputs) -> GateResult:
+    if inputs.visit_base and inputs.branch_head == inputs.visit_base:
+        # CI green at an older head says nothing about this visit's work: there is none.
+        return GateResult(
+            verdict="retry",
+            reason=f"branch head did not move during this visit (still {inputs.visit_base[:12]})",
+        )
     state = inputs.ci_state
     if state == "success":
         return GateResult(verdict="pass", reason="CI green for branch head")

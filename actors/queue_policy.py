@@ -20,6 +20,7 @@ from bus.messages import (
 )
 from conveyor import retry
 from conveyor.config import QueueConfig
+from conveyor.pipeline import OUTCOME_AUTH_REFUSED
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -62,6 +63,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     head_sha: str = ""
     error: str = ""
     cost_usd: float = 0.0
+    brief: str = ""
+    """The rework brief of the request; every attempt's launch order carries it."""
+    outcome: str = ""
+    """How the last attempt's agent run ended (`conveyor.pipeline.AgentOutcome`)."""
+    reason: str = ""
+    """The last attempt's outcome for people ("rate limited (429)", "stalled", …)."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -94,6 +101,7 @@ def on_request(
         branch=req.branch,
         title=req.title,
         description=req.description,
+        brief=req.brief,
         max_attempts=cfg.max_attempts,
         available_at=now,
         enqueued_at=now,
@@ -114,6 +122,8 @@ def _outcome(job: Job) -> JobOutcome:
         error=job.error,
         head_sha=job.head_sha,
         cost_usd=job.cost_usd,
+        outcome=job.outcome,
+        reason=job.reason,
     )
 
 
@@ -152,6 +162,8 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         exit_code=finished.exit_code,
         head_sha=finished.head_sha,
         error=finished.error,
+        outcome=finished.outcome,
+        reason=finished.reason,
         finished_at=now,
         run_id=finished.run_id or job.run_id,
         cost_usd=job.cost_usd + reported_cost(finished.usage),
@@ -174,8 +186,10 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     if finished.exit_code == 0 and not finished.error:
         done = msgspec.structs.replace(base, status=DONE)
         return Decision(jobs=(done,), emit=(_outcome(done),), reason="job done")
-    why = finished.error or f"exit code {finished.exit_code}"
-    if job.attempts < job.max_attempts:
+    # The agent's own outcome says more to an operator than the exit code it caused.
+    why = finished.reason or finished.error or f"exit code {finished.exit_code}"
+    # Refused credentials are refused again on every attempt: fail now, a person must act.
+    if job.attempts < job.max_attempts and finished.outcome != OUTCOME_AUTH_REFUSED:
         requeued = msgspec.structs.replace(
             base,
             status=QUEUED,
@@ -288,7 +302,15 @@ def claim(job: Job, *, now: float) -> Decision:
         return Decision(reason=f"job is {job.status}; not claimed")
     attempt = job.attempts + 1
     claimed = msgspec.structs.replace(
-        job, status=RUNNING, attempts=attempt, claimed_at=now, exit_code=None, error="", run_id=""
+        job,
+        status=RUNNING,
+        attempts=attempt,
+        claimed_at=now,
+        exit_code=None,
+        error="",
+        outcome="",
+        reason="",
+        run_id="",
     )
     order = LaunchOrder(
         job_id=job.id,
@@ -301,6 +323,7 @@ def claim(job: Job, *, now: float) -> Decision:
         branch=job.branch,
         title=job.title,
         description=job.description,
+        brief=job.brief,
     )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
 

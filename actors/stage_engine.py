@@ -11,6 +11,7 @@ import msgspec
 from actors import gate_policy
 from actors import stage_policy as policy
 from actors.gate_policy import GateInputs, GateResult
+from actors.gate_reader import read_gate_inputs
 from actors.owner import Owner, flush_outbox
 from actors.stage_policy import Task
 from actors.task_summary import (
@@ -36,7 +37,7 @@ from bus.messages import (
     Tick,
     TrackerUpdate,
 )
-from conveyor import faults, pipeline, validate
+from conveyor import faults, validate
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced, InvalidField
@@ -44,9 +45,6 @@ from conveyor.logs import get_logger
 from gateways.forge import Forge
 
 log = get_logger(__name__)
-
-MAX_ARTIFACT_BYTES = 256 * 1024
-MAX_ADRS = 20
 
 
 class GateRead(msgspec.Struct, frozen=True):
@@ -65,50 +63,6 @@ class StatusQuery(msgspec.Struct, frozen=True):
 
     kind: str
     task_id: str = ""
-
-
-def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
-    """Read what `gate` needs from the forge at the branch head (I/O; never on the actor)."""
-    try:
-        head = forge.branch_head(task.repo, task.branch)
-        if gate == pipeline.GATE_BRANCH_EXISTS or head is None:
-            return GateInputs(branch_head=head)
-        files: dict[str, str | None] = {}
-        for name in gate_policy.GATE_FILES.get(gate, ()):
-            path = pipeline.artifact_path(task.id, name)
-            files[path] = _text(forge.read_file(task.repo, head, path))
-        adr_files: dict[str, str] = {}
-        if gate == "architecture_done":
-            adr_dir = pipeline.artifact_path(task.id, pipeline.ADR_DIR)
-            for name in sorted(forge.list_dir(task.repo, head, adr_dir))[:MAX_ADRS]:
-                if name.endswith(".md"):
-                    text = _text(forge.read_file(task.repo, head, f"{adr_dir}/{name}"))
-                    if text is not None:
-                        adr_files[name] = text
-        ci_state = None
-        if gate == "ci_green":
-            status = forge.commit_status(task.repo, head)
-            ci_state = status.state if status else None
-        pr_merged = None
-        if gate == pipeline.GATE_PR_MERGED:
-            pull = forge.find_pull(task.repo, task.branch)
-            # Merged means this head is merged: rework after a merge needs a new merge.
-            pr_merged = bool(pull and pull.merged and pull.head_sha == head)
-        return GateInputs(
-            files=files,
-            adr_files=adr_files,
-            branch_head=head,
-            ci_state=ci_state,
-            pr_merged=pr_merged,
-        )
-    except Exception as err:  # noqa: BLE001 - an unreadable forge means "wait", not a crash
-        return GateInputs(error=f"{type(err).__name__}: {err}")
-
-
-def _text(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    return data[:MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
 
 
 def _task_of(message: Any) -> str:
@@ -335,6 +289,7 @@ class StageEngine(Owner):
             now=self._clock.now(),
             revision=entry.revision,
             cfg=self._cfg,
+            inputs=read.inputs,
         )
         self._apply(read.task_id, decision)
 

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.gate_policy import GateResult
-from actors.task_policy import JOB_ENDED, HistoryEntry, breaker_open, job_id_for, remember
+from actors import brief_policy
+from actors.gate_policy import GateInputs, GateResult, gate_for
+from actors.task_policy import (
+    JOB_ENDED,
+    HistoryEntry,
+    breaker_open,
+    job_failure,
+    job_id_for,
+    remember,
+    with_job_failure,
+)
 from actors.task_policy import Decision as Decision
 from actors.task_policy import Task as Task
+from actors.task_policy import alert as _alert
+from actors.task_policy import await_confirm as _await_confirm
+from actors.task_policy import escalate as _escalate
+from actors.task_policy import guarded as guarded
 from actors.task_policy import on_annotate as on_annotate
 from actors.task_policy import reevaluable as reevaluable
 from actors.task_policy import refuse as _refuse
 from bus.messages import (
-    Alert,
     Approve,
     Cancel,
     ConfirmDeploy,
@@ -36,11 +48,12 @@ from conveyor.pipeline import (
     CANCELLED,
     CREATED,
     DONE,
-    GATE_DEPLOY,
     HOLD_STATES,
     JOB_CANCELLED,
+    JOB_FAILED,
     JOB_QUEUED,
     ON_FAIL_RETRY,
+    OUTCOME_AUTH_REFUSED,
     ROLE_DEVELOPER,
     ROLE_INTAKE,
     ROLE_MERGE,
@@ -66,7 +79,9 @@ def _role_for(task: Task, cfg: Config) -> str:
     return stage.role if stage else ""
 
 
-def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[Task, JobRequested]:
+def _request(
+    task: Task, cfg: Config, now: float, *, new_visit: bool, brief: str = ""
+) -> tuple[Task, JobRequested]:
     """Return the task waiting on a fresh job for its current step, and the request."""
     visits = dict(task.visits)
     if new_visit or visits.get(task.stage, 0) == 0:
@@ -78,8 +93,11 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
         visits=visits,
         job_id=job_id,
         job_status=JOB_QUEUED,
+        job_reason="",
         updated_at=now,
         jobs_requested=task.jobs_requested + 1,
+        # The work must move the head past where it stood when the work was asked for.
+        visit_base_sha=task.head_sha if task.step == STEP_WORK else task.visit_base_sha,
     )
     request = JobRequested(
         job_id=job_id,
@@ -92,6 +110,7 @@ def _request(task: Task, cfg: Config, now: float, *, new_visit: bool) -> tuple[T
         title=task.title,
         description=task.description,
         requested_at=now,
+        brief=brief,
     )
     return updated, request
 
@@ -164,15 +183,20 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
     if task.job_status == outcome.status:
         evaluate = outcome.status != JOB_CANCELLED and not task.escalated
         return Decision(reason="outcome already recorded", evaluate=evaluate)
+    failed = outcome.status == JOB_FAILED
     updated = msgspec.structs.replace(
         task,
         job_status=outcome.status,
         head_sha=outcome.head_sha or task.head_sha,
         cost_usd=task.cost_usd + outcome.cost_usd,
         budget_used_usd=task.budget_used_usd + outcome.cost_usd,
+        job_reason=job_failure(outcome) if failed else "",
     )
     if outcome.status == JOB_CANCELLED:
         return Decision(task=updated, reason="job cancelled")
+    if failed and outcome.outcome == OUTCOME_AUTH_REFUSED:
+        # Another run would be refused the same way: only a person can fix credentials.
+        return _escalate(updated, f"the {outcome.role} job failed: {updated.job_reason}", now)
     budget = cfg.pipeline.max_task_cost_usd
     if budget > 0 and updated.budget_used_usd >= budget:
         spent = f"${updated.budget_used_usd:.2f} of ${budget:.2f}"
@@ -188,14 +212,17 @@ def _next_stage(stage: str, cfg: Config) -> str:
     return names[index + 1] if index + 1 < len(names) else DONE
 
 
-def _alert(task: Task, text: str, now: float, level: str = "warning", kind: str = "") -> Alert:
-    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now, kind=kind)
-
-
 def on_gate(
-    task: Task, job_id: str, result: GateResult, *, now: float, revision: int, cfg: Config
+    task: Task,
+    job_id: str,
+    result: GateResult,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+    inputs: GateInputs | None = None,
 ) -> Decision:
-    """Act on a gate verdict for the step whose job is `job_id`."""
+    """Act on a gate verdict for the step whose job is `job_id` (read from `inputs`)."""
     if task.terminal or task.escalated:
         return Decision(reason=f"task {task.stage}{' escalated' if task.escalated else ''}")
     if job_id != task.job_id:
@@ -203,6 +230,8 @@ def on_gate(
     if task.job_status not in JOB_ENDED:
         return Decision(reason="job still running; gate not decided")
     stage_cfg = cfg.stage(task.stage)
+    result = with_job_failure(task, result)
+    task, brief = brief_policy.noted(task, gate_for(task, cfg), inputs, result, now=now)
     match result.verdict:
         case "wait":
             if task.last_reason == result.reason:
@@ -225,9 +254,10 @@ def on_gate(
         case "rework" if (
             stage_cfg and stage_cfg.on_fail != ON_FAIL_RETRY and task.step == STEP_WORK
         ):
-            return _rework(task, stage_cfg.on_fail, result, now=now, revision=revision, cfg=cfg)
+            target = stage_cfg.on_fail
+            return _rework(task, target, result, now=now, revision=revision, cfg=cfg, brief=brief)
         case _:
-            return _retry(task, result, now=now, cfg=cfg)
+            return _retry(task, result, now=now, cfg=cfg, brief=brief)
 
 
 def _needs_approval(task: Task, stage_cfg: StageConfig | None) -> bool:
@@ -272,55 +302,12 @@ def _pass(
     return Decision(task=moved, emit=tuple(emits), reason=f"advanced to {new_stage}")
 
 
-def guarded(task: Task, cfg: Config) -> bool:
-    """Whether the task's stage is the production deploy of a protected repository."""
-    stage_cfg = cfg.stage(task.stage)
-    repo = next((r for r in cfg.repos if r.name == task.repo), None)
-    return (
-        stage_cfg is not None
-        and stage_cfg.gate == GATE_DEPLOY
-        and repo is not None
-        and repo.protected
-    )
-
-
-def _await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
-    """Park the task before its production deploy and tell the operator what to do."""
-    reason = "waiting for Confirm Deploy (protected repository)"
-    # The visit starts now, so the confirmed job has an id no earlier deploy used.
-    visits = {**task.visits, task.stage: task.visits.get(task.stage, 0) + 1}
-    waiting = msgspec.structs.replace(
-        task,
-        step=STEP_CONFIRM,
-        visits=visits,
-        job_id="",
-        job_status="",
-        last_reason=reason,
-        updated_at=now,
-    )
-    text = (
-        f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
-        f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
-    )
-    return waiting, _alert(waiting, text, now, level="warning")
-
-
-def _escalate(task: Task, reason: str, now: float) -> Decision:
-    escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
-    text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
-    return Decision(
-        task=escalated,
-        emit=(_alert(task, text, now, level="error", kind="escalated"),),
-        reason=f"escalated: {reason}",
-    )
-
-
 def _counts_as_developer(task: Task, cfg: Config) -> bool:
     stage = cfg.stage(task.stage)
     return stage is not None and stage.role == ROLE_DEVELOPER
 
 
-def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decision:
+def _retry(task: Task, result: GateResult, *, now: float, cfg: Config, brief: str = "") -> Decision:
     tripped = breaker_open(task, cfg)
     if tripped:
         return _escalate(task, f"{tripped}; last: {result.reason}", now)
@@ -338,12 +325,19 @@ def _retry(task: Task, result: GateResult, *, now: float, cfg: Config) -> Decisi
         updated = msgspec.structs.replace(task, stage_retries=retries, last_reason=result.reason)
     # A new visit produces new work: an approval given to the old one does not carry over.
     updated = msgspec.structs.replace(updated, approved=False)
-    updated, request = _request(updated, cfg, now, new_visit=True)
+    updated, request = _request(updated, cfg, now, new_visit=True, brief=brief)
     return Decision(task=updated, emit=(request,), reason=f"retrying {task.stage}: {result.reason}")
 
 
 def _rework(
-    task: Task, target: str, result: GateResult, *, now: float, revision: int, cfg: Config
+    task: Task,
+    target: str,
+    result: GateResult,
+    *,
+    now: float,
+    revision: int,
+    cfg: Config,
+    brief: str = "",
 ) -> Decision:
     retries = task.developer_retries + 1
     if retries > cfg.pipeline.max_developer_retries:
@@ -353,7 +347,7 @@ def _rework(
         return _escalate(task, f"{tripped}; last: {result.reason}", now)
     moved, event = _move(task, target, result.reason, now, revision=revision)
     moved = msgspec.structs.replace(moved, developer_retries=retries)
-    moved, request = _request(moved, cfg, now, new_visit=True)
+    moved, request = _request(moved, cfg, now, new_visit=True, brief=brief)
     return Decision(task=moved, emit=(request, event), reason=f"back to {target}: {result.reason}")
 
 

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import msgspec
 
-from bus.messages import Annotate, BusMessage, Message, TrackerUpdate
+from actors.gate_policy import GateResult
+from bus.messages import Alert, Annotate, BusMessage, JobOutcome, Message, TrackerUpdate
 from conveyor.config import Config
-from conveyor.pipeline import CREATED, JOB_DONE, JOB_FAILED, STEP_INTAKE, TERMINAL
+from conveyor.pipeline import (
+    CREATED,
+    GATE_DEPLOY,
+    JOB_DONE,
+    JOB_FAILED,
+    OUTCOME_AUTH_REFUSED,
+    STEP_CONFIRM,
+    STEP_INTAKE,
+    TERMINAL,
+)
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,6 +31,21 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     old: str
     new: str
     cause: str
+
+
+class Brief(msgspec.Struct, frozen=True, kw_only=True):
+    """Why work came back to a stage, as the next run of its role is told."""
+
+    kind: str
+    """review, tests, ci, no_work, merge, deploy or gate (see `brief_policy`)."""
+    stage: str
+    """The stage whose gate sent the work back."""
+    head: str = ""
+    """The branch head the failure was seen at; the same kind at the same head is kept once."""
+    text: str
+    count: int = 1
+    """How many times this failure was seen at this head."""
+    at: float = 0.0
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,12 +76,20 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     """Keys of the tracker events already applied (newest last, bounded)."""
     head_sha: str = ""
     """The branch head the last job left behind."""
+    visit_base_sha: str = ""
+    """The branch head when the current work visit was requested: a CI gate passes only
+    once the visit moved the head past it (a visit that committed nothing is no progress)."""
+    job_reason: str = ""
+    """Why the last job failed, for people ("rate limited (429)", "exit code 1"); empty when
+    it succeeded."""
     jobs_requested: int = 0
     """Jobs requested since the task was created or retried by an operator (circuit breaker)."""
     cost_usd: float = 0.0
     """Agent cost reported over the task's whole life."""
     budget_used_usd: float = 0.0
     """Agent cost since creation or the last operator retry (circuit breaker)."""
+    briefs: list[Brief] = msgspec.field(default_factory=list)
+    """Rework briefs, oldest first (bounded); the newest went into the last job request."""
     created_at: float = 0.0
     updated_at: float = 0.0
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
@@ -104,6 +137,72 @@ def breaker_open(task: Task, cfg: Config) -> str:
     if limit > 0 and task.jobs_requested >= limit:
         return f"circuit breaker: {task.jobs_requested} jobs requested (limit {limit})"
     return ""
+
+
+def job_failure(outcome: JobOutcome) -> str:
+    """Why a job failed, for people: the agent's outcome when known, never a bare exit code."""
+    if outcome.outcome == OUTCOME_AUTH_REFUSED and "authentication refused" not in outcome.reason:
+        return f"authentication refused{': ' + outcome.reason if outcome.reason else ''}"
+    if outcome.reason:
+        return outcome.reason
+    return outcome.error or f"exit code {outcome.exit_code}"
+
+
+def with_job_failure(task: Task, result: GateResult) -> GateResult:
+    """A gate that fails after a failed job names the job's failure too."""
+    if task.job_status != JOB_FAILED or not task.job_reason or result.verdict == "pass":
+        return result
+    reason = f"{result.reason}; the job failed: {task.job_reason}"
+    return msgspec.structs.replace(result, reason=reason)
+
+
+def alert(task: Task, text: str, now: float, level: str = "warning", kind: str = "") -> Alert:
+    """An alert about `task` from the StageEngine."""
+    return Alert(level=level, text=text, task_id=task.id, source="stage_engine", at=now, kind=kind)
+
+
+def escalate(task: Task, reason: str, now: float) -> Decision:
+    """Stop the task until an operator retries it, with an error alert saying why."""
+    escalated = msgspec.structs.replace(task, escalated=True, last_reason=reason, updated_at=now)
+    text = f"{task.id} escalated on {task.stage}: {reason}; fix it, then `conveyor retry {task.id}`"
+    return Decision(
+        task=escalated,
+        emit=(alert(task, text, now, level="error", kind="escalated"),),
+        reason=f"escalated: {reason}",
+    )
+
+
+def guarded(task: Task, cfg: Config) -> bool:
+    """Whether the task's stage is the production deploy of a protected repository."""
+    stage_cfg = cfg.stage(task.stage)
+    repo = next((r for r in cfg.repos if r.name == task.repo), None)
+    return (
+        stage_cfg is not None
+        and stage_cfg.gate == GATE_DEPLOY
+        and repo is not None
+        and repo.protected
+    )
+
+
+def await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
+    """Park the task before its production deploy and tell the operator what to do."""
+    reason = "waiting for Confirm Deploy (protected repository)"
+    # The visit starts now, so the confirmed job has an id no earlier deploy used.
+    visits = {**task.visits, task.stage: task.visits.get(task.stage, 0) + 1}
+    waiting = msgspec.structs.replace(
+        task,
+        step=STEP_CONFIRM,
+        visits=visits,
+        job_id="",
+        job_status="",
+        last_reason=reason,
+        updated_at=now,
+    )
+    text = (
+        f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
+        f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
+    )
+    return waiting, alert(waiting, text, now, level="warning")
 
 
 MAX_APPLIED = 50

@@ -86,9 +86,33 @@ def print_task(record: dict[str, Any]) -> None:
     )
     if record.get("last_reason"):
         console.print(f"last: {esc(record['last_reason'])}")
+    if record.get("job_reason"):
+        console.print(f"job failed: [red]{esc(record['job_reason'])}[/]")
     table = Table("at", "from", "to", "cause", title="History", title_justify="left")
     for entry in record.get("history", []):
         table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
+    console.print(table)
+    _print_briefs(record.get("briefs") or [])
+
+
+def _print_briefs(briefs: list[dict[str, Any]]) -> None:
+    """The rework briefs sent to agents, newest last, each cut to its first lines."""
+    if not briefs:
+        return
+    table = Table(
+        "at", "stage", "kind", "head", "seen", "brief", title="Briefs", title_justify="left"
+    )
+    for brief in briefs:
+        lines = str(brief.get("text", "")).splitlines()
+        shown = "\n".join(lines[:6]) + ("\n…" if len(lines) > 6 else "")
+        table.add_row(
+            iso(brief.get("at", 0.0)),
+            brief.get("stage", ""),
+            brief.get("kind", ""),
+            str(brief.get("head", ""))[:10] or "-",
+            str(brief.get("count", 1)),
+            esc(shown),
+        )
     console.print(table)
 
 
