@@ -117,6 +117,26 @@ class AgentConfig(_Section, frozen=True):
     command: list[str] = msgspec.field(default_factory=lambda: list(DEMO_AGENT_COMMAND))
     timeout_s: float = 1800.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    cli: str = "command"
+    """Which agent CLI plays the role (`gateways.agents.registry.CLIS`); "command" runs
+    `command` as today."""
+    binary: str = ""
+    """The CLI's executable; empty: the CLI's own name, found on PATH."""
+    model: str = ""
+    args: list[str] = msgspec.field(default_factory=list)
+    """Extra arguments after the ones the adapter puts."""
+    base_url: str = ""
+    """The model API the CLI calls; empty: the CLI's default."""
+    api_key_env: str = ""
+    """The environment variable holding the API key (never the key itself in config)."""
+    max_retries: int = 3
+    request_timeout_s: float = 600.0
+    stall_s: float = 0.0
+    """Kill a run silent (no output, no worktree change) this long; 0: off."""
+    max_run_usd: float = 0.0
+    """Kill a run the moment its running cost crosses this; 0: off."""
+    max_run_tokens: int = 0
+    """Kill a run the moment its running token total crosses this; 0: off."""
 
 
 def _demo_agent() -> AgentConfig:
@@ -140,6 +160,25 @@ class AgentsConfig(_Section, frozen=True):
         """Return the agent of `role`."""
         agent: AgentConfig = getattr(self, role)
         return agent
+
+
+class PriceConfig(_Section, frozen=True):
+    """USD per million tokens of one model; `cached` < 0: the input price."""
+
+    input: float
+    output: float
+    cached: float = -1.0
+
+
+def _default_prices() -> dict[str, PriceConfig]:
+    # Public list prices when written; the operator edits them in `[prices]`.
+    return {
+        "claude-sonnet-4-5": PriceConfig(input=3.0, output=15.0, cached=0.3),
+        "claude-opus-5-5": PriceConfig(input=4.0, output=20.0, cached=0.4),
+        "gpt-5.5": PriceConfig(input=1.25, output=10.0, cached=0.125),
+        "gemini-3.8-flash": PriceConfig(input=0.3, output=2.5, cached=0.03),
+        "gemini-3.1-pro-preview": PriceConfig(input=2.0, output=12.0, cached=0.2),
+    }
 
 
 class LauncherConfig(_Section, frozen=True):
@@ -322,6 +361,8 @@ class Config(_Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    prices: dict[str, PriceConfig] = msgspec.field(default_factory=_default_prices)
+    """Per model, for the CLIs that report tokens but no cost; "*" prices any other model."""
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
