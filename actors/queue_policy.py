@@ -20,6 +20,7 @@ from bus.messages import (
 )
 from conveyor import retry
 from conveyor.config import QueueConfig
+from conveyor.pipeline import WAIT_OUTCOMES
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -62,6 +63,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     head_sha: str = ""
     error: str = ""
     cost_usd: float = 0.0
+    repo_paused_until: float = 0.0
+    """The model API turned this job away (rate limited, overloaded): its repository's
+    other queued jobs wait until then too."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -167,6 +171,9 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
             started_at=None,
             pid=None,
             create_time=None,
+            repo_paused_until=now + finished.defer_s
+            if finished.outcome in WAIT_OUTCOMES
+            else job.repo_paused_until,
         )
         return Decision(
             jobs=(deferred,), reason=f"deferred {finished.defer_s:g}s: {finished.error}"
@@ -257,10 +264,11 @@ def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[s
     """
     running: dict[str, int] = {}
     ready: dict[str, list[Job]] = {}
+    paused = repo_pauses(jobs.values())
     for job in jobs.values():
         if job.status == RUNNING:
             running[job.repo] = running.get(job.repo, 0) + 1
-        elif job.status == QUEUED and job.available_at <= now:
+        elif job.status == QUEUED and job.available_at <= now and paused.get(job.repo, 0) <= now:
             ready.setdefault(job.repo, []).append(job)
     free = cfg.max_concurrency - sum(running.values())
     for queue in ready.values():
@@ -307,5 +315,17 @@ def claim(job: Job, *, now: float) -> Decision:
 
 def next_wakeup(jobs: Mapping[str, Job], *, now: float) -> float | None:
     """Earliest `available_at` in the future among queued jobs (to schedule a retry)."""
-    times = [j.available_at for j in jobs.values() if j.status == QUEUED and j.available_at > now]
-    return min(times, default=None)
+    paused = repo_pauses(jobs.values())
+    times = [
+        max(j.available_at, paused.get(j.repo, 0.0)) for j in jobs.values() if j.status == QUEUED
+    ]
+    return min((t for t in times if t > now), default=None)
+
+
+def repo_pauses(jobs: Iterable[Job]) -> dict[str, float]:
+    """Per repository, until when the model API's refusal holds its queued jobs back."""
+    paused: dict[str, float] = {}
+    for job in jobs:
+        if job.repo_paused_until > paused.get(job.repo, 0.0):
+            paused[job.repo] = job.repo_paused_until
+    return paused
