@@ -170,7 +170,7 @@ class PriceConfig(_Section, frozen=True):
     cached: float = -1.0
 
 
-def _default_prices() -> dict[str, PriceConfig]:
+def default_prices() -> dict[str, PriceConfig]:
     # Public list prices when written; the operator edits them in `[prices]`.
     return {
         "claude-sonnet-4-5": PriceConfig(input=3.0, output=15.0, cached=0.3),
@@ -361,7 +361,7 @@ class Config(_Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
-    prices: dict[str, PriceConfig] = msgspec.field(default_factory=_default_prices)
+    prices: dict[str, PriceConfig] = msgspec.field(default_factory=default_prices)
     """Per model, for the CLIs that report tokens but no cost; "*" prices any other model."""
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)

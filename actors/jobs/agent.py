@@ -14,7 +14,7 @@ from actors.jobs.watch import Prices, Watched, run_watched
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
 from conveyor import faults
-from conveyor.config import Config
+from conveyor.config import Config, default_prices
 from conveyor.logs import get_logger
 from conveyor.pipeline import (
     OUTCOME_ERROR,
@@ -103,14 +103,18 @@ def _cli_launch(
 
 
 def price_table(cfg: Config) -> dict[str, ModelPrice]:
-    """The configured prices in the adapters' terms; a negative cached price is the input's."""
+    """The default prices with the configured ones over them, in the adapters' terms.
+
+    A `[prices]` table adds and overrides models; it does not drop the defaults. A
+    negative cached price means the input price.
+    """
     return {
         model: ModelPrice(
             input_per_mtok=p.input,
             output_per_mtok=p.output,
             cached_per_mtok=p.cached if p.cached >= 0 else None,
         )
-        for model, p in cfg.prices.items()
+        for model, p in {**default_prices(), **cfg.prices}.items()
     }
 
 

@@ -122,6 +122,8 @@ def test_the_price_table_has_defaults_and_the_operator_edits_it() -> None:
         load({}, prices={"*": {"input": 1.0, "output": 2.0}, "m": {"input": 1, "output": 1}})
     )
     assert price_usd("other", usage, edited) == pytest.approx((246 + 180) / 1e6)
+    # An operator's table adds to the defaults
+    assert price_usd("claude-sonnet-4-5", usage, edited) == pytest.approx(0.002088)
     cached = Usage(cached_tokens=1_000_000)
     # No cached price: cached tokens cost what input tokens cost
     assert price_usd("m", cached, edited) == pytest.approx(1.0)
