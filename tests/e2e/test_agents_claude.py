@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from actors.launcher_policy import Run
 from actors.queue_policy import Job
 from bus import subjects
+from bus.messages import RunHeartbeat
 from conveyor.layout import Layout
 from gateways import git
 from tests.agent_clis.conftest import agent_clis  # noqa: F401 - the session fixture
@@ -208,3 +210,35 @@ def test_a_run_crossing_its_budget_mid_run_is_killed_and_reported_over_budget(
     # (Claude reports the first turn's usage as it streams; the run never got further)
     assert run.usage["input_tokens"] == 123
     assert not (worktree / "b.py").exists()
+
+
+def test_running_totals_travel_on_heartbeats_until_the_stall_brake_kills_the_run(
+    harness_factory: Callable[..., Harness],
+    agent_clis: dict[str, str],  # noqa: F811
+    worktree: Path,
+) -> None:
+    # Given a model that answers the first turn and then never answers again, and a 3 s
+    # stall brake
+    server = HangAfter(Script(workdir=worktree), answered=1)
+    server.script.writes = [WriteFile("a.py", "A = 1\n"), WriteFile("b.py", "B = 2\n")]
+    server.start()
+    beats: list[RunHeartbeat] = []
+    try:
+        harness = harness_factory(
+            agents=claude_developer(agent_clis["claude"], server.url, stall_s=3.0),
+            queue={"max_attempts": 1},
+        )
+        harness.client.bus.subscribe_core(
+            subjects.HEARTBEATS, msgspec.json.Decoder(RunHeartbeat), beats.append
+        )
+        harness.submit("Add a greeting")
+        job = finished_job(harness)
+    finally:
+        server.stop()
+    # Then while it waited, the launcher's heartbeats carried its running tokens and cost
+    running = [b.usage for b in list(beats) if b.job_id == job.id and b.usage]
+    assert running, beats
+    assert running[-1]["input_tokens"] == 123
+    assert running[-1]["cost_usd"] > 0  # priced by the table: the stream has no cost yet
+    # and the silent wait for the model was a stall
+    assert job.error == "stalled (no output for 3s)"

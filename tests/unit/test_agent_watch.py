@@ -11,9 +11,12 @@ import msgspec
 import pytest
 
 from actors import launcher_policy as lp
+from actors.jobs.agent import judged
+from actors.jobs.context import RunDone
 from actors.jobs.meter import RunMeter
-from actors.jobs.watch import Prices, newest_mtime, run_watched, stream_of
-from gateways.agents.base import ModelPrice, Usage
+from actors.jobs.watch import Prices, Watched, newest_mtime, run_watched, stream_of
+from conveyor import config as config_mod
+from gateways.agents.base import AgentResult, ModelPrice, Usage
 from gateways.agents.claude import ClaudeParser
 from gateways.agents.command import CommandParser
 
@@ -185,3 +188,45 @@ def test_the_plan_is_a_struct_the_brakes_default_off() -> None:
     fields = msgspec.structs.fields(lp.LaunchPlan)
     defaults = {f.name: f.default for f in fields if f.name in ("stall_s", "max_run_usd")}
     assert defaults == {"stall_s": 0.0, "max_run_usd": 0.0}
+
+
+def watched(result: AgentResult, exit_code: int | None = 0) -> Watched:
+    return Watched(exit_code, result, "", "", {"input_tokens": 1, "cost_usd": 0.5})
+
+
+CFG = config_mod.load(env={})
+
+
+def test_denied_writes_with_exit_0_are_not_a_success() -> None:
+    done = RunDone(run_id="r", exit_code=0, head_sha="abc", usage={"usage": {"x": 1}})
+    result = AgentResult(outcome="permission_denied", detail="2 tool call(s) denied", exit_code=0)
+    judged_done = judged(done, watched(result), cli="claude", attempt=1, cfg=CFG)
+    assert judged_done.exit_code == 0
+    assert judged_done.error == "permission denied"
+    assert judged_done.outcome == "permission_denied"
+    assert judged_done.defer_s == 0.0
+    # The old usage shape stays, with the tokens and cost added
+    assert judged_done.usage == {"usage": {"x": 1}, "input_tokens": 1, "cost_usd": 0.5}
+
+
+def test_an_aider_error_with_exit_0_fails_with_the_clis_words() -> None:
+    done = RunDone(run_id="r", exit_code=0)
+    result = AgentResult(outcome="error", detail="litellm.APIError: boom", exit_code=0)
+    judged_done = judged(done, watched(result), cli="aider", attempt=1, cfg=CFG)
+    assert judged_done.error == "error: litellm.APIError: boom"
+
+
+def test_a_rate_limited_run_waits_instead_of_failing() -> None:
+    done = RunDone(run_id="r", exit_code=1)
+    result = AgentResult(outcome="rate_limited", retry_after_s=12.0, exit_code=1)
+    judged_done = judged(done, watched(result, 1), cli="claude", attempt=3, cfg=CFG)
+    assert judged_done.defer_s == 12.0
+    assert judged_done.reason == "rate limited (429)"
+
+
+def test_a_plain_command_is_judged_by_its_exit_code_as_before() -> None:
+    for code, outcome in ((0, "success"), (3, "error")):
+        done = RunDone(run_id="r", exit_code=code)
+        result = AgentResult(outcome=outcome, detail="exit code 3", exit_code=code)  # type: ignore[arg-type]
+        judged_done = judged(done, watched(result, code), cli="command", attempt=1, cfg=CFG)
+        assert (judged_done.error, judged_done.outcome, judged_done.reason) == ("", "", "")
