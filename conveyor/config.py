@@ -117,26 +117,19 @@ class AgentConfig(_Section, frozen=True):
     command: list[str] = msgspec.field(default_factory=lambda: list(DEMO_AGENT_COMMAND))
     timeout_s: float = 1800.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # The agent CLI (docs/agents.md); "command" runs `command`. Brakes: 0 is off.
     cli: str = "command"
-    """Which agent CLI plays the role (`gateways.agents.registry.CLIS`); "command" runs
-    `command` as today."""
     binary: str = ""
-    """The CLI's executable; empty: the CLI's own name, found on PATH."""
     model: str = ""
     args: list[str] = msgspec.field(default_factory=list)
-    """Extra arguments after the ones the adapter puts."""
     base_url: str = ""
-    """The model API the CLI calls; empty: the CLI's default."""
     api_key_env: str = ""
     """The environment variable holding the API key (never the key itself in config)."""
     max_retries: int = 3
     request_timeout_s: float = 600.0
     stall_s: float = 0.0
-    """Kill a run silent (no output, no worktree change) this long; 0: off."""
     max_run_usd: float = 0.0
-    """Kill a run the moment its running cost crosses this; 0: off."""
     max_run_tokens: int = 0
-    """Kill a run the moment its running token total crosses this; 0: off."""
 
 
 def _demo_agent() -> AgentConfig:
@@ -171,7 +164,7 @@ class PriceConfig(_Section, frozen=True):
 
 
 def default_prices() -> dict[str, PriceConfig]:
-    # Public list prices when written; the operator edits them in `[prices]`.
+    """List prices when written; a `[prices]` table adds to and overrides them."""
     return {
         "claude-sonnet-4-5": PriceConfig(input=3.0, output=15.0, cached=0.3),
         "claude-opus-5-5": PriceConfig(input=4.0, output=20.0, cached=0.4),

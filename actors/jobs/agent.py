@@ -120,11 +120,12 @@ def price_table(cfg: Config) -> dict[str, ModelPrice]:
 
 def _stopped(ctx: JobContext, run: Run, plan: LaunchPlan, watched: Watched) -> RunDone:
     """A run a brake killed: no exit code, no post-steps; the reason names the brake."""
-    log.warning("launcher.braked", job_id=run.job_id, outcome=watched.stopped, why=watched.reason)
     if watched.stopped == OUTCOME_TIMED_OUT:
+        log.warning("launcher.timed_out", job_id=run.job_id, timeout_s=plan.timeout_s)
         error = f"timed out after {plan.timeout_s:g}s; process tree killed"
         reason = "timed out"
     else:
+        log.warning("launcher.braked", job_id=run.job_id, outcome=watched.stopped)
         error = reason = watched.reason
     if ctx.cancelled.is_set():
         error = KILLED
