@@ -75,6 +75,10 @@ def _cli_launch(
     """The plan with the adapter's argv and environment, its files written; parser; stdin."""
     agent = ctx.cfg.agents.for_role(run.role)
     adapter = adapter_for(plan.cli, field=f"agents.{run.role}.cli")
+    api_key = os.environ.get(agent.api_key_env) if agent.api_key_env else None
+    if agent.api_key_env and api_key is None:
+        # The CLI may still find credentials of its own; say why it may be refused.
+        log.warning("launcher.api_key_unset", role=run.role, variable=agent.api_key_env)
     # The CLI's own stream-idle timeout follows the stall brake when one is set.
     own_stall = {"stall_s": agent.stall_s} if agent.stall_s > 0 else {}
     request = AgentRequest(
@@ -87,7 +91,7 @@ def _cli_launch(
         model=agent.model or None,
         extra_args=tuple(agent.args),
         base_url=agent.base_url or None,
-        api_key=os.environ.get(agent.api_key_env) if agent.api_key_env else None,
+        api_key=api_key,
         as_root=os.geteuid() == 0,
         max_retries=agent.max_retries,
         request_timeout_s=agent.request_timeout_s,
