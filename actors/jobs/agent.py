@@ -10,7 +10,7 @@ import msgspec
 from actors import launcher_policy as policy
 from actors.jobs.context import KILLED, JobContext, RunDone, RunStarted
 from actors.jobs.steps import post_steps, prepare_run
-from actors.jobs.watch import Prices, Watched, run_watched
+from actors.jobs.watch import Prices, Watched, replay, run_watched, usage_dict
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
 from conveyor import faults
@@ -22,7 +22,7 @@ from conveyor.pipeline import (
     OUTCOME_TIMED_OUT,
     OUTCOME_UNKNOWN,
 )
-from gateways.agents.base import AgentRequest, ModelPrice, OutputParser
+from gateways.agents.base import AgentRequest, ModelPrice, OutputParser, with_price
 from gateways.agents.command import CommandParser
 from gateways.agents.registry import adapter_for
 
@@ -166,3 +166,23 @@ def judged(done: RunDone, watched: Watched, *, cli: str, attempt: int, cfg: Conf
         reason=reason,
         defer_s=done.defer_s or policy.wait_s(outcome, result.retry_after_s, attempt, cfg.queue),
     )
+
+
+def judged_adopted(
+    ctx: JobContext, run: Run, order: LaunchOrder, done: RunDone, exit_code: int
+) -> RunDone:
+    """`done` of a run a previous incarnation started, judged by its whole log read now.
+
+    Nobody watched it live (no brakes but the timeout), but its outcome still decides
+    whether it spends an attempt.
+    """
+    agent = ctx.cfg.agents.for_role(run.role)
+    if agent.cli == COMMAND:
+        parser: OutputParser = CommandParser()
+    else:
+        parser = adapter_for(agent.cli, field=f"agents.{run.role}.cli").parser()
+    replay(Path(run.log_path), parser)
+    prices = Prices(agent.model or None, price_table(ctx.cfg))
+    result = with_price(parser.finish(exit_code), prices.model, prices.table)
+    watched = Watched(exit_code, result, "", "", usage_dict(result.usage, result.cost_usd))
+    return judged(done, watched, cli=agent.cli, attempt=order.attempt, cfg=ctx.cfg)

@@ -89,9 +89,13 @@ def newest_mtime(root: Path) -> float:
 class _Reader:
     """The log's new bytes, decoded and split into lines, fed to the parser."""
 
-    def __init__(self, path: Path, parser: OutputParser) -> None:
+    def __init__(self, path: Path, parser: OutputParser, *, start: int | None = None) -> None:
         self._handle = path.open("rb")
-        self._handle.seek(0, os.SEEK_END)
+        # A live run's log is read from where it stood at the spawn; a replay from `start`.
+        if start is None:
+            self._handle.seek(0, os.SEEK_END)
+        else:
+            self._handle.seek(start)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._lines = LineBuffer()
         self.parser = parser
@@ -108,6 +112,13 @@ class _Reader:
                 self.parser.feed(line, stream_of(line))
             self._handle.close()
         return got
+
+
+def replay(log_path: Path, parser: OutputParser) -> None:
+    """Feed a whole log to `parser`, as if it had been read live (an adopted run's)."""
+    with contextlib.suppress(FileNotFoundError):
+        reader = _Reader(log_path, parser, start=0)
+        reader.pump(final=True)
 
 
 class Prices(NamedTuple):

@@ -14,7 +14,7 @@ from actors import launcher_policy as lp
 from actors.jobs.agent import judged
 from actors.jobs.context import RunDone
 from actors.jobs.meter import RunMeter
-from actors.jobs.watch import Prices, Watched, newest_mtime, run_watched, stream_of
+from actors.jobs.watch import Prices, Watched, newest_mtime, replay, run_watched, stream_of
 from conveyor import config as config_mod
 from gateways.agents.base import AgentResult, ModelPrice, Usage
 from gateways.agents.claude import ClaudeParser
@@ -230,3 +230,12 @@ def test_a_plain_command_is_judged_by_its_exit_code_as_before() -> None:
         result = AgentResult(outcome=outcome, detail="exit code 3", exit_code=code)  # type: ignore[arg-type]
         judged_done = judged(done, watched(result, code), cli="command", attempt=1, cfg=CFG)
         assert (judged_done.error, judged_done.outcome, judged_done.reason) == ("", "", "")
+
+
+def test_an_adopted_runs_log_is_replayed_whole(tmp_path: Path) -> None:
+    log = tmp_path / "output.log"
+    log.write_text(f"{assistant(1)}\nnot json\n{assistant(2)}")  # no newline at the end
+    parser = ClaudeParser()
+    replay(log, parser)
+    assert parser.usage == Usage(input_tokens=200, output_tokens=20)
+    replay(tmp_path / "missing.log", ClaudeParser())  # no log: nothing to read
