@@ -17,6 +17,7 @@ import pykka
 from actors import launcher_policy as policy
 from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
+from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
@@ -90,6 +91,7 @@ class Launcher(pykka.ThreadingActor):
         # a kill through their own `cancelled` event.
         self._procs: dict[str, int] = {}
         self._cancelled: dict[str, threading.Event] = {}
+        self._meters: dict[str, RunMeter] = {}
         self._started_at = 0.0
         # Set when this incarnation stops: its run threads leave finished agents to the
         # next incarnation's adoption instead of racing it through the post-steps.
@@ -220,7 +222,9 @@ class Launcher(pykka.ThreadingActor):
     def _context(self, key: str) -> JobContext:
         """The context of one run, with the event a KillJob for its job sets."""
         cancelled = self._cancelled.setdefault(key, threading.Event())
-        return dataclasses.replace(self._jobs, cancelled=cancelled)
+        # The run thread writes its running totals here; the heartbeat reads a copy.
+        meter = self._meters.setdefault(key, RunMeter())
+        return dataclasses.replace(self._jobs, cancelled=cancelled, meter=meter)
 
     def _on_started(self, started: RunStarted) -> None:
         entry = self._runs.get(started.run_id)
@@ -264,11 +268,14 @@ class Launcher(pykka.ThreadingActor):
             error=done.error,
             usage=done.usage,
             defer_s=done.defer_s,
+            outcome=done.outcome,
+            reason=done.reason,
             finished_at=self._clock.now(),
         )
         self._save(run)
         self._procs.pop(run.id, None)
         self._cancelled.pop(run.id, None)
+        self._meters.pop(run.id, None)
         self._slots.release()
         self._report(run.id)
         log.info(
@@ -277,6 +284,7 @@ class Launcher(pykka.ThreadingActor):
             attempt=run.attempt,
             exit_code=run.exit_code,
             error=run.error or None,
+            outcome=run.outcome or None,
         )
 
     def _heartbeat(self) -> None:
@@ -288,8 +296,13 @@ class Launcher(pykka.ThreadingActor):
                 # The report failed (bus away) after the result was stored: send it again.
                 self._report(key)
             elif run.status != policy.FINISHED:
+                meter = self._meters.get(key)
                 beat = RunHeartbeat(
-                    job_id=run.job_id, attempt=run.attempt, launcher=self._name, at=now
+                    job_id=run.job_id,
+                    attempt=run.attempt,
+                    launcher=self._name,
+                    at=now,
+                    usage=meter.snapshot() if meter is not None else {},
                 )
                 self._bus.publish_core(subjects.HEARTBEATS, beat)
 
@@ -305,6 +318,8 @@ class Launcher(pykka.ThreadingActor):
             finished_at=run.finished_at or 0.0,
             usage=run.usage,
             defer_s=run.defer_s,
+            outcome=run.outcome,
+            reason=run.reason,
         )
         faults.point("launcher.finished_recorded")
         self._bus.emit(finished, msg_id=f"{run.id}:finished")

@@ -12,7 +12,8 @@ import msgspec
 from actors import prompt_policy
 from actors.role_text_policy import ROLE_TEXTS
 from bus.messages import LaunchOrder
-from conveyor.config import Config, RepoConfig
+from conveyor import retry
+from conveyor.config import AgentConfig, Config, QueueConfig, RepoConfig
 from conveyor.pipeline import (
     BUILTIN_ROLES,
     DECIDED_BY_CONVEYOR,
@@ -21,6 +22,13 @@ from conveyor.pipeline import (
     GATE_DEPLOY,
     GATE_NONE,
     GATE_STAGING,
+    OUTCOME_AUTH_REFUSED,
+    OUTCOME_CONTEXT_EXCEEDED,
+    OUTCOME_OVERLOADED,
+    OUTCOME_PERMISSION_DENIED,
+    OUTCOME_RATE_LIMITED,
+    OUTCOME_SUCCESS,
+    OUTCOME_TIMED_OUT,
     ROLE_INTAKE,
     ROLE_MERGE,
     RUN_FINISHED,
@@ -28,6 +36,7 @@ from conveyor.pipeline import (
     RUN_STARTING,
     STAGING_LOG,
     SUCCESS,
+    WAIT_OUTCOMES,
     artifact_path,
 )
 
@@ -70,6 +79,10 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
     deploy_command: list[str] = msgspec.field(default_factory=list)
     """The repository's deploy argv Conveyor runs instead of an agent; empty: an agent run."""
+    outcome: str = ""
+    """How the agent run ended (`conveyor.pipeline.AgentOutcome`); empty when unknown."""
+    reason: str = ""
+    """The outcome for people ("rate limited (429)", "stalled (no output for 30s)")."""
 
 
 def run_key(job_id: str, attempt: int) -> str:
@@ -337,6 +350,11 @@ class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
     log_path: str
     verdict_path: str | None
     """The verdict file a deploy gate reads, cleared before the stage's work starts."""
+    cli: str = "command"
+    """The agent CLI (`agents.<role>.cli`); "command": `argv` is the configured command."""
+    stall_s: float = 0.0
+    max_run_usd: float = 0.0
+    max_run_tokens: int = 0
 
 
 def timeout_s(cfg: Config, role: str, *, deploy: bool) -> float:
@@ -387,7 +405,9 @@ def plan(
     env = agent_env(
         base_env, order, repo=repo, gate=gate, worktree=worktree, python=python, extra=extra
     )
+    brakes = {} if command else _brakes(cfg.agents.for_role(order.role))
     return LaunchPlan(
+        **brakes,
         kind="deploy" if command else "agent",
         gate=gate,
         command=command,
@@ -400,3 +420,57 @@ def plan(
         log_path=log_path,
         verdict_path=verdict_path(gate, order.task_id),
     )
+
+
+def _brakes(agent: AgentConfig) -> dict[str, Any]:
+    """The plan fields of an agent run: which CLI, and the brakes applied while it runs."""
+    return {
+        "cli": agent.cli,
+        "stall_s": agent.stall_s,
+        "max_run_usd": agent.max_run_usd,
+        "max_run_tokens": agent.max_run_tokens,
+    }
+
+
+# --- how an agent run ended ----------------------------------------------------------------
+
+_REASONS = {
+    OUTCOME_RATE_LIMITED: "rate limited (429)",
+    OUTCOME_OVERLOADED: "overloaded (529)",
+    OUTCOME_AUTH_REFUSED: "authentication refused",
+    OUTCOME_CONTEXT_EXCEEDED: "context exceeded",
+    OUTCOME_PERMISSION_DENIED: "permission denied",
+    OUTCOME_TIMED_OUT: "timed out",
+}
+
+
+def outcome_reason(outcome: str, detail: str = "") -> str:
+    """What an outcome says to people; a plain error quotes the CLI's own words."""
+    if outcome in _REASONS:
+        return _REASONS[outcome]
+    if outcome == OUTCOME_SUCCESS or not outcome:
+        return ""
+    return f"{outcome}: {detail}" if detail else outcome
+
+
+def stalled_reason(stall_s: float) -> str:
+    """The reason of a run the stall brake killed."""
+    return f"stalled (no output for {stall_s:g}s)"
+
+
+def over_budget(plan: LaunchPlan, tokens: int, cost_usd: float | None) -> str:
+    """The ceiling a run's running totals crossed, named for the alert; "" when none."""
+    if plan.max_run_tokens > 0 and tokens > plan.max_run_tokens:
+        return f"over budget: {tokens} tokens > agents max_run_tokens {plan.max_run_tokens}"
+    if plan.max_run_usd > 0 and cost_usd is not None and cost_usd > plan.max_run_usd:
+        return f"over budget: ${cost_usd:.4f} > agents max_run_usd ${plan.max_run_usd:g}"
+    return ""
+
+
+def wait_s(outcome: str, retry_after_s: float | None, attempt: int, cfg: QueueConfig) -> float:
+    """How long a run the model API turned away waits (no attempt spent); 0: not a wait."""
+    if outcome not in WAIT_OUTCOMES:
+        return 0.0
+    if retry_after_s is not None and retry_after_s > 0:
+        return min(retry_after_s, cfg.backoff_max_s)
+    return retry.backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt - 1)

@@ -20,7 +20,7 @@ from bus.messages import (
 )
 from conveyor import retry
 from conveyor.config import QueueConfig
-from conveyor.pipeline import OUTCOME_AUTH_REFUSED
+from conveyor.pipeline import OUTCOME_AUTH_REFUSED, WAIT_OUTCOMES
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -69,6 +69,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """How the last attempt's agent run ended (`conveyor.pipeline.AgentOutcome`)."""
     reason: str = ""
     """The last attempt's outcome for people ("rate limited (429)", "stalled", …)."""
+    repo_paused_until: float = 0.0
+    """The model API turned this job away (rate limited, overloaded): its repository's
+    other queued jobs wait until then too."""
+    model_waits: int = 0
+    """How often the model API turned this job away; past `queue.max_model_waits` such a
+    finish spends an attempt."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -168,7 +174,8 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         run_id=finished.run_id or job.run_id,
         cost_usd=job.cost_usd + reported_cost(finished.usage),
     )
-    if finished.defer_s > 0:
+    waiting = finished.outcome in WAIT_OUTCOMES
+    if finished.defer_s > 0 and not (waiting and job.model_waits >= cfg.max_model_waits):
         # The attempt number is spent (its run record fences it), the budget is not.
         deferred = msgspec.structs.replace(
             base,
@@ -179,6 +186,8 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
             started_at=None,
             pid=None,
             create_time=None,
+            repo_paused_until=now + finished.defer_s if waiting else job.repo_paused_until,
+            model_waits=job.model_waits + 1 if waiting else job.model_waits,
         )
         return Decision(
             jobs=(deferred,), reason=f"deferred {finished.defer_s:g}s: {finished.error}"
@@ -271,10 +280,11 @@ def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[s
     """
     running: dict[str, int] = {}
     ready: dict[str, list[Job]] = {}
+    paused = repo_pauses(jobs.values())
     for job in jobs.values():
         if job.status == RUNNING:
             running[job.repo] = running.get(job.repo, 0) + 1
-        elif job.status == QUEUED and job.available_at <= now:
+        elif job.status == QUEUED and job.available_at <= now and paused.get(job.repo, 0) <= now:
             ready.setdefault(job.repo, []).append(job)
     free = cfg.max_concurrency - sum(running.values())
     for queue in ready.values():
@@ -330,5 +340,17 @@ def claim(job: Job, *, now: float) -> Decision:
 
 def next_wakeup(jobs: Mapping[str, Job], *, now: float) -> float | None:
     """Earliest `available_at` in the future among queued jobs (to schedule a retry)."""
-    times = [j.available_at for j in jobs.values() if j.status == QUEUED and j.available_at > now]
-    return min(times, default=None)
+    paused = repo_pauses(jobs.values())
+    times = [
+        max(j.available_at, paused.get(j.repo, 0.0)) for j in jobs.values() if j.status == QUEUED
+    ]
+    return min((t for t in times if t > now), default=None)
+
+
+def repo_pauses(jobs: Iterable[Job]) -> dict[str, float]:
+    """Per repository, until when the model API's refusal holds its queued jobs back."""
+    paused: dict[str, float] = {}
+    for job in jobs:
+        if job.repo_paused_until > paused.get(job.repo, 0.0):
+            paused[job.repo] = job.repo_paused_until
+    return paused

@@ -106,6 +106,9 @@ class QueueConfig(_Section, frozen=True):
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
     tick_s: float = 1.0
+    max_model_waits: int = 20
+    """Waits a job may take for a rate-limited or overloaded model API before such a
+    finish spends an attempt like any failure (a limit that never lifts must end)."""
 
 
 DEMO_AGENT_COMMAND = (PYTHON, "-P", "-m", "conveyor.demo_agent")
@@ -118,6 +121,19 @@ class AgentConfig(_Section, frozen=True):
     command: list[str] = msgspec.field(default_factory=lambda: list(DEMO_AGENT_COMMAND))
     timeout_s: float = 1800.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # The agent CLI (docs/agents.md); "command" runs `command`. Brakes: 0 is off.
+    cli: str = "command"
+    binary: str = ""
+    model: str = ""
+    args: list[str] = msgspec.field(default_factory=list)
+    base_url: str = ""
+    api_key_env: str = ""
+    """The environment variable holding the API key (never the key itself in config)."""
+    max_retries: int = 3
+    request_timeout_s: float = 600.0
+    stall_s: float = 0.0
+    max_run_usd: float = 0.0
+    max_run_tokens: int = 0
     instructions: str = ""
     """A file whose text replaces the role's shipped instructions; empty: none."""
 
@@ -143,6 +159,25 @@ class AgentsConfig(_Section, frozen=True):
         """Return the agent of `role`."""
         agent: AgentConfig = getattr(self, role)
         return agent
+
+
+class PriceConfig(_Section, frozen=True):
+    """USD per million tokens of one model; `cached` < 0: the input price."""
+
+    input: float
+    output: float
+    cached: float = -1.0
+
+
+def default_prices() -> dict[str, PriceConfig]:
+    """List prices when written; a `[prices]` table adds to and overrides them."""
+    return {
+        "claude-sonnet-4-5": PriceConfig(input=3.0, output=15.0, cached=0.3),
+        "claude-opus-5-5": PriceConfig(input=4.0, output=20.0, cached=0.4),
+        "gpt-5.5": PriceConfig(input=1.25, output=10.0, cached=0.125),
+        "gemini-3.8-flash": PriceConfig(input=0.3, output=2.5, cached=0.03),
+        "gemini-3.1-pro-preview": PriceConfig(input=2.0, output=12.0, cached=0.2),
+    }
 
 
 class LauncherConfig(_Section, frozen=True):
@@ -325,6 +360,8 @@ class Config(_Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    prices: dict[str, PriceConfig] = msgspec.field(default_factory=default_prices)
+    """Per model, for the CLIs that report tokens but no cost; "*" prices any other model."""
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)

@@ -14,7 +14,7 @@ from conveyor.errors import ConfigError, InvalidField
 from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, RESERVED_STAGES
 
 if TYPE_CHECKING:
-    from conveyor.config import Config
+    from conveyor.config import AgentConfig, Config
 
 _STAGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -86,11 +86,11 @@ def check(cfg: Config) -> None:
                 f"reaper.finalize_grace_s ({agent.timeout_s + cfg.reaper.finalize_grace_s:g}s), "
                 "or the backstop would reap live agents"
             )
-        if not agent.command:
-            raise ConfigError(f"agents.{role}.command: must not be empty")
         if agent.timeout_s <= 0:
             raise ConfigError(f"agents.{role}.timeout_s: must be > 0")
+        _check_agent(agent, f"agents.{role}")
     _check_integrations(cfg)
+    _check_prices(cfg)
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error")
     if cfg.log.format not in ("auto", "json", "text"):
@@ -111,6 +111,37 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"repos[{i}].prefix: duplicate prefix {repo.prefix!r}")
         seen_repos.add(repo.name)
         seen_prefixes.add(repo.prefix)
+
+
+AGENT_CLIS = ("claude", "codex", "gemini", "opencode", "aider", "command")
+"""What `agents.<role>.cli` accepts (the adapters of `gateways.agents.registry`)."""
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_agent(agent: AgentConfig, where: str) -> None:
+    if agent.cli not in AGENT_CLIS:
+        raise ConfigError(
+            f"{where}.cli: unknown agent CLI {agent.cli!r}; one of {', '.join(AGENT_CLIS)}"
+        )
+    if agent.cli == "command" and not agent.command:
+        raise ConfigError(f"{where}.command: must not be empty")
+    if agent.api_key_env and not _ENV_NAME.fullmatch(agent.api_key_env):
+        raise ConfigError(f"{where}.api_key_env: must name an environment variable")
+    if agent.base_url:
+        _url(agent.base_url, f"{where}.base_url")
+    for key in ("stall_s", "max_run_usd", "max_run_tokens", "max_retries"):
+        if not getattr(agent, key) >= 0:  # also refuses NaN
+            raise ConfigError(f"{where}.{key}: must be >= 0")
+    if not agent.request_timeout_s > 0:
+        raise ConfigError(f"{where}.request_timeout_s: must be > 0")
+
+
+def _check_prices(cfg: Config) -> None:
+    for model, price in cfg.prices.items():
+        for key in ("input", "output"):
+            if not getattr(price, key) >= 0:
+                raise ConfigError(f"prices.{model}.{key}: must be >= 0")
 
 
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
@@ -210,6 +241,7 @@ def _check_integrations(cfg: Config) -> None:
         ("gitea.retries", cfg.gitea.retries),
         ("plane.retries", cfg.plane.retries),
         ("telegram.max_retries", cfg.telegram.max_retries),
+        ("queue.max_model_waits", cfg.queue.max_model_waits),
     ):
         if count < 0:
             raise ConfigError(f"{key}: must be >= 0")

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from actors.jobs.meter import RunMeter
 from bus.effects import Ledger
 from bus.messages import LeaseReply
 from conveyor.clock import Clock
@@ -47,6 +48,8 @@ class RunDone(msgspec.Struct, frozen=True):
     error: str = ""
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
     defer_s: float = 0.0
+    outcome: str = ""
+    reason: str = ""
 
 
 LeaseRequest = Callable[[str, msgspec.Struct], LeaseReply]
@@ -90,3 +93,5 @@ class JobContext:
     report_done: Callable[[RunDone], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set by the Launcher when a KillJob for this run's job arrives."""
+    meter: RunMeter = field(default_factory=RunMeter)
+    """The run's running totals, read by the Launcher's heartbeat."""

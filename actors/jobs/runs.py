@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from actors import launcher_policy as policy
-from actors.jobs.agent import run_agent
+from actors.jobs.agent import judged_adopted, run_agent
 from actors.jobs.context import KILLED, Abandoned, JobContext, RunDone, RunStarted
 from actors.jobs.deploy import finalize, run_deploy
 from actors.jobs.leases import LeaseBusy, transition
@@ -112,7 +112,7 @@ def _resume(ctx: JobContext, run: Run, order: LaunchOrder) -> RunDone:
         return RunDone(run_id=run.id, exit_code=recorded[0], error=KILLED)
     if run.deploy_command:
         return finalize(ctx, run, order, gate, recorded[0], "", Path(run.log_path))
-    return post_steps(ctx, run, order, recorded[0])
+    return judged_adopted(ctx, run, order, post_steps(ctx, run, order, recorded[0]), recorded[0])
 
 
 def wrapper_pid(run: Run, exit_file: Path) -> int | None:

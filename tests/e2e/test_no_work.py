@@ -169,11 +169,17 @@ def test_real_claude_code_answered_429_never_gets_the_item_to_done(
             "DISABLE_AUTOUPDATER": "1",
         },
     }
-    harness = harness_factory(**FAST, agents={"developer": developer})
+    # A model that never lifts its limit: no waits, so each refusal is a failed attempt
+    queue_cfg = {**FAST["queue"], "max_model_waits": 0}
+    harness = harness_factory(**{**FAST, "queue": queue_cfg}, agents={"developer": developer})
     alerts = Alerts(harness)
     item = harness.submit("Rate limited")["task"]["id"]
 
     # When the pipeline runs, then the item escalates on development after the retries
-    _assert_escalated_on_development(harness, alerts, item, developer_runs=2)
+    task = _assert_escalated_on_development(harness, alerts, item, developer_runs=2)
     # and it was the real binary that asked the fake model (and was refused)
     assert fake_anthropic.logged("/v1/messages")
+    # and the operator reads why, in the model's words, not an exit code
+    assert "rate limited (429)" in str(task["last_reason"]), task["last_reason"]
+    escalation = next(a for a in alerts.of(item) if a.kind == "escalated")
+    assert "rate limited (429)" in escalation.text, escalation.text
