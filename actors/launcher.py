@@ -19,7 +19,6 @@ from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
 from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
-from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger
 from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, RunHeartbeat, Tick
@@ -241,8 +240,7 @@ class Launcher(pykka.ThreadingActor):
         if run.role not in BUILTIN_ROLES:
             # Built-in steps run inside this process: its pid must never be a kill target.
             self._procs[run.id] = started.pid
-        self._bus.publish(
-            subjects.JOBS_STARTED,
+        self._bus.emit(
             JobStarted(
                 job_id=run.job_id,
                 attempt=run.attempt,
@@ -304,7 +302,7 @@ class Launcher(pykka.ThreadingActor):
                     at=now,
                     usage=meter.snapshot() if meter is not None else {},
                 )
-                self._bus.publish_core(subjects.HEARTBEATS, beat)
+                self._bus.emit(beat, msg_id="")
 
     def _report(self, key: str) -> None:
         run = self._runs[key].value
