@@ -138,6 +138,8 @@ def rules(task_id: str) -> str:
         f"- Write this work item's artifacts under `{WORK_ITEMS_DIR}/{task_id}/`. A gate "
         "reads only the files and front-matter keys listed below; a missing file or key, "
         "or a value outside those listed, fails the stage.\n"
+        "- On a later visit the files may already exist: read a file before you change or "
+        "overwrite it.\n"
     )
 
 
