@@ -93,7 +93,7 @@ def render(brief: Brief) -> str:
 def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> tuple[str, str]:
     if task.step == STEP_MERGE:
         return KIND_MERGE, _head(f"The merge step failed: {task.job_reason or result.reason}")
-    if task.job_status == JOB_FAILED and task.job_outcome in (OUTCOME_STALLED, OUTCOME_OVER_BUDGET):
+    if task.job_status == JOB_FAILED and task.job_outcome in KILLED:
         return _killed(task)
     if gate == GATE_CI_GREEN and inputs.visit_base and inputs.branch_head == inputs.visit_base:
         return KIND_NO_WORK, _head(
@@ -113,19 +113,27 @@ def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> 
 
 
 def _killed(task: Task) -> tuple[str, str]:
-    """Why Conveyor killed the last run: it fell silent, or it crossed a spending ceiling."""
-    if task.job_outcome == OUTCOME_STALLED:
-        silent = _SILENT_FOR.search(task.job_reason)
+    return killed(task.job_outcome, task.job_reason)
+
+
+def killed(outcome: str, reason: str) -> tuple[str, str]:
+    """Why Conveyor killed a run (it fell silent, or crossed a spending ceiling): kind, text."""
+    if outcome == OUTCOME_STALLED:
+        silent = _SILENT_FOR.search(reason)
         after = f" after {silent.group(1)} s without output" if silent else " without output"
         return KIND_STALLED, _head(
-            f"Your last run was killed{after} ({task.job_reason}). Work in smaller steps, "
+            f"Your last run was killed{after} ({reason}). Work in smaller steps, "
             "commit as you go and keep printing progress; do not wait on anything interactive."
         )
     return KIND_OVER_BUDGET, _head(
-        f"Your last run was killed for crossing a spending ceiling: {task.job_reason}. "
+        f"Your last run was killed for crossing a spending ceiling: {reason}. "
         "Do the least work that meets the stage's contract: read only the files you need "
         "and keep the change small."
     )
+
+
+KILLED = frozenset({OUTCOME_STALLED, OUTCOME_OVER_BUDGET})
+"""Outcomes of runs Conveyor killed; their retries are told why."""
 
 
 def _file(inputs: GateInputs, task: Task, name: str) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from actors import usage_policy
+from actors import brief_policy, usage_policy
 from actors.usage_policy import ZERO, Ledger, Usage
 from bus.messages import (
     Alert,
@@ -85,6 +85,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """Why the queued job may not start now (its repository's daily ceiling); empty if it may."""
     held_day: str = ""
     """The UTC day `held` was set on (its repository is alerted once per day)."""
+    retry_brief: str = ""
+    """Why Conveyor killed the last attempt (stalled, over budget): the next one is told."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -235,6 +237,7 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
     if job.attempts < job.max_attempts and finished.outcome != OUTCOME_AUTH_REFUSED:
         requeued = msgspec.structs.replace(
             base,
+            retry_brief=_retry_brief(finished),
             status=QUEUED,
             available_at=now + backoff_s(job.attempts, cfg),
             claimed_at=None,
@@ -255,6 +258,13 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
     return Decision(
         jobs=(failed,), emit=(_outcome(failed), alert), reason=f"attempts exhausted ({why})"
     )
+
+
+def _retry_brief(finished: JobFinished) -> str:
+    if finished.outcome not in brief_policy.KILLED:
+        return ""
+    kind, text = brief_policy.killed(finished.outcome, finished.reason)
+    return f"Retried after a killed run ({kind}, attempt {finished.attempt}):\n{text}"
 
 
 def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decision:
@@ -382,7 +392,7 @@ def claim(job: Job, *, now: float) -> Decision:
         branch=job.branch,
         title=job.title,
         description=job.description,
-        brief=job.brief,
+        brief="\n\n".join(part for part in (job.retry_brief, job.brief) if part),
     )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
 

@@ -255,3 +255,34 @@ def test_a_stalled_or_over_budget_run_gets_a_brief_saying_so(
 
 def sp_requests(d: sp.Decision) -> list[sp.JobRequested]:
     return [m for m in d.emit if isinstance(m, sp.JobRequested)]
+
+
+def test_the_retry_attempt_of_a_stalled_run_is_told_why_the_last_one_was_killed():
+    job = _job(
+        "DEMO-1.development.1.work",
+        status=qp.RUNNING,
+        attempts=1,
+        max_attempts=3,
+        brief="review said x",
+    )
+    stalled = JobFinished(
+        job_id=job.id, attempt=1, run_id="r", exit_code=-9,
+        outcome=pl.OUTCOME_STALLED, reason="stalled (no output for 12s)",
+    )  # fmt: skip
+
+    requeued = qp.on_finished(job, stalled, now=DAY1, cfg=QueueConfig()).jobs[0]
+    order = qp.claim(requeued, now=DAY1 + 5).emit[0]
+
+    assert isinstance(order, qp.LaunchOrder)
+    assert "killed after 12 s without output" in order.brief
+    assert order.brief.endswith("review said x")
+    failed_plainly = msgspec.structs.replace(stalled, outcome=pl.OUTCOME_ERROR, reason="boom")
+    again = qp.on_finished(
+        msgspec.structs.replace(requeued, status=qp.RUNNING, attempts=2),
+        msgspec.structs.replace(failed_plainly, attempt=2),
+        now=DAY1,
+        cfg=QueueConfig(),
+    ).jobs[0]
+    assert qp.claim(again, now=DAY1 + 9).emit[0] == msgspec.structs.replace(
+        order, attempt=3, brief="review said x"
+    )
