@@ -21,6 +21,9 @@ from conveyor.pipeline import (
     GATE_REVIEW,
     GATE_STAGING,
     GATE_TESTS,
+    JOB_FAILED,
+    OUTCOME_OVER_BUDGET,
+    OUTCOME_STALLED,
     REVIEW,
     STAGING_LOG,
     STEP_MERGE,
@@ -40,6 +43,10 @@ KIND_NO_WORK = "no_work"
 KIND_MERGE = "merge"
 KIND_DEPLOY = "deploy"
 KIND_GATE = "gate"
+KIND_STALLED = "stalled"
+KIND_OVER_BUDGET = "over_budget"
+
+_SILENT_FOR = re.compile(r"no output for ([0-9.]+)s")
 
 _FAILING = re.compile(r"\bFAIL(ED|ING|URE)?\b|\berror\b", re.IGNORECASE)
 _LOG_FILES = {GATE_STAGING: STAGING_LOG, GATE_DEPLOY: DEPLOY_LOG}
@@ -86,6 +93,8 @@ def render(brief: Brief) -> str:
 def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> tuple[str, str]:
     if task.step == STEP_MERGE:
         return KIND_MERGE, _head(f"The merge step failed: {task.job_reason or result.reason}")
+    if task.job_status == JOB_FAILED and task.job_outcome in KILLED:
+        return _killed(task)
     if gate == GATE_CI_GREEN and inputs.visit_base and inputs.branch_head == inputs.visit_base:
         return KIND_NO_WORK, _head(
             f"You produced nothing: the visit committed no change to the branch. {result.reason}"
@@ -101,6 +110,30 @@ def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> 
         if gate in _LOG_FILES:
             return KIND_DEPLOY, _tail(_body(_file(inputs, task, _LOG_FILES[gate])))
     return KIND_GATE, _head(result.reason)
+
+
+def _killed(task: Task) -> tuple[str, str]:
+    return killed(task.job_outcome, task.job_reason)
+
+
+def killed(outcome: str, reason: str) -> tuple[str, str]:
+    """Why Conveyor killed a run (it fell silent, or crossed a spending ceiling): kind, text."""
+    if outcome == OUTCOME_STALLED:
+        silent = _SILENT_FOR.search(reason)
+        after = f" after {silent.group(1)} s without output" if silent else " without output"
+        return KIND_STALLED, _head(
+            f"Your last run was killed{after} ({reason}). Work in smaller steps, "
+            "commit as you go and keep printing progress; do not wait on anything interactive."
+        )
+    return KIND_OVER_BUDGET, _head(
+        f"Your last run was killed for crossing a spending ceiling: {reason}. "
+        "Do the least work that meets the stage's contract: read only the files you need "
+        "and keep the change small."
+    )
+
+
+KILLED = frozenset({OUTCOME_STALLED, OUTCOME_OVER_BUDGET})
+"""Outcomes of runs Conveyor killed; their retries are told why."""
 
 
 def _file(inputs: GateInputs, task: Task, name: str) -> str:

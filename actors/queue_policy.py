@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from actors import brief_policy, usage_policy
+from actors.usage_policy import ZERO, Ledger, Usage
 from bus.messages import (
     Alert,
     BusMessage,
@@ -75,6 +77,16 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     model_waits: int = 0
     """How often the model API turned this job away; past `queue.max_model_waits` such a
     finish spends an attempt."""
+    input_tokens: int = 0
+    """Tokens the agent reported over every attempt (with `cost_usd`, the job's usage)."""
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    held: str = ""
+    """Why the queued job may not start now (its repository's daily ceiling); empty if it may."""
+    held_day: str = ""
+    """The UTC day `held` was set on (its repository is alerted once per day)."""
+    retry_brief: str = ""
+    """Why Conveyor killed the last attempt (stalled, over budget): the next one is told."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -84,6 +96,18 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     jobs: tuple[Job, ...] = ()
     emit: tuple[Message, ...] = ()
     reason: str
+    usage: Usage = ZERO
+    """What the finished run reported spending (the cost ledger adds it)."""
+
+
+def job_usage(job: Job) -> Usage:
+    """What the job's attempts reported spending, all together."""
+    return Usage(
+        input_tokens=job.input_tokens,
+        output_tokens=job.output_tokens,
+        cached_tokens=job.cached_tokens,
+        cost_usd=job.cost_usd,
+    )
 
 
 def backoff_s(attempt: int, cfg: QueueConfig) -> float:
@@ -130,6 +154,9 @@ def _outcome(job: Job) -> JobOutcome:
         cost_usd=job.cost_usd,
         outcome=job.outcome,
         reason=job.reason,
+        input_tokens=job.input_tokens,
+        output_tokens=job.output_tokens,
+        cached_tokens=job.cached_tokens,
     )
 
 
@@ -163,6 +190,12 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     """Finish the current attempt: done, requeue with back-off, or fail for good."""
     if job.status != RUNNING or finished.attempt != job.attempts:
         return Decision(reason="finish of a stale attempt; ignored")
+    decision = _finish(job, finished, now=now, cfg=cfg)
+    return msgspec.structs.replace(decision, usage=usage_policy.reported(finished.usage))
+
+
+def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) -> Decision:
+    run = usage_policy.reported(finished.usage)
     base = msgspec.structs.replace(
         job,
         exit_code=finished.exit_code,
@@ -173,6 +206,9 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
         finished_at=now,
         run_id=finished.run_id or job.run_id,
         cost_usd=job.cost_usd + reported_cost(finished.usage),
+        input_tokens=job.input_tokens + run.input_tokens,
+        output_tokens=job.output_tokens + run.output_tokens,
+        cached_tokens=job.cached_tokens + run.cached_tokens,
     )
     waiting = finished.outcome in WAIT_OUTCOMES
     if finished.defer_s > 0 and not (waiting and job.model_waits >= cfg.max_model_waits):
@@ -201,6 +237,7 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     if job.attempts < job.max_attempts and finished.outcome != OUTCOME_AUTH_REFUSED:
         requeued = msgspec.structs.replace(
             base,
+            retry_brief=_retry_brief(finished),
             status=QUEUED,
             available_at=now + backoff_s(job.attempts, cfg),
             claimed_at=None,
@@ -221,6 +258,13 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     return Decision(
         jobs=(failed,), emit=(_outcome(failed), alert), reason=f"attempts exhausted ({why})"
     )
+
+
+def _retry_brief(finished: JobFinished) -> str:
+    if finished.outcome not in brief_policy.KILLED:
+        return ""
+    kind, text = brief_policy.killed(finished.outcome, finished.reason)
+    return f"Retried after a killed run ({kind}, attempt {finished.attempt}):\n{text}"
 
 
 def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decision:
@@ -271,8 +315,16 @@ def on_cancel(jobs: Iterable[Job], *, now: float, reason: str) -> Decision:
     return Decision(jobs=tuple(changed), emit=tuple(emits), reason=f"{len(changed)} cancelled")
 
 
-def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[str]:
+def schedule(
+    jobs: Mapping[str, Job],
+    *,
+    now: float,
+    cfg: QueueConfig,
+    held: Mapping[str, str] | None = None,
+) -> list[str]:
     """Pick queued jobs to claim now: global and per-repo limits, fair across repositories.
+
+    Repositories in `held` (over their daily ceiling) start nothing.
 
     Round-robin by repository: the repository with the fewest running jobs goes
     first (ties: whose oldest ready job waited longest), so a busy or stuck
@@ -284,7 +336,12 @@ def schedule(jobs: Mapping[str, Job], *, now: float, cfg: QueueConfig) -> list[s
     for job in jobs.values():
         if job.status == RUNNING:
             running[job.repo] = running.get(job.repo, 0) + 1
-        elif job.status == QUEUED and job.available_at <= now and paused.get(job.repo, 0) <= now:
+        elif (
+            job.status == QUEUED
+            and job.available_at <= now
+            and paused.get(job.repo, 0) <= now
+            and job.repo not in (held or {})
+        ):
             ready.setdefault(job.repo, []).append(job)
     free = cfg.max_concurrency - sum(running.values())
     for queue in ready.values():
@@ -321,6 +378,8 @@ def claim(job: Job, *, now: float) -> Decision:
         outcome="",
         reason="",
         run_id="",
+        held="",
+        held_day="",
     )
     order = LaunchOrder(
         job_id=job.id,
@@ -333,7 +392,7 @@ def claim(job: Job, *, now: float) -> Decision:
         branch=job.branch,
         title=job.title,
         description=job.description,
-        brief=job.brief,
+        brief="\n\n".join(part for part in (job.retry_brief, job.brief) if part),
     )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
 
@@ -354,3 +413,55 @@ def repo_pauses(jobs: Iterable[Job]) -> dict[str, float]:
         if job.repo_paused_until > paused.get(job.repo, 0.0):
             paused[job.repo] = job.repo_paused_until
     return paused
+
+
+def held_repos(jobs: Iterable[Job], ledger: Ledger, cfg: QueueConfig) -> dict[str, str]:
+    """Repositories with queued jobs that are over their daily ceiling, and why."""
+    if cfg.max_repo_usd_per_day <= 0 and cfg.max_repo_tokens_per_day <= 0:
+        return {}
+    held: dict[str, str] = {}
+    for repo in {job.repo for job in jobs if job.status == QUEUED}:
+        why = usage_policy.over_daily(ledger, repo, cfg)
+        if why:
+            held[repo] = why
+    return held
+
+
+def hold(jobs: Iterable[Job], held: Mapping[str, str], ledger: Ledger, *, now: float) -> Decision:
+    """Mark queued jobs held (or no longer held) with the reason; alert once per repo and day.
+
+    The alerted repositories are the jobs' `held_day`: the caller adds them to the ledger.
+    """
+    changed: list[Job] = []
+    alerts: list[Message] = []
+    alerted = set(ledger.alerted)
+    for job in jobs:
+        why = held.get(job.repo, "") if job.status == QUEUED else job.held
+        if job.held == why:
+            continue
+        changed.append(msgspec.structs.replace(job, held=why, held_day=ledger.day if why else ""))
+        if why and job.repo not in alerted:
+            alerted.add(job.repo)
+            alerts.append(
+                Alert(
+                    level="error",
+                    source="queue_worker",
+                    task_id=job.task_id,
+                    at=now,
+                    kind="over_budget",
+                    text=f"{why}: job {job.id} and the repository's other jobs wait",
+                )
+            )
+    return Decision(jobs=tuple(changed), emit=tuple(alerts), reason=f"{len(changed)} held")
+
+
+def rebuilt_ledger(jobs: Iterable[Job], *, now: float) -> Ledger:
+    """The ledger from stored jobs after a restart (each job counted on its last finish's day)."""
+    ledger = usage_policy.rolled(Ledger(), now)
+    alerted: set[str] = set()
+    for job in jobs:
+        day = usage_policy.day_of(job.finished_at or job.enqueued_at)
+        ledger = usage_policy.record(ledger, job.repo, job.role, job_usage(job), now=now, day=day)
+        if job.held and job.held_day == ledger.day:
+            alerted.add(job.repo)
+    return msgspec.structs.replace(ledger, alerted=frozenset(alerted))

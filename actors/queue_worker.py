@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from actors import queue_policy as policy
+from actors import usage_policy
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
 from bus.bridge import Bus, Delivery, Store, Versioned
@@ -25,6 +26,10 @@ class QueueStatus(msgspec.Struct, frozen=True):
     kind: str = "queue"
 
 
+class UsageQuery(msgspec.Struct, frozen=True):
+    """Status endpoint -> QueueWorker (ask): the cost ledger per repository and role."""
+
+
 def job_key(job_id: str) -> str:
     """KV key of a job (job ids are already KV-safe: id.stage.visit.step)."""
     return job_id
@@ -40,10 +45,15 @@ class QueueWorker(Owner):
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         self._jobs: dict[str, Versioned[Job]] = {}
         self._started_at = 0.0
+        self._ledger = usage_policy.Ledger()
+        self._held: dict[str, str] = {}
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
         self._jobs = self._store.load_all()
+        self._ledger = policy.rebuilt_ledger(
+            (e.value for e in self._jobs.values()), now=self._started_at
+        )
         for job_id in list(self._jobs):
             self._flush(job_id)
         log.info("queue_worker.started", jobs=len(self._jobs))
@@ -60,6 +70,9 @@ class QueueWorker(Owner):
                 self._dispatch()
             case QueueStatus():
                 return self._status()
+            case UsageQuery():
+                self._ledger = usage_policy.rolled(self._ledger, self._clock.now())
+                return usage_policy.summary(self._ledger)
             case RunningSnapshot():
                 return policy.running_jobs(e.value for e in self._jobs.values())
             case _:
@@ -103,6 +116,10 @@ class QueueWorker(Owner):
                     decision = policy.on_started(current.value, body)
                 else:
                     decision = policy.on_finished(current.value, body, now=now, cfg=self._cfg)
+                    job = current.value
+                    self._ledger = usage_policy.record(
+                        self._ledger, job.repo, job.role, decision.usage, now=now
+                    )
         self._apply(decision)
         delivery.ack()
         self._dispatch()
@@ -152,7 +169,17 @@ class QueueWorker(Owner):
             return
         now = self._clock.now()
         jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
-        for job_id in policy.schedule(jobs, now=now, cfg=self._cfg):
+        self._ledger = usage_policy.rolled(self._ledger, now)
+        self._held = policy.held_repos(jobs.values(), self._ledger, self._cfg)
+        held = policy.hold(jobs.values(), self._held, self._ledger, now=now)
+        if held.jobs:
+            self._apply(held)
+            alerted = {job.repo for job in held.jobs if job.held}
+            self._ledger = msgspec.structs.replace(
+                self._ledger, alerted=self._ledger.alerted | alerted
+            )
+            jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
+        for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
             self._apply(policy.claim(self._jobs[job_id].value, now=now))
 
     def _status(self) -> dict[str, Any]:
@@ -187,6 +214,7 @@ class QueueWorker(Owner):
             "max_concurrency": self._cfg.max_concurrency,
             "per_repo_concurrency": self._cfg.per_repo_concurrency,
             "running": running,
+            "held": dict(self._held),
             "recent": [
                 {
                     "id": j.id,
@@ -194,6 +222,7 @@ class QueueWorker(Owner):
                     "attempts": j.attempts,
                     "exit_code": j.exit_code,
                     "error": j.error,
+                    "held": j.held,
                 }
                 for j in recent
             ],

@@ -22,6 +22,7 @@ from actors.task_summary import (
     TaskSummary,
     summarize,
 )
+from actors.usage_policy import Delivered, as_dict
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -42,6 +43,7 @@ from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced, InvalidField
 from conveyor.logs import get_logger
+from conveyor.pipeline import DONE
 from gateways.forge import Forge
 
 log = get_logger(__name__)
@@ -59,7 +61,7 @@ class GateRead(msgspec.Struct, frozen=True):
 
 
 class StatusQuery(msgspec.Struct, frozen=True):
-    """Status endpoint -> StageEngine (ask): `kind` is tasks, task or actor."""
+    """Status endpoint -> StageEngine (ask): `kind` is tasks, task, usage or actor."""
 
     kind: str
     task_id: str = ""
@@ -97,6 +99,7 @@ class StageEngine(Owner):
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._tasks: dict[str, Versioned[Task]] = {}
         self._index = TaskIndex()
+        self._delivered = Delivered()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
         )
@@ -193,6 +196,10 @@ class StageEngine(Owner):
         self._flush(task.id)
 
     def _keep(self, entry: Versioned[Task]) -> None:
+        before = self._tasks.get(entry.value.id)
+        if entry.value.stage == DONE and (before is None or before.value.stage != DONE):
+            # Counted once, as the task reaches done: the cost per delivered item is O(1).
+            self._delivered = self._delivered.with_task(entry.value.usage)
         self._tasks[entry.value.id] = entry
         self._index.put(entry.value)
 
@@ -429,14 +436,25 @@ class StageEngine(Owner):
 
     def _status(self, query: StatusQuery) -> Any:
         tasks = [entry.value for entry in self._tasks.values()]
+        usage = {t.id: t.usage for t in tasks} if query.kind == "tasks" else {}
+
+        def _row(summary: TaskSummary) -> dict[str, Any]:
+            row: dict[str, Any] = msgspec.to_builtins(summary)
+            spent = as_dict(usage[summary.id])
+            row.update((k, v) for k, v in spent.items() if k != "cost_usd")
+            return row
+
         if query.kind == "tasks":
-            return self._summaries(self._tasks)
+            return [_row(t) for t in self._summaries(self._tasks)]
+        if query.kind == "usage":
+            return {"delivered": self._delivered.as_dict()}
         if query.kind == "task":
             entry = self._tasks.get(query.task_id)
             if entry is None:
                 return None
             record = msgspec.to_builtins(msgspec.structs.replace(entry.value, outbox=[]))
             record.pop("outbox", None)
+            record["tokens"] = entry.value.usage.tokens
             record["revision"] = entry.revision
             return record
         by_stage: dict[str, int] = {}

@@ -16,8 +16,12 @@ from actors.task_policy import (
     JOB_ENDED,
     HistoryEntry,
     breaker_open,
+    charged,
+    history_entry,
     job_failure,
     job_id_for,
+    outcome_usage,
+    over_ceiling,
     remember,
     with_job_failure,
 )
@@ -30,6 +34,7 @@ from actors.task_policy import guarded as guarded
 from actors.task_policy import on_annotate as on_annotate
 from actors.task_policy import reevaluable as reevaluable
 from actors.task_policy import refuse as _refuse
+from actors.usage_policy import Usage
 from bus.messages import (
     Approve,
     Cancel,
@@ -118,13 +123,14 @@ def _request(
 def _move(
     task: Task, new_stage: str, cause: str, now: float, *, revision: int
 ) -> tuple[Task, StageChanged]:
-    entry = HistoryEntry(at=now, old=task.stage, new=new_stage, cause=cause)
+    entry = history_entry(task, new_stage, cause, now)
     step = STEP_WORK if new_stage not in TERMINAL else ""
     moved = msgspec.structs.replace(
         task,
         stage=new_stage,
         step=step,
         history=[*task.history, entry],
+        stage_usage=Usage(),
         stage_retries=0,
         job_id="",
         job_status="",
@@ -140,6 +146,8 @@ def _move(
         cause=cause,
         revision=revision + 1,
         at=now,
+        cost_usd=entry.cost_usd,
+        tokens=entry.input_tokens + entry.output_tokens,
     )
     return moved, event
 
@@ -185,22 +193,20 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
         return Decision(reason="outcome already recorded", evaluate=evaluate)
     failed = outcome.status == JOB_FAILED
     updated = msgspec.structs.replace(
-        task,
+        charged(task, outcome_usage(outcome)),
         job_status=outcome.status,
         head_sha=outcome.head_sha or task.head_sha,
-        cost_usd=task.cost_usd + outcome.cost_usd,
-        budget_used_usd=task.budget_used_usd + outcome.cost_usd,
         job_reason=job_failure(outcome) if failed else "",
+        job_outcome=outcome.outcome if failed else "",
     )
     if outcome.status == JOB_CANCELLED:
         return Decision(task=updated, reason="job cancelled")
     if failed and outcome.outcome == OUTCOME_AUTH_REFUSED:
         # Another run would be refused the same way: only a person can fix credentials.
         return _escalate(updated, f"the {outcome.role} job failed: {updated.job_reason}", now)
-    budget = cfg.pipeline.max_task_cost_usd
-    if budget > 0 and updated.budget_used_usd >= budget:
-        spent = f"${updated.budget_used_usd:.2f} of ${budget:.2f}"
-        return _escalate(updated, f"circuit breaker: agent budget spent ({spent})", now)
+    ceiling = over_ceiling(updated, cfg)
+    if ceiling:
+        return _escalate(updated, ceiling, now)
     return Decision(task=updated, reason=f"job {outcome.status}; evaluating gate", evaluate=True)
 
 
@@ -406,6 +412,7 @@ def on_command(
                 stage_retries=0,
                 jobs_requested=0,
                 budget_used_usd=0.0,
+                budget_used_tokens=0,
                 last_reason="retried by operator",
                 step=STEP_WORK if task.stage != CREATED else STEP_INTAKE,
             )

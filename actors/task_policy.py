@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from actors.gate_policy import GateResult
+from actors.usage_policy import Usage
 from bus.messages import Alert, Annotate, BusMessage, JobOutcome, Message, TrackerUpdate
 from conveyor.config import Config
 from conveyor.pipeline import (
@@ -31,13 +32,18 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     old: str
     new: str
     cause: str
+    cost_usd: float = 0.0
+    """What the agents spent on the stage visit that ended here (USD and tokens)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Brief(msgspec.Struct, frozen=True, kw_only=True):
     """Why work came back to a stage, as the next run of its role is told."""
 
     kind: str
-    """review, tests, ci, no_work, merge, deploy or gate (see `brief_policy`)."""
+    """review, tests, ci, no_work, merge, deploy, gate, stalled or over_budget (`brief_policy`)."""
     stage: str
     """The stage whose gate sent the work back."""
     head: str = ""
@@ -82,12 +88,22 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     job_reason: str = ""
     """Why the last job failed, for people ("rate limited (429)", "exit code 1"); empty when
     it succeeded."""
+    job_outcome: str = ""
+    """How the last job's agent run ended when it failed (`stalled`, `over_budget`, …)."""
     jobs_requested: int = 0
     """Jobs requested since the task was created or retried by an operator (circuit breaker)."""
     cost_usd: float = 0.0
     """Agent cost reported over the task's whole life."""
     budget_used_usd: float = 0.0
     """Agent cost since creation or the last operator retry (circuit breaker)."""
+    input_tokens: int = 0
+    """Tokens reported over the task's whole life (with `cost_usd`, the task's usage)."""
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    budget_used_tokens: int = 0
+    """Tokens (input + output) since creation or the last operator retry (circuit breaker)."""
+    stage_usage: Usage = msgspec.field(default_factory=Usage)
+    """What the agents spent on the current stage visit (goes into its history entry)."""
     briefs: list[Brief] = msgspec.field(default_factory=list)
     """Rework briefs, oldest first (bounded); the newest went into the last job request."""
     created_at: float = 0.0
@@ -99,6 +115,16 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     def terminal(self) -> bool:
         """True once the task is done or cancelled."""
         return self.stage in TERMINAL
+
+    @property
+    def usage(self) -> Usage:
+        """What the task's agents reported spending over its whole life."""
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            cost_usd=self.cost_usd,
+        )
 
     def visit(self, stage: str) -> int:
         """How many times work for `stage` has been requested."""
@@ -137,6 +163,59 @@ def breaker_open(task: Task, cfg: Config) -> str:
     if limit > 0 and task.jobs_requested >= limit:
         return f"circuit breaker: {task.jobs_requested} jobs requested (limit {limit})"
     return ""
+
+
+def outcome_usage(outcome: JobOutcome) -> Usage:
+    """What a job reported spending over all its attempts."""
+    return Usage(
+        input_tokens=outcome.input_tokens,
+        output_tokens=outcome.output_tokens,
+        cached_tokens=outcome.cached_tokens,
+        cost_usd=outcome.cost_usd,
+    )
+
+
+def charged(task: Task, usage: Usage) -> Task:
+    """The task with a job's usage added to its totals, its stage visit and its budget."""
+    total = task.usage + usage
+    return msgspec.structs.replace(
+        task,
+        cost_usd=total.cost_usd,
+        input_tokens=total.input_tokens,
+        output_tokens=total.output_tokens,
+        cached_tokens=total.cached_tokens,
+        budget_used_usd=task.budget_used_usd + usage.cost_usd,
+        budget_used_tokens=task.budget_used_tokens + usage.tokens,
+        stage_usage=task.stage_usage + usage,
+    )
+
+
+def over_ceiling(task: Task, cfg: Config) -> str:
+    """Why the task's spending since its last retry trips a per-task ceiling, or ""."""
+    budget = cfg.pipeline.max_task_cost_usd
+    if budget > 0 and task.budget_used_usd >= budget:
+        spent = f"${task.budget_used_usd:.2f} of ${budget:.2f}"
+        return f"circuit breaker: agent budget spent ({spent}) on pipeline.max_task_cost_usd"
+    tokens = cfg.pipeline.max_task_tokens
+    if tokens > 0 and task.budget_used_tokens >= tokens:
+        used = f"{task.budget_used_tokens:,} of {tokens:,} tokens"
+        return f"circuit breaker: agent token budget spent ({used}) on pipeline.max_task_tokens"
+    return ""
+
+
+def history_entry(task: Task, new: str, cause: str, now: float) -> HistoryEntry:
+    """The history entry of leaving the current stage visit, with what it spent."""
+    spent = task.stage_usage
+    return HistoryEntry(
+        at=now,
+        old=task.stage,
+        new=new,
+        cause=cause,
+        cost_usd=spent.cost_usd,
+        input_tokens=spent.input_tokens,
+        output_tokens=spent.output_tokens,
+        cached_tokens=spent.cached_tokens,
+    )
 
 
 def job_failure(outcome: JobOutcome) -> str:

@@ -203,6 +203,10 @@ class JobOutcome(Message, frozen=True):
     """How the last attempt's agent run ended (`conveyor.pipeline.AgentOutcome`)."""
     reason: str = ""
     """The last attempt's outcome for people ("rate limited (429)", "stalled", …)."""
+    input_tokens: int = 0
+    """Tokens the agent reported over every attempt of the job (input, output, cached)."""
+    output_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class RunHeartbeat(Message, frozen=True):
@@ -322,6 +326,9 @@ class StageChanged(Message, frozen=True):
     cause: str
     revision: int
     at: float
+    cost_usd: float = 0.0
+    """What the agents spent on the stage visit that just ended (USD, then tokens)."""
+    tokens: int = 0
 
 
 class Alert(Message, frozen=True):

@@ -80,6 +80,8 @@ STATUS_TASK_PREFIX = f"{ROOT}.status.task"
 STATUS_TASK_WILDCARD = f"{STATUS_TASK_PREFIX}.*"
 STATUS_QUEUE = f"{ROOT}.status.queue"
 """Job counts by status and the running jobs."""
+STATUS_USAGE = f"{ROOT}.status.usage"
+"""The cost ledger: tokens and USD per repository and role, today's, per delivered item."""
 
 
 def status_task(task_id: str) -> str:

@@ -95,6 +95,8 @@ class PipelineConfig(_Section, frozen=True):
     """Circuit breaker: a task that requested this many jobs is escalated (0: off)."""
     max_task_cost_usd: float = 0.0
     """Circuit breaker: a task whose agents reported this much cost is escalated (0: off)."""
+    max_task_tokens: int = 0
+    """Circuit breaker: a task whose agents used this many tokens is escalated (0: off)."""
 
 
 class QueueConfig(_Section, frozen=True):
@@ -109,6 +111,10 @@ class QueueConfig(_Section, frozen=True):
     max_model_waits: int = 20
     """Waits a job may take for a rate-limited or overloaded model API before such a
     finish spends an attempt like any failure (a limit that never lifts must end)."""
+    max_repo_usd_per_day: float = 0.0
+    """Daily ceiling: a repository whose runs cost this much today (UTC) starts no more (0: off)."""
+    max_repo_tokens_per_day: int = 0
+    """Daily ceiling: a repository whose runs used this many tokens today starts none (0: off)."""
 
 
 DEMO_AGENT_COMMAND = (PYTHON, "-P", "-m", "conveyor.demo_agent")

@@ -238,6 +238,9 @@ def _check_integrations(cfg: Config) -> None:
     for key, count in (
         ("pipeline.max_task_jobs", cfg.pipeline.max_task_jobs),
         ("pipeline.max_task_cost_usd", cfg.pipeline.max_task_cost_usd),
+        ("pipeline.max_task_tokens", cfg.pipeline.max_task_tokens),
+        ("queue.max_repo_usd_per_day", cfg.queue.max_repo_usd_per_day),
+        ("queue.max_repo_tokens_per_day", cfg.queue.max_repo_tokens_per_day),
         ("gitea.retries", cfg.gitea.retries),
         ("plane.retries", cfg.plane.retries),
         ("telegram.max_retries", cfg.telegram.max_retries),

@@ -25,7 +25,10 @@ def stage_comment(event: StageChanged) -> str:
     """The comment a stage change leaves on its work item."""
     if not event.old:
         return f"Conveyor accepted this work item ({event.cause})."
-    return f"Stage {event.old} → {event.new}: {event.cause}"
+    spent = ""
+    if event.cost_usd > 0 or event.tokens > 0:
+        spent = f" (spent ${event.cost_usd:.4f}, {event.tokens:,} tokens on {event.old})"
+    return f"Stage {event.old} → {event.new}: {event.cause}{spent}"
 
 
 class TrackerSync(pykka.ThreadingActor):

@@ -434,14 +434,15 @@ def status(ctx: click.Context, item_id: str | None, as_json: bool) -> None:
             return
         overview = client.request(subjects.STATUS)
         tasks = client.request(subjects.STATUS_TASKS)
+        usage = client.request(subjects.STATUS_USAGE)
     except ConveyorError as err:
         raise click.ClickException(f"Conveyor is not reachable: {err}") from err
     finally:
         client.close()
     if as_json:
-        _print_json({"overview": overview, "tasks": tasks})
+        _print_json({"overview": overview, "tasks": tasks, "usage": usage})
         return
-    print_overview(overview, tasks)
+    print_overview(overview, tasks, usage)
 
 
 @main.command()

@@ -27,8 +27,18 @@ def ago(ts: float | None) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-def print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
-    """The daemon's health, its actors and its tasks."""
+def spent(usage: dict[str, Any]) -> str:
+    """USD and tokens for people: "$0.0123 / 2,345"."""
+    tokens = usage.get("tokens")
+    if tokens is None:
+        tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+    return f"${float(usage.get('cost_usd', 0.0)):.4f} / {int(tokens):,}"
+
+
+def print_overview(
+    overview: dict[str, Any], tasks: list[dict[str, Any]], usage: dict[str, Any] | None = None
+) -> None:
+    """The daemon's health, its actors, its tasks and the cost ledger."""
     health = "[green]healthy[/]" if overview.get("healthy") else "[red]degraded[/]"
     console.print(
         f"Conveyor {overview.get('version', '?')} — {health} — "
@@ -51,6 +61,7 @@ def print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> Non
         "step",
         "job",
         "retries",
+        "cost / tokens",
         "updated",
         "title",
         title="Tasks",
@@ -65,10 +76,37 @@ def print_overview(overview: dict[str, Any], tasks: list[dict[str, Any]]) -> Non
             task.get("step", ""),
             task.get("job_status", ""),
             str(task.get("developer_retries", 0)),
+            spent(task),
             ago(task.get("updated_at")),
             esc(task["title"]),
         )
     console.print(table)
+    held = overview.get("actors", {}).get("queue_worker", {}).get("held") or {}
+    for repo, why in sorted(held.items()):
+        console.print(f"[red]held[/] {repo}: {esc(str(why))}")
+    if usage and usage.get("ok") is not False:
+        _print_usage(usage)
+
+
+def _print_usage(usage: dict[str, Any]) -> None:
+    """Spending per repository (overall and today) and per delivered item."""
+    today = usage.get("today", {}).get("by_repo", {})
+    table = Table(
+        "repo",
+        "cost / tokens",
+        f"today ({usage.get('day', '')})",
+        title="Cost ledger",
+        title_justify="left",
+    )
+    for repo, total in sorted(usage.get("by_repo", {}).items()):
+        table.add_row(repo, spent(total), spent(today.get(repo, {})))
+    console.print(table)
+    delivered = usage.get("delivered", {})
+    if delivered.get("count"):
+        console.print(
+            f"delivered {delivered['count']}: ${delivered['cost_per_item_usd']:.4f} and "
+            f"{delivered['tokens_per_item']:,} tokens per item"
+        )
 
 
 def print_task(record: dict[str, Any]) -> None:
@@ -88,9 +126,14 @@ def print_task(record: dict[str, Any]) -> None:
         console.print(f"last: {esc(record['last_reason'])}")
     if record.get("job_reason"):
         console.print(f"job failed: [red]{esc(record['job_reason'])}[/]")
-    table = Table("at", "from", "to", "cause", title="History", title_justify="left")
+    console.print(f"spent {spent(record)} tokens")
+    table = Table(
+        "at", "from", "to", "cost / tokens", "cause", title="History", title_justify="left"
+    )
     for entry in record.get("history", []):
-        table.add_row(iso(entry["at"]), entry["old"] or "-", entry["new"], esc(entry["cause"]))
+        table.add_row(
+            iso(entry["at"]), entry["old"] or "-", entry["new"], spent(entry), esc(entry["cause"])
+        )
     console.print(table)
     _print_briefs(record.get("briefs") or [])
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.queue_worker import QueueStatus
+from actors.queue_worker import QueueStatus, UsageQuery
 from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
 from bus import subjects
@@ -131,6 +131,7 @@ class ControlService:
             ("tasks", subjects.STATUS_TASKS, _answering(self._tasks)),
             ("task", subjects.STATUS_TASK_WILDCARD, _answering(self._task)),
             ("queue", subjects.STATUS_QUEUE, _answering(self._queue)),
+            ("usage", subjects.STATUS_USAGE, _answering(self._usage)),
             *[
                 (name, subjects.status_actor(name), _answering(self._actor_status(name)))
                 for name in self._statuses
@@ -178,6 +179,11 @@ class ControlService:
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             status["reaper"] = {"healthy": False, "error": repr(err)}
         return dumps(status)
+
+    def _usage(self, _subject: str, _data: bytes) -> bytes:
+        ledger: dict[str, Any] = self._ask(self._worker, UsageQuery())
+        ledger.update(self._ask(self._engine, StatusQuery(kind="usage")))
+        return dumps(ledger)
 
     def _lease(self, subject: str, data: bytes) -> bytes:
         kind = LEASE_TYPES[subject]
