@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor import validate
+from conveyor import config_env, validate
 from conveyor.config_check import check
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.instructions import anchor_instructions, check_instructions
@@ -39,8 +39,6 @@ from conveyor.pipeline import (
     ROLE_REVIEWER,
     ROLE_TESTER,
 )
-
-ENV_PREFIX = "CONVEYOR_"
 
 PYTHON = "{python}"
 """Placeholder in agent commands for the interpreter running Conveyor."""
@@ -416,45 +414,6 @@ class Config(_Section, frozen=True):
         return next((s for s in self.pipeline.stages if s.name == name), None)
 
 
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    for name, raw in sorted(env.items()):
-        if name == f"{ENV_PREFIX}DATA_DIR":
-            data["data_dir"] = raw
-            continue
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = _env_path(name[len(ENV_PREFIX) :])
-        if not all(path):
-            continue
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {'.'.join(path)} is not a section")
-            node = child
-        node[path[-1]] = _parse_env_value(raw)
-    return data
-
-
-def _env_path(rest: str) -> list[str]:
-    """Split `SECTION__KEY`; keys under an `env` table keep their case (API_KEY stays)."""
-    parts = rest.split("__")
-    out: list[str] = []
-    for index, part in enumerate(parts):
-        out.append(part.lower())
-        if part.lower() == "env" and index + 1 < len(parts):
-            out.extend(parts[index + 1 :])
-            break
-    return out
-
-
 def default_toml() -> str:
     """Return the embedded default `config.toml`."""
     return resources.files("conveyor").joinpath("default_config.toml").read_text()
@@ -473,7 +432,7 @@ def load(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from err
-    data = _overlay_env(data, os.environ if env is None else env)
+    data = config_env.overlay_env(data, os.environ if env is None else env)
     if overrides:
         data.update(overrides)
     data_dir = data.get("data_dir")
