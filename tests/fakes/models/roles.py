@@ -17,7 +17,6 @@ from conveyor.pipeline import (
     APPROVED,
     BRD,
     DEPLOY_LOG,
-    REQUEST_CHANGES,
     REVIEW,
     STAGING_LOG,
     SUCCESS,
@@ -51,9 +50,7 @@ def _doc(item: str, kind: str, body: str) -> str:
     return f"---\ntype: {kind}\nwork_item_id: {item}\n---\n\n{body}\n"
 
 
-def role_writes(
-    role: str, item: str, stage: str, visit: int, *, changes_on: frozenset[int] = frozenset()
-) -> list[WriteFile]:
+def role_writes(role: str, item: str, stage: str, visit: int) -> list[WriteFile]:
     """The files that pass `stage`'s gate when `role` writes them on `visit`."""
 
     def at(name: str) -> str:
@@ -75,10 +72,8 @@ def role_writes(
         module = f"fake_{item.lower().replace('-', '_')}_v{visit}.py"
         return [WriteFile(module, f'"""Written by the fake model."""\n\nVISIT = {visit}\n')]
     if role == "reviewer":
-        verdict = REQUEST_CHANGES if visit in changes_on else APPROVED
-        finding = f"- P1: FAKE-FINDING-{visit}: rename the module." if verdict != APPROVED else ""
-        front = f"---\ntype: review\nwork_item_id: {item}\nverdict: {verdict}\nversion: {visit}\n"
-        body = f"---\n\n# Review v{visit}\n\n## Findings\n\n{finding or '- none'}\n"
+        front = f"---\ntype: review\nwork_item_id: {item}\nverdict: {APPROVED}\nversion: {visit}\n"
+        body = f"---\n\n# Review v{visit}\n\n## Findings\n\n- none\n"
         return [WriteFile(at(REVIEW), front + body)]
     if role == "tester":
         front = f"---\ntype: test-report\nwork_item_id: {item}\nresult: {TESTS_PASS}\n---\n"
@@ -94,11 +89,9 @@ def role_writes(
 class RoleScript(Script):
     """Answers each run with the writes its role's gate needs, then a final text.
 
-    `changes_on`: review visits on which the reviewer requests changes (the findings
-    carry `FAKE-FINDING-<visit>`). `runs` lists every run seen, in order.
+    `runs` lists every run seen, in order, with the prompt as the model received it.
     """
 
-    changes_on: frozenset[int] = frozenset()
     runs: list[Seen] = field(default_factory=list)
 
     def observe(self, raw: str) -> None:
@@ -119,9 +112,7 @@ class RoleScript(Script):
         ):
             return
         self.runs.append(seen)
-        self.writes = role_writes(
-            seen.role, seen.item, seen.stage, seen.visit, changes_on=self.changes_on
-        )
+        self.writes = role_writes(seen.role, seen.item, seen.stage, seen.visit)
         self.final_text = f"Done: {seen.role} wrote {len(self.writes)} file(s) for {seen.item}."
 
     def runs_of(self, role: str) -> list[Seen]:
