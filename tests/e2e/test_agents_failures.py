@@ -94,14 +94,16 @@ def test_claude_whose_writes_are_refused_while_it_exits_0_is_not_a_success(
     harness = harness_factory(agents={"analyst": analyst}, prices=PRICES, **FAST)
     harness.submit("Refused writes")
 
-    # When its job has used both attempts
+    first = f"{ITEM}.analysis.1.work"
+
+    # When its first job has used both attempts
     def _failed() -> bool:
-        job = next((j for j in harness.jobs().values() if j.role == "analyst"), None)
+        job = harness.jobs().get(first)
         return job is not None and job.status == "failed"
 
     wait_until(_failed, deadline_s=120, what="the analyst job to fail")
     # Then no run counted as a success: each says its writes were denied
-    analyst_runs = [r for r in runs(harness) if r.role == "analyst"]
+    analyst_runs = [r for r in runs(harness) if r.job_id == first]
     assert [r.outcome for r in analyst_runs] == ["permission_denied"] * 2, analyst_runs
     assert all(r.exit_code == 0 for r in analyst_runs), analyst_runs
     assert all(r.reason == "permission denied" for r in analyst_runs), analyst_runs
