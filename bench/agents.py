@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import os
 import queue
 import shutil
@@ -89,7 +90,9 @@ class StageRun:
     stage_s: float
     cli_s: float
     prompt: str
+    cli_own_ms: float | None
     bare_s: float = 0.0
+    bare_own_ms: float | None = None
 
 
 @dataclass
@@ -210,8 +213,23 @@ class ConveyorSide:
             if not run.outcome or run.stage not in spans or not exit_file.exists():
                 continue  # a deploy command Conveyor ran itself, not a CLI
             cli_s = exit_file.stat().st_mtime - prompt.stat().st_mtime
-            found.append(StageRun(run.stage, run.role, spans[run.stage], cli_s, prompt.read_text()))
+            own = own_ms(Path(run.log_path).read_text(errors="replace"))
+            found.append(
+                StageRun(run.stage, run.role, spans[run.stage], cli_s, prompt.read_text(), own)
+            )
         return found
+
+
+def own_ms(output: str) -> float | None:
+    """The run time a CLI reports itself (Claude's `duration_ms`), None when it reports none."""
+    for line in reversed(output.splitlines()):
+        if '"duration_ms"' not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            value = json.loads(line).get("duration_ms")
+            if isinstance(value, int | float):
+                return float(value)
+    return None
 
 
 # --- floor side ----------------------------------------------------------------------------
@@ -219,8 +237,11 @@ class ConveyorSide:
 
 def bare_run(
     cli: str, binary: str, url: str, script: RoleScript, scratch: Path, prompt: str
-) -> float:
-    """Spawn-to-exit seconds of the CLI alone, with the adapter's argv, in a fresh git dir."""
+) -> tuple[float, float | None]:
+    """Spawn-to-exit seconds of the CLI alone, with the adapter's argv, in a fresh git dir.
+
+    With the run time the CLI reports itself, when it does.
+    """
     workdir, run_dir = scratch / "repo", scratch / "run"
     workdir.mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(workdir)], check=True)
@@ -256,7 +277,7 @@ def bare_run(
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         print(f"  bare run exited {done.returncode}: {done.stderr[-300:]}", file=sys.stderr)
-    return elapsed
+    return elapsed, own_ms(done.stdout)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -284,6 +305,19 @@ def report(results: Results, items: int, cli: str) -> None:
         print(
             f"  {name:<14} {_ms(stage)} {_ms(cli_s)} {_ms(stage - cli_s):>9} {_ms(bare)} "
             f"{_ms(stage - bare):>10}"
+        )
+    reported = [
+        (r.cli_own_ms, r.bare_own_ms)
+        for r in results.stages
+        if r.cli_own_ms is not None and r.bare_own_ms is not None
+    ]
+    if reported:
+        # The CLI's own timer leaves out its start-up: this splits the cli - bare difference.
+        inside = statistics.median(c for c, _ in reported)
+        alone = statistics.median(b for _, b in reported)
+        print(
+            f"  the CLI's own reported run time (median): {inside:.0f} ms under Conveyor, "
+            f"{alone:.0f} ms bare"
         )
     print()
     own, over = statistics.mean(owns) * 1000, statistics.mean(overs) * 1000
@@ -319,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = side.one(number)
             for index, stage_run in enumerate(runs):
                 scratch = root / "bare" / f"{number}-{index}"
-                stage_run.bare_s = bare_run(
+                stage_run.bare_s, stage_run.bare_own_ms = bare_run(
                     args.cli, binary, model.url, script, scratch, stage_run.prompt
                 )
             results.stages += runs
