@@ -164,18 +164,21 @@ def print_phases(rows: list[tuple[str, dict[str, float], Any]]) -> None:
         print(f"  {stage:<14}{cells}")
     for name, meaning in PHASES:
         print(f"  {name}: {meaning}")
-    print(f"  {'stage':<14}" + "".join(f" {name:>20}" for name, _, _ in VERSUS))
+    heads = "".join(f" {name:>20}" for name, _, _ in VERSUS)
+    print(f"  {'stage':<14}{heads} {'outside cli c-f':>16}")
     for stage in stages:
         mine = [(split, floor) for name, split, floor in rows if name == stage and split]
-        cells = ""
-        for _, parts, attr in VERSUS:
+        cells, outside = "", 0.0
+        for name, parts, attr in VERSUS:
             conveyor = statistics.median(sum(s[p] for p in parts) for s, _ in mine) * 1000
             floor = statistics.median(getattr(f, attr) for _, f in mine) * 1000
             cells += f" {f'{conveyor:.0f} / {floor:.0f}':>20}"
-        print(f"  {stage:<14}{cells}")
+            outside += 0.0 if name == "cli" else conveyor - floor
+        print(f"  {stage:<14}{cells} {outside:16.0f}")
     print(
         "  before spawn: the floor's worktree, prompt and plan; cli: the floor's bare run;\n"
-        "  after exit: the floor's commit, push, pull request, CI; to next stage: its gate read"
+        "  after exit: the floor's commit, push, pull request, CI; to next stage: its gate read;\n"
+        "  outside cli c-f: Conveyor - floor in all but the CLI run (the least noisy part)"
     )
 
 
