@@ -161,7 +161,10 @@ class FloorSide:
         code = recorded[0] if recorded else proc.returncode
         if code != 0:
             raise RuntimeError(f"floor: {role} on {stage} exited {code} (see {run_dir})")
-        # The Launcher's post-steps: commit, push, pull request, CI.
+        self.post_steps(task, stage, role, worktree)
+
+    def post_steps(self, task: Task, stage: str, role: str, worktree: Path) -> None:
+        """The Launcher's post-steps: commit, push, pull request, CI."""
         git.commit_all(worktree, f"{role}: {task.id} {stage} (visit 1, attempt 1)")
         sha = git.push_branch(worktree, task.branch)
         if self.forge.find_pull(REPO, task.branch) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateways.agents.base import (
@@ -18,6 +19,10 @@ from gateways.agents.base import (
     home_dirs,
     int_field,
 )
+
+WRITE_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
+_REFUSED = re.compile(r"is disabled|No such tool available|permission|not allowed|denied", re.I)
+"""A write tool's error that means the session refused the tool, not that the edit failed."""
 
 
 class ClaudeAdapter:
@@ -80,6 +85,8 @@ class ClaudeParser(JsonLinesParser):
         self._per_message: dict[str, Usage] = {}
         self._last_retry_status: int | None = None
         self._writes_done = 0
+        self._write_calls: set[str] = set()
+        self._writes_refused = 0
 
     @property
     def usage(self) -> Usage:
@@ -104,12 +111,27 @@ class ClaudeParser(JsonLinesParser):
                 result = event.get("tool_use_result")
                 if isinstance(result, dict) and result.get("type") in ("create", "update"):
                     self._writes_done += 1
+                self._count_refused(event)
                 return [Activity(kind="tool", detail="tool_result")]
             case "result", _:
                 self._result = event
                 return [Activity(kind="usage", usage=self.usage)]
             case _:
                 return [Activity(kind="text", detail=str(event.get("type", "")))]
+
+    def _count_refused(self, event: dict[str, Any]) -> None:
+        # A tool taken away (`--disallowedTools`) never shows in `permission_denials`: the
+        # call just errors, and the run ends "successfully" having written nothing.
+        message = event.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else []:
+            if (
+                isinstance(block, dict)
+                and block.get("is_error")
+                and block.get("tool_use_id") in self._write_calls
+                and _REFUSED.search(str(block.get("content", "")))
+            ):
+                self._writes_refused += 1
 
     def _assistant(self, event: dict[str, Any]) -> list[Activity]:
         message = event.get("message")
@@ -122,6 +144,8 @@ class ClaudeParser(JsonLinesParser):
         activities = []
         for block in message.get("content") or []:
             if isinstance(block, dict) and block.get("type") == "tool_use":
+                if block.get("name") in WRITE_TOOLS:
+                    self._write_calls.add(str(block.get("id", "")))
                 activities.append(Activity(kind="tool", detail=str(block.get("name", ""))))
             elif isinstance(block, dict) and block.get("type") == "text":
                 activities.append(Activity(kind="text", detail=str(block.get("text", ""))[:200]))
@@ -150,13 +174,14 @@ class ClaudeParser(JsonLinesParser):
                 status=status if isinstance(status, int) else None,
                 cost_usd=cost_usd,
             )
-        denials = result.get("permission_denials") or []
-        if denials and self._writes_done == 0:
+        # A denied call may show both ways (a denial and an erroring result): count it once.
+        denied = max(len(result.get("permission_denials") or []), self._writes_refused)
+        if denied and self._writes_done == 0:
             return AgentResult(
                 outcome=PERMISSION_DENIED,
                 usage=self.usage,
                 cost_usd=cost_usd,
-                detail=f"{len(denials)} tool call(s) denied: {text}",
+                detail=f"{denied} tool call(s) denied: {text}",
                 exit_code=exit_code,
             )
         return AgentResult(

@@ -55,6 +55,10 @@ class Script:
     cached_tokens: int = 0
     whole_format: bool = False
 
+    def observe(self, raw: str) -> None:
+        """See a request's raw body before it is answered; a plain script ignores it."""
+        del raw
+
     def turn(self, tool_results: int) -> WriteFile | None:
         """The write for a request that already carries `tool_results` results, or None."""
         return self.writes[tool_results] if tool_results < len(self.writes) else None

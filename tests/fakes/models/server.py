@@ -61,6 +61,7 @@ class FakeModel(ServerThread):
 
     async def _log(self, request: web.Request) -> dict[str, Any]:
         raw = await request.text()
+        self.script.observe(raw)
         try:
             body = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
