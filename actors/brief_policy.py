@@ -100,8 +100,7 @@ def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> 
             f"You produced nothing: the visit committed no change to the branch. {result.reason}"
         )
     if gate == GATE_CI_GREEN and inputs.ci_state in ("failure", "error"):
-        detail = inputs.ci_description or "no description"
-        return KIND_CI, _tail(f"CI {inputs.ci_state} at {inputs.branch_head}: {detail}")
+        return KIND_CI, _red_check(inputs)
     if result.verdict == "rework":
         if gate == GATE_REVIEW:
             return KIND_REVIEW, _head(_body(_file(inputs, task, REVIEW)) or result.reason)
@@ -110,6 +109,27 @@ def _evidence(gate: str, task: Task, inputs: GateInputs, result: GateResult) -> 
         if gate in _LOG_FILES:
             return KIND_DEPLOY, _tail(_body(_file(inputs, task, _LOG_FILES[gate])))
     return KIND_GATE, _head(result.reason)
+
+
+def _red_check(inputs: GateInputs) -> str:
+    """The red check's state, context and description, its URL, then its output's tail.
+
+    The head goes first and the log's tail last, so cutting the brief to size keeps
+    both what failed and the end of the output, where the failure is.
+    """
+    detail = inputs.ci_description or "no description"
+    head = f"CI {inputs.ci_state} at {inputs.branch_head}: {detail}"
+    if inputs.ci_target_url:
+        head += f"\nDetails: {inputs.ci_target_url}"
+    log = inputs.ci_log.strip()
+    if not log:
+        return _head(head)
+    half = MAX_BRIEF_CHARS // 2
+    if len(head) > half:
+        head = head[: half - 1] + "…"
+    head += "\nThe check's output ends with:\n"
+    room = MAX_BRIEF_CHARS - len(head)
+    return head + (log if len(log) <= room else "…" + log[-(room - 1) :])
 
 
 def _killed(task: Task) -> tuple[str, str]:

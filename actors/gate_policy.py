@@ -63,6 +63,9 @@ class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
     branch_head: str | None = None
     ci_state: str | None = None
     ci_description: str = ""
+    ci_target_url: str = ""
+    ci_log: str = ""
+    """The tail of the red check's output, when the forge keeps it (read only on red)."""
     pr_merged: bool | None = None
     visit_base: str = ""
     """The branch head when the visit started (the task's); the CI gate needs a newer head."""

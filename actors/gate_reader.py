@@ -10,6 +10,8 @@ from gateways.forge import Forge
 
 MAX_ARTIFACT_BYTES = 256 * 1024
 MAX_ADRS = 20
+MAX_CHECK_LOG_CHARS = 16 * 1024
+"""The red check's output read for its brief (which keeps less still)."""
 
 
 def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
@@ -30,11 +32,14 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
                     text = _text(forge.read_file(task.repo, head, f"{adr_dir}/{name}"))
                     if text is not None:
                         adr_files[name] = text
-        ci_state, ci_description = None, ""
+        ci_state, ci_description, ci_target_url, ci_log = None, "", "", ""
         if gate == "ci_green":
             status = forge.commit_status(task.repo, head)
             ci_state = status.state if status else None
             ci_description = f"{status.context}: {status.description}" if status else ""
+            ci_target_url = status.target_url if status else ""
+            if ci_state in ("failure", "error"):
+                ci_log = forge.check_log(task.repo, head)[-MAX_CHECK_LOG_CHARS:]
         pr_merged = None
         if gate == pipeline.GATE_PR_MERGED:
             pull = forge.find_pull(task.repo, task.branch)
@@ -46,6 +51,8 @@ def read_gate_inputs(forge: Forge, task: Task, gate: str) -> GateInputs:
             branch_head=head,
             ci_state=ci_state,
             ci_description=ci_description,
+            ci_target_url=ci_target_url,
+            ci_log=ci_log,
             pr_merged=pr_merged,
             visit_base=task.visit_base_sha if gate == "ci_green" else "",
         )

@@ -22,7 +22,7 @@ from bus.messages import (
 )
 from conveyor import retry
 from conveyor.config import QueueConfig
-from conveyor.pipeline import OUTCOME_AUTH_REFUSED, WAIT_OUTCOMES
+from conveyor.pipeline import OUTCOME_AUTH_REFUSED, OUTCOME_OVER_BUDGET, WAIT_OUTCOMES
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -87,6 +87,13 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The UTC day `held` was set on (its repository is alerted once per day)."""
     retry_brief: str = ""
     """Why Conveyor killed the last attempt (stalled, over budget): the next one is told."""
+    task_spent_usd: float = 0.0
+    """What the task spent before this job (`JobRequested`); the task ceilings count it."""
+    task_spent_tokens: int = 0
+    ceiling: str = ""
+    """The spending ceiling the running attempt crossed (it was killed for it), or ""."""
+    ceiling_usage: Usage = ZERO
+    """The attempt's running totals when it was killed (its finish may report none)."""
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
 
 
@@ -132,6 +139,8 @@ def on_request(
         title=req.title,
         description=req.description,
         brief=req.brief,
+        task_spent_usd=req.task_spent_usd,
+        task_spent_tokens=req.task_spent_tokens,
         max_attempts=cfg.max_attempts,
         available_at=now,
         enqueued_at=now,
@@ -190,8 +199,26 @@ def on_finished(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig
     """Finish the current attempt: done, requeue with back-off, or fail for good."""
     if job.status != RUNNING or finished.attempt != job.attempts:
         return Decision(reason="finish of a stale attempt; ignored")
+    if job.ceiling:
+        finished = _over_ceiling(job, finished)
     decision = _finish(job, finished, now=now, cfg=cfg)
     return msgspec.structs.replace(decision, usage=usage_policy.reported(finished.usage))
+
+
+def _over_ceiling(job: Job, finished: JobFinished) -> JobFinished:
+    """The finish of an attempt killed for a ceiling: an over-budget run, with what it spent."""
+    run = usage_policy.reported(finished.usage)
+    if run.tokens < job.ceiling_usage.tokens or run.cost_usd < job.ceiling_usage.cost_usd:
+        run = job.ceiling_usage
+    return msgspec.structs.replace(
+        finished,
+        exit_code=None,
+        error=f"killed: {job.ceiling}",
+        outcome=OUTCOME_OVER_BUDGET,
+        reason=f"killed on crossing a spending ceiling: {job.ceiling}",
+        usage=usage_policy.as_usage_dict(run),
+        defer_s=0.0,
+    )
 
 
 def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) -> Decision:
@@ -234,7 +261,9 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
     # The agent's own outcome says more to an operator than the exit code it caused.
     why = finished.reason or finished.error or f"exit code {finished.exit_code}"
     # Refused credentials are refused again on every attempt: fail now, a person must act.
-    if job.attempts < job.max_attempts and finished.outcome != OUTCOME_AUTH_REFUSED:
+    # Another attempt past a spending ceiling would only be killed again.
+    final = finished.outcome == OUTCOME_AUTH_REFUSED or bool(job.ceiling)
+    if job.attempts < job.max_attempts and not final:
         requeued = msgspec.structs.replace(
             base,
             retry_brief=_retry_brief(finished),
@@ -252,6 +281,7 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
         source="queue_worker",
         task_id=job.task_id,
         at=now,
+        kind="over_budget" if job.ceiling else "",
         text=f"job {job.id} ({job.role}, repo {job.repo}) failed after "
         f"{job.attempts} attempts: {why}",
     )

@@ -6,12 +6,20 @@ from typing import Any
 
 import msgspec
 
+from actors import ceiling_policy, usage_policy
 from actors import queue_policy as policy
-from actors import usage_policy
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
 from bus.bridge import Bus, Delivery, Store, Versioned
-from bus.messages import JobFinished, JobRequested, JobsCancelled, JobStarted, ReapJob, Tick
+from bus.messages import (
+    JobFinished,
+    JobRequested,
+    JobsCancelled,
+    JobStarted,
+    ReapJob,
+    RunHeartbeat,
+    Tick,
+)
 from conveyor import faults
 from conveyor.clock import Clock
 from conveyor.config import QueueConfig
@@ -40,9 +48,20 @@ class QueueWorker(Owner):
 
     name = "queue_worker"
 
-    def __init__(self, bus: Bus, store: Store[Job], clock: Clock, cfg: QueueConfig) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store[Job],
+        clock: Clock,
+        cfg: QueueConfig,
+        ceilings: usage_policy.Ceilings | None = None,
+    ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
+        self._ceilings = ceilings or usage_policy.Ceilings(
+            repo_usd_per_day=cfg.max_repo_usd_per_day,
+            repo_tokens_per_day=cfg.max_repo_tokens_per_day,
+        )
         self._jobs: dict[str, Versioned[Job]] = {}
         self._started_at = 0.0
         self._ledger = usage_policy.Ledger()
@@ -65,6 +84,8 @@ class QueueWorker(Owner):
                 body=JobRequested() | JobsCancelled() | JobStarted() | JobFinished() | ReapJob()
             ):
                 self._handle(message)
+            case RunHeartbeat():
+                self._on_heartbeat(message)
             case Tick():
                 self._heal()
                 self._dispatch()
@@ -123,6 +144,20 @@ class QueueWorker(Owner):
         self._apply(decision)
         delivery.ack()
         self._dispatch()
+
+    def _on_heartbeat(self, beat: RunHeartbeat) -> None:
+        """Kill a running job whose running totals crossed a spending ceiling (O(1))."""
+        entry = self._jobs.get(beat.job_id)
+        if self.fenced or entry is None or not self._ceilings.any:
+            return
+        now = self._clock.now()
+        self._ledger = usage_policy.rolled(self._ledger, now)
+        decision = ceiling_policy.on_heartbeat(
+            entry.value, beat, self._ledger, self._ceilings, now=now
+        )
+        if decision.jobs:
+            log.warning("queue_worker.ceiling_crossed", job_id=beat.job_id, reason=decision.reason)
+            self._apply(decision)
 
     def _apply(self, decision: policy.Decision) -> None:
         emits = list(decision.emit)

@@ -116,6 +116,8 @@ def _request(
         description=task.description,
         requested_at=now,
         brief=brief,
+        task_spent_usd=task.budget_used_usd,
+        task_spent_tokens=task.budget_used_tokens,
     )
     return updated, request
 

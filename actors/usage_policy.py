@@ -141,6 +141,65 @@ def over_daily(ledger: Ledger, repo: str, cfg: QueueConfig) -> str:
     return ""
 
 
+class Ceilings(msgspec.Struct, frozen=True, kw_only=True):
+    """The spending ceilings a running job is held to (0: none)."""
+
+    task_usd: float = 0.0
+    """`pipeline.max_task_cost_usd`."""
+    task_tokens: int = 0
+    """`pipeline.max_task_tokens`."""
+    repo_usd_per_day: float = 0.0
+    """`queue.max_repo_usd_per_day`."""
+    repo_tokens_per_day: int = 0
+    """`queue.max_repo_tokens_per_day`."""
+
+    @property
+    def any(self) -> bool:
+        """Whether any ceiling is set."""
+        return bool(
+            self.task_usd > 0
+            or self.task_tokens > 0
+            or self.repo_usd_per_day > 0
+            or self.repo_tokens_per_day > 0
+        )
+
+
+def crossed(ceilings: Ceilings, *, task: Usage, repo: str, repo_today: Usage) -> str:
+    """Which ceiling a running job crosses, naming it, or "".
+
+    `task` is what the task spent with the running attempt's totals included;
+    `repo_today` is what the repository spent today with them included.
+    """
+    if ceilings.task_usd > 0 and task.cost_usd >= ceilings.task_usd:
+        return (
+            f"the task spent ${task.cost_usd:.4f} "
+            f"(pipeline.max_task_cost_usd ${ceilings.task_usd:g})"
+        )
+    if ceilings.task_tokens > 0 and task.tokens >= ceilings.task_tokens:
+        return (
+            f"the task used {task.tokens:,} tokens "
+            f"(pipeline.max_task_tokens {ceilings.task_tokens:,})"
+        )
+    usd, tokens = ceilings.repo_usd_per_day, ceilings.repo_tokens_per_day
+    if usd > 0 and repo_today.cost_usd >= usd:
+        return (
+            f"repository {repo} spent ${repo_today.cost_usd:.4f} today "
+            f"(queue.max_repo_usd_per_day ${usd:g})"
+        )
+    if tokens > 0 and repo_today.tokens >= tokens:
+        return (
+            f"repository {repo} used {repo_today.tokens:,} tokens today "
+            f"(queue.max_repo_tokens_per_day {tokens:,})"
+        )
+    return ""
+
+
+def as_usage_dict(usage: Usage) -> dict[str, object]:
+    """Usage as a run reports it (`JobFinished.usage`, `RunHeartbeat.usage`)."""
+    out: dict[str, object] = msgspec.to_builtins(usage)
+    return out
+
+
 def as_dict(usage: Usage) -> dict[str, object]:
     """Usage as a status answer carries it, with the token sum."""
     out: dict[str, object] = msgspec.to_builtins(usage)

@@ -138,6 +138,11 @@ class JobRequested(Message, frozen=True):
     brief: str = ""
     """Why the task came back to this stage (review findings, failing tests, …); empty on a
     first visit. The next run of the role gets it in its prompt."""
+    task_spent_usd: float = 0.0
+    """What the task's agents spent before this job, since its last operator retry (the
+    budget `pipeline.max_task_cost_usd` caps); the QueueWorker adds the running totals."""
+    task_spent_tokens: int = 0
+    """Likewise in tokens (input + output), for `pipeline.max_task_tokens`."""
 
 
 class JobsCancelled(Message, frozen=True):

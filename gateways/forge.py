@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import msgspec
 
@@ -53,6 +53,8 @@ class CommitStatus(msgspec.Struct, frozen=True, kw_only=True):
     context: str
     description: str
     updated_at: float
+    target_url: str = ""
+    """Where the forge shows the check's details (Gitea); empty when there is none."""
 
 
 class Forge(Protocol):
@@ -96,6 +98,10 @@ class Forge(Protocol):
 
     def set_status(self, repo: str, sha: str, state: str, context: str, description: str) -> None:
         """Record a status of `sha` for `context`."""
+        ...
+
+    def check_log(self, repo: str, sha: str) -> str:
+        """The tail of the output of the check that ran on `sha`; "" when the forge keeps none."""
         ...
 
     def on_push(self, repo: str, branch: str, sha: str) -> None:
@@ -166,6 +172,27 @@ def append_line(path: Path, line: bytes) -> None:
             handle.write(line.rstrip(b"\n") + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def keep_tail(handle: IO[bytes], limit: int) -> None:
+    """Cut an open file to its last `limit` bytes (a log's end is where the failure is)."""
+    size = handle.seek(0, os.SEEK_END)
+    if size > limit:
+        handle.seek(size - limit)
+        tail = handle.read()
+        handle.seek(0)
+        handle.write(tail)
+        handle.truncate()
+
+
+def read_tail(path: Path, limit: int) -> bytes:
+    """The last `limit` bytes of `path`; empty when it does not exist."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - limit))
+            return handle.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _fsync_dir(path: Path) -> None:

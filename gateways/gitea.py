@@ -151,6 +151,11 @@ class GiteaForge:
             return None
         return min(mapped, key=lambda s: (STATE_RANK[s.state], -s.updated_at))
 
+    def check_log(self, repo: str, sha: str) -> str:
+        # Gitea's API gives a status a description and a target URL, not the log of the
+        # job behind it; the brief carries those two (the status holds them).
+        return ""
+
     def set_status(self, repo: str, sha: str, state: str, context: str, description: str) -> None:
         if state not in STATE_RANK:
             raise InvalidField("state", f"must be one of {', '.join(STATE_RANK)}")
@@ -309,6 +314,7 @@ def _status(sha: str, status: GiteaStatus) -> CommitStatus:
         context=status.context,
         description=status.description or "",
         updated_at=epoch(status.updated_at) or epoch(status.created_at) or 0.0,
+        target_url=status.target_url or "",
     )
 
 

@@ -39,7 +39,9 @@ from gateways.forge import (
     append_line,
     branch_or_main,
     full_sha,
+    keep_tail,
     locked,
+    read_tail,
     write_atomic,
 )
 
@@ -50,6 +52,8 @@ CI_CONTEXT = "conveyor/ci"
 
 STATUS_STATES = ("pending", "success", "failure", "error")
 
+MAX_CHECK_LOG_BYTES = 64 * 1024
+"""A check's kept output: its last this many bytes (the failure is at the end)."""
 _MAX_CONTEXT = 100
 _MAX_STATUS_DESCRIPTION = 1000
 _MERGE_AUTHOR = ("Conveyor Forge", "forge@conveyor.local")
@@ -282,6 +286,10 @@ class LocalForge:
         state, description = self._run_check(repo, sha, command)
         self.set_status(repo, sha, state, CI_CONTEXT, description)
 
+    def check_log(self, repo: str, sha: str) -> str:
+        path = self.root / "ci-logs" / validate.repo_name(repo) / f"{full_sha(sha)}.log"
+        return read_tail(path, MAX_CHECK_LOG_BYTES).decode("utf-8", errors="replace")
+
     def await_checks(self, repo: str, branch: str, sha: str) -> CommitStatus | None:
         # The local CI runs synchronously in on_push, so its result is there when it returns.
         self.on_push(repo, branch, sha)
@@ -298,8 +306,10 @@ class LocalForge:
                 ["worktree", "add", "--quiet", "--detach", "--", str(checkout), sha], git_dir=bare
             )
             try:
-                with log_path.open("wb") as out:
-                    return self._run_command(repo, sha, command, checkout, out)
+                with log_path.open("w+b") as out:
+                    result = self._run_command(repo, sha, command, checkout, out)
+                    keep_tail(out, MAX_CHECK_LOG_BYTES)
+                    return result
             finally:
                 git.run_git_result(
                     ["worktree", "remove", "--force", "--", str(checkout)], git_dir=bare

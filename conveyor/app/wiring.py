@@ -32,6 +32,7 @@ from actors.reaper import Reaper, ReaperStatus
 from actors.reconciler import Reconciler, ReconcilerStatus
 from actors.stage_engine import StageEngine, StatusQuery
 from actors.stage_policy import Task
+from actors.usage_policy import Ceilings
 from bus import subjects
 from bus.bridge import Bus, Delivery, Store
 from bus.effects import Effect, Ledger
@@ -157,7 +158,14 @@ def _stage_engine(ctx: Context, store: Store[Any] | None) -> Ref:
 
 def _queue_worker(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
-    return QueueWorker.start(ctx.bus, store, ctx.clock, ctx.cfg.queue)
+    cfg = ctx.cfg
+    ceilings = Ceilings(
+        task_usd=cfg.pipeline.max_task_cost_usd,
+        task_tokens=cfg.pipeline.max_task_tokens,
+        repo_usd_per_day=cfg.queue.max_repo_usd_per_day,
+        repo_tokens_per_day=cfg.queue.max_repo_tokens_per_day,
+    )
+    return QueueWorker.start(ctx.bus, store, ctx.clock, cfg.queue, ceilings)
 
 
 def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
@@ -277,6 +285,8 @@ TABLE: tuple[ActorSpec, ...] = (
                 JobInput,
             ),
         ),
+        # The launchers' heartbeats carry live runs' running totals (spending ceilings).
+        core_feeds=(CoreFeed(subjects.HEARTBEATS, RunHeartbeat),),
         ticks=True,
         status=QueueStatus,
     ),

@@ -40,7 +40,7 @@ PINNED = [
                 ),
             )
         ],
-        [],
+        ["conveyor.heartbeats.runs"],
         True,
         True,
     ),

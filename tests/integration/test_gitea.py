@@ -364,6 +364,27 @@ def test_commit_status_is_the_worst_latest_status_of_each_context(
         only_build.close()
 
 
+def test_a_red_status_carries_its_target_url_and_no_log(fake: FakeGitea, forge: GiteaForge) -> None:
+    # Gitea's API has no job log for a status: the brief gets its description and URL.
+    sha = forge.branch_head(REPO, "main")
+    assert sha is not None
+    client = GiteaClient(fake.url, TOKEN, timeout_s=5.0, retries=0)
+    try:
+        client.create_status(
+            FULL, sha, "failure", "ci/test", "2 tests failed", "https://ci.test/b/9"
+        )
+    finally:
+        client.close()
+    status = forge.commit_status(REPO, sha)
+    assert status is not None
+    assert (status.state, status.description, status.target_url) == (
+        "failure",
+        "2 tests failed",
+        "https://ci.test/b/9",
+    )
+    assert forge.check_log(REPO, sha) == ""
+
+
 def test_set_status_posts_one_status(fake: FakeGitea, forge: GiteaForge) -> None:
     sha = forge.branch_head(REPO, "main")
     assert sha is not None

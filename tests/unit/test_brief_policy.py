@@ -93,6 +93,46 @@ def test_red_ci_sends_the_checks_state_and_description():
     assert f"CI failure at {HEAD}: ci: 1 test failed (test_login)" in brief
 
 
+def test_red_ci_sends_the_checks_url_and_the_tail_of_its_output():
+    task = _task("development", visit_base_sha="b" * 40)
+    inputs = gp.GateInputs(
+        branch_head=HEAD,
+        ci_state="failure",
+        ci_description="conveyor/ci: check exited 1",
+        ci_target_url="https://ci.example/runs/7",
+        ci_log="collected 3 items\nFAILED tests/test_login.py::test_empty - assert False\n",
+        visit_base=task.visit_base_sha,
+    )
+    text = _sent(_decide(task, inputs, FakeClock())).split("\n", 1)[1]
+    assert text.splitlines() == [
+        f"CI failure at {HEAD}: conveyor/ci: check exited 1",
+        "Details: https://ci.example/runs/7",
+        "The check's output ends with:",
+        "collected 3 items",
+        "FAILED tests/test_login.py::test_empty - assert False",
+    ]
+
+
+def test_a_long_check_output_keeps_the_state_and_the_outputs_end_bounded():
+    task = _task("development", visit_base_sha="b" * 40)
+    log = "\n".join(f"line {n}" for n in range(5000)) + "\nE   AssertionError: boom"
+    inputs = gp.GateInputs(
+        branch_head=HEAD,
+        ci_state="error",
+        ci_description="d" * 9000,
+        ci_log=log,
+        visit_base=task.visit_base_sha,
+    )
+    brief = bp.for_gate(
+        "ci_green", task, inputs, gp.GateResult(verdict="retry", reason="red"), now=1.0
+    )
+    assert brief is not None
+    assert len(brief.text) == bp.MAX_BRIEF_CHARS
+    assert brief.text.startswith(f"CI error at {HEAD}: ddd")
+    assert "The check's output ends with:\n…" in brief.text
+    assert brief.text.endswith("E   AssertionError: boom")
+
+
 def test_a_failed_deploy_sends_the_tail_of_its_log_bounded():
     log = "\n".join(f"line {n}" for n in range(2000)) + "\nERROR: health check failed\n"
     files = _artifact(pl.DEPLOY_LOG, f"work_item_id: {TID}\ndeploy_status: FAILED", log)

@@ -15,7 +15,7 @@ from conveyor.clock import FakeClock
 from conveyor.errors import ForgeError, HeadMismatch, InvalidField, MergeConflict
 from gateways import git
 from gateways.forge import Forge, PullRequest
-from gateways.local_forge import CI_CONTEXT, LocalForge
+from gateways.local_forge import CI_CONTEXT, MAX_CHECK_LOG_BYTES, LocalForge
 
 REPO = "demo"
 BRANCH = "feature/DEMO-1-add-greeting"
@@ -288,6 +288,30 @@ def test_ci_records_failure_for_a_failing_check(tmp_path: Path):
     assert status is not None
     assert status.state == "failure"
     assert "1" in status.description
+
+
+def test_a_failing_checks_output_tail_is_kept_bounded_and_readable(tmp_path: Path):
+    # Given a check that prints much more than the forge keeps, a marker last, and fails
+    script = (
+        "import sys\n"
+        "for n in range(20000): print(f'noise line {n}')\n"
+        "print('MARKER: test_greeting failed', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    forge = make_forge(tmp_path, {REPO: [sys.executable, "-c", script]})
+    sha = push(forge, tmp_path, BRANCH, {"greeting.txt": "hi"})
+    assert forge.check_log(REPO, sha) == ""
+    forge.on_push(REPO, BRANCH, sha)
+    # Then its status is red and the tail of its output, stderr included, is kept bounded
+    status = forge.commit_status(REPO, sha)
+    assert status is not None
+    assert status.state == "failure"
+    kept = forge.root / "ci-logs" / REPO / f"{sha}.log"
+    assert kept.stat().st_size == MAX_CHECK_LOG_BYTES
+    log = forge.check_log(REPO, sha)
+    assert log.rstrip().endswith("MARKER: test_greeting failed")
+    assert "noise line 19999" in log
+    assert "noise line 0\n" not in log
 
 
 def test_ci_records_error_and_kills_a_check_that_times_out(tmp_path: Path):
