@@ -66,7 +66,10 @@ def run_agent(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -
         return _stopped(ctx, run, plan, watched)
     faults.point("launcher.agent_exited")
     if ctx.cancelled.is_set():
-        return RunDone(run_id=run.id, exit_code=watched.exit_code, error=KILLED)
+        # A killed run still spent what it spent: the ledger and the ceilings count it.
+        return RunDone(
+            run_id=run.id, exit_code=watched.exit_code, error=KILLED, usage=watched.usage
+        )
     done = post_steps(ctx, run, order, watched.exit_code)
     return judged(done, watched, cli=plan.cli, attempt=order.attempt, cfg=ctx.cfg)
 
