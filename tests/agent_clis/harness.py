@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateways.agents.base import Activity, AgentAdapter, AgentRequest, AgentResult
+from tests.fakes.models import FakeModel, Fault
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -73,3 +74,18 @@ def run_agent(adapter: AgentAdapter, req: AgentRequest, timeout_s: float = 60) -
         activities += parser.feed(line, "stderr")
     result = parser.finish(None if timed_out else proc.returncode)
     return Run(result, activities, stdout, stderr, timed_out)
+
+
+def run_against_fault(
+    adapter: AgentAdapter,
+    binary: str,
+    fake: FakeModel,
+    fault: Fault,
+    workdir: Path,
+    run_dir: Path,
+    **kw: object,
+) -> Run:
+    """Run the CLI once against a model that answers every call with `fault`."""
+    fake.fail_always(fault)
+    req = request(binary, workdir, run_dir, fake.url, prompt="Create hello.txt", **kw)
+    return run_agent(adapter, req, timeout_s=60)

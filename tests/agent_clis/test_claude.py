@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateways.agents.claude import ClaudeAdapter
-from tests.agent_clis.harness import request, run_agent
+from tests.agent_clis.harness import request, run_against_fault, run_agent
 from tests.fakes.models import HANG, RATE_LIMITED, UNAUTHORIZED, FakeModel, WriteFile
 
 pytestmark = pytest.mark.agent_cli
@@ -46,18 +46,17 @@ def test_claude_writes_the_file_with_its_write_tool_and_reports_usage_and_cost(
 def test_claude_rate_limited_by_the_model_is_reported_as_rate_limited(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
-    fake_model.fail_always(RATE_LIMITED)
-    req = request(
+    run = run_against_fault(
+        ClaudeAdapter(),
         agent_clis["claude"],
+        fake_model,
+        RATE_LIMITED,
         workdir,
         tmp_path / "run",
-        fake_model.url,
-        prompt="Create hello.txt",
         model=MODEL,
         max_retries=1,
         request_timeout_s=10,
     )
-    run = run_agent(ClaudeAdapter(), req, timeout_s=60)
     assert run.result.outcome == "rate_limited", run.explain()
     assert run.result.exit_code == 1
     assert any(a.kind == "retry" for a in run.activities)
@@ -67,18 +66,17 @@ def test_claude_rate_limited_by_the_model_is_reported_as_rate_limited(
 def test_claude_refused_api_key_is_reported_as_auth_refused(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
-    fake_model.fail_always(UNAUTHORIZED)
-    req = request(
+    run = run_against_fault(
+        ClaudeAdapter(),
         agent_clis["claude"],
+        fake_model,
+        UNAUTHORIZED,
         workdir,
         tmp_path / "run",
-        fake_model.url,
-        prompt="Create hello.txt",
         model=MODEL,
         max_retries=1,
         request_timeout_s=10,
     )
-    run = run_agent(ClaudeAdapter(), req, timeout_s=60)
     assert run.result.outcome == "auth_refused", run.explain()
     assert run.result.exit_code != 0
 
@@ -106,18 +104,17 @@ def test_claude_hang_before_headers_ends_by_the_request_timeout(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
     # Given a model that never answers, and a 3 s request timeout without retries
-    fake_model.fail_always(HANG)
-    req = request(
+    run = run_against_fault(
+        ClaudeAdapter(),
         agent_clis["claude"],
+        fake_model,
+        HANG,
         workdir,
         tmp_path / "run",
-        fake_model.url,
-        prompt="Create hello.txt",
         model=MODEL,
         max_retries=0,
         request_timeout_s=3,
     )
-    run = run_agent(ClaudeAdapter(), req, timeout_s=60)
     assert not run.timed_out, run.explain()
     assert run.result.outcome == "error", run.explain()
     assert run.result.exit_code == 1

@@ -8,7 +8,7 @@ import pytest
 
 from gateways.agents.base import ModelPrice, with_price
 from gateways.agents.codex import CodexAdapter
-from tests.agent_clis.harness import request, run_agent
+from tests.agent_clis.harness import request, run_against_fault, run_agent
 from tests.fakes.models import RATE_LIMITED, STALL, FakeModel, WriteFile
 
 pytestmark = pytest.mark.agent_cli
@@ -48,17 +48,16 @@ def test_codex_writes_the_file_with_apply_patch_and_reports_usage_priced_by_the_
 def test_codex_rate_limited_by_the_model_is_reported_as_rate_limited(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
-    fake_model.fail_always(RATE_LIMITED)
-    req = request(
+    run = run_against_fault(
+        CodexAdapter(),
         agent_clis["codex"],
+        fake_model,
+        RATE_LIMITED,
         workdir,
         tmp_path / "run",
-        fake_model.url,
-        prompt="Create hello.txt",
         model=MODEL,
         max_retries=1,
     )
-    run = run_agent(CodexAdapter(), req, timeout_s=60)
     assert run.result.exit_code == 1, run.explain()
     assert run.result.outcome == "rate_limited", run.explain()
 
@@ -67,18 +66,17 @@ def test_codex_stalled_stream_ends_by_its_idle_timeout_as_an_error(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
     # Given a model that sends headers and its first event, then nothing
-    fake_model.fail_always(STALL)
-    req = request(
+    run = run_against_fault(
+        CodexAdapter(),
         agent_clis["codex"],
+        fake_model,
+        STALL,
         workdir,
         tmp_path / "run",
-        fake_model.url,
-        prompt="Create hello.txt",
         model=MODEL,
         max_retries=0,
         stall_s=2,
     )
-    run = run_agent(CodexAdapter(), req, timeout_s=60)
     assert not run.timed_out, run.explain()
     assert run.result.outcome == "error", run.explain()
     assert "idle timeout" in run.result.detail

@@ -8,7 +8,7 @@ import pytest
 
 from gateways.agents.base import ModelPrice, with_price
 from gateways.agents.gemini import GeminiAdapter
-from tests.agent_clis.harness import request, run_agent
+from tests.agent_clis.harness import request, run_against_fault, run_agent
 from tests.fakes.models import UNAUTHORIZED, FakeModel, WriteFile
 
 pytestmark = pytest.mark.agent_cli
@@ -46,10 +46,8 @@ def test_gemini_writes_the_file_with_write_file_and_reports_usage_priced_by_the_
 def test_gemini_refused_api_key_is_reported_as_auth_refused(
     agent_clis: dict[str, str], fake_model: FakeModel, workdir: Path, tmp_path: Path
 ) -> None:
-    fake_model.fail_always(UNAUTHORIZED)
-    req = request(
-        agent_clis["gemini"], workdir, tmp_path / "run", fake_model.url, prompt="Create hello.txt"
+    run = run_against_fault(
+        GeminiAdapter(), agent_clis["gemini"], fake_model, UNAUTHORIZED, workdir, tmp_path / "run"
     )
-    run = run_agent(GeminiAdapter(), req, timeout_s=60)
     assert run.result.exit_code == 401 % 256, run.explain()
     assert run.result.outcome == "auth_refused", run.explain()
