@@ -65,6 +65,7 @@ from conveyor.app.client import Client
 from conveyor.app.node import Node
 from conveyor.layout import Layout
 from conveyor.pipeline import DONE
+from tests.e2e.agents_support import ARGS, MODELS, ROLES
 from tests.fakes.models import FakeModel
 from tests.fakes.models.roles import RoleScript
 
@@ -80,15 +81,6 @@ ITEM_DEADLINE_S = 300.0
 BARE_TIMEOUT_S = 120.0
 BUDGET_MS_PER_STAGE = 30.0
 KEY_ENV = "CONVEYOR_BENCH_MODEL_KEY"
-ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
-MODELS = {
-    "claude": "claude-sonnet-4-5",
-    "codex": "gpt-5.5",
-    "gemini": "gemini-2.5-flash",
-    "opencode": "fake-model",
-    "aider": "fake",
-}
-ARGS: dict[str, list[str]] = {"aider": ["--edit-format", "whole"]}
 TITLE = "Greet the user"
 CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
 
@@ -218,9 +210,9 @@ class ConveyorSide:
             if msg.task_id != task_id:
                 continue
             if isinstance(msg, Alert):
-                if "approve" in msg.text:
+                if msg.kind == "awaiting_approval":
                     client.command("approve", {"id": task_id})
-                elif "escalated" in msg.text:
+                elif msg.kind == "escalated":
                     raise RuntimeError(f"{task_id}: {msg.text}")
             elif msg.new == DONE:
                 return

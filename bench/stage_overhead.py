@@ -113,11 +113,11 @@ class ConveyorSide:
             if msg.task_id != task_id:
                 continue
             if isinstance(msg, Alert):
-                if "approve" in msg.text:
+                if msg.kind == "awaiting_approval":
                     answer = client.command("approve", {"id": task_id})
                     if not answer.get("ok"):
                         raise RuntimeError(f"approve refused: {answer.get('error')}")
-                elif "escalated" in msg.text:
+                elif msg.kind == "escalated":
                     raise RuntimeError(f"{task_id}: {msg.text}")
                 continue
             if msg.new == DONE:
