@@ -16,10 +16,10 @@ import msgspec
 import pykka
 
 from actors import intake_policy as policy
-from actors.intake_policy import Route, TaskView
+from actors.intake_policy import CardState, Route, TaskView
 from actors.owner import Owner
 from actors.task_summary import FindTasks
-from bus.bridge import Delivery
+from bus.bridge import Delivery, Store
 from bus.messages import (
     CommitStatusEvent,
     PullRequestEvent,
@@ -28,6 +28,7 @@ from bus.messages import (
     WorkItemEvent,
 )
 from conveyor import pipeline
+from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
 from conveyor.logs import get_logger
@@ -54,11 +55,15 @@ class Intake(Owner):
         *,
         resolve_state: StateResolver | None = None,
         ask_timeout_s: float = 10.0,
+        cards: Store[CardState] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
         self._engine = engine
         self._cfg = cfg
         self._resolve_state = resolve_state
+        self._cards = cards
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._timeout_s = ask_timeout_s
         self._ci_stages = tuple(
             s.name for s in cfg.pipeline.stages if s.gate == pipeline.GATE_CI_GREEN
@@ -78,15 +83,19 @@ class Intake(Owner):
         if not isinstance(message, Delivery):
             return None
         route = self._route(message)
+        applied = bool(route.inputs)
         for item in route.inputs:
             reply = self._engine.ask(item, timeout=self._timeout_s)
             if isinstance(reply, Reply) and not reply.ok:
+                applied = False
                 log.info(
                     "intake.not_applied",
                     kind=type(item).__name__,
                     task_id=getattr(item, "id", ""),
                     reason=reply.error,
                 )
+        if applied and isinstance(message.body, WorkItemEvent):
+            self._acted(message.body, message.msg_id)
         if route.inputs:
             self._routed += 1
         else:
@@ -119,6 +128,9 @@ class Intake(Owner):
     def _route(self, delivery: Delivery[Any]) -> Route:
         match delivery.body:
             case WorkItemEvent() as event:
+                why = policy.not_a_move(event, self._last_acted(event))
+                if why:
+                    return Route(reason=f"work item {event.work_item_id}: {why}")
                 name = event.state_name or self._state_name(event)
                 return policy.route_work_item(event, name, key=delivery.msg_id, cfg=self._cfg)
             case CommitStatusEvent() as event:
@@ -130,6 +142,26 @@ class Intake(Owner):
             case PushEvent() as event:
                 return Route(reason=f"push of {event.branch} at {event.after[:12]}: logged only")
         return Route(reason=f"unknown event {type(delivery.body).__name__}")
+
+    def _last_acted(self, event: WorkItemEvent) -> CardState | None:
+        if self._cards is None or not event.work_item_id:
+            return None
+        found = self._cards.get(event.work_item_id)
+        return found.value if found is not None else None
+
+    def _acted(self, event: WorkItemEvent, msg_id: str) -> None:
+        """Keep the state acted on, durably: neither a poll nor a restart acts on it again."""
+        if self._cards is None or not event.state_id:
+            return
+        card = CardState(
+            state_id=event.state_id, state_name=event.state_name, key=msg_id, at=self._clock.now()
+        )
+        found = self._cards.get(event.work_item_id)
+        if found is None:
+            self._cards.create(event.work_item_id, card)
+        else:
+            self._cards.update(event.work_item_id, card, expect=found.revision)
+        log.info("intake.card_acted", work_item_id=event.work_item_id, state=event.state_name)
 
     def _state_name(self, event: WorkItemEvent) -> str:
         if not event.state_id or self._resolve_state is None:

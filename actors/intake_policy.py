@@ -30,6 +30,9 @@ STATE_KEYS = TRACKER_STATES
 
 FINAL_CI_STATES = frozenset({"success", "failure", "error"})
 
+STATE_FIELDS = frozenset({"state", "state_id"})
+"""`activity.field` of a state change: `state_id` from the web UI, `state` from the API."""
+
 StageInput = Submit | TrackerUpdate | Reevaluate
 
 
@@ -41,6 +44,16 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     stage: str
     branch: str
     head_sha: str = ""
+
+
+class CardState(msgspec.Struct, frozen=True, kw_only=True):
+    """The last state Intake acted on for one Plane card (bucket `conveyor_cards`)."""
+
+    state_id: str
+    state_name: str = ""
+    key: str = ""
+    """The message id of the event that was acted on."""
+    at: float = 0.0
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +82,22 @@ def clean_title(name: str, fallback: str) -> str:
     text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in name)
     text = " ".join(text.split())[: validate.MAX_TITLE].strip()
     return text or fallback
+
+
+def not_a_move(event: WorkItemEvent, last: CardState | None) -> str:
+    """Why a work item event is no board move to act on, or "" when it is one.
+
+    Plane sends one delivery per changed field, each with the card's current state:
+    only a delivery whose field is the state moves anything. A state equal to the
+    last one acted on (a poll seeing it again, Plane resending a change under a new
+    delivery id) was handled already. An event naming no field (a creation, an
+    older producer) is taken as the state it shows.
+    """
+    if event.action == "updated" and event.field and event.field not in STATE_FIELDS:
+        return f"{event.field[:40]} edited; the state did not change"
+    if last is not None and event.state_id and last.state_id == event.state_id:
+        return f"state {last.state_name or event.state_id} already acted on ({last.key})"
+    return ""
 
 
 def route_work_item(event: WorkItemEvent, state_name: str, *, key: str, cfg: Config) -> Route:

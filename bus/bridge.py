@@ -111,6 +111,7 @@ BUCKETS = (
     subjects.BUCKET_RUNS,
     subjects.BUCKET_EFFECTS,
     subjects.BUCKET_MONITOR,
+    subjects.BUCKET_CARDS,
 )
 
 

@@ -20,6 +20,7 @@ import msgspec
 import pykka
 
 from actors.intake import Intake, IntakeStatus
+from actors.intake_policy import CardState
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper, LeaseStatus
@@ -187,12 +188,14 @@ def _tracker_sync(ctx: Context, _store: Store[Any] | None) -> Ref:
     return sync
 
 
-def _intake(ctx: Context, _store: Store[Any] | None) -> Ref:
+def _intake(ctx: Context, store: Store[Any] | None) -> Ref:
     plane = ctx.plane
     return Intake.start(
         ctx.ref("stage_engine"),
         ctx.cfg,
         resolve_state=plane.resolve_state if plane is not None else None,
+        cards=_owned(store),
+        clock=ctx.clock,
     )
 
 
@@ -329,6 +332,8 @@ TABLE: tuple[ActorSpec, ...] = (
         "intake",
         CONTROL,
         _intake,
+        bucket=subjects.BUCKET_CARDS,
+        value_type=CardState,
         feeds=(
             Feed(subjects.STREAM_EVENTS, subjects.CONSUMER_INTAKE, (subjects.EVENTS_ALL,), Event),
         ),
