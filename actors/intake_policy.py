@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from bus.messages import (
+    Cancel,
     CommitStatusEvent,
     PullRequestEvent,
     Reevaluate,
@@ -33,7 +34,7 @@ FINAL_CI_STATES = frozenset({"success", "failure", "error"})
 STATE_FIELDS = frozenset({"state", "state_id"})
 """`activity.field` of a state change: `state_id` from the web UI, `state` from the API."""
 
-StageInput = Submit | TrackerUpdate | Reevaluate
+StageInput = Submit | TrackerUpdate | Reevaluate | Cancel
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +113,9 @@ def route_work_item(event: WorkItemEvent, state_name: str, *, key: str, cfg: Con
         return Route(reason=f"work item {event.work_item_id}: bad sequence id")
     if not state_name:
         return Route(reason=f"{task_id}: state {event.state_id!r} unknown")
+    if cfg.plane.cancel_state and state_name == cfg.plane.cancel_state:
+        cancel = Cancel(id=task_id, reason=f"moved to {state_name} in Plane")
+        return Route(inputs=(cancel,), reason=f"{task_id}: {state_name} cancels it")
     state = state_key(state_name, cfg.plane.states)
     update = TrackerUpdate(id=task_id, state=state, key=key, reason=f"{state_name} in Plane")
     if state != STATE_IN_PROGRESS:

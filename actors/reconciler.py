@@ -19,7 +19,7 @@ import pykka
 
 from actors import reconciler_policy as policy
 from actors.owner import Owner
-from actors.reconciler_policy import TaskRow
+from actors.reconciler_policy import ReplayMove, ReplayMoves, TaskRow
 from actors.task_summary import AllTasks
 from bus.bridge import Bus
 from bus.messages import Alert, PolledItem, Reevaluate, Tick
@@ -73,7 +73,6 @@ class Reconciler(Owner):
         self._last_poll = float("-inf")
         self._polling = False
         self._replayed_at: dict[str, float] = {}
-        self._watching: dict[str, tuple[str, str]] = {}
         self._counts = {"replayed": 0, "unblocked": 0, "polls": 0, "poll_errors": 0, "events": 0}
         self._last_replayed: dict[str, Any] = {}
         self._last_poll_error = ""
@@ -129,13 +128,11 @@ class Reconciler(Owner):
 
     def _replay_gates(self, now: float) -> None:
         rows = self._rows()
-        self._notice_unblocked(rows, now)
+        self._notice_unblocked(now)
         live = {row.id for row in rows}
         self._replayed_at = {k: v for k, v in self._replayed_at.items() if k in live}
         for replay in policy.due(rows, now=now, replayed_at=self._replayed_at, cfg=self._cfg):
-            row = next(r for r in rows if r.id == replay.task_id)
             self._replayed_at[replay.task_id] = now
-            self._watching[replay.task_id] = (row.stage, row.job_id)
             self._engine.tell(
                 Reevaluate(id=replay.task_id, cause=f"reconciler: {replay.reason}", only_pass=True)
             )
@@ -143,25 +140,29 @@ class Reconciler(Owner):
             self._last_replayed = {"task_id": replay.task_id, "reason": replay.reason, "at": now}
             log.info("reconciler.replayed", task_id=replay.task_id, reason=replay.reason)
 
-    def _notice_unblocked(self, rows: list[TaskRow], now: float) -> None:
-        """A replayed task that moved since was stuck on a lost event: say so once."""
-        by_id = {row.id: row for row in rows}
-        for task_id, (stage, job_id) in list(self._watching.items()):
-            row = by_id.get(task_id)
-            if row is None:
-                del self._watching[task_id]
-                continue
-            if (row.stage, row.job_id) == (stage, job_id):
-                continue
-            del self._watching[task_id]
+    def _notice_unblocked(self, now: float) -> None:
+        """Say once for each task that a replay of ours moved: only our own work is ours to tell."""
+        found: Any = self._engine.ask(ReplayMoves(), timeout=ASK_TIMEOUT_S)
+        for move in found or []:
+            moved = msgspec.convert(move, ReplayMove, from_attributes=True)
             self._counts["unblocked"] += 1
-            text = f"reconciler unblocked {task_id}: {stage} → {row.stage} (a lost event)"
-            log.warning("reconciler.unblocked", task_id=task_id, old=stage, new=row.stage)
+            log.warning(
+                "reconciler.unblocked",
+                task_id=moved.task_id,
+                old=moved.old_stage,
+                new=moved.new_stage,
+                reason=moved.reason,
+            )
             if self._cfg.reconciler.notify_unblock:
                 alert = Alert(
-                    level="warning", text=text, task_id=task_id, source="reconciler", at=now
+                    level="warning",
+                    text=policy.unblocked_text(moved),
+                    task_id=moved.task_id,
+                    source="reconciler",
+                    at=now,
                 )
-                self._bus.emit(alert, msg_id=f"reconciler:{task_id}:{job_id}:unblocked")
+                msg_id = f"reconciler:{moved.task_id}:{moved.job_id}:unblocked"
+                self._bus.emit(alert, msg_id=msg_id)
 
     def _on_poll(self, done: PollDone) -> None:
         self._polling = False

@@ -12,10 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from actors.gate_policy import GateResult
 from actors.intake_policy import state_key, task_id_for
+from actors.task_policy import Task
 from bus.messages import PolledItem, WorkItemEvent
 from conveyor.config import Config
 from conveyor.pipeline import (
+    GATE_CI_GREEN,
     JOB_DONE,
     JOB_FAILED,
     STATE_APPROVED,
@@ -54,6 +57,60 @@ class Replay(msgspec.Struct, frozen=True, kw_only=True):
 
     task_id: str
     reason: str
+
+
+class ReplayMove(msgspec.Struct, frozen=True, kw_only=True):
+    """A task that a replayed gate read (the Reconciler's own work) moved."""
+
+    task_id: str
+    old_stage: str
+    new_stage: str
+    job_id: str
+    """The job whose gate the replay read."""
+    reason: str = ""
+
+
+class ReplayMoves(msgspec.Struct, frozen=True):
+    """Reconciler -> StageEngine (ask): the moves replays made since the last ask (drained)."""
+
+
+def replay_acts(gate: str, result: GateResult, cfg: Config) -> bool:
+    """Whether a replayed gate read is acted on.
+
+    A green gate always is. A red CI (a lost `failure` status) is too, when
+    configured: the task is retried through the ordinary failed-gate path rather
+    than stranded waiting for an event that will not come. Anything else (still
+    pending, unreadable) stays silent, as a replay must.
+    """
+    if result.verdict == "pass":
+        return True
+    return cfg.reconciler.retry_red_ci and gate == GATE_CI_GREEN and result.verdict == "retry"
+
+
+def replay_move(before: Task, after: Task | None) -> ReplayMove | None:
+    """The move a replayed read made of `before`, or None when the task stayed put."""
+    if after is None or (after.stage, after.step, after.job_id) == (
+        before.stage,
+        before.step,
+        before.job_id,
+    ):
+        return None
+    return ReplayMove(
+        task_id=before.id,
+        old_stage=before.stage,
+        new_stage=after.stage,
+        job_id=before.job_id,
+        reason=after.last_reason,
+    )
+
+
+def unblocked_text(move: ReplayMove) -> str:
+    """The alert that says what the Reconciler's own replay did."""
+    why = f": {move.reason}" if move.reason else ""
+    return (
+        f"reconciler unblocked {move.task_id}: {move.old_stage} → {move.new_stage}"
+        f" (a lost event{why})"
+    )
 
 
 def grace_for(stage: str, cfg: Config) -> float:

@@ -12,7 +12,9 @@ from actors import gate_policy
 from actors import stage_policy as policy
 from actors.gate_policy import GateInputs, GateResult
 from actors.gate_reader import read_gate_inputs
+from actors.notice_policy import with_notices
 from actors.owner import Owner, flush_outbox
+from actors.reconciler_policy import ReplayMove, ReplayMoves, replay_acts, replay_move
 from actors.stage_policy import Task
 from actors.task_summary import (
     AllTasks,
@@ -106,6 +108,7 @@ class StageEngine(Owner):
         self._started_at = 0.0
         self._gates_in_flight: set[str] = set()
         self._stalled: set[str] = set()
+        self._replay_moves: list[ReplayMove] = []
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
@@ -146,6 +149,9 @@ class StageEngine(Owner):
                 return self._status(message)
             case AllTasks():
                 return self._summaries(self._tasks)
+            case ReplayMoves():
+                moves, self._replay_moves = self._replay_moves, []
+                return moves
             case FindTasks():
                 return self._summaries(sorted(self._index.find(message)))
             case GetTask(task_id=task_id):
@@ -217,6 +223,9 @@ class StageEngine(Owner):
         )
 
     def _apply(self, task_id: str, decision: policy.Decision) -> None:
+        before = self._tasks.get(task_id)
+        if before is not None:
+            decision = with_notices(before.value, decision, self._cfg, now=self._clock.now())
         if decision.task is not None:
             self._save(decision.task, decision)
             log.info(
@@ -277,8 +286,8 @@ class StageEngine(Owner):
         if entry is None:
             return
         result: GateResult = gate_policy.evaluate_gate(read.gate, entry.value, read.inputs)
-        if read.only_pass and result.verdict != "pass":
-            # A replay of a lost event stays silent unless the gate is green.
+        if read.only_pass and not replay_acts(read.gate, result, self._cfg):
+            # A replay of a lost event stays silent unless the gate is green (or CI is red).
             log.debug("stage_engine.replay_not_green", task_id=read.task_id, reason=result.reason)
             return
         log.info(
@@ -299,6 +308,9 @@ class StageEngine(Owner):
             inputs=read.inputs,
         )
         self._apply(read.task_id, decision)
+        moved = replay_move(entry.value, self._tasks.get(read.task_id, entry).value)
+        if read.only_pass and moved is not None:
+            self._replay_moves = [*self._replay_moves, moved][-100:]
 
     # --- commands -----------------------------------------------------------------------
 

@@ -281,7 +281,7 @@ def await_confirm(task: Task, now: float) -> tuple[Task, Alert]:
         f"{task.id} is ready for its production deploy of {task.repo} (protected): move it to "
         f"Confirm Deploy, or run `conveyor confirm-deploy {task.id}`"
     )
-    return waiting, alert(waiting, text, now, level="warning")
+    return waiting, alert(waiting, text, now, level="warning", kind="awaiting_confirm")
 
 
 MAX_APPLIED = 50

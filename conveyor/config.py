@@ -301,6 +301,15 @@ class PlaneStates(_Section, frozen=True):
     done: str = "Done"
 
 
+class PlaneTroubleStates(_Section, frozen=True):
+    """Plane states Conveyor moves a card to when its task is in trouble ("": leave it)."""
+
+    escalated: str = ""
+    awaiting_confirm: str = ""
+    awaiting_approval: str = ""
+    cancelled: str = ""
+
+
 class PlaneConfig(_Section, frozen=True):
     """A Plane workspace as the tracker (`tracker.kind = "plane"`) and its webhooks."""
 
@@ -312,6 +321,9 @@ class PlaneConfig(_Section, frozen=True):
     retries: int = 3
     per_page: int = 100
     states: PlaneStates = msgspec.field(default_factory=PlaneStates)
+    trouble_states: PlaneTroubleStates = msgspec.field(default_factory=PlaneTroubleStates)
+    cancel_state: str = ""
+    """A card moved to this Plane state cancels its task ("": no state cancels)."""
 
 
 class TelegramConfig(_Section, frozen=True):
@@ -347,6 +359,7 @@ class ReconcilerConfig(_Section, frozen=True):
     notify_unblock: bool = True
     plane_poll_enabled: bool = True
     plane_poll_s: float = 60.0
+    retry_red_ci: bool = True
 
 
 class LogConfig(_Section, frozen=True):

@@ -2,7 +2,10 @@
 
 It consumes the durable notification stream and calls the tracker with an
 idempotency key per message, so a redelivered or replayed notification never
-posts a second comment.
+posts a second comment. An alert's comment also goes through the effect ledger
+when one is given, so a restart never repeats it, and an alert of a trouble kind
+(escalated, parked for Confirm Deploy, awaiting approval) moves its card to the
+state configured for that kind.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import pykka
 
 from bus.bridge import Delivery
+from bus.effects import Ledger, effect_key
 from bus.messages import Alert, StageChanged
 from conveyor import faults
 from conveyor.logs import get_logger
@@ -45,11 +49,15 @@ class TrackerSync(pykka.ThreadingActor):
         *,
         state_for: Callable[[str], str | None] = lambda stage: stage,
         tracked: Callable[[str], bool] = lambda task_id: True,
+        trouble_state: Callable[[str], str | None] = lambda kind: None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__()
         self._tracker = tracker
         self._state_for = state_for
         self._tracked = tracked
+        self._trouble_state = trouble_state
+        self._ledger = ledger
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Delivery):
@@ -64,12 +72,28 @@ class TrackerSync(pykka.ThreadingActor):
                     if state:
                         self._tracker.set_state(event.task_id, state, key=key)
                 case Alert(task_id=task_id) as alert if task_id and self._tracked(task_id):
-                    self._tracker.comment(
-                        task_id, f"[{alert.level}] {alert.text}", key=f"alert:{message.msg_id}"
-                    )
+                    self._on_alert(alert, task_id, message.msg_id)
             message.ack()
         except Exception:
             # The tracker is best-effort for the pipeline, never for the record: retry later.
             log.exception("tracker_sync.failed", subject=message.subject)
             message.nak(delay_s=5.0)
         return None
+
+    def _on_alert(self, alert: Alert, task_id: str, msg_id: str) -> None:
+        key = f"alert:{msg_id}"
+        text = f"[{alert.level}] {alert.text}"
+
+        def _comment() -> str:
+            self._tracker.comment(task_id, text, key=key)
+            return "commented"
+
+        if self._ledger is None:
+            _comment()
+        else:
+            # The tracker's own key makes a resend harmless, so an interrupted one is resent.
+            self._ledger.once(effect_key("tracker", "comment", msg_id), _comment, lambda: None)
+        state = self._trouble_state(alert.kind) if alert.kind else None
+        if state:
+            self._tracker.set_state(task_id, state, key=key)
+            log.info("tracker_sync.trouble_shown", task_id=task_id, kind=alert.kind, state=state)

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pykka
 
 from actors.task_summary import GetTask, TaskSummary
+from bus.effects import Ledger
 from conveyor.agents import demo_repo as demo
 from conveyor.clock import Clock
 from conveyor.config import Config, python_argv
@@ -60,11 +61,24 @@ def plane_state_for(cfg: Config) -> Callable[[str], str | None]:
     """
     states = cfg.plane.states
     mapping = {"review": states.in_review, "done": states.done}
+    if cfg.plane.trouble_states.cancelled:
+        mapping["cancelled"] = cfg.plane.trouble_states.cancelled
     return mapping.get
 
 
+def plane_trouble_state(cfg: Config) -> Callable[[str], str | None]:
+    """The Plane state an alert kind puts its card in (None: leave the board as it is)."""
+    trouble = cfg.plane.trouble_states
+    mapping = {
+        "escalated": trouble.escalated,
+        "awaiting_confirm": trouble.awaiting_confirm,
+        "awaiting_approval": trouble.awaiting_approval,
+    }
+    return lambda kind: mapping.get(kind) or None
+
+
 def start_tracker_sync(
-    cfg: Config, clock: Clock, engine: pykka.ActorRef[Any]
+    cfg: Config, clock: Clock, engine: pykka.ActorRef[Any], ledger: Ledger | None = None
 ) -> tuple[pykka.ActorRef[Any], PlaneTracker | None]:
     """TrackerSync over the configured tracker; for Plane, only tasks from Plane.
 
@@ -72,7 +86,8 @@ def start_tracker_sync(
     polls with it.
     """
     if cfg.tracker.kind != "plane":
-        return TrackerSync.start(LocalTracker(Layout(cfg.data_path).tracker, clock)), None
+        local = LocalTracker(Layout(cfg.data_path).tracker, clock)
+        return TrackerSync.start(local, ledger=ledger), None
 
     def _refs(task_id: str) -> tuple[str, str] | None:
         task = cast("TaskSummary | None", engine.ask(GetTask(task_id), timeout=10))
@@ -86,5 +101,7 @@ def start_tracker_sync(
         plane,
         state_for=plane_state_for(cfg),
         tracked=lambda task_id: _refs(task_id) is not None,
+        trouble_state=plane_trouble_state(cfg),
+        ledger=ledger,
     )
     return sync, plane

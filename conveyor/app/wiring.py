@@ -181,7 +181,9 @@ def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
 
 
 def _tracker_sync(ctx: Context, _store: Store[Any] | None) -> Ref:
-    sync, plane = start_tracker_sync(ctx.cfg, ctx.clock, ctx.ref("stage_engine"))
+    sync, plane = start_tracker_sync(
+        ctx.cfg, ctx.clock, ctx.ref("stage_engine"), ledger=ctx.ledger("tracker_sync")
+    )
     if plane is not None:
         ctx.plane = plane
         ctx.closers.append(plane.close)

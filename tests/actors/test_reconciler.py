@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from actors.reconciler_policy import ReplayMove, ReplayMoves
 from actors.stage_engine import StatusQuery
 from actors.task_summary import AllTasks, TaskSummary
 from bus import subjects
@@ -31,6 +32,8 @@ class Board:
             "escalated": False,
             "updated_at": updated_at,
         }
+        self.moves: list[ReplayMove] = []
+        """What the engine reports its replayed gate reads moved."""
 
     def summary(self) -> TaskSummary:
         blank = {
@@ -48,6 +51,9 @@ class Board:
     def answer(self, message: Any) -> Any:
         if isinstance(message, AllTasks):
             return [self.summary()]
+        if isinstance(message, ReplayMoves):
+            moves, self.moves = self.moves, []
+            return moves
         if isinstance(message, StatusQuery) and message.kind == "tasks":
             return [dict(self.row)]
         return None
@@ -108,6 +114,11 @@ def test_a_replayed_task_that_moves_on_is_reported_unblocked(
     reconciler.tick(cfg.reconciler.grace_s)
 
     board.row["stage"] = "review"
+    board.moves.append(
+        ReplayMove(
+            task_id="DEMO-1", old_stage="development", new_stage="review", job_id="j", reason="ok"
+        )
+    )
     status = reconciler.tick(cfg.reconciler.interval_s)
 
     assert status["unblocked_total"] == 1
@@ -115,3 +126,21 @@ def test_a_replayed_task_that_moves_on_is_reported_unblocked(
     assert alert.task_id == "DEMO-1"
     assert alert.source == "reconciler"
     assert "development → review" in alert.text
+
+
+def test_a_replayed_task_moved_by_something_else_is_not_claimed(
+    start_actor: StartActor, stub: Any, board: Board, cfg: Config
+):
+    reconciler, engine = start(start_actor, stub, board)
+    alerts = Captured(reconciler.bus, subjects.ALERTS)
+    reconciler.tick(cfg.reconciler.grace_s)
+    assert len(received(engine, Reevaluate)) == 1
+
+    # The task moved on, but by an event: the replay's gate read changed nothing
+    board.row["stage"] = "review"
+    board.row["job_id"] = "DEMO-1.review.1.work"
+    status = reconciler.tick(cfg.reconciler.interval_s)
+    status = reconciler.tick(cfg.reconciler.interval_s)
+
+    assert status["unblocked_total"] == 0
+    assert alerts.of(Alert) == []

@@ -66,7 +66,7 @@ PINNED = [
     (
         "intake",
         "control",
-        "",
+        "conveyor_cards",
         [("CONVEYOR_EVENTS", "intake", ("conveyor.events.>",))],
         [],
         False,
