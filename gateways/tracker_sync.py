@@ -10,6 +10,7 @@ state configured for that kind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,11 @@ def stage_comment(event: StageChanged) -> str:
     if event.cost_usd > 0 or event.tokens > 0:
         spent = f" (spent ${event.cost_usd:.4f}, {event.tokens:,} tokens on {event.old})"
     return f"Stage {event.old} → {event.new}: {event.cause}{spent}"
+
+
+def comment_effect(msg_id: str) -> str:
+    """The effect ledger's key of the comment an alert's message leaves (KV-safe)."""
+    return effect_key("tracker", "comment", re.sub(r"[^A-Za-z0-9_=-]", "_", msg_id))
 
 
 class TrackerSync(pykka.ThreadingActor):
@@ -92,7 +98,7 @@ class TrackerSync(pykka.ThreadingActor):
             _comment()
         else:
             # The tracker's own key makes a resend harmless, so an interrupted one is resent.
-            self._ledger.once(effect_key("tracker", "comment", msg_id), _comment, lambda: None)
+            self._ledger.once(comment_effect(msg_id), _comment, lambda: None)
         state = self._trouble_state(alert.kind) if alert.kind else None
         if state:
             self._tracker.set_state(task_id, state, key=key)
