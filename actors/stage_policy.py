@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors import brief_policy
+from actors import brief_policy, deploy_policy
 from actors.gate_policy import GateInputs, GateResult, gate_for
 from actors.task_policy import (
     JOB_ENDED,
@@ -39,6 +39,7 @@ from bus.messages import (
     Approve,
     Cancel,
     ConfirmDeploy,
+    DeployCommits,
     JobOutcome,
     JobRequested,
     JobsCancelled,
@@ -118,6 +119,7 @@ def _request(
         brief=brief,
         task_spent_usd=task.budget_used_usd,
         task_spent_tokens=task.budget_used_tokens,
+        deploy=DeployCommits(sha=task.merge_sha, staged_sha=task.staged_sha),
     )
     return updated, request
 
@@ -200,6 +202,7 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
         head_sha=outcome.head_sha or task.head_sha,
         job_reason=job_failure(outcome) if failed else "",
         job_outcome=outcome.outcome if failed else "",
+        **deploy_policy.commits_of(outcome, cfg),
     )
     if outcome.status == JOB_CANCELLED:
         return Decision(task=updated, reason="job cancelled")
@@ -259,6 +262,10 @@ def on_gate(
             )
         case "pass":
             return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
+        case "rework" if task.step == STEP_WORK and (
+            back := deploy_policy.back_to_stage(cfg, task.stage, result.back_to)
+        ):
+            return _rework(task, back, result, now=now, revision=revision, cfg=cfg, brief=brief)
         case "rework" if (
             stage_cfg and stage_cfg.on_fail != ON_FAIL_RETRY and task.step == STEP_WORK
         ):

@@ -32,6 +32,7 @@ from conveyor.pipeline import (
     GATE_STAGING,
     GATE_TESTS,
     ON_FAIL_RETRY,
+    ON_UNSTAGED_RESTAGE,
     ROLE_ANALYST,
     ROLE_ARCHITECT,
     ROLE_DEPLOYER,
@@ -240,6 +241,9 @@ class DeployConfig(_Section, frozen=True):
     health_timeout_s: float = 60.0
     """How long a deploy's health check may take to answer 2xx before it is FAILED."""
     health_interval_s: float = 2.0
+    on_unstaged_tree: str = ON_UNSTAGED_RESTAGE
+    """A production deploy whose tree differs from the one staging judged: `restage` (back
+    to the staging stage) or `fail` (a FAILED verdict, back to the deploy stage's on_fail)."""
 
 
 class MonitorConfig(_Section, frozen=True):

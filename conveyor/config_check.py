@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from conveyor import validate
 from conveyor.errors import ConfigError, InvalidField
-from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, RESERVED_STAGES
+from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, ON_UNSTAGED, RESERVED_STAGES
 
 if TYPE_CHECKING:
     from conveyor.config import AgentConfig, Config
@@ -184,6 +184,8 @@ def _check_deploy(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be > 0")
     if not 0 < m.error_ratio <= 1:
         raise ConfigError("monitor.error_ratio: must be in (0, 1]")
+    if cfg.deploy.on_unstaged_tree not in ON_UNSTAGED:
+        raise ConfigError(f"deploy.on_unstaged_tree: must be one of {', '.join(ON_UNSTAGED)}")
     longest = cfg.deploy.timeout_s + cfg.deploy.health_timeout_s
     if cfg.reaper.enabled and longest >= cfg.reaper.max_running_s:
         raise ConfigError(

@@ -116,6 +116,15 @@ DeployStatus = Literal["SUCCESS", "FAILED"]
 SUCCESS: Final = "SUCCESS"
 FAILED: Final = "FAILED"
 """A staging or production deploy log's `staging_status` / `deploy_status`."""
+SUPERSEDED: Final = "SUPERSEDED"
+"""A production deploy not run: a newer commit containing it is already deployed (only
+Conveyor writes it; not a value agents are told about)."""
+UNSTAGED: Final = "UNSTAGED"
+"""A production deploy not run: its tree is not the one staging judged (re-stage it)."""
+ON_UNSTAGED_RESTAGE: Final = "restage"
+ON_UNSTAGED_FAIL: Final = "fail"
+ON_UNSTAGED: Final = (ON_UNSTAGED_RESTAGE, ON_UNSTAGED_FAIL)
+"""`deploy.on_unstaged_tree`: what a production deploy of an unstaged tree does."""
 ReviewVerdict = Literal["APPROVED", "REQUEST_CHANGES"]
 APPROVED: Final = "APPROVED"
 REQUEST_CHANGES: Final = "REQUEST_CHANGES"
