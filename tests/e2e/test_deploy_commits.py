@@ -190,7 +190,8 @@ def test_two_tasks_racing_on_one_repository_never_ship_an_older_tree(
     wait_until(_both_signed_off, deadline_s=180, what="both items merged and awaiting signoff")
     bare = harness.layout.forge / "repos" / "demo.git"
     shas = {item: harness.task(item)["merge_sha"] for item in (first, second)}
-    older, newer = (first, second) if _ancestor(bare, shas[first], shas[second]) else (second, first)
+    in_order = _ancestor(bare, shas[first], shas[second])
+    older, newer = (first, second) if in_order else (second, first)
     assert _ancestor(bare, shas[older], shas[newer])
 
     # When the newer merge is deployed first (its rebase changed the tree staging saw, so
