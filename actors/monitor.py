@@ -26,6 +26,7 @@ import msgspec
 import pykka
 
 from actors import monitor_policy as policy
+from actors.jobs.deploy_target import last_deployed
 from actors.launcher_policy import python_argv, substitute, wrap
 from actors.monitor_policy import Probe, Watch
 from actors.owner import Owner
@@ -368,9 +369,11 @@ class PostDeployMonitor(Owner):
         if repo is None or not repo.rollback_command:
             log.warning("monitor.rollback_skipped", task_id=watch.task_id, repo=watch.repo)
             return "no rollback_command"
+        # Production now runs the last deployed commit; the one before it is the way back.
+        live, before, _ = last_deployed(self._effects, watch.repo)
         command = substitute(
             python_argv(repo.rollback_command, self._python),
-            {"work_item": watch.task_id, "repo": watch.repo},
+            {"work_item": watch.task_id, "repo": watch.repo, "sha": live, "base_sha": before},
         )
         exit_file = task_dir / ROLLBACK_EXIT
         argv = wrap(command, exit_file=str(exit_file), python=self._python)

@@ -17,7 +17,7 @@ from actors.jobs.context import JobContext
 from actors.jobs.steps import checkout_commit
 from actors.launcher_policy import Run
 from bus.bridge import KeyExists
-from bus.effects import effect_key
+from bus.effects import Ledger, effect_key
 from bus.messages import LaunchOrder
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
@@ -48,9 +48,9 @@ def deployed_key(repo: str) -> str:
     return effect_key("deployed", repo)
 
 
-def last_deployed(ctx: JobContext, repo: str) -> tuple[str, str, int | None]:
+def last_deployed(effects: Ledger, repo: str) -> tuple[str, str, int | None]:
     """`(deployed commit, the one before it, record revision)`; empty when none."""
-    record = ctx.effects.read(deployed_key(repo))
+    record = effects.read(deployed_key(repo))
     if record is None:
         return "", "", None
     last, before = deploy_policy.parse_deployed(record.value.result)
@@ -64,7 +64,7 @@ def target(ctx: JobContext, run: Run, order: LaunchOrder, gate: str, worktree: P
     before Conveyor recorded them), run in the task's worktree at its head.
     """
     if gate != GATE_DEPLOY or not order.deploy.sha:
-        last, _, _ = last_deployed(ctx, order.repo)
+        last, _, _ = last_deployed(ctx.effects, order.repo)
         return Target(cwd=worktree, sha=git.head_sha(worktree), base_sha=last)
     workspace = ctx.layout.workspace(order.repo)
     with ctx.repo_lock(order.repo):
@@ -74,7 +74,7 @@ def target(ctx: JobContext, run: Run, order: LaunchOrder, gate: str, worktree: P
         why = f"merge commit {short(order.deploy.sha)} is not on main: not deployed"
         return Target(cwd=worktree, sha=order.deploy.sha, status=FAILED, reason=why)
     for _ in range(CLAIM_TRIES):
-        last, before, revision = last_deployed(ctx, order.repo)
+        last, before, revision = last_deployed(ctx.effects, order.repo)
         found = _found(workspace, sha, last, order.deploy.staged_sha)
         decision = deploy_policy.decide(found, on_unstaged=ctx.cfg.deploy.on_unstaged_tree)
         base = before if last == sha else last

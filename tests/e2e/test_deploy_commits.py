@@ -21,6 +21,8 @@ from actors.jobs.deploy_target import deployed_key
 from bus import subjects
 from bus.effects import Effect
 from gateways import git
+from tests.e2e.test_watch import MONITOR, Production
+from tests.e2e.test_watch import _repo as watched_repo
 from tests.harness import ALL_STAGES, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -230,3 +232,26 @@ def test_two_tasks_racing_on_one_repository_never_ship_an_older_tree(
     assert verdict["hook_exit_code"] is None
     assert verdict["deployed_by"] == "conveyor"
     assert older_task["history"][-1]["cause"].startswith("deploy SUPERSEDED")
+
+
+def test_the_rollback_command_gets_the_deployed_commit_and_the_one_before(
+    tmp_path: Path, harness_factory: Callable[..., Harness]
+) -> None:
+    # Given a watched production whose rollback command records its {sha} and {base_sha}
+    prod = Production(tmp_path / "prod-state")
+    try:
+        repo = watched_repo(tmp_path, prod)
+        repo["rollback_command"] = [*repo["rollback_command"][:-1], "{sha}:{base_sha}"]
+        harness = harness_factory(repos=[repo], monitor={**MONITOR, "window_s": 30.0})
+        item = harness.submit("Ship a regression")["task"]["id"]
+        task = harness.wait_stage(item, "done", deadline_s=120)
+
+        # When production breaks inside the window
+        prod.state.write_text("broken")
+
+        # Then the rollback ran once with the commit production runs (nothing before it)
+        rollbacks = tmp_path / "rollbacks.log"
+        wait_until(rollbacks.exists, what="the rollback", deadline_s=60)
+        assert rollbacks.read_text().splitlines() == [f"{task['merge_sha']}:"]
+    finally:
+        prod.close()
