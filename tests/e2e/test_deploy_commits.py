@@ -255,3 +255,43 @@ def test_the_rollback_command_gets_the_deployed_commit_and_the_one_before(
         assert rollbacks.read_text().splitlines() == [f"{task['merge_sha']}:"]
     finally:
         prod.close()
+
+
+def test_with_on_unstaged_tree_fail_an_unstaged_tree_is_failed_not_deployed(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # Given two merged work items, and unstaged trees configured to fail
+    deploys = Deploys(tmp_path)
+    harness = harness_factory(
+        repos=deploys.repos(), pipeline={"stages": STAGES}, deploy={"on_unstaged_tree": "fail"}
+    )
+    items = [harness.submit(title)["task"]["id"] for title in ("First", "Second")]
+
+    def _signed_off() -> bool:
+        tasks = [harness.task(i) for i in items]
+        for task in tasks:
+            if task["stage"] == "analysis" and "awaiting approval" in task["last_reason"]:
+                harness.command("approve", task["id"])
+        return all(t["stage"] == "signoff" and "awaiting" in t["last_reason"] for t in tasks)
+
+    wait_until(_signed_off, deadline_s=180, what="both items merged and awaiting signoff")
+    bare = harness.layout.forge / "repos" / "demo.git"
+    shas = {item: harness.task(item)["merge_sha"] for item in items}
+    newer = items[1] if _ancestor(bare, shas[items[0]], shas[items[1]]) else items[0]
+
+    # When the newer (rebased) merge reaches its production deploy
+    harness.command("approve", newer)
+
+    # Then its deploy is FAILED without running, and the work goes back to development
+    def _back() -> list[dict[str, Any]]:
+        history = harness.task(newer)["history"]
+        return [e for e in history if (e["old"], e["new"]) == ("deploy", "development")]
+
+    [back] = wait_until(_back, deadline_s=60, what=f"{newer} back to development")
+    assert back["cause"] == "deploy FAILED"
+    assert deploys.runs("deploy") == []
+    task = harness.task(newer)
+    verdict = _front_matter(bare, task["branch"], _log(newer, "14-deploy-log.md"))
+    assert verdict["deploy_status"] == "FAILED"
+    assert "is not the tree staging judged" in verdict["reason"]
+    assert verdict["commit"] == shas[newer]
