@@ -23,30 +23,24 @@ def test_the_policy_starts_the_wrapper_file_itself():
     assert Path(lp.RUNWRAP_SCRIPT).samefile(runwrap.SCRIPT)
 
 
-def test_the_exit_code_is_recorded_and_returned(tmp_path: Path):
-    done, exit_file = _wrapped(tmp_path, "sh", "-c", "echo hi; exit 7")
-    assert done.returncode == 7
-    assert done.stdout == "hi\n"
+@pytest.mark.parametrize(
+    ("argv", "code", "stderr"),
+    [
+        (["sh", "-c", "echo hi >&2; exit 7"], 7, "hi"),
+        (["sh", "-c", "kill -9 $$"], 128 + 9, ""),
+        (["/nonexistent/agent"], 127, "cannot start"),
+    ],
+    ids=["exit-code", "signal", "cannot-start"],
+)
+def test_the_exit_code_is_recorded_and_returned(
+    tmp_path: Path, argv: list[str], code: int, stderr: str
+):
+    done, exit_file = _wrapped(tmp_path, *argv)
+    assert done.returncode == code
+    assert stderr in done.stderr
     recorded = runwrap.read_exit_file(exit_file)
     assert recorded is not None
-    assert recorded[0] == 7
-
-
-def test_a_signal_death_is_recorded_as_128_plus_the_signal(tmp_path: Path):
-    done, exit_file = _wrapped(tmp_path, "sh", "-c", "kill -9 $$")
-    assert done.returncode == 137
-    recorded = runwrap.read_exit_file(exit_file)
-    assert recorded is not None
-    assert recorded[0] == 137
-
-
-def test_a_command_that_cannot_start_is_127(tmp_path: Path):
-    done, exit_file = _wrapped(tmp_path, str(tmp_path / "missing"))
-    assert done.returncode == 127
-    assert "cannot start" in done.stderr
-    recorded = runwrap.read_exit_file(exit_file)
-    assert recorded is not None
-    assert recorded[0] == 127
+    assert recorded[0] == code
 
 
 def test_the_agent_gets_default_signal_dispositions(tmp_path: Path):
