@@ -92,7 +92,8 @@ class LogCommitter:
             target = work / log_path(task_id, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-            message = f"{task_id}: post-deploy log ({name})"
+            # A note on a delivered task is nothing to test: forges that honour it skip CI.
+            message = f"{task_id}: post-deploy log ({name}) [skip ci]"
             git.commit_all(work, message, author_name=AUTHOR[0], author_email=AUTHOR[1])
             sha = git.push_branch(work, branch, force=False)
         finally:
