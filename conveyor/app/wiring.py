@@ -25,6 +25,7 @@ from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper, LeaseStatus
 from actors.lease_policy import Lease, merged_stages
 from actors.monitor import MonitorStatus, PostDeployMonitor
+from actors.monitor_commit import LogCommitter
 from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
@@ -32,6 +33,7 @@ from actors.reaper import Reaper, ReaperStatus
 from actors.reconciler import Reconciler, ReconcilerStatus
 from actors.stage_engine import StageEngine, StatusQuery
 from actors.stage_policy import Task
+from actors.task_summary import GetTask
 from actors.usage_policy import Ceilings
 from bus import subjects
 from bus.bridge import Bus, Delivery, Store
@@ -216,6 +218,11 @@ def _monitor(ctx: Context, store: Store[Any] | None) -> Ref:
         key = f"monitor:{hashlib.sha256(cause.encode()).hexdigest()[:16]}"
         engine.tell(Annotate(id=task_id, cause=cause, key=key))
 
+    def _branch_of(task_id: str) -> str | None:
+        summary: Any = engine.ask(GetTask(task_id), timeout=ASK_TIMEOUT_S)
+        return summary.branch if summary is not None else None
+
+    committer = LogCommitter(ctx.forge, _branch_of) if ctx.forge is not None else None
     return PostDeployMonitor.start(
         ctx.bus,
         store,
@@ -224,6 +231,7 @@ def _monitor(ctx: Context, store: Store[Any] | None) -> Ref:
         ctx.cfg,
         data_dir=ctx.layout.root,
         record=_record,
+        committer=committer,
     )
 
 
