@@ -33,12 +33,16 @@ ENDED = frozenset({"done", "cancelled"})
 
 
 def holder_alive(holder: LeaseHolder, host: str, boot: str) -> bool | None:
-    """True/False when it can be proven on this host; None for another host."""
+    """True/False when it can be proven on this host; None when it cannot be told.
+
+    None (another host, permission denied, no start time) counts as alive.
+    """
     if holder.host != host:
         return None
     if boot and holder.boot_id and holder.boot_id != boot:
         return False
-    return procs.alive(holder.pid, holder.create_time)
+    probed = procs.probe(holder.pid, holder.create_time)
+    return None if probed == procs.UNCERTAIN else probed == procs.ALIVE
 
 
 class LeaseStatus(msgspec.Struct, frozen=True):
@@ -238,6 +242,8 @@ class LeaseKeeper(Owner):
             "healthy": True,
             "enabled": self._cfg.enabled,
             "reclaimed_total": self._reclaimed_total,
+            # The reference's name for the same figure.
+            "lease_reclaimed_total": self._reclaimed_total,
             "leases": [
                 {
                     "name": e.value.name,
