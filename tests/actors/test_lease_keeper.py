@@ -258,3 +258,32 @@ def test_with_leases_switched_off_every_acquire_and_renew_is_granted_and_nothing
         assert (reply.granted, reply.revision, reply.reason) == (True, 0, "leases disabled")
     assert held_by(leases) == ""
     assert leases.status()["enabled"] is False
+
+
+def test_one_lease_that_cannot_be_freed_does_not_stop_the_sweep_for_the_others(
+    start_actor: StartActor, bus: Bus
+):
+    # Given two leases of dead holders, one of them rewritten behind the keeper's back
+    leases = start_actor("lease_keeper")
+    dead = exited_pid()
+    other = merge_lease("other")
+    assert acquire(leases, holder("DEMO-1", pid=dead)).granted
+    taken: LeaseReply = leases.ref.ask(
+        LeaseAcquire(name=other, holder=holder("DEMO-2", pid=dead)), timeout=10
+    )
+    assert taken.granted
+    store = bus.store(subjects.BUCKET_LEASES, Lease)
+    moved = store.get(LEASE)
+    assert moved is not None
+    store.update(LEASE, moved.value, expect=moved.revision)
+
+    # When the LeaseKeeper sweeps
+    status = leases.tick(1.0)
+
+    # Then the stale one fails alone, the other is freed in the same sweep
+    assert status["lease_reclaimed_total"] == 1
+    assert store.get(other) is None
+    assert held_by(leases) == "DEMO-1"
+    # and the next sweep, having read the bucket again, frees the first one too
+    assert leases.tick(1.0)["lease_reclaimed_total"] == 2
+    assert held_by(leases) == ""
