@@ -45,6 +45,7 @@ from bus.messages import (
     Event,
     JobInput,
     JobOutcome,
+    JobReaped,
     KillJob,
     LaunchOrder,
     RunHeartbeat,
@@ -304,7 +305,11 @@ TABLE: tuple[ActorSpec, ...] = (
         _reaper,
         bucket=subjects.BUCKET_RUNS,
         value_type=Run,
-        core_feeds=(CoreFeed(subjects.HEARTBEATS, RunHeartbeat),),
+        # Applied reaps come back from the QueueWorker: only those are counted.
+        core_feeds=(
+            CoreFeed(subjects.HEARTBEATS, RunHeartbeat),
+            CoreFeed(subjects.JOBS_REAPED, JobReaped),
+        ),
         ticks=True,
         status=ReaperStatus,
     ),

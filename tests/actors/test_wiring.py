@@ -44,7 +44,15 @@ PINNED = [
         True,
         True,
     ),
-    ("reaper", "control", "conveyor_runs", [], ["conveyor.heartbeats.runs"], True, True),
+    (
+        "reaper",
+        "control",
+        "conveyor_runs",
+        [],
+        ["conveyor.heartbeats.runs", "conveyor.jobs.reaped"],
+        True,
+        True,
+    ),
     (
         "lease_keeper",
         "control",
