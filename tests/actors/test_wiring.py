@@ -91,6 +91,7 @@ PINNED = [
         False,
         True,
     ),
+    ("janitor", "control", "", [], [], True, True),
     (
         "launcher",
         "launcher",
