@@ -43,6 +43,8 @@ DiskProbe = Callable[[Path], DiskUsage]
 
 def disk_usage(path: Path) -> DiskUsage:
     """The filesystem holding `path` (the seam tests replace to fake a full disk)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent  # not made yet: its filesystem is its nearest existing parent's
     total, used, free = shutil.disk_usage(path)
     return DiskUsage(total, used, free)
 
@@ -108,14 +110,22 @@ class Janitor(Owner):
                 now = self._clock.now()
                 if now >= self._next_probe:
                     self._next_probe = now + self._disk.interval_s
-                    self._check_disk(now)
-                    self._rotate_logs()
+                    self._step("disk", self._check_disk, now)
+                    self._step("rotation", self._rotate_logs, now)
                 if self._retention.enabled and now >= self._next_sweep:
                     self._next_sweep = now + self._retention.interval_s
-                    self._sweep(now)
+                    self._step("sweep", self._sweep, now)
             case JanitorStatus():
                 return self._status()
         return None
+
+    def _step(self, what: str, step: Callable[[float], None], now: float) -> None:
+        """Run one duty; its failure is logged and never keeps the others from running."""
+        try:
+            step(now)
+        except Exception:  # the next due tick tries again
+            self._count(f"{what}_failures")
+            log.exception("janitor.step_failed", step=what)
 
     # --- the disk --------------------------------------------------------------------
 
@@ -134,7 +144,7 @@ class Janitor(Owner):
             log.warning("janitor.disk_alerted", kind=alert.kind, text=alert.text)
             self._bus.emit(alert, msg_id=f"janitor:{alert.kind}:{now:.3f}")
 
-    def _rotate_logs(self) -> None:
+    def _rotate_logs(self, _now: float) -> None:
         cap = int(self._retention.log_max_mb * policy.MB)
         if not self._retention.enabled or cap <= 0:
             return

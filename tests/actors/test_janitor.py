@@ -346,3 +346,26 @@ def test_launching_pauses_below_the_floor_and_resumes_by_itself_when_space_is_ba
     kinds = [a.kind for a in alerts.wait_for(Alert, 2, what="the resume note")]
     assert kinds == [policy.KIND_LAUNCH_PAUSED, policy.KIND_LAUNCH_RESUMED]
     assert alerts.of(Alert)[1].level == "info"
+
+
+def test_a_failing_disk_probe_never_stops_the_sweep(
+    start_actor: StartActor, stub: Any, janitor_cfg: Config, monkeypatch: pytest.MonkeyPatch
+):
+    def _broken(_path: Path) -> DiskUsage:
+        raise OSError("statvfs failed")
+
+    monkeypatch.setattr(janitor, "disk_usage", _broken)
+    sweeper = start_janitor(start_actor, stub, janitor_cfg)
+
+    status = sweeper.tick(1.0)
+
+    assert status["disk_failures"] == 1
+    assert status["last_sweep_at"] == sweeper.clock.now()
+    assert sweeper.tick(1.0)["disk_failures"] == 2
+
+
+def test_the_probe_of_a_data_directory_not_made_yet_reads_its_parents_filesystem(tmp_path: Path):
+    usage = janitor.disk_usage(tmp_path / "not" / "yet")
+
+    assert usage.total > 0
+    assert 0 <= usage.free <= usage.total
