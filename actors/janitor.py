@@ -94,7 +94,7 @@ class Janitor(Owner):
     ) -> None:
         super().__init__()
         self._stores, self._bus, self._worker, self._clock = stores, bus, worker, clock
-        self._cfg, self._retention, self._disk = cfg, cfg.retention, cfg.disk
+        self._retention, self._disk = cfg.retention, cfg.disk
         self._layout = Layout(cfg.data_path)
         self._probe = probe
         self._state = DiskState()
@@ -134,9 +134,11 @@ class Janitor(Owner):
         usage = (self._probe or disk_usage)(root)
         decision = policy.on_probe(self._state, usage, now=now, cfg=self._disk, where=str(root))
         self._state = decision.state
-        if decision.pause != self._pause:
-            event = "janitor.launching_paused" if decision.pause else "janitor.launching_resumed"
-            log.warning(event, free_mb=round(decision.state.free_mb), reason=decision.pause)
+        free_mb = round(decision.state.free_mb)
+        if decision.pause and not self._pause:
+            log.warning("janitor.launching_paused", free_mb=free_mb, reason=decision.pause)
+        elif self._pause and not decision.pause:
+            log.info("janitor.launching_resumed", free_mb=free_mb)
         self._pause = decision.pause
         # Told on every probe, not only on a change: a restarted QueueWorker starts unpaused.
         self._worker.tell(LaunchPause(reason=decision.pause))
