@@ -20,6 +20,8 @@ import msgspec
 import pykka
 
 from actors.intake import Intake, IntakeStatus
+from actors.janitor import Janitor, JanitorStatus
+from actors.janitor import stores as janitor_stores
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper, LeaseStatus
@@ -242,6 +244,11 @@ def _notifier(ctx: Context, _store: Store[Any] | None) -> Ref:
     return Notifier.start(telegram.send, ctx.ledger("notifier"), ctx.cfg.telegram)
 
 
+def _janitor(ctx: Context, _store: Store[Any] | None) -> Ref:
+    stores = janitor_stores(ctx.bus)
+    return Janitor.start(stores, ctx.bus, ctx.ref("queue_worker"), ctx.clock, ctx.cfg)
+
+
 def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
     slots = Slots(ctx.cfg.launcher.slots)
@@ -375,6 +382,7 @@ TABLE: tuple[ActorSpec, ...] = (
         status=NotifierStatus,
         enabled=lambda cfg: cfg.telegram.enabled,
     ),
+    ActorSpec("janitor", CONTROL, _janitor, ticks=True, status=JanitorStatus),
     ActorSpec(
         "launcher",
         LAUNCHER,

@@ -99,6 +99,7 @@ PINNED = [
         False,
         True,
     ),
+    ("janitor", "control", "", [], [], True, True),
     (
         "launcher",
         "launcher",
