@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -254,9 +255,17 @@ def deploy_argv(
     return substitute(python_argv(command, python), values)
 
 
+RUNWRAP_SCRIPT = str(Path(__file__).parent.parent / "conveyor" / "runwrap.py")
+"""The exit-code wrapper, started as a script: see `conveyor/runwrap.py` for why."""
+
+
 def wrap(argv: Sequence[str], *, exit_file: str, python: str) -> list[str]:
-    """`argv` behind the exit-code wrapper (already substituted)."""
-    return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *argv]
+    """`argv` behind the exit-code wrapper (already substituted).
+
+    `-I -S`: no `site`, no user paths, no PYTHON* variables. The wrapper needs
+    only the standard library, and every stage start pays for its interpreter.
+    """
+    return [python, "-I", "-S", RUNWRAP_SCRIPT, "--exit-file", exit_file, "--", *argv]
 
 
 def verdict_path(gate: str, task_id: str) -> str | None:

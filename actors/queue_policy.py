@@ -14,6 +14,7 @@ from bus.messages import (
     DeployCommits,
     JobFinished,
     JobOutcome,
+    JobReaped,
     JobRequested,
     JobStarted,
     KillJob,
@@ -313,7 +314,7 @@ def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decis
         finished_at=now,
     )
     decision = on_finished(job, finished, now=now, cfg=cfg)
-    emits = decision.emit
+    emits = (*decision.emit, JobReaped(**msgspec.structs.asdict(reap)))
     if reap.tier == 3:
         # The backstop reaps whatever state the executor is in: make sure it stops, so
         # the next attempt never shares the worktree with it.

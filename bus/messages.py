@@ -251,6 +251,21 @@ class ReapJob(Message, frozen=True):
     reason: str = ""
 
 
+class JobReaped(Message, frozen=True):
+    """QueueWorker -> Reaper: a `ReapJob` was applied (the attempt was still running).
+
+    Its fields are the applied `ReapJob`'s. A reap that lost the race to a late
+    `JobFinished` or a requeue sends nothing, so the Reaper counts only the reaps
+    that finished an attempt.
+    """
+
+    job_id: str
+    attempt: int
+    tier: int
+    exit_code: int | None = None
+    reason: str = ""
+
+
 class LeaseHolder(Message, frozen=True):
     """Who asks for a lease: the task, the job run, and the process doing the work."""
 
@@ -458,6 +473,7 @@ BusMessage = (
     | KillJob
     | StageChanged
     | Alert
+    | JobReaped
 )
 
 _encoder = msgspec.json.Encoder()

@@ -353,6 +353,25 @@ class ReconcilerConfig(_Section, frozen=True):
     plane_poll_s: float = 60.0
 
 
+class RetentionConfig(_Section, frozen=True):
+    """What the Janitor removes once a task is done or cancelled, and log rotation."""
+
+    enabled: bool = True
+    interval_s: float = 3600.0
+    worktrees_days: float = 7.0
+    records_days: float = 30.0
+    log_max_mb: float = 100.0
+    log_keep: int = 3
+
+
+class DiskConfig(_Section, frozen=True):
+    """The data directory's filesystem: an alert above a use, no launches below a floor."""
+
+    interval_s: float = 30.0
+    alert_percent: float = 90.0
+    min_free_mb: float = 1024.0
+
+
 class LogConfig(_Section, frozen=True):
     """Logging level and format (`auto`: JSON unless stderr is a terminal)."""
 
@@ -383,6 +402,8 @@ class Config(_Section, frozen=True):
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    disk: DiskConfig = msgspec.field(default_factory=DiskConfig)
     repos: list[RepoConfig] = msgspec.field(default_factory=list)
 
     @property

@@ -91,6 +91,7 @@ def check(cfg: Config) -> None:
         _check_agent(agent, f"agents.{role}")
     _check_integrations(cfg)
     _check_prices(cfg)
+    _check_retention(cfg)
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error")
     if cfg.log.format not in ("auto", "json", "text"):
@@ -263,3 +264,24 @@ def _check_integrations(cfg: Config) -> None:
             raise ConfigError(f"reconciler.stage_grace_s.{stage}: must be >= 0")
     if not cfg.reconciler.grace_s >= 0:
         raise ConfigError("reconciler.grace_s: must be >= 0")
+
+
+def _check_retention(cfg: Config) -> None:
+    """Retention and disk figures: intervals > 0, ages and sizes >= 0, a percentage."""
+    for key, value in (
+        ("retention.interval_s", cfg.retention.interval_s),
+        ("disk.interval_s", cfg.disk.interval_s),
+    ):
+        if not value > 0:  # also refuses NaN
+            raise ConfigError(f"{key}: must be > 0")
+    for key, value in (
+        ("retention.worktrees_days", cfg.retention.worktrees_days),
+        ("retention.records_days", cfg.retention.records_days),
+        ("retention.log_max_mb", cfg.retention.log_max_mb),
+        ("retention.log_keep", cfg.retention.log_keep),
+        ("disk.min_free_mb", cfg.disk.min_free_mb),
+    ):
+        if not value >= 0:
+            raise ConfigError(f"{key}: must be >= 0")
+    if not 0 <= cfg.disk.alert_percent <= 100:
+        raise ConfigError("disk.alert_percent: must be between 0 and 100")
