@@ -7,10 +7,12 @@ import pytest
 
 from actors import deploy_policy as dp
 from actors import gate_policy as gp
+from actors import janitor_policy
 from actors import launcher_policy as lp
 from actors import queue_policy as qp
 from actors import stage_policy as sp
 from actors import task_policy as tp
+from bus.effects import effect_key
 from bus.messages import DeployCommits, JobOutcome, JobRequested
 from conveyor import pipeline as pl
 from conveyor.config import Config, RepoConfig, load
@@ -322,3 +324,13 @@ def test_sha_and_base_sha_reach_the_deploy_command_in_one_pass():
     )
     assert argv == ["ship", M2, ""]
     assert lp.substitute(["{sha}"], {"work_item": TID}) == ["{sha}"]
+
+
+def test_the_janitor_never_compacts_a_repositorys_deployed_commit():
+    key = effect_key("deployed", "demo")
+    assert key == "deployed.demo"
+    row = janitor_policy.EffectRow(key=key, done=True, at=0.0)
+    plan = janitor_policy.compaction(
+        {TID}, {TID}, jobs={}, runs={}, watches={}, effects=[row], before=1e12
+    )
+    assert plan.effects == []
