@@ -452,8 +452,9 @@ def rebase(
 ) -> list[str] | None:
     """Rebase the checked-out branch onto `onto`: None when it applied.
 
-    Otherwise abort it and return the paths left in conflict, sorted (empty when the
-    rebase stopped for another reason, such as local changes in the way).
+    Otherwise abort it and return the paths in conflict where it stopped (the first
+    commit that does not apply), sorted; empty when it stopped for another reason,
+    such as local changes in the way.
     """
     _ref(onto)
     result = run_git_result(
