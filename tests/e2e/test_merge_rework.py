@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from conveyor.app.client import Client
 from gateways import git
+from tests.e2e.test_faults import drive_quietly
 from tests.e2e.test_no_work import Alerts
-from tests.harness import Harness
+from tests.harness import ALL_STAGES, Harness, Processes, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +42,9 @@ class MainMovedTest(unittest.TestCase):
 DEMO_CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
 
 
-def push_to_main(harness: Harness, files: dict[str, str], scratch: Path) -> str:
+def push_to_main(forge: Path, files: dict[str, str], scratch: Path) -> str:
     """Move the forge's main on by one commit holding `files`, as another merge would."""
-    bare = harness.layout.forge / "repos" / "demo.git"
+    bare = forge / "repos" / "demo.git"
     work = scratch / "main-push"
     git.run_git(["clone", "--quiet", "--branch", "main", "--", str(bare), str(work)])
     for name, text in files.items():
@@ -55,17 +57,22 @@ def push_to_main(harness: Harness, files: dict[str, str], scratch: Path) -> str:
     return sha
 
 
-def ci_runs(harness: Harness, sha: str) -> int:
+def effects(forge: Path) -> list[dict[str, Any]]:
+    lines = (forge / "effects.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def ci_runs(forge: Path, sha: str) -> int:
     """How many times the local forge's CI started on `sha`."""
     return sum(
         e["kind"] == "status_set" and e["sha"] == sha and e["state"] == "pending"
-        for e in harness.forge_effects()
+        for e in effects(forge)
     )
 
 
-def merged_head(harness: Harness) -> str:
+def merged_head(forge: Path) -> str:
     """The head the repository's one merged pull request was merged at."""
-    pulls = [json.loads(p.read_text()) for p in (harness.layout.forge / "pulls" / "demo").iterdir()]
+    pulls = [json.loads(p.read_text()) for p in (forge / "pulls" / "demo").iterdir()]
     (merged,) = [p for p in pulls if p["merged"]]
     head: str = merged["head_sha"]
     return head
@@ -93,7 +100,9 @@ def test_a_red_retest_sends_the_work_back_with_the_output_and_the_rework_merges(
     # Given an item under way, and main gaining a test its feature fails once rebased
     item = harness.submit("Red once rebased")["task"]["id"]
     harness.wait_stage(item, "analysis", "architecture", "development")
-    main_before = push_to_main(harness, {"tests/test_main_moved.py": GUARD_TEST}, tmp_path)
+    main_before = push_to_main(
+        harness.layout.forge, {"tests/test_main_moved.py": GUARD_TEST}, tmp_path
+    )
 
     # When it reaches its merge step (rebased, re-tested red), then after the rework
     task = harness.wait_stage(item, "done", "escalated", deadline_s=180)
@@ -111,7 +120,7 @@ def test_a_red_retest_sends_the_work_back_with_the_output_and_the_rework_merges(
         ["merge-base", "--is-ancestor", main_before, first.head_sha],
         git_dir=harness.layout.forge / "repos" / "demo.git",
     ).ok
-    assert ci_runs(harness, first.head_sha) == 1
+    assert ci_runs(harness.layout.forge, first.head_sha) == 1
     # The developer was told: which head, that it is red, and the end of the check's output
     (brief,) = merge_briefs(harness, item)
     assert f"re-test of the rebased head {first.head_sha[:12]} is red: failure" in brief["text"]
@@ -132,7 +141,7 @@ def test_a_rebase_conflict_names_the_file_and_a_spent_budget_escalates_once(
     item = harness.submit("Conflicts with main")["task"]["id"]
     harness.wait_stage(item, "analysis", "architecture", "development")
     clash = {"features/demo_1.py": '"""Main got here first."""\n\nVALUE = 1\n'}
-    main_after = push_to_main(harness, clash, tmp_path)
+    main_after = push_to_main(harness.layout.forge, clash, tmp_path)
 
     # When the merge step finds the conflict, the rework cannot resolve it either
     task = harness.wait_stage(item, "escalated", "done", deadline_s=180)
@@ -202,7 +211,7 @@ def test_a_failing_pre_merge_check_sends_the_work_back_and_a_passing_one_merges(
     # and the checks ran in the candidates: the first twice (failed, then passed), the
     # second only once both could pass; the passing candidate merged
     runs = security.read_text().split()
-    assert runs == [first.head_sha, merged_head(harness)]
+    assert runs == [first.head_sha, merged_head(harness.layout.forge)]
     assert ratchet.read_text() == "run\n"
     assert sum(e["kind"] == "pr_merged" for e in harness.forge_effects()) == 1
     # Each check's output is kept in the merge run's directory
@@ -223,7 +232,7 @@ def test_with_rework_off_a_conflict_fails_the_merge_step_as_before(
     )
     item = harness.submit("Old behaviour")["task"]["id"]
     harness.wait_stage(item, "analysis", "architecture", "development")
-    push_to_main(harness, {"features/demo_1.py": "VALUE = 1\n"}, tmp_path)
+    push_to_main(harness.layout.forge, {"features/demo_1.py": "VALUE = 1\n"}, tmp_path)
 
     # When the merge conflicts, it fails and is retried on the merge step until escalation
     task = harness.wait_stage(item, "escalated", "done", deadline_s=180)
@@ -235,3 +244,57 @@ def test_with_rework_off_a_conflict_fails_the_merge_step_as_before(
     merges = [j for j in harness.jobs().values() if j.task_id == item and j.role == "merge"]
     assert {j.status for j in merges} == {"failed"}
     assert len(merges) == 2
+
+
+def test_a_kill_between_the_retest_and_the_merge_checks_nothing_twice(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # Given the Procfile processes, a pre-merge check that counts its runs, and a launcher
+    # that dies once the merge candidate is checked (re-tested and pre-merge checked)
+    counter = tmp_path / "pre-merge-runs"
+    extra = f"pre_merge_checks = [{json.dumps(f'echo $CONVEYOR_HEAD_SHA >> {counter}')}]\n"
+    procs = Processes(tmp_path, nats_url, extra_toml=extra)
+    procs.start("control", "control")
+    procs.start("launcher", "launcher", fault="launcher.merge_checked")
+    client = Client(nats_url)
+    forge = procs.data / "forge"
+    item = "DEMO-1"
+    try:
+        wait_ready(client, procs)
+        assert client.command("submit", {"repo": "demo", "title": "Kill me", "id": item})["ok"]
+        drive(client, item, "architecture", "development", "review")
+        # and main moving on, so the merge step must rebase and re-test
+        main_before = push_to_main(forge, {"docs/other.md": "Another change.\n"}, tmp_path)
+
+        # When the launcher is killed -9 between the re-test and the merge, and restarted
+        def _died() -> bool:
+            drive_quietly(client, item)
+            return procs.procs["launcher"].poll() is not None
+
+        wait_until(_died, what="launcher to die at launcher.merge_checked", deadline_s=120)
+        procs.procs.pop("launcher")
+        procs.start("launcher", "launcher")
+
+        # Then the item is done, merged once at the rebased head
+        task = drive(client, item, "done", deadline_s=120)
+        assert [e["new"] for e in task["history"]] == ALL_STAGES
+        assert sum(e["kind"] == "pr_merged" for e in effects(forge)) == 1
+        head = merged_head(forge)
+        bare = forge / "repos" / "demo.git"
+        assert git.run_git_result(
+            ["merge-base", "--is-ancestor", main_before, head], git_dir=bare
+        ).ok
+        # re-tested once: the re-drive found the branch up to date and its status green
+        assert ci_runs(forge, head) == 1
+        # and the pre-merge check ran once, in that head: its verdict was recorded
+        assert counter.read_text().split() == [head]
+        merge = next(j for j in stored_jobs(client) if j.id == f"{item}.deploy-staging.1.merge")
+        assert (merge.status, merge.attempts) == ("done", 2)
+        launcher_log = (tmp_path / "launcher.log").read_text()
+        assert launcher_log.count('"fault.injected"') == 1
+    except AssertionError:
+        print(procs.logs())
+        raise
+    finally:
+        client.close()
+        procs.stop_all()
