@@ -93,6 +93,10 @@ def _merge_under_lease(
         status = ctx.forge.await_checks(order.repo, order.branch, head)
     else:
         status = ctx.forge.commit_status(order.repo, head)
+        if status is None or status.state == "pending":
+            # A re-test that died with an earlier attempt (or still runs on the forge's
+            # CI) owes its result: run or await it. A final status is never re-tested.
+            status = ctx.forge.await_checks(order.repo, order.branch, head)
     if status is not None and merge_policy.is_red(status.state):
         red = merge_policy.red_check(
             state=status.state,

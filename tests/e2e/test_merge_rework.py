@@ -246,32 +246,69 @@ def test_with_rework_off_a_conflict_fails_the_merge_step_as_before(
     assert len(merges) == 2
 
 
-def test_a_kill_between_the_retest_and_the_merge_checks_nothing_twice(
-    tmp_path: Path, nats_url: str
+PROBE_TEST = """\"\"\"Main's probe: records each CI run's head; may kill its launcher, once.\"\"\"
+
+import os
+import signal
+import subprocess
+import unittest
+from pathlib import Path
+
+RUNS = Path({runs!r})
+KILLED = Path({killed!r})
+KILL = {kill!r}
+
+
+class MainMovedProbe(unittest.TestCase):
+    def test_probe(self) -> None:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        with RUNS.open("a") as out:
+            out.write(head + "\\n")
+        parent = os.getppid()
+        if KILL and b"launcher" in Path(f"/proc/{{parent}}/cmdline").read_bytes():
+            if not KILLED.exists():
+                KILLED.write_text("once")
+                os.kill(parent, signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kill", "retests"),
+    [("after the re-test", 1), ("during the re-test", 2)],
+    ids=["after-retest", "during-retest"],
+)
+def test_a_launcher_killed_at_the_retest_rechecks_only_what_it_did_not_finish(
+    kill: str, retests: int, tmp_path: Path, nats_url: str
 ) -> None:
-    # Given the Procfile processes, a pre-merge check that counts its runs, and a launcher
-    # that dies once the merge candidate is checked (re-tested and pre-merge checked)
-    counter = tmp_path / "pre-merge-runs"
-    extra = f"pre_merge_checks = [{json.dumps(f'echo $CONVEYOR_HEAD_SHA >> {counter}')}]\n"
+    # Given the Procfile processes and a pre-merge check that records its runs
+    checks = tmp_path / "pre-merge-runs"
+    extra = f"pre_merge_checks = [{json.dumps(f'echo $CONVEYOR_HEAD_SHA >> {checks}')}]\n"
     procs = Processes(tmp_path, nats_url, extra_toml=extra)
     procs.start("control", "control")
-    procs.start("launcher", "launcher", fault="launcher.merge_checked")
+    # and a launcher that dies once the candidate is checked (the fault point), or while
+    # its re-test runs (main's probe test kills it)
+    during = kill == "during the re-test"
+    procs.start("launcher", "launcher", fault="" if during else "launcher.merge_checked")
     client = Client(nats_url)
     forge = procs.data / "forge"
+    runs = tmp_path / "ci-runs"
     item = "DEMO-1"
     try:
         wait_ready(client, procs)
         assert client.command("submit", {"repo": "demo", "title": "Kill me", "id": item})["ok"]
         drive(client, item, "architecture", "development", "review")
         # and main moving on, so the merge step must rebase and re-test
-        main_before = push_to_main(forge, {"docs/other.md": "Another change.\n"}, tmp_path)
+        probe = PROBE_TEST.format(runs=str(runs), killed=str(tmp_path / "killed"), kill=during)
+        main_before = push_to_main(forge, {"tests/test_main_probe.py": probe}, tmp_path)
 
-        # When the launcher is killed -9 between the re-test and the merge, and restarted
+        # When the launcher is killed -9 and restarted
         def _died() -> bool:
             drive_quietly(client, item)
             return procs.procs["launcher"].poll() is not None
 
-        wait_until(_died, what="launcher to die at launcher.merge_checked", deadline_s=120)
+        wait_until(_died, what=f"launcher to die {kill}", deadline_s=120)
         procs.procs.pop("launcher")
         procs.start("launcher", "launcher")
 
@@ -284,14 +321,15 @@ def test_a_kill_between_the_retest_and_the_merge_checks_nothing_twice(
         assert git.run_git_result(
             ["merge-base", "--is-ancestor", main_before, head], git_dir=bare
         ).ok
-        # re-tested once: the re-drive found the branch up to date and its status green
-        assert ci_runs(forge, head) == 1
+        # re-tested once when it had finished (the re-drive found the branch up to date
+        # and its status green), again only when the first re-test never finished
+        assert runs.read_text().split().count(head) == retests
         # and the pre-merge check ran once, in that head: its verdict was recorded
-        assert counter.read_text().split() == [head]
+        assert checks.read_text().split() == [head]
         merge = next(j for j in stored_jobs(client) if j.id == f"{item}.deploy-staging.1.merge")
         assert (merge.status, merge.attempts) == ("done", 2)
         launcher_log = (tmp_path / "launcher.log").read_text()
-        assert launcher_log.count('"fault.injected"') == 1
+        assert launcher_log.count('"fault.injected"') == (0 if during else 1)
     except AssertionError:
         print(procs.logs())
         raise
