@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors import brief_policy, deploy_policy
+from actors import brief_policy, deploy_policy, merge_policy
 from actors.gate_policy import GateInputs, GateResult, gate_for
 from actors.task_policy import (
     JOB_ENDED,
@@ -196,12 +196,13 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
         evaluate = outcome.status != JOB_CANCELLED and not task.escalated
         return Decision(reason="outcome already recorded", evaluate=evaluate)
     failed = outcome.status == JOB_FAILED
+    noted = failed or merge_policy.sends_back(outcome)
     updated = msgspec.structs.replace(
         charged(task, outcome_usage(outcome)),
         job_status=outcome.status,
         head_sha=outcome.head_sha or task.head_sha,
-        job_reason=job_failure(outcome) if failed else "",
-        job_outcome=outcome.outcome if failed else "",
+        job_reason=job_failure(outcome) if noted else "",
+        job_outcome=outcome.outcome if noted else "",
         **deploy_policy.commits_of(outcome, cfg),
     )
     if outcome.status == JOB_CANCELLED:
@@ -243,6 +244,9 @@ def on_gate(
     stage_cfg = cfg.stage(task.stage)
     result = with_job_failure(task, result)
     task, brief = brief_policy.noted(task, gate_for(task, cfg), inputs, result, now=now)
+    sent = merge_policy.sent_back(task, result, cfg)
+    if sent is not None:
+        return _rework(task, sent[0], sent[1], now=now, revision=revision, cfg=cfg, brief=brief)
     match result.verdict:
         case "wait":
             if task.last_reason == result.reason:

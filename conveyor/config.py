@@ -96,6 +96,9 @@ class PipelineConfig(_Section, frozen=True):
     """Circuit breaker: a task whose agents reported this much cost is escalated (0: off)."""
     max_task_tokens: int = 0
     """Circuit breaker: a task whose agents used this many tokens is escalated (0: off)."""
+    merge_rework: bool = True
+    """A rebase conflict, a red re-test or a failing pre-merge check sends the work back to
+    development (a developer retry); false: the merge step fails and is retried."""
 
 
 class QueueConfig(_Section, frozen=True):
@@ -232,6 +235,10 @@ class RepoConfig(_Section, frozen=True):
     """Probed after a configured deploy command and during the post-deploy window."""
     rollback_command: list[str] = msgspec.field(default_factory=list)
     """Run once when the post-deploy window finds production degraded (not for protected)."""
+    pre_merge_checks: list[str] = msgspec.field(default_factory=list)
+    """Shell commands run in the merge candidate before the merge; each must exit 0."""
+    pre_merge_timeout_s: float = 600.0
+    """How long one pre-merge check may run before its process tree is killed (a failure)."""
 
 
 class DeployConfig(_Section, frozen=True):

@@ -225,6 +225,10 @@ def _check_integrations(cfg: Config) -> None:
             raise ConfigError(f"repos[{i}].gitea_repo: must be owner/name")
         if repo.plane_project and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", repo.plane_project):
             raise ConfigError(f"repos[{i}].plane_project: must be a Plane project id")
+        if not repo.pre_merge_timeout_s > 0:
+            raise ConfigError(f"repos[{i}].pre_merge_timeout_s: must be > 0")
+        if any(not command.strip() for command in repo.pre_merge_checks):
+            raise ConfigError(f"repos[{i}].pre_merge_checks: a command is empty")
     projects = [r.plane_project for r in cfg.repos if r.plane_project]
     if len(projects) != len(set(projects)):
         raise ConfigError("repos: two repositories name the same plane_project")

@@ -192,6 +192,7 @@ AgentOutcome = Literal[
     "stalled",
     "timed_out",
     "over_budget",
+    "rework",
 ]
 OUTCOME_UNKNOWN: Final = ""
 """No outcome was read (the demo agent, an older launcher, a built-in step)."""
@@ -207,6 +208,9 @@ OUTCOME_TIMED_OUT: Final = "timed_out"
 OUTCOME_OVER_BUDGET: Final = "over_budget"
 WAIT_OUTCOMES: Final = frozenset({OUTCOME_RATE_LIMITED, OUTCOME_OVERLOADED})
 """The model API asked us to come back later: wait, do not spend an attempt."""
+OUTCOME_REWORK: Final = "rework"
+"""The merge step's answer that the work goes back to development (a rebase conflict, a
+red re-test, a failing pre-merge check): the job is done, its gate sends the task back."""
 
 
 def artifact_path(task_id: str, name: str) -> str:
