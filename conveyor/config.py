@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from conveyor import config_env, validate
+from conveyor.config_board import PlaneTroubleStates
 from conveyor.config_check import check
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.instructions import anchor_instructions, check_instructions
@@ -312,15 +313,6 @@ class PlaneStates(_Section, frozen=True):
     done: str = "Done"
 
 
-class PlaneTroubleStates(_Section, frozen=True):
-    """Plane states Conveyor moves a card to when its task is in trouble ("": leave it)."""
-
-    escalated: str = ""
-    awaiting_confirm: str = ""
-    awaiting_approval: str = ""
-    cancelled: str = ""
-
-
 class PlaneConfig(_Section, frozen=True):
     """A Plane workspace as the tracker (`tracker.kind = "plane"`) and its webhooks."""
 
@@ -334,7 +326,6 @@ class PlaneConfig(_Section, frozen=True):
     states: PlaneStates = msgspec.field(default_factory=PlaneStates)
     trouble_states: PlaneTroubleStates = msgspec.field(default_factory=PlaneTroubleStates)
     cancel_state: str = ""
-    """A card moved to this Plane state cancels its task ("": no state cancels)."""
 
 
 class TelegramConfig(_Section, frozen=True):
