@@ -1,6 +1,8 @@
 """Intake: turns normalized events (webhooks, the Reconciler's replays) into StageEngine inputs.
 
-It owns nothing. Each event from the durable consumer `intake` is routed by
+It owns one record per Plane card: the state it last acted on (bucket
+`conveyor_cards`), so only a real board move acts, once, across restarts. Each
+event from the durable consumer `intake` is routed by
 `intake_policy`, handed to the StageEngine (ask, in this process), and acked
 only once the StageEngine has answered, so a crash in between redelivers it;
 the StageEngine's inputs are idempotent (a task is created once per id, a
