@@ -64,3 +64,56 @@ def test_a_lost_red_ci_is_retried_by_the_reconciler_and_said_on_the_card(
         claimed = [t for t in texts if "reconciler unblocked" in t]
         assert len(claimed) == 1, texts
         assert "development → development (a lost event" in claimed[0]
+
+
+def test_an_edit_of_a_card_left_in_rejected_does_not_rerun_the_analysis(
+    tmp_path: Path, nats_url: str
+) -> None:
+    with world(tmp_path, nats_url) as env:
+        task_id, plane_id = env.start_item("Edited while rejected")
+        first = wait_until(lambda: _awaiting(env, task_id), what="analysis awaiting approval")
+
+        # A real move to Rejected runs the analysis again, once
+        env.plane.move(plane_id, "Rejected")
+        second = wait_until(
+            lambda: (lambda t: t if t and t["job_id"] != first["job_id"] else None)(
+                _awaiting(env, task_id)
+            ),
+            what="the second analysis awaiting approval",
+        )
+
+        # Edits of other fields re-send the card, still in Rejected: nothing runs again
+        before = _intake(env)
+        env.plane.edit(plane_id, "priority", "urgent")
+        env.plane.edit(plane_id, "description_html", "<p>One more detail.</p>")
+        after = wait_until(
+            lambda: (lambda s: s if _handled(s) >= _handled(before) + 2 else None)(_intake(env)),
+            what="both edits handled",
+        )
+        assert after["ignored"] == before["ignored"] + 2
+        task = env.harness.task(task_id)
+        assert (task["stage"], task["job_id"]) == ("analysis", second["job_id"])
+        assert task["tracker_state"] == "rejected"
+
+        # And a real move still acts
+        env.plane.move(plane_id, "Approved")
+        wait_until(lambda: env.harness.task(task_id)["stage"] != "analysis", what="approved")
+
+
+def _awaiting(env: World, task_id: str) -> dict[str, Any] | None:
+    try:
+        task: dict[str, Any] = env.harness.task(task_id)
+    except Exception:
+        return None
+    reason = task.get("last_reason", "")
+    ready = task.get("stage") == "analysis" and "awaiting approval" in reason
+    return task if ready else None
+
+
+def _handled(status: dict[str, Any]) -> int:
+    return int(status["routed"]) + int(status["ignored"])
+
+
+def _intake(env: World) -> dict[str, Any]:
+    found: dict[str, Any] = env.harness.client.request("conveyor.status.intake")
+    return found

@@ -341,6 +341,20 @@ class FakePlane(ServerThread):
 
         self.call(_move)
 
+    def edit(self, item_id: str, field: str, value: Any) -> None:
+        """A human edits another field (the priority, the description): Plane sends `updated`
+        with that field in `activity` and the card's current, unchanged state in `data`."""
+
+        def _edit() -> None:
+            item = self.items[item_id]
+            old = item.get(field)
+            item[field] = value
+            item["updated_at"] = _now_iso()
+            change = {"field": field, "new_value": value, "old_value": old, "actor": HUMAN}
+            self._webhook("updated", item, change)
+
+        self.call(_edit)
+
     def item(self, item_id: str) -> dict[str, Any]:
         return self.call(lambda: copy.deepcopy(self.items[item_id]))
 
