@@ -16,7 +16,7 @@ import pytest
 from actors.intake_policy import CardState
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import Reply, TrackerUpdate, WorkItemEvent
+from bus.messages import Cancel, Reply, TrackerUpdate, WorkItemEvent
 from conveyor.app import wiring
 from conveyor.clock import FakeClock
 from conveyor.config import Config
@@ -192,3 +192,24 @@ def test_an_input_the_engine_refused_is_not_remembered_so_a_poll_retries_it(
     )
     wait_until(lambda: intake.status()["routed"] >= 1, what="routed")
     assert intake.store().get(ITEM) is None
+
+
+def test_a_card_moved_to_the_cancel_state_cancels_its_task(
+    start_actor: StartActor, stub: Any, tmp_path: Path, nats_url: str
+):
+    cfg = make_config(
+        tmp_path / "data",
+        nats_url,
+        repos=[{"name": "demo", "prefix": "DEMO", "plane_project": PROJECT}],
+        plane={"cancel_state": "Rejected"},
+    )
+    engine = stub(lambda _m: Reply(ok=True))
+    intake = start_actor("intake", config=cfg, stage_engine=engine)
+    moved = delivery("Rejected")
+
+    intake.bus.publish(subjects.EVENTS_PLANE_WORK_ITEM, moved, msg_id="plane:cancel")
+
+    wait_until(lambda: intake.status()["routed"] >= 1, what="routed")
+    (cancel,) = received(engine, Cancel)
+    assert cancel == Cancel(id=TASK, reason="moved to Rejected in Plane")
+    assert received(engine, TrackerUpdate) == []
