@@ -324,8 +324,6 @@ class LeaseReply(msgspec.Struct, frozen=True, kw_only=True):
     granted: bool
     revision: int = 0
     reason: str = ""
-    answered: bool = True
-    """False: made up by the asker, the keeper did not answer (away or restarting)."""
 
 
 JobInput = JobRequested | JobsCancelled | JobStarted | JobFinished | ReapJob

@@ -32,6 +32,10 @@ class LeaseBusy(ConveyorError):
     """The task's transition lease is held by another live executor."""
 
 
+class Unanswered(LeaseReply, frozen=True, kw_only=True):
+    """A refusal made up by the asker: the keeper did not answer (away or restarting)."""
+
+
 def request(bus: Bus, subject: str, message: msgspec.Struct) -> LeaseReply:
     """Ask the LeaseKeeper; an unreachable keeper or a garbled answer is an unanswered refusal.
 
@@ -42,7 +46,7 @@ def request(bus: Bus, subject: str, message: msgspec.Struct) -> LeaseReply:
         data = bus.request(subject, encode(message))
         return msgspec.json.decode(data, type=LeaseReply)
     except (ConveyorError, msgspec.DecodeError, msgspec.ValidationError) as err:
-        return LeaseReply(granted=False, reason=f"lease keeper unreachable: {err}", answered=False)
+        return Unanswered(granted=False, reason=f"lease keeper unreachable: {err}")
 
 
 def patiently(
@@ -64,7 +68,8 @@ def patiently(
     while True:
         mark = ctx.lease_waker.mark(name)
         reply = ctx.lease(subject, message)
-        if reply.granted or (reply.answered and not wait_if_refused):
+        answered = not isinstance(reply, Unanswered)
+        if reply.granted or (answered and not wait_if_refused):
             return reply
         left = until - ctx.clock.now()
         if left <= 0:
