@@ -123,8 +123,10 @@ def test_conveyor_up_killed_with_its_embedded_server_restarts_and_finishes(tmp_p
 
 REPOS = [f"kc{n}" for n in range(6)]
 """One task per repository: each can always run its next job (per-repo concurrency 1)."""
-SLOWEST_AGENT_S = 2.0
 SLOW = "demo: analyst=slow:1 architect=slow:1 developer=slow:2 reviewer=slow:1 tester=slow:1"
+CI_S = 1.5
+"""The repositories' CI, run inside a run's post-steps: a transition lease is held that long."""
+SLOWEST_STEP_S = 2.0 + CI_S
 BUSY_RETRY_S = 30.0
 """Longer than the deadline below: a refused lease request may move only on a wake-up."""
 KILLS = 3
@@ -133,7 +135,7 @@ KILLS = 3
 def _kill_control_config(procs: Processes) -> Config:
     repos = "".join(
         f'\n[[repos]]\nname = "{name}"\nprefix = "{name.upper()}"\ntemplate = "demo"\n'
-        'check_command = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]\n'
+        f'check_command = ["{{python}}", "-c", "import time; time.sleep({CI_S})"]\n'
         for name in REPOS
     )
     text = procs.config.read_text()
@@ -173,7 +175,7 @@ def test_killing_control_alone_repeatedly_strands_no_task(
 ) -> None:
     # Given six tasks in flight in the Procfile set-up, lease polling slower than the deadline
     cfg = _kill_control_config(processes)
-    deadline_s = cfg.nats.ack_wait_s + 2 * SLOWEST_AGENT_S + 10.0  # margin: a loaded 2-core box
+    deadline_s = cfg.nats.ack_wait_s + 2 * SLOWEST_STEP_S + 10.0  # margin: a loaded 2-core box
     processes.start("control", "control")
     processes.start("launcher", "launcher")
     client = Client(nats_url)
@@ -193,7 +195,7 @@ def test_killing_control_alone_repeatedly_strands_no_task(
         moved_after: list[float] = []
         for _ in range(KILLS):
             in_flight = [i for i in items if _stage(client, i) != "done"]
-            # ... at a moment a run holds a task's transition lease: its release will be lost
+            # ... while a run holds a task's transition lease (its CI runs): its release is lost
             wait_until(lambda: _transition_held(client), what="a transition lease held")
             processes.kill("control")
             before = _positions(client, in_flight)
@@ -204,15 +206,17 @@ def test_killing_control_alone_repeatedly_strands_no_task(
 
             # Then every task in flight moves again within the deadline
             waiting = set(in_flight)
-            while waiting:
+
+            def _all_moved(
+                waiting: set[str] = waiting, before: dict[str, Any] = before, back: float = back
+            ) -> bool:
                 now = _positions(client, sorted(waiting))
                 for item in [i for i in waiting if now[i] != before[i]]:
                     waiting.discard(item)
                     moved_after.append(clock.monotonic() - back)
-                assert clock.monotonic() - back < deadline_s, (
-                    f"stuck {deadline_s:.0f}s after control came back: {sorted(waiting)}"
-                )
-                clock.sleep(0.1)
+                return not waiting
+
+            wait_until(_all_moved, deadline_s=deadline_s, what="every task in flight to move")
             print(f"control back; tasks moved after {sorted(round(t, 2) for t in moved_after)}")
 
         # And all reach done, with no pull request opened or merged twice
@@ -224,5 +228,7 @@ def test_killing_control_alone_repeatedly_strands_no_task(
         deferred = (processes.tmp / "launcher.log").read_text().count("launcher.release_deferred")
         print(f"moved after control came back: max {max(moved_after):.2f}s of {len(moved_after)}")
         print(f"releases deferred while control was away: {deferred}")
+        # The kills landed while leases were held: some release found no keeper.
+        assert deferred >= 1
     finally:
         client.close()
