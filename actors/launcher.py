@@ -112,7 +112,7 @@ class Launcher(pykka.ThreadingActor):
             layout=self._layout,
             forge=forge,
             effects=effects,
-            lease=partial(leases.request, bus),
+            lease=partial(leases.request, bus, waker=self._waker),
             launcher=self._name,
             host=self._host,
             python=sys.executable,

@@ -185,10 +185,16 @@ class Bus:
         js = nc.jetstream(timeout=request_timeout_s)
         return cls(loop, nc, js, request_timeout_s, ack_wait_s)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout_s: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+    ) -> T:
         """Run a coroutine on the loop from an actor thread; lost connections are BusUnavailable."""
         try:
-            return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
+            return self.loop.call(coro, timeout_s or self.request_timeout_s * 3, give_up=give_up)
         except DISCONNECTED as err:
             raise BusUnavailable(f"NATS unavailable: {err!r}") from err
 
@@ -256,8 +262,15 @@ class Bus:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
         self.loop.submit(self.nc.publish(subject, encode(msg)))
 
-    def request(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
-        """Core NATS request-reply from a thread."""
+    def request(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout_s: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+    ) -> bytes:
+        """Core NATS request-reply from a thread; `give_up` True ends the wait early."""
 
         async def _req() -> bytes:
             try:
@@ -268,7 +281,9 @@ class Bus:
                 raise BusUnavailable(f"no answer on {subject}: {err!r}") from err
             return bytes(reply.data)
 
-        return self.call(_req(), timeout_s=(timeout_s or self.request_timeout_s) + 2)
+        return self.call(
+            _req(), timeout_s=(timeout_s or self.request_timeout_s) + 2, give_up=give_up
+        )
 
     # --- consuming ------------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ class LeaseWaker:
                 self._restarts += 1
             self._cond.notify_all()
 
+    def returns(self) -> int:
+        """How often the keeper said it is back; a request sent before that is lost."""
+        with self._cond:
+            return self._restarts
+
     def mark(self, name: str) -> tuple[int, int]:
         """Where `name`'s wake-ups stand; take it before the request that may be refused."""
         with self._cond:

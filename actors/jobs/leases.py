@@ -9,6 +9,7 @@ import msgspec
 import psutil
 
 from actors.jobs.context import Abandoned, JobContext
+from actors.jobs.lease_wake import LeaseWaker
 from actors.lease_policy import task_lease
 from bus import subjects
 from bus.bridge import Bus
@@ -22,10 +23,12 @@ from bus.messages import (
     encode,
 )
 from conveyor import procs
+from conveyor.clock import SystemClock
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
+_clock = SystemClock()
 
 
 class LeaseBusy(ConveyorError):
@@ -36,14 +39,32 @@ class Unanswered(LeaseReply, frozen=True, kw_only=True):
     """A refusal made up by the asker: the keeper did not answer (away or restarting)."""
 
 
-def request(bus: Bus, subject: str, message: msgspec.Struct) -> LeaseReply:
+GIVE_UP_AFTER_S = 1.0
+"""A keeper answers in milliseconds: a request this old when a new keeper announced
+itself went to its predecessor, which died with it."""
+
+
+def request(
+    bus: Bus, subject: str, message: msgspec.Struct, waker: LeaseWaker | None = None
+) -> LeaseReply:
     """Ask the LeaseKeeper; an unreachable keeper or a garbled answer is an unanswered refusal.
 
-    The wait is the bus's request timeout: a keeper killed while a request was on its
-    way never answers it, and the asker should retry against its successor soon.
+    The wait is the bus's request timeout, cut short when a new keeper announces
+    itself (`waker`) while the request waits for a killed one: the asker retries
+    against the successor at once.
     """
+    since = waker.returns() if waker is not None else 0
+    sent = _clock.monotonic()
+
+    def _lost() -> bool:
+        return (
+            waker is not None
+            and waker.returns() != since
+            and _clock.monotonic() - sent >= GIVE_UP_AFTER_S
+        )
+
     try:
-        data = bus.request(subject, encode(message))
+        data = bus.request(subject, encode(message), give_up=_lost)
         return msgspec.json.decode(data, type=LeaseReply)
     except (ConveyorError, msgspec.DecodeError, msgspec.ValidationError) as err:
         return Unanswered(granted=False, reason=f"lease keeper unreachable: {err}")

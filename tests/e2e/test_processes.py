@@ -225,10 +225,12 @@ def test_killing_control_alone_repeatedly_strands_no_task(
         effects = (processes.data / "forge" / "effects.jsonl").read_text().splitlines()
         assert sum('"pr_merged"' in line for line in effects) == len(items)
         assert sum('"pr_opened"' in line for line in effects) == len(items)
-        deferred = (processes.tmp / "launcher.log").read_text().count("launcher.release_deferred")
+        launcher_log = (processes.tmp / "launcher.log").read_text()
+        deferred = launcher_log.count("launcher.release_deferred")
+        waited = launcher_log.count("lease keeper unreachable")
         print(f"moved after control came back: max {max(moved_after):.2f}s of {len(moved_after)}")
-        print(f"releases deferred while control was away: {deferred}")
-        # The kills landed while leases were held: some release found no keeper.
-        assert deferred >= 1
+        print(f"releases deferred: {deferred}; lease requests that found no keeper: {waited}")
+        # The kills landed while leases were held: their holders met the keeper's absence.
+        assert deferred + waited >= 1
     finally:
         client.close()

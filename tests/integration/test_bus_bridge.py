@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,3 +266,30 @@ def test_a_live_process_keeps_a_message_it_holds_past_the_ack_wait(nats_url: str
         assert bus.inflight.count() == 0
     finally:
         bus.close()
+
+
+def test_a_request_given_up_on_ends_before_its_timeout(bus: Bus) -> None:
+    # Given a responder that takes requests and never answers (a process about to die)
+    async def _silent() -> None:
+        async def _drop(_msg: Any) -> None:
+            return None
+
+        await bus.nc.subscribe("conveyor.test.silent", cb=_drop)
+
+    bus.call(_silent())
+    gave_up = threading.Event()
+    ended: queue.Queue[BaseException] = queue.Queue()
+
+    def _ask() -> None:
+        try:
+            bus.request("conveyor.test.silent", b"", timeout_s=120.0, give_up=gave_up.is_set)
+        except BusUnavailable as err:
+            ended.put(err)
+
+    threading.Thread(target=_ask, daemon=True).start()
+    with pytest.raises(queue.Empty):
+        ended.get(timeout=0.5)  # still waiting for the answer
+
+    # When the caller gives up, then the wait ends long before the request's timeout
+    gave_up.set()
+    assert isinstance(ended.get(timeout=10), BusUnavailable)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 
+from actors.jobs import leases
 from actors.jobs.lease_wake import LeaseWaker
 from bus.messages import LeaseFreed
 from conveyor.clock import FakeClock
+from conveyor.errors import BusUnavailable
 
 NAME = "task.DEMO-1"
 
@@ -57,3 +59,27 @@ def test_a_stopping_launcher_ends_the_wait_as_abandoned():
     abandoned = threading.Event()
     abandoned.set()
     assert waker.wait(NAME, waker.mark(NAME), 3600.0, abandoned) is True
+
+
+class _DeadKeeperBus:
+    """A bus whose lease request went to a keeper that died: only giving up ends it."""
+
+    request_timeout_s = 120.0
+
+    def request(self, subject, payload, timeout_s=None, *, give_up=None):
+        for _ in range(400):  # 20 s: the test's deadline
+            if give_up():
+                raise BusUnavailable(f"gave up on {subject}")
+            threading.Event().wait(0.05)
+        raise AssertionError("the request was never given up")
+
+
+def test_a_request_to_a_dead_keeper_is_given_up_once_its_successor_announces_itself():
+    waker = LeaseWaker()
+    threading.Timer(0.2, waker.notify, args=(LeaseFreed(),)).start()  # the new keeper is back
+
+    reply = leases.request(_DeadKeeperBus(), "conveyor.leases.acquire", LeaseFreed(), waker)
+
+    assert isinstance(reply, leases.Unanswered)
+    assert not reply.granted
+    assert "gave up" in reply.reason
