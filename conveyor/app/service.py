@@ -111,8 +111,10 @@ class ControlService:
         version: str,
         request_timeout_s: float,
         statuses: Mapping[str, tuple[pykka.ActorRef[Any], Any]],
+        supervised: Callable[[], Mapping[str, dict[str, Any]]] | None = None,
     ) -> None:
         self._statuses = dict(statuses)
+        self._supervised = supervised or dict
         self._bus = bus
         self._engine = engine
         self._worker = worker
@@ -209,11 +211,19 @@ class ControlService:
 
     def _overview(self, _subject: str, _data: bytes) -> bytes:
         actors: dict[str, Any] = {}
+        supervised = self._supervised()
         for name, (ref, query) in self._statuses.items():
             try:
                 actors[name] = self._ask(ref, query)
             except (pykka.ActorDeadError, pykka.Timeout) as err:
                 actors[name] = {"healthy": False, "error": repr(err)}
+        for name, life in supervised.items():
+            # The supervisor's word on a down actor (why, since when, restarts) replaces
+            # the failed ask; an actor without a status endpoint shows only when down.
+            if not life.get("healthy", True):
+                actors[name] = {**life, "error": f"down: {life.get('reason', '')}"}
+            elif isinstance(actors.get(name), dict):
+                actors[name] = {**actors[name], "restarts": life.get("restarts", 0)}
         try:
             actors["launcher"] = json.loads(
                 self._bus.request(subjects.status_actor("launcher"), b"", timeout_s=2.0)
