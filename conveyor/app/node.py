@@ -168,6 +168,7 @@ class Node:
                 self._ticker.add(handle)
         statuses = wiring.statuses(ctx, part)
         if part == CONTROL:
+            wiring.audit(ctx)
             ControlService(
                 bus,
                 self.refs["stage_engine"],

@@ -386,6 +386,17 @@ TABLE: tuple[ActorSpec, ...] = (
 
 SPECS: dict[str, ActorSpec] = {spec.name: spec for spec in TABLE}
 
+AUDITED: tuple[tuple[str, type[msgspec.Struct]], ...] = ((subjects.BUCKET_EFFECTS, Effect),)
+"""Buckets no actor loads whole (effects are read by key). The control part reads
+them once at start, so a record there that does not decode is reported then
+(`bus.kv.quarantine`), not first when a step needs it."""
+
+
+def audit(ctx: Context) -> None:
+    """Load the `AUDITED` buckets once: their undecodable records are reported."""
+    for bucket, value_type in AUDITED:
+        ctx.bus.store(bucket, value_type).load_all()
+
 
 def specs_of(part: str, cfg: Config) -> Iterator[ActorSpec]:
     """The entries a process running `part` starts, in start order."""
