@@ -162,6 +162,9 @@ class ControlService:
             reply = self._ask(self._engine, command)
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(Reply(ok=False, error=f"stage engine unavailable: {err!r}"))
+        if reply is None:
+            # Fenced while handling it: the engine stopped, and its supervisor restarts it.
+            return dumps(Reply(ok=False, error="stage engine unavailable: it stopped; retry"))
         return dumps(reply)
 
     def _tasks(self, _subject: str, _data: bytes) -> bytes:

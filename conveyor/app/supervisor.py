@@ -296,8 +296,17 @@ class Supervisor:
     # --- health ---------------------------------------------------------------------------
 
     def lives(self) -> dict[str, Life]:
+        """Each actor's record; one that stopped since the last check counts as down already."""
         with self._lock:
-            return dict(self._lives)
+            lives = dict(self._lives)
+        now = self._clock.now()
+        for name, (handle, _restart) in list(self._watched.items()):
+            life = lives[name]
+            if life.up and not handle.is_alive():
+                lives[name] = msgspec.structs.replace(
+                    life, up=False, since=now, reason="stopped; the supervisor is on it"
+                )
+        return lives
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each supervised actor's health, by name."""
