@@ -19,6 +19,7 @@ from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
 from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
+from actors.owner import Stopped, record_stop
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger
 from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, RunHeartbeat, Tick
@@ -151,6 +152,7 @@ class Launcher(pykka.ThreadingActor):
                     log.warning("launcher.unknown_message", kind=type(message).__name__)
         except Fenced as err:
             log.error("launcher.fenced", error=str(err))  # noqa: TRY400 - expected
+            record_stop(self.actor_urn, Stopped(f"fenced: {err}", fenced=True))
             self.stop()
         except Exception:
             log.exception("launcher.handle_failed", kind=type(message).__name__)

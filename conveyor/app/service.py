@@ -224,7 +224,10 @@ class ControlService:
             # The supervisor's word on a down actor (why, since when, restarts) replaces
             # the failed ask; an actor without a status endpoint shows only when down.
             if not life.get("healthy", True):
-                actors[name] = {**life, "error": f"down: {life.get('reason', '')}"}
+                error = (
+                    f"down: {life.get('reason', '')} (restarts so far: {life.get('restarts', 0)})"
+                )
+                actors[name] = {**life, "error": error}
             elif isinstance(actors.get(name), dict):
                 actors[name] = {**actors[name], "restarts": life.get("restarts", 0)}
         try:
