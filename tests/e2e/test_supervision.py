@@ -13,42 +13,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from actors.stage_policy import Task
 from bus import subjects
-from bus.bridge import BUCKETS, Bus
+from bus.bridge import BUCKETS
 from bus.kv import QUARANTINED
 from bus.messages import Alert
 from conveyor.app.node import GATEWAY, Node
 from conveyor.app.supervisor import ACTOR_DOWN
 from conveyor.app.wiring import CONTROL, LAUNCHER
+from tests.actors.conftest import Captured
 from tests.harness import Harness, make_config, wait_until
+from tests.kv_raw import get_raw, put_raw, settled_alerts
 
 pytestmark = pytest.mark.e2e
 
 GARBAGE = b'{"written by": "something else", "stage": 42'
 GARBAGE_KEY = "garbage.1"
-
-
-class Alerts:
-    """Every alert published, seen from the test's own connection."""
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-        self._seen: list[Alert] = []
-        bus.subscribe_core(subjects.ALERTS, msgspec.json.Decoder(Alert), self._seen.append)
-
-    def of(self, kind: str) -> list[Alert]:
-        return [a for a in list(self._seen) if a.kind == kind]
-
-    def settled(self, kind: str) -> list[Alert]:
-        """The alerts of `kind` once everything published before now has arrived."""
-        marker = f"marker-{len(self._seen)}"
-        self._bus.emit(Alert(level="info", text=marker, kind="marker"), msg_id=marker)
-        wait_until(lambda: any(a.text == marker for a in list(self._seen)), what="the marker")
-        return self.of(kind)
 
 
 def _start(harness: Harness) -> Node:
@@ -71,22 +53,6 @@ def _overview(harness: Harness) -> dict[str, Any]:
     return status
 
 
-def _put_raw(bus: Bus, bucket: str, key: str, data: bytes) -> None:
-    async def _put() -> None:
-        kv = await bus.js.key_value(bucket)
-        await kv.put(key, data)
-
-    bus.call(_put())
-
-
-def _get_raw(bus: Bus, bucket: str, key: str) -> bytes | None:
-    async def _get() -> bytes | None:
-        kv = await bus.js.key_value(bucket)
-        return (await kv.get(key)).value
-
-    return bus.call(_get())
-
-
 @pytest.fixture
 def harness(tmp_path: Path, nats_url: str) -> Any:
     cfg = make_config(
@@ -104,14 +70,14 @@ def harness(tmp_path: Path, nats_url: str) -> Any:
 def test_a_garbage_record_in_every_bucket_is_quarantined_and_the_node_keeps_delivering(
     harness: Harness,
 ) -> None:
-    alerts = Alerts(harness.client.bus)
+    alerts = Captured(harness.client.bus, subjects.ALERTS, Alert)
     node = _start(harness)
     first = harness.submit("Before the garbage")["task"]["id"]
     harness.wait_stage(first, "development", "review", "testing", "staging", "deploy", "done")
 
     # Garbage lands in every bucket of the running node.
     for bucket in BUCKETS:
-        _put_raw(harness.client.bus, bucket, GARBAGE_KEY, GARBAGE)
+        put_raw(harness.client.bus, bucket, GARBAGE_KEY, GARBAGE)
     assert _overview(harness)["healthy"] is True
     assert _healthz(node)[0] == 200
 
@@ -122,23 +88,23 @@ def test_a_garbage_record_in_every_bucket_is_quarantined_and_the_node_keeps_deli
     assert harness.wait_stage(first, "done")["stage"] == "done"
     assert harness.wait_stage(second, "done")["stage"] == "done"
 
-    quarantined = alerts.settled(QUARANTINED)
+    quarantined = settled_alerts(harness.client.bus, alerts, QUARANTINED)
     assert sorted(a.text.split(" ")[1] for a in quarantined) == sorted(
         f"{bucket}/{GARBAGE_KEY}" for bucket in BUCKETS
     )
     overview = _overview(harness)
     assert overview["healthy"] is True, overview
     assert _healthz(node)[0] == 200
-    assert alerts.of(ACTOR_DOWN) == []
+    assert [a for a in alerts.of(Alert) if a.kind == ACTOR_DOWN] == []
     # Every bad record is still there, as it was, for the operator.
     for bucket in BUCKETS:
-        assert _get_raw(harness.client.bus, bucket, GARBAGE_KEY) == GARBAGE
+        assert get_raw(harness.client.bus, bucket, GARBAGE_KEY) == GARBAGE
 
 
 def test_a_fenced_stage_engine_is_reported_down_restarted_and_takes_its_tasks_back(
     harness: Harness,
 ) -> None:
-    alerts = Alerts(harness.client.bus)
+    alerts = Captured(harness.client.bus, subjects.ALERTS, Alert)
     node = _start(harness)
     item = harness.submit("Fence me")["task"]["id"]
     wait_until(
@@ -177,6 +143,6 @@ def test_a_fenced_stage_engine_is_reported_down_restarted_and_takes_its_tasks_ba
     assert up["actors"]["stage_engine"]["restarts"] == 1
     assert _healthz(node)[0] == 200
     assert harness.wait_stage(item, "done")["stage"] == "done"
-    down_alerts = alerts.settled(ACTOR_DOWN)
+    down_alerts = settled_alerts(harness.client.bus, alerts, ACTOR_DOWN)
     assert len(down_alerts) == 1
     assert "stage_engine" in down_alerts[0].text

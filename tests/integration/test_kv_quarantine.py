@@ -14,7 +14,7 @@ from bus.kv import QUARANTINED, Quarantined
 from bus.messages import Alert
 from conveyor.clock import FakeClock
 from tests.actors.conftest import Captured
-from tests.harness import wait_until
+from tests.kv_raw import get_raw, put_raw, settled_alerts
 
 GARBAGE = b"\x00not json{"
 
@@ -32,69 +32,42 @@ def bus(nats_url: str) -> Iterator[Bus]:
     bus.close()
 
 
-def _put_raw(bus: Bus, bucket: str, key: str, data: bytes) -> int:
-    async def _put() -> int:
-        kv = await bus.js.key_value(bucket)
-        return int(await kv.put(key, data))
-
-    return bus.call(_put())
-
-
-def _get_raw(bus: Bus, bucket: str, key: str) -> bytes | None:
-    async def _get() -> bytes | None:
-        kv = await bus.js.key_value(bucket)
-        return (await kv.get(key)).value
-
-    return bus.call(_get())
-
-
-def _quarantine_alerts(alerts: Captured) -> list[Alert]:
-    return [a for a in alerts.of(Alert) if a.kind == QUARANTINED]
-
-
-def _settled(bus: Bus, alerts: Captured) -> list[Alert]:
-    """The quarantine alerts once everything published before now has arrived."""
-    bus.emit(Alert(level="info", text="marker", kind="marker"), msg_id="marker")
-    wait_until(lambda: any(a.kind == "marker" for a in alerts.of(Alert)), what="the marker")
-    return _quarantine_alerts(alerts)
-
-
 def test_load_all_skips_an_undecodable_record_keeps_it_and_alerts_once(bus: Bus) -> None:
     alerts = Captured(bus, subjects.ALERTS, Alert)
     store = bus.store(subjects.BUCKET_TASKS, Record)
     store.create("DEMO-1", Record(name="a"))
-    revision = _put_raw(bus, subjects.BUCKET_TASKS, "DEMO-2", GARBAGE)
+    revision = put_raw(bus, subjects.BUCKET_TASKS, "DEMO-2", GARBAGE)
     # Valid JSON of the wrong shape is as unreadable as bytes that are not JSON.
-    _put_raw(bus, subjects.BUCKET_TASKS, "DEMO-3", b'{"name": 7}')
+    put_raw(bus, subjects.BUCKET_TASKS, "DEMO-3", b'{"name": 7}')
     store.create("DEMO-4", Record(name="d"))
 
     for _ in range(3):
         loaded = store.load_all()
         assert sorted(loaded) == ["DEMO-1", "DEMO-4"]
     # Three loads, two bad records: one alert each, naming the record.
-    found = _settled(bus, alerts)
+    found = settled_alerts(bus, alerts, QUARANTINED)
     assert len(found) == 2
     texts = sorted(a.text for a in found)
     assert f"{subjects.BUCKET_TASKS}/DEMO-2 (revision {revision})" in texts[0]
     assert f"{subjects.BUCKET_TASKS}/DEMO-3" in texts[1]
     assert all(a.level == "error" and a.source == "kv" for a in found)
     # Kept in place, untouched, for the operator.
-    assert _get_raw(bus, subjects.BUCKET_TASKS, "DEMO-2") == GARBAGE
+    assert get_raw(bus, subjects.BUCKET_TASKS, "DEMO-2") == GARBAGE
 
 
 def test_get_of_an_undecodable_record_raises_quarantined_and_alerts_once(bus: Bus) -> None:
     alerts = Captured(bus, subjects.ALERTS, Alert)
     store = bus.store(subjects.BUCKET_JOBS, Record)
-    _put_raw(bus, subjects.BUCKET_JOBS, "job-1", GARBAGE)
+    put_raw(bus, subjects.BUCKET_JOBS, "job-1", GARBAGE)
     for _ in range(2):
         with pytest.raises(Quarantined, match="job-1"):
             store.get("job-1")
-    assert len(_settled(bus, alerts)) == 1
+    assert len(settled_alerts(bus, alerts, QUARANTINED)) == 1
 
 
 def test_a_ledger_never_redoes_an_effect_whose_record_does_not_decode(bus: Bus) -> None:
     ledger = Ledger(bus.store(subjects.BUCKET_EFFECTS, Effect), FakeClock(), "test")
-    _put_raw(bus, subjects.BUCKET_EFFECTS, "DEMO-1.dev.1.push", GARBAGE)
+    put_raw(bus, subjects.BUCKET_EFFECTS, "DEMO-1.dev.1.push", GARBAGE)
     calls: list[str] = []
 
     def _do() -> str:
@@ -110,9 +83,9 @@ def test_a_ledger_never_redoes_an_effect_whose_record_does_not_decode(bus: Bus) 
 def test_a_new_revision_of_a_bad_record_is_reported_again(bus: Bus) -> None:
     alerts = Captured(bus, subjects.ALERTS, Alert)
     store = bus.store(subjects.BUCKET_RUNS, Record)
-    _put_raw(bus, subjects.BUCKET_RUNS, "run-1", GARBAGE)
+    put_raw(bus, subjects.BUCKET_RUNS, "run-1", GARBAGE)
     store.load_all()
-    wait_until(lambda: len(_quarantine_alerts(alerts)) == 1, what="the first alert")
-    _put_raw(bus, subjects.BUCKET_RUNS, "run-1", GARBAGE + b"!")
+    assert len(settled_alerts(bus, alerts, QUARANTINED)) == 1
+    put_raw(bus, subjects.BUCKET_RUNS, "run-1", GARBAGE + b"!")
     store.load_all()
-    wait_until(lambda: len(_quarantine_alerts(alerts)) == 2, what="the second alert")
+    assert len(settled_alerts(bus, alerts, QUARANTINED)) == 2
