@@ -10,12 +10,13 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pykka
 import pytest
 
 from actors.owner import Owner
 from bus import subjects
-from bus.bridge import Bus
+from bus.bridge import Bus, Delivery
 from bus.messages import Alert
 from conveyor.app.supervisor import ACTOR_DOWN, Handle, Supervisor
 from conveyor.clock import FakeClock
@@ -32,11 +33,14 @@ class Flaky(Owner):
 
     name = "flaky"
 
-    def __init__(self, failures: Iterator[bool], incarnations: list[int]) -> None:
+    def __init__(
+        self, failures: Iterator[bool], incarnations: list[int], got: list[tuple[int, str]]
+    ) -> None:
         super().__init__()
         self._fail = next(failures)
         incarnations.append(len(incarnations) + 1)
         self._incarnation = len(incarnations)
+        self._got = got
 
     def on_start(self) -> None:
         if self._fail:
@@ -45,6 +49,10 @@ class Flaky(Owner):
     def handle(self, message: Any) -> Any:
         if message == "fence":
             raise Fenced("conveyor_tasks/DEMO-1 moved past revision 3")
+        if isinstance(message, Delivery):
+            self._got.append((self._incarnation, message.body.text))
+            message.ack()
+            return None
         return ("pong", self._incarnation)
 
 
@@ -53,13 +61,14 @@ class Fixture:
         self.clock = FakeClock()
         self.failures = itertools.chain([True] * failures, itertools.repeat(False))
         self.incarnations: list[int] = []
+        self.got: list[tuple[int, str]] = []
         self.alerts = Captured(bus, subjects.ALERTS, Alert)
         self.supervisor = Supervisor(bus, self.clock, CFG)
         self.handle = Handle("flaky", self.start())
         self.supervisor.watch(self.handle, self.start)
 
     def start(self) -> pykka.ActorRef[Any]:
-        return Flaky.start(self.failures, self.incarnations)
+        return Flaky.start(self.failures, self.incarnations, self.got)
 
     def wait_dead(self) -> None:
         wait_until(lambda: not self.handle.is_alive(), what="the actor to stop")
@@ -154,3 +163,27 @@ def test_a_fenced_actor_is_restarted_and_takes_over_until_fences_repeat_then_sta
     assert len(texts) == 2
     assert "stays down" in texts[1]
     assert "another process" in texts[1]
+
+
+def test_a_delivery_that_arrives_while_the_actor_is_down_reaches_its_next_incarnation(
+    supervised: Any, bus: Bus
+) -> None:
+    f = supervised()
+    bus.consume(
+        subjects.STREAM_NOTIFY,
+        "supervised_test",
+        [subjects.ALERTS],
+        msgspec.json.Decoder(Alert),
+        f.handle.tell,
+    )
+    f.handle.tell("fence")
+    f.wait_dead()
+    f.supervisor.check()
+    bus.emit(Alert(level="info", text="while down"), msg_id="while-down")
+    # Nak'ed while down (it comes back every second), never handed to a dead actor.
+    assert f.got == []
+    f.clock.advance(CFG.restart_base_s)
+    f.supervisor.check()
+    wait_until(lambda: (2, "while down") in f.got, what="the delivery to reach the restarted actor")
+    # (The supervisor's own actor-down alert, published while it was down, too.)
+    assert {incarnation for incarnation, _text in f.got} == {2}
