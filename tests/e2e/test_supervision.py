@@ -146,3 +146,29 @@ def test_a_fenced_stage_engine_is_reported_down_restarted_and_takes_its_tasks_ba
     down_alerts = settled_alerts(harness.client.bus, alerts, ACTOR_DOWN)
     assert len(down_alerts) == 1
     assert "stage_engine" in down_alerts[0].text
+
+
+def test_every_actor_stopped_at_once_is_restarted_and_the_pipeline_still_delivers(
+    harness: Harness,
+) -> None:
+    node = _start(harness)
+    names = sorted(node.refs)
+    assert {"stage_engine", "queue_worker", "launcher", "lease_keeper", "reaper"} <= set(names)
+    for name in names:
+        node.refs[name].stop(block=True, timeout=10)
+    wait_until(lambda: _healthz(node)[0] == 503, what="/healthz to say 503")
+
+    up = wait_until(
+        lambda: (lambda s: s if s["healthy"] else None)(_overview(harness)),
+        what="every actor to be back",
+    )
+    assert _healthz(node)[0] == 200
+    for name, entry in up["actors"].items():
+        if name in node.refs and "restarts" in entry:
+            assert entry["restarts"] == 1, (name, entry)
+    assert node.supervisor is not None
+    assert {name: life.restarts for name, life in node.supervisor.lives().items()} == dict.fromkeys(
+        names, 1
+    )
+    item = harness.submit("After every restart")["task"]["id"]
+    assert harness.wait_stage(item, "done")["stage"] == "done"
