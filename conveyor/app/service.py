@@ -97,6 +97,12 @@ def _answering(handler: Callable[[str, bytes], bytes]) -> Callable[[str, bytes],
     return _handler
 
 
+def _down(life: Mapping[str, Any]) -> dict[str, Any]:
+    """A down actor's status entry: the supervisor's record and an `error` line."""
+    reason, restarts = life.get("reason", ""), life.get("restarts", 0)
+    return {**life, "error": f"down: {reason} (restarts so far: {restarts})"}
+
+
 class ControlService:
     """Endpoints of the control process: commands and status."""
 
@@ -135,7 +141,11 @@ class ControlService:
             ("queue", subjects.STATUS_QUEUE, _answering(self._queue)),
             ("usage", subjects.STATUS_USAGE, _answering(self._usage)),
             *[
-                (name, subjects.status_actor(name), _answering(self._actor_status(name)))
+                (
+                    name,
+                    subjects.status_actor(name),
+                    self._down_or(name, _answering(self._actor_status(name))),
+                )
                 for name in self._statuses
             ],
             ("lease-acquire", subjects.LEASE_ACQUIRE, self._lease),
@@ -201,6 +211,19 @@ class ControlService:
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
 
+    def _down_or(
+        self, name: str, handler: Callable[[str, bytes], bytes]
+    ) -> Callable[[str, bytes], bytes]:
+        """An actor that is down answers with the supervisor's word: why, since, restarts."""
+
+        def _handler(subject: str, data: bytes) -> bytes:
+            life = self._supervised().get(name, {})
+            if not life.get("healthy", True):
+                return dumps({**_down(life), "ok": False})
+            return handler(subject, data)
+
+        return _handler
+
     def _actor_status(self, name: str) -> Callable[[str, bytes], bytes]:
         if name == "queue_worker":
             # The queue's status carries the Reaper's, as `conveyor.status.queue` does.
@@ -224,10 +247,7 @@ class ControlService:
             # The supervisor's word on a down actor (why, since when, restarts) replaces
             # the failed ask; an actor without a status endpoint shows only when down.
             if not life.get("healthy", True):
-                error = (
-                    f"down: {life.get('reason', '')} (restarts so far: {life.get('restarts', 0)})"
-                )
-                actors[name] = {**life, "error": error}
+                actors[name] = _down(life)
             elif isinstance(actors.get(name), dict):
                 actors[name] = {**actors[name], "restarts": life.get("restarts", 0)}
         try:

@@ -134,6 +134,10 @@ def test_a_fenced_stage_engine_is_reported_down_restarted_and_takes_its_tasks_ba
     assert engine["restarts"] == 0
     assert engine["restarting"] is True
     assert _healthz(node) == (503, {"ok": False, "error": "actor(s) down: stage_engine"})
+    own = harness.client.request(subjects.status_actor("stage_engine"))
+    assert own["ok"] is False
+    assert own["down"] is True
+    assert own["error"].startswith("down: fenced: ")
 
     # Restarted after its back-off: healthy again, and it owns the task again.
     up = wait_until(
