@@ -161,6 +161,10 @@ def test_every_actor_stopped_at_once_is_restarted_and_the_pipeline_still_deliver
     for name in names:
         node.refs[name].stop(block=True, timeout=10)
     wait_until(lambda: _healthz(node)[0] == 503, what="/healthz to say 503")
+    # The launcher part's own endpoint answers for its down launcher too.
+    launcher = harness.client.request(subjects.status_actor("launcher"))
+    assert launcher["healthy"] is False
+    assert launcher["down"] is True
 
     up = wait_until(
         lambda: (lambda s: s if s["healthy"] else None)(_overview(harness)),
