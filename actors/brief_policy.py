@@ -184,3 +184,11 @@ def _head(text: str) -> str:
 
 def _tail(text: str) -> str:
     return text if len(text) <= MAX_BRIEF_CHARS else "…" + text[-(MAX_BRIEF_CHARS - 1) :]
+
+
+def retry_brief(outcome: str, reason: str, attempt: int) -> str:
+    """What the next attempt of a job Conveyor killed (stalled, over budget) is told; "" else."""
+    if outcome not in KILLED:
+        return ""
+    kind, text = killed(outcome, reason)
+    return f"Retried after a killed run ({kind}, attempt {attempt}):\n{text}"

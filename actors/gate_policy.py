@@ -36,9 +36,11 @@ from conveyor.pipeline import (
     STEP_INTAKE,
     STEP_MERGE,
     SUCCESS,
+    SUPERSEDED,
     TEST_PLAN,
     TEST_REPORT,
     TESTS_PASS,
+    UNSTAGED,
     DeployStatus,
     ReviewVerdict,
     TestResult,
@@ -53,6 +55,9 @@ class GateResult(msgspec.Struct, frozen=True, kw_only=True):
 
     verdict: Verdict
     reason: str
+    back_to: str = ""
+    """For a rework: the gate of the earlier stage the work goes back to instead of the
+    stage's `on_fail` (a production tree staging never judged goes back to staging)."""
 
 
 class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +133,14 @@ class TestReportFM(_FrontMatter, kw_only=True):
 class _VerdictFM(_FrontMatter, kw_only=True):
     job_id: str | None = None
     decided_by: str | None = None
+    deployed_by: str | None = None
+    """The reference's name of `decided_by` (`14-deploy-log.md`); either one counts."""
+    reason: str = ""
+
+    @property
+    def by_conveyor(self) -> bool:
+        """Whether Conveyor wrote this verdict itself (under either key's name)."""
+        return DECIDED_BY_CONVEYOR in (self.decided_by, self.deployed_by)
 
 
 class StagingFM(_VerdictFM, kw_only=True):
@@ -274,7 +287,7 @@ def _current_verdict(fm: _VerdictFM, task: GateSubject, name: str) -> None:
     An adopted run of a superseded visit can finish late and write its verdict; it
     must not decide the visit that replaced it.
     """
-    if fm.decided_by == DECIDED_BY_CONVEYOR and fm.job_id and fm.job_id != task.job_id:
+    if fm.by_conveyor and fm.job_id and fm.job_id != task.job_id:
         raise FrontMatterError(f"{name}: verdict of job {fm.job_id}, not of {task.job_id}")
 
 
@@ -393,12 +406,43 @@ def _tests_passed(task: GateSubject, inputs: GateInputs) -> GateResult:
     return GateResult(verdict="rework", reason="test report FAIL")
 
 
+class _AnyStatusFM(_VerdictFM, kw_only=True):
+    """A production log read for the statuses only Conveyor writes (not in the contract)."""
+
+    deploy_status: str = ""
+
+
+def _decided_without_running(
+    inputs: GateInputs, task: GateSubject, rule: ArtifactRule, label: str
+) -> GateResult | None:
+    """The gate of a production deploy Conveyor did not run: superseded, or to re-stage.
+
+    Only Conveyor's own verdict counts: an agent cannot skip a deploy by writing it.
+    """
+    if rule.schema is not DeployFM:
+        return None
+    try:
+        log = _doc(inputs, task.id, rule.name, _AnyStatusFM)
+    except FrontMatterError:
+        return None
+    if not log.by_conveyor or log.deploy_status not in (SUPERSEDED, UNSTAGED):
+        return None
+    _current_verdict(log, task, rule.name)
+    why = f"{label} {log.deploy_status}: {log.reason}"
+    if log.deploy_status == SUPERSEDED:
+        return GateResult(verdict="pass", reason=why)
+    return GateResult(verdict="rework", reason=why, back_to=GATE_STAGING)
+
+
 def _deploy_verdict(
     rule: ArtifactRule, schema: type[_VerdictFM], label: str
 ) -> Callable[[GateSubject, GateInputs], GateResult]:
     """The gate of a deploy stage: its log's current verdict, SUCCESS or back to rework."""
 
     def _evaluate(task: GateSubject, inputs: GateInputs) -> GateResult:
+        decided = _decided_without_running(inputs, task, rule, label)
+        if decided is not None:
+            return decided
         log = _doc(inputs, task.id, rule.name, schema)
         _current_verdict(log, task, rule.name)
         if _passes(rule, log):

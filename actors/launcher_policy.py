@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from actors import prompt_policy
+from actors.deploy_policy import DEPLOY_LOG_TAIL_CHARS as DEPLOY_LOG_TAIL_CHARS
+from actors.deploy_policy import VERDICT_FILES
+from actors.deploy_policy import DeployFacts as DeployFacts
+from actors.deploy_policy import deploy_log as deploy_log
+from actors.deploy_policy import verdict as verdict
 from actors.role_text_policy import ROLE_TEXTS
 from bus.messages import LaunchOrder
 from conveyor import retry
 from conveyor.config import AgentConfig, Config, QueueConfig, RepoConfig
 from conveyor.pipeline import (
     BUILTIN_ROLES,
-    DECIDED_BY_CONVEYOR,
-    DEPLOY_LOG,
-    FAILED,
     GATE_DEPLOY,
     GATE_NONE,
     GATE_STAGING,
@@ -34,8 +37,6 @@ from conveyor.pipeline import (
     RUN_FINISHED,
     RUN_RUNNING,
     RUN_STARTING,
-    STAGING_LOG,
-    SUCCESS,
     WAIT_OUTCOMES,
     artifact_path,
 )
@@ -45,6 +46,9 @@ RUNNING = RUN_RUNNING
 FINISHED = RUN_FINISHED
 
 PLACEHOLDERS = ("{work_item}", "{repo}", "{branch}", "{worktree}", "{stage}")
+
+COMMIT_PLACEHOLDERS = ("{sha}", "{base_sha}")
+"""Filled by a deploy Conveyor runs itself (the commit it ships, the one deployed before)."""
 
 # Environment variables that would make an agent CLI think it is nested in another session.
 STRIPPED_ENV = ("CLAUDECODE",)
@@ -90,7 +94,7 @@ def run_key(job_id: str, attempt: int) -> str:
     return f"{job_id}.{attempt}"
 
 
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in (*PLACEHOLDERS, *COMMIT_PLACEHOLDERS)))
 
 
 def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -106,14 +110,22 @@ def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
     return [_PLACEHOLDER_RE.sub(_one, arg) for arg in argv]
 
 
-def placeholder_values(order: LaunchOrder, worktree: str) -> dict[str, str]:
-    """Values of the documented placeholders for one launch."""
+def placeholder_values(
+    order: LaunchOrder, worktree: str, *, sha: str = "", base_sha: str = ""
+) -> dict[str, str]:
+    """Values of the documented placeholders for one launch.
+
+    `sha`: the commit a deploy runs at; `base_sha`: the repository's deployed commit
+    before it. Only a deploy Conveyor runs itself knows them; elsewhere they are "".
+    """
     return {
         "work_item": order.task_id,
         "repo": order.repo,
         "branch": order.branch,
         "worktree": worktree,
         "stage": order.stage,
+        "sha": sha,
+        "base_sha": base_sha,
     }
 
 
@@ -204,15 +216,6 @@ def parse_usage(tail: str) -> dict[str, Any]:
 
 # --- deploys run by Conveyor ---------------------------------------------------------------
 
-DEPLOY_LOG_TAIL_CHARS = 4000
-"""How much of the command's output the verdict file quotes."""
-
-_VERDICT_FILES = {
-    GATE_STAGING: (STAGING_LOG, "Staging log"),
-    GATE_DEPLOY: (DEPLOY_LOG, "Deploy log"),
-}
-"""Per deploy gate: the verdict file its gate reads (front-matter key = the gate) and title."""
-
 
 def stage_gate(cfg: Config, stage: str) -> str:
     """The gate of the configured stage `stage`; none for a stage no longer configured."""
@@ -230,7 +233,14 @@ def deploy_command_for(gate: str, repo: RepoConfig) -> list[str]:
 
 
 def deploy_argv(
-    order: LaunchOrder, repo: RepoConfig, *, gate: str, worktree: str, python: str
+    order: LaunchOrder,
+    repo: RepoConfig,
+    *,
+    gate: str,
+    worktree: str,
+    python: str,
+    sha: str = "",
+    base_sha: str = "",
 ) -> list[str]:
     """What the Launcher runs itself instead of the agent for `order`; [] when an agent runs.
 
@@ -241,89 +251,27 @@ def deploy_argv(
     command = deploy_command_for(gate, repo)
     if not command:
         return []
-    return substitute(python_argv(command, python), placeholder_values(order, worktree))
+    values = placeholder_values(order, worktree, sha=sha, base_sha=base_sha)
+    return substitute(python_argv(command, python), values)
+
+
+RUNWRAP_SCRIPT = str(Path(__file__).parent.parent / "conveyor" / "runwrap.py")
+"""The exit-code wrapper, started as a script: see `conveyor/runwrap.py` for why."""
 
 
 def wrap(argv: Sequence[str], *, exit_file: str, python: str) -> list[str]:
-    """`argv` behind the exit-code wrapper (already substituted)."""
-    return [python, "-m", "conveyor.runwrap", "--exit-file", exit_file, "--", *argv]
+    """`argv` behind the exit-code wrapper (already substituted).
+
+    `-I -S`: no `site`, no user paths, no PYTHON* variables. The wrapper needs
+    only the standard library, and every stage start pays for its interpreter.
+    """
+    return [python, "-I", "-S", RUNWRAP_SCRIPT, "--exit-file", exit_file, "--", *argv]
 
 
 def verdict_path(gate: str, task_id: str) -> str | None:
     """The verdict file a deploy gate reads (repository path), or None for other gates."""
-    found = _VERDICT_FILES.get(gate)
+    found = VERDICT_FILES.get(gate)
     return artifact_path(task_id, found[0]) if found else None
-
-
-def verdict(exit_code: int | None, health_ok: bool | None, *, detail: str = "") -> tuple[str, str]:
-    """`(status, reason)` of a deploy: SUCCESS only for exit code 0 and no failed health check.
-
-    `health_ok` None: no health URL (or not checked). `detail` says why the command has
-    no exit code (a timeout) or why the health check failed.
-    """
-    if exit_code is None:
-        return FAILED, f"deploy command did not finish: {detail or 'no exit code'}"
-    if exit_code != 0:
-        return FAILED, f"deploy command exited with code {exit_code}"
-    if health_ok is False:
-        return FAILED, f"health check failed: {detail or 'no 2xx answer'}"
-    if health_ok:
-        return SUCCESS, "deploy command exited 0; health check answered 2xx"
-    return SUCCESS, "deploy command exited 0; no health URL configured"
-
-
-class DeployFacts(msgspec.Struct, frozen=True, kw_only=True):
-    """What the finalizer found out about one deploy run."""
-
-    work_item: str
-    job_id: str
-    timestamp: str
-    command: list[str]
-    exit_code: int | None
-    health_url: str
-    health: str
-    status: str
-    reason: str
-    output: str = ""
-
-
-def deploy_log(gate: str, facts: DeployFacts) -> tuple[str, str]:
-    """`(repository path, text)` of the verdict file for a stage with a deploy gate.
-
-    The status is written by Conveyor from the command's exit code and the health
-    check (`decided_by: conveyor`); the file replaces whatever an agent put there.
-    """
-    found = _VERDICT_FILES.get(gate)
-    if found is None:
-        raise ValueError(f"gate {gate!r} has no deploy verdict")
-    name, title = found
-    fields: list[tuple[str, object]] = [
-        (gate, facts.status),
-        ("work_item", facts.work_item),
-        ("job_id", facts.job_id),
-        ("timestamp", facts.timestamp),
-        ("command", facts.command),
-        ("exit_code", facts.exit_code),
-        ("health_url", facts.health_url),
-        ("health", facts.health),
-        ("reason", facts.reason),
-        ("decided_by", DECIDED_BY_CONVEYOR),
-    ]
-    # JSON scalars and lists are valid YAML, and quoting every value keeps a command
-    # argument like `--x: y` from changing the document's shape.
-    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in fields)
-    tail = facts.output[-DEPLOY_LOG_TAIL_CHARS:]
-    fence = "```"
-    while fence in tail:
-        fence += "`"
-    body = (
-        f"# {title}: {facts.work_item}\n\n"
-        f"**{facts.status}**: {facts.reason}.\n\n"
-        "Decided by Conveyor from the command's exit code and the health check.\n\n"
-        f"## Output (last {DEPLOY_LOG_TAIL_CHARS} characters)\n\n"
-        f"{fence}text\n{tail.rstrip()}\n{fence}\n"
-    )
-    return artifact_path(facts.work_item, name), f"---\n{front}\n---\n\n{body}"
 
 
 # --- the launch plan -----------------------------------------------------------------------

@@ -33,12 +33,16 @@ ENDED = frozenset({"done", "cancelled"})
 
 
 def holder_alive(holder: LeaseHolder, host: str, boot: str) -> bool | None:
-    """True/False when it can be proven on this host; None for another host."""
+    """True/False when it can be proven on this host; None when it cannot be told.
+
+    None (another host, permission denied, no start time) counts as alive.
+    """
     if holder.host != host:
         return None
     if boot and holder.boot_id and holder.boot_id != boot:
         return False
-    return procs.alive(holder.pid, holder.create_time)
+    probed = procs.probe(holder.pid, holder.create_time)
+    return None if probed == procs.UNCERTAIN else probed == procs.ALIVE
 
 
 class LeaseStatus(msgspec.Struct, frozen=True):
@@ -200,21 +204,34 @@ class LeaseKeeper(Owner):
 
     def _sweep(self) -> None:
         now = self._clock.now()
+        failed = False
         for name, entry in list(self._leases.items()):
-            # Whether it was alerted is remembered here, not in KV: writing the lease
-            # would move the holder's fencing token under it.
-            seen = (name, entry.value.acquired_at) in self._alerted
-            lease = msgspec.structs.replace(entry.value, alerted=seen)
-            alive = holder_alive(lease.holder, self._host, self._boot)
-            action, reason = policy.on_tick(
-                lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
-            )
-            if action == "reclaim":
-                self._drop(name)
-                self._reclaimed(lease, reason)
-            elif action == "alert":
-                self._alerted.add((name, lease.acquired_at))
-                self._alert(lease, reason, "warning")
+            try:
+                self._sweep_one(name, entry.value, now)
+            except Exception:
+                # One lease that cannot be judged or freed (a concurrent write, a
+                # bus error) must not keep the others from their sweep.
+                log.exception("lease_keeper.sweep_failed", lease=name)
+                failed = True
+        if failed:
+            # A failed delete left memory unsure of the bucket; the next sweep retries.
+            self._leases = self._store.load_all()
+
+    def _sweep_one(self, name: str, stored: Lease, now: float) -> None:
+        # Whether it was alerted is remembered here, not in KV: writing the lease
+        # would move the holder's fencing token under it.
+        seen = (name, stored.acquired_at) in self._alerted
+        lease = msgspec.structs.replace(stored, alerted=seen)
+        alive = holder_alive(lease.holder, self._host, self._boot)
+        action, reason = policy.on_tick(
+            lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
+        )
+        if action == "reclaim":
+            self._drop(name)
+            self._reclaimed(lease, reason)
+        elif action == "alert":
+            self._alerted.add((name, lease.acquired_at))
+            self._alert(lease, reason, "warning")
 
     def _reclaimed(self, lease: Lease, reason: str) -> None:
         self._reclaimed_total += 1
@@ -238,6 +255,8 @@ class LeaseKeeper(Owner):
             "healthy": True,
             "enabled": self._cfg.enabled,
             "reclaimed_total": self._reclaimed_total,
+            # The reference's name for the same figure.
+            "lease_reclaimed_total": self._reclaimed_total,
             "leases": [
                 {
                     "name": e.value.name,

@@ -7,7 +7,8 @@ effects (push, pull request, merge); it is re-entrant per job and launcher, so a
 restarted launcher adopting its run keeps it while another attempt elsewhere waits.
 A lease is never taken from a live holder (SPEC §9): it is reclaimed only when
 its holder is provably dead (same host, pid gone or reused, or another boot),
-when the task that holds it has ended, or by an operator. Past its age ceiling a
+when the task that holds it has ended, or by an operator; a probe that cannot
+tell (another host, permission denied, no start time) counts as alive. Past its age ceiling a
 lease raises an alert, once.
 """
 
@@ -65,7 +66,8 @@ def on_acquire(
     """Grant a free lease, re-grant it to its holder (`same_holder`), reclaim it from the dead.
 
     `holder_alive` is the current holder's liveness: True, False (provably dead) or
-    None (cannot tell, e.g. another host) — unknown counts as alive.
+    None (cannot tell: another host, permission denied, no recorded start time) —
+    unknown counts as alive.
     """
     fresh = Lease(name=name, holder=holder, acquired_at=now, renewed_at=now)
     if current is None:

@@ -7,13 +7,14 @@ delivery is acked. On ticks, due probes run in worker threads and come back as
 messages; the counts are CAS-written. A verdict is stored before it is acted
 on, and the rollback runs through the effect ledger under
 `monitor.<task>.rollback`, so neither a redelivery nor a restart runs it twice.
+The verdict's `16-post-deploy-log.md` is committed to the task's branch (ledger key
+`monitor.<task>.log`, see `actors.monitor_commit`) before the watch closes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -26,7 +27,9 @@ import msgspec
 import pykka
 
 from actors import monitor_policy as policy
+from actors.jobs.deploy_target import last_deployed
 from actors.launcher_policy import python_argv, substitute, wrap
+from actors.monitor_commit import Committed, LogCommits, LogCommitter
 from actors.monitor_policy import Probe, Watch
 from actors.owner import Owner
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
@@ -106,6 +109,7 @@ class PostDeployMonitor(Owner):
         record: RecordFn | None = None,
         probe: ProbeFn | None = None,
         python: str = sys.executable,
+        committer: LogCommitter | None = None,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._effects, self._clock = bus, store, effects, clock
@@ -121,6 +125,15 @@ class PostDeployMonitor(Owner):
         # rollback_timeout_s: it gets its own daemon thread, so it neither holds up other
         # tasks' probes nor keeps a stopping process alive.
         self._probes = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="monitor-probe")
+        self._commits: LogCommits | None = None
+        if committer is not None:
+            me = self.actor_ref
+
+            def _tell(msg: Committed) -> None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    me.tell(msg)
+
+            self._commits = LogCommits(committer, effects, clock, _tell, name=LOG_NAME)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -152,6 +165,8 @@ class PostDeployMonitor(Owner):
                 self._on_probed(message)
             case _RolledBack():
                 self._on_rolled_back(message)
+            case Committed():
+                self._on_committed(message)
             case MonitorStatus():
                 return self._status()
         return None
@@ -284,8 +299,10 @@ class PostDeployMonitor(Owner):
         """Alert, roll back (once, through the ledger) if so decided, write the log, close."""
         if watch.task_id in self._finishing:
             return
+        if self._commits is not None and self._commits.busy(watch.task_id):
+            return
         if watch.status == policy.DEGRADED:
-            self._alert(watch, "error", watch.status, self._degraded_text(watch))
+            self._alert(watch, "error", watch.status, policy.degraded_text(watch))
         if watch.action == policy.ROLLBACK and not watch.rollback_result:
             self._finishing.add(watch.task_id)
             me = self.actor_ref
@@ -315,19 +332,37 @@ class PostDeployMonitor(Owner):
         if stored is not None:
             self._close(stored.value)
 
+    def _on_committed(self, msg: Committed) -> None:
+        if self._commits is None:
+            return
+        result = self._commits.done(msg)
+        entry = self._watches.get(msg.task_id)
+        if entry is None or not result:
+            return
+        if msg.error:
+            log.error("monitor.log_not_committed", task_id=msg.task_id, reason=result)
+        stored = self._put(entry, msgspec.structs.replace(entry.value, log_commit=result))
+        if stored is not None:
+            self._close(stored.value)
+
     def _close(self, watch: Watch) -> None:
         entry = self._watches.get(watch.task_id)
         if entry is None or entry.value.closed:
             return
-        self._write_log(watch)
+        text = self._log_text(watch)
+        self._write_log(watch, text)
+        if self._commits is not None and not watch.log_commit:
+            # The log reaches the repository before the watch closes: a restart finishes it.
+            self._commits.start(watch.task_id, watch.repo, text, self._task_dir(watch.task_id))
+            return
         if watch.action == policy.ROLLBACK:
             code = policy.rollback_outcome(watch.rollback_result)
             level = "warning" if code == 0 else "error"
-            self._alert(watch, level, "rollback", self._rollback_text(watch))
+            self._alert(watch, level, "rollback", policy.rollback_text(watch))
         elif watch.status == policy.HEALTHY:
-            self._alert(watch, "info", watch.status, self._healthy_text(watch))
+            self._alert(watch, "info", watch.status, policy.healthy_text(watch))
         try:
-            self._record(watch.task_id, self._cause(watch))
+            self._record(watch.task_id, policy.cause(watch))
         except Exception:
             # The task history is best-effort; the log file and the alert are the record.
             log.exception("monitor.record_failed", task_id=watch.task_id)
@@ -368,9 +403,11 @@ class PostDeployMonitor(Owner):
         if repo is None or not repo.rollback_command:
             log.warning("monitor.rollback_skipped", task_id=watch.task_id, repo=watch.repo)
             return "no rollback_command"
+        # Production now runs the last deployed commit; the one before it is the way back.
+        live, before, _ = last_deployed(self._effects, watch.repo)
         command = substitute(
             python_argv(repo.rollback_command, self._python),
-            {"work_item": watch.task_id, "repo": watch.repo},
+            {"work_item": watch.task_id, "repo": watch.repo, "sha": live, "base_sha": before},
         )
         exit_file = task_dir / ROLLBACK_EXIT
         argv = wrap(command, exit_file=str(exit_file), python=self._python)
@@ -403,62 +440,20 @@ class PostDeployMonitor(Owner):
         # The id is the verdict's, so a retried or restarted close alerts once.
         self._bus.emit(alert, msg_id=f"monitor:{watch.task_id}:{what}")
 
-    def _degraded_text(self, watch: Watch) -> str:
-        if watch.action == policy.ROLLBACK:
-            then = "running its rollback_command"
-        elif watch.protected:
-            then = "protected repository: alert only, check production by hand"
-        else:
-            then = "no rollback_command: alert only, check production by hand"
-        return f"production of {watch.repo} degraded after {watch.task_id}: {watch.reason}; {then}"
-
-    def _rollback_text(self, watch: Watch) -> str:
-        code = policy.rollback_outcome(watch.rollback_result)
-        if code is not None:
-            return f"rollback of {watch.repo} after {watch.task_id} exited {code}"
-        return (
-            f"rollback of {watch.repo} after {watch.task_id}: {watch.rollback_result}; "
-            "outcome unknown, check production by hand"
-        )
-
-    def _healthy_text(self, watch: Watch) -> str:
-        return (
-            f"post-deploy window of {watch.task_id} ({watch.repo}) healthy: "
-            f"{watch.checks} probes, {watch.failures} failed, {watch.uncertain} uncertain"
-        )
-
-    def _cause(self, watch: Watch) -> str:
-        if watch.status == policy.HEALTHY:
-            return f"post-deploy HEALTHY ({watch.checks} probes)"
-        if watch.action == policy.ROLLBACK:
-            return f"post-deploy DEGRADED: {watch.reason}; rollback {watch.rollback_result}"
-        return f"post-deploy DEGRADED: {watch.reason}; alert only"
-
-    def _write_log(self, watch: Watch) -> None:
-        """`16-post-deploy-log.md`: YAML front matter with the figures, then a short body."""
+    def _log_text(self, watch: Watch) -> str:
         ended = watch.decided_at if watch.decided_at is not None else self._clock.now()
-        fields = policy.log_front_matter(
-            watch, window_started=iso(watch.started_at), window_ended=iso(ended)
+        return policy.log_text(
+            watch,
+            window_started=iso(watch.started_at),
+            window_ended=iso(ended),
+            rollback_log=ROLLBACK_LOG,
         )
-        # JSON scalars are valid YAML scalars, and quote what YAML would misread.
-        lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in fields.items()), "---", ""]
-        lines += [
-            f"# Post-deploy monitor: {watch.task_id}",
-            "",
-            f"- Verdict: **{watch.status}**, action **{watch.action}**.",
-            f"- Why: {watch.reason}.",
-            f"- Probes of {watch.health_url}: {watch.checks} "
-            f"({watch.failures} failed, of which {watch.server_errors} 5xx; "
-            f"{watch.uncertain} uncertain, counted healthy).",
-        ]
-        if watch.action == policy.ROLLBACK:
-            lines.append(f"- Rollback: {watch.rollback_result} (output in `{ROLLBACK_LOG}`).")
-        elif watch.action == policy.ALERT:
-            lines.append("- No rollback: alert only. Check production by hand.")
+
+    def _write_log(self, watch: Watch, text: str) -> None:
         task_dir = self._task_dir(watch.task_id)
         task_dir.mkdir(parents=True, exist_ok=True)
         tmp = task_dir / f".{LOG_NAME}.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(text)
         tmp.replace(task_dir / LOG_NAME)
 
     def _status(self) -> dict[str, Any]:
@@ -469,6 +464,7 @@ class PostDeployMonitor(Owner):
             **policy.summary(watches),
             "probing": len(self._probing),
             "rolling_back": len(self._finishing),
+            "committing": self._commits.running if self._commits is not None else 0,
             "watches": [
                 {**msgspec.structs.asdict(w), "revision": self._watches[w.task_id].revision}
                 for w in sorted(watches, key=lambda w: w.started_at)

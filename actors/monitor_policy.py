@@ -7,7 +7,10 @@ resumes the window, never starts it again). Each probe is one of:
 - `ok`: a 2xx answer;
 - `server_error`: a 5xx answer;
 - `failed`: any other answer (4xx, 3xx, 1xx);
-- `uncertain`: no answer at all (timeout, connection refused or reset, DNS).
+- `failed` too: no connection at all (refused, host unreachable, name not
+  resolved): nothing serves there, and that is production down, not doubt;
+- `uncertain`: a connection but no answer (a timeout, a connection dropped
+  or reset mid-request).
 
 Production is DEGRADED when `fail_threshold` failed or 5xx probes come in a
 row, or when at least `min_checks` probes were made and the share of 5xx among
@@ -22,6 +25,8 @@ is HEALTHY with action NONE. Nothing here does I/O, reads a clock or logs.
 """
 
 from __future__ import annotations
+
+import json
 
 import msgspec
 
@@ -96,6 +101,8 @@ class Watch(msgspec.Struct, frozen=True, kw_only=True):
     last_probe_at: float | None = None
     last_outcome: str = ""
     rollback_result: str = ""
+    log_commit: str = ""
+    """The commit of `16-post-deploy-log.md` on the task's branch (or why there is none)."""
     closed: bool = False
 
 
@@ -221,7 +228,7 @@ def on_window_end(watch: Watch, now: float) -> Watch:
 
 
 def needs_finishing(watch: Watch) -> bool:
-    """A decided watch whose action, alert and log are not all done yet."""
+    """A decided watch whose action, alert, log and its commit are not all done yet."""
     return watch.status != WATCHING and not watch.closed
 
 
@@ -249,6 +256,7 @@ def log_front_matter(watch: Watch, *, window_ended: str, window_started: str) ->
         "work_item": watch.task_id,
         "repo": watch.repo,
         "post_deploy_status": watch.status,
+        "action_taken": watch.action,
         "action": watch.action,
         "window_s": watch.window_s,
         "window_started": window_started,
@@ -262,3 +270,67 @@ def log_front_matter(watch: Watch, *, window_ended: str, window_started: str) ->
     if watch.action == ROLLBACK:
         fields["rollback_exit_code"] = rollback_outcome(watch.rollback_result)
     return fields
+
+
+def log_text(watch: Watch, *, window_started: str, window_ended: str, rollback_log: str) -> str:
+    """`16-post-deploy-log.md`: YAML front matter with the figures, then a short body.
+
+    The same stored watch always gives the same bytes, so a commit of it that a crash
+    interrupted is recognised on the branch by its content.
+    """
+    fields = log_front_matter(watch, window_started=window_started, window_ended=window_ended)
+    # JSON scalars are valid YAML scalars, and quote what YAML would misread.
+    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in fields.items()), "---", ""]
+    lines += [
+        f"# Post-deploy monitor: {watch.task_id}",
+        "",
+        f"- Verdict: **{watch.status}**, action **{watch.action}**.",
+        f"- Why: {watch.reason}.",
+        f"- Probes of {watch.health_url}: {watch.checks} "
+        f"({watch.failures} failed, of which {watch.server_errors} 5xx; "
+        f"{watch.uncertain} uncertain, counted healthy).",
+    ]
+    if watch.action == ROLLBACK:
+        lines.append(f"- Rollback: {watch.rollback_result} (output in `{rollback_log}`).")
+    elif watch.action == ALERT:
+        lines.append("- No rollback: alert only. Check production by hand.")
+    return "\n".join(lines) + "\n"
+
+
+def degraded_text(watch: Watch) -> str:
+    """The error alert of a DEGRADED verdict."""
+    if watch.action == ROLLBACK:
+        then = "running its rollback_command"
+    elif watch.protected:
+        then = "protected repository: alert only, check production by hand"
+    else:
+        then = "no rollback_command: alert only, check production by hand"
+    return f"production of {watch.repo} degraded after {watch.task_id}: {watch.reason}; {then}"
+
+
+def rollback_text(watch: Watch) -> str:
+    """The alert after the rollback: its exit code, or that its outcome is unknown."""
+    code = rollback_outcome(watch.rollback_result)
+    if code is not None:
+        return f"rollback of {watch.repo} after {watch.task_id} exited {code}"
+    return (
+        f"rollback of {watch.repo} after {watch.task_id}: {watch.rollback_result}; "
+        "outcome unknown, check production by hand"
+    )
+
+
+def healthy_text(watch: Watch) -> str:
+    """The info alert of a window that ended HEALTHY."""
+    return (
+        f"post-deploy window of {watch.task_id} ({watch.repo}) healthy: "
+        f"{watch.checks} probes, {watch.failures} failed, {watch.uncertain} uncertain"
+    )
+
+
+def cause(watch: Watch) -> str:
+    """The line the task's history gets when the watch closes."""
+    if watch.status == HEALTHY:
+        return f"post-deploy HEALTHY ({watch.checks} probes)"
+    if watch.action == ROLLBACK:
+        return f"post-deploy DEGRADED: {watch.reason}; rollback {watch.rollback_result}"
+    return f"post-deploy DEGRADED: {watch.reason}; alert only"

@@ -11,8 +11,10 @@ from actors.usage_policy import ZERO, Ledger, Usage
 from bus.messages import (
     Alert,
     BusMessage,
+    DeployCommits,
     JobFinished,
     JobOutcome,
+    JobReaped,
     JobRequested,
     JobStarted,
     KillJob,
@@ -67,6 +69,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: float = 0.0
     brief: str = ""
     """The rework brief of the request; every attempt's launch order carries it."""
+    deploy: DeployCommits = msgspec.field(default_factory=DeployCommits)
     outcome: str = ""
     """How the last attempt's agent run ended (`conveyor.pipeline.AgentOutcome`)."""
     reason: str = ""
@@ -139,6 +142,7 @@ def on_request(
         title=req.title,
         description=req.description,
         brief=req.brief,
+        deploy=req.deploy,
         task_spent_usd=req.task_spent_usd,
         task_spent_tokens=req.task_spent_tokens,
         max_attempts=cfg.max_attempts,
@@ -266,7 +270,9 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
     if job.attempts < job.max_attempts and not final:
         requeued = msgspec.structs.replace(
             base,
-            retry_brief=_retry_brief(finished),
+            retry_brief=brief_policy.retry_brief(
+                finished.outcome, finished.reason, finished.attempt
+            ),
             status=QUEUED,
             available_at=now + backoff_s(job.attempts, cfg),
             claimed_at=None,
@@ -290,13 +296,6 @@ def _finish(job: Job, finished: JobFinished, *, now: float, cfg: QueueConfig) ->
     )
 
 
-def _retry_brief(finished: JobFinished) -> str:
-    if finished.outcome not in brief_policy.KILLED:
-        return ""
-    kind, text = brief_policy.killed(finished.outcome, finished.reason)
-    return f"Retried after a killed run ({kind}, attempt {finished.attempt}):\n{text}"
-
-
 def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decision:
     """The Reaper found this attempt's executor dead: finish it like a run that ended.
 
@@ -315,7 +314,7 @@ def on_reaped(job: Job, reap: ReapJob, *, now: float, cfg: QueueConfig) -> Decis
         finished_at=now,
     )
     decision = on_finished(job, finished, now=now, cfg=cfg)
-    emits = decision.emit
+    emits = (*decision.emit, JobReaped(**msgspec.structs.asdict(reap)))
     if reap.tier == 3:
         # The backstop reaps whatever state the executor is in: make sure it stops, so
         # the next attempt never shares the worktree with it.
@@ -423,6 +422,7 @@ def claim(job: Job, *, now: float) -> Decision:
         title=job.title,
         description=job.description,
         brief="\n\n".join(part for part in (job.retry_brief, job.brief) if part),
+        deploy=job.deploy,
     )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
 

@@ -8,6 +8,7 @@ import msgspec
 
 from actors import ceiling_policy, usage_policy
 from actors import queue_policy as policy
+from actors.janitor_policy import LaunchPause
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
 from bus.bridge import Bus, Delivery, Store, Versioned
@@ -66,6 +67,8 @@ class QueueWorker(Owner):
         self._started_at = 0.0
         self._ledger = usage_policy.Ledger()
         self._held: dict[str, str] = {}
+        # Why no job may start now (the Janitor's disk floor); "" when they may.
+        self._paused = ""
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
@@ -96,6 +99,8 @@ class QueueWorker(Owner):
                 return usage_policy.summary(self._ledger)
             case RunningSnapshot():
                 return policy.running_jobs(e.value for e in self._jobs.values())
+            case LaunchPause():
+                self._on_pause(message)
             case _:
                 log.warning("queue_worker.unknown_message", kind=type(message).__name__)
         return None
@@ -159,6 +164,15 @@ class QueueWorker(Owner):
             log.warning("queue_worker.ceiling_crossed", job_id=beat.job_id, reason=decision.reason)
             self._apply(decision)
 
+    def _on_pause(self, pause: LaunchPause) -> None:
+        if pause.reason != self._paused:
+            if pause.reason:
+                log.warning("queue_worker.launching_paused", reason=pause.reason)
+            else:
+                log.info("queue_worker.launching_resumed", reason=self._paused)
+        self._paused = pause.reason
+        self._dispatch()
+
     def _apply(self, decision: policy.Decision) -> None:
         emits = list(decision.emit)
         for index, job in enumerate(decision.jobs):
@@ -214,6 +228,8 @@ class QueueWorker(Owner):
                 self._ledger, alerted=self._ledger.alerted | alerted
             )
             jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
+        if self._paused:
+            return
         for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
             self._apply(policy.claim(self._jobs[job_id].value, now=now))
 
@@ -250,6 +266,7 @@ class QueueWorker(Owner):
             "per_repo_concurrency": self._cfg.per_repo_concurrency,
             "running": running,
             "held": dict(self._held),
+            "paused": self._paused,
             "recent": [
                 {
                     "id": j.id,

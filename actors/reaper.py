@@ -15,7 +15,7 @@ from actors.owner import Owner
 from actors.queue_policy import Job, RunningSnapshot
 from actors.reaper_policy import ReaperState, RunningJob
 from bus.bridge import Bus, Store
-from bus.messages import ReapJob, RunHeartbeat, Tick
+from bus.messages import Alert, JobReaped, ReapJob, RunHeartbeat, Tick
 from conveyor import procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import ReaperConfig
@@ -51,6 +51,10 @@ class Reaper(Owner):
         self._host = socket.gethostname()
         self._state = ReaperState()
         self._beats: dict[tuple[str, int], float] = {}
+        # Attempts whose observation failed, alerted once each; and whether the
+        # running jobs could not be listed (alerted once per outage).
+        self._unobservable: set[tuple[str, int]] = set()
+        self._blind = False
         self._next_tick = 0.0
         # No verdicts until launchers had time to heartbeat: a control process that just
         # restarted knows no finalizer yet.
@@ -61,48 +65,123 @@ class Reaper(Owner):
             case RunHeartbeat():
                 # Our own clock, not the sender's: hosts' clocks may disagree.
                 self._beats[(message.job_id, message.attempt)] = self._clock.now()
+            case JobReaped():
+                self._state = policy.applied(self._state, message, now=self._clock.now())
+                log.info(
+                    "reaper.reap_applied",
+                    job_id=message.job_id,
+                    attempt=message.attempt,
+                    tier=message.tier,
+                )
             case Tick():
                 now = self._clock.now()
-                if now >= self._next_tick and now >= self._warm_until:
+                if now >= self._next_tick:
                     self._next_tick = now + self._cfg.interval_s
-                    self._tick(now)
+                    if now >= self._warm_until:
+                        self._tick(now)
+                    else:
+                        self._state = policy.without_verdict(self._state, now=now)
             case ReaperStatus():
                 return {"healthy": True, **policy.reaper_status(self._state, self._cfg)}
         return None
 
     def _tick(self, now: float) -> None:
-        answer: Any = self._worker.ask(RunningSnapshot(), timeout=SNAPSHOT_TIMEOUT_S)
-        jobs: list[Job] = list(answer)
-        snapshot = [self._observe(job) for job in jobs if job.attempts > 0]
+        jobs = self._running(now) if self._cfg.enabled else []
+        if jobs is None:
+            return
+        snapshot = [self._observe_isolated(job) for job in jobs if job.attempts > 0]
         decision = policy.decide(self._state, snapshot, now=now, cfg=self._cfg)
         self._state = decision.state
         for reap in decision.reaps:
-            log.warning(
-                "reaper.job_reaped",
+            try:
+                self._request(reap)
+            except Exception:
+                # One failed request must not hold back the others; the job is
+                # still running, so a later pass judges it again.
+                log.exception("reaper.reap_request_failed", job_id=reap.job_id)
+        running = {(job.id, job.attempts) for job in jobs}
+        self._beats = {k: v for k, v in self._beats.items() if k in running}
+        self._unobservable &= running
+
+    def _running(self, now: float) -> list[Job] | None:
+        """The running jobs, or None when the QueueWorker could not list them."""
+        try:
+            answer: Any = self._worker.ask(RunningSnapshot(), timeout=SNAPSHOT_TIMEOUT_S)
+            jobs: list[Job] = list(answer)
+        except Exception as err:  # noqa: BLE001 - a failed listing is a pass without verdict
+            error = f"{type(err).__name__}: {err}"
+            self._state = policy.without_verdict(self._state, now=now, error=error)
+            log.warning("reaper.snapshot_failed", error=error)
+            if not self._blind:
+                self._blind = True
+                self._alert(f"Reaper cannot list the running jobs: {error}", "", f"blind:{now}")
+            return None
+        self._blind = False
+        return jobs
+
+    def _observe_isolated(self, job: Job) -> RunningJob:
+        """`_observe`, or what the job record alone says when observing it raises.
+
+        The record keeps the backstop (claimed_at) and heartbeats; the liveness
+        stays unknown, which never counts toward a dead streak.
+        """
+        try:
+            return self._observe(job)
+        except Exception as err:
+            key = (job.id, job.attempts)
+            log.exception("reaper.observe_failed", job_id=job.id, attempt=job.attempts)
+            if key not in self._unobservable:
+                self._unobservable.add(key)
+                text = f"Reaper cannot observe job {job.id} attempt {job.attempts}: {err}"
+                self._alert(text, job.task_id, f"observe:{job.id}:{job.attempts}")
+        return RunningJob(
+            job_id=job.id,
+            attempt=job.attempts,
+            repo=job.repo,
+            role=job.role,
+            claimed_at=job.claimed_at,
+            pid=job.pid,
+            last_heartbeat_at=self._beats.get((job.id, job.attempts)),
+        )
+
+    def _alert(self, text: str, task_id: str, key: str) -> None:
+        alert = Alert(
+            level="error", text=text, task_id=task_id, source="reaper", at=self._clock.now()
+        )
+        try:
+            self._bus.emit(alert, msg_id=f"reaper:{key}")
+        except Exception:
+            log.exception("reaper.alert_failed", text=text)
+
+    def _request(self, reap: policy.Reap) -> None:
+        log.warning(
+            "reaper.job_reaped",
+            job_id=reap.job_id,
+            attempt=reap.attempt,
+            tier=reap.tier,
+            exit_code=reap.exit_code,
+            reason=reap.reason,
+        )
+        self._bus.emit(
+            ReapJob(
                 job_id=reap.job_id,
                 attempt=reap.attempt,
                 tier=reap.tier,
                 exit_code=reap.exit_code,
                 reason=reap.reason,
-            )
-            self._bus.emit(
-                ReapJob(
-                    job_id=reap.job_id,
-                    attempt=reap.attempt,
-                    tier=reap.tier,
-                    exit_code=reap.exit_code,
-                    reason=reap.reason,
-                ),
-                msg_id=f"reap:{reap.job_id}:{reap.attempt}",
-            )
-        running = {(job.id, job.attempts) for job in jobs}
-        self._beats = {k: v for k, v in self._beats.items() if k in running}
+            ),
+            msg_id=f"reap:{reap.job_id}:{reap.attempt}",
+        )
 
     def _observe(self, job: Job) -> RunningJob:
         """What can be known of one running job: liveness, recorded exit code, heartbeat."""
         liveness = policy.UNKNOWN
         if job.pid is not None and job.host == self._host:
-            liveness = policy.ALIVE if procs.alive(job.pid, job.create_time) else policy.DEAD
+            # Only a provably dead pid counts toward a reap; uncertain is not dead.
+            probed = procs.probe(job.pid, job.create_time)
+            liveness = {procs.ALIVE: policy.ALIVE, procs.DEAD: policy.DEAD}.get(
+                probed, policy.UNKNOWN
+            )
         exit_code: int | None = None
         exit_at: float | None = None
         entry = self._runs.get(run_key(job.id, job.attempts))

@@ -13,6 +13,8 @@ last heartbeat) and calls `decide`. Per job, in order:
 
 A `Reap` only asks: the QueueWorker applies it when that attempt is still
 running (claim before act), so a reap racing a late `JobFinished` is harmless.
+`decide` counts requests; `applied` counts the reaps the QueueWorker confirmed
+(`JobReaped`), and only those make `reaped_total` and `last_reaped`.
 Nothing here does I/O, reads a clock or logs.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from bus.messages import JobReaped
 from conveyor.config import ReaperConfig
 
 ALIVE = "alive"
@@ -50,13 +53,20 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReaperState(msgspec.Struct, frozen=True, kw_only=True):
-    """What the Reaper remembers between ticks; streaks hold only unfinished dead runs."""
+    """What the Reaper remembers between ticks; streaks hold only unfinished dead runs.
+
+    `reaped_total` and `last_reaped` count reaps the QueueWorker applied;
+    `requested_total` counts every reap asked for, including those that lost the
+    race to a late finisher. `last_error` is why the last pass could not judge.
+    """
 
     streaks: dict[str, int] = msgspec.field(default_factory=dict)
     reaped_total: int = 0
     deferred_total: int = 0
     last_reaped: dict[str, object] | None = None
     last_run_ts: float = 0.0
+    requested_total: int = 0
+    last_error: str = ""
 
 
 class Reap(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,7 +200,7 @@ def decide(
     if _finite(now) is None:
         return Decision(state=state, reason=f"now={now!r} is not a finite time; nothing decided")
     if not cfg.enabled:
-        off = msgspec.structs.replace(state, streaks={}, last_run_ts=now)
+        off = msgspec.structs.replace(state, streaks={}, last_run_ts=now, last_error="")
         return Decision(state=off, reason="reaper disabled; nothing reaped")
 
     streaks: dict[str, int] = {}
@@ -215,21 +225,13 @@ def decide(
         elif verdict.streak > 0:
             streaks[job.job_id] = verdict.streak
 
-    last = reaps[-1] if reaps else None
-    new_state = ReaperState(
+    new_state = msgspec.structs.replace(
+        state,
         streaks=streaks,
-        reaped_total=state.reaped_total + len(reaps),
+        requested_total=state.requested_total + len(reaps),
         deferred_total=state.deferred_total + len(deferred),
-        last_reaped=state.last_reaped
-        if last is None
-        else {
-            "job_id": last.job_id,
-            "attempt": last.attempt,
-            "tier": last.tier,
-            "reason": last.reason,
-            "at": now,
-        },
         last_run_ts=now,
+        last_error="",
     )
     return Decision(
         state=new_state,
@@ -262,14 +264,44 @@ def _summary(
     return "; ".join(parts)
 
 
+def applied(state: ReaperState, reaped: JobReaped, *, now: float) -> ReaperState:
+    """The QueueWorker applied a reap: only now does it count as reaped."""
+    return msgspec.structs.replace(
+        state,
+        reaped_total=state.reaped_total + 1,
+        last_reaped={
+            "job_id": reaped.job_id,
+            "attempt": reaped.attempt,
+            "tier": reaped.tier,
+            "reason": reaped.reason,
+            "at": now,
+        },
+    )
+
+
+def without_verdict(state: ReaperState, *, now: float, error: str = "") -> ReaperState:
+    """A pass that judged nothing (warming up, or the running jobs could not be listed).
+
+    It still stamps `last_run_ts`: the Reaper is alive. Streaks are kept, since
+    nothing was learnt about the jobs; `error` says why, "" when there is none.
+    """
+    return msgspec.structs.replace(state, last_run_ts=now, last_error=error)
+
+
 def reaper_status(state: ReaperState, cfg: ReaperConfig) -> dict[str, object]:
-    """The `reaper` block of `conveyor.status.reaper` (and of the queue status)."""
+    """The `reaper` block of `conveyor.status.reaper` (and of the queue status).
+
+    `interval` is the reference's name for `interval_s`; both are kept.
+    """
     return {
         "enabled": cfg.enabled,
         "interval_s": cfg.interval_s,
+        "interval": cfg.interval_s,
         "last_run_ts": state.last_run_ts,
         "reaped_total": state.reaped_total,
+        "requested_total": state.requested_total,
         "deferred_total": state.deferred_total,
         "last_reaped": None if state.last_reaped is None else dict(state.last_reaped),
         "streaks": len(state.streaks),
+        "last_error": state.last_error,
     }

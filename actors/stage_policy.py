@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors import brief_policy
+from actors import brief_policy, deploy_policy, merge_policy
 from actors.gate_policy import GateInputs, GateResult, gate_for
 from actors.task_policy import (
     JOB_ENDED,
@@ -39,6 +39,7 @@ from bus.messages import (
     Approve,
     Cancel,
     ConfirmDeploy,
+    DeployCommits,
     JobOutcome,
     JobRequested,
     JobsCancelled,
@@ -118,6 +119,7 @@ def _request(
         brief=brief,
         task_spent_usd=task.budget_used_usd,
         task_spent_tokens=task.budget_used_tokens,
+        deploy=DeployCommits(sha=task.merge_sha, staged_sha=task.staged_sha),
     )
     return updated, request
 
@@ -194,12 +196,14 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
         evaluate = outcome.status != JOB_CANCELLED and not task.escalated
         return Decision(reason="outcome already recorded", evaluate=evaluate)
     failed = outcome.status == JOB_FAILED
+    noted = failed or merge_policy.sends_back(outcome)
     updated = msgspec.structs.replace(
         charged(task, outcome_usage(outcome)),
         job_status=outcome.status,
         head_sha=outcome.head_sha or task.head_sha,
-        job_reason=job_failure(outcome) if failed else "",
-        job_outcome=outcome.outcome if failed else "",
+        job_reason=job_failure(outcome) if noted else "",
+        job_outcome=outcome.outcome if noted else "",
+        **deploy_policy.commits_of(outcome, cfg),
     )
     if outcome.status == JOB_CANCELLED:
         return Decision(task=updated, reason="job cancelled")
@@ -240,6 +244,9 @@ def on_gate(
     stage_cfg = cfg.stage(task.stage)
     result = with_job_failure(task, result)
     task, brief = brief_policy.noted(task, gate_for(task, cfg), inputs, result, now=now)
+    sent = merge_policy.sent_back(task, result, cfg)
+    if sent is not None:
+        return _rework(task, sent[0], sent[1], now=now, revision=revision, cfg=cfg, brief=brief)
     match result.verdict:
         case "wait":
             if task.last_reason == result.reason:
@@ -259,6 +266,10 @@ def on_gate(
             )
         case "pass":
             return _pass(task, stage_cfg, result, now=now, revision=revision, cfg=cfg)
+        case "rework" if task.step == STEP_WORK and (
+            back := deploy_policy.back_to_stage(cfg, task.stage, result.back_to)
+        ):
+            return _rework(task, back, result, now=now, revision=revision, cfg=cfg, brief=brief)
         case "rework" if (
             stage_cfg and stage_cfg.on_fail != ON_FAIL_RETRY and task.step == STEP_WORK
         ):

@@ -85,6 +85,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     visit_base_sha: str = ""
     """The branch head when the current work visit was requested: a CI gate passes only
     once the visit moved the head past it (a visit that committed nothing is no progress)."""
+    merge_sha: str = ""
+    """The commit the task's last merge step put on main: its production deploy ships it."""
+    staged_sha: str = ""
+    """The branch head the task's last staging deploy left: the tree staging judged."""
     job_reason: str = ""
     """Why the last job failed, for people ("rate limited (429)", "exit code 1"); empty when
     it succeeded."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from bus.server import EmbeddedNats
+from conveyor import runwrap
 
 CHECK_COMMAND = '["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]'
 
@@ -93,7 +94,7 @@ def find_agents(data: Path) -> list[Agent]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
-        if "conveyor.runwrap" not in cmd or "conveyor.demo_agent" not in cmd:
+        if not runwrap.is_wrapper(cmd) or "conveyor.demo_agent" not in cmd:
             continue
         try:
             exit_file = cmd[cmd.index("--exit-file") + 1]

@@ -77,7 +77,7 @@ class Probe:
                 elif not arg.startswith("-"):
                     return f"git {arg}"
             return "git"
-        if "conveyor.runwrap" in args:
+        if runwrap.is_wrapper(args):
             return AGENT_KIND
         if "-m" in args and args.index("-m") + 1 < len(args):
             return f"python -m {args[args.index('-m') + 1]}"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from bus.bridge import KeyExists, Store
+from bus.bridge import KeyExists, Store, Versioned
 from conveyor.clock import Clock
 from conveyor.logs import get_logger
 
@@ -66,6 +66,24 @@ class Ledger:
         self._finish(key, result, revision)
         log.info("effects.done", key=key, result=result)
         return result
+
+    def read(self, key: str) -> Versioned[Effect] | None:
+        """The record of `key` with its revision (the CAS token of `record`), or None."""
+        return self._store.get(key)
+
+    def record(self, key: str, result: str, *, expect: int | None) -> int:
+        """Store `result` as `key`'s done effect: created when `expect` is None, else a CAS.
+
+        Raises `KeyExists` or `Fenced` when another writer got there first; the caller
+        reads again and decides again.
+        """
+        now = self._clock.now()
+        done = Effect(
+            key=key, status=DONE, started_at=now, done_at=now, result=result, by=self._who
+        )
+        if expect is None:
+            return self._store.create(key, done)
+        return self._store.update(key, done, expect=expect)
 
     def _finish(self, key: str, result: str, revision: int) -> None:
         current = self._store.get(key)

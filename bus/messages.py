@@ -119,6 +119,15 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 # --- jobs (JetStream, CONVEYOR_JOBS) -------------------------------------------------------
 
 
+class DeployCommits(msgspec.Struct, frozen=True, kw_only=True):
+    """What a production deploy ships and what staging judged (empty: not known)."""
+
+    sha: str = ""
+    """The merge commit the task's merge step recorded: the production deploy runs at it."""
+    staged_sha: str = ""
+    """The branch head the staging deploy's job left: its tree is the one staging judged."""
+
+
 class JobRequested(Message, frozen=True):
     """StageEngine -> QueueWorker: run `role` for a task's stage visit.
 
@@ -143,6 +152,8 @@ class JobRequested(Message, frozen=True):
     budget `pipeline.max_task_cost_usd` caps); the QueueWorker adds the running totals."""
     task_spent_tokens: int = 0
     """Likewise in tokens (input + output), for `pipeline.max_task_tokens`."""
+    deploy: DeployCommits = msgspec.field(default_factory=DeployCommits)
+    """The commits a production deploy job acts on; every attempt's launch order carries it."""
 
 
 class JobsCancelled(Message, frozen=True):
@@ -240,6 +251,21 @@ class ReapJob(Message, frozen=True):
     reason: str = ""
 
 
+class JobReaped(Message, frozen=True):
+    """QueueWorker -> Reaper: a `ReapJob` was applied (the attempt was still running).
+
+    Its fields are the applied `ReapJob`'s. A reap that lost the race to a late
+    `JobFinished` or a requeue sends nothing, so the Reaper counts only the reaps
+    that finished an attempt.
+    """
+
+    job_id: str
+    attempt: int
+    tier: int
+    exit_code: int | None = None
+    reason: str = ""
+
+
 class LeaseHolder(Message, frozen=True):
     """Who asks for a lease: the task, the job run, and the process doing the work."""
 
@@ -309,6 +335,8 @@ class LaunchOrder(Message, frozen=True):
     description: str = ""
     brief: str = ""
     """The rework brief of the job's request, for the agent's prompt."""
+    deploy: DeployCommits = msgspec.field(default_factory=DeployCommits)
+    """The commits of the job's request (a production deploy runs at `deploy.sha`)."""
 
 
 class KillJob(Message, frozen=True):
@@ -445,6 +473,7 @@ BusMessage = (
     | KillJob
     | StageChanged
     | Alert
+    | JobReaped
 )
 
 _encoder = msgspec.json.Encoder()

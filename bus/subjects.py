@@ -13,6 +13,7 @@ from bus.messages import (
     CommitStatusEvent,
     JobFinished,
     JobOutcome,
+    JobReaped,
     JobRequested,
     JobsCancelled,
     JobStarted,
@@ -107,6 +108,8 @@ JOBS_OUTCOME = f"{ROOT}.jobs.outcome"
 """QueueWorker -> StageEngine: JobOutcome."""
 JOBS_REAP = f"{ROOT}.jobs.reap"
 """Reaper -> QueueWorker: ReapJob (msg id `reap:<job>:<attempt>`)."""
+JOBS_REAPED = f"{ROOT}.jobs.reaped"
+"""QueueWorker -> Reaper (a core subscription): JobReaped, a reap that was applied."""
 JOBS_ALL = f"{ROOT}.jobs.>"
 
 HEARTBEATS = f"{ROOT}.heartbeats.runs"
@@ -180,6 +183,7 @@ ROUTES: dict[type[Message], str] = {
     JobFinished: JOBS_FINISHED,
     JobOutcome: JOBS_OUTCOME,
     ReapJob: JOBS_REAP,
+    JobReaped: JOBS_REAPED,
     RunHeartbeat: HEARTBEATS,
     LaunchOrder: LAUNCH_ORDERS,
     KillJob: LAUNCH_KILL,

@@ -32,6 +32,7 @@ from conveyor.pipeline import (
     GATE_STAGING,
     GATE_TESTS,
     ON_FAIL_RETRY,
+    ON_UNSTAGED_RESTAGE,
     ROLE_ANALYST,
     ROLE_ARCHITECT,
     ROLE_DEPLOYER,
@@ -95,6 +96,9 @@ class PipelineConfig(_Section, frozen=True):
     """Circuit breaker: a task whose agents reported this much cost is escalated (0: off)."""
     max_task_tokens: int = 0
     """Circuit breaker: a task whose agents used this many tokens is escalated (0: off)."""
+    merge_rework: bool = True
+    """A rebase conflict, a red re-test or a failing pre-merge check sends the work back to
+    development (a developer retry); false: the merge step fails and is retried."""
 
 
 class QueueConfig(_Section, frozen=True):
@@ -242,6 +246,10 @@ class RepoConfig(_Section, frozen=True):
     """Probed after a configured deploy command and during the post-deploy window."""
     rollback_command: list[str] = msgspec.field(default_factory=list)
     """Run once when the post-deploy window finds production degraded (not for protected)."""
+    pre_merge_checks: list[str] = msgspec.field(default_factory=list)
+    """Shell commands run in the merge candidate before the merge; each must exit 0."""
+    pre_merge_timeout_s: float = 600.0
+    """How long one pre-merge check may run before its process tree is killed (a failure)."""
 
 
 class DeployConfig(_Section, frozen=True):
@@ -251,6 +259,9 @@ class DeployConfig(_Section, frozen=True):
     health_timeout_s: float = 60.0
     """How long a deploy's health check may take to answer 2xx before it is FAILED."""
     health_interval_s: float = 2.0
+    on_unstaged_tree: str = ON_UNSTAGED_RESTAGE
+    """A production deploy whose tree differs from the one staging judged: `restage` (back
+    to the staging stage) or `fail` (a FAILED verdict, back to the deploy stage's on_fail)."""
 
 
 class MonitorConfig(_Section, frozen=True):
@@ -360,6 +371,25 @@ class ReconcilerConfig(_Section, frozen=True):
     plane_poll_s: float = 60.0
 
 
+class RetentionConfig(_Section, frozen=True):
+    """What the Janitor removes once a task is done or cancelled, and log rotation."""
+
+    enabled: bool = True
+    interval_s: float = 3600.0
+    worktrees_days: float = 7.0
+    records_days: float = 30.0
+    log_max_mb: float = 100.0
+    log_keep: int = 3
+
+
+class DiskConfig(_Section, frozen=True):
+    """The data directory's filesystem: an alert above a use, no launches below a floor."""
+
+    interval_s: float = 30.0
+    alert_percent: float = 90.0
+    min_free_mb: float = 1024.0
+
+
 class LogConfig(_Section, frozen=True):
     """Logging level and format (`auto`: JSON unless stderr is a terminal)."""
 
@@ -391,6 +421,8 @@ class Config(_Section, frozen=True):
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    disk: DiskConfig = msgspec.field(default_factory=DiskConfig)
     repos: list[RepoConfig] = msgspec.field(default_factory=list)
 
     @property

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from conveyor import validate
 from conveyor.errors import ConfigError, InvalidField
-from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, RESERVED_STAGES
+from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, ON_UNSTAGED, RESERVED_STAGES
 
 if TYPE_CHECKING:
     from conveyor.config import AgentConfig, Config
@@ -95,6 +95,7 @@ def check(cfg: Config) -> None:
         _check_agent(agent, f"agents.{role}")
     _check_integrations(cfg)
     _check_prices(cfg)
+    _check_retention(cfg)
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error")
     if cfg.log.format not in ("auto", "json", "text"):
@@ -188,6 +189,8 @@ def _check_deploy(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be > 0")
     if not 0 < m.error_ratio <= 1:
         raise ConfigError("monitor.error_ratio: must be in (0, 1]")
+    if cfg.deploy.on_unstaged_tree not in ON_UNSTAGED:
+        raise ConfigError(f"deploy.on_unstaged_tree: must be one of {', '.join(ON_UNSTAGED)}")
     longest = cfg.deploy.timeout_s + cfg.deploy.health_timeout_s
     if cfg.reaper.enabled and longest >= cfg.reaper.max_running_s:
         raise ConfigError(
@@ -226,6 +229,10 @@ def _check_integrations(cfg: Config) -> None:
             raise ConfigError(f"repos[{i}].gitea_repo: must be owner/name")
         if repo.plane_project and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", repo.plane_project):
             raise ConfigError(f"repos[{i}].plane_project: must be a Plane project id")
+        if not repo.pre_merge_timeout_s > 0:
+            raise ConfigError(f"repos[{i}].pre_merge_timeout_s: must be > 0")
+        if any(not command.strip() for command in repo.pre_merge_checks):
+            raise ConfigError(f"repos[{i}].pre_merge_checks: a command is empty")
     projects = [r.plane_project for r in cfg.repos if r.plane_project]
     if len(projects) != len(set(projects)):
         raise ConfigError("repos: two repositories name the same plane_project")
@@ -265,3 +272,24 @@ def _check_integrations(cfg: Config) -> None:
             raise ConfigError(f"reconciler.stage_grace_s.{stage}: must be >= 0")
     if not cfg.reconciler.grace_s >= 0:
         raise ConfigError("reconciler.grace_s: must be >= 0")
+
+
+def _check_retention(cfg: Config) -> None:
+    """Retention and disk figures: intervals > 0, ages and sizes >= 0, a percentage."""
+    for key, value in (
+        ("retention.interval_s", cfg.retention.interval_s),
+        ("disk.interval_s", cfg.disk.interval_s),
+    ):
+        if not value > 0:  # also refuses NaN
+            raise ConfigError(f"{key}: must be > 0")
+    for key, value in (
+        ("retention.worktrees_days", cfg.retention.worktrees_days),
+        ("retention.records_days", cfg.retention.records_days),
+        ("retention.log_max_mb", cfg.retention.log_max_mb),
+        ("retention.log_keep", cfg.retention.log_keep),
+        ("disk.min_free_mb", cfg.disk.min_free_mb),
+    ):
+        if not value >= 0:
+            raise ConfigError(f"{key}: must be >= 0")
+    if not 0 <= cfg.disk.alert_percent <= 100:
+        raise ConfigError("disk.alert_percent: must be between 0 and 100")

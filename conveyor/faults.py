@@ -37,6 +37,7 @@ POINTS = (
     "launcher.pushed",
     "launcher.pr_opened",
     "launcher.checked",
+    "launcher.merge_checked",
     "launcher.merged",
     "launcher.finished_recorded",
     "launcher.reported",

@@ -116,6 +116,15 @@ DeployStatus = Literal["SUCCESS", "FAILED"]
 SUCCESS: Final = "SUCCESS"
 FAILED: Final = "FAILED"
 """A staging or production deploy log's `staging_status` / `deploy_status`."""
+SUPERSEDED: Final = "SUPERSEDED"
+"""A production deploy not run: a newer commit containing it is already deployed (only
+Conveyor writes it; not a value agents are told about)."""
+UNSTAGED: Final = "UNSTAGED"
+"""A production deploy not run: its tree is not the one staging judged (re-stage it)."""
+ON_UNSTAGED_RESTAGE: Final = "restage"
+ON_UNSTAGED_FAIL: Final = "fail"
+ON_UNSTAGED: Final = (ON_UNSTAGED_RESTAGE, ON_UNSTAGED_FAIL)
+"""`deploy.on_unstaged_tree`: what a production deploy of an unstaged tree does."""
 ReviewVerdict = Literal["APPROVED", "REQUEST_CHANGES"]
 APPROVED: Final = "APPROVED"
 REQUEST_CHANGES: Final = "REQUEST_CHANGES"
@@ -183,6 +192,7 @@ AgentOutcome = Literal[
     "stalled",
     "timed_out",
     "over_budget",
+    "rework",
 ]
 OUTCOME_UNKNOWN: Final = ""
 """No outcome was read (the demo agent, an older launcher, a built-in step)."""
@@ -198,6 +208,9 @@ OUTCOME_TIMED_OUT: Final = "timed_out"
 OUTCOME_OVER_BUDGET: Final = "over_budget"
 WAIT_OUTCOMES: Final = frozenset({OUTCOME_RATE_LIMITED, OUTCOME_OVERLOADED})
 """The model API asked us to come back later: wait, do not spend an attempt."""
+OUTCOME_REWORK: Final = "rework"
+"""The merge step's answer that the work goes back to development (a rebase conflict, a
+red re-test, a failing pre-merge check): the job is done, its gate sends the task back."""
 
 
 def artifact_path(task_id: str, name: str) -> str:

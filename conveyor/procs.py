@@ -58,13 +58,42 @@ def boot_id() -> str:
         return ""
 
 
-def alive(pid: int, create_time: float | None) -> bool:
-    """True if `pid` is still the process started at `create_time` (not a reused pid)."""
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+ALIVE = "alive"
+DEAD = "dead"
+UNCERTAIN = "uncertain"
+
+
+def probe(pid: int | None, create_time: float | None) -> str:
+    """Whether `pid` is still the process started at `create_time`: ALIVE, DEAD or UNCERTAIN.
+
+    DEAD only on proof: the pid is gone, a zombie, or a process with another start
+    time (a reused pid). When the probe cannot tell (permission denied, no start time
+    recorded, any other error) the answer is UNCERTAIN, which callers that free
+    something (leases, reaps) must treat as alive (SPEC §9).
+    """
+    if pid is None or pid <= 0:
+        return UNCERTAIN
+    try:
         proc = psutil.Process(pid)
-        same = create_time is not None and abs(proc.create_time() - create_time) < 0.01
-        return same and proc.status() != psutil.STATUS_ZOMBIE
-    return False
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return DEAD
+        if not create_time:
+            return UNCERTAIN
+        return ALIVE if abs(proc.create_time() - create_time) < 0.01 else DEAD
+    except psutil.NoSuchProcess:
+        # Also psutil.ZombieProcess: a zombie has exited.
+        return DEAD
+    except (psutil.Error, OSError):
+        return UNCERTAIN
+
+
+def alive(pid: int, create_time: float | None) -> bool:
+    """True only if `pid` is provably the process started at `create_time` (see `probe`).
+
+    For a caller about to wait on or kill the process: an uncertain answer is not
+    "ours". Callers deciding whether to free something use `probe` instead.
+    """
+    return probe(pid, create_time) == ALIVE
 
 
 def kill_tree(pid: int, grace_s: float) -> None:

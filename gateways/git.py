@@ -449,14 +449,21 @@ def rebase(
     *,
     author_name: str = "Conveyor",
     author_email: str = "conveyor@conveyor.local",
-) -> bool:
-    """Rebase the checked-out branch onto `onto`; on conflict abort and return False."""
+) -> list[str] | None:
+    """Rebase the checked-out branch onto `onto`: None when it applied.
+
+    Otherwise abort it and return the paths in conflict where it stopped (the first
+    commit that does not apply), sorted; empty when it stopped for another reason,
+    such as local changes in the way.
+    """
     _ref(onto)
     result = run_git_result(
         [*identity(author_name, author_email), "rebase", "--quiet", onto], worktree
     )
     if result.ok:
-        return True
+        return None
+    unmerged = run_git_result(["diff", "--name-only", "--diff-filter=U"], worktree)
     run_git_result(["rebase", "--abort"], worktree)
-    log.info("git.rebase_conflicted", worktree=str(worktree), onto=onto)
-    return False
+    conflicts = sorted({line for line in unmerged.text.splitlines() if line})
+    log.info("git.rebase_conflicted", worktree=str(worktree), onto=onto, conflicts=conflicts)
+    return conflicts

@@ -300,22 +300,16 @@ class LocalForge:
         log_path = self.root / "ci-logs" / repo / f"{sha}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._scratch(repo, "ci") as scratch:
-            # A unique basename: git names the worktree's admin directory after it.
-            checkout = scratch / scratch.name
-            git.run_git(
-                ["worktree", "add", "--quiet", "--detach", "--", str(checkout), sha], git_dir=bare
-            )
-            try:
-                with log_path.open("w+b") as out:
-                    result = self._run_command(repo, sha, command, checkout, out)
-                    keep_tail(out, MAX_CHECK_LOG_BYTES)
-                    return result
-            finally:
-                git.run_git_result(
-                    ["worktree", "remove", "--force", "--", str(checkout)], git_dir=bare
-                )
-                shutil.rmtree(checkout, ignore_errors=True)
-                git.run_git_result(["worktree", "prune"], git_dir=bare)
+            # A clone sharing the bare repository's objects, never a worktree of it:
+            # a worktree's HEAD is a ref of the bare repository, and a concurrent
+            # push's connectivity check fails on one caught half made.
+            checkout = scratch / "checkout"
+            git.run_git(["clone", "--quiet", "--shared", "--no-checkout", str(bare), str(checkout)])
+            git.run_git(["checkout", "--quiet", "--detach", sha], checkout)
+            with log_path.open("w+b") as out:
+                result = self._run_command(repo, sha, command, checkout, out)
+                keep_tail(out, MAX_CHECK_LOG_BYTES)
+                return result
 
     def _run_command(
         self, repo: str, sha: str, command: list[str], cwd: Path, out: IO[bytes]
@@ -432,39 +426,24 @@ class LocalForge:
     def _merge(self, repo: str, pr: PullRequest, main: str, head: str) -> str:
         bare = self.repo_path(repo)
         message = f"Merge pull request #{pr.number} from {pr.head}"
-        with self._scratch(repo, "merge") as scratch:
-            work = scratch / scratch.name
-            git.run_git(
-                ["worktree", "add", "--quiet", "--detach", "--", str(work), main], git_dir=bare
+        # Merged in the object store alone (no worktree, no index): nothing a
+        # concurrent push could see half made. Exit 1 = conflicts, listed by name.
+        merged = git.run_git_result(
+            ["merge-tree", "--write-tree", "--name-only", "--no-messages", main, head],
+            git_dir=bare,
+        )
+        lines = merged.text.splitlines()
+        if merged.returncode == 1 and lines:
+            log.info("forge.merge_conflicted", repo=repo, number=pr.number)
+            raise MergeConflict(f"{repo}#{pr.number} conflicts on: {', '.join(lines[1:])}")
+        if not merged.ok or not lines or not git.is_sha(lines[0]):
+            raise ForgeError(
+                f"{repo}#{pr.number}: merge failed (the local forge needs git 2.38 or later): "
+                f"{merged.stderr.strip()}"
             )
-            try:
-                result = git.run_git_result(
-                    [
-                        *git.identity(*_MERGE_AUTHOR),
-                        "merge",
-                        "--no-ff",
-                        "--no-verify",
-                        "--no-edit",
-                        "-m",
-                        message,
-                        head,
-                    ],
-                    work,
-                )
-                if not result.ok:
-                    conflicted = git.run_git_result(
-                        ["diff", "--name-only", "--diff-filter=U"], work
-                    ).text
-                    if conflicted:
-                        log.info("forge.merge_conflicted", repo=repo, number=pr.number)
-                        raise MergeConflict(
-                            f"{repo}#{pr.number} conflicts on: {', '.join(conflicted.split())}"
-                        )
-                    raise ForgeError(f"{repo}#{pr.number}: merge failed: {result.stderr.strip()}")
-                new = git.head_sha(work)
-            finally:
-                git.run_git_result(["worktree", "remove", "--force", "--", str(work)], git_dir=bare)
-                git.run_git_result(["worktree", "prune"], git_dir=bare)
+        tree = lines[0]
+        commit = ["commit-tree", tree, "-p", main, "-p", head, "-m", message]
+        new = git.run_git([*git.identity(*_MERGE_AUTHOR), *commit], git_dir=bare)
         # Compare-and-swap: main moves only from the commit the merge was built on.
         swapped = git.run_git_result(
             ["update-ref", "-m", message, f"refs/heads/{MAIN}", new, main], git_dir=bare

@@ -5,23 +5,29 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 
+from actors import deploy_policy
 from actors import launcher_policy as policy
+from actors.deploy_policy import DeployFacts
 from actors.jobs.context import KILLED, Abandoned, JobContext, RunDone, RunStarted
-from actors.jobs.steps import post_steps, prepare_run, run_process, tail
+from actors.jobs.deploy_target import Target, target
+from actors.jobs.steps import drop_checkout, post_steps, prepare_run, run_process, tail
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
 from conveyor import faults, runwrap
 from conveyor.clock import Clock, iso
 from conveyor.logs import get_logger
+from conveyor.pipeline import FAILED
 
 log = get_logger(__name__)
 
 DEPLOY_MARKER = "deploy.json"
-"""In a run directory: this run is a deploy command (its argv), not an agent."""
+"""In a run directory: this run is a deploy command, not an agent (its argv, the commit
+it runs at, the deployed commit before it, and its clean checkout if any)."""
 
 
 def check_health(
@@ -61,14 +67,37 @@ def earlier_deploy(ctx: JobContext, run: Run) -> tuple[int, Path] | None:
 
 
 def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> RunDone:
-    """Run the repository's deploy command (not an agent), then finalize its verdict."""
+    """Run the repository's deploy command (not an agent), then finalize its verdict.
+
+    Staging runs in the task's worktree at its head. Production runs in a clean
+    checkout of the task's merge commit, once `deploy_target` found that it may
+    ship: otherwise its verdict (superseded, unstaged, failed) is written without
+    running anything.
+    """
     earlier = earlier_deploy(ctx, run)
     if earlier is not None:
         # No RunStarted: this process is not a kill target, and the heartbeat covers it.
         log.info("launcher.deploy_reused", job_id=run.job_id, exit_code=earlier[0])
         return finalize(ctx, run, order, plan.gate, earlier[0], "", earlier[1])
     worktree = prepare_run(ctx, run, order, plan)
-    (Path(run.run_dir) / DEPLOY_MARKER).write_text(json.dumps(run.deploy_command))
+    where = target(ctx, run, order, plan.gate, worktree)
+    if where.status:
+        return _decided(ctx, run, order, plan.gate, where)
+    repo = ctx.cfg.repo(order.repo)
+    command = policy.deploy_argv(
+        order,
+        repo,
+        gate=plan.gate,
+        worktree=str(where.cwd),
+        python=ctx.python,
+        sha=where.sha,
+        base_sha=where.base_sha,
+    )
+    env = {**plan.env, "CONVEYOR_DEPLOY_SHA": where.sha, "CONVEYOR_BASE_SHA": where.base_sha}
+    argv = policy.wrap(command, exit_file=plan.exit_file, python=ctx.python)
+    marker = {"argv": command, "sha": where.sha, "base_sha": where.base_sha}
+    marker["checkout"] = str(where.cwd) if where.cwd != worktree else ""
+    (Path(run.run_dir) / DEPLOY_MARKER).write_text(json.dumps(marker))
 
     def _started(pid: int, create_time: float) -> None:
         # Stored before going on: a restart adopts the deploy by this pid, never reruns it.
@@ -76,7 +105,8 @@ def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) 
         log.info("launcher.deploy_started", job_id=run.job_id, pid=pid, stage=order.stage)
         faults.point("launcher.deploy_started")
 
-    result = run_process(ctx, run, plan, worktree, _started)
+    spawned = msgspec.structs.replace(plan, argv=argv, env=env, command=command)
+    result = run_process(ctx, run, spawned, where.cwd, _started)
     if result.exit_code is None:
         log.warning("launcher.deploy_timed_out", job_id=run.job_id, timeout_s=plan.timeout_s)
         if ctx.cancelled.is_set():
@@ -86,6 +116,17 @@ def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) 
     if ctx.cancelled.is_set():
         return RunDone(run_id=run.id, exit_code=result.exit_code, error=KILLED)
     return finalize(ctx, run, order, plan.gate, result.exit_code, "", Path(run.log_path))
+
+
+def _marker(run: Run, output: Path) -> dict[str, Any]:
+    """What the deploy that wrote `output` recorded before it started (older runs: argv only)."""
+    try:
+        data = json.loads((output.parent / DEPLOY_MARKER).read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict):
+        return data
+    return {"argv": data if isinstance(data, list) else run.deploy_command}
 
 
 def finalize(
@@ -107,6 +148,7 @@ def finalize(
     if ctx.abandoned.is_set():
         raise Abandoned(run.id)
     repo = ctx.cfg.repo(order.repo)
+    marker = _marker(run, output)
     health_ok: bool | None = None
     health = "not configured"
     if exit_code == 0 and repo.health_url:
@@ -121,33 +163,70 @@ def finalize(
     elif repo.health_url:
         health = "not checked (the command failed)"
     status, reason = policy.verdict(exit_code, health_ok, detail=detail)
-    relative, text = policy.deploy_log(
-        gate,
-        policy.DeployFacts(
-            work_item=order.task_id,
-            job_id=run.job_id,
-            timestamp=iso(ctx.clock.now()),
-            command=run.deploy_command,
-            exit_code=exit_code,
-            health_url=repo.health_url,
-            health=health,
-            status=status,
-            reason=reason,
-            output=tail(output),
-        ),
+    facts = DeployFacts(
+        work_item=order.task_id,
+        job_id=run.job_id,
+        timestamp=iso(ctx.clock.now()),
+        command=list(marker.get("argv") or []),
+        exit_code=exit_code,
+        health_url=repo.health_url,
+        health=health,
+        status=status,
+        reason=reason,
+        output=tail(output),
+        commit=str(marker.get("sha") or ""),
+        base_sha=str(marker.get("base_sha") or ""),
     )
-    target = ctx.layout.worktree(order.repo, order.task_id) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    if marker.get("checkout"):
+        drop_checkout(ctx, order.repo, Path(marker["checkout"]))
+    return _write_verdict(ctx, run, order, gate, facts)
+
+
+def _decided(ctx: JobContext, run: Run, order: LaunchOrder, gate: str, where: Target) -> RunDone:
+    """The verdict of a deploy Conveyor decided not to run (superseded, unstaged, refused)."""
+    repo = ctx.cfg.repo(order.repo)
+    facts = DeployFacts(
+        work_item=order.task_id,
+        job_id=run.job_id,
+        timestamp=iso(ctx.clock.now()),
+        command=[],
+        exit_code=None,
+        health_url=repo.health_url,
+        health="not checked (the command did not run)",
+        status=where.status,
+        reason=where.reason,
+        commit=where.sha,
+        base_sha=where.base_sha,
+        ran=False,
+    )
+    level = log.info if where.status != FAILED else log.warning
+    level("launcher.deploy_skipped", job_id=run.job_id, status=where.status, reason=where.reason)
+    return _write_verdict(ctx, run, order, gate, facts)
+
+
+def _write_verdict(
+    ctx: JobContext, run: Run, order: LaunchOrder, gate: str, facts: DeployFacts
+) -> RunDone:
+    """Write the verdict file into the task's worktree, then commit and push it."""
+    relative, text = deploy_policy.deploy_log(gate, facts)
+    path = ctx.layout.worktree(order.repo, order.task_id) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
     log.info(
         "launcher.deploy_verdict",
         job_id=run.job_id,
         stage=order.stage,
-        status=status,
-        reason=reason,
-        exit_code=exit_code,
+        status=facts.status,
+        reason=facts.reason,
+        exit_code=facts.exit_code,
+        commit=facts.commit,
     )
     faults.point("launcher.deploy_verdict")
     done = post_steps(ctx, run, order, 0)
-    facts = {"exit_code": exit_code, "status": status, "reason": reason}
-    return msgspec.structs.replace(done, usage={**done.usage, "deploy": facts})
+    usage = {
+        "exit_code": facts.exit_code,
+        "status": facts.status,
+        "reason": facts.reason,
+        "commit": facts.commit,
+    }
+    return msgspec.structs.replace(done, usage={**done.usage, "deploy": usage})

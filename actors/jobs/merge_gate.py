@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from actors import merge_policy
 from actors.jobs.context import JobContext, RunDone
 from actors.jobs.leases import TransitionFence, holder
+from actors.jobs.pre_merge import run_checks
 from actors.jobs.steps import ensure_pull, prepare_worktree
 from actors.launcher_policy import Run
 from actors.lease_policy import merge_lease
@@ -13,6 +15,7 @@ from bus.messages import LaunchOrder, LeaseAcquire, LeaseRelease, LeaseRenew
 from conveyor import faults
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
+from conveyor.pipeline import OUTCOME_REWORK
 from gateways import git
 
 log = get_logger(__name__)
@@ -23,8 +26,10 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
 
     Already merged at this head: success, no lease, no second merge. Otherwise
     take the lease; a branch behind main is rebased, pushed and re-tested, an
-    up-to-date one keeps its green CI; the merge names the head that was
-    checked, and the lease is proven still ours right before it.
+    up-to-date one keeps its green CI; the repository's pre-merge checks run in
+    the candidate; the merge names the head that was checked, and the lease is
+    proven still ours right before it. A conflict, a red check or a failing
+    pre-merge check sends the work back to development (`merge_policy`).
     """
     head = ctx.forge.branch_head(order.repo, order.branch)
     if head is None:
@@ -49,7 +54,8 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         # A protected repository's task keeps its merge lease until its confirmed
         # production deploy ends (the LeaseKeeper frees it then): nothing else may
         # merge into what is about to be deployed.
-        keep = done is not None and done.exit_code == 0 and _protected(ctx, order.repo)
+        merged = done is not None and done.exit_code == 0 and not done.outcome
+        keep = merged and _protected(ctx, order.repo)
         if not keep:
             ctx.lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
 
@@ -70,8 +76,12 @@ def _merge_under_lease(
     with ctx.repo_lock(order.repo):
         git.fetch(worktree)
         behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
-        if behind and not git.rebase(worktree, "origin/main"):
-            return RunDone(run_id=run.id, exit_code=1, error="rebase onto main conflicts")
+        conflicts = git.rebase(worktree, "origin/main") if behind else None
+        if conflicts is not None:
+            # Aborted: the worktree is back at the branch head the forge has.
+            if not conflicts:
+                return RunDone(run_id=run.id, exit_code=1, error="rebase onto main failed")
+            return _send_back(ctx, run, git.head_sha(worktree), merge_policy.conflict(conflicts))
         # An earlier attempt may have rebased here and died before pushing: a local
         # head the forge does not have was never tested, so push and re-test it.
         behind = behind or git.head_sha(worktree) != ctx.forge.branch_head(order.repo, order.branch)
@@ -83,10 +93,29 @@ def _merge_under_lease(
         status = ctx.forge.await_checks(order.repo, order.branch, head)
     else:
         status = ctx.forge.commit_status(order.repo, head)
+        if status is None or status.state == "pending":
+            # A re-test that died with an earlier attempt (or still runs on the forge's
+            # CI) owes its result: run or await it. A final status is never re-tested.
+            status = ctx.forge.await_checks(order.repo, order.branch, head)
+    if status is not None and merge_policy.is_red(status.state):
+        red = merge_policy.red_check(
+            state=status.state,
+            head=head,
+            rebased=behind,
+            description=status.description,
+            target_url=status.target_url,
+            log=_check_log(ctx, order.repo, head),
+        )
+        return _send_back(ctx, run, head, red)
     if status is None or status.state != "success":
         state = status.state if status else "missing"
         why = "re-test after rebase" if behind else "CI of the branch head"
         return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=f"{why}: {state}")
+    failed = run_checks(ctx, run, order, worktree, head)
+    if failed is not None:
+        return _send_back(ctx, run, head, failed)
+    # Checked, not merged: a re-drive finds the branch up to date and its checks recorded.
+    faults.point("launcher.merge_checked")
     pull = ensure_pull(ctx, order, head, "Opened by Conveyor before merge.", after_merge=True)
     if pull.merged:
         return RunDone(run_id=run.id, exit_code=0, head_sha=head)
@@ -123,3 +152,27 @@ def _merge_under_lease(
     faults.point("launcher.merged")
     log.info("launcher.merged", job_id=run.job_id, pull=number, head=head, rebased=behind)
     return RunDone(run_id=run.id, exit_code=0, head_sha=commit)
+
+
+def _send_back(ctx: JobContext, run: Run, head: str, back: merge_policy.SendBack) -> RunDone:
+    """The merge step's answer that the work goes back to development (done, not failed).
+
+    Another attempt of the merge step would find the same conflict or the same red
+    check: the queue must not retry it, the gate sends the task back. With
+    `pipeline.merge_rework` off, it is a failed attempt, retried as before.
+    """
+    if not ctx.cfg.pipeline.merge_rework:
+        return RunDone(run_id=run.id, exit_code=1, head_sha=head, error=back.summary)
+    log.info("launcher.merge_sent_back", job_id=run.job_id, head=head, reason=back.summary)
+    return RunDone(
+        run_id=run.id, exit_code=0, head_sha=head, outcome=OUTCOME_REWORK, reason=back.text
+    )
+
+
+def _check_log(ctx: JobContext, repo: str, head: str) -> str:
+    """The red check's output tail, when the forge keeps it ("" when it cannot be read)."""
+    try:
+        return ctx.forge.check_log(repo, head)
+    except ConveyorError as err:
+        log.warning("launcher.check_log_unread", repo=repo, head=head, error=str(err))
+        return ""

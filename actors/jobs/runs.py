@@ -126,6 +126,6 @@ def wrapper_pid(run: Run, exit_file: Path) -> int | None:
     marker = str(exit_file)
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "conveyor.runwrap" in cmdline and marker in cmdline:
+        if runwrap.is_wrapper(cmdline) and marker in cmdline:
             return int(proc.info["pid"])
     return None

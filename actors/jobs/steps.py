@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from actors import deploy_policy
 from actors import launcher_policy as policy
 from actors.jobs.context import Abandoned, JobContext, RunDone
 from actors.jobs.leases import TransitionFence, transition
@@ -45,21 +46,21 @@ def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Path:
 
 
 def clear_previous_verdict(
-    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: str | None
+    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: Sequence[str]
 ) -> None:
-    """Take an earlier visit's verdict (`relative`) off the branch before this visit's work.
+    """Take earlier visits' verdicts (`relative` paths) off the branch before this visit's work.
 
     The gate reads the branch head once the job ends, whatever way it ends: a job
     that fails before writing its verdict (reaped, attempts spent) must find no
     verdict rather than the previous visit's. Pushed every time, so a deletion a
     dead incarnation committed but never pushed reaches the forge too.
     """
-    if relative is None:
+    if not relative:
         return
     with transition(ctx, order, wait=True) as fence:
-        stale = worktree / relative
-        existed = stale.exists()
-        stale.unlink(missing_ok=True)
+        existed = [path for path in relative if (worktree / path).exists()]
+        for path in relative:
+            (worktree / path).unlink(missing_ok=True)
         fence.check("push")
         with ctx.repo_lock(order.repo):
             git.commit_all(
@@ -68,14 +69,35 @@ def clear_previous_verdict(
                 f"(visit {order.visit})",
             )
             git.push_branch(worktree, order.branch)
-    if existed:
-        log.info("launcher.verdict_cleared", job_id=order.job_id, path=relative)
+    for path in existed:
+        log.info("launcher.verdict_cleared", job_id=order.job_id, path=path)
+
+
+def checkout_commit(ctx: JobContext, repo: str, sha: str, path: Path) -> None:
+    """Make `path` a clean detached worktree of `sha` (the merge commit a deploy ships).
+
+    Whatever an earlier attempt left there is removed first: the deploy runs in
+    exactly the commit's tree, never in a task's feature worktree.
+    """
+    workspace = ctx.layout.workspace(repo)
+    with ctx.repo_lock(repo):
+        git.ensure_clone(ctx.forge.clone_url(repo), workspace)
+        git.remove_worktree(workspace, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git.run_git(["worktree", "add", "--quiet", "--detach", "--", str(path), sha], workspace)
+
+
+def drop_checkout(ctx: JobContext, repo: str, path: Path) -> None:
+    """Remove a deploy's clean checkout (no-op when it is gone)."""
+    with ctx.repo_lock(repo):
+        git.remove_worktree(ctx.layout.workspace(repo), path)
 
 
 def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Path:
     """The worktree, without the previous visit's verdict, and the run directory, made."""
     worktree = prepare_worktree(ctx, order)
-    clear_previous_verdict(ctx, order, worktree, plan.verdict_path)
+    stale = deploy_policy.stale_verdicts(plan.gate, order.task_id) if plan.verdict_path else ()
+    clear_previous_verdict(ctx, order, worktree, stale)
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     return worktree
 

@@ -103,6 +103,9 @@ class _Reader:
     def pump(self, *, final: bool = False) -> bool:
         """Feed what was written since the last call; True if there was any."""
         got = False
+        if os.fstat(self._handle.fileno()).st_size < self._handle.tell():
+            # The Janitor rotated the log (copied, then truncated it): go on from its start.
+            self._handle.seek(0)
         while chunk := self._handle.read(READ_CHUNK):
             got = True
             for line in self._lines.push(self._decoder.decode(chunk)):

@@ -20,11 +20,14 @@ import msgspec
 import pykka
 
 from actors.intake import Intake, IntakeStatus
+from actors.janitor import Janitor, JanitorStatus
+from actors.janitor import stores as janitor_stores
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper, LeaseStatus
 from actors.lease_policy import Lease, merged_stages
 from actors.monitor import MonitorStatus, PostDeployMonitor
+from actors.monitor_commit import LogCommitter
 from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
@@ -32,6 +35,7 @@ from actors.reaper import Reaper, ReaperStatus
 from actors.reconciler import Reconciler, ReconcilerStatus
 from actors.stage_engine import StageEngine, StatusQuery
 from actors.stage_policy import Task
+from actors.task_summary import GetTask
 from actors.usage_policy import Ceilings
 from bus import subjects
 from bus.bridge import Bus, Delivery, Store
@@ -43,6 +47,7 @@ from bus.messages import (
     Event,
     JobInput,
     JobOutcome,
+    JobReaped,
     KillJob,
     LaunchOrder,
     RunHeartbeat,
@@ -217,6 +222,11 @@ def _monitor(ctx: Context, store: Store[Any] | None) -> Ref:
         key = f"monitor:{hashlib.sha256(cause.encode()).hexdigest()[:16]}"
         engine.tell(Annotate(id=task_id, cause=cause, key=key))
 
+    def _branch_of(task_id: str) -> str | None:
+        summary: Any = engine.ask(GetTask(task_id), timeout=ASK_TIMEOUT_S)
+        return summary.branch if summary is not None else None
+
+    committer = LogCommitter(ctx.forge, _branch_of) if ctx.forge is not None else None
     return PostDeployMonitor.start(
         ctx.bus,
         store,
@@ -225,6 +235,7 @@ def _monitor(ctx: Context, store: Store[Any] | None) -> Ref:
         ctx.cfg,
         data_dir=ctx.layout.root,
         record=_record,
+        committer=committer,
     )
 
 
@@ -232,6 +243,11 @@ def _notifier(ctx: Context, _store: Store[Any] | None) -> Ref:
     telegram = Telegram(ctx.cfg.telegram)
     ctx.closers.append(telegram.close)
     return Notifier.start(telegram.send, ctx.ledger("notifier"), ctx.cfg.telegram)
+
+
+def _janitor(ctx: Context, _store: Store[Any] | None) -> Ref:
+    stores = janitor_stores(ctx.bus)
+    return Janitor.start(stores, ctx.bus, ctx.ref("queue_worker"), ctx.clock, ctx.cfg)
 
 
 def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
@@ -297,7 +313,11 @@ TABLE: tuple[ActorSpec, ...] = (
         _reaper,
         bucket=subjects.BUCKET_RUNS,
         value_type=Run,
-        core_feeds=(CoreFeed(subjects.HEARTBEATS, RunHeartbeat),),
+        # Applied reaps come back from the QueueWorker: only those are counted.
+        core_feeds=(
+            CoreFeed(subjects.HEARTBEATS, RunHeartbeat),
+            CoreFeed(subjects.JOBS_REAPED, JobReaped),
+        ),
         ticks=True,
         status=ReaperStatus,
     ),
@@ -363,6 +383,7 @@ TABLE: tuple[ActorSpec, ...] = (
         status=NotifierStatus,
         enabled=lambda cfg: cfg.telegram.enabled,
     ),
+    ActorSpec("janitor", CONTROL, _janitor, ticks=True, status=JanitorStatus),
     ActorSpec(
         "launcher",
         LAUNCHER,

@@ -44,7 +44,15 @@ PINNED = [
         True,
         True,
     ),
-    ("reaper", "control", "conveyor_runs", [], ["conveyor.heartbeats.runs"], True, True),
+    (
+        "reaper",
+        "control",
+        "conveyor_runs",
+        [],
+        ["conveyor.heartbeats.runs", "conveyor.jobs.reaped"],
+        True,
+        True,
+    ),
     (
         "lease_keeper",
         "control",
@@ -91,6 +99,7 @@ PINNED = [
         False,
         True,
     ),
+    ("janitor", "control", "", [], [], True, True),
     (
         "launcher",
         "launcher",

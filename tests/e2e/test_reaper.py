@@ -60,6 +60,11 @@ def test_a_zombie_job_at_concurrency_one_is_reaped_and_every_item_finishes(
         drive(client, second["task"]["id"], "done", deadline_s=120)
         reaper = client.request(subjects.status_actor("reaper"))
         assert reaper["reaped_total"] >= 1
+        # Counted only once applied, and under the reference's names too
+        assert reaper["requested_total"] >= reaper["reaped_total"]
+        assert reaper["interval"] == reaper["interval_s"] == 0.2
+        leases = client.request(subjects.status_actor("lease_keeper"))
+        assert leases["lease_reclaimed_total"] == leases["reclaimed_total"]
         assert reaper["last_reaped"]["tier"] == 1
         assert reaper["last_reaped"]["job_id"].startswith(f"{first}.architecture.1")
         zombie = next(j for j in stored_jobs(client) if j.id == f"{first}.architecture.1.work")

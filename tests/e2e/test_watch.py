@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bus import subjects
+from gateways import git
 from tests.harness import Harness, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -106,6 +107,22 @@ def _log(harness: Harness, item: str) -> str:
     return (harness.layout.root / "monitor" / item / "16-post-deploy-log.md").read_text()
 
 
+def _committed_log(harness: Harness, item: str) -> str:
+    """The log as committed in the work item's directory, at the head of the task's branch."""
+    branch = harness.task(item)["branch"]
+    bare = harness.layout.forge / "repos" / "demo.git"
+    path = f"docs/work-items/{item}/16-post-deploy-log.md"
+    return git.run_git(["show", f"refs/heads/{branch}:{path}"], git_dir=bare)
+
+
+def _log_commits(harness: Harness, item: str) -> int:
+    branch = harness.task(item)["branch"]
+    bare = harness.layout.forge / "repos" / "demo.git"
+    path = f"docs/work-items/{item}/16-post-deploy-log.md"
+    out = git.run_git(["log", "--format=%H", f"refs/heads/{branch}", "--", path], git_dir=bare)
+    return len(out.split())
+
+
 def _rollbacks(tmp: Path) -> list[str]:
     path = tmp / "rollbacks.log"
     return path.read_text().splitlines() if path.exists() else []
@@ -124,6 +141,11 @@ def test_a_healthy_window_ends_healthy_with_no_action(
     assert 'post_deploy_status: "HEALTHY"' in log
     assert 'action: "NONE"' in log
     assert _rollbacks(tmp_path) == []
+    # The verdict is in the repository too, beside the work item's other artifacts
+    committed = _committed_log(harness, item)
+    assert committed.strip() == log.strip()
+    assert 'action_taken: "NONE"' in committed
+    assert _log_commits(harness, item) == 1
 
 
 def test_production_broken_after_the_deploy_is_rolled_back_once(
@@ -147,6 +169,8 @@ def test_production_broken_after_the_deploy_is_rolled_back_once(
     assert any("post-deploy DEGRADED" in h["cause"] and "rollback" in h["cause"] for h in history)
     assert harness.task(item)["stage"] == "done"
     assert 'action: "ROLLBACK"' in _log(harness, item)
+    assert 'action_taken: "ROLLBACK"' in _committed_log(harness, item)
+    assert _log_commits(harness, item) == 1
 
 
 def test_a_protected_repository_is_only_alerted(
@@ -170,3 +194,4 @@ def test_a_protected_repository_is_only_alerted(
     assert production.state.read_text() == "broken"
     comments = (harness.layout.tracker / f"{item}.json").read_text()
     assert "post-deploy" in comments.lower() or "degraded" in comments.lower()
+    assert 'action_taken: "ALERT"' in _committed_log(harness, item)

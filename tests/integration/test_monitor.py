@@ -17,15 +17,19 @@ import msgspec
 import pytest
 import yaml
 
-from actors.monitor import LOG_NAME, MonitorStatus, PostDeployMonitor
-from actors.monitor_policy import DEGRADED, ROLLBACK, Watch
+from actors import monitor_policy
+from actors.monitor import LOG_NAME, ROLLBACK_LOG, MonitorStatus, PostDeployMonitor
+from actors.monitor_commit import NO_BRANCH, LogCommitter, log_path
+from actors.monitor_policy import ALERT, DEGRADED, ROLLBACK, Watch
 from bus import subjects
 from bus.bridge import Bus, Store
-from bus.effects import Effect, Ledger
+from bus.effects import Effect, Ledger, effect_key
 from bus.messages import Alert, BusMessage, StageChanged
 from conveyor.app.node import Ticker
-from conveyor.clock import SystemClock
+from conveyor.clock import SystemClock, iso
 from conveyor.config import Config
+from gateways import git
+from gateways.local_forge import LocalForge
 from tests.harness import make_config, wait_until
 
 DEADLINE_S = 30.0
@@ -79,7 +83,12 @@ class Control:
     """One control process's monitor: its own bus, consumer, ticker and actor."""
 
     def __init__(
-        self, nats_url: str, cfg: Config, *, record: Callable[[str, str], None] | None = None
+        self,
+        nats_url: str,
+        cfg: Config,
+        *,
+        record: Callable[[str, str], None] | None = None,
+        committer: LogCommitter | None = None,
     ) -> None:
         self.clock = SystemClock()
         self.bus = Bus.connect(nats_url)
@@ -87,7 +96,14 @@ class Control:
         self.store: Store[Watch] = self.bus.store(subjects.BUCKET_MONITOR, Watch)
         effects = Ledger(self.bus.store(subjects.BUCKET_EFFECTS, Effect), self.clock, "monitor")
         self.ref = PostDeployMonitor.start(
-            self.bus, self.store, effects, self.clock, cfg, data_dir=cfg.data_path, record=record
+            self.bus,
+            self.store,
+            effects,
+            self.clock,
+            cfg,
+            data_dir=cfg.data_path,
+            record=record,
+            committer=committer,
         )
         self.bus.consume(
             subjects.STREAM_NOTIFY,
@@ -526,3 +542,133 @@ def test_a_service_nobody_listens_for_is_degraded_and_rolled_back(
 
     assert (watch.status, watch.action) == ("DEGRADED", "ROLLBACK")
     assert len(lines(rollbacks)) == 1
+
+
+# --- the log in the repository ---------------------------------------------------------------
+
+BRANCHES = {"SHOP-7": "feature/SHOP-7-ship", "SHOP-8": "feature/SHOP-8-ship"}
+
+
+@pytest.fixture
+def forge(tmp_path: Path) -> LocalForge:
+    """A local forge whose `shop` has the two tasks' branches, as after their merge."""
+    forge = LocalForge(tmp_path / "forge", {})
+    forge.create_repo("shop", initial_files={"README.md": b"shop\n"})
+    for branch in BRANCHES.values():
+        git.run_git(["branch", branch, "main"], git_dir=forge.repo_path("shop"))
+    return forge
+
+
+def committer_of(forge: LocalForge) -> LogCommitter:
+    return LogCommitter(forge, BRANCHES.get)
+
+
+def log_commits(forge: LocalForge, task_id: str) -> list[str]:
+    """The commits on the task's branch that touched its committed log, newest first."""
+    out = git.run_git(
+        ["log", "--format=%H", BRANCHES[task_id], "--", log_path(task_id, LOG_NAME)],
+        git_dir=forge.repo_path("shop"),
+    )
+    return out.split()
+
+
+def test_the_log_is_committed_to_the_task_branch_once_across_restarts(
+    make_cfg: Callable[..., Config], controls: Callable[..., Control], forge: LocalForge
+) -> None:
+    # Given a monitor that commits its logs to the tasks' branches
+    cfg = make_cfg(window_s=1.0)
+    control = controls(cfg, committer=committer_of(forge))
+
+    # When a shop task's window ends healthy
+    publish_done(control, "SHOP-7", "shop")
+    watch = wait_until(lambda: closed(control, "SHOP-7"), deadline_s=DEADLINE_S, what="close")
+
+    # Then the log is in the work item's directory at the head of its branch, with the
+    # reference's `action_taken`, in one commit
+    head = forge.branch_head("shop", BRANCHES["SHOP-7"])
+    assert watch.log_commit == head
+    committed = forge.read_file("shop", BRANCHES["SHOP-7"], log_path("SHOP-7", LOG_NAME))
+    assert committed is not None
+    assert committed.decode() == (cfg.data_path / "monitor" / "SHOP-7" / LOG_NAME).read_text()
+    fm = yaml.safe_load(committed.decode().split("---\n")[1])
+    assert (fm["post_deploy_status"], fm["action_taken"], fm["action"]) == (
+        "HEALTHY",
+        "NONE",
+        "NONE",
+    )
+    assert log_commits(forge, "SHOP-7") == [head]
+    assert forge.branch_head("shop", "main") != head  # main is never pushed
+
+    # And a restarted monitor commits nothing more
+    control.stop()
+    again = controls(cfg, committer=committer_of(forge))
+    assert again.status()["HEALTHY"] == 1
+    assert again.watch("SHOP-7") == watch
+    assert log_commits(forge, "SHOP-7") == [head]
+
+
+def test_a_log_commit_a_crash_interrupted_is_adopted_not_repeated(
+    make_cfg: Callable[..., Config],
+    kv: Store[Watch],
+    controls: Callable[..., Control],
+    service: Service,
+    forge: LocalForge,
+    nats_url: str,
+) -> None:
+    # Given a decided watch whose log was pushed, and the process dead before the
+    # ledger recorded the commit done
+    cfg = make_cfg(window_s=60.0)
+    now = SystemClock().now()
+    decided = Watch(
+        task_id="SHOP-8",
+        repo="shop",
+        health_url=service.url,
+        protected=False,
+        has_rollback=False,
+        started_at=now - 5,
+        ends_at=now + 55,
+        window_s=60.0,
+        checks=3,
+        failures=3,
+        consecutive_failures=3,
+        status=DEGRADED,
+        action=ALERT,
+        decided_at=now - 1,
+        reason="3 consecutive failed probes (fail_threshold 3)",
+    )
+    kv.create("SHOP-8", decided)
+    text = monitor_policy.log_text(
+        decided,
+        window_started=iso(decided.started_at),
+        window_ended=iso(now - 1),
+        rollback_log=ROLLBACK_LOG,
+    )
+    committer_of(forge).commit("SHOP-8", "shop", LOG_NAME, text.encode(), cfg.data_path / "x")
+    pushed = log_commits(forge, "SHOP-8")
+    bus = Bus.connect(nats_url)
+    ledger = bus.store(subjects.BUCKET_EFFECTS, Effect)
+    key = effect_key("monitor", "SHOP-8", "log")
+    ledger.create(key, Effect(key=key, status="started", started_at=now, by="monitor"))
+    bus.close()
+
+    # When a monitor starts
+    control = controls(cfg, committer=committer_of(forge))
+
+    # Then it finds the pushed log, adopts it and closes, with no second commit
+    watch = wait_until(lambda: closed(control, "SHOP-8"), deadline_s=DEADLINE_S, what="close")
+    assert len(pushed) == 1
+    assert watch.log_commit == pushed[0]
+    assert log_commits(forge, "SHOP-8") == pushed
+
+
+def test_a_task_without_a_branch_closes_with_its_log_on_disk_only(
+    make_cfg: Callable[..., Config], controls: Callable[..., Control], forge: LocalForge
+) -> None:
+    cfg = make_cfg(window_s=0.5)
+    control = controls(cfg, committer=committer_of(forge))
+
+    publish_done(control, "SHOP-9", "shop")  # no branch known for SHOP-9
+
+    watch = wait_until(lambda: closed(control, "SHOP-9"), deadline_s=DEADLINE_S, what="close")
+    assert watch.log_commit == NO_BRANCH
+    assert log_written(cfg, "SHOP-9")

@@ -89,6 +89,7 @@ def test_status_subjects_answer_json(harness: Harness) -> None:
         "intake",
         "reconciler",
         "monitor",
+        "janitor",
         "launcher",
     }
     assert overview["healthy"] is True
@@ -103,6 +104,7 @@ def test_status_subjects_answer_json(harness: Harness) -> None:
         "intake",
         "reconciler",
         "monitor",
+        "janitor",
     )
     for actor in (*actors, "launcher"):
         assert harness.client.request(subjects.status_actor(actor))["healthy"] is True

@@ -407,8 +407,9 @@ def test_deploy_argv_is_empty_for_the_merge_step_and_for_a_repository_without_co
 def test_wrap_puts_the_command_behind_the_exit_code_wrapper():
     assert lp.wrap(["./d.sh", "x"], exit_file="/r/exit_code", python=PYTHON) == [
         PYTHON,
-        "-m",
-        "conveyor.runwrap",
+        "-I",
+        "-S",
+        lp.RUNWRAP_SCRIPT,
         "--exit-file",
         "/r/exit_code",
         "--",

@@ -409,3 +409,48 @@ def test_invalid_check_command_configuration_is_rejected(tmp_path: Path):
         LocalForge(tmp_path, {"Bad Repo": ["true"]})
     with pytest.raises(InvalidField):
         LocalForge(tmp_path, {REPO: "make check"})
+
+
+def test_pushes_checks_and_merges_in_parallel_on_one_repository_never_fail(tmp_path: Path):
+    # Checks that read history and take a moment, so pushes land while they run.
+    check = [sys.executable, "-c", "import subprocess; subprocess.run(['git', 'log', '-3'])"]
+    forge = make_forge(tmp_path, checks={REPO: check})
+    bare = forge.repo_path(REPO)
+    errors: list[BaseException] = []
+    merged: list[str] = []
+
+    def deliver(n: int) -> None:
+        try:
+            clone = tmp_path / f"clone-{n}"
+            git.ensure_clone(forge.clone_url(REPO), clone)
+            branch = f"feature/DEMO-{n + 1}-parallel"
+            worktree = tmp_path / f"wt-{n}"
+            git.ensure_worktree(clone, worktree, branch, "origin/main")
+            for round_ in range(3):
+                (worktree / f"file-{n}.txt").write_text(f"{n} {round_}\n")
+                git.commit_all(worktree, f"change {n} {round_}")
+                head = git.push_branch(worktree, branch)
+                forge.on_push(REPO, branch, head)
+                status = forge.commit_status(REPO, head)
+                assert status is not None
+                assert status.state == "success", forge.check_log(REPO, head)
+            pull = forge.open_pull(REPO, branch, f"item {n}", "")
+            merged.append(forge.merge_pull(REPO, pull.number, expected_head_sha=head).merge_commit)
+        except BaseException as err:  # the assertion is made in the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    assert len(merged) == 8
+    main = forge.branch_head(REPO, "main")
+    assert main is not None
+    for n in range(8):
+        assert forge.read_file(REPO, main, f"file-{n}.txt") == f"{n} 2\n".encode()
+    # No worktree of the bare repository was ever left behind (or needed).
+    assert not (bare / "worktrees").exists()
+    fsck = git.run_git_result(["fsck", "--connectivity-only"], git_dir=bare)
+    assert fsck.ok, fsck.stderr

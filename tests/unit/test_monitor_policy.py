@@ -350,3 +350,20 @@ def test_summary_counts_watches_by_status_and_action():
         "rolled_back": 1,
         "alert_only": 1,
     }
+
+
+def test_the_log_names_the_action_under_the_reference_key_and_the_old_one():
+    clock = FakeClock()
+    watch = feed(started(clock), [ERR, ERR, ERR], clock)
+    fields = mp.log_front_matter(watch, window_started="a", window_ended="b")
+    assert fields["action_taken"] == fields["action"] == watch.action
+    text = mp.log_text(watch, window_started="a", window_ended="b", rollback_log="r.log")
+    assert text.startswith('---\nwork_item: "SHOP-1"\n')
+    assert f'action_taken: "{watch.action}"' in text
+    # The same stored watch gives the same bytes: a commit a crash interrupted is found by them
+    assert text == mp.log_text(watch, window_started="a", window_ended="b", rollback_log="r.log")
+
+
+def test_a_refused_connection_fails_while_a_probe_without_an_answer_is_uncertain():
+    assert mp.classify(None, "ConnectError", refused=True).outcome == mp.FAILED
+    assert mp.classify(None, "ReadTimeout").outcome == mp.UNCERTAIN

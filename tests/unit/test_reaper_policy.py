@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import reaper_policy as rp
+from bus.messages import JobReaped
 from conveyor.config import ReaperConfig
 
 CFG = ReaperConfig(
@@ -55,17 +56,29 @@ def running(
     )
 
 
+def confirmed(state: rp.ReaperState, reaps: tuple[rp.Reap, ...], now: float) -> rp.ReaperState:
+    """The state once the QueueWorker applied every reap (each came back as `JobReaped`)."""
+    for reap in reaps:
+        state = rp.applied(state, JobReaped(**msgspec.structs.asdict(reap)), now=now)
+    return state
+
+
 def ticks(
     snapshots: list[list[rp.RunningJob]],
     *,
     cfg: ReaperConfig = CFG,
     state: rp.ReaperState | None = None,
 ) -> list[rp.Decision]:
-    """Feed one snapshot per tick, `interval_s` apart, threading the state through."""
+    """Feed one snapshot per tick, `interval_s` apart, threading the state through.
+
+    Every reap is applied by the QueueWorker before the next tick (no lost race).
+    """
     current = rp.ReaperState() if state is None else state
     decisions = []
     for i, jobs in enumerate(snapshots):
-        d = rp.decide(current, jobs, now=NOW + i * TICK, cfg=cfg)
+        now = NOW + i * TICK
+        d = rp.decide(current, jobs, now=now, cfg=cfg)
+        d = msgspec.structs.replace(d, state=confirmed(d.state, d.reaps, now))
         decisions.append(d)
         current = d.state
     return decisions
@@ -367,9 +380,11 @@ def test_several_jobs_in_one_tick_are_judged_independently():
         ("exited", 2, 2, 3),
         ("old", 1, 3, None),
     ]
-    assert d.state.reaped_total == 3
-    assert d.state.last_reaped is not None
-    assert d.state.last_reaped["job_id"] == "old"
+    assert d.state.requested_total == 3
+    done = confirmed(d.state, d.reaps, NOW)
+    assert done.reaped_total == 3
+    assert done.last_reaped is not None
+    assert done.last_reaped["job_id"] == "old"
     assert d.state.streaks == {}
     assert d.reason.startswith("4 running; reaped dead attempt 1 (tier 1: dead pid=11 for 2 ticks)")
 
@@ -429,7 +444,7 @@ def test_a_repeated_job_id_is_judged_once_per_tick():
     )
     # Then it is reaped once, for the first snapshot's attempt
     assert [(r.job_id, r.attempt) for r in d.reaps] == [("j1", 1)]
-    assert d.state.reaped_total == 1
+    assert d.state.requested_total == 1
 
 
 @pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf])
@@ -467,8 +482,10 @@ def test_reaper_status_reports_the_switch_the_counters_and_the_streak_count():
     assert status == {
         "enabled": True,
         "interval_s": 2.0,
+        "interval": 2.0,
         "last_run_ts": NOW + TICK,
         "reaped_total": 2,
+        "requested_total": 2,
         "deferred_total": 0,
         "last_reaped": {
             "job_id": "a",
@@ -478,6 +495,7 @@ def test_reaper_status_reports_the_switch_the_counters_and_the_streak_count():
             "at": NOW + TICK,
         },
         "streaks": 1,
+        "last_error": "",
     }
     assert status["last_reaped"] is not d.state.last_reaped
     msgspec.json.encode(status)
@@ -567,7 +585,9 @@ def test_decide_keeps_its_invariants_for_any_snapshot(
         assert reap.reason
         assert not _protected(job, now, config)
     # Counters move by exactly what happened
-    assert d.state.reaped_total == state.reaped_total + len(d.reaps)
+    assert d.state.requested_total == state.requested_total + len(d.reaps)
+    # and only the QueueWorker's confirmations count as reaped
+    assert d.state.reaped_total == state.reaped_total
     assert d.state.deferred_total >= state.deferred_total
     assert d.state.last_run_ts == now
     # Streaks: only running jobs, never a reaped one, always short of the threshold
@@ -605,3 +625,46 @@ def test_tier_one_reaps_exactly_when_the_consecutive_dead_ticks_reach_the_thresh
             streak = 0
         assert d.state.streaks.get("j1", 0) == streak
         state = d.state
+
+
+# --- honest counts: only reaps the QueueWorker applied ---------------------------------------
+
+
+def test_a_requested_reap_counts_as_reaped_only_once_the_queue_worker_applied_it():
+    # Given a tick that asks for two reaps
+    jobs = [running("won", liveness=rp.DEAD), running("lost", age=9000.0)]
+    d = rp.decide(rp.ReaperState(streaks={"won": 1}), jobs, now=NOW, cfg=CFG)
+    assert [r.job_id for r in d.reaps] == ["won", "lost"]
+    # Then asking counts as a request, not as a reap
+    assert (d.state.requested_total, d.state.reaped_total, d.state.last_reaped) == (2, 0, None)
+
+    # When only "won" comes back applied ("lost" lost the race to a late finisher)
+    won = next(r for r in d.reaps if r.job_id == "won")
+    after = rp.applied(d.state, JobReaped(**msgspec.structs.asdict(won)), now=NOW + 1)
+
+    # Then one reap is counted, and the last one is the applied one
+    assert (after.requested_total, after.reaped_total) == (2, 1)
+    assert after.last_reaped == {
+        "job_id": "won",
+        "attempt": 1,
+        "tier": 1,
+        "reason": "dead pid=123 for 2 ticks",
+        "at": NOW + 1,
+    }
+
+
+def test_a_pass_without_verdict_stamps_the_time_keeps_the_streaks_and_says_why():
+    state = rp.ReaperState(streaks={"j1": 1}, reaped_total=3, last_run_ts=5.0)
+
+    blind = rp.without_verdict(state, now=NOW, error="Timeout: no answer")
+
+    assert blind == msgspec.structs.replace(state, last_run_ts=NOW, last_error="Timeout: no answer")
+    assert rp.reaper_status(blind, CFG)["last_error"] == "Timeout: no answer"
+    # The next pass that lists the jobs clears the error
+    d = rp.decide(blind, [], now=NOW + TICK, cfg=CFG)
+    assert (d.state.last_run_ts, d.state.last_error) == (NOW + TICK, "")
+
+
+def test_the_status_names_the_interval_both_ways():
+    status = rp.reaper_status(rp.ReaperState(), cfg(interval_s=7.5))
+    assert (status["interval_s"], status["interval"]) == (7.5, 7.5)

@@ -1,0 +1,254 @@
+"""Janitor: removes what finished tasks leave behind, rotates agent logs, watches the disk.
+
+On its ticks it probes the data directory's filesystem every `disk.interval_s`
+(alerting above `disk.alert_percent`, pausing launching below `disk.min_free_mb`
+through the QueueWorker) and rotates agent output logs over `retention.log_max_mb`;
+every `retention.interval_s` it removes settled tasks' worktrees and run
+directories and deletes their closed records. It owns no record: a delete is a
+compare-and-swap on the revision it read, so a record its owner wrote meanwhile stays.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+import pykka
+
+from actors import janitor_files as files
+from actors import janitor_policy as policy
+from actors.janitor_policy import DiskState, DiskUsage, EffectRow, LaunchPause
+from actors.launcher_policy import Run
+from actors.monitor_policy import Watch
+from actors.owner import Owner
+from actors.queue_policy import Job
+from actors.task_policy import Task
+from bus import subjects
+from bus.bridge import Bus, Store, Versioned
+from bus.effects import DONE, Effect
+from bus.messages import Tick
+from conveyor.clock import Clock
+from conveyor.config import Config
+from conveyor.errors import Fenced
+from conveyor.layout import Layout
+from conveyor.logs import get_logger
+
+log = get_logger(__name__)
+
+DiskProbe = Callable[[Path], DiskUsage]
+
+
+def disk_usage(path: Path) -> DiskUsage:
+    """The filesystem holding `path` (the seam tests replace to fake a full disk)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent  # not made yet: its filesystem is its nearest existing parent's
+    total, used, free = shutil.disk_usage(path)
+    return DiskUsage(total, used, free)
+
+
+class JanitorStatus(msgspec.Struct, frozen=True):
+    """Status endpoint -> Janitor (ask)."""
+
+
+class Stores(NamedTuple):
+    """The buckets the Janitor reads, and deletes closed records from."""
+
+    tasks: Store[Task]
+    jobs: Store[Job]
+    runs: Store[Run]
+    watches: Store[Watch]
+    effects: Store[Effect]
+
+
+def stores(bus: Bus) -> Stores:
+    """The Janitor's views of the buckets it keeps trim."""
+    return Stores(
+        tasks=bus.store(subjects.BUCKET_TASKS, Task),
+        jobs=bus.store(subjects.BUCKET_JOBS, Job),
+        runs=bus.store(subjects.BUCKET_RUNS, Run),
+        watches=bus.store(subjects.BUCKET_MONITOR, Watch),
+        effects=bus.store(subjects.BUCKET_EFFECTS, Effect),
+    )
+
+
+class Janitor(Owner):
+    """Retention of finished tasks' files and records, log rotation, and the disk's floor."""
+
+    name = "janitor"
+    # A failed pass must not stop the janitor; the next tick tries again.
+    failed_event = "tick_failed"
+    stops_when_fenced = False
+
+    def __init__(
+        self,
+        stores: Stores,
+        bus: Bus,
+        worker: pykka.ActorRef[Any],
+        clock: Clock,
+        cfg: Config,
+        *,
+        probe: DiskProbe | None = None,
+    ) -> None:
+        super().__init__()
+        self._stores, self._bus, self._worker, self._clock = stores, bus, worker, clock
+        self._retention, self._disk = cfg.retention, cfg.disk
+        self._layout = Layout(cfg.data_path)
+        self._probe = probe
+        self._state = DiskState()
+        self._pause = ""
+        self._next_probe = 0.0
+        self._next_sweep = 0.0
+        self._last_sweep_at: float | None = None
+        self._counts: dict[str, int] = {}
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                now = self._clock.now()
+                if now >= self._next_probe:
+                    self._next_probe = now + self._disk.interval_s
+                    self._step("disk", self._check_disk, now)
+                    self._step("rotation", self._rotate_logs, now)
+                if self._retention.enabled and now >= self._next_sweep:
+                    self._next_sweep = now + self._retention.interval_s
+                    self._step("sweep", self._sweep, now)
+            case JanitorStatus():
+                return self._status()
+        return None
+
+    def _step(self, what: str, step: Callable[[float], None], now: float) -> None:
+        """Run one duty; its failure is logged and never keeps the others from running."""
+        try:
+            step(now)
+        except Exception:  # the next due tick tries again
+            self._count(f"{what}_failures")
+            log.exception("janitor.step_failed", step=what)
+
+    # --- the disk --------------------------------------------------------------------
+
+    def _check_disk(self, now: float) -> None:
+        root = self._layout.root
+        usage = (self._probe or disk_usage)(root)
+        decision = policy.on_probe(self._state, usage, now=now, cfg=self._disk, where=str(root))
+        self._state = decision.state
+        free_mb = round(decision.state.free_mb)
+        if decision.pause and not self._pause:
+            log.warning("janitor.launching_paused", free_mb=free_mb, reason=decision.pause)
+        elif self._pause and not decision.pause:
+            log.info("janitor.launching_resumed", free_mb=free_mb)
+        self._pause = decision.pause
+        # Told on every probe, not only on a change: a restarted QueueWorker starts unpaused.
+        self._worker.tell(LaunchPause(reason=decision.pause))
+        for alert in decision.alerts:
+            log.warning("janitor.disk_alerted", kind=alert.kind, text=alert.text)
+            self._bus.emit(alert, msg_id=f"janitor:{alert.kind}:{now:.3f}")
+
+    def _rotate_logs(self, _now: float) -> None:
+        cap = int(self._retention.log_max_mb * policy.MB)
+        if not self._retention.enabled or cap <= 0:
+            return
+        for path in files.output_logs(self._layout):
+            try:
+                if path.stat().st_size <= cap:
+                    continue
+                files.rotate(path, self._retention.log_keep)
+            except OSError as err:
+                log.warning("janitor.rotate_failed", path=str(path), error=str(err))
+                continue
+            self._count("logs_rotated")
+            log.info("janitor.log_rotated", path=str(path), keep=self._retention.log_keep)
+
+    # --- retention -------------------------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        s = self._stores
+        tasks = {k: e.value for k, e in s.tasks.load_all().items()}
+        jobs = s.jobs.load_all()
+        runs = s.runs.load_all()
+        watches = s.watches.load_all()
+
+        def _settled(days: float) -> set[str]:
+            return policy.settled(
+                tasks.values(),
+                before=policy.cutoff(now, days),
+                jobs=[e.value for e in jobs.values()],
+                runs=[e.value for e in runs.values()],
+                watches=[e.value for e in watches.values()],
+            )
+
+        stale = _settled(self._retention.worktrees_days)
+        for task_id in sorted(stale):
+            self._remove_files(tasks[task_id])
+        gone = _settled(self._retention.records_days)
+        effects = s.effects.load_all()
+        plan = policy.compaction(
+            gone,
+            set(tasks),
+            jobs={k: e.value for k, e in jobs.items()},
+            runs={k: e.value for k, e in runs.items()},
+            watches={k: e.value for k, e in watches.items()},
+            effects=[_row(k, e.value) for k, e in effects.items()],
+            before=policy.cutoff(now, self._retention.records_days),
+        )
+        self._delete("jobs", s.jobs, jobs, plan.jobs)
+        self._delete("runs", s.runs, runs, plan.runs)
+        self._delete("watches", s.watches, watches, plan.watches)
+        self._delete("effects", s.effects, effects, plan.effects)
+        self._last_sweep_at = now
+        log.info("janitor.swept", settled=len(stale), compacted=plan.total)
+
+    def _remove_files(self, task: Task) -> None:
+        try:
+            if files.remove_worktree(self._layout, task.repo, task.id):
+                self._count("worktrees_removed")
+                log.info("janitor.worktree_removed", task_id=task.id, repo=task.repo)
+            if files.remove_run_dirs(self._layout, task.id):
+                self._count("run_dirs_removed")
+                log.info("janitor.run_dirs_removed", task_id=task.id)
+        except Exception:  # one task's leftovers never stop the others'
+            log.exception("janitor.remove_failed", task_id=task.id)
+
+    def _delete(
+        self, what: str, store: Store[Any], read: dict[str, Versioned[Any]], keys: list[str]
+    ) -> None:
+        for key in keys:
+            try:
+                store.delete(key, expect=read[key].revision)
+            except Fenced:
+                # Its owner wrote it since it was read: not closed after all; next pass.
+                log.info("janitor.compaction_skipped", bucket=store.bucket, key=key)
+                continue
+            self._count(f"{what}_compacted")
+        if keys:
+            log.info("janitor.compacted", bucket=store.bucket, records=len(keys))
+
+    # --- status ----------------------------------------------------------------------
+
+    def _count(self, what: str) -> None:
+        self._counts[what] = self._counts.get(what, 0) + 1
+
+    def _status(self) -> dict[str, Any]:
+        state = self._state
+        return {
+            "healthy": True,
+            "retention_enabled": self._retention.enabled,
+            "last_sweep_at": self._last_sweep_at,
+            "disk": {
+                "percent_used": round(state.percent, 1),
+                "free_mb": round(state.free_mb),
+                "alert_percent": self._disk.alert_percent,
+                "min_free_mb": self._disk.min_free_mb,
+                "over_threshold": state.alerted,
+                "launching_paused": state.paused,
+                "probed_at": state.probed_at,
+            },
+            **self._counts,
+        }
+
+
+def _row(key: str, effect: Effect) -> EffectRow:
+    at = effect.done_at if effect.done_at is not None else effect.started_at
+    return EffectRow(key=key, done=effect.status == DONE, at=at)
