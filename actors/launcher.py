@@ -17,12 +17,22 @@ import pykka
 from actors import launcher_policy as policy
 from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
+from actors.jobs.lease_wake import LeaseWaker
 from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
 from actors.owner import Stopped, record_stop
+from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger
-from bus.messages import JobFinished, JobStarted, KillJob, LaunchOrder, RunHeartbeat, Tick
+from bus.messages import (
+    JobFinished,
+    JobStarted,
+    KillJob,
+    LaunchOrder,
+    LeaseFreed,
+    RunHeartbeat,
+    Tick,
+)
 from conveyor import faults, procs
 from conveyor.clock import Clock
 from conveyor.config import Config
@@ -96,13 +106,14 @@ class Launcher(pykka.ThreadingActor):
         # Set when this incarnation stops: its run threads leave finished agents to the
         # next incarnation's adoption instead of racing it through the post-steps.
         self._abandoned = threading.Event()
+        self._waker = LeaseWaker()
         self._jobs = JobContext(
             cfg=cfg,
             clock=clock,
             layout=self._layout,
             forge=forge,
             effects=effects,
-            lease=partial(leases.request, bus),
+            lease=partial(leases.request, bus, waker=self._waker),
             launcher=self._name,
             host=self._host,
             python=sys.executable,
@@ -110,6 +121,8 @@ class Launcher(pykka.ThreadingActor):
             abandoned=self._abandoned,
             report_started=self._report_started,
             report_done=self._tell,
+            lease_waker=self._waker,
+            release_later=partial(leases.release_later, bus),
         )
 
     def on_stop(self) -> None:
@@ -117,6 +130,8 @@ class Launcher(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
+        freed = msgspec.json.Decoder(LeaseFreed)
+        self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._waker.notify)
         self._runs = {
             k: v for k, v in self._store.load_all().items() if v.value.launcher == self._name
         }

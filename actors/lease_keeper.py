@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from actors import lease_policy as policy
+from actors.launcher_policy import FINISHED, Run, run_key
 from actors.lease_policy import Lease
 from actors.owner import Owner
+from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Alert,
     LeaseAcquire,
+    LeaseFreed,
     LeaseHolder,
     LeaseRelease,
     LeaseRenew,
@@ -45,6 +49,16 @@ def holder_alive(holder: LeaseHolder, host: str, boot: str) -> bool | None:
     return None if probed == procs.UNCERTAIN else probed == procs.ALIVE
 
 
+def run_finished(runs: Store[Run]) -> Callable[[LeaseHolder], bool]:
+    """Whether a holder's run is stored as finished (its release, if any, was lost)."""
+
+    def _finished(holder: LeaseHolder) -> bool:
+        entry = runs.get(run_key(holder.job_id, holder.attempt))
+        return entry is not None and entry.value.status == FINISHED
+
+    return _finished
+
+
 class LeaseStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> LeaseKeeper (ask)."""
 
@@ -63,10 +77,15 @@ class LeaseKeeper(Owner):
         cfg: LeaseConfig,
         *,
         kept: frozenset[str] = frozenset(),
+        finished: Callable[[LeaseHolder], bool] | None = None,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         self._kept = kept
+        self._finished = finished
+        # Waiters retry when the keeper says it is back: once it answers requests,
+        # which is after the process registered its service (the first tick).
+        self._announced = False
         self._leases: dict[str, Versioned[Lease]] = {}
         self._host = socket.gethostname()
         self._boot = procs.boot_id()
@@ -86,6 +105,10 @@ class LeaseKeeper(Owner):
                 return self._renew(message)
             case LeaseRelease():
                 return self._release(message)
+            case Delivery(body=LeaseRelease() as late):
+                # A release the holder could not deliver while this keeper was away.
+                self._release(late)
+                message.ack()
             case Delivery(body=StageChanged() as event):
                 ended = event.new in ENDED
                 which = policy.release_on_stage(event.new, ended=ended, kept=self._kept)
@@ -101,6 +124,9 @@ class LeaseKeeper(Owner):
                 message.ack()
             case Tick():
                 self._sweep()
+                if not self._announced:
+                    self._announced = True
+                    self._bus.publish_core(subjects.LEASE_FREED, LeaseFreed())
             case LeaseStatus():
                 return self._status()
         return None
@@ -131,6 +157,7 @@ class LeaseKeeper(Owner):
         current = self._leases.pop(name, None)
         if current is not None:
             self._store.delete(name, expect=current.revision)
+            self._bus.publish_core(subjects.LEASE_FREED, LeaseFreed(name=name))
 
     def _acquire(self, req: LeaseAcquire) -> LeaseReply:
         if not self._cfg.enabled:
@@ -143,11 +170,19 @@ class LeaseKeeper(Owner):
             req.holder,
             holder_alive=alive if self._cfg.reclaim_enabled else None,
             now=self._clock.now(),
+            holder_finished=self._holder_finished(current, req.holder),
         )
         if not grant.granted or grant.lease is None:
             return LeaseReply(granted=False, reason=grant.reason)
         if grant.reclaimed is not None:
             self._reclaimed(grant.reclaimed, grant.reason)
+        if grant.lost_release is not None:
+            log.warning(
+                "lease_keeper.lost_release_freed",
+                lease=req.name,
+                job_id=grant.lost_release.holder.job_id,
+                attempt=grant.lost_release.holder.attempt,
+            )
         revision = self._put(grant.lease)
         log.info(
             "lease_keeper.granted",
@@ -157,6 +192,13 @@ class LeaseKeeper(Owner):
             reason=grant.reason,
         )
         return LeaseReply(granted=True, revision=revision, reason=grant.reason)
+
+    def _holder_finished(self, current: Versioned[Lease] | None, holder: LeaseHolder) -> bool:
+        if current is None or self._finished is None:
+            return False
+        if not policy.may_hold_finished(current.value, holder):
+            return False
+        return self._finished(current.value.holder)
 
     def _renew(self, req: LeaseRenew) -> LeaseReply:
         if not self._cfg.enabled:

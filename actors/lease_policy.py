@@ -36,6 +36,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     granted: bool
     lease: Lease | None = None
     reclaimed: Lease | None = None
+    lost_release: Lease | None = None
+    """A lease freed because its holder's run finished without its release arriving."""
     reason: str
 
 
@@ -61,13 +63,21 @@ def same_holder(current: Lease, holder: Holder) -> bool:
 
 
 def on_acquire(
-    current: Lease | None, name: str, holder: Holder, *, holder_alive: bool | None, now: float
+    current: Lease | None,
+    name: str,
+    holder: Holder,
+    *,
+    holder_alive: bool | None,
+    now: float,
+    holder_finished: bool = False,
 ) -> Grant:
     """Grant a free lease, re-grant it to its holder (`same_holder`), reclaim it from the dead.
 
     `holder_alive` is the current holder's liveness: True, False (provably dead) or
     None (cannot tell: another host, permission denied, no recorded start time) —
     unknown counts as alive.
+    `holder_finished`: the run that holds it has finished, so its release was lost
+    (sent while the keeper was away); the lease is free whatever its process does.
     """
     fresh = Lease(name=name, holder=holder, acquired_at=now, renewed_at=now)
     if current is None:
@@ -75,6 +85,13 @@ def on_acquire(
     if same_holder(current, holder):
         kept = msgspec.structs.replace(current, holder=holder, renewed_at=now)
         return Grant(granted=True, lease=kept, reason="already held by this holder")
+    if holder_finished:
+        return Grant(
+            granted=True,
+            lease=fresh,
+            lost_release=current,
+            reason=f"freed from finished holder {current.holder.job_id}",
+        )
     if holder_alive is False:
         return Grant(
             granted=True,
@@ -86,6 +103,19 @@ def on_acquire(
     if current.name.startswith(TASK_PREFIX):
         by = f"{current.holder.job_id} on {current.holder.launcher}"
     return Grant(granted=False, reason=f"held by {by} since {now - current.acquired_at:.0f}s")
+
+
+def may_hold_finished(current: Lease, holder: Holder) -> bool:
+    """Whether an acquire by `holder` should ask if `current`'s run has finished.
+
+    Only a transition lease held by another run that names its attempt: a merge
+    lease is kept past its run on purpose (a protected repository's deploy).
+    """
+    return (
+        current.name.startswith(TASK_PREFIX)
+        and current.holder.attempt > 0
+        and not same_holder(current, holder)
+    )
 
 
 def may_release(current: Lease | None, task_id: str, *, revision: int = 0, held: int = 0) -> bool:

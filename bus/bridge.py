@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from bus import subjects
+from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
 from bus.kv import Versioned as Versioned
@@ -41,6 +42,10 @@ S = TypeVar("S", bound=msgspec.Struct)
 MSG_ID = "Nats-Msg-Id"
 DUPLICATE_WINDOW_S = 7200.0
 """How long a Nats-Msg-Id is remembered: longer than any restart should take."""
+ACK_WAIT_S = 5.0
+"""Default `nats.ack_wait_s`: how soon a dead process's fetched message comes back."""
+MAX_HOLD_S = 3600.0
+"""How long a live process keeps one unacknowledged delivery alive before letting it go."""
 
 
 DISCONNECTED = (
@@ -76,14 +81,17 @@ class Delivery(Generic[T]):
 
     def ack(self) -> None:
         """Acknowledge: the message's effect is durable."""
+        self._bus.inflight.settled(self._msg)
         self._bus.loop.submit(self._msg.ack())
 
     def nak(self, delay_s: float = 1.0) -> None:
         """Ask for redelivery after `delay_s`."""
+        self._bus.inflight.settled(self._msg)
         self._bus.loop.submit(self._msg.nak(delay=delay_s))
 
     def term(self) -> None:
         """Never redeliver (the message is invalid)."""
+        self._bus.inflight.settled(self._msg)
         self._bus.loop.submit(self._msg.term())
 
 
@@ -102,6 +110,11 @@ STREAMS = (
     StreamSpec(subjects.STREAM_LAUNCH, [subjects.LAUNCH_ORDERS], work_queue=True),
     StreamSpec(subjects.STREAM_NOTIFY, [subjects.STAGE_ALL, subjects.ALERTS], max_msgs=1_000_000),
     StreamSpec(subjects.STREAM_EVENTS, [subjects.EVENTS_ALL]),
+    # Lease releases a holder could not hand to the LeaseKeeper (it was away): kept
+    # until the keeper consumes them, so a release survives the owner's absence.
+    StreamSpec(
+        subjects.STREAM_LEASES, [subjects.LEASE_RELEASES], work_queue=True, max_age_s=86400.0
+    ),
 )
 
 BUCKETS = (
@@ -118,12 +131,19 @@ class Bus:
     """The process's NATS connection, JetStream context and helpers for actors."""
 
     def __init__(
-        self, loop: LoopThread, nc: Client, js: JetStreamContext, request_timeout_s: float
+        self,
+        loop: LoopThread,
+        nc: Client,
+        js: JetStreamContext,
+        request_timeout_s: float,
+        ack_wait_s: float = ACK_WAIT_S,
     ) -> None:
         self.loop = loop
         self.nc = nc
         self.js = js
         self.request_timeout_s = request_timeout_s
+        self.inflight = InFlight(ack_wait_s, max_hold_s=MAX_HOLD_S)
+        self._keeping_alive = False
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -140,6 +160,7 @@ class Bus:
         name: str = "conveyor",
         connect_timeout_s: float = 5.0,
         request_timeout_s: float = 5.0,
+        ack_wait_s: float = ACK_WAIT_S,
         loop: LoopThread | None = None,
     ) -> Bus:
         """Connect to NATS on a fresh loop thread; reconnect forever once connected."""
@@ -161,12 +182,19 @@ class Bus:
         except Exception as err:
             loop.stop()
             raise BusUnavailable(f"cannot connect to NATS at {url}: {err}") from err
-        return cls(loop, nc, nc.jetstream(timeout=request_timeout_s), request_timeout_s)
+        js = nc.jetstream(timeout=request_timeout_s)
+        return cls(loop, nc, js, request_timeout_s, ack_wait_s)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout_s: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+    ) -> T:
         """Run a coroutine on the loop from an actor thread; lost connections are BusUnavailable."""
         try:
-            return self.loop.call(coro, timeout_s or self.request_timeout_s * 3)
+            return self.loop.call(coro, timeout_s or self.request_timeout_s * 3, give_up=give_up)
         except DISCONNECTED as err:
             raise BusUnavailable(f"NATS unavailable: {err!r}") from err
 
@@ -234,8 +262,15 @@ class Bus:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
         self.loop.submit(self.nc.publish(subject, encode(msg)))
 
-    def request(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
-        """Core NATS request-reply from a thread."""
+    def request(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout_s: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+    ) -> bytes:
+        """Core NATS request-reply from a thread; `give_up` True ends the wait early."""
 
         async def _req() -> bytes:
             try:
@@ -246,7 +281,9 @@ class Bus:
                 raise BusUnavailable(f"no answer on {subject}: {err!r}") from err
             return bytes(reply.data)
 
-        return self.call(_req(), timeout_s=(timeout_s or self.request_timeout_s) + 2)
+        return self.call(
+            _req(), timeout_s=(timeout_s or self.request_timeout_s) + 2, give_up=give_up
+        )
 
     # --- consuming ------------------------------------------------------------------------
 
@@ -259,15 +296,19 @@ class Bus:
         handler: Callable[[Delivery[T]], None],
         *,
         capacity: Callable[[], int] | None = None,
-        ack_wait_s: float = 60.0,
+        ack_wait_s: float | None = None,
     ) -> None:
-        """Feed a durable pull consumer's messages to `handler` (which must not block)."""
+        """Feed a durable pull consumer's messages to `handler` (which must not block).
+
+        A message handed over is kept alive (`in_progress`) until the handler's side
+        acks it, so `ack_wait` only runs out for a process that died holding it.
+        """
 
         async def _start() -> None:
             config = js_api.ConsumerConfig(
                 durable_name=durable,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait_s,
+                ack_wait=ack_wait_s or self.inflight.ack_wait_s,
                 max_ack_pending=1000,
                 filter_subjects=list(filter_subjects) if len(filter_subjects) > 1 else None,
                 filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
@@ -276,6 +317,10 @@ class Bus:
             self._subs.append(sub)
             task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
             self._tasks.append(task)
+            if not self._keeping_alive:
+                self._keeping_alive = True
+                beat = self.inflight.keep_alive(lambda: self._stopping)
+                self._tasks.append(asyncio.ensure_future(beat))
 
         self.call(_start(), timeout_s=30.0)
 
@@ -315,6 +360,7 @@ class Bus:
                     log.warning("bus.message_rejected", subject=msg.subject, error=str(err))
                     await msg.term()
                     continue
+                self.inflight.hold(msg)
                 handler(Delivery(self, msg, body))
 
     def subscribe_core(

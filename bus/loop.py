@@ -10,17 +10,22 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats.errors
 
+from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
+
+_GIVE_UP_SLICE_S = 0.1
+"""How often a caller that may give up on a call asks whether it should."""
+_clock = SystemClock()
 
 
 class LoopThread:
@@ -38,8 +43,17 @@ class LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = 30.0) -> T:
-        """Run `coro` on the loop and wait for its result from another thread."""
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout_s: float | None = 30.0,
+        *,
+        give_up: Callable[[], bool] | None = None,
+    ) -> T:
+        """Run `coro` on the loop and wait for its result from another thread.
+
+        `give_up`: asked while waiting; True ends the wait as a timeout would.
+        """
         if threading.current_thread() is self._thread:
             raise RuntimeError("Bus.call from the loop thread would deadlock")
         with self._lock:
@@ -49,7 +63,9 @@ class LoopThread:
             future = asyncio.run_coroutine_threadsafe(coro, self.loop)
             self._waiting.add(future)
         try:
-            return future.result(timeout_s)
+            if give_up is None or timeout_s is None:
+                return future.result(timeout_s)
+            return _result_unless(future, timeout_s, give_up)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
             raise BusUnavailable(f"bus call timed out after {timeout_s}s") from err
@@ -84,6 +100,19 @@ class LoopThread:
         with self._lock:
             for future in self._waiting:
                 future.cancel()
+
+
+def _result_unless(
+    future: concurrent.futures.Future[T], timeout_s: float, give_up: Callable[[], bool]
+) -> T:
+    end = _clock.monotonic() + timeout_s
+    while True:
+        left = end - _clock.monotonic()
+        try:
+            return future.result(max(0.0, min(left, _GIVE_UP_SLICE_S)))
+        except concurrent.futures.TimeoutError:
+            if left <= _GIVE_UP_SLICE_S or give_up():
+                raise
 
 
 async def _cancel_all() -> None:

@@ -276,6 +276,9 @@ class LeaseHolder(Message, frozen=True):
     pid: int
     create_time: float
     boot_id: str
+    attempt: int = 0
+    """The job's attempt whose run holds it (0: unknown, from an older holder); once that
+    run is finished, the lease is a release that was lost and is freed."""
 
 
 class LeaseAcquire(Message, frozen=True):
@@ -304,6 +307,15 @@ class LeaseRelease(Message, frozen=True):
     force: bool = False
     revision: int = 0
     """The holder's fencing token; non-zero: release only that grant."""
+
+
+class LeaseFreed(Message, frozen=True):
+    """LeaseKeeper -> holders waiting for a lease (core NATS): `name` was freed.
+
+    Empty `name`: the keeper (re)started and answers again; every waiter retries.
+    """
+
+    name: str = ""
 
 
 class LeaseReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -71,6 +71,12 @@ LEASE_RENEW = f"{ROOT}.leases.renew"
 """Check-and-touch a held lease before a fenced effect (LeaseRenew -> LeaseReply)."""
 LEASE_RELEASE = f"{ROOT}.leases.release"
 """Free a lease, holder-aware unless forced by an operator (LeaseRelease -> LeaseReply)."""
+LEASE_FREED = f"{ROOT}.leases.freed"
+"""LeaseKeeper -> waiting holders, core NATS: LeaseFreed (a lease was freed, or the keeper
+is back); a refused request retries on it instead of on a fixed poll."""
+LEASE_RELEASES = f"{ROOT}.lease_releases"
+"""Holder -> LeaseKeeper, JetStream (CONVEYOR_LEASES): a LeaseRelease the keeper did not
+answer, kept until it does (msg id `release:<name>:<revision>`)."""
 
 # --- status (core request-reply, JSON) ---------------------------------------------------
 STATUS = f"{ROOT}.status"
@@ -154,6 +160,7 @@ STREAM_JOBS = "CONVEYOR_JOBS"
 STREAM_LAUNCH = "CONVEYOR_LAUNCH"
 STREAM_NOTIFY = "CONVEYOR_NOTIFY"
 STREAM_EVENTS = "CONVEYOR_EVENTS"
+STREAM_LEASES = "CONVEYOR_LEASES"
 
 CONSUMER_QUEUE_WORKER = "queue_worker"
 CONSUMER_STAGE_ENGINE = "stage_engine"

@@ -58,6 +58,9 @@ class NatsConfig(_Section, frozen=True):
     monitor_port: int = 0
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 5.0
+    ack_wait_s: float = 5.0
+    """How long a message fetched by a process that died stays invisible before it is
+    delivered again; a live process keeps what it holds alive meanwhile."""
 
 
 class StageConfig(_Section, frozen=True):

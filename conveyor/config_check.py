@@ -50,6 +50,7 @@ def check(cfg: Config) -> None:
         "queue.backoff_max_s": cfg.queue.backoff_max_s,
         "nats.connect_timeout_s": cfg.nats.connect_timeout_s,
         "nats.request_timeout_s": cfg.nats.request_timeout_s,
+        "nats.ack_wait_s": cfg.nats.ack_wait_s,
         "forge.check_timeout_s": cfg.forge.check_timeout_s,
         "queue.max_concurrency": cfg.queue.max_concurrency,
         "queue.per_repo_concurrency": cfg.queue.per_repo_concurrency,

@@ -9,9 +9,10 @@ from typing import Any
 
 import msgspec
 
+from actors.jobs.lease_wake import LeaseWaker
 from actors.jobs.meter import RunMeter
 from bus.effects import Ledger
-from bus.messages import LeaseReply
+from bus.messages import LeaseRelease, LeaseReply
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
@@ -95,3 +96,7 @@ class JobContext:
     """Set by the Launcher when a KillJob for this run's job arrives."""
     meter: RunMeter = field(default_factory=RunMeter)
     """The run's running totals, read by the Launcher's heartbeat."""
+    lease_waker: LeaseWaker = field(default_factory=LeaseWaker)
+    """Wakes a run refused a lease when the keeper frees it or comes back."""
+    release_later: Callable[[LeaseRelease], None] = lambda _release: None
+    """Hands a release the keeper did not answer to the stream it consumes when back."""

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import msgspec
 import psutil
 
-from actors.jobs.context import Abandoned, JobContext, LeaseRequest
+from actors.jobs.context import Abandoned, JobContext
+from actors.jobs.lease_wake import LeaseWaker
 from actors.lease_policy import task_lease
 from bus import subjects
 from bus.bridge import Bus
@@ -22,39 +23,110 @@ from bus.messages import (
     encode,
 )
 from conveyor import procs
+from conveyor.clock import SystemClock
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
+_clock = SystemClock()
 
 
 class LeaseBusy(ConveyorError):
     """The task's transition lease is held by another live executor."""
 
 
-def request(bus: Bus, subject: str, message: msgspec.Struct) -> LeaseReply:
-    """Ask the LeaseKeeper; an unreachable keeper or a garbled answer is a refusal."""
+class Unanswered(LeaseReply, frozen=True, kw_only=True):
+    """A refusal made up by the asker: the keeper did not answer (away or restarting)."""
+
+
+GIVE_UP_AFTER_S = 1.0
+"""A keeper answers in milliseconds: a request this old when a new keeper announced
+itself went to its predecessor, which died with it."""
+
+
+def request(
+    bus: Bus, subject: str, message: msgspec.Struct, waker: LeaseWaker | None = None
+) -> LeaseReply:
+    """Ask the LeaseKeeper; an unreachable keeper or a garbled answer is an unanswered refusal.
+
+    The wait is the bus's request timeout, cut short when a new keeper announces
+    itself (`waker`) while the request waits for a killed one: the asker retries
+    against the successor at once.
+    """
+    since = waker.returns() if waker is not None else 0
+    sent = _clock.monotonic()
+
+    def _lost() -> bool:
+        return (
+            waker is not None
+            and waker.returns() != since
+            and _clock.monotonic() - sent >= GIVE_UP_AFTER_S
+        )
+
     try:
-        data = bus.request(subject, encode(message), timeout_s=10.0)
+        data = bus.request(subject, encode(message), give_up=_lost)
         return msgspec.json.decode(data, type=LeaseReply)
     except (ConveyorError, msgspec.DecodeError, msgspec.ValidationError) as err:
-        return LeaseReply(granted=False, reason=f"lease keeper unreachable: {err}")
+        return Unanswered(granted=False, reason=f"lease keeper unreachable: {err}")
+
+
+def patiently(
+    ctx: JobContext,
+    job_id: str,
+    name: str,
+    ask: tuple[str, msgspec.Struct],
+    *,
+    until: float,
+    wait_if_refused: bool,
+) -> LeaseReply:
+    """Ask until granted, refused for good, or `until`; retry when the keeper says to.
+
+    An unanswered request (the keeper away) is always retried; a refusal only with
+    `wait_if_refused`. Between tries the run sleeps until the keeper frees `name` or
+    comes back (`LeaseFreed`), at most `leases.busy_retry_s` (a lost wake-up).
+    """
+    subject, message = ask
+    while True:
+        mark = ctx.lease_waker.mark(name)
+        reply = ctx.lease(subject, message)
+        answered = not isinstance(reply, Unanswered)
+        if reply.granted or (answered and not wait_if_refused):
+            return reply
+        left = until - ctx.clock.now()
+        if left <= 0:
+            return reply
+        log.info("launcher.transition_wait", job_id=job_id, lease=name, reason=reply.reason)
+        if ctx.lease_waker.wait(name, mark, min(left, ctx.cfg.leases.busy_retry_s), ctx.abandoned):
+            raise Abandoned(job_id)
 
 
 class TransitionFence:
     """A held transition lease; `check` proves it is still ours right before an effect."""
 
-    def __init__(self, lease: LeaseRequest, name: str, task_id: str, revision: int) -> None:
-        self._lease = lease
+    def __init__(
+        self, ctx: JobContext, order: LaunchOrder, name: str, revision: int, patience_s: float
+    ) -> None:
+        self._ctx = ctx
+        self._job_id = order.job_id
+        self._patience_s = patience_s
         self.name = name
-        self.task_id = task_id
+        self.task_id = order.task_id
         self.revision = revision
 
     def check(self, step: str) -> None:
-        """Raise `Fenced` if the lease was reclaimed or released since it was granted."""
-        reply = self._lease(
-            subjects.LEASE_RENEW,
-            LeaseRenew(name=self.name, task_id=self.task_id, revision=self.revision),
+        """Raise `Fenced` if the lease was reclaimed or released since it was granted.
+
+        A keeper that does not answer (restarting) is waited for, as long as the
+        lease was: it reloads the lease, and only its answer proves anything.
+        """
+        renew = LeaseRenew(name=self.name, task_id=self.task_id, revision=self.revision)
+        reply = patiently(
+            self._ctx,
+            self._job_id,
+            self.name,
+            (subjects.LEASE_RENEW, renew),
+            until=self._ctx.clock.now() + self._patience_s,
+            wait_if_refused=False,
         )
         if not reply.granted:
             raise Fenced(f"transition lease {self.name} lost before {step}: {reply.reason}")
@@ -72,6 +144,7 @@ def holder(ctx: JobContext, order: LaunchOrder) -> LeaseHolder:
         pid=me.pid,
         create_time=me.create_time(),
         boot_id=procs.boot_id(),
+        attempt=order.attempt,
     )
 
 
@@ -80,26 +153,45 @@ def transition(ctx: JobContext, order: LaunchOrder, *, wait: bool) -> Iterator[T
     """Hold the task's transition lease for the side effects of one step.
 
     `wait`: an agent's work is done and must not be redone, so its post-steps wait
-    for the lease (up to `leases.max_age_s`); a built-in step is cheap to defer.
+    for the lease (up to `leases.max_age_s`); a built-in step is cheap to defer, so
+    it waits one `leases.busy_retry_s` at most. A refused request is retried when the
+    keeper frees the lease or comes back (`LeaseFreed`), the period being the backstop.
     """
     name = task_lease(order.task_id)
-    deadline = ctx.clock.now() + ctx.cfg.leases.max_age_s
-    while True:
-        grant = ctx.lease(
-            subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))
-        )
-        if grant.granted:
-            break
-        if not wait or ctx.clock.now() >= deadline:
-            raise LeaseBusy(f"transition lease: {grant.reason}")
-        log.info("launcher.transition_wait", job_id=order.job_id, reason=grant.reason)
-        if ctx.abandoned.wait(ctx.cfg.leases.busy_retry_s):
-            raise Abandoned(order.job_id)
-    fence = TransitionFence(ctx.lease, name, order.task_id, grant.revision)
+    patience_s = ctx.cfg.leases.max_age_s if wait else ctx.cfg.leases.busy_retry_s
+    grant = patiently(
+        ctx,
+        order.job_id,
+        name,
+        (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
+        until=ctx.clock.now() + patience_s,
+        wait_if_refused=True,
+    )
+    if not grant.granted:
+        raise LeaseBusy(f"transition lease: {grant.reason}")
+    fence = TransitionFence(ctx, order, name, grant.revision, patience_s)
     try:
         yield fence
     finally:
-        ctx.lease(
-            subjects.LEASE_RELEASE,
-            LeaseRelease(name=name, task_id=order.task_id, revision=fence.revision),
+        release = LeaseRelease(name=name, task_id=order.task_id, revision=fence.revision)
+        if not ctx.lease(subjects.LEASE_RELEASE, release).granted:
+            # The keeper is away (or answered late): hand the release to the stream
+            # it consumes when back; the revision keeps a late one from freeing a
+            # later grant.
+            ctx.release_later(release)
+
+
+def release_later(bus: Bus, release: LeaseRelease) -> None:
+    """Keep `release` in JetStream until the LeaseKeeper consumes it."""
+    try:
+        bus.publish(
+            subjects.LEASE_RELEASES,
+            release,
+            msg_id=f"release:{release.name}:{release.revision}",
         )
+    except ConveyorError as err:
+        # Lost for good only with NATS away too: the keeper then frees the lease
+        # when the next run asks for it and finds this run finished.
+        log.warning("launcher.release_lost", lease=release.name, error=str(err))
+        return
+    log.info("launcher.release_deferred", lease=release.name, revision=release.revision)

@@ -122,6 +122,7 @@ class Node:
             name=f"conveyor-{'-'.join(self.parts)}",
             connect_timeout_s=self.cfg.nats.connect_timeout_s,
             request_timeout_s=self.cfg.nats.request_timeout_s,
+            ack_wait_s=self.cfg.nats.ack_wait_s,
         )
         self.bus.setup()
         supervisor = self.supervisor = Supervisor(self.bus, self.clock, self.cfg.supervisor)

@@ -24,7 +24,7 @@ from actors.janitor import Janitor, JanitorStatus
 from actors.janitor import stores as janitor_stores
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
-from actors.lease_keeper import LeaseKeeper, LeaseStatus
+from actors.lease_keeper import LeaseKeeper, LeaseStatus, run_finished
 from actors.lease_policy import Lease, merged_stages
 from actors.monitor import MonitorStatus, PostDeployMonitor
 from actors.monitor_commit import LogCommitter
@@ -50,6 +50,7 @@ from bus.messages import (
     JobReaped,
     KillJob,
     LaunchOrder,
+    LeaseRelease,
     RunHeartbeat,
 )
 from conveyor.app.clients import start_tracker_sync
@@ -182,7 +183,10 @@ def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
 def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
     kept = merged_stages([(s.name, s.merge) for s in ctx.cfg.pipeline.stages])
-    return LeaseKeeper.start(ctx.bus, store, ctx.clock, ctx.cfg.leases, kept=kept)
+    finished = run_finished(ctx.bus.store(subjects.BUCKET_RUNS, Run))
+    return LeaseKeeper.start(
+        ctx.bus, store, ctx.clock, ctx.cfg.leases, kept=kept, finished=finished
+    )
 
 
 def _tracker_sync(ctx: Context, _store: Store[Any] | None) -> Ref:
@@ -333,6 +337,12 @@ TABLE: tuple[ActorSpec, ...] = (
                 subjects.CONSUMER_LEASE_KEEPER,
                 _STAGES_AND_ALERTS,
                 BusMessage,
+            ),
+            Feed(
+                subjects.STREAM_LEASES,
+                subjects.CONSUMER_LEASE_KEEPER,
+                (subjects.LEASE_RELEASES,),
+                LeaseRelease,
             ),
         ),
         ticks=True,

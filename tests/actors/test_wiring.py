@@ -57,7 +57,10 @@ PINNED = [
         "lease_keeper",
         "control",
         "conveyor_leases",
-        [("CONVEYOR_NOTIFY", "lease_keeper", (STAGES, ALERTS))],
+        [
+            ("CONVEYOR_NOTIFY", "lease_keeper", (STAGES, ALERTS)),
+            ("CONVEYOR_LEASES", "lease_keeper", ("conveyor.lease_releases",)),
+        ],
         [],
         True,
         True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,3 +212,84 @@ def test_a_request_nobody_answers_is_a_bus_error(bus: Bus) -> None:
 def test_connecting_to_a_dead_server_fails_clearly() -> None:
     with pytest.raises(BusUnavailable, match="cannot connect"):
         Bus.connect("nats://127.0.0.1:1", connect_timeout_s=0.5)
+
+
+def test_a_message_fetched_by_a_process_that_died_comes_back_after_a_short_ack_wait(
+    nats_url: str,
+) -> None:
+    # Given a process that fetched a message and died before acking it
+    first: queue.Queue[Delivery[Any]] = queue.Queue()
+    dead = Bus.connect(nats_url, ack_wait_s=1.0)
+    dead.setup()
+    dead.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-5"), msg_id="dead1")
+    decoder = msgspec.json.Decoder(JobInput)
+    dead.consume(subjects.STREAM_JOBS, "test_dead", [subjects.JOBS_CANCELLED], decoder, first.put)
+    assert first.get(timeout=10).body == JobsCancelled(task_id="DEMO-5")
+    dead.close()
+
+    # When its successor binds the same consumer, then the message comes back to it
+    again: queue.Queue[Delivery[Any]] = queue.Queue()
+    successor = Bus.connect(nats_url, ack_wait_s=1.0)
+    try:
+        successor.consume(
+            subjects.STREAM_JOBS, "test_dead", [subjects.JOBS_CANCELLED], decoder, again.put
+        )
+        back = again.get(timeout=15)  # the old ack_wait (60 s) would run past this
+        assert back.body == JobsCancelled(task_id="DEMO-5")
+        assert back.num_delivered == 2
+        back.ack()
+    finally:
+        successor.close()
+
+
+def test_a_live_process_keeps_a_message_it_holds_past_the_ack_wait(nats_url: str) -> None:
+    got: queue.Queue[Delivery[Any]] = queue.Queue()
+    bus = Bus.connect(nats_url, ack_wait_s=1.0)
+    try:
+        bus.setup()
+        bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-6"), msg_id="live1")
+        bus.consume(
+            subjects.STREAM_JOBS,
+            "test_live",
+            [subjects.JOBS_CANCELLED],
+            msgspec.json.Decoder(JobInput),
+            got.put,
+        )
+        held = got.get(timeout=10)
+        assert bus.inflight.count() == 1
+
+        # Held (as in a busy actor's mailbox) for several ack waits: not delivered again
+        with pytest.raises(queue.Empty):
+            got.get(timeout=4.0)
+
+        held.ack()
+        assert bus.inflight.count() == 0
+    finally:
+        bus.close()
+
+
+def test_a_request_given_up_on_ends_before_its_timeout(bus: Bus) -> None:
+    # Given a responder that takes requests and never answers (a process about to die)
+    async def _silent() -> None:
+        async def _drop(_msg: Any) -> None:
+            return None
+
+        await bus.nc.subscribe("conveyor.test.silent", cb=_drop)
+
+    bus.call(_silent())
+    gave_up = threading.Event()
+    ended: queue.Queue[BaseException] = queue.Queue()
+
+    def _ask() -> None:
+        try:
+            bus.request("conveyor.test.silent", b"", timeout_s=120.0, give_up=gave_up.is_set)
+        except BusUnavailable as err:
+            ended.put(err)
+
+    threading.Thread(target=_ask, daemon=True).start()
+    with pytest.raises(queue.Empty):
+        ended.get(timeout=0.5)  # still waiting for the answer
+
+    # When the caller gives up, then the wait ends long before the request's timeout
+    gave_up.set()
+    assert isinstance(ended.get(timeout=10), BusUnavailable)

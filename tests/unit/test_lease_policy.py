@@ -137,3 +137,47 @@ def test_a_protected_task_keeps_its_merge_lease_only_after_its_merge():
     assert lp.release_on_stage("development", ended=False, kept=kept) == "merge"
     assert lp.release_on_stage("done", ended=True, kept=kept) == "all"
     assert lp.merged_stages([("a", False)]) == frozenset()
+
+
+# --- a release that was lost: the holder's run has finished -----------------------------
+
+
+def run_holder(task: str = "DEMO-1", job: str = "analysis.1.work", attempt: int = 1) -> LeaseHolder:
+    return msgspec.structs.replace(holder(task), job_id=f"{task}.{job}", attempt=attempt)
+
+
+def transition_held(by: LeaseHolder) -> lp.Lease:
+    return lp.Lease(name=lp.task_lease(by.task_id), holder=by, acquired_at=NOW, renewed_at=NOW)
+
+
+def test_a_transition_lease_of_a_finished_run_is_freed_for_the_next_run_though_alive():
+    current = transition_held(run_holder())
+    nxt = run_holder(job="architecture.1.work")
+
+    grant = lp.on_acquire(
+        current, current.name, nxt, holder_alive=True, now=NOW, holder_finished=True
+    )
+
+    assert grant.granted
+    assert grant.lease is not None
+    assert grant.lease.holder == nxt
+    assert grant.lost_release == current
+    assert grant.reclaimed is None
+    assert "finished holder DEMO-1.analysis.1.work" in grant.reason
+
+
+def test_a_live_unfinished_holder_still_keeps_its_transition_lease():
+    current = transition_held(run_holder())
+    grant = lp.on_acquire(
+        current, current.name, run_holder(job="x.1.work"), holder_alive=True, now=NOW
+    )
+    assert not grant.granted
+
+
+def test_only_another_runs_transition_lease_naming_its_attempt_is_asked_about():
+    current = transition_held(run_holder())
+    assert lp.may_hold_finished(current, run_holder(job="architecture.1.work"))
+    # Its own run again (re-entrance), an older holder without an attempt, a merge lease:
+    assert not lp.may_hold_finished(current, run_holder())
+    assert not lp.may_hold_finished(transition_held(run_holder(attempt=0)), run_holder(job="y"))
+    assert not lp.may_hold_finished(held(), holder("DEMO-2"))
