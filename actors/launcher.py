@@ -20,6 +20,7 @@ from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
 from actors.jobs.lease_wake import LeaseWaker
 from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
+from actors.owner import Stopped, record_stop
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger
@@ -166,6 +167,7 @@ class Launcher(pykka.ThreadingActor):
                     log.warning("launcher.unknown_message", kind=type(message).__name__)
         except Fenced as err:
             log.error("launcher.fenced", error=str(err))  # noqa: TRY400 - expected
+            record_stop(self.actor_urn, Stopped(f"fenced: {err}", fenced=True))
             self.stop()
         except Exception:
             log.exception("launcher.handle_failed", kind=type(message).__name__)

@@ -4,11 +4,17 @@ An owner handles each message in `handle`. A `Fenced` write means another
 process owns the record now: the actor logs `<name>.fenced` and stops, since
 anything it decides from here on would be based on a stale copy. Any other
 failure is logged with its trace and the delivery is nak'ed, so it comes back.
+
+Why an owner stopped (fenced, or an exception in `on_start` that pykka ends the
+actor for) is recorded under its urn for the node's supervisor, which restarts it
+(`conveyor/app/supervisor.py`); `last_words` hands it over once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -21,6 +27,29 @@ from conveyor.errors import Fenced
 from conveyor.logs import get_logger
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Stopped(msgspec.Struct, frozen=True):
+    """Why an actor stopped, as it said itself."""
+
+    reason: str
+    fenced: bool = False
+
+
+_last_words: dict[str, Stopped] = {}
+_last_words_lock = threading.Lock()
+
+
+def record_stop(urn: str, stopped: Stopped) -> None:
+    """Leave why the actor `urn` stops, for whoever restarts it."""
+    with _last_words_lock:
+        _last_words[urn] = stopped
+
+
+def last_words(urn: str) -> Stopped | None:
+    """Why the actor `urn` stopped, once (None: it said nothing)."""
+    with _last_words_lock:
+        return _last_words.pop(urn, None)
 
 
 class Owner(pykka.ThreadingActor):
@@ -54,8 +83,20 @@ class Owner(pykka.ThreadingActor):
         event = f"{self.name}.fenced"
         get_logger(type(self).__module__).error(event, error=str(err))
         self.fenced = True
+        record_stop(self.actor_urn, Stopped(f"fenced: {err}", fenced=True))
         self.stop()
         return None
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # pykka ends the actor here for an exception in `on_start` (and in a told
+        # message outside `on_receive`'s edge); the reason is kept before it does.
+        record_stop(self.actor_urn, Stopped(f"failed: {exception_value!r}"))
+        super()._handle_failure(exception_type, exception_value, traceback)
 
     def on_failed(self, message: Any, err: Exception) -> Any:
         """Log the failure with its trace and ask for the delivery again; called in `except`."""

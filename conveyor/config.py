@@ -220,6 +220,17 @@ class LeaseConfig(_Section, frozen=True):
     busy_retry_s: float = 5.0
 
 
+class SupervisorConfig(_Section, frozen=True):
+    """Restarts of a stopped actor, and the health its absence reports (docs/operations.md)."""
+
+    enabled: bool = True
+    restart_base_s: float = 1.0
+    restart_max_s: float = 60.0
+    stable_s: float = 60.0
+    max_fenced_restarts: int = 2
+    check_s: float = 0.5
+
+
 class RepoConfig(_Section, frozen=True):
     """One repository Conveyor delivers to."""
 
@@ -406,6 +417,7 @@ class Config(_Section, frozen=True):
     launcher: LauncherConfig = msgspec.field(default_factory=LauncherConfig)
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     gitea: GiteaConfig = msgspec.field(default_factory=GiteaConfig)

@@ -67,6 +67,10 @@ def check(cfg: Config) -> None:
         "gateway.publish_timeout_s": cfg.gateway.publish_timeout_s,
         "reconciler.interval_s": cfg.reconciler.interval_s,
         "reconciler.plane_poll_s": cfg.reconciler.plane_poll_s,
+        "supervisor.restart_base_s": cfg.supervisor.restart_base_s,
+        "supervisor.restart_max_s": cfg.supervisor.restart_max_s,
+        "supervisor.stable_s": cfg.supervisor.stable_s,
+        "supervisor.check_s": cfg.supervisor.check_s,
     }
     for key, value in positive.items():
         if not value > 0:  # also refuses NaN

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -73,8 +73,12 @@ class Gateway:
     bus loop's.
     """
 
-    def __init__(self, bus: Bus, cfg: Config) -> None:
+    def __init__(
+        self, bus: Bus, cfg: Config, *, actors_health: Callable[[], str] | None = None
+    ) -> None:
         self._bus = bus
+        self._actors_health = actors_health
+        """Why an actor of this process is down ("" when none is): `/healthz` says 503."""
         self._cfg = cfg.gateway
         self._secrets = {GITEA: cfg.gitea.webhook_secret, PLANE: cfg.plane.webhook_secret}
         self._runner: web.AppRunner | None = None
@@ -257,7 +261,10 @@ class Gateway:
         return _json(200, {"ok": True})
 
     async def health(self) -> str:
-        """Why the gateway cannot take webhooks now; empty when it can."""
+        """Why the gateway cannot take webhooks now, or an actor of its process is down.
+
+        Empty when neither.
+        """
         if not self._bus.nc.is_connected:
             return "nats not connected"
         try:
@@ -268,7 +275,8 @@ class Gateway:
             return f"jetstream did not answer: {type(err).__name__}"
         except nats.js.errors.APIError as err:
             return f"jetstream: {err.description or type(err).__name__}"
-        return ""
+        # A supervised actor of this process that is down (`conveyor up`: all of them).
+        return self._actors_health() if self._actors_health is not None else ""
 
     # --- raw NATS -----------------------------------------------------------------------
 
@@ -306,9 +314,11 @@ class Gateway:
         return {"running": running, "url": self.url, "sources": counts}
 
 
-def start_gateway(bus: Bus, cfg: Config) -> Gateway:
+def start_gateway(
+    bus: Bus, cfg: Config, *, actors_health: Callable[[], str] | None = None
+) -> Gateway:
     """Start a gateway for `cfg` on `bus`'s loop; the caller stops it before closing the bus."""
-    return Gateway(bus, cfg).start()
+    return Gateway(bus, cfg, actors_health=actors_health).start()
 
 
 def _zero_counts() -> dict[str, Any]:

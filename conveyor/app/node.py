@@ -5,11 +5,14 @@
 and `gateway` as separate processes on one NATS. Which actors a part runs, and
 what feeds them, is the wiring table's (`conveyor.app.wiring`); which forge and
 tracker this node talks to is `conveyor.app.clients`'. Nothing here decides
-anything about tasks or jobs.
+anything about tasks or jobs. Every actor started runs under the node's
+`Supervisor` (`conveyor.app.supervisor`), which restarts it when it stops and
+reports it down meanwhile, in `conveyor.status` and the gateway's `/healthz`.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +28,7 @@ from conveyor import __version__
 from conveyor.app import wiring
 from conveyor.app.clients import ensure_repos, make_forge
 from conveyor.app.service import ControlService, launcher_status_handler
+from conveyor.app.supervisor import Supervisor
 from conveyor.app.wiring import CONTROL, LAUNCHER
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config
@@ -91,6 +95,7 @@ class Node:
         self._ticker = Ticker(cfg.queue.tick_s, self.clock)
         self._stopped = False
         self.gateway: Gateway | None = None
+        self.supervisor: Supervisor | None = None
         self._closers: list[Callable[[], None]] = []
 
     @property
@@ -120,6 +125,7 @@ class Node:
             ack_wait_s=self.cfg.nats.ack_wait_s,
         )
         self.bus.setup()
+        supervisor = self.supervisor = Supervisor(self.bus, self.clock, self.cfg.supervisor)
         if CONTROL in self.parts or LAUNCHER in self.parts:
             forge = make_forge(self.cfg, self.clock)
             if isinstance(forge, GiteaForge):
@@ -127,9 +133,9 @@ class Node:
             ensure_repos(self.cfg, forge)
             for part in (CONTROL, LAUNCHER):
                 if part in self.parts:
-                    self._start_part(part, self.bus, forge)
+                    self._start_part(part, self.bus, forge, supervisor)
         if GATEWAY in self.parts:
-            self.gateway = start_gateway(self.bus, self.cfg)
+            self.gateway = start_gateway(self.bus, self.cfg, actors_health=supervisor.problem)
             (self.layout.root / "gateway.url").write_text(self.gateway.url)
             self.bus.add_service(
                 subjects.SERVICE_NAME,
@@ -138,6 +144,7 @@ class Node:
                 [("gateway", subjects.status_actor("gateway"), self._gateway_status)],
             )
         self._ticker.start()
+        supervisor.start()
         log.info(
             "conveyor.started",
             parts=",".join(self.parts),
@@ -150,17 +157,19 @@ class Node:
         status = self.gateway.status() if self.gateway is not None else {"healthy": False}
         return msgspec.json.encode({"ok": True, **status})
 
-    def _start_part(self, part: str, bus: Bus, forge: Forge) -> None:
+    def _start_part(self, part: str, bus: Bus, forge: Forge, supervisor: Supervisor) -> None:
         """Start the part's actors by walking the wiring table, then its status endpoints."""
         ctx = wiring.Context(
             self.cfg, bus, self.clock, forge=forge, refs=self.refs, closers=self._closers
         )
         for spec in wiring.specs_of(part, self.cfg):
-            ref = wiring.start_actor(spec, ctx)
+            handle = wiring.start_actor(spec, ctx)
+            supervisor.watch(handle, functools.partial(wiring.incarnate, spec, ctx))
             if spec.ticks:
-                self._ticker.add(ref)
+                self._ticker.add(handle)
         statuses = wiring.statuses(ctx, part)
         if part == CONTROL:
+            wiring.audit(ctx)
             ControlService(
                 bus,
                 self.refs["stage_engine"],
@@ -170,9 +179,17 @@ class Node:
                 version=__version__,
                 request_timeout_s=self.cfg.nats.request_timeout_s,
                 statuses=statuses,
+                supervised=supervisor.status,
             ).register()
             return
         launcher, query = statuses["launcher"]
+
+        def _launcher_status() -> object:
+            down = supervisor.status().get("launcher", {})
+            if not down.get("healthy", True):
+                return down
+            return launcher.ask(query, timeout=5)
+
         bus.add_service(
             subjects.SERVICE_NAME,
             __version__,
@@ -181,7 +198,7 @@ class Node:
                 (
                     "launcher",
                     subjects.status_actor("launcher"),
-                    launcher_status_handler(lambda: launcher.ask(query, timeout=5)),
+                    launcher_status_handler(_launcher_status),
                 ),
             ],
         )
@@ -195,6 +212,9 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.supervisor is not None:
+            # First: an actor stopped below must not be restarted.
+            self.supervisor.stop()
         self._ticker.stop()
         if self.gateway is not None:
             self.gateway.stop()

@@ -97,6 +97,12 @@ def _answering(handler: Callable[[str, bytes], bytes]) -> Callable[[str, bytes],
     return _handler
 
 
+def _down(life: Mapping[str, Any]) -> dict[str, Any]:
+    """A down actor's status entry: the supervisor's record and an `error` line."""
+    reason, restarts = life.get("reason", ""), life.get("restarts", 0)
+    return {**life, "error": f"down: {reason} (restarts so far: {restarts})"}
+
+
 class ControlService:
     """Endpoints of the control process: commands and status."""
 
@@ -111,8 +117,10 @@ class ControlService:
         version: str,
         request_timeout_s: float,
         statuses: Mapping[str, tuple[pykka.ActorRef[Any], Any]],
+        supervised: Callable[[], Mapping[str, dict[str, Any]]] | None = None,
     ) -> None:
         self._statuses = dict(statuses)
+        self._supervised = supervised or dict
         self._bus = bus
         self._engine = engine
         self._worker = worker
@@ -133,7 +141,11 @@ class ControlService:
             ("queue", subjects.STATUS_QUEUE, _answering(self._queue)),
             ("usage", subjects.STATUS_USAGE, _answering(self._usage)),
             *[
-                (name, subjects.status_actor(name), _answering(self._actor_status(name)))
+                (
+                    name,
+                    subjects.status_actor(name),
+                    self._down_or(name, _answering(self._actor_status(name))),
+                )
                 for name in self._statuses
             ],
             ("lease-acquire", subjects.LEASE_ACQUIRE, self._lease),
@@ -160,6 +172,9 @@ class ControlService:
             reply = self._ask(self._engine, command)
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(Reply(ok=False, error=f"stage engine unavailable: {err!r}"))
+        if reply is None:
+            # Fenced while handling it: the engine stopped, and its supervisor restarts it.
+            return dumps(Reply(ok=False, error="stage engine unavailable: it stopped; retry"))
         return dumps(reply)
 
     def _tasks(self, _subject: str, _data: bytes) -> bytes:
@@ -196,6 +211,19 @@ class ControlService:
         except (pykka.ActorDeadError, pykka.Timeout) as err:
             return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
 
+    def _down_or(
+        self, name: str, handler: Callable[[str, bytes], bytes]
+    ) -> Callable[[str, bytes], bytes]:
+        """An actor that is down answers with the supervisor's word: why, since, restarts."""
+
+        def _handler(subject: str, data: bytes) -> bytes:
+            life = self._supervised().get(name, {})
+            if not life.get("healthy", True):
+                return dumps({**_down(life), "ok": False})
+            return handler(subject, data)
+
+        return _handler
+
     def _actor_status(self, name: str) -> Callable[[str, bytes], bytes]:
         if name == "queue_worker":
             # The queue's status carries the Reaper's, as `conveyor.status.queue` does.
@@ -209,11 +237,19 @@ class ControlService:
 
     def _overview(self, _subject: str, _data: bytes) -> bytes:
         actors: dict[str, Any] = {}
+        supervised = self._supervised()
         for name, (ref, query) in self._statuses.items():
             try:
                 actors[name] = self._ask(ref, query)
             except (pykka.ActorDeadError, pykka.Timeout) as err:
                 actors[name] = {"healthy": False, "error": repr(err)}
+        for name, life in supervised.items():
+            # The supervisor's word on a down actor (why, since when, restarts) replaces
+            # the failed ask; an actor without a status endpoint shows only when down.
+            if not life.get("healthy", True):
+                actors[name] = _down(life)
+            elif isinstance(actors.get(name), dict):
+                actors[name] = {**actors[name], "restarts": life.get("restarts", 0)}
         try:
             actors["launcher"] = json.loads(
                 self._bus.request(subjects.status_actor("launcher"), b"", timeout_s=2.0)

@@ -55,6 +55,7 @@ from bus.messages import (
     RunHeartbeat,
 )
 from conveyor.app.clients import start_tracker_sync
+from conveyor.app.supervisor import Handle
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
@@ -423,24 +424,44 @@ TABLE: tuple[ActorSpec, ...] = (
 
 SPECS: dict[str, ActorSpec] = {spec.name: spec for spec in TABLE}
 
+AUDITED: tuple[tuple[str, type[msgspec.Struct]], ...] = ((subjects.BUCKET_EFFECTS, Effect),)
+"""Buckets no actor loads whole (effects are read by key). The control part reads
+them once at start, so a record there that does not decode is reported then
+(`bus.kv.quarantine`), not first when a step needs it."""
+
+
+def audit(ctx: Context) -> None:
+    """Load the `AUDITED` buckets once: their undecodable records are reported."""
+    for bucket, value_type in AUDITED:
+        ctx.bus.store(bucket, value_type).load_all()
+
 
 def specs_of(part: str, cfg: Config) -> Iterator[ActorSpec]:
     """The entries a process running `part` starts, in start order."""
     return (spec for spec in TABLE if spec.part == part and spec.enabled(cfg))
 
 
-def start_actor(spec: ActorSpec, ctx: Context) -> Ref:
-    """Start one entry: the actor over its store, then its consumers and subscriptions."""
+def incarnate(spec: ActorSpec, ctx: Context) -> Ref:
+    """Start one incarnation of an entry's actor over its store (no consumers)."""
     store: Store[Any] | None = None
     if spec.value_type is not None:
         store = ctx.bus.store(spec.bucket, spec.value_type)
-    ref = spec.start(ctx, store)
-    ctx.refs[spec.name] = ref
+    return spec.start(ctx, store)
+
+
+def start_actor(spec: ActorSpec, ctx: Context) -> Handle:
+    """Start one entry: the actor over its store, then its consumers and subscriptions.
+
+    The consumers, the ticker and the other actors hold the returned `Handle`, so a
+    restart (`incarnate` again, `Handle.bind`) reaches them all without rewiring.
+    """
+    handle = Handle(spec.name, incarnate(spec, ctx))
+    ctx.refs[spec.name] = handle
     for feed in spec.feeds:
-        handler: Callable[[Delivery[Any]], None] = ref.tell
+        handler: Callable[[Delivery[Any]], None] = handle.tell
         capacity: Callable[[], int] | None = None
         if feed.reserves_slot:
-            handler, capacity = _slot_reserving(ctx, ref)
+            handler, capacity = _slot_reserving(ctx, handle)
         ctx.bus.consume(
             feed.stream,
             feed.durable,
@@ -450,22 +471,30 @@ def start_actor(spec: ActorSpec, ctx: Context) -> Ref:
             capacity=capacity,
         )
     for core in spec.core_feeds:
-        ctx.bus.subscribe_core(core.subject, msgspec.json.Decoder(core.message_type), ref.tell)
-    return ref
+        ctx.bus.subscribe_core(core.subject, msgspec.json.Decoder(core.message_type), handle.tell)
+    return handle
 
 
 def _slot_reserving(
-    ctx: Context, ref: Ref
+    ctx: Context, handle: Handle
 ) -> tuple[Callable[[Delivery[Any]], None], Callable[[], int]]:
-    slots = ctx.slots
-    if slots is None:
+    first = ctx.slots
+    if first is None:
         raise ConveyorError("a slot-reserving consumer needs the launcher entry's slots")
 
-    def _order(delivery: Delivery[Any]) -> None:
-        slots.reserve()
-        ref.tell(delivery)
+    def _slots() -> Slots:
+        # Looked up on each use: a restarted launcher counts its slots afresh.
+        return ctx.slots or first
 
-    return _order, slots.free
+    def _order(delivery: Delivery[Any]) -> None:
+        if not handle.is_alive():
+            # Down: no slot is taken for an order nobody will run; it comes back.
+            handle.tell(delivery)
+            return
+        _slots().reserve()
+        handle.tell(delivery)
+
+    return _order, lambda: _slots().free()
 
 
 def statuses(ctx: Context, part: str) -> dict[str, tuple[Ref, Any]]:

@@ -1,0 +1,45 @@
+"""Raw KV access for tests that write what no Conveyor version would, and alert counting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus.bridge import Bus
+from bus.messages import Alert
+from tests.harness import wait_until
+
+
+def put_raw(bus: Bus, bucket: str, key: str, data: bytes) -> int:
+    """Store `data` at `key` as it is, bypassing every typed store; its revision."""
+
+    async def _put() -> int:
+        kv = await bus.js.key_value(bucket)
+        return int(await kv.put(key, data))
+
+    return bus.call(_put())
+
+
+def get_raw(bus: Bus, bucket: str, key: str) -> bytes | None:
+    """The bytes stored at `key`, undecoded."""
+
+    async def _get() -> bytes | None:
+        kv = await bus.js.key_value(bucket)
+        return (await kv.get(key)).value
+
+    return bus.call(_get())
+
+
+def settled_alerts(bus: Bus, captured: Any, kind: str) -> list[Alert]:
+    """The alerts of `kind` in `captured` once everything published before now arrived.
+
+    `captured` is a `tests.actors.conftest.Captured` on `conveyor.alerts`. A marker
+    alert published now arrives after every earlier one, so counting after it
+    sees any late duplicate too.
+    """
+    marker = f"marker-{len(captured.messages)}"
+    bus.emit(Alert(level="info", text=marker, kind="marker"), msg_id=marker)
+    wait_until(
+        lambda: any(isinstance(a, Alert) and a.text == marker for a in captured.messages),
+        what="the marker alert",
+    )
+    return [a for a in captured.messages if isinstance(a, Alert) and a.kind == kind]
