@@ -19,8 +19,9 @@ from typing import Any
 import msgspec
 
 from conveyor import config_env, validate
-from conveyor.config_board import PlaneTroubleStates
 from conveyor.config_check import check
+from conveyor.config_plane import PlaneConfig as PlaneConfig
+from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.instructions import anchor_instructions, check_instructions
 from conveyor.pipeline import (
@@ -312,34 +313,6 @@ class GiteaConfig(_Section, frozen=True):
     """Only this status context decides CI; empty: the combined status of every context."""
     ci_poll_s: float = 5.0
     """How often the merge step polls a pending re-test."""
-
-
-class PlaneStates(_Section, frozen=True):
-    """Names of the Plane board states Conveyor acts on (exact, case-sensitive)."""
-
-    in_progress: str = "In Progress"
-    approved: str = "Approved"
-    rejected: str = "Rejected"
-    confirm_deploy: str = "Confirm Deploy"
-    blocked: str = "Blocked"
-    needs_input: str = "Needs Input"
-    in_review: str = "In Review"
-    done: str = "Done"
-
-
-class PlaneConfig(_Section, frozen=True):
-    """A Plane workspace as the tracker (`tracker.kind = "plane"`) and its webhooks."""
-
-    url: str = ""
-    api_key: str = ""
-    workspace: str = ""
-    webhook_secret: str = ""
-    timeout_s: float = 10.0
-    retries: int = 3
-    per_page: int = 100
-    states: PlaneStates = msgspec.field(default_factory=PlaneStates)
-    trouble_states: PlaneTroubleStates = msgspec.field(default_factory=PlaneTroubleStates)
-    cancel_state: str = ""
 
 
 class TelegramConfig(_Section, frozen=True):
