@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.intake import Intake, IntakeStatus
+from actors.intake import IntakeStatus
 from actors.intake_policy import CardState
 from actors.janitor import Janitor, JanitorStatus
 from actors.janitor import stores as janitor_stores
@@ -33,7 +33,7 @@ from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.queue_worker import QueueStatus, QueueWorker
 from actors.reaper import Reaper, ReaperStatus
-from actors.reconciler import Reconciler, ReconcilerStatus
+from actors.reconciler import ReconcilerStatus
 from actors.stage_engine import StageEngine, StatusQuery
 from actors.stage_policy import Task
 from actors.task_summary import GetTask
@@ -54,7 +54,7 @@ from bus.messages import (
     LeaseRelease,
     RunHeartbeat,
 )
-from conveyor.app.clients import start_tracker_sync
+from conveyor.app import wiring_tracker
 from conveyor.app.supervisor import Handle
 from conveyor.clock import Clock
 from conveyor.config import Config
@@ -187,39 +187,6 @@ def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
     finished = run_finished(ctx.bus.store(subjects.BUCKET_RUNS, Run))
     return LeaseKeeper.start(
         ctx.bus, store, ctx.clock, ctx.cfg.leases, kept=kept, finished=finished
-    )
-
-
-def _tracker_sync(ctx: Context, _store: Store[Any] | None) -> Ref:
-    sync, plane = start_tracker_sync(
-        ctx.cfg, ctx.clock, ctx.ref("stage_engine"), ledger=ctx.ledger("tracker_sync")
-    )
-    if plane is not None:
-        ctx.plane = plane
-        ctx.closers.append(plane.close)
-    return sync
-
-
-def _intake(ctx: Context, store: Store[Any] | None) -> Ref:
-    plane = ctx.plane
-    return Intake.start(
-        ctx.ref("stage_engine"),
-        ctx.cfg,
-        resolve_state=plane.resolve_state if plane is not None else None,
-        cards=_owned(store),
-        clock=ctx.clock,
-    )
-
-
-def _reconciler(ctx: Context, _store: Store[Any] | None) -> Ref:
-    plane = ctx.plane
-    projects = [r.plane_project for r in ctx.cfg.repos if r.plane_project]
-    return Reconciler.start(
-        ctx.ref("stage_engine"),
-        ctx.bus,
-        ctx.clock,
-        ctx.cfg,
-        poll=plane.poller(projects) if plane is not None and projects else None,
     )
 
 
@@ -356,7 +323,7 @@ TABLE: tuple[ActorSpec, ...] = (
     ActorSpec(
         "tracker_sync",
         CONTROL,
-        _tracker_sync,
+        wiring_tracker.tracker_sync,
         feeds=(
             Feed(subjects.STREAM_NOTIFY, subjects.CONSUMER_TRACKER, _STAGES_AND_ALERTS, BusMessage),
         ),
@@ -364,7 +331,7 @@ TABLE: tuple[ActorSpec, ...] = (
     ActorSpec(
         "intake",
         CONTROL,
-        _intake,
+        wiring_tracker.intake,
         bucket=subjects.BUCKET_CARDS,
         value_type=CardState,
         feeds=(
@@ -372,7 +339,9 @@ TABLE: tuple[ActorSpec, ...] = (
         ),
         status=IntakeStatus,
     ),
-    ActorSpec("reconciler", CONTROL, _reconciler, ticks=True, status=ReconcilerStatus),
+    ActorSpec(
+        "reconciler", CONTROL, wiring_tracker.reconciler, ticks=True, status=ReconcilerStatus
+    ),
     ActorSpec(
         "monitor",
         CONTROL,
