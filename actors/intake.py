@@ -65,6 +65,7 @@ class Intake(Owner):
         self._cfg = cfg
         self._resolve_state = resolve_state
         self._cards = cards
+        self._acted_on: dict[str, CardState] = {}
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._timeout_s = ask_timeout_s
         self._ci_stages = tuple(
@@ -73,6 +74,13 @@ class Intake(Owner):
         self._routed = 0
         self._ignored = 0
         self._failed = 0
+
+    def on_start(self) -> None:
+        # Sole writer of the bucket: read once here (a record that does not decode is
+        # quarantined by the load and skipped), then kept up to date as it writes.
+        if self._cards is not None:
+            loaded = self._cards.load_all()
+            self._acted_on = {key: entry.value for key, entry in loaded.items()}
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, IntakeStatus):
@@ -146,10 +154,7 @@ class Intake(Owner):
         return Route(reason=f"unknown event {type(delivery.body).__name__}")
 
     def _last_acted(self, event: WorkItemEvent) -> CardState | None:
-        if self._cards is None or not event.work_item_id:
-            return None
-        found = self._cards.get(event.work_item_id)
-        return found.value if found is not None else None
+        return self._acted_on.get(event.work_item_id)
 
     def _acted(self, event: WorkItemEvent, msg_id: str) -> None:
         """Keep the state acted on, durably: neither a poll nor a restart acts on it again."""
@@ -163,6 +168,7 @@ class Intake(Owner):
             self._cards.create(event.work_item_id, card)
         else:
             self._cards.update(event.work_item_id, card, expect=found.revision)
+        self._acted_on[event.work_item_id] = card
         log.info("intake.card_acted", work_item_id=event.work_item_id, state=event.state_name)
 
     def _state_name(self, event: WorkItemEvent) -> str:
