@@ -385,7 +385,8 @@ class Alert(Message, frozen=True):
     source: str = ""
     at: float = 0.0
     kind: str = ""
-    """What happened, for machines: `escalated` (the LeaseKeeper frees the task's leases)."""
+    """What happened, for machines (clients switch on it, never on `text`); every kind
+    is listed in docs/messages.md, e.g. `escalated` (the LeaseKeeper frees the leases)."""
 
 
 # --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------
