@@ -183,6 +183,10 @@ check_command = ["{{python}}", "-m", "unittest", "discover", "-s", "tests", "-t"
 """
 
 
+DEMO_CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
+"""The demo repository's CI check, as a `check_command` in a test's config."""
+
+
 class Processes:
     """Starts `conveyor up --parts ...` processes and kills them like an operator's bad day."""
 

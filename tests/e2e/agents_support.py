@@ -9,7 +9,7 @@ from actors.launcher_policy import Run
 from bus import subjects
 from conveyor.layout import Layout
 from gateways import git
-from tests.harness import Harness
+from tests.harness import DEMO_CHECK, Harness
 
 KEY_ENV = "CONVEYOR_TEST_MODEL_KEY"
 ROLES = ("analyst", "architect", "developer", "reviewer", "tester", "deployer")
@@ -54,7 +54,7 @@ def deploying_repo() -> list[dict[str, Any]]:
             "name": "demo",
             "prefix": "DEMO",
             "template": "demo",
-            "check_command": ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+            "check_command": DEMO_CHECK,
             "staging_command": ok,
             "deploy_command": ok,
         }

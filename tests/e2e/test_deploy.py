@@ -22,7 +22,16 @@ import pytest
 from actors.gate_policy import split_front_matter
 from conveyor.app.client import Client
 from gateways import git
-from tests.harness import ALL_STAGES, Harness, Processes, drive, stored_jobs, wait_ready, wait_until
+from tests.harness import (
+    ALL_STAGES,
+    DEMO_CHECK,
+    Harness,
+    Processes,
+    drive,
+    stored_jobs,
+    wait_ready,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +87,7 @@ def _repo(deploys: Deploys, *, staging: int = 0, deploy: int = 0, health_url: st
             "name": "demo",
             "prefix": "DEMO",
             "template": "demo",
-            "check_command": ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+            "check_command": DEMO_CHECK,
             "staging_command": deploys.command(staging),
             "deploy_command": deploys.command(deploy),
             "health_url": health_url,

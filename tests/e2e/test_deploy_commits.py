@@ -23,7 +23,7 @@ from bus.effects import Effect
 from gateways import git
 from tests.e2e.test_watch import MONITOR, Production
 from tests.e2e.test_watch import _repo as watched_repo
-from tests.harness import ALL_STAGES, Harness, wait_until
+from tests.harness import ALL_STAGES, DEMO_CHECK, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -81,16 +81,7 @@ class Deploys:
                 "name": "demo",
                 "prefix": "DEMO",
                 "template": "demo",
-                "check_command": [
-                    "{python}",
-                    "-m",
-                    "unittest",
-                    "discover",
-                    "-s",
-                    "tests",
-                    "-t",
-                    ".",
-                ],
+                "check_command": DEMO_CHECK,
                 "staging_command": command,
                 "deploy_command": command,
             }

@@ -19,7 +19,16 @@ from conveyor.app.client import Client
 from gateways import git
 from tests.e2e.test_faults import drive_quietly
 from tests.e2e.test_no_work import Alerts
-from tests.harness import ALL_STAGES, Harness, Processes, drive, stored_jobs, wait_ready, wait_until
+from tests.harness import (
+    ALL_STAGES,
+    DEMO_CHECK,
+    Harness,
+    Processes,
+    drive,
+    stored_jobs,
+    wait_ready,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +48,6 @@ class MainMovedTest(unittest.TestCase):
             text = notes.read_text() if notes.exists() else ""
             self.assertIn("Rework visit", text, "{GUARD_MARKER}")
 '''
-DEMO_CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
 
 
 def push_to_main(forge: Path, files: dict[str, str], scratch: Path) -> str:

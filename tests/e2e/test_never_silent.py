@@ -14,7 +14,7 @@ from bus import subjects
 from bus.messages import Alert
 from gateways.tracker import LocalTracker
 from tests.actors.conftest import Captured
-from tests.harness import Harness, wait_until
+from tests.harness import DEMO_CHECK, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ PROTECTED_REPO = {
     "name": "demo",
     "prefix": "DEMO",
     "template": "demo",
-    "check_command": ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+    "check_command": DEMO_CHECK,
     "protected": True,
 }
 

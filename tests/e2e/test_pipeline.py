@@ -15,7 +15,7 @@ from bus import subjects
 from bus.messages import JobOutcome
 from gateways import git
 from gateways.tracker import LocalTracker
-from tests.harness import ALL_STAGES, Harness, wait_until
+from tests.harness import ALL_STAGES, DEMO_CHECK, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -192,31 +192,13 @@ def test_two_repositories_run_in_parallel_with_a_per_repo_limit_of_one(harness_f
                 "name": "demo",
                 "prefix": "DEMO",
                 "template": "demo",
-                "check_command": [
-                    "{python}",
-                    "-m",
-                    "unittest",
-                    "discover",
-                    "-s",
-                    "tests",
-                    "-t",
-                    ".",
-                ],
+                "check_command": DEMO_CHECK,
             },
             {
                 "name": "other",
                 "prefix": "OTH",
                 "template": "demo",
-                "check_command": [
-                    "{python}",
-                    "-m",
-                    "unittest",
-                    "discover",
-                    "-s",
-                    "tests",
-                    "-t",
-                    ".",
-                ],
+                "check_command": DEMO_CHECK,
             },
         ],
         queue={"per_repo_concurrency": 1, "max_concurrency": 4},

@@ -9,16 +9,15 @@ from typing import Any
 import pytest
 
 from bus import subjects
-from tests.harness import Harness, wait_until
+from tests.harness import DEMO_CHECK, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
 PROTECTED_REPO = {
     "name": "demo",
     "prefix": "DEMO",
     "template": "demo",
-    "check_command": CHECK,
+    "check_command": DEMO_CHECK,
     "protected": True,
 }
 

@@ -17,7 +17,7 @@ import pytest
 
 from actors.gate_policy import split_front_matter
 from gateways import git
-from tests.harness import Harness
+from tests.harness import DEMO_CHECK, Harness
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +62,7 @@ def test_renamed_deploy_stages_still_run_both_commands_and_reach_done(
             "name": "demo",
             "prefix": "DEMO",
             "template": "demo",
-            "check_command": ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+            "check_command": DEMO_CHECK,
             "staging_command": command,
             "deploy_command": command,
         }

@@ -17,11 +17,10 @@ import pytest
 
 from bus import subjects
 from gateways import git
-from tests.harness import Harness, wait_until
+from tests.harness import DEMO_CHECK, Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHECK = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
 SET_STATE = """\
 import pathlib, sys
 pathlib.Path(sys.argv[1]).write_text(sys.argv[2])
@@ -73,7 +72,7 @@ def _repo(tmp: Path, production: Production, **extra: Any) -> dict[str, Any]:
         "name": "demo",
         "prefix": "DEMO",
         "template": "demo",
-        "check_command": CHECK,
+        "check_command": DEMO_CHECK,
         # Staging and production share the one health endpoint of this tiny world.
         "staging_command": [sys.executable, str(script), state, "ok"],
         "deploy_command": [sys.executable, str(script), state, "ok"],
