@@ -16,6 +16,7 @@ from actors.notice_policy import with_notices
 from actors.owner import Owner, flush_outbox
 from actors.reconciler_policy import ReplayMove, ReplayMoves, replay_acts, replay_move
 from actors.stage_policy import Task
+from actors.task_index import PageRequest, StatusIndex, status_row
 from actors.task_summary import (
     AllTasks,
     FindTasks,
@@ -24,7 +25,7 @@ from actors.task_summary import (
     TaskSummary,
     summarize,
 )
-from actors.usage_policy import Delivered, as_dict
+from actors.usage_policy import Delivered
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -67,6 +68,8 @@ class StatusQuery(msgspec.Struct, frozen=True):
 
     kind: str
     task_id: str = ""
+    page: PageRequest = PageRequest()
+    max_bytes: int = 1 << 20
 
 
 def _task_of(message: Any) -> str:
@@ -101,6 +104,7 @@ class StageEngine(Owner):
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._tasks: dict[str, Versioned[Task]] = {}
         self._index = TaskIndex()
+        self._status_index = StatusIndex()
         self._delivered = Delivered()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
@@ -112,7 +116,9 @@ class StageEngine(Owner):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        for entry in self._store.load_all().values():
+        # Oldest first, so the status index appends instead of inserting.
+        loaded = self._store.load_all().values()
+        for entry in sorted(loaded, key=lambda e: (e.value.created_at, e.value.id)):
             self._keep(entry)
         for task_id in list(self._tasks):
             self._flush(task_id)
@@ -208,6 +214,7 @@ class StageEngine(Owner):
             self._delivered = self._delivered.with_task(entry.value.usage)
         self._tasks[entry.value.id] = entry
         self._index.put(entry.value)
+        self._status_index.put(entry.value)
 
     def _flush(self, task_id: str) -> None:
         entry = self._tasks[task_id]
@@ -447,17 +454,10 @@ class StageEngine(Owner):
         return [summarize(t) for t in sorted(tasks, key=lambda t: t.created_at)]
 
     def _status(self, query: StatusQuery) -> Any:
-        tasks = [entry.value for entry in self._tasks.values()]
-        usage = {t.id: t.usage for t in tasks} if query.kind == "tasks" else {}
-
-        def _row(summary: TaskSummary) -> dict[str, Any]:
-            row: dict[str, Any] = msgspec.to_builtins(summary)
-            spent = as_dict(usage[summary.id])
-            row.update((k, v) for k, v in spent.items() if k != "cost_usd")
-            return row
-
         if query.kind == "tasks":
-            return [_row(t) for t in self._summaries(self._tasks)]
+            return self._status_index.page(
+                query.page, lambda task_id: status_row(self._tasks[task_id].value), query.max_bytes
+            )
         if query.kind == "usage":
             return {"delivered": self._delivered.as_dict()}
         if query.kind == "task":
@@ -469,14 +469,11 @@ class StageEngine(Owner):
             record["tokens"] = entry.value.usage.tokens
             record["revision"] = entry.revision
             return record
-        by_stage: dict[str, int] = {}
-        for task in tasks:
-            by_stage[task.stage] = by_stage.get(task.stage, 0) + 1
+        counts = self._status_index.counts()
         return {
             "healthy": not self.fenced,
-            "tasks": len(tasks),
-            "by_stage": by_stage,
-            "escalated": sum(1 for t in tasks if t.escalated),
+            **counts,
+            "escalated": counts["by_state"]["escalated"],
             "gates_in_flight": len(self._gates_in_flight),
             "started_at": self._started_at,
         }

@@ -203,7 +203,7 @@ def _drive(
                     say(f"submit {item} refused: {reply.get('error')}")
                 break
         try:
-            rows = client.request(subjects.STATUS_TASKS)
+            rows = [row for page in client.pages(state="all") for row in page["tasks"]]
         except Exception:
             rows = None
         if isinstance(rows, list):

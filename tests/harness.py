@@ -113,8 +113,8 @@ class Harness:
         return record
 
     def tasks(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.client.request(subjects.STATUS_TASKS)
-        return rows
+        """Every task, oldest first, from every page of `conveyor.status.tasks`."""
+        return [row for page in self.client.pages(state="all") for row in page["tasks"]]
 
     def wait_stage(
         self, item_id: str, *stages: str, deadline_s: float = DEADLINE_S, approve: bool = True

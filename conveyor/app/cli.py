@@ -19,6 +19,7 @@ from bus.messages import Alert, StageChanged
 from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
+from conveyor.app.cli_status import show_status, show_task
 from conveyor.app.client import Client, discover_url
 from conveyor.app.node import Node
 from conveyor.app.render import (
@@ -26,8 +27,6 @@ from conveyor.app.render import (
     err_console,
     print_event,
     print_followed,
-    print_overview,
-    print_task,
 )
 from conveyor.clock import SystemClock
 from conveyor.config import Config
@@ -413,36 +412,26 @@ def release_lease(ctx: click.Context, name: str, task_id: str, force: bool, as_j
 
 @main.command()
 @click.argument("item_id", metavar="[ID]", required=False)
-@_json_flag
+@click.option("--all", "every", is_flag=True, help="Page through every task, finished too.")
+@click.option("--stage", default="", help="Only tasks in this stage.")
+@click.option("--repo", default="", help="Only tasks of this repository.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one document per page.")
 @click.pass_context
-def status(ctx: click.Context, item_id: str | None, as_json: bool) -> None:
-    """Show the daemon's status and tasks, or one task with its history."""
+def status(
+    ctx: click.Context, item_id: str | None, every: bool, stage: str, repo: str, as_json: bool
+) -> None:
+    """Show the daemon's status and active tasks (--all: every task), or one task."""
     client = _client(ctx)
     try:
         if item_id:
-            try:
-                subject = subjects.status_task(item_id)
-            except ConveyorError as err:
-                raise click.BadParameter(str(err), param_hint="ID") from err
-            record = client.request(subject)
-            if as_json:
-                _print_json(record)
-            else:
-                print_task(record)
-            if record.get("ok") is False:
-                sys.exit(1)
+            show_task(client, item_id, as_json=as_json)
             return
-        overview = client.request(subjects.STATUS)
-        tasks = client.request(subjects.STATUS_TASKS)
-        usage = client.request(subjects.STATUS_USAGE)
+        query = {"state": "all" if every else "active", "stage": stage, "repo": repo}
+        show_status(client, query, as_json=as_json)
     except ConveyorError as err:
         raise click.ClickException(f"Conveyor is not reachable: {err}") from err
     finally:
         client.close()
-    if as_json:
-        _print_json({"overview": overview, "tasks": tasks, "usage": usage})
-        return
-    print_overview(overview, tasks, usage)
 
 
 @main.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -18,6 +18,10 @@ from conveyor.config import Config
 from conveyor.errors import BusUnavailable, ConveyorError
 
 URL_FILE = "nats.url"
+
+
+class PageRefused(ConveyorError):
+    """`conveyor.status.tasks` refused a request (a bad filter, limit or cursor)."""
 
 
 def discover_url(
@@ -63,6 +67,19 @@ class Client:
             return json.loads(data)
         except ValueError as err:
             raise ConveyorError(f"{subject} answered with non-JSON: {data[:200]!r}") from err
+
+    def pages(self, **query: Any) -> Iterator[dict[str, Any]]:
+        """Every page of `conveyor.status.tasks` for `query` (state, stage, repo, limit)."""
+        cursor = ""
+        while True:
+            page = self.request(subjects.STATUS_TASKS, {**query, "cursor": cursor})
+            if not isinstance(page, dict) or page.get("ok") is False or "tasks" not in page:
+                error = page.get("error") if isinstance(page, dict) else page
+                raise PageRefused(f"{subjects.STATUS_TASKS} refused: {error}")
+            yield page
+            cursor = page.get("next") or ""
+            if not cursor:
+                return
 
     def command(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send a `conveyor.cmd.<name>` command; the reply has `ok` and maybe `error`."""

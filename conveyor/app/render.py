@@ -36,14 +36,19 @@ def spent(usage: dict[str, Any]) -> str:
 
 
 def print_overview(
-    overview: dict[str, Any], tasks: list[dict[str, Any]], usage: dict[str, Any] | None = None
+    overview: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    usage: dict[str, Any] | None = None,
+    *,
+    shown: str = "",
 ) -> None:
-    """The daemon's health, its actors, its tasks and the cost ledger."""
+    """The daemon's health, its actors, its tasks (`shown` says which) and the cost ledger."""
     health = "[green]healthy[/]" if overview.get("healthy") else "[red]degraded[/]"
     console.print(
         f"Conveyor {overview.get('version', '?')} — {health} — "
         f"{overview.get('tasks', 0)} tasks, jobs {overview.get('jobs', {})}"
     )
+    _print_counts(overview)
     actors = Table("actor", "health", "details", title="Actors", title_justify="left")
     for name, info in sorted(overview.get("actors", {}).items()):
         ok = info.get("healthy")
@@ -64,7 +69,7 @@ def print_overview(
         "cost / tokens",
         "updated",
         "title",
-        title="Tasks",
+        title=f"Tasks: {shown}" if shown else "Tasks",
         title_justify="left",
     )
     for task in tasks:
@@ -86,6 +91,18 @@ def print_overview(
         console.print(f"[red]held[/] {repo}: {esc(str(why))}")
     if usage and usage.get("ok") is not False:
         _print_usage(usage)
+
+
+def _print_counts(overview: dict[str, Any]) -> None:
+    """Tasks by state, by stage and per repository, as the overview counts them."""
+    states = overview.get("by_state") or {}
+    if states:
+        console.print(", ".join(f"{state} {count}" for state, count in states.items()))
+    stages = overview.get("by_stage") or {}
+    if stages:
+        console.print("by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
+    for repo, counts in sorted((overview.get("by_repo") or {}).items()):
+        console.print(f"{repo}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
 def _print_usage(usage: dict[str, Any]) -> None:

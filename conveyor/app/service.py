@@ -17,6 +17,7 @@ import pykka
 from actors.queue_worker import QueueStatus, UsageQuery
 from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
+from actors.task_index import PageError, parse_request
 from bus import subjects
 from bus.bridge import Bus
 from bus.messages import (
@@ -177,8 +178,15 @@ class ControlService:
             return dumps(Reply(ok=False, error="stage engine unavailable: it stopped; retry"))
         return dumps(reply)
 
-    def _tasks(self, _subject: str, _data: bytes) -> bytes:
-        return dumps(self._ask(self._engine, StatusQuery(kind="tasks")))
+    def _tasks(self, _subject: str, data: bytes) -> bytes:
+        try:
+            page = parse_request(data)
+        except PageError as err:
+            log.warning("service.page_refused", field=err.field)
+            return dumps({"ok": False, "error": str(err), "field": err.field})
+        # The engine stops adding rows before the reply would pass what the server accepts.
+        query = StatusQuery(kind="tasks", page=page, max_bytes=self._bus.nc.max_payload)
+        return dumps(self._ask(self._engine, query))
 
     def _task(self, subject: str, _data: bytes) -> bytes:
         task_id = subject.rsplit(".", 1)[1]
@@ -265,6 +273,8 @@ class ControlService:
                 "healthy": all(a.get("healthy", False) for a in actors.values()),
                 "tasks": engine.get("tasks", 0),
                 "by_stage": engine.get("by_stage", {}),
+                "by_state": engine.get("by_state", {}),
+                "by_repo": engine.get("by_repo", {}),
                 "jobs": queue.get("counts", {}),
                 "actors": actors,
             }
