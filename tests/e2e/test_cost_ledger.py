@@ -67,7 +67,7 @@ def test_the_ledger_shows_what_a_delivered_item_cost(
     assert left["cost_usd"] == pytest.approx(0.02)
     assert all(e["cost_usd"] == 0 for e in record["history"] if e["old"] != "development")
 
-    overview = CliRunner().invoke(main, [*base, "status", "--json"])
+    overview = CliRunner().invoke(main, [*base, "status", "--all", "--json"])
     assert overview.exit_code == 0, overview.output
     status = json.loads(overview.output)
     assert status["usage"]["delivered"]["count"] == 1
