@@ -58,4 +58,5 @@ def show_status(client: Client, query: dict[str, Any], *, as_json: bool) -> None
 def _shown(query: dict[str, Any], count: int, total: int) -> str:
     """What the task table lists, e.g. "12 of 12 active tasks (repo demo)"."""
     where = ", ".join(f"{k} {v}" for k, v in query.items() if k in ("stage", "repo") and v)
-    return f"{count} of {total} {query['state']} tasks" + (f" ({where})" if where else "")
+    state = "" if query["state"] == "all" else f"{query['state']} "
+    return f"{count} of {total} {state}tasks" + (f" ({where})" if where else "")

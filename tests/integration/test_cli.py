@@ -112,6 +112,32 @@ def test_status_of_a_bad_id_is_a_usage_error(running: tuple[Harness, list[str]])
     assert result.exit_code == 2
 
 
+def test_status_lists_finished_tasks_only_with_all_and_filters_by_stage_and_repo(
+    running: tuple[Harness, list[str]],
+) -> None:
+    harness, base = running
+    runner = CliRunner()
+    kept = harness.submit("Kept open")["task"]["id"]
+    gone = harness.submit("Cancelled soon")["task"]["id"]
+    assert harness.command("cancel", gone)["ok"]
+
+    def listed(*args: str) -> list[str]:
+        result = runner.invoke(main, [*base, "status", "--json", *args])
+        assert result.exit_code == 0, result.output
+        pages = [json.loads(line) for line in result.output.splitlines()]
+        return [row["id"] for page in pages for row in page["tasks"]]
+
+    assert kept in listed()
+    assert gone not in listed()
+    assert listed("--all") == [kept, gone]
+    assert listed("--all", "--stage", "cancelled") == [gone]
+    assert listed("--all", "--repo", "nowhere") == []
+    table = runner.invoke(main, [*base, "status", "--all"])
+    assert table.exit_code == 0, table.output
+    assert "2 of 2 tasks" in table.output
+    assert "cancelled 1" in table.output
+
+
 def test_an_operator_can_force_release_a_stuck_merge_lease(
     running: tuple[Harness, list[str]],
 ) -> None:
