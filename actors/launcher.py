@@ -413,4 +413,6 @@ class Launcher(pykka.ThreadingActor):
                 for r in active
             ],
             "started_at": self._started_at,
+            # Runs kept in memory: running, or finished and not yet reported.
+            "tracked": len(self._runs),
         }

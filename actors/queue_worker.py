@@ -293,4 +293,6 @@ class QueueWorker(Owner):
                 for j in recent
             ],
             "started_at": self._started_at,
+            # Jobs kept in memory: those that can still change (finished ones are in KV).
+            "hot": len(self._jobs),
         }
