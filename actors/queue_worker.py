@@ -12,7 +12,7 @@ from actors.janitor_policy import LaunchPause
 from actors.job_index import JobIndex
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
-from bus.bridge import Bus, Delivery, Store, Versioned
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     JobFinished,
     JobRequested,
@@ -211,10 +211,16 @@ class QueueWorker(Owner):
             self._jobs.pop(entry.value.id, None)
 
     def _save(self, job: Job) -> None:
-        current = self._lookup(job.id)
+        current = self._jobs.get(job.id)
         if current is None:
-            revision = self._store.create(job_key(job.id), job)
-        else:
+            try:
+                revision = self._store.create(job_key(job.id), job)
+            except KeyExists:
+                # A finished job that left memory, changed again (read back from KV).
+                current = self._store.get(job_key(job.id))
+                if current is None:
+                    raise
+        if current is not None:
             revision = self._store.update(job_key(job.id), job, expect=current.revision)
         self._track(Versioned(job, revision), current.value if current else None)
 
