@@ -20,41 +20,31 @@ The per-tick and per-message figures should not grow with N. Printed, never asse
 from __future__ import annotations
 
 import argparse
-import asyncio
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
+# Run as a script: the checkout's root, for the shared test helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.launcher_policy import FINISHED as RUN_FINISHED
 from actors.launcher_policy import Run
 from actors.queue_policy import DONE, Job
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import JobRequested, Tick, encode
+from bus.messages import JobRequested, Tick
 from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app import wiring
 from conveyor.clock import SystemClock
+from tests.kv_raw import put_many
 
 LAUNCHER = "bench-hot-set"
 ASK_S = 120.0
 CLOCK = SystemClock()
-
-
-def seed(bus: Bus, bucket: str, records: Mapping[str, msgspec.Struct]) -> None:
-    async def _put() -> None:
-        kv = await bus.js.key_value(bucket)
-        items = list(records.items())
-        for start in range(0, len(items), 500):
-            batch = items[start : start + 500]
-            await asyncio.gather(*(kv.put(key, encode(value)) for key, value in batch))
-
-    bus.call(_put(), timeout_s=600.0)
 
 
 def finished_job(n: int, at: float) -> Job:
@@ -115,12 +105,12 @@ def measure(size: int, messages: int, idle_s: float) -> dict[str, float]:
         try:
             bus.setup()
             now = CLOCK.now()
-            seed(
+            put_many(
                 bus,
                 subjects.BUCKET_JOBS,
                 {f"OLD-{n}.development.1.work": finished_job(n, now) for n in range(size)},
             )
-            seed(
+            put_many(
                 bus,
                 subjects.BUCKET_RUNS,
                 {f"OLD-{n}.development.1.work.1": finished_run(n, now) for n in range(size)},

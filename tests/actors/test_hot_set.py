@@ -7,7 +7,6 @@ policy functions the QueueWorker calls (a seam), never timed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,29 +27,16 @@ from bus.messages import (
     JobRequested,
     LaunchOrder,
     RunHeartbeat,
-    encode,
 )
 from conveyor.app import wiring
 from conveyor.clock import FakeClock
 from tests.actors.conftest import ASK_TIMEOUT_S, ActorUnderTest, Captured, StartActor
 from tests.harness import make_config, wait_until
+from tests.kv_raw import put_many
 
 FINISHED_JOBS = 5_000
 FINISHED_RUNS = 3_000
 LAUNCHER = "hot-set-launcher"
-
-
-def seed(bus: Bus, bucket: str, records: Mapping[str, msgspec.Struct]) -> None:
-    """Write `records` straight into `bucket`, many puts in flight at once."""
-
-    async def _put() -> None:
-        kv = await bus.js.key_value(bucket)
-        items = list(records.items())
-        for start in range(0, len(items), 500):
-            batch = items[start : start + 500]
-            await asyncio.gather(*(kv.put(key, encode(value)) for key, value in batch))
-
-    bus.call(_put(), timeout_s=120.0)
 
 
 def finished_job(n: int, at: float) -> Job:
@@ -107,7 +93,7 @@ class Seen:
 @pytest.fixture
 def old_jobs(bus: Bus, clock: FakeClock) -> list[Job]:
     jobs = [finished_job(n, clock.now()) for n in range(FINISHED_JOBS)]
-    seed(bus, subjects.BUCKET_JOBS, {job.id: job for job in jobs})
+    put_many(bus, subjects.BUCKET_JOBS, {job.id: job for job in jobs})
     return jobs
 
 
@@ -142,7 +128,7 @@ def test_a_worker_over_thousands_of_finished_jobs_dispatches_heals_and_counts_th
         title="new",
         enqueued_at=clock.now(),
     )
-    seed(bus, subjects.BUCKET_JOBS, {lost.id: lost, queued.id: queued})
+    put_many(bus, subjects.BUCKET_JOBS, {lost.id: lost, queued.id: queued})
     orders = Captured(bus, subjects.LAUNCH_ORDERS)
     outcomes = Captured(bus, subjects.JOBS_OUTCOME)
     seen = Seen(monkeypatch)
@@ -205,7 +191,7 @@ def test_a_launcher_over_thousands_of_finished_runs_reports_the_unreported_and_k
 
     runs = {r.id: r for r in (run(n, reported=True) for n in range(FINISHED_RUNS))}
     unreported = run(FINISHED_RUNS, reported=False)
-    seed(bus, subjects.BUCKET_RUNS, {**runs, unreported.id: unreported})
+    put_many(bus, subjects.BUCKET_RUNS, {**runs, unreported.id: unreported})
     finishes = Captured(bus, subjects.JOBS_FINISHED)
     beats = Captured(bus, subjects.HEARTBEATS)
     config = make_config(tmp_path / "data", nats_url, launcher={"name": LAUNCHER})
