@@ -96,6 +96,8 @@ class Launcher(pykka.ThreadingActor):
         self._host = socket.gethostname()
         # The name must survive a restart: a restarted launcher adopts the runs of its name.
         self._name = cfg.launcher.name or self._host
+        # Runs still to look after: a finished run leaves once its result is reported
+        # (it stays in KV; duplicate orders are caught by the KV create, not by this).
         self._runs: dict[str, Versioned[Run]] = {}
         # Touched on the actor thread only: run threads report pids by message and see
         # a kill through their own `cancelled` event.
@@ -133,19 +135,18 @@ class Launcher(pykka.ThreadingActor):
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._waker.notify)
         self._runs = {
-            k: v for k, v in self._store.load_all().items() if v.value.launcher == self._name
+            k: v
+            for k, v in self._store.load_all().items()
+            if v.value.launcher == self._name and not v.value.reported
         }
         for key, entry in list(self._runs.items()):
             run = entry.value
-            if run.status == policy.FINISHED and not run.reported:
+            if run.status == policy.FINISHED:
                 self._report(key)
-            elif run.status != policy.FINISHED:
+            else:
                 self._adopt(key)
         log.info(
-            "launcher.started",
-            name=self._name,
-            slots=self._slots.total,
-            adopted=sum(1 for r in self._runs.values() if r.value.status != policy.FINISHED),
+            "launcher.started", name=self._name, slots=self._slots.total, adopted=len(self._runs)
         )
 
     def on_receive(self, message: Any) -> Any:
@@ -233,7 +234,10 @@ class Launcher(pykka.ThreadingActor):
     def _save(self, run: Run) -> None:
         current = self._runs[run.id]
         revision = self._store.update(run.id, run, expect=current.revision)
-        self._runs[run.id] = Versioned(run, revision)
+        if run.status == policy.FINISHED and run.reported:
+            del self._runs[run.id]
+        else:
+            self._runs[run.id] = Versioned(run, revision)
 
     def _context(self, key: str) -> JobContext:
         """The context of one run, with the event a KillJob for its job sets."""
@@ -409,4 +413,6 @@ class Launcher(pykka.ThreadingActor):
                 for r in active
             ],
             "started_at": self._started_at,
+            # Runs kept in memory: running, or finished and not yet reported.
+            "tracked": len(self._runs),
         }

@@ -9,9 +9,10 @@ import msgspec
 from actors import ceiling_policy, usage_policy
 from actors import queue_policy as policy
 from actors.janitor_policy import LaunchPause
+from actors.job_index import JobIndex
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
-from bus.bridge import Bus, Delivery, Store, Versioned
+from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     JobFinished,
     JobRequested,
@@ -63,7 +64,9 @@ class QueueWorker(Owner):
             repo_usd_per_day=cfg.max_repo_usd_per_day,
             repo_tokens_per_day=cfg.max_repo_tokens_per_day,
         )
+        # The hot set (jobs that can still change) with revisions; `_index` mirrors it.
         self._jobs: dict[str, Versioned[Job]] = {}
+        self._index = JobIndex()
         self._started_at = 0.0
         self._ledger = usage_policy.Ledger()
         self._held: dict[str, str] = {}
@@ -72,13 +75,16 @@ class QueueWorker(Owner):
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        self._jobs = self._store.load_all()
+        stored = self._store.load_all()
         self._ledger = policy.rebuilt_ledger(
-            (e.value for e in self._jobs.values()), now=self._started_at
+            (e.value for e in stored.values()), now=self._started_at
         )
-        for job_id in list(self._jobs):
+        # Finished jobs are folded into the ledger and counts above, then left in KV.
+        self._index.load((e.value for e in stored.values()), now=self._started_at)
+        self._jobs = {job_id: stored[job_id] for job_id in self._index.hot}
+        for job_id in list(self._index.outboxed):
             self._flush(job_id)
-        log.info("queue_worker.started", jobs=len(self._jobs))
+        log.info("queue_worker.started", jobs=len(stored), hot=len(self._jobs))
         self._dispatch()
 
     def handle(self, message: Any) -> Any:
@@ -90,6 +96,8 @@ class QueueWorker(Owner):
             case RunHeartbeat():
                 self._on_heartbeat(message)
             case Tick():
+                for job_id in self._index.expire(self._clock.now()):
+                    self._jobs.pop(job_id, None)
                 self._heal()
                 self._dispatch()
             case QueueStatus():
@@ -98,7 +106,7 @@ class QueueWorker(Owner):
                 self._ledger = usage_policy.rolled(self._ledger, self._clock.now())
                 return usage_policy.summary(self._ledger)
             case RunningSnapshot():
-                return policy.running_jobs(e.value for e in self._jobs.values())
+                return list(self._index.running.values())
             case LaunchPause():
                 self._on_pause(message)
             case _:
@@ -111,15 +119,16 @@ class QueueWorker(Owner):
         decision: policy.Decision
         match body:
             case JobRequested():
-                current = self._jobs.get(body.job_id)
+                current = self._lookup(body.job_id)
                 decision = policy.on_request(
                     current.value if current else None, body, now=now, cfg=self._cfg
                 )
             case JobsCancelled():
-                jobs = [e.value for e in self._jobs.values() if e.value.task_id == body.task_id]
-                decision = policy.on_cancel(jobs, now=now, reason=body.reason or "cancelled")
+                decision = policy.on_cancel(
+                    self._index.of_task(body.task_id), now=now, reason=body.reason or "cancelled"
+                )
             case ReapJob():
-                current = self._jobs.get(body.job_id)
+                current = self._lookup(body.job_id)
                 if current is None:
                     delivery.ack()
                     return
@@ -133,7 +142,7 @@ class QueueWorker(Owner):
                     outcome=decision.reason,
                 )
             case JobStarted() | JobFinished():
-                current = self._jobs.get(body.job_id)
+                current = self._lookup(body.job_id)
                 if current is None:
                     log.warning("queue_worker.report_unknown_job", job_id=body.job_id)
                     delivery.ack()
@@ -189,17 +198,37 @@ class QueueWorker(Owner):
             )
             self._flush(decision.jobs[0].id)
 
+    def _lookup(self, job_id: str) -> Versioned[Job] | None:
+        """A hot job, or a finished one read from KV (only replays ask for those)."""
+        entry = self._jobs.get(job_id)
+        return entry if entry is not None else self._store.get(job_key(job_id))
+
+    def _track(self, entry: Versioned[Job], previous: Job | None) -> None:
+        """Index the job's new state; it stays in memory only while it can change."""
+        if self._index.put(entry.value, previous=previous, now=self._clock.now()):
+            self._jobs[entry.value.id] = entry
+        else:
+            self._jobs.pop(entry.value.id, None)
+
     def _save(self, job: Job) -> None:
         current = self._jobs.get(job.id)
         if current is None:
-            revision = self._store.create(job_key(job.id), job)
-        else:
+            try:
+                revision = self._store.create(job_key(job.id), job)
+            except KeyExists:
+                # A finished job that left memory, changed again (read back from KV).
+                current = self._store.get(job_key(job.id))
+                if current is None:
+                    raise
+        if current is not None:
             revision = self._store.update(job_key(job.id), job, expect=current.revision)
-        self._jobs[job.id] = Versioned(job, revision)
+        self._track(Versioned(job, revision), current.value if current else None)
 
     def _flush(self, job_id: str) -> None:
-        entry = self._jobs[job_id]
-        self._jobs[job_id] = flush_outbox(
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return  # finished with nothing left to send
+        flushed = flush_outbox(
             self._bus,
             self._store,
             job_key(job_id),
@@ -207,17 +236,18 @@ class QueueWorker(Owner):
             entry.value.outbox,
             fault="queue_worker.published",
         )
+        self._track(flushed, entry.value)
 
     def _heal(self) -> None:
         """Publish outboxes a failure left stored but unsent (a bus outage, a crash)."""
-        for job_id in [j for j, e in self._jobs.items() if e.value.outbox]:
+        for job_id in list(self._index.outboxed):
             self._flush(job_id)
 
     def _dispatch(self) -> None:
         if self.fenced:
             return
         now = self._clock.now()
-        jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
+        jobs = self._index.hot
         self._ledger = usage_policy.rolled(self._ledger, now)
         self._held = policy.held_repos(jobs.values(), self._ledger, self._cfg)
         held = policy.hold(jobs.values(), self._held, self._ledger, now=now)
@@ -227,41 +257,31 @@ class QueueWorker(Owner):
             self._ledger = msgspec.structs.replace(
                 self._ledger, alerted=self._ledger.alerted | alerted
             )
-            jobs = {job_id: entry.value for job_id, entry in self._jobs.items()}
         if self._paused:
             return
         for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
             self._apply(policy.claim(self._jobs[job_id].value, now=now))
 
     def _status(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        running = []
-        for entry in self._jobs.values():
-            job = entry.value
-            counts[job.status] = counts.get(job.status, 0) + 1
-            if job.status == policy.RUNNING:
-                running.append(
-                    {
-                        "id": job.id,
-                        "task_id": job.task_id,
-                        "repo": job.repo,
-                        "role": job.role,
-                        "attempt": job.attempts,
-                        "pid": job.pid,
-                        "host": job.host,
-                        "claimed_at": job.claimed_at,
-                        "started_at": job.started_at,
-                        "log_path": job.log_path,
-                    }
-                )
-        recent = sorted(
-            (e.value for e in self._jobs.values()),
-            key=lambda j: j.claimed_at or j.enqueued_at,
-            reverse=True,
-        )[:10]
+        running = [
+            {
+                "id": job.id,
+                "task_id": job.task_id,
+                "repo": job.repo,
+                "role": job.role,
+                "attempt": job.attempts,
+                "pid": job.pid,
+                "host": job.host,
+                "claimed_at": job.claimed_at,
+                "started_at": job.started_at,
+                "log_path": job.log_path,
+            }
+            for job in self._index.running.values()
+        ]
+        recent = self._index.recent()
         return {
             "healthy": not self.fenced,
-            "counts": counts,
+            "counts": dict(self._index.counts),
             "max_concurrency": self._cfg.max_concurrency,
             "per_repo_concurrency": self._cfg.per_repo_concurrency,
             "running": running,
@@ -279,4 +299,6 @@ class QueueWorker(Owner):
                 for j in recent
             ],
             "started_at": self._started_at,
+            # Jobs kept in memory: those that can still change (finished ones are in KV).
+            "hot": len(self._jobs),
         }

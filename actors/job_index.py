@@ -1,0 +1,115 @@
+"""The QueueWorker's hot set: the jobs that can still change, indexed as they change.
+
+A finished job whose outcome is published leaves the hot set (it stays in KV); what
+status needs of the finished ones (counts by status, the most recent few) is kept
+here as jobs change, so no message costs a pass over every job ever stored.
+
+A finished job still holding its repository back (`repo_paused_until` in the future)
+stays until the pause ends: the scheduler reads pauses from the jobs it is given.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Iterable
+
+from actors.queue_policy import FINISHED, RUNNING, Job
+
+RECENT = 10
+"""How many of the most recently active jobs status shows."""
+
+
+def _recency(job: Job) -> float:
+    return job.claimed_at or job.enqueued_at
+
+
+class JobIndex:
+    """Hot jobs by id, running jobs, jobs by task, unsent outboxes, counts by status."""
+
+    def __init__(self) -> None:
+        self.hot: dict[str, Job] = {}
+        self.running: dict[str, Job] = {}
+        self.outboxed: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self._by_task: dict[str, set[str]] = {}
+        self._pinned: set[str] = set()
+        # Finished jobs that left, most recent last (at most RECENT), and their keys.
+        self._recent: list[Job] = []
+        self._recent_keys: list[float] = []
+
+    def load(self, jobs: Iterable[Job], *, now: float) -> None:
+        """Index every stored job once (at start); the finished ones only count."""
+        for job in jobs:
+            self.put(job, previous=None, now=now)
+
+    def put(self, job: Job, *, previous: Job | None, now: float) -> bool:
+        """Record the job's new state (`previous`: its state before, None if new to us).
+
+        True when it stays in the hot set, False when it left it.
+        """
+        if previous is not None:
+            left = self.counts.get(previous.status, 0) - 1
+            if left > 0:
+                self.counts[previous.status] = left
+            else:
+                self.counts.pop(previous.status, None)
+        self.counts[job.status] = self.counts.get(job.status, 0) + 1
+        self._drop(job.id)
+        if job.status in FINISHED and not job.outbox and job.repo_paused_until <= now:
+            self._remember(job)
+            return False
+        self.hot[job.id] = job
+        self._by_task.setdefault(job.task_id, set()).add(job.id)
+        if job.status == RUNNING:
+            self.running[job.id] = job
+        if job.outbox:
+            self.outboxed.add(job.id)
+        if job.status in FINISHED:
+            self._pinned.add(job.id)
+        return True
+
+    def expire(self, now: float) -> list[str]:
+        """Let finished jobs whose repository pause ended leave; their ids."""
+        gone = [i for i in self._pinned if self.hot[i].repo_paused_until <= now]
+        for job_id in gone:
+            job = self.hot[job_id]
+            if not job.outbox:
+                self._drop(job_id)
+                self._remember(job)
+        return [i for i in gone if i not in self.hot]
+
+    def of_task(self, task_id: str) -> list[Job]:
+        """The task's hot jobs (its finished ones cannot change any more)."""
+        return [self.hot[i] for i in self._by_task.get(task_id, ())]
+
+    def recent(self) -> list[Job]:
+        """The RECENT most recently claimed (or queued) jobs, newest first."""
+        return heapq.nlargest(RECENT, [*self.hot.values(), *self._recent], key=_recency)
+
+    def _drop(self, job_id: str) -> None:
+        old = self.hot.pop(job_id, None)
+        if old is None:
+            return
+        self.running.pop(job_id, None)
+        self.outboxed.discard(job_id)
+        self._pinned.discard(job_id)
+        ids = self._by_task.get(old.task_id)
+        if ids is not None:
+            ids.discard(job_id)
+            if not ids:
+                del self._by_task[old.task_id]
+
+    def _remember(self, job: Job) -> None:
+        for index, seen in enumerate(self._recent):
+            if seen.id == job.id:
+                del self._recent[index], self._recent_keys[index]
+                break
+        key = _recency(job)
+        if len(self._recent) >= RECENT and key <= self._recent_keys[0]:
+            return
+        at = bisect.bisect_right(self._recent_keys, key)
+        self._recent.insert(at, job)
+        self._recent_keys.insert(at, key)
+        if len(self._recent) > RECENT:
+            del self._recent[0], self._recent_keys[0]
