@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from actors import merge_policy
+from actors import merge_policy, merge_wait_policy
 from actors.jobs.context import JobContext, RunDone
-from actors.jobs.leases import TransitionFence, holder
+from actors.jobs.leases import TransitionFence, holder, patiently
 from actors.jobs.pre_merge import run_checks
 from actors.jobs.steps import ensure_pull, prepare_worktree
 from actors.launcher_policy import Run
 from actors.lease_policy import merge_lease
 from bus import subjects
 from bus.effects import effect_key
-from bus.messages import LaunchOrder, LeaseAcquire, LeaseRelease, LeaseRenew
+from bus.messages import LaunchOrder, LeaseAcquire, LeaseRelease, LeaseRenew, LeaseReply
 from conveyor import faults
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
@@ -38,7 +38,7 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
     if pull is not None and pull.merged and pull.head_sha == head:
         return RunDone(run_id=run.id, exit_code=0, head_sha=head)
     name = merge_lease(order.repo)
-    grant = ctx.lease(subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order)))
+    grant = _acquire(ctx, order, name)
     if not grant.granted:
         return RunDone(
             run_id=run.id,
@@ -58,6 +58,25 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         keep = merged and _protected(ctx, order.repo)
         if not keep:
             ctx.lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+
+
+def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
+    """Take the merge lease, waiting in the run while another merge holds it.
+
+    The wait ends when the keeper frees the lease or comes back (`LeaseFreed`), with
+    `leases.busy_retry_s` as the longest sleep (a lost wake-up), and after
+    `leases.merge_wait_s` at most: then the step defers through the queue. A lease
+    kept past its run (a protected repository's deploy) is not waited for in the run:
+    its holder's deploy jobs need the repository's launch slots (`merge_wait_policy`).
+    """
+    return patiently(
+        ctx,
+        order.job_id,
+        name,
+        (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
+        until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
+        wait_if_refused=merge_wait_policy.waits_in_run,
+    )
 
 
 def _protected(ctx: JobContext, repo: str) -> bool:
