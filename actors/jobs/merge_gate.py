@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from actors import merge_policy, merge_wait_policy
 from actors.jobs.context import JobContext, RunDone
 from actors.jobs.leases import TransitionFence, holder, patiently
@@ -46,9 +48,10 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
             error=f"merge lease: {grant.reason}",
             defer_s=ctx.cfg.leases.busy_retry_s,
         )
+    held = MergeLease(name=name, task_id=order.task_id, revision=grant.revision)
     done: RunDone | None = None
     try:
-        done = _merge_under_lease(ctx, run, order, name, grant.revision, fence)
+        done = _merge_under_lease(ctx, run, order, held, fence)
         return done
     finally:
         # A protected repository's task keeps its merge lease until its confirmed
@@ -57,7 +60,40 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         merged = done is not None and done.exit_code == 0 and not done.outcome
         keep = merged and _protected(ctx, order.repo)
         if not keep:
-            ctx.lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+            held.release(ctx)
+
+
+@dataclass
+class MergeLease:
+    """The merge lease this run holds; its revision moves with each renewal."""
+
+    name: str
+    task_id: str
+    revision: int
+
+    def renew(self, ctx: JobContext, job_id: str) -> LeaseReply:
+        """Prove the lease is still ours; a keeper away is waited for, a refusal is final."""
+        renew = LeaseRenew(name=self.name, task_id=self.task_id, revision=self.revision)
+        reply = patiently(
+            ctx,
+            job_id,
+            self.name,
+            (subjects.LEASE_RENEW, renew),
+            until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
+            wait_if_refused=False,
+        )
+        self.revision = reply.revision or self.revision
+        return reply
+
+    def release(self, ctx: JobContext) -> None:
+        """Free the lease; a keeper away gets the release from its stream when back.
+
+        Lost, the release would leave the lease held by a finished run for good: a
+        merge lease is never freed from a finished holder (a protected one is kept).
+        """
+        release = LeaseRelease(name=self.name, task_id=self.task_id, revision=self.revision)
+        if not ctx.lease(subjects.LEASE_RELEASE, release).granted:
+            ctx.release_later(release)
 
 
 def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
@@ -87,8 +123,7 @@ def _merge_under_lease(
     ctx: JobContext,
     run: Run,
     order: LaunchOrder,
-    name: str,
-    revision: int,
+    held: MergeLease,
     fence: TransitionFence,
 ) -> RunDone:
     worktree = prepare_worktree(ctx, order)
@@ -138,9 +173,7 @@ def _merge_under_lease(
     pull = ensure_pull(ctx, order, head, "Opened by Conveyor before merge.", after_merge=True)
     if pull.merged:
         return RunDone(run_id=run.id, exit_code=0, head_sha=head)
-    renewed = ctx.lease(
-        subjects.LEASE_RENEW, LeaseRenew(name=name, task_id=order.task_id, revision=revision)
-    )
+    renewed = held.renew(ctx, order.job_id)
     if not renewed.granted:
         return RunDone(
             run_id=run.id,
