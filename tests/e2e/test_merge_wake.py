@@ -17,7 +17,8 @@ from conveyor.app.client import Client
 from conveyor.clock import SystemClock
 from tests.harness import ALL_STAGES, Processes, drive, stored_jobs, wait_ready, wait_until
 
-pytestmark = pytest.mark.e2e
+# The deadlines below, not the default per-test timeout, say how long is too long.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 ITEMS = 6
 BUSY_RETRY_S = 120.0
