@@ -101,7 +101,8 @@ def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
 
     The wait ends when the keeper frees the lease or comes back (`LeaseFreed`), with
     `leases.busy_retry_s` as the longest sleep (a lost wake-up), and after
-    `leases.merge_wait_s` at most: then the step defers through the queue. A lease
+    `leases.merge_wait_s` at most: then the step defers through the queue; a
+    cancelled job stops waiting at its next try, freeing its launch slot. A lease
     kept past its run (a protected repository's deploy) is not waited for in the run:
     its holder's deploy jobs need the repository's launch slots (`merge_wait_policy`).
     """
@@ -112,6 +113,7 @@ def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
         (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
         until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
         wait_if_refused=merge_wait_policy.waits_in_run,
+        cancellable=True,
     )
 
 
