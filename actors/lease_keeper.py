@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from actors import lease_policy as policy
+from actors import merge_wait_policy
 from actors.launcher_policy import FINISHED, Run, run_key
 from actors.lease_policy import Lease
 from actors.owner import Owner
@@ -59,6 +60,18 @@ def run_finished(runs: Store[Run]) -> Callable[[LeaseHolder], bool]:
     return _finished
 
 
+def run_in_progress(runs: Store[Run]) -> Callable[[LeaseHolder], bool]:
+    """Whether a holder's run is stored and not finished (a merge going on now)."""
+
+    def _in_progress(holder: LeaseHolder) -> bool:
+        if holder.attempt <= 0:
+            return False
+        entry = runs.get(run_key(holder.job_id, holder.attempt))
+        return entry is not None and entry.value.status != FINISHED
+
+    return _in_progress
+
+
 class LeaseStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> LeaseKeeper (ask)."""
 
@@ -78,11 +91,13 @@ class LeaseKeeper(Owner):
         *,
         kept: frozenset[str] = frozenset(),
         finished: Callable[[LeaseHolder], bool] | None = None,
+        in_progress: Callable[[LeaseHolder], bool] | None = None,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         self._kept = kept
         self._finished = finished
+        self._in_progress = in_progress
         # Waiters retry when the keeper says it is back: once it answers requests,
         # which is after the process registered its service (the first tick).
         self._announced = False
@@ -173,7 +188,7 @@ class LeaseKeeper(Owner):
             holder_finished=self._holder_finished(current, req.holder),
         )
         if not grant.granted or grant.lease is None:
-            return LeaseReply(granted=False, reason=grant.reason)
+            return LeaseReply(granted=False, reason=self._refusal(req.name, current, grant.reason))
         if grant.reclaimed is not None:
             self._reclaimed(grant.reclaimed, grant.reason)
         if grant.lost_release is not None:
@@ -192,6 +207,13 @@ class LeaseKeeper(Owner):
             reason=grant.reason,
         )
         return LeaseReply(granted=True, revision=revision, reason=grant.reason)
+
+    def _refusal(self, name: str, current: Versioned[Lease] | None, reason: str) -> str:
+        """A merge lease's refusal says whether its holder is merging now (wait for it)."""
+        if current is None or self._in_progress is None or not name.startswith(policy.MERGE_PREFIX):
+            return reason
+        merging = self._in_progress(current.value.holder)
+        return merge_wait_policy.refusal(reason, merging=merging)
 
     def _holder_finished(self, current: Versioned[Lease] | None, holder: LeaseHolder) -> bool:
         if current is None or self._finished is None:

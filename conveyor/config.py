@@ -219,6 +219,9 @@ class LeaseConfig(_Section, frozen=True):
     reclaim_enabled: bool = True
     max_age_s: float = 3600.0
     busy_retry_s: float = 5.0
+    merge_wait_s: float = 600.0
+    """How long a merge step refused a lease another merge holds waits in its run for its
+    release (`LeaseFreed`) before it defers by `busy_retry_s` (a slot is not held forever)."""
 
 
 class SupervisorConfig(_Section, frozen=True):

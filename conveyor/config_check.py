@@ -47,6 +47,7 @@ def check(cfg: Config) -> None:
         "reaper.dead_ticks": cfg.reaper.dead_ticks,
         "leases.max_age_s": cfg.leases.max_age_s,
         "leases.busy_retry_s": cfg.leases.busy_retry_s,
+        "leases.merge_wait_s": cfg.leases.merge_wait_s,
         "queue.backoff_max_s": cfg.queue.backoff_max_s,
         "nats.connect_timeout_s": cfg.nats.connect_timeout_s,
         "nats.request_timeout_s": cfg.nats.request_timeout_s,

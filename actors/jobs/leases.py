@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import psutil
@@ -77,23 +77,27 @@ def patiently(
     ask: tuple[str, msgspec.Struct],
     *,
     until: float,
-    wait_if_refused: bool,
+    wait_if_refused: bool | Callable[[str], bool],
+    cancellable: bool = False,
 ) -> LeaseReply:
     """Ask until granted, refused for good, or `until`; retry when the keeper says to.
 
     An unanswered request (the keeper away) is always retried; a refusal only with
-    `wait_if_refused`. Between tries the run sleeps until the keeper frees `name` or
-    comes back (`LeaseFreed`), at most `leases.busy_retry_s` (a lost wake-up).
+    `wait_if_refused` (or when it says so of the refusal's reason). Between tries
+    the run sleeps until the keeper frees `name` or comes back (`LeaseFreed`), at
+    most `leases.busy_retry_s` (a lost wake-up). `cancellable`: a KillJob for the
+    run's job ends the wait at its next try (the refusal is returned).
     """
     subject, message = ask
     while True:
         mark = ctx.lease_waker.mark(name)
         reply = ctx.lease(subject, message)
         answered = not isinstance(reply, Unanswered)
-        if reply.granted or (answered and not wait_if_refused):
+        waits = wait_if_refused(reply.reason) if callable(wait_if_refused) else wait_if_refused
+        if reply.granted or (answered and not waits):
             return reply
         left = until - ctx.clock.now()
-        if left <= 0:
+        if left <= 0 or (cancellable and ctx.cancelled.is_set()):
             return reply
         log.info("launcher.transition_wait", job_id=job_id, lease=name, reason=reply.reason)
         if ctx.lease_waker.wait(name, mark, min(left, ctx.cfg.leases.busy_retry_s), ctx.abandoned):

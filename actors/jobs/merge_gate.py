@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from actors import merge_policy
+from dataclasses import dataclass
+
+from actors import merge_policy, merge_wait_policy
 from actors.jobs.context import JobContext, RunDone
-from actors.jobs.leases import TransitionFence, holder
+from actors.jobs.leases import TransitionFence, holder, patiently
 from actors.jobs.pre_merge import run_checks
 from actors.jobs.steps import ensure_pull, prepare_worktree
 from actors.launcher_policy import Run
 from actors.lease_policy import merge_lease
 from bus import subjects
 from bus.effects import effect_key
-from bus.messages import LaunchOrder, LeaseAcquire, LeaseRelease, LeaseRenew
+from bus.messages import LaunchOrder, LeaseAcquire, LeaseRelease, LeaseRenew, LeaseReply
 from conveyor import faults
 from conveyor.errors import ConveyorError, Fenced
 from conveyor.logs import get_logger
@@ -38,7 +40,7 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
     if pull is not None and pull.merged and pull.head_sha == head:
         return RunDone(run_id=run.id, exit_code=0, head_sha=head)
     name = merge_lease(order.repo)
-    grant = ctx.lease(subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order)))
+    grant = _acquire(ctx, order, name)
     if not grant.granted:
         return RunDone(
             run_id=run.id,
@@ -46,9 +48,10 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
             error=f"merge lease: {grant.reason}",
             defer_s=ctx.cfg.leases.busy_retry_s,
         )
+    held = MergeLease(name=name, task_id=order.task_id, revision=grant.revision)
     done: RunDone | None = None
     try:
-        done = _merge_under_lease(ctx, run, order, name, grant.revision, fence)
+        done = _merge_under_lease(ctx, run, order, held, fence)
         return done
     finally:
         # A protected repository's task keeps its merge lease until its confirmed
@@ -57,7 +60,61 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         merged = done is not None and done.exit_code == 0 and not done.outcome
         keep = merged and _protected(ctx, order.repo)
         if not keep:
-            ctx.lease(subjects.LEASE_RELEASE, LeaseRelease(name=name, task_id=order.task_id))
+            held.release(ctx)
+
+
+@dataclass
+class MergeLease:
+    """The merge lease this run holds; its revision moves with each renewal."""
+
+    name: str
+    task_id: str
+    revision: int
+
+    def renew(self, ctx: JobContext, job_id: str) -> LeaseReply:
+        """Prove the lease is still ours; a keeper away is waited for, a refusal is final."""
+        renew = LeaseRenew(name=self.name, task_id=self.task_id, revision=self.revision)
+        reply = patiently(
+            ctx,
+            job_id,
+            self.name,
+            (subjects.LEASE_RENEW, renew),
+            until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
+            wait_if_refused=False,
+        )
+        self.revision = reply.revision or self.revision
+        return reply
+
+    def release(self, ctx: JobContext) -> None:
+        """Free the lease; a keeper away gets the release from its stream when back.
+
+        Lost, the release would leave the lease held by a finished run for good: a
+        merge lease is never freed from a finished holder (a protected one is kept).
+        """
+        release = LeaseRelease(name=self.name, task_id=self.task_id, revision=self.revision)
+        if not ctx.lease(subjects.LEASE_RELEASE, release).granted:
+            ctx.release_later(release)
+
+
+def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
+    """Take the merge lease, waiting in the run while another merge holds it.
+
+    The wait ends when the keeper frees the lease or comes back (`LeaseFreed`), with
+    `leases.busy_retry_s` as the longest sleep (a lost wake-up), and after
+    `leases.merge_wait_s` at most: then the step defers through the queue; a
+    cancelled job stops waiting at its next try, freeing its launch slot. A lease
+    kept past its run (a protected repository's deploy) is not waited for in the run:
+    its holder's deploy jobs need the repository's launch slots (`merge_wait_policy`).
+    """
+    return patiently(
+        ctx,
+        order.job_id,
+        name,
+        (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
+        until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
+        wait_if_refused=merge_wait_policy.waits_in_run,
+        cancellable=True,
+    )
 
 
 def _protected(ctx: JobContext, repo: str) -> bool:
@@ -68,8 +125,7 @@ def _merge_under_lease(
     ctx: JobContext,
     run: Run,
     order: LaunchOrder,
-    name: str,
-    revision: int,
+    held: MergeLease,
     fence: TransitionFence,
 ) -> RunDone:
     worktree = prepare_worktree(ctx, order)
@@ -119,9 +175,7 @@ def _merge_under_lease(
     pull = ensure_pull(ctx, order, head, "Opened by Conveyor before merge.", after_merge=True)
     if pull.merged:
         return RunDone(run_id=run.id, exit_code=0, head_sha=head)
-    renewed = ctx.lease(
-        subjects.LEASE_RENEW, LeaseRenew(name=name, task_id=order.task_id, revision=revision)
-    )
+    renewed = held.renew(ctx, order.job_id)
     if not renewed.granted:
         return RunDone(
             run_id=run.id,

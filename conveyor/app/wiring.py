@@ -25,7 +25,7 @@ from actors.janitor import Janitor, JanitorStatus
 from actors.janitor import stores as janitor_stores
 from actors.launcher import Launcher, LauncherStatus, Slots
 from actors.launcher_policy import Run
-from actors.lease_keeper import LeaseKeeper, LeaseStatus, run_finished
+from actors.lease_keeper import LeaseKeeper, LeaseStatus, run_finished, run_in_progress
 from actors.lease_policy import Lease, merged_stages
 from actors.monitor import MonitorStatus, PostDeployMonitor
 from actors.monitor_commit import LogCommitter
@@ -184,9 +184,16 @@ def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
 def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
     kept = merged_stages([(s.name, s.merge) for s in ctx.cfg.pipeline.stages])
-    finished = run_finished(ctx.bus.store(subjects.BUCKET_RUNS, Run))
+    runs = ctx.bus.store(subjects.BUCKET_RUNS, Run)
+    finished, in_progress = run_finished(runs), run_in_progress(runs)
     return LeaseKeeper.start(
-        ctx.bus, store, ctx.clock, ctx.cfg.leases, kept=kept, finished=finished
+        ctx.bus,
+        store,
+        ctx.clock,
+        ctx.cfg.leases,
+        kept=kept,
+        finished=finished,
+        in_progress=in_progress,
     )
 
 
