@@ -105,6 +105,11 @@ class Fleet:
         self.client.follow(self.inbox.put)
         return self.client
 
+    def live_client(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("fleet not started")
+        return self.client
+
     def stop(self) -> None:
         if self.client is not None:
             with contextlib.suppress(Exception):
