@@ -102,8 +102,8 @@ async def _write(url: str, template: Template, ids: list[str]) -> int:
                         for task in done:
                             task.result()
                             written += 1
-        for task in asyncio.as_completed(pending):
-            await task
+        for waiting in asyncio.as_completed(pending):
+            await waiting
             written += 1
     finally:
         await nc.close()

@@ -45,7 +45,9 @@ from fleet import CLOCK, Fleet, drive, plan, render_config
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("control", "launcher")
-PUSH_ERRORS = ("bad object", "push.failed", "failed to push", "missing necessary objects")
+# A failed push: the forge's own words, or the GitError of a `git push` (successes log
+# `git.pushed`, never the command line).
+PUSH_ERRORS = ("bad object", "missing necessary objects", "git push --quiet --no-verify origin")
 TARGET_RATIO = 1.0
 TARGET_MERGE_ATTEMPTS = 1.2
 
