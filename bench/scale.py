@@ -62,6 +62,8 @@ TARGETS = {
     "idle CPU %": 1.0,
 }
 
+_OPS = {"submit ratio": "≥", "idle CPU %": "<"}
+
 
 @dataclass
 class Row:
@@ -193,7 +195,7 @@ def _print(rows: list[Row]) -> None:
     print("page reply: " + ", ".join(f"{r.tasks}: {r.page_shape}" for r in rows))
     print(
         "targets (SPEC §8, at 100,000 stored tasks): "
-        + ", ".join(f"{k} {'≥' if k == 'submit ratio' else '≤'} {v:g}" for k, v in TARGETS.items())
+        + ", ".join(f"{k} {_OPS.get(k, '≤')} {v:g}" for k, v in TARGETS.items())
     )
     for r in rows:
         marks = ", ".join(f"{k} {'PASS' if ok else 'MISS'}" for k, ok in r.verdicts().items())
