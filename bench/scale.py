@@ -122,7 +122,15 @@ def measure(
     cluster.spawn("launcher")
     cluster.sigkill("control")
     cluster.spawn("control")
-    row.restart_s = wait_ready(client, cluster, deadline_s=args.ready_deadline_s)
+    try:
+        row.restart_s = wait_ready(client, cluster, deadline_s=args.ready_deadline_s)
+    except RuntimeError:
+        # Not healthy by the deadline is a finding: keep the row, skip what needs a ready node.
+        row.restart_s = float("inf")
+        row.page_shape = f"not measured: not healthy within {args.ready_deadline_s:g} s"
+        row.rss = fleet.rss_mb()
+        print(f"  control not healthy within {args.ready_deadline_s:g} s", flush=True)
+        return row
     CLOCK.sleep(1.0)  # let the parts finish what start-up left them
     copy = client.request(subjects.status_task(ids[-1]))
     if not isinstance(copy, dict) or copy.get("id") != ids[-1]:
