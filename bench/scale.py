@@ -77,6 +77,7 @@ class Row:
     idle_cpu: float = 0.0
     submit_rate: float = 0.0
     floor_rate: float = 0.0
+    measured: bool = True
 
     def verdicts(self) -> dict[str, bool]:
         rss = (self.rss or {}).get("control", float("inf"))
@@ -129,6 +130,7 @@ def measure(
         row.restart_s = float("inf")
         row.page_shape = f"not measured: not healthy within {args.ready_deadline_s:g} s"
         row.rss = fleet.rss_mb()
+        row.measured = False
         print(f"  control not healthy within {args.ready_deadline_s:g} s", flush=True)
         return row
     CLOCK.sleep(1.0)  # let the parts finish what start-up left them
@@ -206,6 +208,9 @@ def _print(rows: list[Row]) -> None:
         + ", ".join(f"{k} {_OPS.get(k, '≤')} {v:g}" for k, v in TARGETS.items())
     )
     for r in rows:
+        if not r.measured:
+            print(f"  {r.tasks:>7}: restart s MISS, the rest not measured (never healthy)")
+            continue
         marks = ", ".join(f"{k} {'PASS' if ok else 'MISS'}" for k, ok in r.verdicts().items())
         print(f"  {r.tasks:>7}: {marks}")
 
