@@ -38,9 +38,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bus import subjects
 from conveyor.app.client import Client
@@ -52,6 +52,7 @@ from fleet import CLOCK, Fleet, drive, percentile, render_config, wait_ready
 from scale_records import Template, bare_create_rate, read_template, write_copies
 
 PARTS = ("control", "launcher")
+T = TypeVar("T")
 ITEM = "R1-1"
 TARGETS = {
     "status p99 ms": 5.0,
@@ -69,8 +70,8 @@ _OPS = {"submit ratio": "≥", "idle CPU %": "<"}
 class Row:
     tasks: int
     restart_s: float = 0.0
-    status: tuple[float, float] = (0.0, 0.0)
-    task: tuple[float, float] = (0.0, 0.0)
+    status: tuple[float, float] | None = None
+    task: tuple[float, float] | None = None
     page: tuple[float, float] | None = None
     page_shape: str = ""
     rss: dict[str, float] | None = None
@@ -78,13 +79,14 @@ class Row:
     submit_rate: float = 0.0
     floor_rate: float = 0.0
     measured: bool = True
+    failures: list[str] = field(default_factory=list)
 
     def verdicts(self) -> dict[str, bool]:
         rss = (self.rss or {}).get("control", float("inf"))
         page = self.page[1] if self.page else float("inf")
         ratio = self.submit_rate / self.floor_rate if self.floor_rate else 0.0
         return {
-            "status p99 ms": self.status[1] <= TARGETS["status p99 ms"],
+            "status p99 ms": self.status is not None and self.status[1] <= TARGETS["status p99 ms"],
             "page p99 ms": page <= TARGETS["page p99 ms"],
             "submit ratio": ratio >= TARGETS["submit ratio"],
             "control RSS MB": rss <= TARGETS["control RSS MB"],
@@ -139,14 +141,19 @@ def measure(
         print(f"  warning: status of the copy {ids[-1]} answered {str(copy)[:200]}")
     else:
         print(f"  check: the copy {ids[-1]} answers, stage {copy.get('stage')!r}", flush=True)
-    row.status = _timed(lambda: client.request(subjects.STATUS), args.samples)
+    row.status = _attempt(
+        row, "status", lambda: _timed(lambda: client.request(subjects.STATUS), args.samples)
+    )
     sample = random.Random(size).choices(ids, k=args.samples)
     picks = iter(sample)
-    row.task = _timed(lambda: client.request(subjects.status_task(next(picks))), args.samples)
-    try:
-        row.page = _timed(_page_call(client, row), max(10, args.samples // 4))
-    except Exception as exc:
-        row.page_shape = f"fails: {type(exc).__name__}"
+    row.task = _attempt(
+        row,
+        "task",
+        lambda: _timed(lambda: client.request(subjects.status_task(next(picks))), args.samples),
+    )
+    row.page = _attempt(
+        row, "page", lambda: _timed(_page_call(client, row), max(10, args.samples // 4))
+    )
     row.rss = fleet.rss_mb()
     parts = {k: v for k, v in fleet.processes().items() if k in PARTS}
     before = {k: _cpu(p) for k, p in parts.items()}
@@ -154,8 +161,19 @@ def measure(
     CLOCK.sleep(args.idle_s)
     elapsed = CLOCK.monotonic() - started
     row.idle_cpu = sum(_cpu(p) - before[k] for k, p in parts.items()) / elapsed * 100
-    row.submit_rate, row.floor_rate = _submit_rates(fleet, template, args, size)
+    rates = _attempt(row, "submit", lambda: _submit_rates(fleet, template, args, size))
+    row.submit_rate, row.floor_rate = rates or (0.0, 0.0)
     return row
+
+
+def _attempt(row: Row, what: str, call: Callable[[], T]) -> T | None:
+    """A measurement that failed (e.g. a request timed out) is a finding: note it, go on."""
+    try:
+        return call()
+    except Exception as exc:
+        row.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:120]}")
+        print(f"  {what} failed: {exc!s:.160}", flush=True)
+        return None
 
 
 def _cpu(proc: Any) -> float:
@@ -193,15 +211,20 @@ def _print(rows: list[Row]) -> None:
     print(head)
     for r in rows:
         rss = r.rss or {}
-        page = f"{r.page[0]:.1f}/{r.page[1]:.1f}" if r.page else "-"
+        page = f"{r.page[0]:.1f}/{r.page[1]:.1f}" if r.page else "fails"
+        status = f"{r.status[0]:.1f}/{r.status[1]:.1f}" if r.status else "fails"
+        task = f"{r.task[0]:.1f}/{r.task[1]:.1f}" if r.task else "fails"
         ratio = r.submit_rate / r.floor_rate if r.floor_rate else 0.0
         mem = "/".join(f"{rss.get(k, 0):.0f}" for k in ("control", "launcher", "nats-server"))
         print(
-            f"{r.tasks:>7} {r.restart_s:>9.2f} {r.status[0]:>8.1f}/{r.status[1]:<9.1f} "
-            f"{r.task[0]:>7.1f}/{r.task[1]:<8.1f} {page:>16} {r.submit_rate:>9.1f} "
+            f"{r.tasks:>7} {r.restart_s:>9.2f} {status:>18} "
+            f"{task:>16} {page:>16} {r.submit_rate:>9.1f} "
             f"{r.floor_rate:>9.1f} {ratio:>6.2f} {mem:>20} {r.idle_cpu:>10.1f}"
         )
     print()
+    for r in rows:
+        for failure in r.failures:
+            print(f"{r.tasks}: {failure}")
     print("page reply: " + ", ".join(f"{r.tasks}: {r.page_shape}" for r in rows))
     print(
         "targets (SPEC §8, at 100,000 stored tasks): "
@@ -258,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rows.append(measure(fleet, template, ids, args, size))
+            _print(rows[-1:])  # each size as soon as it is measured; all of them at the end
     finally:
         fleet.stop()
         if args.keep:
