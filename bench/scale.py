@@ -225,7 +225,7 @@ def _print(rows: list[Row]) -> None:
     for r in rows:
         for failure in r.failures:
             print(f"{r.tasks}: {failure}")
-    print("page reply: " + ", ".join(f"{r.tasks}: {r.page_shape}" for r in rows))
+    print("page reply: " + ", ".join(f"{r.tasks}: {r.page_shape or 'failed'}" for r in rows))
     print(
         "targets (SPEC §8, at 100,000 stored tasks): "
         + ", ".join(f"{k} {_OPS.get(k, '≤')} {v:g}" for k, v in TARGETS.items())
