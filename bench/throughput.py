@@ -1,0 +1,208 @@
+"""SPEC §8 "Throughput": N items on 4 repositories at concurrency 8, Conveyor against a floor.
+
+Conveyor side: nats-server and the Procfile parts `control` and `launcher` (each
+`conveyor up --parts ...` in its own process, as in production) with the demo
+agent, `max_concurrency = 8` and two jobs per repository at once. Run twice on a
+fresh data directory each: every item submitted at once ("all at once"), and at
+most 8 items unsettled at a time ("8 in flight", as the floor has). Analyses are
+approved as their alerts arrive.
+
+Floor side (`throughput_floor.py`, its own process): the same per-item work as
+`stage_overhead_floor.py` (intake, 7 agent stages with commit, push, PR, CI and
+gate reads, the merge), 8 lanes wide, one item after another per lane, without
+NATS or actors.
+
+Printed for each (never asserted): items a minute, CPU seconds per item (Conveyor:
+control, launcher and nats-server with their reaped children, e.g. git and the
+agents; floor: its process and children), failed pushes (log lines with
+"bad object" or a failed push), and merge attempts per merged item (from the job
+records of the merge steps).
+
+    .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
+                                         [--modes all,8] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.queue_policy import Job
+from bus import subjects
+from conveyor.pipeline import STEP_MERGE
+
+# bench/ is a folder of scripts, not a package: its sibling modules import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet import CLOCK, Fleet, drive, plan, render_config
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("control", "launcher")
+# A failed push: the forge's own words, or the GitError of a `git push` (successes log
+# `git.pushed`, never the command line).
+PUSH_ERRORS = ("bad object", "missing necessary objects", "git push --quiet --no-verify origin")
+TARGET_RATIO = 1.0
+TARGET_MERGE_ATTEMPTS = 1.2
+
+
+@dataclass
+class Side:
+    name: str
+    items: int
+    seconds: float
+    cpu_s: float
+    failed: int = 0
+    failed_pushes: int | None = None
+    merge_attempts: float | None = None
+
+    @property
+    def per_minute(self) -> float:
+        return (self.items - self.failed) / self.seconds * 60 if self.seconds > 0 else 0.0
+
+
+def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: str) -> Side:
+    fleet = Fleet(root / label)
+    per_repo = max(1, args.concurrency // args.repos)
+
+    def config(data: Path, url: str) -> str:
+        return render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+
+    try:
+        fleet.start(PARTS, config)
+        planned = plan(args.items, args.repos)
+        cpu0 = fleet.cpu_s()
+        t0 = CLOCK.monotonic()
+        seen = drive(
+            fleet,
+            planned,
+            in_flight=in_flight,
+            deadline_s=args.deadline_s,
+            say=lambda line: print(line, flush=True),
+        )
+        seconds = (max(seen.settled_at.values()) if seen.settled_at else CLOCK.monotonic()) - t0
+        cpu = fleet.cpu_s() - cpu0
+        unsettled = len(planned) - len(seen.settled_at)
+        side = Side(label, args.items, seconds, cpu, failed=len(seen.escalated) + unsettled)
+        side.failed_pushes = fleet.log_count(PUSH_ERRORS)
+        side.merge_attempts = _merge_attempts(fleet, len(seen.settled_at) - len(seen.escalated))
+        return side
+    finally:
+        if args.keep:
+            print(f"kept {root / label}")
+        fleet.stop()
+
+
+def _merge_attempts(fleet: Fleet, merged: int) -> float | None:
+    """Attempts of every merge step, from the job records, per merged item."""
+    if fleet.client is None or merged <= 0:
+        return None
+    store = fleet.client.bus.store(subjects.BUCKET_JOBS, Job)
+    jobs = [entry.value for entry in store.load_all().values()]
+    attempts = sum(job.attempts for job in jobs if job.id.endswith(f".{STEP_MERGE}"))
+    return attempts / merged
+
+
+def floor_run(root: Path, args: argparse.Namespace) -> Side:
+    argv = [sys.executable, str(HERE / "throughput_floor.py"), "--items", str(args.items)]
+    argv += ["--lanes", str(args.concurrency), "--workdir", str(root / "floor")]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=args.deadline_s, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"floor failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    failed_pushes = sum(
+        1 for line in done.stderr.splitlines() if any(w in line for w in PUSH_ERRORS)
+    )
+    return Side(
+        "floor",
+        figures["items"],
+        figures["seconds"],
+        figures["cpu_s"],
+        failed=figures["failed"],
+        failed_pushes=failed_pushes,
+    )
+
+
+def _report(sides: list[Side], floor: Side) -> None:
+    print()
+    print(
+        f"{'side':<22} {'items':>6} {'failed':>6} {'seconds':>8} {'items/min':>10} "
+        f"{'CPU s/item':>10} {'failed pushes':>13} {'merge att/item':>14} {'vs floor':>9}"
+    )
+    for side in [*sides, floor]:
+        merges = "-" if side.merge_attempts is None else f"{side.merge_attempts:.2f}"
+        pushes = "-" if side.failed_pushes is None else str(side.failed_pushes)
+        ratio = side.per_minute / floor.per_minute if floor.per_minute else float("nan")
+        print(
+            f"{side.name:<22} {side.items:>6} {side.failed:>6} {side.seconds:>8.1f} "
+            f"{side.per_minute:>10.1f} {side.cpu_s / side.items:>10.2f} {pushes:>13} "
+            f"{merges:>14} {ratio:>8.2f}x"
+        )
+    print()
+    for side in sides:
+        ratio = side.per_minute / floor.per_minute if floor.per_minute else 0.0
+        ok = (
+            ratio >= TARGET_RATIO
+            and side.failed_pushes == 0
+            and side.failed == 0
+            and (side.merge_attempts or 0.0) <= TARGET_MERGE_ATTEMPTS
+        )
+        merges = "-" if side.merge_attempts is None else f"{side.merge_attempts:.2f}"
+        print(
+            f"target ({side.name}): >= {TARGET_RATIO:.1f}x the floor ({ratio:.2f}x), "
+            f"0 failed pushes ({side.failed_pushes}), <= {TARGET_MERGE_ATTEMPTS} merge "
+            f"attempts per item ({merges}): {'PASS' if ok else 'MISS'}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--repos", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--modes",
+        default="all,8",
+        help="comma list: 'all' (every item at once) and/or a number in flight",
+    )
+    parser.add_argument("--deadline-s", type=float, default=3600.0, help="per run")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+    if args.items < 1 or args.repos < 1 or args.concurrency < 1:
+        parser.error("--items, --repos and --concurrency must be >= 1")
+    root = Path(tempfile.mkdtemp(prefix="conveyor-bench-throughput-"))
+    print(
+        f"throughput: {args.items} items, {args.repos} repositories, concurrency "
+        f"{args.concurrency}, modes {args.modes}"
+    )
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; scratch {root}")
+    sides: list[Side] = []
+    try:
+        for mode in args.modes.split(","):
+            in_flight = args.items if mode == "all" else int(mode)
+            label = "conveyor all at once" if mode == "all" else f"conveyor {in_flight} in flight"
+            print(f"{label}: running", flush=True)
+            side = conveyor_run(root, args, in_flight, label.replace(" ", "-"))
+            side.name = label
+            sides.append(side)
+            print(f"{label}: {side.seconds:.1f} s", flush=True)
+        print("floor: running", flush=True)
+        floor = floor_run(root, args)
+        print(f"floor: {floor.seconds:.1f} s", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    _report(sides, floor)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
