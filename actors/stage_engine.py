@@ -113,6 +113,9 @@ class StageEngine(Owner):
         self._gates_in_flight: set[str] = set()
         self._stalled: set[str] = set()
         self._replay_moves: list[ReplayMove] = []
+        # Kept as tasks change, so a tick and a submit never walk every stored task.
+        self._unflushed: set[str] = set()
+        self._last_number: dict[str, int] = {}
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
@@ -181,7 +184,7 @@ class StageEngine(Owner):
 
     def _heal(self) -> None:
         """Finish what a failure interrupted: unflushed outboxes, gates never decided."""
-        for task_id in [t for t, e in self._tasks.items() if e.value.outbox]:
+        for task_id in list(self._unflushed):
             self._flush(task_id)
         for task_id in list(self._stalled):
             self._stalled.discard(task_id)
@@ -213,6 +216,13 @@ class StageEngine(Owner):
             # Counted once, as the task reaches done: the cost per delivered item is O(1).
             self._delivered = self._delivered.with_task(entry.value.usage)
         self._tasks[entry.value.id] = entry
+        if entry.value.outbox:
+            self._unflushed.add(entry.value.id)
+        else:
+            self._unflushed.discard(entry.value.id)
+        prefix, _, number = entry.value.id.rpartition("-")
+        if number.isdigit():
+            self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
         self._index.put(entry.value)
         self._status_index.put(entry.value)
 
@@ -373,10 +383,7 @@ class StageEngine(Owner):
         return reloaded
 
     def _next_id(self, prefix: str) -> str:
-        numbers = [
-            int(tid.rsplit("-", 1)[1]) for tid in self._tasks if tid.startswith(f"{prefix}-")
-        ]
-        return f"{prefix}-{max(numbers, default=0) + 1}"
+        return f"{prefix}-{self._last_number.get(prefix, 0) + 1}"
 
     def _command(self, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy) -> Reply:
         try:
