@@ -134,6 +134,15 @@ class Reaper(Owner):
                 self._unobservable.add(key)
                 text = f"Reaper cannot observe job {job.id} attempt {job.attempts}: {err}"
                 self._alert(text, job.task_id, f"observe:{job.id}:{job.attempts}")
+        return self._snapshot(job)
+
+    def _snapshot(
+        self,
+        job: Job,
+        liveness: str = policy.UNKNOWN,
+        exit_code: int | None = None,
+        exit_at: float | None = None,
+    ) -> RunningJob:
         return RunningJob(
             job_id=job.id,
             attempt=job.attempts,
@@ -141,6 +150,9 @@ class Reaper(Owner):
             role=job.role,
             claimed_at=job.claimed_at,
             pid=job.pid,
+            liveness=liveness,
+            exit_code=exit_code,
+            exit_recorded_at=exit_at,
             last_heartbeat_at=self._beats.get((job.id, job.attempts)),
         )
 
@@ -195,15 +207,4 @@ class Reaper(Owner):
                 recorded = runwrap.read_exit_file(Path(run.run_dir) / "exit_code")
                 if recorded is not None:
                     exit_code, exit_at = recorded
-        return RunningJob(
-            job_id=job.id,
-            attempt=job.attempts,
-            repo=job.repo,
-            role=job.role,
-            claimed_at=job.claimed_at,
-            pid=job.pid,
-            liveness=liveness,
-            exit_code=exit_code,
-            exit_recorded_at=exit_at,
-            last_heartbeat_at=self._beats.get((job.id, job.attempts)),
-        )
+        return self._snapshot(job, liveness, exit_code, exit_at)
