@@ -20,6 +20,7 @@ from bus.bridge import Delivery
 from bus.effects import Ledger, effect_key
 from bus.messages import Alert, StageChanged
 from conveyor import faults
+from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 from gateways.tracker import Tracker
 
@@ -80,6 +81,11 @@ class TrackerSync(pykka.ThreadingActor):
                 case Alert(task_id=task_id) as alert if task_id and self._tracked(task_id):
                     self._on_alert(alert, task_id, message.msg_id)
             message.ack()
+        except BusUnavailable as err:
+            # The bus went away (a shutdown, or NATS down): not a tracker fault. The
+            # comment's own key keeps a redelivery from posting it twice.
+            log.warning("tracker_sync.bus_unavailable", subject=message.subject, error=str(err))
+            message.nak(delay_s=5.0)
         except Exception:
             # The tracker is best-effort for the pipeline, never for the record: retry later.
             log.exception("tracker_sync.failed", subject=message.subject)
