@@ -310,10 +310,7 @@ class LeaseRelease(Message, frozen=True):
 
 
 class LeaseFreed(Message, frozen=True):
-    """LeaseKeeper -> holders waiting for a lease (core NATS): `name` was freed.
-
-    Empty `name`: the keeper (re)started and answers again; every waiter retries.
-    """
+    """LeaseKeeper -> lease waiters (core NATS): `name` was freed; empty: the keeper is back."""
 
     name: str = ""
 
@@ -385,8 +382,7 @@ class Alert(Message, frozen=True):
     source: str = ""
     at: float = 0.0
     kind: str = ""
-    """What happened, for machines (clients switch on it, never on `text`); every kind
-    is listed in docs/messages.md, e.g. `escalated` (the LeaseKeeper frees the leases)."""
+    """What happened, for machines: clients switch on it, never on `text` (docs/messages.md)."""
 
 
 # --- events (JetStream, CONVEYOR_EVENTS; gateways and the Reconciler publish) -------------
