@@ -52,6 +52,12 @@ def render_config(data: Path, url: str, repos: int) -> str:
         'level = "info"',
         'format = "json"',
     ]
+    return "\n".join([*lines, *repo_sections(repos)]) + "\n"
+
+
+def repo_sections(repos: int) -> list[str]:
+    """`[[repos]]` tables for demo repositories repo1..repoN, each with the demo CI check."""
+    lines: list[str] = []
     for n in range(1, repos + 1):
         lines += [
             "[[repos]]",
@@ -60,7 +66,7 @@ def render_config(data: Path, url: str, repos: int) -> str:
             'template = "demo"',
             f"check_command = {CHECK_COMMAND}",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:

@@ -31,7 +31,7 @@ from conveyor.pipeline import CANCELLED, DONE
 # bench/ is a folder of scripts, not a package: its sibling modules import by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos_cluster import CHECK_COMMAND, Cluster
+from chaos_cluster import Cluster, repo_sections
 
 CLOCK = SystemClock()
 READY_TIMEOUT_S = 60.0
@@ -69,15 +69,7 @@ def render_config(
         'format = "json"',
         *extra,
     ]
-    for n in range(1, repos + 1):
-        lines += [
-            "[[repos]]",
-            f'name = "repo{n}"',
-            f'prefix = "R{n}"',
-            'template = "demo"',
-            f"check_command = {CHECK_COMMAND}",
-        ]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *repo_sections(repos)]) + "\n"
 
 
 class Fleet:
