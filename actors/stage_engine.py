@@ -16,16 +16,17 @@ from actors.notice_policy import with_notices
 from actors.owner import Owner, flush_outbox
 from actors.reconciler_policy import ReplayMove, ReplayMoves, replay_acts, replay_move
 from actors.stage_policy import Task
-from actors.task_index import PageRequest, StatusIndex, status_row
+from actors.task_index import PageRequest
+from actors.task_settled import IndexStores, Segment, TasksHead
+from actors.task_state import TaskState
 from actors.task_summary import (
     AllTasks,
     FindTasks,
     GetTask,
-    TaskIndex,
     TaskSummary,
     summarize,
 )
-from actors.usage_policy import Delivered
+from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     Annotate,
@@ -46,7 +47,6 @@ from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced, InvalidField
 from conveyor.logs import get_logger
-from conveyor.pipeline import DONE
 from gateways.forge import Forge
 
 log = get_logger(__name__)
@@ -92,7 +92,7 @@ def task_row(task: Task) -> dict[str, Any]:
     return row
 
 
-class StageEngine(Owner):
+class StageEngine(Owner, TaskState):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
 
     name = "stage_engine"
@@ -102,10 +102,7 @@ class StageEngine(Owner):
     ) -> None:
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
-        self._tasks: dict[str, Versioned[Task]] = {}
-        self._index = TaskIndex()
-        self._status_index = StatusIndex()
-        self._delivered = Delivered()
+        self._init_state()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
         )
@@ -113,16 +110,14 @@ class StageEngine(Owner):
         self._gates_in_flight: set[str] = set()
         self._stalled: set[str] = set()
         self._replay_moves: list[ReplayMove] = []
-        # Kept as tasks change, so a tick and a submit never walk every stored task.
-        self._unflushed: set[str] = set()
-        self._last_number: dict[str, int] = {}
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        # Oldest first, so the status index appends instead of inserting.
-        loaded = self._store.load_all().values()
-        for entry in sorted(loaded, key=lambda e: (e.value.created_at, e.value.id)):
-            self._keep(entry)
+        self._index_stores = IndexStores(
+            self._bus.store(subjects.BUCKET_INDEX, TasksHead),
+            self._bus.store(subjects.BUCKET_INDEX, Segment),
+        )
+        self._load(self._index_stores)
         for task_id in list(self._tasks):
             self._flush(task_id)
         for task_id, entry in self._tasks.items():
@@ -130,7 +125,15 @@ class StageEngine(Owner):
             # A gate may have been mid-evaluation when the previous process died.
             if not task.terminal and not task.escalated and task.job_status in ("done", "failed"):
                 self._start_gate(task_id)
-        log.info("stage_engine.started", tasks=len(self._tasks))
+        self._evict()
+        self._checkpoint()
+        log.info("stage_engine.started", hot=len(self._tasks), settled=len(self._settled))
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return super().on_receive(message)
+        finally:
+            self._evict()
 
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -164,10 +167,11 @@ class StageEngine(Owner):
             case FindTasks():
                 return self._summaries(sorted(self._index.find(message)))
             case GetTask(task_id=task_id):
-                entry = self._tasks.get(task_id)
+                entry = self._entry(task_id)
                 return summarize(entry.value) if entry is not None else None
             case Tick():
                 self._heal()
+                self._checkpoint()
             case _:
                 log.warning("stage_engine.unknown_message", kind=type(message).__name__)
         return None
@@ -210,22 +214,6 @@ class StageEngine(Owner):
         faults.point("stage_engine.persisted")
         self._flush(task.id)
 
-    def _keep(self, entry: Versioned[Task]) -> None:
-        before = self._tasks.get(entry.value.id)
-        if entry.value.stage == DONE and (before is None or before.value.stage != DONE):
-            # Counted once, as the task reaches done: the cost per delivered item is O(1).
-            self._delivered = self._delivered.with_task(entry.value.usage)
-        self._tasks[entry.value.id] = entry
-        if entry.value.outbox:
-            self._unflushed.add(entry.value.id)
-        else:
-            self._unflushed.discard(entry.value.id)
-        prefix, _, number = entry.value.id.rpartition("-")
-        if number.isdigit():
-            self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
-        self._index.put(entry.value)
-        self._status_index.put(entry.value)
-
     def _flush(self, task_id: str) -> None:
         entry = self._tasks[task_id]
         self._keep(
@@ -259,7 +247,7 @@ class StageEngine(Owner):
     # --- job outcomes and gates ---------------------------------------------------------
 
     def _on_outcome(self, outcome: JobOutcome, delivery: Delivery[Any]) -> None:
-        entry = self._tasks.get(outcome.task_id)
+        entry = self._entry(outcome.task_id)
         if entry is None:
             log.warning("stage_engine.outcome_unknown_task", task_id=outcome.task_id)
             delivery.ack()
@@ -346,7 +334,7 @@ class StageEngine(Owner):
         except InvalidField as err:
             log.warning("stage_engine.submit_refused", field=err.field, reason=err.reason)
             return Reply(ok=False, error=str(err), field=err.field)
-        existing = self._tasks.get(task_id)
+        existing = self._entry(task_id)
         if existing is None:
             decision = policy.new_task(
                 task_id=task_id,
@@ -390,7 +378,7 @@ class StageEngine(Owner):
             task_id = validate.work_item_id(cmd.id)
         except InvalidField as err:
             return Reply(ok=False, error=str(err), field=err.field)
-        entry = self._tasks.get(task_id)
+        entry = self._entry(task_id)
         if entry is None:
             return Reply(ok=False, error=f"id: no task {task_id}", field="id")
         decision = policy.on_command(
@@ -418,7 +406,7 @@ class StageEngine(Owner):
             task_id = validate.work_item_id(update.id)
         except InvalidField as err:
             return Reply(ok=False, error=str(err), field=err.field)
-        entry = self._tasks.get(task_id)
+        entry = self._entry(task_id)
         if entry is None:
             return Reply(ok=False, error=f"id: no task {task_id}", field="id")
         decision = policy.on_tracker(
@@ -435,7 +423,7 @@ class StageEngine(Owner):
         return Reply(ok=True, task=task_row(self._tasks[task_id].value), note=decision.reason)
 
     def _annotate(self, note: Annotate) -> Reply:
-        entry = self._tasks.get(note.id)
+        entry = self._entry(note.id)
         if entry is None:
             return Reply(ok=False, error=f"id: no task {note.id}", field="id")
         decision = policy.on_annotate(entry.value, note, now=self._clock.now())
@@ -443,7 +431,7 @@ class StageEngine(Owner):
         return Reply(ok=True, note=decision.reason)
 
     def _reevaluate(self, cmd: Reevaluate) -> Reply:
-        entry = self._tasks.get(cmd.id)
+        entry = self._entry(cmd.id)
         if entry is None:
             return Reply(ok=False, error=f"id: no task {cmd.id}", field="id")
         why = policy.reevaluable(entry.value)
@@ -462,13 +450,11 @@ class StageEngine(Owner):
 
     def _status(self, query: StatusQuery) -> Any:
         if query.kind == "tasks":
-            return self._status_index.page(
-                query.page, lambda task_id: status_row(self._tasks[task_id].value), query.max_bytes
-            )
+            return self._status_index.page(query.page, self._row, query.max_bytes)
         if query.kind == "usage":
             return {"delivered": self._delivered.as_dict()}
         if query.kind == "task":
-            entry = self._tasks.get(query.task_id)
+            entry = self._tasks.get(query.task_id) or self._store.get(query.task_id)
             if entry is None:
                 return None
             record = msgspec.to_builtins(msgspec.structs.replace(entry.value, outbox=[]))

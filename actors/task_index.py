@@ -116,12 +116,30 @@ class StatusIndex:
     def __init__(self) -> None:
         self._lists: dict[Bucket, list[Key]] = {}
         self._where: dict[str, tuple[Key, tuple[Bucket, ...]]] = {}
+        self._shared: dict[tuple[Bucket, ...], tuple[Bucket, ...]] = {}
 
     def put(self, task: Task) -> None:
         """Index `task` as it is now; O(1) when its state, stage and repo did not change."""
-        key: Key = (task.created_at, task.id)
-        buckets = _buckets(task)
-        before = self._where.get(task.id)
+        self._place(task.id, (task.created_at, task.id), _buckets(task))
+
+    def put_settled(self, task_id: str, created_at: float, stage: str, repo: str) -> None:
+        """Index a settled (done or cancelled) task known only by its kept row."""
+        buckets = tuple(
+            (state, s, r) for state in ("all", "finished") for s in (stage, "") for r in (repo, "")
+        )
+        self._place(task_id, (created_at, task_id), buckets)
+
+    def drop(self, task_id: str) -> None:
+        """Forget a task (its record was deleted)."""
+        before = self._where.pop(task_id, None)
+        if before is not None:
+            for bucket in before[1]:
+                self._remove(bucket, before[0])
+
+    def _place(self, task_id: str, key: Key, buckets: tuple[Bucket, ...]) -> None:
+        # One shared tuple per distinct filter set: at 100,000 tasks a copy each is ~60 MB.
+        buckets = self._shared.setdefault(buckets, buckets)
+        before = self._where.get(task_id)
         if before == (key, buckets):
             return
         if before is not None:
@@ -133,7 +151,7 @@ class StatusIndex:
                 keys.append(key)  # the usual case: a new task, or a start-up load oldest first
             else:
                 insort(keys, key)
-        self._where[task.id] = (key, buckets)
+        self._where[task_id] = (key, buckets)
 
     def _remove(self, bucket: Bucket, key: Key) -> None:
         keys = self._lists[bucket]

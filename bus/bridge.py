@@ -125,6 +125,7 @@ BUCKETS = (
     subjects.BUCKET_EFFECTS,
     subjects.BUCKET_MONITOR,
     subjects.BUCKET_CARDS,
+    subjects.BUCKET_INDEX,
 )
 
 

@@ -9,6 +9,7 @@ for the operator to read, fix or delete. `get` of such a key raises `Quarantined
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from bus.messages import Alert, encode
@@ -39,6 +41,9 @@ _quarantined: weakref.WeakKeyDictionary[Bus, set[tuple[str, str, int]]] = (
 )
 """Per connection, the record revisions already reported: a reload stays quiet."""
 _quarantined_lock = threading.Lock()
+
+GET_MANY_BATCH = 256
+"""Reads `get_many` keeps in flight at once."""
 
 
 class Versioned(msgspec.Struct, Generic[T], frozen=True):
@@ -236,6 +241,93 @@ class Store(Generic[S]):
             return await watcher.updates(timeout=0.5)
         except nats.errors.TimeoutError:
             return None  # only delete markers: every key was deleted
+
+    def put(self, key: str, value: S) -> int:
+        """Store `value` whatever the key holds (for records with one writer, e.g. indexes)."""
+        data = encode(value)
+
+        async def _put() -> int:
+            return int(await self._kv.put(key, data))
+
+        return self._bus.call(_put())
+
+    def get_many(self, keys: list[str]) -> dict[str, Versioned[S]]:
+        """Read many keys at once (requests in flight together); absent keys are left out."""
+        bad: list[_Unreadable] = []
+
+        async def _one(key: str) -> Versioned[S] | None:
+            try:
+                entry = await self._kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            value = self._decode(key, entry.revision, entry.value)
+            if isinstance(value, _Unreadable):
+                bad.append(value)
+                return None
+            if value is None or entry.revision is None:
+                return None
+            return Versioned(value, entry.revision)
+
+        async def _all() -> dict[str, Versioned[S]]:
+            out: dict[str, Versioned[S]] = {}
+            for start in range(0, len(keys), GET_MANY_BATCH):
+                batch = keys[start : start + GET_MANY_BATCH]
+                for key, got in zip(batch, await asyncio.gather(*map(_one, batch)), strict=True):
+                    if got is not None:
+                        out[key] = got
+            return out
+
+        found = self._bus.call(_all(), timeout_s=120.0)
+        for unreadable in bad:
+            self._quarantine(unreadable)
+        return found
+
+    def since(self, seq: int) -> tuple[dict[str, Versioned[S] | None], int]:
+        """The latest write of every key written after stream sequence `seq`, and the last one.
+
+        A key deleted or purged since maps to None. Reads only those writes (one ordered
+        consumer from `seq` + 1), so its cost is the number of writes since, not the
+        bucket's size.
+        """
+        bad: list[_Unreadable] = []
+        pre: str = self._kv._pre
+
+        async def _since() -> tuple[dict[str, Versioned[S] | None], int]:
+            js = self._kv._js
+            info = await js.stream_info(self._kv._stream)
+            last = int(info.state.last_seq)
+            out: dict[str, Versioned[S] | None] = {}
+            if last <= seq:
+                return out, last
+            sub = await js.subscribe(
+                f"{pre}>",
+                ordered_consumer=True,
+                config=js_api.ConsumerConfig(
+                    deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=seq + 1,
+                ),
+                inactive_threshold=2.0,
+            )
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=10.0)
+                    meta = msg.metadata
+                    key = msg.subject[len(pre) :]
+                    operation = (msg.headers or {}).get("KV-Operation", "")
+                    value = None if operation else self._decode(key, meta.sequence.stream, msg.data)
+                    if isinstance(value, _Unreadable):
+                        bad.append(value)
+                    else:
+                        out[key] = None if value is None else Versioned(value, meta.sequence.stream)
+                    if meta.sequence.stream >= last or meta.num_pending == 0:
+                        return out, max(last, meta.sequence.stream)
+            finally:
+                await sub.unsubscribe()
+
+        found = self._bus.call(_since(), timeout_s=120.0)
+        for unreadable in bad:
+            self._quarantine(unreadable)
+        return found
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""

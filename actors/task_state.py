@@ -1,0 +1,145 @@
+"""The StageEngine's tasks in memory: the hot set, settled rows, indexes, and checkpoints.
+
+A mixin of the StageEngine (the sole writer of tasks): `_keep` is the one place a
+task's stored state enters memory, and keeps every index with it. Tasks that
+settled (done or cancelled, nothing left to publish) leave the hot set once the
+message that settled them is handled; see `actors/task_settled.py` for what stays
+and for the checkpoint that lets start-up read only hot tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.task_index import StatusIndex, status_row
+from actors.task_policy import Task
+from actors.task_settled import (
+    HEAD_KEY,
+    IndexStores,
+    SettledTasks,
+    TasksHead,
+    read_checkpoint,
+)
+from actors.task_summary import TaskIndex
+from actors.usage_policy import Delivered
+from bus.kv import Store, Versioned
+from conveyor.pipeline import DONE
+
+
+class TaskState:
+    """Tasks as the StageEngine holds them; `_store` is the tasks bucket."""
+
+    _store: Store[Task]
+
+    def _init_state(self) -> None:
+        self._tasks: dict[str, Versioned[Task]] = {}
+        self._index = TaskIndex()
+        self._status_index = StatusIndex()
+        self._delivered = Delivered()
+        # Kept as tasks change, so a tick and a submit never walk every stored task.
+        self._unflushed: set[str] = set()
+        self._last_number: dict[str, int] = {}
+        # Settled tasks leave `_tasks` for `_settled` (their rows) once a message is handled.
+        self._settled = SettledTasks()
+        self._settling: set[str] = set()
+        self._seq = 0
+        self._head_seq = -1
+        self._loading = False
+        self._counting = True
+        self._index_stores: IndexStores | None = None
+
+    def _load(self, index: IndexStores) -> None:
+        """The hot tasks and the rows of settled ones, from the checkpoint when there is one."""
+        self._loading = True
+        cold = read_checkpoint(self._store, index, self._settled)
+        if cold is None:
+            # No checkpoint yet (data of an older version): read every task, once.
+            entries: list[Versioned[Task] | str] = list(self._store.load_all().values())
+            fresh = 0
+        else:
+            entries, fresh = cold.entries, cold.fresh
+            self._delivered, self._seq = cold.delivered, cold.seq
+        for at, entry in enumerate(entries):
+            # The head's hot tasks are in its delivered sum already; newer writes are not.
+            self._counting = at >= fresh
+            if isinstance(entry, str):
+                self._tasks.pop(entry, None)
+            else:
+                self._keep(entry)
+        self._counting, self._loading = True, False
+        self._evict()
+        for row in self._settled:
+            prefix, _, number = row.id.rpartition("-")
+            if number.isdigit():
+                self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
+        # Oldest first, so the status index appends instead of inserting.
+        keyed: list[tuple[float, str]] = [(e.value.created_at, k) for k, e in self._tasks.items()]
+        keyed += [(row.created_at, row.id) for row in self._settled]
+        for _, task_id in sorted(keyed):
+            hot = self._tasks.get(task_id)
+            if hot is not None:
+                self._status_index.put(hot.value)
+            elif (row := self._settled.get(task_id)) is not None:
+                self._status_index.put_settled(task_id, row.created_at, row.stage, row.repo)
+
+    def _evict(self) -> None:
+        """Move tasks that settled (done or cancelled, outbox empty) out of the hot set."""
+        for task_id in self._settling:
+            entry = self._tasks.pop(task_id, None)
+            if entry is not None:
+                self._settled.settle(entry.value)
+        self._settling.clear()
+
+    def _checkpoint(self) -> None:
+        """Write what settled and the hot ids, when anything changed since the last time."""
+        index = self._index_stores
+        if index is None or (self._seq == self._head_seq and not self._settled.dirty):
+            return
+        self._settled.flush(index.segments)
+        head = TasksHead(
+            seq=self._seq,
+            hot=sorted(self._tasks),
+            segments=self._settled.segments,
+            delivered=self._delivered,
+        )
+        index.heads.put(HEAD_KEY, head)
+        self._head_seq = self._seq
+
+    def _keep(self, entry: Versioned[Task]) -> None:
+        task_id = entry.value.id
+        hot = self._tasks.get(task_id)
+        settled = self._settled.get(task_id)
+        before = hot.value.stage if hot is not None else settled.stage if settled else ""
+        if self._counting and entry.value.stage == DONE and before != DONE:
+            # Counted once, as the task reaches done: the cost per delivered item is O(1).
+            self._delivered = self._delivered.with_task(entry.value.usage)
+        self._tasks[task_id] = entry
+        self._seq = max(self._seq, entry.revision)
+        if entry.value.terminal and not entry.value.outbox:
+            self._settling.add(task_id)
+        else:
+            self._settling.discard(task_id)
+            self._settled.drop(task_id)
+        if entry.value.outbox:
+            self._unflushed.add(entry.value.id)
+        else:
+            self._unflushed.discard(entry.value.id)
+        prefix, _, number = entry.value.id.rpartition("-")
+        if number.isdigit():
+            self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
+        self._index.put(entry.value)
+        if not self._loading:
+            self._status_index.put(entry.value)
+
+    def _entry(self, task_id: str) -> Versioned[Task] | None:
+        """A task by id: from the hot set, or read back from KV when it settled."""
+        entry = self._tasks.get(task_id)
+        if entry is None and task_id in self._settled:
+            entry = self._store.get(task_id)
+            if entry is not None:
+                self._keep(entry)  # handled as usual; it leaves again after this message
+        return entry
+
+    def _row(self, task_id: str) -> dict[str, Any]:
+        entry = self._tasks.get(task_id)
+        return status_row(entry.value) if entry is not None else self._settled.row(task_id)
