@@ -1,0 +1,113 @@
+"""StageEngine on a real nats-server: settled tasks leave memory and start-up skips them.
+
+The first start over data of an older version (no checkpoint) reads every task once
+and writes the checkpoint; a restart reads only the checkpoint, the hot tasks and the
+writes since, and still answers settled tasks from KV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.stage_engine import StatusQuery
+from actors.task_index import PageRequest
+from actors.task_policy import Task
+from actors.task_settled import HEAD_KEY, TasksHead
+from actors.task_summary import AllTasks, GetTask
+from bus import subjects
+from bus.bridge import Bus
+from bus.kv import Store
+from bus.messages import Cancel, Submit
+from conveyor.app import wiring
+from conveyor.clock import FakeClock
+from tests.actors.conftest import ASK_TIMEOUT_S, ActorUnderTest
+from tests.harness import make_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _task(task_id: str, stage: str, created_at: float) -> Task:
+    return Task(
+        id=task_id,
+        repo="demo",
+        title=f"title {task_id}",
+        branch=f"feature/{task_id}-t",
+        stage=stage,
+        job_status="running",
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def _start(tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock) -> ActorUnderTest:
+    cfg = make_config(tmp_path / "data", nats_url)
+    ctx = wiring.Context(cfg, bus, clock, forge=object())  # type: ignore[arg-type]
+    return ActorUnderTest(wiring.SPECS["stage_engine"], ctx, clock)
+
+
+def _ask(engine: ActorUnderTest, message: Any) -> Any:
+    return engine.ref.ask(message, timeout=ASK_TIMEOUT_S)
+
+
+def _page_ids(engine: ActorUnderTest, state: str) -> list[str]:
+    page = _ask(engine, StatusQuery(kind="tasks", page=PageRequest(state=state)))
+    return [row["id"] for row in page["tasks"]]
+
+
+def test_old_data_migrates_once_and_a_restart_reads_only_hot_tasks(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    tasks = bus.store(subjects.BUCKET_TASKS, Task)
+    # As the previous version left them: three settled tasks and one in flight, no index.
+    for number, stage in ((1, "done"), (2, "cancelled"), (3, "done"), (4, "analysis")):
+        tasks.create(f"DEMO-{number}", _task(f"DEMO-{number}", stage, float(number)))
+    heads: Store[TasksHead] = bus.store(subjects.BUCKET_INDEX, TasksHead)
+    assert heads.get(HEAD_KEY) is None
+
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        overview = _ask(engine, StatusQuery(kind="overview"))
+        assert (overview["tasks"], overview["by_state"]["finished"]) == (4, 3)
+        assert [s.id for s in _ask(engine, AllTasks())] == ["DEMO-4"]  # settled left memory
+        assert _page_ids(engine, "all") == ["DEMO-1", "DEMO-2", "DEMO-3", "DEMO-4"]
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        assert (head.value.hot, head.value.delivered.count) == (["DEMO-4"], 2)
+        # Cancelling the last one settles it too; the tick's checkpoint records it.
+        assert _ask(engine, Cancel(id="DEMO-4")).ok
+        assert _ask(engine, AllTasks()) == []
+        engine.tick(1.0)
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        assert head.value.hot == []
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+    # Written while the engine was away: found among the writes after the checkpoint.
+    tasks.create("DEMO-5", _task("DEMO-5", "done", 5.0))
+
+    def _no_full_load(self: Store[Any]) -> Any:
+        raise AssertionError(f"start-up read all of {self.bucket}")
+
+    monkeypatch.setattr(Store, "load_all", _no_full_load)
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        overview = _ask(engine, StatusQuery(kind="overview"))
+        assert (overview["tasks"], overview["by_state"]["finished"]) == (5, 5)
+        assert _page_ids(engine, "finished") == [f"DEMO-{n}" for n in range(1, 6)]
+        usage = _ask(engine, StatusQuery(kind="usage"))
+        assert usage["delivered"]["count"] == 3
+        # Settled tasks answer from KV, and their numbers still count for new ids.
+        record = _ask(engine, StatusQuery(kind="task", task_id="DEMO-2"))
+        assert (record["id"], record["stage"]) == ("DEMO-2", "cancelled")
+        assert _ask(engine, GetTask(task_id="DEMO-3")).stage == "done"
+        again = _ask(engine, Submit(repo="demo", title="title DEMO-1", id="DEMO-1"))
+        assert (again.ok, again.note) == (True, "already submitted")
+        created = _ask(engine, Submit(repo="demo", title="new"))
+        assert created.task["id"] == "DEMO-6"
+        assert [s.id for s in _ask(engine, AllTasks())] == ["DEMO-6"]
+    finally:
+        engine.ref.stop(block=True, timeout=10)
