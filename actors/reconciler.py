@@ -1,6 +1,6 @@
 """Reconciler: makes a lost webhook harmless by replaying what it would have caused.
 
-Every `reconciler.interval_s` it reads the StageEngine's task summaries and asks for a
+Every `reconciler.interval_s` it reads the StageEngine's hot (unsettled) tasks and asks for a
 gate read (acted on only when green) of each task that has been quiet past its
 stage's grace. Every `reconciler.plane_poll_s` it polls Plane (in a worker
 thread) and publishes, as ordinary events, the work item states a task never
@@ -20,7 +20,7 @@ import pykka
 from actors import reconciler_policy as policy
 from actors.owner import Owner
 from actors.reconciler_policy import ReplayMove, ReplayMoves, TaskRow
-from actors.task_summary import AllTasks
+from actors.task_summary import AllTasks, GetTasks
 from bus.bridge import Bus
 from bus.messages import Alert, PolledItem, Reevaluate, Tick
 from conveyor.clock import Clock
@@ -172,7 +172,10 @@ class Reconciler(Owner):
             self._last_poll_error = done.error
             log.warning("reconciler.poll_failed", error=done.error)
             return
-        rows = {row.id: row for row in self._rows()}
+        # Only the polled items' tasks, looked up by id: never every stored task.
+        ids = tuple(policy.polled_task_ids(done.items, cfg=self._cfg))
+        found: Any = self._engine.ask(GetTasks(ids), timeout=ASK_TIMEOUT_S) if ids else {}
+        rows = {k: msgspec.convert(v, TaskRow) for k, v in (found or {}).items()}
         for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
             self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1

@@ -152,6 +152,17 @@ def due(
     return out
 
 
+def polled_task_ids(items: Sequence[PolledItem], *, cfg: Config) -> list[str]:
+    """The task ids polled work items name (those of configured projects)."""
+    ids: list[str] = []
+    for item in items:
+        repo = cfg.repo_for_plane(item.project_id)
+        task_id = task_id_for(repo.prefix, item.sequence_id) if repo is not None else ""
+        if task_id:
+            ids.append(task_id)
+    return ids
+
+
 def plane_replays(
     items: Sequence[PolledItem], rows: Mapping[str, TaskRow], *, cfg: Config
 ) -> list[tuple[str, WorkItemEvent]]:

@@ -23,6 +23,7 @@ from actors.task_summary import (
     AllTasks,
     FindTasks,
     GetTask,
+    GetTasks,
     TaskSummary,
     summarize,
 )
@@ -166,6 +167,8 @@ class StageEngine(Owner, TaskState):
                 return moves
             case FindTasks():
                 return self._summaries(sorted(self._index.find(message)))
+            case GetTasks(task_ids=ids):
+                return {i: self._row(i) for i in ids if i in self._tasks or i in self._settled}
             case GetTask(task_id=task_id):
                 entry = self._entry(task_id)
                 return summarize(entry.value) if entry is not None else None

@@ -63,6 +63,15 @@ class AllTasks(msgspec.Struct, frozen=True):
     """Another actor -> StageEngine (ask): every task's summary, oldest first."""
 
 
+class GetTasks(msgspec.Struct, frozen=True):
+    """Another actor -> StageEngine (ask): status rows by id of those of `task_ids` that exist.
+
+    Settled tasks answer too (from their kept rows), without a pass over all tasks.
+    """
+
+    task_ids: tuple[str, ...]
+
+
 class GetTask(msgspec.Struct, frozen=True):
     """Another part -> StageEngine (ask): one task's summary, or None when it is unknown."""
 

@@ -16,7 +16,7 @@ from actors.stage_engine import StatusQuery
 from actors.task_index import PageRequest
 from actors.task_policy import Task
 from actors.task_settled import HEAD_KEY, TasksHead
-from actors.task_summary import AllTasks, GetTask
+from actors.task_summary import AllTasks, GetTask, GetTasks
 from bus import subjects
 from bus.bridge import Bus
 from bus.kv import Store
@@ -109,5 +109,8 @@ def test_old_data_migrates_once_and_a_restart_reads_only_hot_tasks(
         created = _ask(engine, Submit(repo="demo", title="new"))
         assert created.task["id"] == "DEMO-6"
         assert [s.id for s in _ask(engine, AllTasks())] == ["DEMO-6"]
+        # The Reconciler's lookup by id answers settled and hot tasks alike.
+        found = _ask(engine, GetTasks(("DEMO-1", "DEMO-6", "DEMO-99")))
+        assert {k: v["stage"] for k, v in found.items()} == {"DEMO-1": "done", "DEMO-6": "created"}
     finally:
         engine.ref.stop(block=True, timeout=10)
