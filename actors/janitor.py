@@ -4,8 +4,10 @@ On its ticks it probes the data directory's filesystem every `disk.interval_s`
 (alerting above `disk.alert_percent`, pausing launching below `disk.min_free_mb`
 through the QueueWorker) and rotates agent output logs over `retention.log_max_mb`;
 every `retention.interval_s` it removes settled tasks' worktrees and run
-directories and deletes their closed records. It owns no record: a delete is a
-compare-and-swap on the revision it read, so a record its owner wrote meanwhile stays.
+directories and deletes their closed records. A sweep walks only the task writes
+after its cursor, a bounded number at a time (`actors/janitor_sweep.py`). It owns
+no record but its cursor: a delete is a compare-and-swap on the revision it read,
+so a record its owner wrote meanwhile stays.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pykka
 
 from actors import janitor_files as files
 from actors import janitor_policy as policy
+from actors import janitor_sweep as sweep
 from actors.janitor_policy import DiskState, DiskUsage, EffectRow, LaunchPause
 from actors.launcher_policy import Run
 from actors.monitor_policy import Watch
@@ -61,6 +64,7 @@ class Stores(NamedTuple):
     runs: Store[Run]
     watches: Store[Watch]
     effects: Store[Effect]
+    cursor: Store[sweep.SweepCursor] | None = None
 
 
 def stores(bus: Bus) -> Stores:
@@ -71,6 +75,7 @@ def stores(bus: Bus) -> Stores:
         runs=bus.store(subjects.BUCKET_RUNS, Run),
         watches=bus.store(subjects.BUCKET_MONITOR, Watch),
         effects=bus.store(subjects.BUCKET_EFFECTS, Effect),
+        cursor=bus.store(subjects.BUCKET_INDEX, sweep.SweepCursor),
     )
 
 
@@ -103,6 +108,8 @@ class Janitor(Owner):
         self._next_sweep = 0.0
         self._last_sweep_at: float | None = None
         self._counts: dict[str, int] = {}
+        self._cursor: sweep.SweepCursor | None = None
+        self._more = False
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -115,6 +122,8 @@ class Janitor(Owner):
                 if self._retention.enabled and now >= self._next_sweep:
                     self._next_sweep = now + self._retention.interval_s
                     self._step("sweep", self._sweep, now)
+                    if self._more:
+                        self._next_sweep = now  # a backlog: the next tick takes another batch
             case JanitorStatus():
                 return self._status()
         return None
@@ -164,41 +173,66 @@ class Janitor(Owner):
     # --- retention -------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
-        s = self._stores
-        tasks = {k: e.value for k, e in s.tasks.load_all().items()}
-        jobs = s.jobs.load_all()
-        runs = s.runs.load_all()
-        watches = s.watches.load_all()
-
-        def _settled(days: float) -> set[str]:
-            return policy.settled(
-                tasks.values(),
-                before=policy.cutoff(now, days),
-                jobs=[e.value for e in jobs.values()],
-                runs=[e.value for e in runs.values()],
-                watches=[e.value for e in watches.values()],
-            )
-
-        stale = _settled(self._retention.worktrees_days)
-        for task_id in sorted(stale):
-            self._remove_files(tasks[task_id])
-        gone = _settled(self._retention.records_days)
-        effects = s.effects.load_all()
-        plan = policy.compaction(
-            gone,
-            set(tasks),
-            jobs={k: e.value for k, e in jobs.items()},
-            runs={k: e.value for k, e in runs.items()},
-            watches={k: e.value for k, e in watches.items()},
-            effects=[_row(k, e.value) for k, e in effects.items()],
-            before=policy.cutoff(now, self._retention.records_days),
+        s, batch = self._stores, self._retention.sweep_batch
+        cursor = self._cursor or self._read_cursor()
+        before = policy.cutoff(now, self._retention.worktrees_days)
+        walked = sweep.walk_tasks(
+            s.tasks, cursor.files, cursor.files_waiting, before=before, batch=batch
         )
-        self._delete("jobs", s.jobs, jobs, plan.jobs)
-        self._delete("runs", s.runs, runs, plan.runs)
-        self._delete("watches", s.watches, watches, plan.watches)
-        self._delete("effects", s.effects, effects, plan.effects)
+        cursor.files, cursor.files_waiting, more = walked.cursor, [], walked.more
+        removed = 0
+        for entry in walked.due:
+            if sweep.records_of(s, entry.value.id).settled(entry.value, before):
+                self._remove_files(entry.value)
+                removed += 1
+            else:
+                cursor.files_waiting.append(entry.value.id)
+        before = policy.cutoff(now, self._retention.records_days)
+        walked = sweep.walk_tasks(
+            s.tasks, cursor.records, cursor.records_waiting, before=before, batch=batch
+        )
+        cursor.records, cursor.records_waiting, more = walked.cursor, [], more or walked.more
+        compacted = 0
+        for entry in walked.due:
+            records = sweep.records_of(s, entry.value.id)
+            if not records.settled(entry.value, before):
+                cursor.records_waiting.append(entry.value.id)
+                continue
+            compacted += self._compact(entry.value.id, records, before)
+        for prefix in policy.TASKLESS_EFFECTS:
+            gone, cursor.taskless[prefix], full = sweep.walk_taskless(
+                s.effects, prefix, cursor.taskless.get(prefix, 0), before=before, batch=batch
+            )
+            self._delete("effects", s.effects, gone, sorted(gone))
+            compacted, more = compacted + len(gone), more or full
+        if s.cursor is not None:
+            s.cursor.put(sweep.CURSOR_KEY, cursor)
+        self._cursor, self._more = cursor, more
         self._last_sweep_at = now
-        log.info("janitor.swept", settled=len(stale), compacted=plan.total)
+        log.info("janitor.swept", settled=removed, compacted=compacted, more=more)
+
+    def _read_cursor(self) -> sweep.SweepCursor:
+        store = self._stores.cursor
+        found = store.get(sweep.CURSOR_KEY) if store is not None else None
+        return found.value if found is not None else sweep.SweepCursor()
+
+    def _compact(self, task_id: str, records: sweep.TaskRecords, before: float) -> int:
+        """Delete a settled task's closed records; how many were planned."""
+        s = self._stores
+        plan = policy.compaction(
+            {task_id},
+            {task_id},
+            jobs={k: e.value for k, e in records.jobs.items()},
+            runs={k: e.value for k, e in records.runs.items()},
+            watches={k: e.value for k, e in records.watches.items()},
+            effects=[_row(k, e.value) for k, e in records.effects.items()],
+            before=before,
+        )
+        self._delete("jobs", s.jobs, records.jobs, plan.jobs)
+        self._delete("runs", s.runs, records.runs, plan.runs)
+        self._delete("watches", s.watches, records.watches, plan.watches)
+        self._delete("effects", s.effects, records.effects, plan.effects)
+        return plan.total
 
     def _remove_files(self, task: Task) -> None:
         try:

@@ -289,18 +289,32 @@ class Store(Generic[S]):
         consumer from `seq` + 1), so its cost is the number of writes since, not the
         bucket's size.
         """
+        writes, last = self.walk(seq)
+        return {key: value for key, _, value in writes}, last
+
+    def walk(
+        self, seq: int, *, limit: int = 0, keys: str = ">"
+    ) -> tuple[list[tuple[str, int, Versioned[S] | None]], int]:
+        """Writes after stream sequence `seq` in order, as (key, sequence, value or None).
+
+        At most `limit` of them (0: all), of keys matching the `keys` pattern. The bucket
+        keeps one message per key, so each key comes once, at its latest write. Also
+        returns the stream's last sequence when every write was read, else the last read.
+        """
         bad: list[_Unreadable] = []
         pre: str = self._kv._pre
 
-        async def _since() -> tuple[dict[str, Versioned[S] | None], int]:
+        async def _walk() -> tuple[list[tuple[str, int, Versioned[S] | None]], int]:
             js = self._kv._js
-            info = await js.stream_info(self._kv._stream)
+            # A filter makes the server list the matching keys: never for the whole bucket.
+            wanted = f"{pre}{keys}" if keys != ">" else None
+            info = await js.stream_info(self._kv._stream, subjects_filter=wanted)
             last = int(info.state.last_seq)
-            out: dict[str, Versioned[S] | None] = {}
-            if last <= seq:
+            out: list[tuple[str, int, Versioned[S] | None]] = []
+            if last <= seq or (keys != ">" and not info.state.subjects):
                 return out, last
             sub = await js.subscribe(
-                f"{pre}>",
+                f"{pre}{keys}",
                 ordered_consumer=True,
                 config=js_api.ConsumerConfig(
                     deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
@@ -310,24 +324,42 @@ class Store(Generic[S]):
             )
             try:
                 while True:
-                    msg = await sub.next_msg(timeout=10.0)
+                    try:
+                        msg = await sub.next_msg(timeout=2.0 if keys != ">" else 10.0)
+                    except nats.errors.TimeoutError:
+                        return out, last  # nothing matching after `seq`
                     meta = msg.metadata
+                    at = meta.sequence.stream
                     key = msg.subject[len(pre) :]
                     operation = (msg.headers or {}).get("KV-Operation", "")
-                    value = None if operation else self._decode(key, meta.sequence.stream, msg.data)
+                    value = None if operation else self._decode(key, at, msg.data)
                     if isinstance(value, _Unreadable):
                         bad.append(value)
                     else:
-                        out[key] = None if value is None else Versioned(value, meta.sequence.stream)
-                    if meta.sequence.stream >= last or meta.num_pending == 0:
-                        return out, max(last, meta.sequence.stream)
+                        out.append((key, at, None if value is None else Versioned(value, at)))
+                    if at >= last or meta.num_pending == 0:
+                        return out, max(last, at)
+                    if limit and len(out) >= limit:
+                        return out, at
             finally:
                 await sub.unsubscribe()
 
-        found = self._bus.call(_since(), timeout_s=120.0)
+        found = self._bus.call(_walk(), timeout_s=120.0)
         for unreadable in bad:
             self._quarantine(unreadable)
         return found
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Keys that start with `prefix` (from the stream's subject counts: no value is read)."""
+        pre: str = self._kv._pre
+
+        async def _keys() -> list[str]:
+            info = await self._kv._js.stream_info(
+                self._kv._stream, subjects_filter=f"{pre}{prefix}>"
+            )
+            return sorted(subject[len(pre) :] for subject in info.state.subjects or {})
+
+        return self._bus.call(_keys())
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
