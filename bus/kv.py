@@ -350,7 +350,7 @@ class Store(Generic[S]):
         return found
 
     def keys_under(self, prefix: str) -> list[str]:
-        """Keys that start with `prefix` (from the stream's subject counts: no value is read)."""
+        """Keys that start with `prefix`, deleted ones too (from the subject counts, no values)."""
         pre: str = self._kv._pre
 
         async def _keys() -> list[str]:
