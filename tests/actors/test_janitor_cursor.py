@@ -93,6 +93,7 @@ def test_a_backlog_goes_a_batch_per_tick_and_a_restart_resumes_at_the_cursor(
     again = start_actor("janitor", config=batch_cfg, queue_worker=stub())
     status = again.tick(1.0)
     # The restarted Janitor walks on from the stored cursor, not from the first task.
-    assert starts and min(starts) >= stored.value.records
+    assert starts
+    assert min(starts) >= stored.value.records
     assert status["jobs_compacted"] == 1
     assert jobs.get_many(jobs.keys_under(f"{newest}.")) == {}
