@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import pykka
@@ -24,12 +24,10 @@ from actors import janitor_files as files
 from actors import janitor_policy as policy
 from actors import janitor_sweep as sweep
 from actors.janitor_policy import DiskState, DiskUsage, EffectRow, LaunchPause
-from actors.launcher_policy import Run
-from actors.monitor_policy import Watch
+from actors.janitor_sweep import Stores as Stores
+from actors.janitor_sweep import stores as stores
 from actors.owner import Owner
-from actors.queue_policy import Job
 from actors.task_policy import Task
-from bus import subjects
 from bus.bridge import Bus, Store, Versioned
 from bus.effects import DONE, Effect
 from bus.messages import Tick
@@ -54,29 +52,6 @@ def disk_usage(path: Path) -> DiskUsage:
 
 class JanitorStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> Janitor (ask)."""
-
-
-class Stores(NamedTuple):
-    """The buckets the Janitor reads, and deletes closed records from."""
-
-    tasks: Store[Task]
-    jobs: Store[Job]
-    runs: Store[Run]
-    watches: Store[Watch]
-    effects: Store[Effect]
-    cursor: Store[sweep.SweepCursor] | None = None
-
-
-def stores(bus: Bus) -> Stores:
-    """The Janitor's views of the buckets it keeps trim."""
-    return Stores(
-        tasks=bus.store(subjects.BUCKET_TASKS, Task),
-        jobs=bus.store(subjects.BUCKET_JOBS, Job),
-        runs=bus.store(subjects.BUCKET_RUNS, Run),
-        watches=bus.store(subjects.BUCKET_MONITOR, Watch),
-        effects=bus.store(subjects.BUCKET_EFFECTS, Effect),
-        cursor=bus.store(subjects.BUCKET_INDEX, sweep.SweepCursor),
-    )
 
 
 class Janitor(Owner):

@@ -13,7 +13,7 @@ kept in `conveyor_index`, so a restart goes on where the last sweep stopped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
@@ -22,11 +22,10 @@ from actors.launcher_policy import Run
 from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.task_policy import Task
+from bus import subjects
+from bus.bridge import Bus
 from bus.effects import DONE, Effect
 from bus.kv import Store, Versioned
-
-if TYPE_CHECKING:
-    from actors.janitor import Stores
 
 CURSOR_KEY = "janitor.cursor"
 
@@ -39,6 +38,29 @@ class SweepCursor(msgspec.Struct, kw_only=True):
     taskless: dict[str, int] = msgspec.field(default_factory=dict)
     files_waiting: list[str] = msgspec.field(default_factory=list)
     records_waiting: list[str] = msgspec.field(default_factory=list)
+
+
+class Stores(NamedTuple):
+    """The buckets the Janitor reads, and deletes closed records from."""
+
+    tasks: Store[Task]
+    jobs: Store[Job]
+    runs: Store[Run]
+    watches: Store[Watch]
+    effects: Store[Effect]
+    cursor: Store[SweepCursor] | None = None
+
+
+def stores(bus: Bus) -> Stores:
+    """The Janitor's views of the buckets it keeps trim."""
+    return Stores(
+        tasks=bus.store(subjects.BUCKET_TASKS, Task),
+        jobs=bus.store(subjects.BUCKET_JOBS, Job),
+        runs=bus.store(subjects.BUCKET_RUNS, Run),
+        watches=bus.store(subjects.BUCKET_MONITOR, Watch),
+        effects=bus.store(subjects.BUCKET_EFFECTS, Effect),
+        cursor=bus.store(subjects.BUCKET_INDEX, SweepCursor),
+    )
 
 
 class TaskRecords(NamedTuple):
