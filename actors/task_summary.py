@@ -60,7 +60,11 @@ def summarize(task: Task) -> TaskSummary:
 
 
 class AllTasks(msgspec.Struct, frozen=True):
-    """Another actor -> StageEngine (ask): every task's summary, oldest first."""
+    """Another actor -> StageEngine (ask): the summary of every hot task, oldest first.
+
+    Hot: not settled (settled = done or cancelled with nothing left to publish); settled
+    tasks are out of memory and answer by id (`GetTask`, `GetTasks`).
+    """
 
 
 class GetTasks(msgspec.Struct, frozen=True):
