@@ -17,7 +17,7 @@ from actors.owner import Owner, flush_outbox
 from actors.reconciler_policy import ReplayMove, ReplayMoves, replay_acts, replay_move
 from actors.stage_policy import Task
 from actors.task_index import PageRequest
-from actors.task_settled import IndexStores, Segment, TasksHead
+from actors.task_settled import HotPart, IndexStores, Segment, TasksHead
 from actors.task_state import TaskState
 from actors.task_summary import (
     AllTasks,
@@ -117,6 +117,7 @@ class StageEngine(Owner, TaskState):
         self._index_stores = IndexStores(
             self._bus.store(subjects.BUCKET_INDEX, TasksHead),
             self._bus.store(subjects.BUCKET_INDEX, Segment),
+            self._bus.store(subjects.BUCKET_INDEX, HotPart),
         )
         self._load(self._index_stores)
         for task_id in list(self._tasks):

@@ -31,8 +31,20 @@ from actors.usage_policy import Delivered
 from bus.kv import Store, Versioned
 
 SEGMENT_ROWS = 200
-"""Rows per segment record: about 100 KB, well under a message's max payload."""
+"""Rows per segment record at most (about 100 KB); fewer when a segment would pass half
+the server's max payload."""
 HEAD_KEY = "tasks.head"
+ROW_OVERHEAD = 64
+"""Bytes a row's envelope adds to its encoded status row (id, created_at, stage, repo)."""
+
+
+def _size(row: SettledRow) -> int:
+    return len(row.row) + len(row.id) + len(row.stage) + len(row.repo) + ROW_OVERHEAD
+
+
+def hot_key(number: int) -> str:
+    """The index key of part `number` of a hot-id list too long for the head."""
+    return f"tasks.hot.{number:06d}"
 
 
 def segment_key(number: int) -> str:
@@ -63,6 +75,14 @@ class TasksHead(msgspec.Struct, frozen=True, kw_only=True):
     hot: list[str]
     segments: int
     delivered: Delivered = msgspec.field(default_factory=Delivered)
+    hot_parts: int = 0
+    """When the hot ids would not fit in the head: how many `tasks.hot.*` parts hold them."""
+
+
+class HotPart(msgspec.Struct, frozen=True):
+    """Part of the hot ids of a head that had too many to hold them itself."""
+
+    ids: list[str]
 
 
 class IndexStores(msgspec.Struct, frozen=True):
@@ -70,6 +90,7 @@ class IndexStores(msgspec.Struct, frozen=True):
 
     heads: Store[TasksHead]
     segments: Store[Segment]
+    hot: Store[HotPart]
 
 
 def settled_row(task: Task) -> SettledRow:
@@ -84,6 +105,7 @@ class SettledTasks:
     def __init__(self) -> None:
         self._rows: dict[str, SettledRow] = {}
         self._open: list[SettledRow] = []
+        self._open_bytes = 0
         self._full = 0
         self._pending: list[SettledRow] = []
 
@@ -127,28 +149,39 @@ class SettledTasks:
         """Segment records written so far (the open one included)."""
         return self._full + (1 if self._open else 0)
 
-    def load(self, segments: Iterable[Segment], hot: Iterable[str]) -> None:
-        """Start from stored segments, oldest first; ids in `hot` are not settled."""
+    def load(self, segments: list[Segment | None], hot: Iterable[str]) -> None:
+        """Start from the stored segments in order (None: one not found); `hot` are not settled."""
         for segment in segments:
-            for row in segment.rows:
+            for row in segment.rows if segment is not None else ():
                 self._rows[row.id] = row
-            if len(segment.rows) >= SEGMENT_ROWS:
-                self._full += 1
-            else:
-                self._open = list(segment.rows)
+        # Only the last segment can still take rows.
+        self._full = max(0, len(segments) - 1)
+        last = segments[-1] if segments else None
+        self._open = list(last.rows) if last is not None else []
+        self._open_bytes = sum(map(_size, self._open))
         for task_id in hot:
             self._rows.pop(task_id, None)
 
-    def flush(self, store: Store[Segment]) -> None:
-        """Append the pending rows to the open segment (and new ones), then forget them."""
-        while self._pending:
-            room = SEGMENT_ROWS - len(self._open)
-            self._open.extend(self._pending[:room])
-            del self._pending[:room]
+    def flush(self, store: Store[Segment], max_bytes: int) -> None:
+        """Append the pending rows to the open segment (and new ones), then forget them.
+
+        A segment takes at most `SEGMENT_ROWS` rows and stays under half of `max_bytes`.
+        """
+        budget = max(4096, max_bytes // 2)
+        at = 0
+        while at < len(self._pending):
+            size = _size(self._pending[at])
+            if self._open and (len(self._open) >= SEGMENT_ROWS or self._open_bytes + size > budget):
+                self._full, self._open, self._open_bytes = self._full + 1, [], 0
+            while at < len(self._pending) and len(self._open) < SEGMENT_ROWS:
+                size = _size(self._pending[at])
+                if self._open and self._open_bytes + size > budget:
+                    break
+                self._open.append(self._pending[at])
+                self._open_bytes += size
+                at += 1
             store.put(segment_key(self._full), Segment(rows=list(self._open)))
-            if len(self._open) >= SEGMENT_ROWS:
-                self._full += 1
-                self._open = []
+        self._pending = []
 
 
 class ColdLoad(msgspec.Struct):
@@ -173,11 +206,26 @@ def read_checkpoint(
     head = head_entry.value
     keys = [segment_key(n) for n in range(head.segments)]
     found = index.segments.get_many(keys)
+    parts = index.hot.get_many([hot_key(n) for n in range(head.hot_parts)])
+    hot_ids = [*head.hot, *(i for _, part in sorted(parts.items()) for i in part.value.ids)]
     tail, last = store.since(head.seq)
-    hot = store.get_many([k for k in head.hot if k not in tail])
-    settled.load((found[k].value for k in keys if k in found), hot=[*hot, *tail])
+    hot = store.get_many([k for k in hot_ids if k not in tail])
+    stored = [found[k].value if k in found else None for k in keys]
+    settled.load(stored, hot=[*hot, *tail])
     entries: list[Versioned[Task] | str] = list(hot.values())
     entries += [value if value is not None else key for key, value in tail.items()]
     return ColdLoad(
         entries=entries, fresh=len(hot), seq=max(head.seq, last), delivered=head.delivered
     )
+
+
+def write_checkpoint(index: IndexStores, head: TasksHead, max_bytes: int) -> None:
+    """Write `head`; hot ids that would make it too big go into `tasks.hot.*` parts first."""
+    if len(msgspec.json.encode(head)) + ROW_OVERHEAD <= max_bytes // 2:
+        index.heads.put(HEAD_KEY, head)
+        return
+    per_part = max(1, (max_bytes // 2 - ROW_OVERHEAD) // (max(map(len, head.hot)) + 3))
+    chunks = [head.hot[n : n + per_part] for n in range(0, len(head.hot), per_part)]
+    for number, chunk in enumerate(chunks):
+        index.hot.put(hot_key(number), HotPart(ids=chunk))
+    index.heads.put(HEAD_KEY, msgspec.structs.replace(head, hot=[], hot_parts=len(chunks)))

@@ -14,14 +14,15 @@ from typing import Any
 from actors.task_index import StatusIndex, status_row
 from actors.task_policy import Task
 from actors.task_settled import (
-    HEAD_KEY,
     IndexStores,
     SettledTasks,
     TasksHead,
     read_checkpoint,
+    write_checkpoint,
 )
 from actors.task_summary import TaskIndex
 from actors.usage_policy import Delivered
+from bus.bridge import Bus
 from bus.kv import Store, Versioned
 from conveyor.pipeline import DONE
 
@@ -30,6 +31,7 @@ class TaskState:
     """Tasks as the StageEngine holds them; `_store` is the tasks bucket."""
 
     _store: Store[Task]
+    _bus: Bus
 
     def _init_state(self) -> None:
         self._tasks: dict[str, Versioned[Task]] = {}
@@ -95,14 +97,15 @@ class TaskState:
         index = self._index_stores
         if index is None or (self._seq == self._head_seq and not self._settled.dirty):
             return
-        self._settled.flush(index.segments)
+        max_bytes = int(self._bus.nc.max_payload)
+        self._settled.flush(index.segments, max_bytes)
         head = TasksHead(
             seq=self._seq,
             hot=sorted(self._tasks),
             segments=self._settled.segments,
             delivered=self._delivered,
         )
-        index.heads.put(HEAD_KEY, head)
+        write_checkpoint(index, head, max_bytes)
         self._head_seq = self._seq
 
     def _keep(self, entry: Versioned[Task]) -> None:
