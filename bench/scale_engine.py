@@ -161,9 +161,11 @@ def _run_child(url: str, data: Path) -> dict[str, Any]:
         [sys.executable, __file__, "--child", url, str(data)],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=1800,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"the engine's child failed: {out.stderr[-3000:]}")
     line = [x for x in out.stdout.splitlines() if x.startswith("{")][-1]
     found: dict[str, Any] = json.loads(line)
     return found
