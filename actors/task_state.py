@@ -26,6 +26,9 @@ from bus.bridge import Bus
 from bus.kv import Store, Versioned
 from conveyor.pipeline import DONE
 
+MIGRATION_BATCH = 5000
+"""Task records the one-time upgrade reads (and settles) at a time."""
+
 
 class TaskState:
     """Tasks as the StageEngine holds them; `_store` is the tasks bucket."""
@@ -55,19 +58,16 @@ class TaskState:
         self._loading = True
         cold = read_checkpoint(self._store, index, self._settled)
         if cold is None:
-            # No checkpoint yet (data of an older version): read every task, once.
-            entries: list[Versioned[Task] | str] = list(self._store.load_all().values())
-            fresh = 0
+            self._migrate()
         else:
-            entries, fresh = cold.entries, cold.fresh
             self._delivered, self._seq = cold.delivered, cold.seq
-        for at, entry in enumerate(entries):
-            # The head's hot tasks are in its delivered sum already; newer writes are not.
-            self._counting = at >= fresh
-            if isinstance(entry, str):
-                self._tasks.pop(entry, None)
-            else:
-                self._keep(entry)
+            for at, entry in enumerate(cold.entries):
+                # The head's hot tasks are in its delivered sum already; newer writes are not.
+                self._counting = at >= cold.fresh
+                if isinstance(entry, str):
+                    self._tasks.pop(entry, None)
+                else:
+                    self._keep(entry)
         self._counting, self._loading = True, False
         self._evict()
         for row in self._settled:
@@ -83,6 +83,23 @@ class TaskState:
                 self._status_index.put(hot.value)
             elif (row := self._settled.get(task_id)) is not None:
                 self._status_index.put_settled(task_id, row.created_at, row.stage, row.repo)
+
+    def _migrate(self) -> None:
+        """No checkpoint yet (data of an older version): read every task once, in batches.
+
+        Each batch's settled tasks leave memory before the next is read, so the
+        upgrade's peak is one batch of full records, not the whole bucket.
+        """
+        seq = 0
+        while True:
+            writes, _ = self._store.walk(seq, limit=MIGRATION_BATCH)
+            for _, at, entry in writes:
+                if entry is not None:
+                    self._keep(entry)
+                seq = at
+            self._evict()
+            if len(writes) < MIGRATION_BATCH:
+                return
 
     def _evict(self) -> None:
         """Move tasks that settled (done or cancelled, outbox empty) out of the hot set."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from actors import task_state
 from actors.stage_engine import StatusQuery
 from actors.task_index import PageRequest
 from actors.task_policy import Task
@@ -66,6 +67,7 @@ def test_old_data_migrates_once_and_a_restart_reads_only_hot_tasks(
         tasks.create(f"DEMO-{number}", _task(f"DEMO-{number}", stage, float(number)))
     heads: Store[TasksHead] = bus.store(subjects.BUCKET_INDEX, TasksHead)
     assert heads.get(HEAD_KEY) is None
+    monkeypatch.setattr(task_state, "MIGRATION_BATCH", 3)  # the upgrade reads in batches
 
     engine = _start(tmp_path, nats_url, bus, clock)
     try:
