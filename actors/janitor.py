@@ -39,6 +39,9 @@ from conveyor.logs import get_logger
 
 log = get_logger(__name__)
 
+BACKLOG_PAUSE_S = 5.0
+"""Seconds between sweeps while a backlog of task writes waits (each takes `sweep_batch`)."""
+
 DiskProbe = Callable[[Path], DiskUsage]
 
 
@@ -98,7 +101,9 @@ class Janitor(Owner):
                     self._next_sweep = now + self._retention.interval_s
                     self._step("sweep", self._sweep, now)
                     if self._more:
-                        self._next_sweep = now  # a backlog: the next tick takes another batch
+                        # A backlog: the next batch comes sooner, but paced, so a long
+                        # backlog (an upgrade) never keeps the bus busy for long.
+                        self._next_sweep = now + min(self._retention.interval_s, BACKLOG_PAUSE_S)
             case JanitorStatus():
                 return self._status()
         return None
@@ -157,6 +162,8 @@ class Janitor(Owner):
         cursor.files, cursor.files_waiting, more = walked.cursor, [], walked.more
         removed = 0
         for entry in walked.due:
+            if not files.leftovers(self._layout, entry.value.repo, entry.value.id):
+                continue  # nothing on disk: no need to read its records
             if sweep.records_of(s, entry.value.id).settled(entry.value, before):
                 self._remove_files(entry.value)
                 removed += 1

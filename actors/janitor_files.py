@@ -28,6 +28,11 @@ def remove_worktree(layout: Layout, repo: str, task_id: str) -> bool:
     return True
 
 
+def leftovers(layout: Layout, repo: str, task_id: str) -> bool:
+    """True when a task still has a worktree or run directories on disk."""
+    return layout.worktree(repo, task_id).exists() or (layout.runs / task_id).is_dir()
+
+
 def remove_run_dirs(layout: Layout, task_id: str) -> bool:
     """Remove every run directory of a task; False if there were none."""
     path = layout.runs / task_id

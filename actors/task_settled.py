@@ -28,7 +28,7 @@ import msgspec
 from actors.task_index import status_row
 from actors.task_policy import Task
 from actors.usage_policy import Delivered
-from bus.kv import Store, Versioned
+from bus.kv import Quarantined, Store, Versioned
 
 SEGMENT_ROWS = 200
 """Rows per segment record at most (about 100 KB); fewer when a segment would pass half
@@ -196,17 +196,30 @@ class ColdLoad(msgspec.Struct):
     delivered: Delivered
 
 
+class CheckpointUnusable(Exception):
+    """A checkpoint record is missing or does not decode: start as if there were none."""
+
+
 def read_checkpoint(
     store: Store[Task], index: IndexStores, settled: SettledTasks
 ) -> ColdLoad | None:
-    """Load from the checkpoint into `settled` and return the hot tasks; None when there is none."""
-    head_entry = index.heads.get(HEAD_KEY)
+    """Load from the checkpoint into `settled` and return the hot tasks; None when there is none.
+
+    Raise CheckpointUnusable when part of it is missing or does not decode (it is
+    derived state: reading every task rebuilds it).
+    """
+    try:
+        head_entry = index.heads.get(HEAD_KEY)
+    except Quarantined as err:
+        raise CheckpointUnusable(str(err)) from err
     if head_entry is None:
         return None
     head = head_entry.value
     keys = [segment_key(n) for n in range(head.segments)]
     found = index.segments.get_many(keys)
     parts = index.hot.get_many([hot_key(n) for n in range(head.hot_parts)])
+    if len(found) != len(keys) or len(parts) != head.hot_parts:
+        raise CheckpointUnusable(f"{len(keys) - len(found)} segments missing or unreadable")
     hot_ids = [*head.hot, *(i for _, part in sorted(parts.items()) for i in part.value.ids)]
     tail, last = store.since(head.seq)
     hot = store.get_many([k for k in hot_ids if k not in tail])

@@ -14,6 +14,7 @@ from typing import Any
 from actors.task_index import StatusIndex, status_row
 from actors.task_policy import Task
 from actors.task_settled import (
+    CheckpointUnusable,
     IndexStores,
     SettledTasks,
     TasksHead,
@@ -24,7 +25,10 @@ from actors.task_summary import TaskIndex
 from actors.usage_policy import Delivered
 from bus.bridge import Bus
 from bus.kv import Store, Versioned
+from conveyor.logs import get_logger
 from conveyor.pipeline import DONE
+
+log = get_logger(__name__)
 
 MIGRATION_BATCH = 5000
 """Task records the one-time upgrade reads (and settles) at a time."""
@@ -49,6 +53,9 @@ class TaskState:
         self._settling: set[str] = set()
         self._seq = 0
         self._head_seq = -1
+        # Every task write up to `_covered` is reflected here; `_writes` of ours came after.
+        self._covered = 0
+        self._writes = 0
         self._loading = False
         self._counting = True
         self._index_stores: IndexStores | None = None
@@ -56,7 +63,11 @@ class TaskState:
     def _load(self, index: IndexStores) -> None:
         """The hot tasks and the rows of settled ones, from the checkpoint when there is one."""
         self._loading = True
-        cold = read_checkpoint(self._store, index, self._settled)
+        try:
+            cold = read_checkpoint(self._store, index, self._settled)
+        except CheckpointUnusable as err:
+            log.warning("stage_engine.checkpoint_unusable", error=str(err))
+            self._settled, cold = SettledTasks(), None
         if cold is None:
             self._migrate()
         else:
@@ -69,6 +80,7 @@ class TaskState:
                 else:
                     self._keep(entry)
         self._counting, self._loading = True, False
+        self._covered, self._writes = self._seq, 0
         self._evict()
         for row in self._settled:
             prefix, _, number = row.id.rpartition("-")
@@ -114,6 +126,8 @@ class TaskState:
         index = self._index_stores
         if index is None or (self._seq == self._head_seq and not self._settled.dirty):
             return
+        if self._store.last_seq() - self._covered > self._writes:
+            self._adopt()
         max_bytes = int(self._bus.nc.max_payload)
         self._settled.flush(index.segments, max_bytes)
         head = TasksHead(
@@ -123,7 +137,24 @@ class TaskState:
             delivered=self._delivered,
         )
         write_checkpoint(index, head, max_bytes)
-        self._head_seq = self._seq
+        self._head_seq = self._covered = self._seq
+        self._writes = 0
+
+    def _adopt(self) -> None:
+        """Read the task writes since the last checkpoint that were not ours.
+
+        The head's sequence promises that every write up to it is reflected: a
+        record written behind the engine's back (by hand, by a restore) is read here,
+        and one that does not decode is quarantined, before the head moves past it.
+        """
+        tail, last = self._store.since(self._covered)
+        for key, entry in tail.items():
+            mine = self._tasks.get(key)
+            if entry is not None and (mine is None or mine.revision < entry.revision):
+                self._keep(entry)
+        self._seq = max(self._seq, last)
+        self._evict()
+        log.info("stage_engine.writes_adopted", read=len(tail), since=self._covered)
 
     def _keep(self, entry: Versioned[Task]) -> None:
         task_id = entry.value.id
@@ -134,6 +165,8 @@ class TaskState:
             # Counted once, as the task reaches done: the cost per delivered item is O(1).
             self._delivered = self._delivered.with_task(entry.value.usage)
         self._tasks[task_id] = entry
+        if entry.revision > self._seq:
+            self._writes += 1  # a new write (ours, but for a read-back of a foreign one)
         self._seq = max(self._seq, entry.revision)
         if entry.value.terminal and not entry.value.outbox:
             self._settling.add(task_id)

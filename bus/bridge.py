@@ -125,8 +125,9 @@ BUCKETS = (
     subjects.BUCKET_EFFECTS,
     subjects.BUCKET_MONITOR,
     subjects.BUCKET_CARDS,
-    subjects.BUCKET_INDEX,
 )
+INDEX_BUCKETS = (subjects.BUCKET_INDEX,)
+"""Buckets of derived state (owners' checkpoints), not records: rebuilt when unusable."""
 
 
 class Bus:
@@ -222,7 +223,7 @@ class Bus:
                 duplicate_window=DUPLICATE_WINDOW_S,
             )
             await _retry_js(functools.partial(self._ensure_stream, config))
-        for bucket in BUCKETS:
+        for bucket in (*BUCKETS, *INDEX_BUCKETS):
             await _retry_js(functools.partial(self._ensure_bucket, bucket))
 
     async def _ensure_stream(self, config: js_api.StreamConfig) -> None:

@@ -349,6 +349,15 @@ class Store(Generic[S]):
             self._quarantine(unreadable)
         return found
 
+    def last_seq(self) -> int:
+        """The bucket stream's last sequence: the revision of its newest write."""
+
+        async def _last() -> int:
+            info = await self._kv._js.stream_info(self._kv._stream)
+            return int(info.state.last_seq)
+
+        return self._bus.call(_last())
+
     def keys_under(self, prefix: str) -> list[str]:
         """Keys that start with `prefix`, deleted ones too (from the subject counts, no values)."""
         pre: str = self._kv._pre

@@ -68,13 +68,13 @@ def test_a_backlog_goes_a_batch_per_tick_and_a_restart_resumes_at_the_cursor(
 
     left = []
     for _ in range(4):
-        status = sweeper.tick(1.0)
+        status = sweeper.tick(5.0)
         left.append(len(jobs.load_all()))
-    # Two tasks' records per sweep; each full batch brings the next sweep to the next tick.
+    # Two tasks' records per sweep; a full batch brings the next sweep 5 s on.
     assert left == [3, 1, 0, 0]
     assert status["jobs_compacted"] == 5
     swept_at = status["last_sweep_at"]
-    assert sweeper.tick(1.0)["last_sweep_at"] == swept_at  # no backlog: back to the interval
+    assert sweeper.tick(5.0)["last_sweep_at"] == swept_at  # no backlog: back to the interval
     sweeper.ref.stop(block=True, timeout=10)
 
     stored = bus.store(subjects.BUCKET_INDEX, SweepCursor).get(CURSOR_KEY)
