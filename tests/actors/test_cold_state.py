@@ -16,7 +16,7 @@ from actors import task_state
 from actors.stage_engine import StatusQuery
 from actors.task_index import PageRequest
 from actors.task_policy import Task
-from actors.task_settled import HEAD_KEY, TasksHead
+from actors.task_settled import HEAD_KEY, TasksHead, segment_key
 from actors.task_summary import AllTasks, GetTask, GetTasks
 from bus import subjects
 from bus.bridge import Bus
@@ -26,6 +26,7 @@ from conveyor.app import wiring
 from conveyor.clock import FakeClock
 from tests.actors.conftest import ASK_TIMEOUT_S, ActorUnderTest
 from tests.harness import make_config
+from tests.kv_raw import put_raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,5 +115,38 @@ def test_old_data_migrates_once_and_a_restart_reads_only_hot_tasks(
         # The Reconciler's lookup by id answers settled and hot tasks alike.
         found = _ask(engine, GetTasks(("DEMO-1", "DEMO-6", "DEMO-99")))
         assert {k: v["stage"] for k, v in found.items()} == {"DEMO-1": "done", "DEMO-6": "created"}
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+
+def test_writes_behind_the_engines_back_are_adopted_and_a_broken_checkpoint_is_rebuilt(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock
+):
+    tasks = bus.store(subjects.BUCKET_TASKS, Task)
+    tasks.create("DEMO-1", _task("DEMO-1", "done", 1.0))
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        assert _ask(engine, StatusQuery(kind="overview"))["tasks"] == 1
+        # Written by hand while the engine runs; then the engine writes and checkpoints.
+        foreign = tasks.create("DEMO-2", _task("DEMO-2", "cancelled", 2.0))
+        put_raw(bus, subjects.BUCKET_TASKS, "DEMO-3", b"not a task")
+        assert _ask(engine, Submit(repo="demo", title="mine", id="DEMO-4")).ok
+        engine.tick(1.0)
+        heads: Store[TasksHead] = bus.store(subjects.BUCKET_INDEX, TasksHead)
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        assert head.value.seq > foreign
+        # Adopted before the checkpoint moved past it; the garbage is left where it is.
+        assert _page_ids(engine, "all") == ["DEMO-1", "DEMO-2", "DEMO-4"]
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+    put_raw(bus, subjects.BUCKET_INDEX, segment_key(0), b"broken")
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        # The checkpoint is derived state: unusable, it is rebuilt from every task.
+        overview = _ask(engine, StatusQuery(kind="overview"))
+        assert (overview["tasks"], overview["by_state"]["finished"]) == (3, 2)
+        assert _page_ids(engine, "finished") == ["DEMO-1", "DEMO-2"]
     finally:
         engine.ref.stop(block=True, timeout=10)
