@@ -306,13 +306,19 @@ class Store(Generic[S]):
 
         async def _walk() -> tuple[list[tuple[str, int, Versioned[S] | None]], int]:
             js = self._kv._js
-            # A filter makes the server list the matching keys: never for the whole bucket.
-            wanted = f"{pre}{keys}" if keys != ">" else None
-            info = await js.stream_info(self._kv._stream, subjects_filter=wanted)
+            info = await js.stream_info(self._kv._stream)
             last = int(info.state.last_seq)
             out: list[tuple[str, int, Versioned[S] | None]] = []
-            if last <= seq or (keys != ">" and not info.state.subjects):
+            if last <= seq:
                 return out, last
+            if keys != ">":
+                try:
+                    # One lookup instead of a consumer that would wait to find nothing.
+                    await js.get_msg(
+                        self._kv._stream, seq=seq + 1, subject=f"{pre}{keys}", next=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    return out, last
             sub = await js.subscribe(
                 f"{pre}{keys}",
                 ordered_consumer=True,
