@@ -5,7 +5,7 @@ StageEngine's hot set. What stays is its status row (encoded, as `conveyor.statu
 sends it) and the fields the status index orders and filters by. Its record stays in
 `conveyor_tasks` and is read from there on request.
 
-The engine checkpoints into `conveyor_index` (see docs/adr/0010-cold-state.md):
+The engine checkpoints into `conveyor_index` (see docs/adr/0012-cold-state.md):
 
 - `tasks.settled.NNNNNN`: segments of `SEGMENT_ROWS` settled rows, appended in the
   order tasks settled; only the last (open) segment is ever rewritten.
