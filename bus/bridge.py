@@ -31,6 +31,7 @@ from bus.kv import Store as Store
 from bus.kv import Versioned as Versioned
 from bus.loop import LoopThread as LoopThread
 from bus.messages import Message, encode
+from conveyor import config_nats
 from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 
@@ -176,6 +177,7 @@ class Bus:
                 reconnect_time_wait=0.5,
                 ping_interval=5,
                 allow_reconnect=True,
+                **config_nats.connect_options(url, name),
             )
 
         try:

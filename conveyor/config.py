@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor import config_env, validate
+from conveyor import config_env, config_nats, config_secrets, validate
 from conveyor.config_check import check
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
@@ -63,6 +63,9 @@ class NatsConfig(_Section, frozen=True):
     ack_wait_s: float = 5.0
     """How long a message fetched by a process that died stays invisible before it is
     delivered again; a live process keeps what it holds alive meanwhile."""
+    creds_file: str = ""
+    nkey_seed_file: str = ""
+    tls: config_nats.NatsTls = msgspec.field(default_factory=config_nats.NatsTls)
 
 
 class StageConfig(_Section, frozen=True):
@@ -460,6 +463,7 @@ def load(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from err
     data = config_env.overlay_env(data, os.environ if env is None else env)
+    config_secrets.read_files(data, path.parent.resolve() if path is not None else Path.cwd())
     if overrides:
         data.update(overrides)
     data_dir = data.get("data_dir")
