@@ -456,7 +456,10 @@ def load(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Load the config file (or the embedded defaults), overlay env, validate."""
-    text = path.read_text() if path is not None else default_toml()
+    try:
+        text = path.read_text() if path is not None else default_toml()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
     where = str(path) if path is not None else "embedded defaults"
     try:
         data = tomllib.loads(text)

@@ -1,13 +1,16 @@
 """Exit codes of the `conveyor` command, one per kind of outcome a script can act on.
 
-| Code | Meaning |
-|------|---------|
-| 0 | Success. |
-| 1 | The operation ran and failed (e.g. `conveyor run` ended escalated), or an unexpected error. |
-| 2 | Usage error: unknown option, missing argument (click's own code). |
-| 3 | Cannot reach Conveyor: no NATS server answered, or no Conveyor process answered on it. |
-| 4 | Refused: Conveyor answered and said no (a command in the wrong stage, a held lease). |
-| 5 | Configuration error: the config file or environment cannot be used. |
+- 0: success.
+- 1: refused: Conveyor answered and said no (a command in the wrong stage, a held
+  lease); also an operation that ran and failed (`conveyor run` short of `done`).
+- 2: usage error: an unknown option, a missing or malformed argument (click's code).
+- 69: cannot reach Conveyor: no NATS server answered, or no Conveyor process
+  answered on it (`EX_UNAVAILABLE` of sysexits.h).
+- 78: configuration error: the config file, a secret file or the environment
+  cannot be used (`EX_CONFIG`); the service units do not restart on it.
+
+Refused keeps 1, the code it always had, so existing scripts keep working; the
+new codes follow sysexits.h, which service managers and shells already know.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ from __future__ import annotations
 import click
 
 OK = 0
-FAILED = 1
+REFUSED = 1
 USAGE = 2
-UNREACHABLE = 3
-REFUSED = 4
-CONFIG = 5
+UNREACHABLE = 69
+CONFIG = 78
 
 
 class Unreachable(click.ClickException):
