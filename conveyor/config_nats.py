@@ -67,8 +67,11 @@ def anchor_files(data: dict[str, Any], base: Path) -> None:
                 table[key] = str(base / value)
 
 
-def problems(nats_cfg: NatsConfig) -> list[str]:
-    """What stops these options from working: unreadable files, a key without a cert."""
+def problems(nats_cfg: NatsConfig, *, external: bool = False) -> list[str]:
+    """What stops these options from working: unreadable files, a key without a cert.
+
+    `external`: a server is named outside the config (`--nats-url`, `NATS_URL`).
+    """
     found: list[str] = []
     files = {f"nats.{k}": getattr(nats_cfg, k) for k in FILE_KEYS}
     files.update({f"nats.tls.{k}": getattr(nats_cfg.tls, k) for k in TLS_FILE_KEYS})
@@ -79,7 +82,7 @@ def problems(nats_cfg: NatsConfig) -> list[str]:
         found.append("nats.tls: cert_file and key_file go together")
     if nats_cfg.creds_file and nats_cfg.nkey_seed_file:
         found.append("nats: set creds_file or nkey_seed_file, not both")
-    if not nats_cfg.url and (
+    if not (nats_cfg.url or external) and (
         nats_cfg.creds_file or nats_cfg.nkey_seed_file or nats_cfg.tls.enabled
     ):
         found.append("nats: credentials and TLS apply to an external server; nats.url is empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def check(ctx: click.Context) -> None:
     """Validate the configuration; print each problem and exit 5 if there is any."""
     path = _config_path(ctx)
     cfg = _load_or_exit(path)
-    problems = config_nats.problems(cfg.nats)
+    external = bool((ctx.obj or {}).get("nats_url") or os.environ.get("NATS_URL"))
+    problems = config_nats.problems(cfg.nats, external=external)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

@@ -88,6 +88,10 @@ def test_config_check_lists_every_nats_problem(tmp_path: Path) -> None:
     assert bad.exit_code == exit_codes.CONFIG
     assert f"nats.creds_file: no such file '{tmp_path / 'gone.creds'}'" in bad.output
     assert "nats.url is empty" in bad.output
+    (tmp_path / "gone.creds").write_text("creds")
+    creds = _config(tmp_path, '[nats]\ncreds_file = "gone.creds"\n')
+    named = runner.invoke(main, [*creds, "--nats-url", "nats://h:1", "config", "check"])
+    assert named.exit_code == 0, named.output
 
 
 def test_config_show_redacts_and_loads_back(tmp_path: Path) -> None:
