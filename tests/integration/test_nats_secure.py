@@ -5,6 +5,9 @@ The server is a real nats-server; the CA and certificates are made with openssl 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +24,7 @@ from bus.server import EmbeddedNats, free_port
 from conveyor import config as config_mod
 from conveyor import config_nats
 from conveyor.app.client import Client
+from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable
 from tests.harness import Processes, wait_ready, wait_until
 
@@ -204,3 +208,68 @@ def test_disconnects_and_reconnects_are_logged_as_events(
         nats.stop()
     event = next(r for r in caplog.records if r.getMessage() == "bus.reconnected")
     assert event.fields == {"client": "watched", "url": nats.url}  # type: ignore[attr-defined]
+
+
+# --- operator mode: a .creds file (user JWT and seed) -----------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keypair(prefix: int) -> tuple[bytes, nkeys.KeyPair, str]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    pair = nkeys.from_seed(bytearray(seed))
+    return seed, pair, pair.public_key.decode()
+
+
+def _jwt(signer: nkeys.KeyPair, iss: str, sub: str, nats: dict) -> str:
+    """A NATS v2 JWT, as `nsc` would issue it."""
+    claims = {"jti": "", "iat": int(SystemClock().now()), "iss": iss, "name": sub[:8], "sub": sub}
+    claims["nats"] = {**nats, "version": 2}
+    digest = hashlib.new("sha512_256", json.dumps(claims).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{_b64(signer.sign(f'{head}.{body}'.encode()))}"
+
+
+def test_a_credentials_file_reaches_a_server_in_operator_mode(tmp_path: Path) -> None:
+    _, operator, op_pub = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    _, account, acc_pub = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, _, sys_pub = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_seed, _, user_pub = _keypair(nkeys.PREFIX_BYTE_USER)
+    unlimited = dict.fromkeys(("subs", "data", "payload", "conn", "leaf", "imports", "exports"), -1)
+    jetstream = dict.fromkeys(("mem_storage", "disk_storage", "streams", "consumer"), -1)
+    acc_jwt = _jwt(
+        operator, op_pub, acc_pub, {"type": "account", "limits": {**unlimited, **jetstream}}
+    )
+    sys_jwt = _jwt(operator, op_pub, sys_pub, {"type": "account"})
+    user_jwt = _jwt(
+        account, acc_pub, user_pub, {"type": "user", "subs": -1, "data": -1, "payload": -1}
+    )
+    (tmp_path / "op.jwt").write_text(_jwt(operator, op_pub, op_pub, {"type": "operator"}))
+    creds = tmp_path / "conveyor.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    extra = (
+        f'operator: "{tmp_path / "op.jwt"}"\nresolver: MEMORY\nsystem_account: {sys_pub}\n'
+        f'resolver_preload: {{ {acc_pub}: "{acc_jwt}", {sys_pub}: "{sys_jwt}" }}\n'
+    )
+    nats = SecureNats(tmp_path / "nats", extra)
+    nats.start()
+    try:
+        config = tmp_path / "config.toml"
+        config.write_text(f'[nats]\nurl = "{nats.url}"\ncreds_file = "conveyor.creds"\n')
+        with pytest.raises(BusUnavailable):
+            Bus.connect(nats.url, connect_timeout_s=1.0)
+        config_nats.use(config_mod.load(config).nats)
+        bus = Bus.connect(nats.url, connect_timeout_s=2.0)
+        try:
+            bus.setup()  # JetStream in the account the JWT grants
+        finally:
+            bus.close()
+    finally:
+        nats.stop()
