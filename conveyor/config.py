@@ -20,6 +20,7 @@ import msgspec
 
 from conveyor import config_env, validate
 from conveyor.config_check import check
+from conveyor.config_forge import ForgeConfig as ForgeConfig
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -288,13 +289,6 @@ class MonitorConfig(_Section, frozen=True):
     """Probes needed before the 5xx ratio counts."""
     probe_timeout_s: float = 5.0
     rollback_timeout_s: float = 600.0
-
-
-class ForgeConfig(_Section, frozen=True):
-    """Which forge hosts the repositories (`local`: bare repositories under data_dir)."""
-
-    kind: str = "local"
-    check_timeout_s: float = 600.0
 
 
 class TrackerConfig(_Section, frozen=True):

@@ -38,7 +38,7 @@ ALERT_AWAITING_APPROVAL = "awaiting_approval"
 ALERT_ESCALATED = "escalated"
 """`Alert.kind` of a task that ran out of retries."""
 
-PARTS = ("nats", "control", "launcher", "gateway")
+PARTS = ("nats", "control", "launcher", "gateway", "forge")
 
 
 def _load(ctx: click.Context) -> Config:
@@ -114,8 +114,8 @@ def _block_until_signal(on_stop: Callable[[], None]) -> None:
     "--parts",
     default=None,
     help=(
-        "Comma-separated parts to run in this process: nats, control, launcher, gateway "
-        "[default: all; the gateway only when gateway.enabled]."
+        "Comma-separated parts to run in this process: nats, control, launcher, gateway, "
+        "forge [default: all but forge; the gateway only when gateway.enabled]."
     ),
 )
 @click.pass_context
@@ -124,7 +124,10 @@ def up(ctx: click.Context, parts: str | None) -> None:
     cfg = _load(ctx)
     _configure_logs(cfg)
     if parts is None:
-        parts = ",".join(p for p in PARTS if p != "gateway" or cfg.gateway.enabled)
+        # The forge part serves the local forge to other hosts: only when asked for.
+        parts = ",".join(
+            p for p in PARTS if (p != "gateway" or cfg.gateway.enabled) and p != "forge"
+        )
     _run_parts(ctx, cfg, parts)
 
 
