@@ -19,7 +19,9 @@ import base64
 import binascii
 import contextlib
 import hmac
+import os
 import re
+import signal
 from pathlib import Path
 
 from aiohttp import web
@@ -45,7 +47,10 @@ _SERVICES = {
     ("POST", "git-upload-pack"),
     ("POST", "git-receive-pack"),
 }
-_PATH_RE = re.compile(r"^(?P<repo>[^/]+)\.git/(?P<rest>info/refs|git-upload-pack|git-receive-pack)$")
+_PATH_RE = re.compile(
+    r"^(?P<repo>[^/]+)\.git/(?P<rest>info/refs|git-upload-pack|git-receive-pack)$"
+)
+_FILLER_PASSWORD = "x-oauth-basic"  # noqa: S105 - a fixed filler, not a secret
 _PASSED_HEADERS = (
     ("Content-Encoding", "HTTP_CONTENT_ENCODING"),
     ("Git-Protocol", "HTTP_GIT_PROTOCOL"),
@@ -64,7 +69,8 @@ def authorized(header: str | None, token: str) -> bool:
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, _, password = decoded.partition(":")
-        given = password if password and password != "x-oauth-basic" else user
+        # Gitea's convention too: the token as the user name, the password empty or a filler.
+        given = password if password not in ("", _FILLER_PASSWORD) else user
     elif scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
@@ -75,7 +81,7 @@ def refused(request: web.Request) -> web.Response:
     # git asks without credentials first and sends them on the challenge: that 401 is news
     # only when credentials came with the request and were wrong.
     wrong = "Authorization" in request.headers
-    (log.warning if wrong else log.info)(
+    (log.warning if wrong else log.debug)(
         "forge_http.refused",
         method=request.method,
         path=request.path,
@@ -122,16 +128,34 @@ async def serve(request: web.Request, project_root: Path, path: str) -> web.Stre
     errors = asyncio.ensure_future(_drain_stderr(proc))
     try:
         return await _respond(request, proc, repo, rest)
+    except BaseException:
+        # The client went away or the backend stalled: nothing may outlive the request.
+        _kill(proc)
+        raise
     finally:
         feeding.cancel()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        code = await proc.wait()
+        try:
+            code = await asyncio.wait_for(proc.wait(), IDLE_TIMEOUT_S)
+        except TimeoutError:
+            _kill(proc)
+            code = await proc.wait()
         stderr = await errors
         if code != 0:
-            log.warning("forge_http.backend_failed", repo=repo, service=rest, exit_code=code,
-                        stderr=stderr.decode("utf-8", "replace")[-500:])
+            log.warning(
+                "forge_http.backend_failed",
+                repo=repo,
+                service=rest,
+                exit_code=code,
+                stderr=stderr.decode("utf-8", "replace")[-500:],
+            )
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the backend, sparing `Popen.kill`: its poll would reap the child before
+    asyncio's child watcher, which then reports an exit code of 255."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
 
 
 def _cgi_env(request: web.Request, project_root: Path, path_info: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ afterwards, or refused, is a `ForgeError` (`HeadMismatch`, `MergeConflict` by ki
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
@@ -32,8 +32,6 @@ from gateways.local_forge_api import (
     Checks,
     ForgeCall,
 )
-
-T = TypeVar("T")
 
 TIMEOUT_S = CHECK_WAIT_S + 10.0
 """One call's ceiling: above the longest a `checks` call waits on the server."""
@@ -83,36 +81,48 @@ class ForgeClient:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     def branch_head(self, repo: str, branch: str) -> str | None:
-        return self._call("branch_head", str | None, repo=repo, branch=branch)
+        return cast("str | None", self._call("branch_head", str | None, repo=repo, branch=branch))
 
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
-        return self._call("read_file", bytes | None, repo=repo, ref=ref, path=path)
+        return cast(
+            "bytes | None", self._call("read_file", bytes | None, repo=repo, ref=ref, path=path)
+        )
 
     def list_dir(self, repo: str, ref: str, path: str) -> list[str]:
-        return self._call("list_dir", list[str], repo=repo, ref=ref, path=path)
+        return cast("list[str]", self._call("list_dir", list[str], repo=repo, ref=ref, path=path))
 
     def find_pull(self, repo: str, branch: str) -> PullRequest | None:
-        return self._call("find_pull", PullRequest | None, repo=repo, branch=branch)
+        return cast(
+            "PullRequest | None",
+            self._call("find_pull", PullRequest | None, repo=repo, branch=branch),
+        )
 
     def open_pull(self, repo: str, branch: str, title: str, body: str) -> PullRequest:
-        return self._call(
-            "open_pull", PullRequest, repo=repo, branch=branch, title=title, body=body
+        return cast(
+            "PullRequest",
+            self._call("open_pull", PullRequest, repo=repo, branch=branch, title=title, body=body),
         )
 
     def get_pull(self, repo: str, number: int) -> PullRequest:
-        return self._call("get_pull", PullRequest, repo=repo, number=number)
+        return cast("PullRequest", self._call("get_pull", PullRequest, repo=repo, number=number))
 
     def merge_pull(self, repo: str, number: int, *, expected_head_sha: str) -> PullRequest:
-        return self._call(
-            "merge_pull",
-            PullRequest,
-            repo=repo,
-            number=number,
-            expected_head_sha=expected_head_sha,
+        return cast(
+            "PullRequest",
+            self._call(
+                "merge_pull",
+                PullRequest,
+                repo=repo,
+                number=number,
+                expected_head_sha=expected_head_sha,
+            ),
         )
 
     def commit_status(self, repo: str, sha: str) -> CommitStatus | None:
-        return self._call("commit_status", CommitStatus | None, repo=repo, sha=sha)
+        return cast(
+            "CommitStatus | None",
+            self._call("commit_status", CommitStatus | None, repo=repo, sha=sha),
+        )
 
     def set_status(self, repo: str, sha: str, state: str, context: str, description: str) -> None:
         self._call(
@@ -126,7 +136,7 @@ class ForgeClient:
         )
 
     def check_log(self, repo: str, sha: str) -> str:
-        return self._call("check_log", str, repo=repo, sha=sha)
+        return cast("str", self._call("check_log", str, repo=repo, sha=sha))
 
     def on_push(self, repo: str, branch: str, sha: str) -> None:
         self.await_checks(repo, branch, sha)
@@ -141,7 +151,10 @@ class ForgeClient:
         deadline = self._clock.monotonic() + self._check_timeout_s + CHECK_GRACE_S
         start = True
         while True:
-            checks = self._call("checks", Checks, repo=repo, branch=branch, sha=sha, start=start)
+            checks = cast(
+                Checks,
+                self._call("checks", Checks, repo=repo, branch=branch, sha=sha, start=start),
+            )
             if not checks.running or self._clock.monotonic() >= deadline:
                 return checks.status
             start = False

@@ -83,9 +83,11 @@ def test_a_launcher_elsewhere_pushes_opens_tests_and_merges_through_the_url(
     merged = client.merge_pull(REPO, pull.number, expected_head_sha=sha)
 
     # Then the forge's owner holds all of it, and reads through the API agree
-    assert status is not None and (status.state, status.context) == ("success", CI_CONTEXT)
+    assert status is not None
+    assert (status.state, status.context) == ("success", CI_CONTEXT)
     assert client.commit_status(REPO, sha) == forge.commit_status(REPO, sha)
-    assert merged.merged and forge.get_pull(REPO, pull.number).merged
+    assert merged.merged
+    assert forge.get_pull(REPO, pull.number).merged
     assert client.read_file(REPO, "main", "greeting.txt") == b"hi\n"
     assert client.read_file(REPO, "main", "missing.txt") is None
     assert "greeting.txt" in client.list_dir(REPO, "main", "")
@@ -124,7 +126,8 @@ def test_a_red_check_is_reported_with_its_log(
     branch = "feature/DEMO-3-red"
     _, sha = work(client, tmp_path / "l", branch, {"red": "x\n"})
     status = client.await_checks(REPO, branch, sha)
-    assert status is not None and status.state == "failure"
+    assert status is not None
+    assert status.state == "failure"
     assert client.check_log(REPO, sha) == forge.check_log(REPO, sha)
 
 
@@ -155,7 +158,8 @@ def test_a_push_without_or_with_a_wrong_token_is_refused_and_changes_nothing(
     raw = httpx.get(f"{bare_url}/info/refs?service=git-upload-pack")
 
     # Then every one is refused (401, a challenge git answers) and nothing changed
-    assert raw.status_code == 401 and raw.headers["WWW-Authenticate"].startswith("Basic")
+    assert raw.status_code == 401
+    assert raw.headers["WWW-Authenticate"].startswith("Basic")
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert forge.branch_head(REPO, "main") == main_before
     assert git.run_git(["for-each-ref"], git_dir=forge.repo_path(REPO)) == refs_before
@@ -177,7 +181,8 @@ def test_concurrent_pushes_and_merges_over_http_on_one_repository_all_succeed(
             _, sha = work(client, home, branch, {f"part{n}.txt": f"{n}\n"})
             pull = client.open_pull(REPO, branch, f"part {n}", "")
             status = client.await_checks(REPO, branch, sha)
-            assert status is not None and status.state == "success"
+            assert status is not None
+            assert status.state == "success"
             result = client.merge_pull(REPO, pull.number, expected_head_sha=sha)
             merged.append(result.merge_commit or "")
         except BaseException as err:  # collected: the assertion below names it
