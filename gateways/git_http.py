@@ -151,8 +151,11 @@ async def serve(request: web.Request, project_root: Path, path: str) -> web.Stre
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL the backend, sparing `Popen.kill`: its poll would reap the child before
-    asyncio's child watcher, which then reports an exit code of 255."""
+    """SIGKILL the backend while it runs.
+
+    Not `Process.kill`: `Popen.send_signal` polls first, which reaps a child that just
+    exited before asyncio's child watcher can, and the watcher then reports 255.
+    """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
