@@ -6,6 +6,7 @@ A `ForgeServer` serves a `LocalForge` on a free port; clones, pushes and every
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -95,6 +96,26 @@ def test_a_launcher_elsewhere_pushes_opens_tests_and_merges_through_the_url(
     client.set_status(REPO, sha, "failure", "other/check", "red elsewhere")
     assert client.commit_status(REPO, sha) == forge.commit_status(REPO, sha)
     assert client.check_log(REPO, sha) == forge.check_log(REPO, sha)
+
+
+def test_a_push_larger_than_gits_post_buffer_streams_through(
+    client: ForgeClient, forge: LocalForge, tmp_path: Path
+) -> None:
+    # Given a commit of 3 MiB (git sends it chunked, without a Content-Length)
+    branch = "feature/DEMO-6-big"
+    home = tmp_path / "l"
+    git.ensure_clone(client.clone_url(REPO), home / "clone")
+    git.ensure_worktree(home / "clone", home / "wt", branch)
+    (home / "wt" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    git.commit_all(home / "wt", "big")
+
+    # When it is pushed, and fetched into another clone
+    sha = git.push_branch(home / "wt", branch)
+    git.ensure_clone(client.clone_url(REPO), tmp_path / "other")
+
+    # Then the forge and the other clone hold it
+    assert forge.branch_head(REPO, branch) == sha
+    assert git.resolve_commit(tmp_path / "other", f"origin/{branch}") == sha
 
 
 def test_refusals_cross_the_wire_as_the_same_errors(
