@@ -51,6 +51,7 @@ class ForgeClient:
         token: str,
         *,
         check_timeout_s: float = 600.0,
+        check_wait_s: float = CHECK_WAIT_S,
         clock: Clock | None = None,
         options: HttpOptions | None = None,
     ) -> None:
@@ -59,6 +60,7 @@ class ForgeClient:
         self._base = url.rstrip("/")
         self._token = token
         self._check_timeout_s = check_timeout_s
+        self._check_wait_s = check_wait_s
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._http = Http(
             "forge",
@@ -153,7 +155,15 @@ class ForgeClient:
         while True:
             checks = cast(
                 Checks,
-                self._call("checks", Checks, repo=repo, branch=branch, sha=sha, start=start),
+                self._call(
+                    "checks",
+                    Checks,
+                    repo=repo,
+                    branch=branch,
+                    sha=sha,
+                    start=start,
+                    wait_s=self._check_wait_s,
+                ),
             )
             if not checks.running or self._clock.monotonic() >= deadline:
                 return checks.status

@@ -9,7 +9,7 @@ Everything but `/healthz` needs the token (401 otherwise).
 
 It runs on an event loop thread of its own; the forge's blocking calls run in a
 thread pool, and each CI run in a thread of its own, joined by every caller that
-asks for the same sha while it runs (`CheckRuns`).
+asks for the same sha while it runs (`CheckRuns`) and waited for on the loop.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ from gateways.local_forge_api import (
 
 log = get_logger(__name__)
 
-API_WORKERS = 32
-"""Forge calls served at once (a `checks` call holds one while it waits)."""
+API_WORKERS = 16
+"""Forge calls served at once (a `checks` call waits for its check without one)."""
 MAX_API_BODY_BYTES = 4 * 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 5.0
+WAIT_POLL_S = 0.05
+"""How often a waiting `checks` call looks whether its check ended."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,23 +58,31 @@ class CheckRuns:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, str], threading.Event] = {}
 
-    def call(self, call: ForgeCall) -> Checks:
-        """Run (`start`, or a status missing or pending) or join the check; wait a while."""
+    def begin(self, call: ForgeCall) -> threading.Event | None:
+        """The run of the sha's check to wait for, started when due; None: nothing runs.
+
+        Due when asked to start, or when the status is missing or pending and no run
+        of this process is under way: a pending status nobody runs is a check that
+        died with an earlier incarnation of the forge.
+        """
         self._forge.require_pushed(call.repo, call.branch, call.sha)
         key = (call.repo, call.sha)
         with self._lock:
             running = self._running.get(key)
-            if running is None:
-                status = self._forge.commit_status(call.repo, call.sha)
-                # A pending status nobody runs is a check that died with this process.
-                if not call.start and status is not None and status.state != "pending":
-                    return Checks(status=status, running=False)
-                running = self._running[key] = threading.Event()
-                threading.Thread(
-                    target=self._run, args=(call, running), name="forge-ci", daemon=True
-                ).start()
-        done = running.wait(min(max(call.wait_s, 0.0), CHECK_WAIT_S))
-        return Checks(status=self._forge.commit_status(call.repo, call.sha), running=not done)
+            if running is not None:
+                return running
+            status = self._forge.commit_status(call.repo, call.sha)
+            if not call.start and status is not None and status.state != "pending":
+                return None
+            running = self._running[key] = threading.Event()
+            threading.Thread(
+                target=self._run, args=(call, running), name="forge-ci", daemon=True
+            ).start()
+            return running
+
+    def answer(self, call: ForgeCall, running: bool) -> Checks:
+        """The sha's combined status now, and whether its check still runs."""
+        return Checks(status=self._forge.commit_status(call.repo, call.sha), running=running)
 
     def _run(self, call: ForgeCall, running: threading.Event) -> None:
         try:
@@ -85,7 +95,7 @@ class CheckRuns:
             running.set()
 
 
-def _operations(forge: LocalForge, checks: CheckRuns) -> dict[str, Callable[[ForgeCall], Any]]:
+def _operations(forge: LocalForge) -> dict[str, Callable[[ForgeCall], Any]]:
     def _set_status(c: ForgeCall) -> None:
         forge.set_status(c.repo, c.sha, c.state, c.context, c.description)
 
@@ -102,9 +112,9 @@ def _operations(forge: LocalForge, checks: CheckRuns) -> dict[str, Callable[[For
         "commit_status": lambda c: forge.commit_status(c.repo, c.sha),
         "set_status": _set_status,
         "check_log": lambda c: forge.check_log(c.repo, c.sha),
-        "checks": checks.call,
     }
-    if set(ops) != set(OPS):
+    # `checks` waits on the loop, not in a worker (`ForgeServer._checks`).
+    if {*ops, "checks"} != set(OPS):
         raise ConveyorError("the forge server's operations differ from its API's")
     return ops
 
@@ -118,7 +128,8 @@ class ForgeServer:
         self._forge = forge
         self._token = token
         self._host, self._port = host, port
-        self._ops = _operations(forge, CheckRuns(forge))
+        self._ops = _operations(forge)
+        self._checks_runs = CheckRuns(forge)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=API_WORKERS, thread_name_prefix="forge-api"
         )
@@ -188,8 +199,7 @@ class ForgeServer:
 
     async def _api(self, request: web.Request) -> web.Response:
         op = request.match_info["op"]
-        func = self._ops.get(op)
-        if func is None:
+        if op not in OPS:
             return _error(404, "unknown", f"no forge operation {op!r}")
         try:
             call = msgspec.json.decode(await request.read(), type=ForgeCall)
@@ -197,7 +207,10 @@ class ForgeServer:
             return _error(400, "invalid", f"not a forge call: {err}")
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._pool, func, call)
+            if op == "checks":
+                result: Any = await self._checks(call)
+            else:
+                result = await loop.run_in_executor(self._pool, self._ops[op], call)
         except InvalidField as err:
             return _error(400, "invalid", str(err))
         except ForgeError as err:
@@ -210,6 +223,28 @@ class ForgeServer:
             return _error(500, "internal", "the forge failed; see its log")
         body = msgspec.json.encode({"result": result})
         return web.Response(body=body, content_type="application/json")
+
+    async def _checks(self, call: ForgeCall) -> Checks:
+        """Start or join the sha's check and wait for it a while, holding no worker thread.
+
+        Every launcher waiting on CI holds a `checks` call most of the time; waiting
+        on the loop keeps them from starving the pool the other calls run in.
+        """
+        loop = asyncio.get_running_loop()
+        running = await loop.run_in_executor(self._pool, self._checks_runs.begin, call)
+        done = running is None or await _waited(running, min(max(call.wait_s, 0.0), CHECK_WAIT_S))
+        return await loop.run_in_executor(self._pool, self._checks_runs.answer, call, not done)
+
+
+async def _waited(event: threading.Event, timeout_s: float) -> bool:
+    """Whether `event` (set by another thread) is set within `timeout_s`, polled on the loop."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not event.is_set():
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(WAIT_POLL_S)
+    return True
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:

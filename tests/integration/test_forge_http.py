@@ -37,7 +37,9 @@ def no_git_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture
 def forge(tmp_path: Path) -> LocalForge:
-    check = [sys.executable, "-c", "import pathlib,sys; sys.exit(pathlib.Path('red').exists())"]
+    # CI: red when the tree has a file `red`, a second long when it has one `slow`.
+    script = "import pathlib as p,sys,time; time.sleep(p.Path('slow').exists()); "
+    check = [sys.executable, "-c", script + "sys.exit(p.Path('red').exists())"]
     local = LocalForge(tmp_path / "owner" / "forge", {REPO: check}, clock=FakeClock())
     local.create_repo(REPO, initial_files={"README.md": b"hello\n"})
     return local
@@ -152,6 +154,50 @@ def test_a_red_check_is_reported_with_its_log(
     assert client.check_log(REPO, sha) == forge.check_log(REPO, sha)
 
 
+def test_a_check_outlasting_one_call_is_waited_for_and_run_once_for_every_caller(
+    server: ForgeServer, forge: LocalForge, tmp_path: Path
+) -> None:
+    # Given a check of a second and clients that wait at most 0.2 s per call
+    clients = [ForgeClient(server.url, TOKEN, check_wait_s=0.2) for _ in range(3)]
+    branch = "feature/DEMO-7-slow"
+    _, sha = work(clients[0], tmp_path / "l", branch, {"slow": "s\n"})
+    statuses: list[object] = []
+
+    # When three launchers await the same sha's check at once
+    threads = [
+        threading.Thread(target=lambda c=c: statuses.append(c.await_checks(REPO, branch, sha)))
+        for c in clients
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for client in clients:
+        client.close()
+
+    # Then each got the final status, and the check ran once
+    assert [getattr(s, "state", None) for s in statuses] == ["success"] * 3
+    effects = forge.effects_path.read_text().splitlines()
+    assert sum('"pending"' in line and sha in line for line in effects) == 1
+
+
+def test_a_check_left_pending_by_a_dead_forge_runs_again(
+    client: ForgeClient, forge: LocalForge, tmp_path: Path
+) -> None:
+    # Given a sha whose status a forge that died mid-check left pending
+    branch = "feature/DEMO-8-orphan"
+    _, sha = work(client, tmp_path / "l", branch, {"o.txt": "o\n"})
+    forge.set_status(REPO, sha, "pending", CI_CONTEXT, "check running")
+
+    # When a launcher waits for it (post-steps do so for a pending status)
+    client.on_push(REPO, branch, sha)
+
+    # Then it ran again and is final
+    status = client.commit_status(REPO, sha)
+    assert status is not None
+    assert status.state == "success"
+
+
 def test_a_push_without_or_with_a_wrong_token_is_refused_and_changes_nothing(
     server: ForgeServer, client: ForgeClient, forge: LocalForge, tmp_path: Path
 ) -> None:
@@ -159,6 +205,7 @@ def test_a_push_without_or_with_a_wrong_token_is_refused_and_changes_nothing(
     worktree, _ = work(client, tmp_path / "l", "feature/DEMO-4-x", {"x.txt": "x\n"})
     main_before = forge.branch_head(REPO, "main")
     refs_before = git.run_git(["for-each-ref"], git_dir=forge.repo_path(REPO))
+    objects_before = git.run_git(["count-objects", "-v"], git_dir=forge.repo_path(REPO))
     bare_url = f"{server.url}/git/{REPO}.git"
     wrong_url = bare_url.replace("http://", "http://conveyor:wrong@")
 
@@ -184,6 +231,7 @@ def test_a_push_without_or_with_a_wrong_token_is_refused_and_changes_nothing(
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert forge.branch_head(REPO, "main") == main_before
     assert git.run_git(["for-each-ref"], git_dir=forge.repo_path(REPO)) == refs_before
+    assert git.run_git(["count-objects", "-v"], git_dir=forge.repo_path(REPO)) == objects_before
     assert forge.find_pull(REPO, "feature/DEMO-4-x") is None
 
 
