@@ -25,7 +25,15 @@ from tests.harness import Processes, drive, wait_ready, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 TOKEN = "e2e-forge-token"
-ITEMS = 2
+REPOS = ("demo", "other")
+"""One item in each: they run at once (one job per repository at a time)."""
+OTHER_REPO = """
+[[repos]]
+name = "other"
+prefix = "OTHER"
+template = "demo"
+check_command = ["{python}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]
+"""
 
 
 def _hiding(path: Path) -> list[str]:
@@ -38,23 +46,23 @@ def _hiding(path: Path) -> list[str]:
 
 
 def _start_launcher(procs: Processes, hide: Path) -> None:
-    log = (procs.tmp / "launcher.log").open("ab")
     argv = [sys.executable, "-m", "conveyor.app.cli", "--config", str(procs.config)]
-    procs.procs["launcher"] = subprocess.Popen(
-        [*_hiding(hide), *argv, "up", "--parts", "launcher"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        cwd=procs.tmp,
-        env={k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"},
-    )
+    with (procs.tmp / "launcher.log").open("ab") as log:
+        procs.procs["launcher"] = subprocess.Popen(
+            [*_hiding(hide), *argv, "up", "--parts", "launcher"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=procs.tmp,
+            env={k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"},
+        )
 
 
 @pytest.fixture
 def hosts(tmp_path: Path, nats_url: str) -> Iterator[tuple[Processes, Path]]:
     forge_root = tmp_path / "forge-host"
     forge_root.mkdir()
-    forge_toml = f'\n[forge]\ntoken = "{TOKEN}"\n'
+    forge_toml = f'{OTHER_REPO}\n[forge]\ntoken = "{TOKEN}"\n'
     forge_host = Processes(forge_root, nats_url, extra_toml=forge_toml)
     launcher_root = tmp_path / "launcher-host"
     launcher_root.mkdir()
@@ -74,7 +82,7 @@ def test_a_launcher_that_cannot_see_the_forge_delivers_items_through_its_url(
     )
     token_file = launcher_root / "forge.token"
     token_file.write_text(TOKEN + "\n")
-    remote_toml = f'\n[forge]\nurl = "{url}"\ntoken_file = "{token_file}"\n'
+    remote_toml = f'{OTHER_REPO}\n[forge]\nurl = "{url}"\ntoken_file = "{token_file}"\n'
     launcher = Processes(launcher_root, nats_url, extra_toml=remote_toml)
     hiding = _hiding(forge_host.tmp)
     if hiding:
@@ -86,15 +94,15 @@ def test_a_launcher_that_cannot_see_the_forge_delivers_items_through_its_url(
         wait_ready(client, forge_host)
 
         # When demo items are submitted
-        items = [
-            client.command("submit", {"repo": "demo", "title": f"Remote launcher {n}"})["task"][
-                "id"
-            ]
-            for n in range(ITEMS)
-        ]
+        items = {
+            repo: client.command("submit", {"repo": repo, "title": f"Remote launcher {repo}"})[
+                "task"
+            ]["id"]
+            for repo in REPOS
+        }
 
         # Then each reaches done, merged once on the forge, through the launcher's own clone
-        for item in items:
+        for item in items.values():
             try:
                 drive(client, item, "done", deadline_s=100)
             except AssertionError:
@@ -103,14 +111,16 @@ def test_a_launcher_that_cannot_see_the_forge_delivers_items_through_its_url(
         client.close()
         launcher.stop_all()
     effects = (forge_host.data / "forge" / "effects.jsonl").read_text()
-    assert effects.count('"pr_opened"') == ITEMS
-    assert effects.count('"pr_merged"') == ITEMS
-    bare = forge_host.data / "forge" / "repos" / "demo.git"
-    merges = git.run_git(["log", "--merges", "--format=%s", "main"], git_dir=bare).splitlines()
-    assert len(merges) == ITEMS
-    workspace = launcher.data / "workspaces" / "demo"
-    origin = git.run_git(["config", "--get", "remote.origin.url"], workspace)
-    assert origin == f"http://conveyor:{TOKEN}@{url.removeprefix('http://')}/git/demo.git"
-    assert sorted(p.name for p in (launcher.data / "worktrees" / "demo").iterdir()) == sorted(items)
+    assert effects.count('"pr_opened"') == len(REPOS)
+    assert effects.count('"pr_merged"') == len(REPOS)
+    for repo, item in items.items():
+        bare = forge_host.data / "forge" / "repos" / f"{repo}.git"
+        merges = git.run_git(["log", "--merges", "--format=%s", "main"], git_dir=bare)
+        assert len(merges.splitlines()) == 1
+        workspace = launcher.data / "workspaces" / repo
+        origin = git.run_git(["config", "--get", "remote.origin.url"], workspace)
+        host = url.removeprefix("http://")
+        assert origin == f"http://conveyor:{TOKEN}@{host}/git/{repo}.git"
+        assert [p.name for p in (launcher.data / "worktrees" / repo).iterdir()] == [item]
     assert not (launcher.data / "forge").exists()
     assert TOKEN not in (launcher.tmp / "launcher.log").read_text()
