@@ -197,8 +197,8 @@ async def _feed(request: web.Request, proc: asyncio.subprocess.Process) -> None:
         while chunk := await request.content.read(CHUNK_BYTES):
             stdin.write(chunk)
             await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        return
+    except Exception as err:  # noqa: BLE001 - a client gone mid-upload; the backend sees EOF
+        log.info("forge_http.upload_ended", error=type(err).__name__)
     finally:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             stdin.close()
