@@ -14,6 +14,7 @@ from conveyor.errors import ConfigError, InvalidField
 from gateways.git_http import _cgi_headers, authorized, repo_of
 from gateways.local_forge import LocalForge
 from gateways.local_forge_client import ForgeClient
+from gateways.local_forge_server import ForgeServer
 
 TOKEN = "t0k/en:x@y"
 
@@ -125,3 +126,9 @@ def test_a_process_with_a_forge_url_uses_it_unless_it_owns_the_forge(tmp_path: P
     anonymous = ForgeClient("http://forge:8470", "")
     assert anonymous.clone_url("demo") == "http://forge:8470/git/demo.git"
     anonymous.close()
+
+
+def test_the_forge_is_never_served_without_a_token(tmp_path: Path) -> None:
+    forge = LocalForge(tmp_path / "forge", {})
+    with pytest.raises(ConfigError, match=r"forge\.token"):
+        ForgeServer(forge, "", host="127.0.0.1", port=0)
