@@ -121,9 +121,9 @@ class Board:
             if self._token and not self._allowed(request):
                 offered = request.query.get("token", "")
                 if request.path == "/board" and hmac.compare_digest(offered, self._token):
-                    response = web.HTTPSeeOther("/board", headers=SECURITY_HEADERS)
-                    response.set_cookie(COOKIE, self._token, httponly=True, samesite="Strict")
-                    return response
+                    moved = web.HTTPSeeOther("/board", headers=SECURITY_HEADERS)
+                    moved.set_cookie(COOKIE, self._token, httponly=True, samesite="Strict")
+                    raise moved
                 return _json(401, {"ok": False, "error": "board token required"})
             return await handler(request)
 
