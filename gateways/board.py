@@ -28,6 +28,7 @@ from aiohttp import web
 
 from bus import subjects
 from bus.bridge import Bus
+from bus.messages import BusMessage, StageChanged
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config
 from conveyor.config_board import is_loopback
@@ -84,6 +85,7 @@ class Board:
         self.feed = Feed(bus, clock, cfg.board.alerts_kept)
         self.metrics = Metrics(cfg, self.reader.last, webhooks)
         self.feed.listen(self.metrics.observe)
+        self.feed.listen(self._on_event)
         self._stages = [CREATED, *(s.name for s in cfg.pipeline.stages), DONE, CANCELLED]
         loopback = is_loopback(cfg.gateway.host)
         self.board_on = cfg.board.enabled and (loopback or bool(self._token))
@@ -113,6 +115,10 @@ class Board:
 
     async def stop(self) -> None:
         await self.feed.stop()
+
+    def _on_event(self, body: BusMessage) -> None:
+        if isinstance(body, StageChanged):
+            self.reader.stale()
 
     # --- access -------------------------------------------------------------------------
 

@@ -89,6 +89,10 @@ class StatusReader:
         self.reads += 1
         return self._snapshot
 
+    def stale(self) -> None:
+        """The next snapshot is read anew (a task moved: the board must not show it back)."""
+        self._taken_at = float("-inf")
+
     def last(self) -> dict[str, Any]:
         """The latest snapshot without asking (empty before the first read)."""
         return self._snapshot

@@ -20,7 +20,7 @@
   }
 
   function fill(target, ...children) {
-    target.replaceChildren(...children);
+    target.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
   }
 
   function when(ts) {
@@ -197,7 +197,11 @@
 
   async function loadTask(id) {
     try {
-      const t = await getJson(`/board/api/task/${encodeURIComponent(id)}`);
+      const [t, board] = await Promise.all([
+        getJson(`/board/api/task/${encodeURIComponent(id)}`),
+        getJson("/board/api/overview"),
+      ]);
+      renderHeader(board.overview || {});
       document.title = `${t.id} · Conveyor`;
       byId("task-title").textContent = `${t.id} ${t.title}`;
       const facts = [
