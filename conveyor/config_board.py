@@ -39,9 +39,10 @@ class BoardConfig(_Section, frozen=True):
         if self.token or not self.token_file:
             return self.token
         try:
-            return Path(self.token_file).expanduser().read_text().strip()
+            lines = Path(self.token_file).expanduser().read_text().splitlines()
         except OSError as err:
             raise ConfigError(f"board.token_file: cannot read: {err.strerror}") from err
+        return lines[0].strip() if lines else ""
 
 
 def is_loopback(host: str) -> bool:
