@@ -3,6 +3,8 @@ the `[board]` config and its access rule."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from conveyor.errors import ConfigError
 from gateways.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 
 
 def parsed(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -153,3 +157,18 @@ def test_board_token_and_its_file(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bconveyor_[a-z_]+", expr)}
+    snapshot = {"overview": {"by_stage": {"a": 1}, "by_state": {"active": 1}, "jobs": {"done": 1}}}
+    metrics = make(snapshot, {"sources": {"gitea": {"accepted": 1}}})
+    metrics.observe(moved("T-1", "", "created", 1.0))
+    metrics.observe(moved("T-1", "created", "analysis", 2.0))
+    exposed = set()
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        exposed |= {sample.name for sample in family.samples} | {family.name}
+    assert used <= exposed | {f"{name}_total" for name in exposed}, used - exposed
+    assert "conveyor_stage_duration_seconds_bucket" in used
