@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import nats.js.api as js_api
+import nats.js.errors
 from nats.aio.msg import Msg
 
 from bus import subjects
@@ -62,8 +63,9 @@ class Feed:
         self._subs.append(await nc.subscribe(subjects.STAGE_ALL, cb=self._on_msg))
         self._subs.append(await nc.subscribe(subjects.JOBS_ALL, cb=self._on_msg))
         since = datetime.fromtimestamp(self.started_at - ALERTS_BACK_S, UTC)
-        self._subs.append(
-            await self._bus.js.subscribe(
+        alerts: Any
+        try:
+            alerts = await self._bus.js.subscribe(
                 subjects.ALERTS,
                 stream=subjects.STREAM_NOTIFY,
                 cb=self._on_msg,
@@ -71,7 +73,11 @@ class Feed:
                 deliver_policy=js_api.DeliverPolicy.BY_START_TIME,
                 config=js_api.ConsumerConfig(opt_start_time=since),
             )
-        )
+        except nats.js.errors.NotFoundError:
+            # A gateway started before any control made the streams: live alerts only.
+            log.warning("board.alert_history_unavailable", stream=subjects.STREAM_NOTIFY)
+            alerts = await nc.subscribe(subjects.ALERTS, cb=self._on_msg)
+        self._subs.append(alerts)
 
     async def stop(self) -> None:
         """Unsubscribe and end every SSE stream."""

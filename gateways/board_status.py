@@ -54,8 +54,6 @@ class StatusReader:
         self._snapshot: dict[str, Any] = {}
         self._taken_at = float("-inf")
         self._pending: asyncio.Task[dict[str, Any]] | None = None
-        self.reads = 0
-        """Snapshots read from the bus (not served from the cache), for tests and benches."""
 
     async def ask(self, subject: str, payload: bytes = b"") -> Any:
         """One status request; an `{ok: false}` dict when nobody answers."""
@@ -86,7 +84,6 @@ class StatusReader:
         answers = await asyncio.gather(*(self.ask(*SNAPSHOT_PARTS[name]) for name in names))
         self._snapshot = dict(zip(names, answers, strict=True))
         self._taken_at = self._clock.monotonic()
-        self.reads += 1
         return self._snapshot
 
     def stale(self) -> None:
