@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from conveyor import config_env, validate
+from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
 from conveyor.config_forge import ForgeConfig as ForgeConfig
 from conveyor.config_plane import PlaneConfig as PlaneConfig
@@ -394,6 +395,7 @@ class Config(_Section, frozen=True):
     plane: PlaneConfig = msgspec.field(default_factory=PlaneConfig)
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    board: BoardConfig = msgspec.field(default_factory=BoardConfig)
     reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
@@ -466,6 +468,7 @@ def load(
     except msgspec.ValidationError as err:
         raise ConfigError(f"{where}: {_dotted(str(err))}") from err
     check(cfg)
+    check_board(cfg.board)
     check_instructions(cfg)
     return cfg
 

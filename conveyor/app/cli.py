@@ -20,6 +20,7 @@ from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app.cli_status import show_status, show_task
+from conveyor.app.cli_top import top_command
 from conveyor.app.client import Client, discover_url
 from conveyor.app.node import Node
 from conveyor.app.render import (
@@ -467,6 +468,9 @@ def _encode(msg: StageChanged | Alert) -> bytes:
     from bus.messages import encode
 
     return encode(msg)
+
+
+main.add_command(top_command(_client))
 
 
 if __name__ == "__main__":
