@@ -16,11 +16,11 @@ from rich.markup import escape as esc
 
 from bus import subjects
 from bus.messages import Alert, StageChanged
-from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app.cli_status import show_status, show_task
 from conveyor.app.client import Client, discover_url
+from conveyor.app.nats_node import embedded_server
 from conveyor.app.node import Node
 from conveyor.app.render import (
     console,
@@ -147,12 +147,7 @@ def _run_parts(ctx: click.Context, cfg: Config, parts: str) -> None:
     actors = [p for p in chosen if p != "nats"]
     layout = Layout(cfg.data_path)
     if "nats" in chosen and not actors:
-        server = EmbeddedNats(
-            layout.nats_store,
-            host=cfg.nats.host,
-            port=cfg.nats.port,
-            monitor_port=cfg.nats.monitor_port,
-        )
+        server = embedded_server(cfg)
         layout.root.mkdir(parents=True, exist_ok=True)
         server.start()
         (layout.root / "nats.url").write_text(server.url)

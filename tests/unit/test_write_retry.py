@@ -1,0 +1,123 @@
+"""JetStream writes retried through a leaderless window, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+import pytest
+
+from bus.writes import retry_write
+from conveyor import config as config_mod
+from conveyor.clock import FakeClock
+from conveyor.errors import BusUnavailable, ConfigError
+from conveyor.retry import write_retry_delay_s
+
+T = TypeVar("T")
+
+
+def test_the_delay_doubles_to_its_cap_and_is_cut_to_the_budget_left() -> None:
+    delays = [write_retry_delay_s(n, 0.0, 20.0) for n in range(7)]
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert write_retry_delay_s(9, 19.7, 20.0) == pytest.approx(0.3)
+    assert write_retry_delay_s(0, 20.0, 20.0) is None
+    assert write_retry_delay_s(3, 25.0, 20.0) is None
+
+
+def _run(op: Callable[[int], Awaitable[T]], clock: FakeClock, budget_s: float = 20.0) -> T:
+    slept: list[float] = []
+
+    async def _sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    return asyncio.run(
+        retry_write(op, budget_s=budget_s, monotonic=clock.monotonic, sleep=_sleep, what="t")
+    )
+
+
+def test_a_write_without_a_leader_for_six_seconds_is_the_same_write_until_it_lands() -> None:
+    # Given a stream whose leader died: no responders for 6 s, then a new leader answers
+    clock = FakeClock()
+    elected_at = clock.monotonic() + 6.0
+    tries: list[int] = []
+
+    async def _publish(attempt: int) -> str:
+        tries.append(attempt)
+        if clock.monotonic() < elected_at:
+            raise nats.js.errors.NoStreamResponseError
+        return "ack"
+
+    # When it is written
+    assert _run(_publish, clock) == "ack"
+
+    # Then it was tried again, numbered, until the election, and not for long after
+    assert tries == list(range(len(tries)))
+    assert len(tries) > 5
+    assert clock.monotonic() - (elected_at - 6.0) < 7.1
+
+
+def test_a_timeout_is_retried_too_and_the_try_number_tells_the_op() -> None:
+    clock = FakeClock()
+    seen: list[int] = []
+
+    async def _update(attempt: int) -> int:
+        seen.append(attempt)
+        if attempt == 0:
+            raise nats.errors.TimeoutError
+        return 42
+
+    assert _run(_update, clock) == 42
+    assert seen == [0, 1]
+
+
+def test_a_window_longer_than_the_budget_is_bus_unavailable() -> None:
+    clock = FakeClock()
+    start = clock.monotonic()
+
+    async def _never(_attempt: int) -> None:
+        raise nats.errors.NoRespondersError
+
+    with pytest.raises(BusUnavailable, match="unanswered for 5.0s"):
+        _run(_never, clock, budget_s=5.0)
+    assert clock.monotonic() - start == pytest.approx(5.0)
+
+
+def test_an_answer_that_says_no_is_not_retried() -> None:
+    clock = FakeClock()
+    tries: list[int] = []
+
+    async def _refused(attempt: int) -> None:
+        tries.append(attempt)
+        raise nats.js.errors.KeyWrongLastSequenceError
+
+    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+        _run(_refused, clock)
+    assert tries == [0]
+
+
+def _nats(**table: object) -> config_mod.NatsConfig:
+    return config_mod.load(env={}, overrides={"nats": table}).nats
+
+
+def test_servers_replace_the_url_and_replicas_must_fit_them() -> None:
+    urls = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
+    nats_cfg = _nats(servers=urls, replicas=3, url="nats://elsewhere:4222")
+    assert nats_cfg.url == ",".join(urls)
+    assert _nats(url=",".join(urls), replicas=3).replicas == 3
+    with pytest.raises(ConfigError, match="nats.replicas: 3 replicas need as many nodes"):
+        _nats(servers=urls[:2], replicas=3)
+    with pytest.raises(ConfigError, match="nats.replicas: must be odd"):
+        _nats(servers=urls, replicas=2)
+    with pytest.raises(ConfigError, match="nats.write_retry_s"):
+        _nats(write_retry_s=0)
+
+
+def test_a_cluster_node_needs_routes_and_counts_them_as_nodes() -> None:
+    node = _nats(cluster={"name": "c", "node_name": "n1", "routes": ["a", "b"]}, replicas=3)
+    assert node.cluster.routes == ["a", "b"]
+    with pytest.raises(ConfigError, match="nats.cluster.routes"):
+        _nats(cluster={"name": "c"})
