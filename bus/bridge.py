@@ -252,7 +252,9 @@ class Bus:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError:
             # Exists with a different config (an older version): keep the data, update.
-            await self.js.update_stream(config)
+            info = await self.js.stream_info(config.name)
+            replicas = max(self.replicas, info.config.num_replicas or 1)
+            await self.js.update_stream(dataclasses.replace(config, num_replicas=replicas))
 
     async def _ensure_bucket(self, bucket: str) -> None:
         try:
@@ -270,9 +272,12 @@ class Bus:
             return
         # Decisions read through the stream leader: a direct get may be answered by a
         # follower that has not seen the last write yet.
-        if info.config.num_replicas != self.replicas or info.config.allow_direct:
+        # Never fewer copies than there are: a process configured for one server must not
+        # strip a cluster's replicas (lowering them is an operator's deliberate act).
+        replicas = max(self.replicas, info.config.num_replicas or 1)
+        if info.config.num_replicas != replicas or info.config.allow_direct:
             await self.js.update_stream(
-                dataclasses.replace(info.config, num_replicas=self.replicas, allow_direct=False)
+                dataclasses.replace(info.config, num_replicas=replicas, allow_direct=False)
             )
 
     def store(self, bucket: str, value_type: type[S]) -> Store[S]:

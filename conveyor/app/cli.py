@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.markup import escape as esc
 
 from bus import subjects
@@ -192,13 +193,11 @@ def _reachable_url(cfg: Config, explicit: str | None, *, wait_s: float) -> str:
 
 
 def _nats_table(cfg: Config) -> dict[str, Any]:
-    return {
-        "host": cfg.nats.host,
-        "port": cfg.nats.port,
-        "monitor_port": cfg.nats.monitor_port,
-        "connect_timeout_s": cfg.nats.connect_timeout_s,
-        "request_timeout_s": cfg.nats.request_timeout_s,
-    }
+    # Every [nats] key (replicas, retries, ...) but `servers`: the url given with this
+    # table carries them, joined, and must win over the file.
+    table: dict[str, Any] = msgspec.to_builtins(cfg.nats)
+    table.pop("servers", None)
+    return table
 
 
 @main.command()
