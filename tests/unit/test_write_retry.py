@@ -109,9 +109,7 @@ def test_servers_replace_the_url_and_replicas_must_fit_them() -> None:
     nats_cfg = _nats(servers=urls, replicas=3, url="nats://elsewhere:4222")
     assert nats_cfg.url == ",".join(urls)
     assert _nats(url=",".join(urls), replicas=3).replicas == 3
-    with pytest.raises(
-        ConfigError, match=re.escape("3 replicas need as many nodes")
-    ):
+    with pytest.raises(ConfigError, match=re.escape("3 replicas need as many nodes")):
         _nats(servers=urls[:2], replicas=3)
     with pytest.raises(ConfigError, match=re.escape("nats.replicas: must be odd")):
         _nats(servers=urls, replicas=2)
