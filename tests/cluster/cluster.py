@@ -44,8 +44,10 @@ def _conveyor(config: Path, parts: str) -> list[str]:
     return [*cli, "--config", str(config), "up", "--parts", parts]
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"}
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_FAULT"}
+    env.update(extra)
+    return env
 
 
 class NatsCluster:
@@ -162,7 +164,11 @@ class Conveyors:
     def start(self, name: str, parts: str, host: Host) -> subprocess.Popen[bytes]:
         """Run `conveyor up --parts <parts>` on `host`; its log is `<tmp>/<name>.log`."""
         proc = host.popen(
-            _conveyor(self.config, parts), _env(), log=self.tmp / f"{name}.log", cwd=self.tmp
+            _conveyor(self.config, parts),
+            # Items of one repository side by side: several are in flight when a node dies.
+            _env(CONVEYOR_QUEUE__PER_REPO_CONCURRENCY="4"),
+            log=self.tmp / f"{name}.log",
+            cwd=self.tmp,
         )
         self.procs[name] = proc
         return proc

@@ -20,7 +20,7 @@ from tests.harness import ALL_STAGES, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
-ITEMS = 3
+ITEMS = 2
 
 
 @pytest.fixture

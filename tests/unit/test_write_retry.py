@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
 
+from bus.effects import Effect
+from bus.kv import Store
 from bus.writes import retry_write
 from conveyor import config as config_mod
 from conveyor.clock import FakeClock
-from conveyor.errors import BusUnavailable, ConfigError
+from conveyor.errors import BusUnavailable, ConfigError, Fenced
 from conveyor.retry import write_retry_delay_s
 
 T = TypeVar("T")
@@ -122,3 +125,76 @@ def test_a_cluster_node_needs_routes_and_counts_them_as_nodes() -> None:
     assert node.cluster.routes == ["a", "b"]
     with pytest.raises(ConfigError, match=re.escape("nats.cluster.routes")):
         _nats(cluster={"name": "c"})
+
+
+class _Entry(msgspec.Struct):
+    value: bytes | None
+    revision: int
+
+
+class _LostAnswerKV:
+    """A bucket whose first write lands but whose answer is lost (a leader dying)."""
+
+    _name = "conveyor_effects"
+
+    def __init__(self) -> None:
+        self.value: bytes | None = None
+        self.revision = 0
+        self.writes = 0
+
+    async def update(self, _key: str, data: bytes, last: int) -> int:
+        self.writes += 1
+        if last != self.revision:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        self.value, self.revision = data, self.revision + 1
+        if self.writes == 1:
+            raise nats.errors.TimeoutError
+        return self.revision
+
+    async def get(self, _key: str) -> _Entry:
+        return _Entry(self.value, self.revision)
+
+
+class _Bus:
+    """What `Store` needs of `Bus`, on a fake clock and a fresh event loop per call."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+
+    def write(self, op: Callable[[int], Awaitable[T]], *, what: str = "") -> T:
+        return _run(op, self.clock)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        return asyncio.run(coro)
+
+
+def _effect(status: str) -> Effect:
+    return Effect(key="k", status=status, started_at=1.0)
+
+
+def test_a_cas_write_whose_answer_was_lost_adopts_its_own_landed_revision() -> None:
+    # Given a write that landed at revision 1 though its answer never came
+    kv = _LostAnswerKV()
+    store = Store(_Bus(), kv, Effect)  # type: ignore[arg-type]
+
+    # When it is retried with the same expected revision, and finds the key moved
+    revision = store.update("k", _effect("done"), expect=0)
+
+    # Then it re-read the key, found its own value there and took that revision
+    assert (revision, kv.writes, kv.revision) == (1, 2, 1)
+
+
+def test_a_cas_write_that_finds_another_value_after_a_lost_answer_is_fenced() -> None:
+    kv = _LostAnswerKV()
+    store = Store(_Bus(), kv, Effect)  # type: ignore[arg-type]
+
+    async def _another_writer_first(_key: str, _data: bytes, _last: int) -> int:
+        # Our first try got no answer and did not land; another writer's did.
+        if kv.revision == 0:
+            kv.value, kv.revision = b'{"other": 1}', 1
+            raise nats.errors.TimeoutError
+        raise nats.js.errors.KeyWrongLastSequenceError
+
+    kv.update = _another_writer_first  # type: ignore[method-assign]
+    with pytest.raises(Fenced):
+        store.update("k", _effect("done"), expect=0)
