@@ -188,7 +188,7 @@ def test_a_cas_write_that_finds_another_value_after_a_lost_answer_is_fenced() ->
     kv = _LostAnswerKV()
     store = Store(_Bus(), kv, Effect)  # type: ignore[arg-type]
 
-    async def _another_writer_first(_key: str, _data: bytes, _last: int) -> int:
+    async def _another_writer_first(_key: str, _data: bytes, last: int) -> int:
         # Our first try got no answer and did not land; another writer's did.
         if kv.revision == 0:
             kv.value, kv.revision = b'{"other": 1}', 1
