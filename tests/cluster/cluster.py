@@ -51,7 +51,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 class NatsCluster:
-    """Three nodes, node i on `hosts[i]`, named `n<i>`; killable and restartable."""
+    """Nodes on hosts, node i on `hosts[i]`, named `n<i>`; killable and restartable.
+
+    Three hosts make a cluster; one host makes a single server (the baseline a bench
+    compares with).
+    """
 
     def __init__(self, hosts: Sequence[Host], tmp: Path) -> None:
         self.hosts = list(hosts)
@@ -68,13 +72,18 @@ class NatsCluster:
                 f'host = "{host.addr}"\n'
                 f"port = {CLIENT_PORT}\n"
                 f"monitor_port = {MONITOR_PORT}\n"
-                "[nats.cluster]\n"
-                f'name = "{CLUSTER_NAME}"\n'
-                f'node_name = "n{i}"\n'
-                f'listen = "{host.addr}:{ROUTE_PORT}"\n'
-                f"routes = {json.dumps(routes)}\n"
-                "ready_timeout_s = 60.0\n"
             )
+            if len(self.hosts) == 1:
+                continue
+            with self._config(i).open("a") as config:
+                config.write(
+                    "[nats.cluster]\n"
+                    f'name = "{CLUSTER_NAME}"\n'
+                    f'node_name = "n{i}"\n'
+                    f'listen = "{host.addr}:{ROUTE_PORT}"\n'
+                    f"routes = {json.dumps(routes)}\n"
+                    "ready_timeout_s = 60.0\n"
+                )
 
     def _dir(self, i: int) -> Path:
         return self.tmp / f"n{i}"
@@ -153,7 +162,7 @@ class Conveyors:
         tmp.mkdir(parents=True, exist_ok=True)
         text = CONFIG.format(data=self.data, url="").replace(
             "[nats]\n",
-            "[nats]\nreplicas = 3\n"
+            f"[nats]\nreplicas = {1 if len(cluster.urls) == 1 else 3}\n"
             f"servers = {json.dumps(cluster.urls)}\n"
             # Write retries outlast an election; a dead node's client is noticed soon.
             "write_retry_s = 30.0\n",
