@@ -252,7 +252,7 @@ class Bus:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError:
             # Exists with a different config (an older version): keep the data, update.
-            info = await self.js.stream_info(config.name)
+            info = await self.js.stream_info(config.name or "")
             replicas = max(self.replicas, info.config.num_replicas or 1)
             await self.js.update_stream(dataclasses.replace(config, num_replicas=replicas))
 
