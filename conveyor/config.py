@@ -22,6 +22,8 @@ from conveyor import config_env, validate
 from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
 from conveyor.config_forge import ForgeConfig as ForgeConfig
+from conveyor.config_nats import NatsClusterConfig as NatsClusterConfig
+from conveyor.config_nats import NatsScaleOut
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -53,7 +55,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base of config sections: unknown keys are errors."""
 
 
-class NatsConfig(_Section, frozen=True):
+class NatsConfig(NatsScaleOut, frozen=True):
     """How to reach NATS; an empty `url` starts the embedded server."""
 
     url: str = ""

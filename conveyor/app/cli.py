@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.markup import escape as esc
 
 from bus import subjects
 from bus.messages import Alert, StageChanged
-from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app.cli_status import show_status, show_task
 from conveyor.app.cli_top import top_command
 from conveyor.app.client import Client, discover_url
+from conveyor.app.nats_node import embedded_server
 from conveyor.app.node import Node
 from conveyor.app.render import (
     console,
@@ -151,12 +152,7 @@ def _run_parts(ctx: click.Context, cfg: Config, parts: str) -> None:
     actors = [p for p in chosen if p != "nats"]
     layout = Layout(cfg.data_path)
     if "nats" in chosen and not actors:
-        server = EmbeddedNats(
-            layout.nats_store,
-            host=cfg.nats.host,
-            port=cfg.nats.port,
-            monitor_port=cfg.nats.monitor_port,
-        )
+        server = embedded_server(cfg)
         layout.root.mkdir(parents=True, exist_ok=True)
         server.start()
         (layout.root / "nats.url").write_text(server.url)
@@ -201,13 +197,11 @@ def _reachable_url(cfg: Config, explicit: str | None, *, wait_s: float) -> str:
 
 
 def _nats_table(cfg: Config) -> dict[str, Any]:
-    return {
-        "host": cfg.nats.host,
-        "port": cfg.nats.port,
-        "monitor_port": cfg.nats.monitor_port,
-        "connect_timeout_s": cfg.nats.connect_timeout_s,
-        "request_timeout_s": cfg.nats.request_timeout_s,
-    }
+    # Every [nats] key (replicas, retries, ...) but `servers`: the url given with this
+    # table carries them, joined, and must win over the file.
+    table: dict[str, Any] = msgspec.to_builtins(cfg.nats)
+    table.pop("servers", None)
+    return table
 
 
 @main.command()

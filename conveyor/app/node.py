@@ -126,6 +126,8 @@ class Node:
             connect_timeout_s=self.cfg.nats.connect_timeout_s,
             request_timeout_s=self.cfg.nats.request_timeout_s,
             ack_wait_s=self.cfg.nats.ack_wait_s,
+            replicas=self.cfg.nats.replicas,
+            write_retry_s=self.cfg.nats.write_retry_s,
         )
         self.bus.setup()
         supervisor = self.supervisor = Supervisor(self.bus, self.clock, self.cfg.supervisor)
