@@ -18,8 +18,12 @@ from typing import Any
 
 import msgspec
 
-from conveyor import config_env, config_nats, config_secrets, validate
+from conveyor import config_env, config_nats_auth, config_secrets, validate
+from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
+from conveyor.config_forge import ForgeConfig as ForgeConfig
+from conveyor.config_nats import NatsClusterConfig as NatsClusterConfig
+from conveyor.config_nats import NatsScaleOut
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -51,7 +55,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base of config sections: unknown keys are errors."""
 
 
-class NatsConfig(_Section, frozen=True):
+class NatsConfig(NatsScaleOut, frozen=True):
     """How to reach NATS; an empty `url` starts the embedded server."""
 
     url: str = ""
@@ -65,7 +69,7 @@ class NatsConfig(_Section, frozen=True):
     delivered again; a live process keeps what it holds alive meanwhile."""
     creds_file: str = ""
     nkey_seed_file: str = ""
-    tls: config_nats.NatsTls = msgspec.field(default_factory=config_nats.NatsTls)
+    tls: config_nats_auth.NatsTls = msgspec.field(default_factory=config_nats_auth.NatsTls)
 
 
 class StageConfig(_Section, frozen=True):
@@ -293,13 +297,6 @@ class MonitorConfig(_Section, frozen=True):
     rollback_timeout_s: float = 600.0
 
 
-class ForgeConfig(_Section, frozen=True):
-    """Which forge hosts the repositories (`local`: bare repositories under data_dir)."""
-
-    kind: str = "local"
-    check_timeout_s: float = 600.0
-
-
 class TrackerConfig(_Section, frozen=True):
     """Which tracker holds work items (`local`: files under data_dir)."""
 
@@ -403,6 +400,7 @@ class Config(_Section, frozen=True):
     plane: PlaneConfig = msgspec.field(default_factory=PlaneConfig)
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    board: BoardConfig = msgspec.field(default_factory=BoardConfig)
     reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
@@ -466,7 +464,7 @@ def load(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from err
     data = config_env.overlay_env(data, os.environ if env is None else env)
-    config_secrets.read_files(data, path.parent.resolve() if path is not None else Path.cwd())
+    config_secrets.read_files(data, path.parent.resolve() if path else Path.cwd(), Config)
     if overrides:
         data.update(overrides)
     data_dir = data.get("data_dir")
@@ -479,6 +477,7 @@ def load(
     except msgspec.ValidationError as err:
         raise ConfigError(f"{where}: {_dotted(str(err))}") from err
     check(cfg)
+    check_board(cfg.board)
     check_instructions(cfg)
     return cfg
 

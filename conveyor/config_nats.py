@@ -1,152 +1,76 @@
-"""How this process connects to NATS: credentials, nkey, TLS, and connection events.
+"""Config of NATS clustering (`[nats]` servers and replicas, `[nats.cluster]`).
 
-`[nats]` holds `creds_file`, `nkey_seed_file` and a `[nats.tls]` table (`NatsTls`).
-The CLI calls `use(cfg.nats)` once the configuration is loaded; every `Bus.connect`
-of the process then passes `connect_options(url, name)` to `nats.connect`, so the
-daemon's parts and the CLI's client reach an external server the same way. Without
-`use` (tests, the embedded server) only the event callbacks are added.
+Kept apart to keep `conveyor.config` small: `NatsConfig` there extends `NatsScaleOut`,
+so these keys sit in `[nats]` itself. Like every section, unknown keys are errors.
 """
 
 from __future__ import annotations
 
-import ssl
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import socket
 
 import msgspec
 
-from conveyor import logs
 from conveyor.errors import ConfigError
 
-if TYPE_CHECKING:
-    from conveyor.config import NatsConfig
-
-log = logs.get_logger(__name__)
+MAX_REPLICAS = 5
+"""JetStream's own limit on the replicas of a stream."""
 
 
-class NatsTls(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """TLS to an external NATS: a CA to trust and, for mutual TLS, a client certificate."""
-
-    ca_file: str = ""
-    """PEM CA bundle that signed the server's certificate (empty: the system's CAs)."""
-    cert_file: str = ""
-    """PEM client certificate, for servers that verify clients (`verify: true`)."""
-    key_file: str = ""
-    """PEM private key of `cert_file`."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any TLS option is set (a `tls://` url alone also turns TLS on)."""
-        return bool(self.ca_file or self.cert_file or self.key_file)
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of config sections: unknown keys are errors (as in `conveyor.config`)."""
 
 
-FILE_KEYS = ("creds_file", "nkey_seed_file")
-TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file")
+class NatsClusterConfig(_Section, frozen=True):
+    """This host's node of a NATS cluster, started by `conveyor up --parts nats`."""
 
-_profile: NatsConfig | None = None
-
-
-def use(nats_cfg: NatsConfig | None) -> None:
-    """Make `nats_cfg`'s credentials and TLS the ones every connection of this process uses."""
-    global _profile  # noqa: PLW0603 - one connection profile per process, like logging
-    _profile = nats_cfg
-
-
-def anchor_files(data: dict[str, Any], base: Path) -> None:
-    """Resolve relative `[nats]` file paths against the config file's directory."""
-    nats = data.get("nats")
-    if not isinstance(nats, dict):
-        return
-    tables: list[tuple[dict[str, Any], tuple[str, ...]]] = [(nats, FILE_KEYS)]
-    if isinstance(nats.get("tls"), dict):
-        tables.append((nats["tls"], TLS_FILE_KEYS))
-    for table, keys in tables:
-        for key in keys:
-            value = table.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                table[key] = str(base / value)
+    name: str = ""
+    """Cluster name, the same on every node; empty: a single server, no cluster."""
+    node_name: str = ""
+    """This node's `server_name`, unique in the cluster; empty: the host name."""
+    listen: str = "0.0.0.0:6222"
+    """host:port the node takes routes from the other nodes on."""
+    routes: list[str] = msgspec.field(default_factory=list)
+    """The other nodes' route URLs, e.g. `nats://10.0.0.2:6222`."""
+    ready_timeout_s: float = 120.0
+    """How long a starting node waits for a quorum of the cluster to answer healthy."""
 
 
-def problems(nats_cfg: NatsConfig, *, external: bool = False) -> list[str]:
-    """What stops these options from working: unreadable files, a key without a cert.
+class NatsScaleOut(_Section, frozen=True):
+    """The `[nats]` keys that let Conveyor leave one host."""
 
-    `external`: a server is named outside the config (`--nats-url`, `NATS_URL`).
-    """
-    found: list[str] = []
-    files = {f"nats.{k}": getattr(nats_cfg, k) for k in FILE_KEYS}
-    files.update({f"nats.tls.{k}": getattr(nats_cfg.tls, k) for k in TLS_FILE_KEYS})
-    for key, value in files.items():
-        if value and not Path(value).expanduser().is_file():
-            found.append(f"{key}: no such file {value!r}")
-    if bool(nats_cfg.tls.cert_file) != bool(nats_cfg.tls.key_file):
-        found.append("nats.tls: cert_file and key_file go together")
-    if nats_cfg.creds_file and nats_cfg.nkey_seed_file:
-        found.append("nats: set creds_file or nkey_seed_file, not both")
-    if not (nats_cfg.url or external) and (
-        nats_cfg.creds_file or nats_cfg.nkey_seed_file or nats_cfg.tls.enabled
-    ):
-        found.append("nats: credentials and TLS apply to an external server; nats.url is empty")
-    return found
+    servers: list[str] = msgspec.field(default_factory=list)
+    """Every node's client URL; non-empty: replaces `url` (joined with commas)."""
+    replicas: int = 1
+    """Replicas of every stream and KV bucket: 1 on one server, 3 on a 3-node cluster."""
+    write_retry_s: float = 20.0
+    """How long a JetStream write without an answer is tried again, the same write."""
+    cluster: NatsClusterConfig = msgspec.field(default_factory=NatsClusterConfig)
+
+    def __post_init__(self) -> None:
+        if self.servers:
+            msgspec.structs.force_setattr(self, "url", ",".join(self.servers))
 
 
-def tls_context(tls: NatsTls) -> ssl.SSLContext:
-    """A client SSL context trusting `ca_file` and presenting `cert_file`, if set."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file or None)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file or None)
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"nats.tls: {err}") from err
-    return context
+def server_name(cluster: NatsClusterConfig) -> str:
+    """The node's `server_name`: configured, or this host's name."""
+    return cluster.node_name or socket.gethostname()
 
 
-def connect_options(url: str, name: str) -> dict[str, Any]:
-    """Keyword arguments for `nats.connect` beyond the url: auth, TLS, event callbacks."""
-    events = _Events(url, name)
-    options: dict[str, Any] = {
-        "error_cb": events.error,
-        "disconnected_cb": events.disconnected,
-        "reconnected_cb": events.reconnected,
-        "closed_cb": events.closed,
-    }
-    nats_cfg = _profile
-    if nats_cfg is None:
-        return options
-    if nats_cfg.creds_file:
-        options["user_credentials"] = str(Path(nats_cfg.creds_file).expanduser())
-    if nats_cfg.nkey_seed_file:
-        options["nkeys_seed"] = str(Path(nats_cfg.nkey_seed_file).expanduser())
-    if nats_cfg.tls.enabled:
-        options["tls"] = tls_context(nats_cfg.tls)
-    return options
-
-
-class _Events:
-    """Connection events of one client as log events.
-
-    A server that stays away makes the client fail a reconnect every half second: the
-    first error after a (re)connect is a warning, repeats of it are debug lines.
-    """
-
-    def __init__(self, url: str, name: str) -> None:
-        self.fields = {"client": name, "url": url}
-        self._last_error = ""
-
-    async def error(self, err: Exception) -> None:
-        text = repr(err)
-        if text != self._last_error:
-            log.warning("bus.connection_error", error=text, **self.fields)
-        else:
-            log.debug("bus.connection_error", error=text, **self.fields)
-        self._last_error = text
-
-    async def disconnected(self) -> None:
-        # Also called on a deliberate close: info, not warning (the CLI closes every time).
-        log.info("bus.disconnected", **self.fields)
-
-    async def reconnected(self) -> None:
-        self._last_error = ""
-        log.warning("bus.reconnected", **self.fields)
-
-    async def closed(self) -> None:
-        log.info("bus.closed", **self.fields)
+def check_nats(nats: NatsScaleOut, url: str) -> None:
+    """Cross-field rules of `[nats]`; raise ConfigError naming the key."""
+    if not 1 <= nats.replicas <= MAX_REPLICAS or nats.replicas % 2 == 0:
+        raise ConfigError(f"nats.replicas: must be odd, 1 to {MAX_REPLICAS} (quorum)")
+    if not nats.write_retry_s > 0:
+        raise ConfigError("nats.write_retry_s: must be > 0")
+    if not nats.cluster.ready_timeout_s > 0:
+        raise ConfigError("nats.cluster.ready_timeout_s: must be > 0")
+    if nats.cluster.name and not nats.cluster.routes:
+        raise ConfigError("nats.cluster.routes: a cluster node needs the other nodes' routes")
+    nodes = len([u for u in url.split(",") if u.strip()])
+    if nats.cluster.name:
+        nodes = max(nodes, len(nats.cluster.routes) + 1)
+    if nats.replicas > max(nodes, 1):
+        raise ConfigError(
+            f"nats.replicas: {nats.replicas} replicas need as many nodes; "
+            f"{max(nodes, 1)} listed in nats.servers (or nats.cluster.routes)"
+        )

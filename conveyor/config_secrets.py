@@ -11,10 +11,13 @@ Relative paths are read from the config file's directory.
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
-from conveyor import config_nats
+import msgspec
+
+from conveyor import config_nats_auth
 from conveyor.errors import ConfigError, redact_credentials
 
 SECRET_KEY = re.compile(r"(?i)(token|secret|password|api_key)$")
@@ -25,23 +28,45 @@ FILE_SUFFIX = "_file"
 REDACTED = "***"
 
 
-def read_files(data: dict[str, Any], base: Path) -> None:
-    """Replace every secret `<key>_file` in `data` by `<key>` = the file's content."""
-    config_nats.anchor_files(data, base)
-    _walk(data, base, "")
+def read_files(data: dict[str, Any], base: Path, schema: type | None = None) -> None:
+    """Replace every secret `<key>_file` in `data` by `<key>` = the file's content.
+
+    `schema` is the Struct `data` decodes to: a `<key>_file` that is a field of its own
+    (`forge.token_file`, read by its section) is left alone.
+    """
+    config_nats_auth.anchor_files(data, base)
+    _walk(data, base, "", schema)
 
 
-def _walk(node: dict[str, Any], base: Path, where: str) -> None:
+def _struct_in(tp: Any) -> type | None:
+    """The Struct `tp` is, or holds as list items or dict values."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    return next((s for s in map(_struct_in, reversed(typing.get_args(tp))) if s), None)
+
+
+def _walk(node: dict[str, Any], base: Path, where: str, schema: type | None) -> None:
+    fields = {f.encode_name: f.type for f in msgspec.structs.fields(schema)} if schema else {}
     for key in list(node):
         value = node[key]
         dotted = f"{where}{key}"
+        inner = _struct_in(fields.get(key))
         if isinstance(value, dict) and key != "env":
-            _walk(value, base, f"{dotted}.")
+            if inner is None or fields.get(key) is inner:
+                _walk(value, base, f"{dotted}.", inner)
+            else:  # a table of sections, e.g. [prices.<model>]
+                for name, table in value.items():
+                    if isinstance(table, dict):
+                        _walk(table, base, f"{dotted}.{name}.", inner)
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, dict):
-                    _walk(item, base, f"{dotted}[{index}].")
-        elif key.endswith(FILE_SUFFIX) and SECRET_KEY.search(key[: -len(FILE_SUFFIX)]):
+                    _walk(item, base, f"{dotted}[{index}].", inner)
+        elif (
+            key.endswith(FILE_SUFFIX)
+            and key not in fields
+            and SECRET_KEY.search(key[: -len(FILE_SUFFIX)])
+        ):
             node[key[: -len(FILE_SUFFIX)]] = _read(node.pop(key), base, dotted, node, key)
 
 

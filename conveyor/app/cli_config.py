@@ -12,7 +12,7 @@ import click
 import msgspec
 
 from conveyor import config as config_mod
-from conveyor import config_nats, config_secrets, config_toml
+from conveyor import config_nats_auth, config_secrets, config_toml
 from conveyor.app.exit_codes import CONFIG
 from conveyor.config import Config
 from conveyor.errors import ConfigError
@@ -46,7 +46,7 @@ def check(ctx: click.Context) -> None:
     path = _config_path(ctx)
     cfg = _load_or_exit(path)
     external = bool((ctx.obj or {}).get("nats_url") or os.environ.get("NATS_URL"))
-    problems = config_nats.problems(cfg.nats, external=external)
+    problems = config_nats_auth.problems(cfg.nats, external=external)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

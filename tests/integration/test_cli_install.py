@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conveyor import __version__, config_nats
+from conveyor import __version__, config_nats_auth
 from conveyor.app import exit_codes
 from conveyor.app.cli import main
 from tests.harness import Harness, make_config
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True)
 def no_profile() -> None:
-    config_nats.use(None)  # `_load` sets the process's NATS profile; start each test clean
+    config_nats_auth.use(None)  # `_load` sets the process's NATS profile; start each test clean
 
 
 def _config(tmp_path: Path, text: str = "") -> list[str]:

@@ -22,7 +22,7 @@ import pytest
 from bus.bridge import Bus
 from bus.server import EmbeddedNats, free_port
 from conveyor import config as config_mod
-from conveyor import config_nats
+from conveyor import config_nats_auth
 from conveyor.app.client import Client
 from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable
@@ -107,7 +107,7 @@ def server(
 @pytest.fixture(autouse=True)
 def no_profile() -> Iterator[None]:
     yield
-    config_nats.use(None)
+    config_nats_auth.use(None)
 
 
 def _tls_toml(pki: Path) -> str:
@@ -128,13 +128,13 @@ def test_the_configured_nkey_seed_and_client_certificate_reach_a_verifying_serve
     server: SecureNats, pki: Path, seed_file: Path, tmp_path: Path
 ) -> None:
     cfg = config_mod.load(_config(tmp_path, server.tls_url, pki, str(seed_file)))
-    assert config_nats.problems(cfg.nats) == []
+    assert config_nats_auth.problems(cfg.nats) == []
 
     # Without the profile: no client certificate, no user — the server says no
     with pytest.raises(BusUnavailable):
         Bus.connect(server.tls_url, connect_timeout_s=1.0)
 
-    config_nats.use(cfg.nats)
+    config_nats_auth.use(cfg.nats)
     bus = Bus.connect(server.tls_url, connect_timeout_s=2.0)
     try:
         bus.setup()  # JetStream streams and buckets: a real round trip as that user
@@ -155,10 +155,10 @@ def test_a_password_in_the_url_with_tls_files_relative_to_the_config(
     )
     cfg = config_mod.load(config)
     assert cfg.nats.tls.ca_file == str(tmp_path / "ca.pem")
-    config_nats.use(cfg.nats)
+    config_nats_auth.use(cfg.nats)
     Bus.connect(url, connect_timeout_s=2.0).close()
 
-    config_nats.use(config_mod.load(config, env={"CONVEYOR_NATS__TLS__CERT_FILE": '""'}).nats)
+    config_nats_auth.use(config_mod.load(config, env={"CONVEYOR_NATS__TLS__CERT_FILE": '""'}).nats)
     with pytest.raises(BusUnavailable):  # the server verifies client certificates
         Bus.connect(url, connect_timeout_s=1.0)
 
@@ -172,7 +172,7 @@ def test_the_split_set_up_and_the_cli_run_over_tls_with_an_nkey(
         procs.start("control", "control", env=env)
         procs.start("launcher", "launcher", env=env)
         cfg = config_mod.load(procs.config, env=env)
-        config_nats.use(cfg.nats)
+        config_nats_auth.use(cfg.nats)
         client = Client(server.tls_url)
         try:
             wait_ready(client, procs)
@@ -196,7 +196,7 @@ def test_disconnects_and_reconnects_are_logged_as_events(
 ) -> None:
     nats = EmbeddedNats(tmp_path / "nats", port=free_port("127.0.0.1"))
     nats.start()
-    caplog.set_level(logging.INFO, logger="conveyor.config_nats")
+    caplog.set_level(logging.INFO, logger="conveyor.config_nats_auth")
     bus = Bus.connect(nats.url, name="watched")
     try:
         nats.stop()
@@ -265,7 +265,7 @@ def test_a_credentials_file_reaches_a_server_in_operator_mode(tmp_path: Path) ->
         config.write_text(f'[nats]\nurl = "{nats.url}"\ncreds_file = "conveyor.creds"\n')
         with pytest.raises(BusUnavailable):
             Bus.connect(nats.url, connect_timeout_s=1.0)
-        config_nats.use(config_mod.load(config).nats)
+        config_nats_auth.use(config_mod.load(config).nats)
         bus = Bus.connect(nats.url, connect_timeout_s=2.0)
         try:
             bus.setup()  # JetStream in the account the JWT grants

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from conveyor import config as config_mod
-from conveyor import config_nats, config_secrets, config_toml, logs
+from conveyor import config_nats_auth, config_secrets, config_toml, logs
 from conveyor.app.client import discover_url
 from conveyor.errors import ConfigError
 
@@ -49,6 +49,13 @@ def test_a_secret_given_twice_or_an_unreadable_secret_file_is_a_config_error(
     missing = _write(tmp_path / "missing.toml", '[gitea]\nwebhook_secret_file = "nope"\n')
     with pytest.raises(ConfigError, match=r"gitea\.webhook_secret_file: cannot read"):
         config_mod.load(missing)
+
+
+def test_a_file_key_that_is_a_field_of_its_own_is_left_to_its_section(tmp_path: Path) -> None:
+    _write(tmp_path / "forge-token", "ft-1\n")
+    config = _write(tmp_path / "config.toml", '[forge]\ntoken_file = "forge-token"\n')
+    cfg = config_mod.load(config)
+    assert (cfg.forge.token, cfg.forge.token_file) == ("", "forge-token")
 
 
 def test_a_file_key_that_names_no_secret_stays_an_unknown_key(tmp_path: Path) -> None:
@@ -90,9 +97,9 @@ def test_nats_problems_name_each_key() -> None:
         url="",
         creds_file="/nonexistent/creds",
         nkey_seed_file="/nonexistent/seed",
-        tls=config_nats.NatsTls(cert_file="/nonexistent/cert"),
+        tls=config_nats_auth.NatsTls(cert_file="/nonexistent/cert"),
     )
-    found = config_nats.problems(nats)
+    found = config_nats_auth.problems(nats)
     assert found == [
         "nats.creds_file: no such file '/nonexistent/creds'",
         "nats.nkey_seed_file: no such file '/nonexistent/seed'",
@@ -101,7 +108,7 @@ def test_nats_problems_name_each_key() -> None:
         "nats: set creds_file or nkey_seed_file, not both",
         "nats: credentials and TLS apply to an external server; nats.url is empty",
     ]
-    assert config_nats.problems(config_mod.NatsConfig()) == []
+    assert config_nats_auth.problems(config_mod.NatsConfig()) == []
 
 
 def test_nats_url_comes_after_the_flag_and_the_config(
