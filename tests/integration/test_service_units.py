@@ -59,9 +59,9 @@ def test_the_split_units_run_the_parts_of_the_procfile() -> None:
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
     )
     wanted = _unit("conveyor-split.target")["Unit"]["Wants"].split()
-    assert sorted(wanted) == sorted(f"conveyor-{part}.service" for part in PARTS)
-    for part in PARTS:
+    assert sorted(wanted) == sorted(f"conveyor-{part}.service" for part in procfile)
+    for part in procfile:
+        assert part in PARTS, part
         exec_start = _unit(f"conveyor-{part}.service")["Service"]["ExecStart"]
         assert exec_start.endswith(f" up --parts {part}"), exec_start
-        assert part in procfile, part
     assert _unit("conveyor.service")["Service"]["ExecStart"].endswith(" up")
