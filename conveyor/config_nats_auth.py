@@ -1,12 +1,11 @@
 """How this process connects to NATS: credentials, nkey, TLS, and connection events.
 
-Clustering (`servers`, replicas) is `conveyor.config_nats`; this module is the auth half.
-
 `[nats]` holds `creds_file`, `nkey_seed_file` and a `[nats.tls]` table (`NatsTls`).
 The CLI calls `use(cfg.nats)` once the configuration is loaded; every `Bus.connect`
 of the process then passes `connect_options(url, name)` to `nats.connect`, so the
 daemon's parts and the CLI's client reach an external server the same way. Without
-`use` (tests, the embedded server) only the event callbacks are added.
+`use` (tests, the embedded server) only the event callbacks are added. Clustering
+(`servers`, `replicas`) is `conveyor.config_nats`.
 """
 
 from __future__ import annotations
