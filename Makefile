@@ -44,6 +44,7 @@ agent-clis:
 
 ## test: the whole suite (unit, integration with a real nats-server, end-to-end, real agent CLIs)
 test: $(STAMP) agent-clis
+	@scripts/install-system-tools
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## test-agents: only the real agent CLIs against the fake model APIs
