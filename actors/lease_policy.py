@@ -148,6 +148,27 @@ def on_tick(
     return "keep", "holder alive or unknown, within its ceiling"
 
 
+SUPERSEDED = "superseded:"
+"""How a refusal for an attempt that is no longer the job's current one begins: final."""
+
+
+def attempt_current(status: str | None, attempts: int, attempt: int, *, running: str) -> bool:
+    """Whether `attempt` is still the job's attempt: the job runs it (`running`) now.
+
+    A reap or a retry moves the job on, so an executor of the old attempt (back from
+    a pause or a partition) is refused. An unknown job (`status` None) or attempt
+    (0, an older holder) proves nothing and is current.
+    """
+    if status is None or attempt <= 0:
+        return True
+    return status == running and attempts == attempt
+
+
+def superseded_reason(job_id: str, attempt: int) -> str:
+    """The refusal of a lease to a superseded attempt (see `SUPERSEDED`)."""
+    return f"{SUPERSEDED} job {job_id} no longer runs attempt {attempt}"
+
+
 def merged_stages(stages: list[tuple[str, bool]]) -> frozenset[str]:
     """Stages after the last merging stage: where a protected task keeps its merge lease.
 
