@@ -87,9 +87,13 @@ class Reaper(Owner):
             case Tick():
                 now = self._clock.now()
                 if now >= self._next_tick:
-                    self._next_tick = now + self._cfg.interval_s
+                    interval = self._cfg.interval_s
+                    self._next_tick = now + interval
                     if now >= self._warm_until:
                         self._tick(now)
+                        # A slow pass (a host that did not answer in time) must not make the
+                        # ticks queued meanwhile a burst of passes: dead ticks are apart.
+                        self._next_tick = max(self._next_tick, self._clock.now() + interval)
                     else:
                         self._state = policy.without_verdict(self._state, now=now)
             case ReaperStatus():
