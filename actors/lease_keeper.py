@@ -193,9 +193,10 @@ class LeaseKeeper(Owner):
             reason = policy.superseded_reason(req.holder.job_id, req.holder.attempt)
             log.warning("lease_keeper.superseded_refused", lease=req.name, reason=reason)
             return LeaseReply(granted=False, reason=reason)
-        alive = None
+        alive, stale = None, False
         if current is not None and not policy.same_holder(current.value, req.holder):
-            alive = self._alive(current.value.holder, ask=True)
+            stale = self._superseded(req.name, current.value.holder)
+            alive = None if stale else self._alive(current.value.holder, ask=True)
         grant = policy.on_acquire(
             current.value if current else None,
             req.name,
@@ -203,6 +204,7 @@ class LeaseKeeper(Owner):
             holder_alive=alive if self._cfg.reclaim_enabled else None,
             now=self._clock.now(),
             holder_finished=self._holder_finished(current, req.holder),
+            holder_superseded=stale,
         )
         if not grant.granted or grant.lease is None:
             return LeaseReply(granted=False, reason=self._refusal(req.name, current, grant.reason))

@@ -70,6 +70,7 @@ def on_acquire(
     holder_alive: bool | None,
     now: float,
     holder_finished: bool = False,
+    holder_superseded: bool = False,
 ) -> Grant:
     """Grant a free lease, re-grant it to its holder (`same_holder`), reclaim it from the dead.
 
@@ -78,6 +79,8 @@ def on_acquire(
     unknown counts as alive.
     `holder_finished`: the run that holds it has finished, so its release was lost
     (sent while the keeper was away); the lease is free whatever its process does.
+    `holder_superseded`: the holder's job no longer runs its attempt (reaped, retried),
+    so it may do nothing more under the lease: free too, and its next check fails.
     """
     fresh = Lease(name=name, holder=holder, acquired_at=now, renewed_at=now)
     if current is None:
@@ -91,6 +94,14 @@ def on_acquire(
             lease=fresh,
             lost_release=current,
             reason=f"freed from finished holder {current.holder.job_id}",
+        )
+    if holder_superseded:
+        return Grant(
+            granted=True,
+            lease=fresh,
+            lost_release=current,
+            reason=f"freed from superseded attempt {current.holder.attempt} of "
+            f"{current.holder.job_id}",
         )
     if holder_alive is False:
         return Grant(

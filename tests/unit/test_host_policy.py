@@ -8,6 +8,7 @@ import pytest
 from actors import host_policy as hp
 from actors import lease_policy as lp
 from actors import reaper_policy as rp
+from bus.messages import LeaseHolder
 from conveyor.config import ReaperConfig
 
 SILENCE = 10.0
@@ -104,6 +105,30 @@ def test_only_the_attempt_a_job_runs_now_is_current(
     status: str | None, attempts: int, attempt: int, current: bool
 ):
     assert lp.attempt_current(status, attempts, attempt, running="running") is current
+
+
+def test_a_lease_held_by_a_superseded_attempt_is_freed_for_the_asker_even_if_alive():
+    old = LeaseHolder(
+        task_id="T",
+        job_id="T.dev.1.work",
+        launcher="la",
+        host="a",
+        pid=1,
+        create_time=1.0,
+        boot_id="b",
+        attempt=1,
+    )
+    new = msgspec.structs.replace(old, launcher="lb", host="b", attempt=2)
+    current = lp.Lease(name=lp.task_lease("T"), holder=old, acquired_at=0.0, renewed_at=0.0)
+    kept = lp.on_acquire(current, current.name, new, holder_alive=True, now=5.0)
+    assert not kept.granted
+    freed = lp.on_acquire(
+        current, current.name, new, holder_alive=True, now=5.0, holder_superseded=True
+    )
+    assert freed.granted
+    assert freed.lease is not None
+    assert freed.lease.holder.attempt == 2
+    assert "superseded attempt 1" in freed.reason
 
 
 def test_a_superseded_refusal_is_recognisable_as_final():
