@@ -17,9 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from actors.lease_policy import Lease, task_lease
 from actors.queue_policy import Job
 from bus import subjects
+from bus.effects import Effect
+from bus.messages import LeaseHolder
+from conveyor import procs as procs_mod
 from conveyor.app.client import Client
+from conveyor.clock import SystemClock
 from tests.harness import Processes, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -71,15 +76,19 @@ def test_a_frozen_host_is_resolved_after_its_silence_and_fenced_when_it_wakes(
     try:
         wait_ready(client, procs)
         task = client.command(
-            "submit", {"repo": "demo", "title": "Frozen", "description": "demo: architect=slow:3"}
+            "submit", {"repo": "demo", "title": "Frozen", "description": "demo: architect=slow:5"}
         )["task"]["id"]
         drive(client, task, "architecture")
-        wait_until(lambda: running_on(client, "architect", "host-a", 1), what="architect on a")
         procs.start("lb", "launcher", env=launcher_env("lb", "host-b"))
+        first = wait_until(
+            lambda: running_on(client, "architect", "host-a", 1), what="architect on a"
+        )
 
-        # When host-a freezes (SIGSTOP) past the silence
+        # When host-a freezes (SIGSTOP) past the silence, its agent still working
         os.kill(la.pid, signal.SIGSTOP)
         try:
+            # (so la was not in the post-steps: they start once the agent exits)
+            assert procs_mod.alive(first.pid or 0, first.create_time), "agent ended too soon"
             # Then its job is reaped and run again on host-b
             wait_until(
                 lambda: running_on(client, "architect", "host-b", 2),
@@ -151,6 +160,95 @@ def test_a_host_killed_with_its_agents_is_resolved_after_its_silence(
         assert "host host-a silent" in reaper["last_reaped"]["reason"]
         control_log = (tmp_path / "control.log").read_text()
         assert control_log.count('"reaper.host_silent"') == 1
+    except AssertionError:
+        print(procs.logs())
+        raise
+    finally:
+        client.close()
+        procs.stop_all()
+
+
+SLOW_CI = """
+data_dir = "{data}"
+[nats]
+url = "{url}"
+[queue]
+tick_s = 0.1
+backoff_base_s = 0.05
+backoff_max_s = 0.2
+[launcher]
+kill_grace_s = 1.0
+[leases]
+busy_retry_s = 0.5
+[log]
+level = "info"
+format = "json"
+[[repos]]
+name = "demo"
+prefix = "DEMO"
+template = "demo"
+check_command = ["{{python}}", "-c", "import time; time.sleep(2)"]
+"""
+
+
+def transition_holder(client: Client, task: str) -> LeaseHolder | None:
+    entry = client.bus.store(subjects.BUCKET_LEASES, Lease).get(task_lease(task))
+    return entry.value.holder if entry is not None else None
+
+
+def test_a_host_frozen_holding_a_transition_lease_loses_it_and_acts_no_more_on_waking(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # Given la on host-a in an architect's post-steps, holding the task's transition
+    # lease while the forge's CI (2 s) runs
+    procs = Processes(tmp_path, nats_url)
+    procs.config.write_text(SLOW_CI.format(data=procs.data, url=nats_url))
+    procs.start("control", "control", env=ENV)
+    la = procs.start("la", "launcher", env=launcher_env("la", "host-a"))
+    client = Client(nats_url)
+    try:
+        wait_ready(client, procs)
+        task = client.command("submit", {"repo": "demo", "title": "Held"})["task"]["id"]
+        drive(client, task, "architecture")
+        procs.start("lb", "launcher", env=launcher_env("lb", "host-b"))
+
+        def _held_by_a() -> LeaseHolder | None:
+            found = transition_holder(client, task)
+            if found is None or found.host != "host-a" or ".architecture." not in found.job_id:
+                return None
+            return found
+
+        wait_until(_held_by_a, what="la holding the architect's transition lease")
+
+        # When host-a freezes past the silence
+        os.kill(la.pid, signal.SIGSTOP)
+        try:
+            # Then its lease is reclaimed and the job re-run on host-b, which takes it
+            wait_until(
+                lambda: running_on(client, "architect", "host-b", 2),
+                what="architect retried on host-b",
+                deadline_s=30,
+            )
+            leases = client.request(subjects.status_actor("lease_keeper"))
+            assert leases["reclaimed_total"] == 1
+        finally:
+            os.kill(la.pid, signal.SIGCONT)
+        woke_at = SystemClock().now()
+
+        # And once woken, la does nothing more: the task moves on with host-b's work,
+        # no effect is recorded by la after it woke, and its late release frees nothing
+        drive(client, task, "development", "review", "testing", deadline_s=60)
+        effects = client.bus.store(subjects.BUCKET_EFFECTS, Effect).load_all().values()
+        late = [e.value.key for e in effects if e.value.by == "la" and e.value.started_at > woke_at]
+        assert late == []
+        opened = [
+            line
+            for line in (procs.data / "forge" / "effects.jsonl").read_text().splitlines()
+            if '"pr_opened"' in line
+        ]
+        assert len(opened) == 1
+        reaper = client.request(subjects.status_actor("reaper"))
+        assert "host host-a silent" in reaper["last_reaped"]["reason"]
     except AssertionError:
         print(procs.logs())
         raise
