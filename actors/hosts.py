@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import psutil
 
 from actors import host_policy as policy
 from actors import lease_policy
@@ -103,6 +104,20 @@ def run_liveness(run: Run | None, job_id: str, attempt: int, now: float) -> RunL
     liveness, code, age = policy.run_liveness(probed, recorded, now=now)
     return RunLiveness(
         job_id=job_id, attempt=attempt, liveness=liveness, exit_code=code, exit_age_s=age
+    )
+
+
+def heartbeat(host: str, boot: str, launcher: str, runs: list[Run], now: float) -> HostHeartbeat:
+    """A launcher's heartbeat: its host, its own process, its unfinished runs as seen here."""
+    me = psutil.Process()
+    return HostHeartbeat(
+        host=host,
+        boot_id=boot,
+        launcher=launcher,
+        pid=me.pid,
+        create_time=me.create_time(),
+        at=now,
+        runs=[run_liveness(run, run.job_id, run.attempt, now) for run in runs],
     )
 
 

@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 import msgspec
-import psutil
 import pykka
 
 from actors import hosts
@@ -36,7 +35,6 @@ from bus.messages import (
     RunHeartbeat,
     Tick,
 )
-from bus.messages_hosts import HostHeartbeat
 from conveyor import faults, procs
 from conveyor.clock import Clock
 from conveyor.config import Config
@@ -347,21 +345,8 @@ class Launcher(pykka.ThreadingActor):
                 self._bus.emit(beat, msg_id="")
 
     def _host_heartbeat(self, now: float) -> None:
-        me = psutil.Process()
-        runs = [
-            hosts.run_liveness(entry.value, entry.value.job_id, entry.value.attempt, now)
-            for entry in list(self._runs.values())
-            if entry.value.status != policy.FINISHED
-        ]
-        beat = HostHeartbeat(
-            host=self._host,
-            boot_id=self._boot,
-            launcher=self._name,
-            pid=me.pid,
-            create_time=me.create_time(),
-            at=now,
-            runs=runs,
-        )
+        active = [e.value for e in list(self._runs.values()) if e.value.status != policy.FINISHED]
+        beat = hosts.heartbeat(self._host, self._boot, self._name, active, now)
         self._bus.publish_core(subjects.HOSTS_HEARTBEAT, beat)
 
     def _find(self, key: str) -> Run | None:
@@ -391,6 +376,9 @@ class Launcher(pykka.ThreadingActor):
         log.warning("launcher.run_disowned", job_id=run.job_id, attempt=run.attempt, reason=why)
         self._cancelled.setdefault(key, threading.Event()).set()
         pid = self._procs.pop(key, None)
+        if pid is None and run.role not in BUILTIN_ROLES and run.pid is not None:
+            # An agent a previous incarnation spawned: it works in the task's worktree.
+            pid = run.pid if procs.alive(run.pid, run.create_time) else None
         if pid is not None:
             grace = self._cfg.launcher.kill_grace_s
             threading.Thread(target=procs.kill_tree, args=(pid, grace), daemon=True).start()
