@@ -8,11 +8,13 @@ subject, probing on its own machine (pid + create time + boot id, exit file).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import psutil
+import pykka
 
 from actors import host_policy as policy
 from actors import lease_policy
@@ -45,7 +47,13 @@ class HostWatch:
 
     def listen(self, deliver: Callable[[HostHeartbeat], None]) -> None:
         """Hand every launcher's heartbeat to `deliver` (the actor's `tell`)."""
-        self._bus.subscribe_core(subjects.HOSTS_HEARTBEAT, _beats, deliver)
+
+        def _deliver(beat: HostHeartbeat) -> None:
+            # The subscription outlives an actor the supervisor replaced: drop its beats.
+            with contextlib.suppress(pykka.ActorDeadError):
+                deliver(beat)
+
+        self._bus.subscribe_core(subjects.HOSTS_HEARTBEAT, _beats, _deliver)
 
     def heard(self, beat: HostHeartbeat) -> None:
         self.state = policy.heard(self.state, beat.host, beat.boot_id, now=self._clock.now())
