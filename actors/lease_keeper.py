@@ -311,8 +311,11 @@ class LeaseKeeper(Owner):
         seen = (name, stored.acquired_at) in self._alerted
         lease = msgspec.structs.replace(stored, alerted=seen)
         alive = self._alive(lease.holder, ask=False)
+        host = lease.holder.host
+        remote = host != self._host and self._hosts.silent(host)
+        evidence = f"host {host} silent for {self._hosts.silence(host):.0f}s" if remote else ""
         action, reason = policy.on_tick(
-            lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
+            lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg, evidence=evidence
         )
         if action == "reclaim":
             self._drop(name)

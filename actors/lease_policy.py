@@ -142,13 +142,23 @@ def may_release(current: Lease | None, task_id: str, *, revision: int = 0, held:
 
 
 def on_tick(
-    current: Lease, *, holder_alive: bool | None, task_ended: bool, now: float, cfg: LeaseConfig
+    current: Lease,
+    *,
+    holder_alive: bool | None,
+    task_ended: bool,
+    now: float,
+    cfg: LeaseConfig,
+    evidence: str = "",
 ) -> tuple[str, str]:
-    """What to do with one lease on a tick: ("keep"|"reclaim"|"alert", reason)."""
+    """What to do with one lease on a tick: ("keep"|"reclaim"|"alert", reason).
+
+    `evidence`: how a holder on another host was judged ("host h silent for 60s").
+    """
     if task_ended:
         return "reclaim", f"task {current.holder.task_id} has ended"
     if holder_alive is False and cfg.reclaim_enabled:
-        return "reclaim", f"holder pid {current.holder.pid} on {current.holder.host} is dead"
+        dead = f"holder pid {current.holder.pid} on {current.holder.host} is dead"
+        return "reclaim", f"{dead} ({evidence})" if evidence else dead
     age = now - current.acquired_at
     if age >= cfg.max_age_s and not current.alerted:
         return "alert", (

@@ -71,7 +71,7 @@ def test_a_lease_held_on_a_silent_host_is_reclaimed_once_the_silence_has_passed(
     assert status["reclaimed_total"] == 1
     assert store.get(LEASE) is None
     (alert,) = alerts.wait_for(Alert, what="the reclaim alert")
-    assert "far-host" in alert.text
+    assert "far-host silent for 60s" in alert.text
 
 
 def test_another_host_answers_for_its_holder_when_a_second_task_asks(
