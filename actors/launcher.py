@@ -103,7 +103,7 @@ class Launcher(pykka.ThreadingActor):
         # Whether an attempt is still this launcher's to finish (the job runs that attempt):
         # a launcher back from a pause or partition adopts and finishes nothing it lost.
         self._owns = owns
-        self._last_beat = 0.0
+        self._owned_at = 0.0
         # Runs still to look after: a finished run leaves once its result is reported
         # (it stays in KV; duplicate orders are caught by the KV create, not by this).
         self._runs: dict[str, Versioned[Run]] = {}
@@ -148,7 +148,7 @@ class Launcher(pykka.ThreadingActor):
             for k, v in self._store.load_all().items()
             if v.value.launcher == self._name and not v.value.reported
         }
-        self._last_beat = self._clock.now()
+        self._owned_at = self._clock.now()
         for key, entry in list(self._runs.items()):
             run = entry.value
             if run.status != policy.FINISHED and not self._still_owned(run):
@@ -322,11 +322,11 @@ class Launcher(pykka.ThreadingActor):
     def _heartbeat(self) -> None:
         """Tell the Reaper which runs this launcher is still looking after."""
         now = self._clock.now()
-        if now - self._last_beat >= self._cfg.launcher.host_silence_s / 2:
-            # Back from a pause (SIGSTOP, a frozen VM): its attempts may have been given
-            # to another launcher meanwhile.
-            self._disown_lost(now - self._last_beat)
-        self._last_beat = now
+        if now - self._owned_at >= self._cfg.launcher.host_silence_s / 2:
+            # Its attempts may have been given to another launcher while it was paused
+            # (SIGSTOP, a frozen VM) or cut off: asked again twice per silence.
+            self._owned_at = now
+            self._disown_lost()
         self._host_heartbeat(now)
         for key, entry in list(self._runs.items()):
             run = entry.value
@@ -361,10 +361,10 @@ class Launcher(pykka.ThreadingActor):
             log.warning("launcher.ownership_unknown", job_id=run.job_id, attempt=run.attempt)
             return True
 
-    def _disown_lost(self, away_s: float) -> None:
+    def _disown_lost(self) -> None:
         for key, entry in list(self._runs.items()):
             if entry.value.status != policy.FINISHED and not self._still_owned(entry.value):
-                self._disown(key, f"superseded during a {away_s:.0f}s pause")
+                self._disown(key, "superseded: its job no longer runs this attempt")
 
     def _disown(self, key: str, why: str, *, adopted: bool = True) -> None:
         """Give up a run whose attempt is no longer this launcher's: kill it, report nothing.
