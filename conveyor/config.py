@@ -206,6 +206,8 @@ class LauncherConfig(_Section, frozen=True):
     slots: int = 4
     kill_grace_s: float = 5.0
     name: str = ""
+    host_id: str = ""
+    host_silence_s: float = 60.0
 
 
 class ReaperConfig(_Section, frozen=True):
