@@ -45,7 +45,7 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         return RunDone(
             run_id=run.id,
             exit_code=None,
-            error=f"merge lease: {grant.reason}",
+            error=f"{merge_wait_policy.DEFERRED}{grant.reason}",
             defer_s=ctx.cfg.leases.busy_retry_s,
         )
     held = MergeLease(name=name, task_id=order.task_id, revision=grant.revision)
