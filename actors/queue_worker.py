@@ -208,12 +208,16 @@ class QueueWorker(Owner):
         if self.fenced:
             return
         now = self._clock.now()
+        # Most frees are transition leases nobody parks for: those cost a lookup only.
         names = [freed.name] if freed.name else list(self._index.awaiting)
+        woke = False
         for name in names:
             woken = merge_wait_policy.wake(self._index.waiting_for(name), now=now)
             if woken is not None:
                 self._apply(policy.Decision(jobs=(woken,), reason=f"woken: {name} freed"))
-        self._dispatch()
+                woke = True
+        if woke:
+            self._dispatch()
 
     def _apply(self, decision: policy.Decision) -> None:
         emits = list(decision.emit)
