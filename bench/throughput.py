@@ -61,6 +61,8 @@ class Side:
     failed: int = 0
     failed_pushes: int | None = None
     merge_attempts: float | None = None
+    replays: tuple[int, int] | None = None
+    """The Reconciler's gate replays, and those it announced as a lost event."""
 
     @property
     def per_minute(self) -> float:
@@ -92,6 +94,11 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         side = Side(label, args.items, seconds, cpu, failed=len(seen.escalated) + unsettled)
         side.failed_pushes = fleet.log_count(PUSH_ERRORS)
         side.merge_attempts = _merge_attempts(fleet, len(seen.settled_at) - len(seen.escalated))
+        # Nothing is lost here: every replay is a task taken for quiet, every announced one false.
+        side.replays = (
+            fleet.log_count(('"reconciler.replayed"',)),
+            fleet.log_count(('"reconciler.unblocked"',)),
+        )
         return side
     finally:
         if args.keep:
@@ -147,6 +154,10 @@ def _report(sides: list[Side], floor: Side) -> None:
             f"{merges:>14} {ratio:>8.2f}x"
         )
     print()
+    for side in sides:
+        if side.replays is not None:
+            replayed, unblocked = side.replays
+            print(f"{side.name}: {replayed} gate replays, {unblocked} announced as a lost event")
     for side in sides:
         ratio = side.per_minute / floor.per_minute if floor.per_minute else 0.0
         ok = (
