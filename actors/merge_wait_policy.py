@@ -11,7 +11,7 @@ and says so in its refusal's reason.
 
 A merge job whose lease is kept past its run is not launched at all: the
 QueueWorker parks it (queued, no attempt spent, no slot held) and wakes one
-parked job per release, the one parked longest; only one can take the lease, so
+parked job per release, the one queued longest; only one can take the lease, so
 the others stay parked (no thundering herd). `leases.busy_retry_s` is the longest
 a parked job sleeps before the lease is looked at again, in case a wake-up is lost.
 """
@@ -85,7 +85,8 @@ def requeued(job: Job, *, now: float) -> Job:
 def wake(waiters: Iterable[Job], *, now: float) -> Job | None:
     """The one parked job a release wakes (None: one is awake already, or none waits).
 
-    Only one job can take the lease: the one parked longest goes, the others stay.
+    Only one job can take the lease: the one queued longest goes (its request's time,
+    which a re-park after the fallback poll does not move), the others stay.
     """
     parked: list[Job] = []
     for job in waiters:
@@ -94,5 +95,5 @@ def wake(waiters: Iterable[Job], *, now: float) -> Job | None:
         parked.append(job)
     if not parked:
         return None
-    first = min(parked, key=lambda j: (j.available_at, j.enqueued_at, j.id))
+    first = min(parked, key=lambda j: (j.enqueued_at, j.id))
     return msgspec.structs.replace(first, available_at=now)

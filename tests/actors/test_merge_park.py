@@ -97,7 +97,7 @@ def test_merges_park_while_the_lease_is_kept_and_each_release_wakes_one(
     assert orders.of(LaunchOrder) == []
     assert job_state(worker, second.job_id) == job_state(worker, third.job_id) == ("queued", 0)
 
-    # When the keeper frees the lease: only the job parked longest is launched
+    # When the keeper frees the lease: only the job queued longest is launched
     leases.delete("merge.demo", expect=revision)
     worker.bus.publish_core(subjects.LEASE_FREED, LeaseFreed(name="merge.demo"))
     (order,) = orders.wait_for(LaunchOrder, what="the woken merge's launch order")

@@ -84,10 +84,11 @@ def test_a_parked_job_spends_no_attempt_and_waits_for_its_lease_at_most_the_retr
     assert policy.awaited(msgspec.structs.replace(parked, status="running")) == ""
 
 
-def test_a_release_wakes_only_the_job_parked_longest():
-    first = policy.park(merge_job("DEMO-2"), kept_by("DEMO-1"), now=NOW - 3, retry_s=RETRY_S)
-    second = policy.park(merge_job("DEMO-3"), kept_by("DEMO-1"), now=NOW - 2, retry_s=RETRY_S)
-    third = policy.park(merge_job("DEMO-4"), kept_by("DEMO-1"), now=NOW - 1, retry_s=RETRY_S)
+def test_a_release_wakes_only_the_job_queued_longest():
+    lease = kept_by("DEMO-1")
+    first = policy.park(merge_job("DEMO-2", enqueued_at=NOW - 30), lease, now=NOW - 1, retry_s=9)
+    second = policy.park(merge_job("DEMO-3", enqueued_at=NOW - 20), lease, now=NOW - 2, retry_s=9)
+    third = policy.park(merge_job("DEMO-4", enqueued_at=NOW - 10), lease, now=NOW - 3, retry_s=9)
 
     woken = policy.wake([third, first, second], now=NOW)
 
