@@ -18,7 +18,7 @@ a parked job sleeps before the lease is looked at again, in case a wake-up is lo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -50,16 +50,26 @@ def awaited(job: Job) -> str:
     return merge_lease(job.repo)
 
 
-def parks(job: Job, lease: Lease | None, holder_running: bool) -> bool:
+def parks(job: Job, lease: Lease | None, holder_running: bool, *, kept: bool = False) -> bool:
     """Whether a merge job picked to start is parked instead of launched.
 
     Launched when the lease is free, is its own task's (re-entrant), or is held by
     a run going on now (it waits in the run for that merge to end); parked when the
-    lease is kept past its holder's run.
+    lease is kept past its holder's run, or will be (`kept`: a protected repository,
+    whose merging holder keeps it through its deploy).
     """
     if job.role != ROLE_MERGE or lease is None or lease.holder.task_id == job.task_id:
         return False
-    return not holder_running
+    return kept or not holder_running
+
+
+def waits_in_run_on(repo_protected: bool) -> Callable[[str], bool]:
+    """Which refusals a merge run waits out in the run.
+
+    None on a protected repository: its holder keeps the lease past its merge, so no
+    release would end the wait; the job defers and parks in the queue instead.
+    """
+    return (lambda _reason: False) if repo_protected else waits_in_run
 
 
 def park(job: Job, lease: Lease, *, now: float, retry_s: float) -> Job:

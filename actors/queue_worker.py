@@ -65,11 +65,14 @@ class QueueWorker(Owner):
         ceilings: usage_policy.Ceilings | None = None,
         *,
         lease_retry_s: float = 5.0,
+        protected: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         # How long a merge job parked for its repository's merge lease sleeps at most.
         self._lease_retry_s = lease_retry_s
+        # Repositories whose tasks keep the merge lease through their deploy.
+        self._protected = protected
         self._leases: Store[Lease] | None = None
         self._ceilings = ceilings or usage_policy.Ceilings(
             repo_usd_per_day=cfg.max_repo_usd_per_day,
@@ -304,7 +307,8 @@ class QueueWorker(Owner):
                 job = self._jobs[job_id].value
                 lease = self._merge_lease(job)
                 running = lease is not None and lease.holder.job_id in self._index.running
-                if lease is not None and merge_wait_policy.parks(job, lease, running):
+                kept = job.repo in self._protected
+                if lease is not None and merge_wait_policy.parks(job, lease, running, kept=kept):
                     park = merge_wait_policy.park(job, lease, now=now, retry_s=self._lease_retry_s)
                     self._apply(policy.Decision(jobs=(park,), reason=f"parked for {lease.name}"))
                     parked = True

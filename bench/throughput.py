@@ -19,7 +19,7 @@ agents; floor: its process and children), failed pushes (log lines with
 records of the merge steps).
 
     .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
-                                         [--modes all,8] [--keep]
+                                         [--modes all,8] [--keep] [--protected]
 """
 
 from __future__ import annotations
@@ -74,7 +74,11 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
     per_repo = max(1, args.concurrency // args.repos)
 
     def config(data: Path, url: str) -> str:
-        return render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+        text = render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+        if args.protected:
+            # Each task keeps its repository's merge lease until its production deploy ends.
+            text = text.replace('template = "demo"\n', 'template = "demo"\nprotected = true\n')
+        return text
 
     try:
         fleet.start(PARTS, config)
@@ -186,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--deadline-s", type=float, default=3600.0, help="per run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--protected",
+        action="store_true",
+        help="protected repositories: merges wait for the deploy before them (confirmed at once)",
+    )
     args = parser.parse_args(argv)
     if args.items < 1 or args.repos < 1 or args.concurrency < 1:
         parser.error("--items, --repos and --concurrency must be >= 1")

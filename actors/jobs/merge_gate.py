@@ -112,7 +112,7 @@ def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
         name,
         (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
         until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
-        wait_if_refused=merge_wait_policy.waits_in_run,
+        wait_if_refused=merge_wait_policy.waits_in_run_on(_protected(ctx, order.repo)),
         cancellable=True,
     )
 

@@ -109,3 +109,13 @@ def test_a_run_deferred_for_a_kept_lease_is_looked_at_again_at_once():
     assert policy.requeued(gave_up, now=NOW).available_at == NOW + RETRY_S
     other = merge_job("DEMO-3", error="rebase onto main failed", available_at=NOW + RETRY_S)
     assert policy.requeued(other, now=NOW).available_at == NOW + RETRY_S
+
+
+def test_on_a_protected_repository_a_merge_going_on_now_is_not_waited_for_in_the_run():
+    # Its holder keeps the lease through its deploy: no release would end the wait
+    job = merge_job("DEMO-2")
+    assert policy.parks(job, kept_by("DEMO-1"), holder_running=True, kept=True)
+    assert not policy.parks(job, None, holder_running=False, kept=True)
+    merging = policy.refusal("held by DEMO-1 since 3s", merging=True)
+    assert policy.waits_in_run_on(False)(merging)
+    assert not policy.waits_in_run_on(True)(merging)
