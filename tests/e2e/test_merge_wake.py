@@ -31,14 +31,16 @@ MAX_ATTEMPTS_PER_MERGE = 1.2
 PROTECTED_ITEMS = 2
 
 
-def _configured(tmp_path: Path, nats_url: str, repo_extra: str = "") -> Processes:
+def _configured(
+    tmp_path: Path, nats_url: str, repo_extra: str = "", ci_s: float = CI_S
+) -> Processes:
     procs = Processes(tmp_path, nats_url)
     text = procs.config.read_text()
     text = text.replace("busy_retry_s = 0.5", f"busy_retry_s = {BUSY_RETRY_S}")
     text = text.replace("[queue]\n", "[queue]\nmax_concurrency = 4\nper_repo_concurrency = 4\n")
     text = text.replace("[launcher]\n", "[launcher]\nslots = 4\n")
     head, _, _ = text.partition("check_command")
-    check = f'check_command = ["{{python}}", "-c", "import time; time.sleep({CI_S})"]\n'
+    check = f'check_command = ["{{python}}", "-c", "import time; time.sleep({ci_s})"]\n'
     procs.config.write_text(head + check + repo_extra)
     return procs
 
@@ -53,7 +55,8 @@ def processes(tmp_path: Path, nats_url: str) -> Iterator[Processes]:
 @pytest.fixture
 def protected(tmp_path: Path, nats_url: str) -> Iterator[Processes]:
     """The same on a protected repository: each task keeps the merge lease through its deploy."""
-    procs = _configured(tmp_path, nats_url, "protected = true\n")
+    # Merges wait for the deploy before them, not for a re-test: a short CI will do.
+    procs = _configured(tmp_path, nats_url, "protected = true\n", ci_s=0.1)
     yield procs
     procs.stop_all()
 
