@@ -174,7 +174,11 @@ def _queue_worker(ctx: Context, store: Store[Any] | None) -> Ref:
         repo_usd_per_day=cfg.queue.max_repo_usd_per_day,
         repo_tokens_per_day=cfg.queue.max_repo_tokens_per_day,
     )
-    return QueueWorker.start(ctx.bus, store, ctx.clock, cfg.queue, ceilings)
+    retry_s = cfg.leases.busy_retry_s
+    protected = frozenset(r.name for r in cfg.repos if r.protected)
+    return QueueWorker.start(
+        ctx.bus, store, ctx.clock, cfg.queue, ceilings, lease_retry_s=retry_s, protected=protected
+    )
 
 
 def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
