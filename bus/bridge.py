@@ -152,6 +152,13 @@ class Bus:
             max_workers=8, thread_name_prefix="bus-handler"
         )
         self.services: list[Any] = []
+        self.write_fence: Callable[[], dict[str, str]] | None = None
+        """Set by a leader-lease holder: raises `Fenced` once it may no longer write,
+        else gives the headers (its epoch) every KV write and publish carries."""
+
+    def write_stamp(self) -> dict[str, str]:
+        """The headers a write carries; raises `Fenced` when this process may not write."""
+        return self.write_fence() if self.write_fence is not None else {}
 
     @classmethod
     def connect(
@@ -248,7 +255,8 @@ class Bus:
 
     def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str = "") -> None:
         """Publish durably to JetStream; the same `msg_id` is stored once."""
-        headers = {MSG_ID: msg_id} if msg_id else None
+        stamp = self.write_stamp()
+        headers = {**stamp, MSG_ID: msg_id} if msg_id else (stamp or None)
         data = encode(msg)
         self.call(_retry_js(lambda: self.js.publish(subject, data, headers=headers)))
 
@@ -261,6 +269,7 @@ class Bus:
 
     def publish_core(self, subject: str, msg: msgspec.Struct) -> None:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
+        self.write_stamp()
         self.loop.submit(self.nc.publish(subject, encode(msg)))
 
     def request(

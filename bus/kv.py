@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from bus import kv_stamp
 from bus.messages import Alert, encode
 from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
@@ -132,10 +133,11 @@ class Store(Generic[S]):
     def create(self, key: str, value: S) -> int:
         """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
         async def _create() -> int:
             try:
-                return int(await self._kv.create(key, data))
+                return int(await kv_stamp.create(self._kv, key, data, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 raise KeyExists(key) from err
 
@@ -150,10 +152,11 @@ class Store(Generic[S]):
     def update(self, key: str, value: S, *, expect: int) -> int:
         """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
         async def _update() -> int:
             try:
-                return int(await self._kv.update(key, data, last=expect))
+                return int(await kv_stamp.update(self._kv, key, data, expect, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
 
@@ -239,6 +242,7 @@ class Store(Generic[S]):
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
+        self._bus.write_stamp()
 
         async def _delete() -> None:
             try:

@@ -20,6 +20,7 @@ import msgspec
 
 from conveyor import config_env, validate
 from conveyor.config_check import check
+from conveyor.config_control import ControlConfig as ControlConfig
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -394,6 +395,7 @@ class Config(_Section, frozen=True):
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     gitea: GiteaConfig = msgspec.field(default_factory=GiteaConfig)
