@@ -96,9 +96,11 @@ class LeaseBucket:
                 return Seen(kind="absent")
             headers = msg.headers or {}
             revision = int(msg.seq or 0)
-            if headers.get(_OPERATION) in ("DEL", "PURGE"):
-                kind: policy.Kind = "expired" if headers.get(_MARKER_REASON) else "released"
-                return Seen(kind=kind, revision=revision)
+            if headers.get(_MARKER_REASON):
+                # The server's marker (`Nats-Rollup: sub`, no KV-Operation header).
+                return Seen(kind="expired", revision=revision)
+            if headers.get(_OPERATION) in ("DEL", "PURGE") or not msg.data:
+                return Seen(kind="released", revision=revision)
             try:
                 holder = _holder.decode(msg.data or b"")
             except msgspec.DecodeError:
@@ -145,7 +147,7 @@ class LeaseBucket:
                     msg = await self._bus.js.get_last_msg(STREAM, subject)
                 except nats.js.errors.NotFoundError:
                     continue
-                if (msg.headers or {}).get(_OPERATION) or not msg.data:
+                if not msg.data:
                     continue  # an expiry marker: that process is gone
                 try:
                     found.append(_holder.decode(msg.data))

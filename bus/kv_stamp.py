@@ -36,7 +36,8 @@ async def create(kv: KeyValue, key: str, data: bytes, stamp: dict[str, str]) -> 
         return await update(kv, key, data, 0, stamp)
     except nats.js.errors.KeyWrongLastSequenceError:
         try:
-            await kv.get(key)
+            # `_get`, as nats-py's own `create` does: `get` hides the deletion as not-found.
+            await kv._get(key)
         except nats.js.errors.KeyDeletedError as deleted:
             # A delete marker is the key's last message: creating over it expects it.
             return await update(kv, key, data, int(deleted.entry.revision or 0), stamp)

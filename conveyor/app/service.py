@@ -290,5 +290,5 @@ def _control_status(read: Callable[[], Any]) -> dict[str, Any]:
     """`control`: who holds the leader lease and who stands by, or why that is unknown."""
     try:
         return {"control": read()}
-    except Exception as err:  # a status answer must come even when the lease is unreadable
+    except Exception as err:  # noqa: BLE001 - status answers even when the lease is unreadable
         return {"control": {"error": f"leader lease unreadable: {err!r}"}}
