@@ -33,6 +33,8 @@ def standby_toml(ttl_s: float = TTL_S, *, campaign_delay_s: float = 1.0) -> str:
     return (
         f"\n[control]\nleader_lease = true\nleader_ttl_s = {ttl_s}\n"
         f"campaign_delay_s = {campaign_delay_s}\npoll_s = 0.2\n"
+        # A second repository: the items' jobs run side by side (one job per repository).
+        '\n[[repos]]\nname = "side"\nprefix = "SIDE"\ntemplate = "demo"\n'
     )
 
 
@@ -55,7 +57,8 @@ class EpochWatch:
 
         async def _cb(msg: Any) -> None:
             epoch = (msg.headers or {}).get(EPOCH_HEADER)
-            if epoch:
+            # A consumer's delivery of a stored message (`$JS.ACK…` reply) is a read, not a write.
+            if epoch and not (msg.reply or "").startswith("$JS.ACK"):
                 with self._lock:
                     self._seen.append(Stamped(CLOCK.monotonic(), msg.subject, int(epoch)))
 
@@ -96,17 +99,17 @@ def active_of(watch: EpochWatch, procs: Processes, names: tuple[str, ...]) -> tu
 
 
 def start_pair(procs: Processes, client: Client, watch: EpochWatch) -> tuple[str, str, int]:
-    """Start control `c1` (it wins), then `c2` (standby) and a launcher; (active, standby, epoch)."""
+    """Start controls `c1` and `c2` and a launcher at once: (active, standby, epoch)."""
     procs.start("c1", "control")
-    active, epoch = active_of(watch, procs, ("c1",))
     procs.start("c2", "control")
     procs.start("launcher", "launcher")
+    active, epoch = active_of(watch, procs, ("c1", "c2"))
     wait_until(
         lambda: len(_status(client).get("control", {}).get("standbys", [])) >= 1,
         what="the standby announced",
         deadline_s=30,
     )
-    return active, "c2", epoch
+    return active, "c2" if active == "c1" else "c1", epoch
 
 
 def _status(client: Client) -> dict[str, Any]:
