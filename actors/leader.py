@@ -233,23 +233,22 @@ class Leadership:
                 log.exception("leader.step_failed")
 
     def step(self) -> None:
-        """One pass: stand down, renew, start acting, or (standby) try to take over."""
-        held = self._held
-        now = self._clock.monotonic()
+        """One pass: campaign (standby), or stand down, renew; then start acting when due."""
         resigned, self._resigned = self._resigned, ""
-        if held is not None and resigned:
-            self._stand_down(resigned, release=True)
-        elif held is not None and policy.must_stand_down(held, now, self._ttl_s):
-            self._stand_down("no renewal acknowledged in time", release=True)
-        elif held is not None:
-            if policy.renew_due(held, now, self._ttl_s):
-                self._renew(held)
-            if self._held is not None and not self._acting and now >= self._act_at:
-                self._acting = True
-                log.info("leader.acting", id=self.me.id, epoch=held.epoch)
-                self._elected(held.epoch)
-        else:
+        held = self._held
+        if held is None:
             self._campaign()
+        elif resigned:
+            self._stand_down(resigned, release=True)
+        elif policy.must_stand_down(held, self._clock.monotonic(), self._ttl_s):
+            self._stand_down("no renewal acknowledged in time", release=True)
+        elif policy.renew_due(held, self._clock.monotonic(), self._ttl_s):
+            self._renew(held)
+        held = self._held
+        if held is not None and not self._acting and self._clock.monotonic() >= self._act_at:
+            self._acting = True
+            log.info("leader.acting", id=self.me.id, epoch=held.epoch)
+            self._elected(held.epoch)
         self._announce()
 
     def _campaign(self) -> None:
