@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bus.server import EmbeddedNats
 from conveyor.app.client import Client
-from tests.harness import Processes, stored_jobs, wait_until
+from tests.harness import Processes, drive, stored_jobs, wait_until
 from tests.standby_support import (
     CLOCK,
     EpochWatch,
@@ -73,7 +73,7 @@ def _trial(
         "submit",
         {"repo": "demo", "title": "takeover", "description": SLOW.format(agent_s=agent_s)},
     )["task"]["id"]
-    client.command("approve", {"id": item})
+    drive(client, item, "development", "review", "testing", deadline_s=120)
     wait_until(
         lambda: any(
             j.role == "developer" and j.pid and j.task_id == item for j in stored_jobs(client)
