@@ -170,11 +170,11 @@ class Node:
         ticker: Ticker,
         *,
         control: Callable[[], Any] | None = None,
+        closers: list[Callable[[], None]] | None = None,
     ) -> None:
         """Start the part's actors by walking the wiring table, then its status endpoints."""
-        ctx = wiring.Context(
-            self.cfg, bus, self.clock, forge=forge, refs=refs, closers=self._closers
-        )
+        closers = self._closers if closers is None else closers
+        ctx = wiring.Context(self.cfg, bus, self.clock, forge=forge, refs=refs, closers=closers)
         for spec in wiring.specs_of(part, self.cfg):
             handle = wiring.start_actor(spec, ctx)
             supervisor.watch(handle, functools.partial(wiring.incarnate, spec, ctx))

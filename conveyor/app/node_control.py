@@ -11,6 +11,7 @@ record from KV as after a restart and resume the in-flight tasks from there.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -70,6 +71,8 @@ class _Term:
         self.supervisor: Supervisor | None = None
         self.ticker: Ticker | None = None
         self.refs: dict[str, pykka.ActorRef[Any]] = {}
+        self.closers: list[Callable[[], None]] = []
+        """Clients its actors opened (a tracker's, Telegram's), closed when it ends."""
         self.thread: threading.Thread | None = None
 
 
@@ -112,6 +115,7 @@ class ControlTerm:
                 term.refs,
                 term.ticker,
                 control=leadership.status,
+                closers=term.closers,
             )
             term.ticker.start()
             term.supervisor.start()
@@ -139,4 +143,9 @@ class ControlTerm:
         for ref in term.refs.values():
             if ref.is_alive():
                 ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+        for close in term.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("control.close_failed", epoch=term.epoch)
         log.info("control.stopped", epoch=term.epoch, reason=reason)
