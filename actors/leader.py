@@ -122,6 +122,10 @@ class LeaseBucket:
         """Say this process is here (and in which role) for one TTL."""
         self._publish(f"{MEMBER_PREFIX}{holder.id}", msgspec.json.encode(holder), {_TTL: self._ttl})
 
+    def forget(self, member: str) -> None:
+        """Remove a process's presence key (it is stopping)."""
+        self._publish(f"{MEMBER_PREFIX}{member}", b"", {_OPERATION: "DEL"})
+
     def _publish(self, key: str, data: bytes, headers: dict[str, str]) -> int:
         async def _pub() -> int:
             try:
@@ -220,6 +224,10 @@ class Leadership:
         held = self._held
         if held is not None:
             self._stand_down("stopping", release=True)
+        try:
+            self.lease.forget(self.me.id)
+        except (BusUnavailable, nats.errors.Error) as err:
+            log.warning("leader.forget_failed", error=repr(err))  # it expires within a TTL
 
     def resign(self, reason: str) -> None:
         """Give the lease up at the next step (the control actors could not start)."""
@@ -273,6 +281,7 @@ class Leadership:
             return
         held = policy.won(revision, sent_at)
         self.me = msgspec.structs.replace(self.me, since=since, epoch=revision, role="active")
+        self._announced_at = -1e18
         self._act_at = sent_at + policy.campaign_delay_s(seen, self._cfg.campaign_delay_s)
         self._held = held
         log.info(
@@ -317,6 +326,7 @@ class Leadership:
         was_acting = self._acting
         self._acting = False
         self.me = msgspec.structs.replace(self.me, epoch=0, role="standby")
+        self._announced_at = -1e18  # says so at once
         log.warning(
             "leader.stood_down",
             id=self.me.id,

@@ -121,3 +121,11 @@ def test_a_released_lease_is_taken_over_at_once(sides: tuple[Side, Side]) -> Non
     assert len(b.elected) == 1
     assert b.elected[0] > a.elected[0]
     assert b.lead.lease.read().holder.id == "b"  # type: ignore[union-attr]
+
+
+def test_a_stopped_process_leaves_the_standby_list_at_once(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.lead.step()
+    b.lead.step()
+    b.lead.stop()
+    assert a.lead.status()["standbys"] == []
