@@ -6,7 +6,7 @@ nats-py's `kv.update` drops the TTL. Every write expects the key's last sequence
 read with `get_last_msg`, so taking over after an expiry works over the server's
 expiry marker (which blocks nats-py's `kv.create`). The revision the lease was won
 at is the epoch: the fencing token stamped on every write the active makes
-(`Bus.write_fence`), refused by the active itself once its own monotonic clock
+(`Bus.write_stamp`), refused by the active itself once its own monotonic clock
 says the lease may have run out (`leader_policy`).
 
 Each control process also keeps a presence key `member.<id>` (same TTL) saying
@@ -79,6 +79,7 @@ class LeaseBucket:
                     history=1,
                     storage=api.StorageType.FILE,
                     limit_marker_ttl=self._ttl_s,
+                    replicas=self._bus.replicas,
                 )
                 # Another control process may have created it meanwhile.
                 with contextlib.suppress(nats.js.errors.BadRequestError):
@@ -198,7 +199,7 @@ class Leadership:
     # --- the fence the active's writes pass ----------------------------------------------
 
     def fence_for(self, epoch: int) -> Callable[[], dict[str, str]]:
-        """The `Bus.write_fence` of the control actors started for `epoch`."""
+        """The `Bus.write_stamp` of the control actors started for `epoch`."""
 
         def _fence() -> dict[str, str]:
             held = self._held

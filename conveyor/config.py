@@ -19,8 +19,12 @@ from typing import Any
 import msgspec
 
 from conveyor import config_env, validate
+from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
 from conveyor.config_control import ControlConfig as ControlConfig
+from conveyor.config_forge import ForgeConfig as ForgeConfig
+from conveyor.config_nats import NatsClusterConfig as NatsClusterConfig
+from conveyor.config_nats import NatsScaleOut
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -52,7 +56,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base of config sections: unknown keys are errors."""
 
 
-class NatsConfig(_Section, frozen=True):
+class NatsConfig(NatsScaleOut, frozen=True):
     """How to reach NATS; an empty `url` starts the embedded server."""
 
     url: str = ""
@@ -291,13 +295,6 @@ class MonitorConfig(_Section, frozen=True):
     rollback_timeout_s: float = 600.0
 
 
-class ForgeConfig(_Section, frozen=True):
-    """Which forge hosts the repositories (`local`: bare repositories under data_dir)."""
-
-    kind: str = "local"
-    check_timeout_s: float = 600.0
-
-
 class TrackerConfig(_Section, frozen=True):
     """Which tracker holds work items (`local`: files under data_dir)."""
 
@@ -402,6 +399,7 @@ class Config(_Section, frozen=True):
     plane: PlaneConfig = msgspec.field(default_factory=PlaneConfig)
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    board: BoardConfig = msgspec.field(default_factory=BoardConfig)
     reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
@@ -474,6 +472,7 @@ def load(
     except msgspec.ValidationError as err:
         raise ConfigError(f"{where}: {_dotted(str(err))}") from err
     check(cfg)
+    check_board(cfg.board)
     check_instructions(cfg)
     return cfg
 

@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.markup import escape as esc
 
 from bus import subjects
 from bus.messages import Alert, StageChanged
-from bus.server import EmbeddedNats
 from conveyor import config as config_mod
 from conveyor import logs
 from conveyor.app.cli_status import show_status, show_task
+from conveyor.app.cli_top import top_command
 from conveyor.app.client import Client, discover_url
+from conveyor.app.nats_node import embedded_server
 from conveyor.app.node import Node
 from conveyor.app.render import (
     console,
@@ -38,7 +40,7 @@ ALERT_AWAITING_APPROVAL = "awaiting_approval"
 ALERT_ESCALATED = "escalated"
 """`Alert.kind` of a task that ran out of retries."""
 
-PARTS = ("nats", "control", "launcher", "gateway")
+PARTS = ("nats", "control", "launcher", "gateway", "forge")
 
 
 def _load(ctx: click.Context) -> Config:
@@ -114,8 +116,8 @@ def _block_until_signal(on_stop: Callable[[], None]) -> None:
     "--parts",
     default=None,
     help=(
-        "Comma-separated parts to run in this process: nats, control, launcher, gateway "
-        "[default: all; the gateway only when gateway.enabled]."
+        "Comma-separated parts to run in this process: nats, control, launcher, gateway, "
+        "forge [default: all but forge; the gateway only when gateway.enabled]."
     ),
 )
 @click.pass_context
@@ -124,7 +126,10 @@ def up(ctx: click.Context, parts: str | None) -> None:
     cfg = _load(ctx)
     _configure_logs(cfg)
     if parts is None:
-        parts = ",".join(p for p in PARTS if p != "gateway" or cfg.gateway.enabled)
+        # The forge part serves the local forge to other hosts: only when asked for.
+        parts = ",".join(
+            p for p in PARTS if (p != "gateway" or cfg.gateway.enabled) and p != "forge"
+        )
     _run_parts(ctx, cfg, parts)
 
 
@@ -147,12 +152,7 @@ def _run_parts(ctx: click.Context, cfg: Config, parts: str) -> None:
     actors = [p for p in chosen if p != "nats"]
     layout = Layout(cfg.data_path)
     if "nats" in chosen and not actors:
-        server = EmbeddedNats(
-            layout.nats_store,
-            host=cfg.nats.host,
-            port=cfg.nats.port,
-            monitor_port=cfg.nats.monitor_port,
-        )
+        server = embedded_server(cfg)
         layout.root.mkdir(parents=True, exist_ok=True)
         server.start()
         (layout.root / "nats.url").write_text(server.url)
@@ -197,13 +197,11 @@ def _reachable_url(cfg: Config, explicit: str | None, *, wait_s: float) -> str:
 
 
 def _nats_table(cfg: Config) -> dict[str, Any]:
-    return {
-        "host": cfg.nats.host,
-        "port": cfg.nats.port,
-        "monitor_port": cfg.nats.monitor_port,
-        "connect_timeout_s": cfg.nats.connect_timeout_s,
-        "request_timeout_s": cfg.nats.request_timeout_s,
-    }
+    # Every [nats] key (replicas, retries, ...) but `servers`: the url given with this
+    # table carries them, joined, and must win over the file.
+    table: dict[str, Any] = msgspec.to_builtins(cfg.nats)
+    table.pop("servers", None)
+    return table
 
 
 @main.command()
@@ -464,6 +462,9 @@ def _encode(msg: StageChanged | Alert) -> bytes:
     from bus.messages import encode
 
     return encode(msg)
+
+
+main.add_command(top_command(_client))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from bus.bridge import Bus
 from bus.server import EmbeddedNats
 from conveyor import __version__
 from conveyor.app import wiring
-from conveyor.app.clients import ensure_repos, make_forge
+from conveyor.app.clients import ensure_repos, make_forge, serve_forge
 from conveyor.app.node_control import ControlTerm, Ticker
 from conveyor.app.service import ControlService, launcher_status_handler
 from conveyor.app.supervisor import Supervisor
@@ -37,10 +37,13 @@ from conveyor.logs import get_logger
 from gateways.forge import Forge
 from gateways.gateway import Gateway, start_gateway
 from gateways.gitea import GiteaForge
+from gateways.local_forge_client import ForgeClient
 
 log = get_logger(__name__)
 
 GATEWAY = "gateway"
+FORGE = "forge"
+"""Owns the local forge's bare repositories and serves them over HTTP (`docs/local-forge.md`)."""
 ALL_PARTS = (CONTROL, LAUNCHER)
 """What `Node` runs by default; `conveyor up` adds the gateway when `gateway.enabled`."""
 
@@ -97,14 +100,19 @@ class Node:
             connect_timeout_s=self.cfg.nats.connect_timeout_s,
             request_timeout_s=self.cfg.nats.request_timeout_s,
             ack_wait_s=self.cfg.nats.ack_wait_s,
+            replicas=self.cfg.nats.replicas,
+            write_retry_s=self.cfg.nats.write_retry_s,
         )
         self.bus.setup()
         supervisor = self.supervisor = Supervisor(self.bus, self.clock, self.cfg.supervisor)
-        if CONTROL in self.parts or LAUNCHER in self.parts:
-            forge = make_forge(self.cfg, self.clock)
-            if isinstance(forge, GiteaForge):
+        if CONTROL in self.parts or LAUNCHER in self.parts or FORGE in self.parts:
+            forge = make_forge(self.cfg, self.clock, owner=FORGE in self.parts)
+            if isinstance(forge, GiteaForge | ForgeClient):
                 self._closers.append(forge.close)
             ensure_repos(self.cfg, forge)
+            if FORGE in self.parts:
+                # Closed last (closers run after the actors stop): runs may use it until then.
+                self._closers.append(serve_forge(self.cfg, forge).stop)
             if CONTROL in self.parts and self.cfg.control.leader_lease:
                 self.leadership = self._campaign(forge)
             elif CONTROL in self.parts:
@@ -158,6 +166,8 @@ class Node:
             connect_timeout_s=self.cfg.nats.connect_timeout_s,
             request_timeout_s=self.cfg.nats.request_timeout_s,
             ack_wait_s=self.cfg.nats.ack_wait_s,
+            replicas=self.cfg.nats.replicas,
+            write_retry_s=self.cfg.nats.write_retry_s,
         )
 
     def _start_part(

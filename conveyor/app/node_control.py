@@ -3,7 +3,7 @@
 With `control.leader_lease`, a `control` process starts its actors only once it
 holds the lease (`actors.leader.Leadership`), each epoch on a connection of its
 own whose writes carry the epoch and are refused once the lease may have run
-out (`Bus.write_fence`). Losing the lease stops that term's supervisor, ticker,
+out (`Bus.write_stamp`). Losing the lease stops that term's supervisor, ticker,
 connection and actors; winning again starts a fresh term, whose actors load every
 record from KV as after a restart and resume the in-flight tasks from there.
 """
@@ -102,7 +102,7 @@ class ControlTerm:
             return
         try:
             term.bus = bus = node._connect(f"epoch-{term.epoch}")
-            bus.write_fence = leadership.fence_for(term.epoch)
+            bus.write_stamp = leadership.fence_for(term.epoch)
             term.supervisor = Supervisor(bus, node.clock, node.cfg.supervisor)
             term.ticker = Ticker(node.cfg.queue.tick_s, node.clock)
             if term.stopping.is_set():

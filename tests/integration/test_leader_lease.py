@@ -72,7 +72,7 @@ def test_the_fence_stamps_the_epoch_and_refuses_past_the_own_deadline(
     epoch = a.elected[0]
     control = Bus.connect(nats_url, name="control")
     control.setup()
-    control.write_fence = a.lead.fence_for(epoch)
+    control.write_stamp = a.lead.fence_for(epoch)
     store = control.store(subjects.BUCKET_EFFECTS, Effect)
     try:
         # When it writes in time, the write carries the epoch
