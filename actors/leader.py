@@ -32,6 +32,7 @@ from nats.js import api
 from actors import leader_policy as policy
 from actors.leader_policy import Held, Holder, Seen
 from bus.bridge import Bus
+from bus.writes import retry_js
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import ControlConfig
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
@@ -85,7 +86,8 @@ class LeaseBucket:
                 with contextlib.suppress(nats.js.errors.BadRequestError):
                     await self._bus.js.create_key_value(config)
 
-        self._bus.call(_ensure(), timeout_s=30.0)
+        # A cluster may not answer for a stream being created by another process yet.
+        self._bus.call(retry_js(_ensure), timeout_s=60.0)
 
     def read(self) -> Seen:
         """What the lease key holds now, with the revision a write must expect."""
@@ -214,7 +216,11 @@ class Leadership:
     # --- the thread ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.lease.ensure()
+        try:
+            self.lease.ensure()
+        except BusUnavailable as err:
+            # Campaigning retries it: a standby must not die of a slow cluster.
+            log.warning("leader.bucket_unavailable", error=str(err))
         self._thread.start()
 
     def stop(self) -> None:
@@ -265,6 +271,8 @@ class Leadership:
             seen = self.lease.read()
         except (BusUnavailable, nats.errors.Error) as err:
             log.warning("leader.read_failed", error=repr(err))
+            with contextlib.suppress(BusUnavailable, nats.errors.Error):
+                self.lease.ensure()  # the bucket may be missing (never created, or deleted)
             return
         if not policy.may_take_over(seen):
             return
@@ -279,6 +287,8 @@ class Leadership:
             return  # another standby won
         except (BusUnavailable, nats.errors.Error) as err:
             log.warning("leader.campaign_failed", error=repr(err))
+            with contextlib.suppress(BusUnavailable, nats.errors.Error):
+                self.lease.ensure()  # no stream answers for a missing bucket
             return
         held = policy.won(revision, sent_at)
         self.me = msgspec.structs.replace(self.me, since=since, epoch=revision, role="active")

@@ -18,18 +18,21 @@ asserted; every wait is bounded.
 
     .venv/bin/python bench/takeover.py [--trials 3] [--ttl 10] [--url nats://...]
 
-`bench/cluster.py` calls `measure_takeover(url, ...)` and prints its figures with
-the rest of a cluster run.
+`bench/cluster.py` calls `takeover_on_hosts(...)` on its network-namespace hosts,
+with the cluster's own launchers, and prints the figure with the rest of its run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # bench/ is a folder of scripts: the process fixtures live with the tests, at the root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,9 +62,7 @@ class Takeover:
     moving_s: float | None
 
 
-def _trial(
-    procs: Processes, client: Client, watch: EpochWatch, agent_s: float, ttl_s: float
-) -> Takeover:
+def _trial(procs: Any, client: Client, watch: EpochWatch, agent_s: float, ttl_s: float) -> Takeover:
     active, _epoch = active_of(watch, procs, ("c1", "c2"))
     standby = "c2" if active == "c1" else "c1"
     wait_until(
@@ -151,3 +152,53 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _OnHosts:
+    """`Processes`' shape over `tests/cluster` processes: control `name` runs on `hosts[name]`."""
+
+    def __init__(self, app: Any, hosts: dict[str, Any]) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    @property
+    def procs(self) -> dict[str, Any]:
+        procs: dict[str, Any] = self.app.procs
+        return procs
+
+    def start(self, name: str, parts: str) -> Any:
+        return self.app.start(name, parts, self.hosts[name])
+
+    def kill(self, name: str) -> None:
+        proc = self.app.procs.pop(name)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def takeover_on_hosts(
+    app: Any, hosts: tuple[Any, Any], url: str, *, ttl_s: float = 10.0, agent_s: float = 3.0
+) -> float | None:
+    """Kill -9 the active of two leader-lease controls on two hosts; seconds to work moving.
+
+    `app` is a `tests.cluster.cluster.Conveyors` with launchers running; its plain
+    `control` process (no lease) is stopped first, then controls `c1` and `c2` start on
+    `hosts` with `control.leader_lease` added to the shared config.
+    """
+    plain = app.procs.pop("control", None)
+    if plain is not None:
+        plain.terminate()
+        plain.wait(timeout=30)
+    with Path(app.config).open("a") as config:
+        config.write(standby_toml(ttl_s, side=False))
+    on_hosts = _OnHosts(app, {"c1": hosts[0], "c2": hosts[1]})
+    watch = EpochWatch(url)
+    client = Client(url, timeout_s=3.0)
+    try:
+        start_pair(on_hosts, client, watch, launcher=False)
+        result = _trial(on_hosts, client, watch, agent_s, ttl_s)
+    finally:
+        client.close()
+        watch.close()
+    moving = f"{result.moving_s:.1f}s" if result.moving_s is not None else "never"
+    print(f"takeover: lease won {result.won_s:.1f}s, work moving {moving} after kill -9")
+    return result.moving_s

@@ -20,6 +20,7 @@ from bus import subjects
 from bus.bridge import Bus
 from conveyor.app.client import Client
 from conveyor.clock import SystemClock
+from conveyor.errors import ConveyorError
 from tests.harness import Processes, wait_until
 
 TTL_S = 10.0
@@ -28,13 +29,15 @@ TTL_S = 10.0
 CLOCK = SystemClock()
 
 
-def standby_toml(ttl_s: float = TTL_S, *, campaign_delay_s: float = 1.0) -> str:
-    """The `[control]` section that turns the leader lease on."""
-    return (
+def standby_toml(ttl_s: float = TTL_S, *, campaign_delay_s: float = 1.0, side: bool = True) -> str:
+    """The `[control]` section that turns the leader lease on (and a second repository)."""
+    text = (
         f"\n[control]\nleader_lease = true\nleader_ttl_s = {ttl_s}\n"
         f"campaign_delay_s = {campaign_delay_s}\npoll_s = 0.2\n"
-        # A second repository: the items' jobs run side by side (one job per repository).
-        '\n[[repos]]\nname = "side"\nprefix = "SIDE"\ntemplate = "demo"\n'
+    )
+    # A second repository: the items' jobs run side by side (one job per repository).
+    return text + (
+        '\n[[repos]]\nname = "side"\nprefix = "SIDE"\ntemplate = "demo"\n' if side else ""
     )
 
 
@@ -84,7 +87,10 @@ def active_of(watch: EpochWatch, procs: Processes, names: tuple[str, ...]) -> tu
     """Which of `names` holds the lease now, and its epoch (waits for one to hold it)."""
 
     def _held() -> tuple[str, int] | None:
-        seen = watch.leader()
+        try:
+            seen = watch.leader()
+        except ConveyorError:
+            return None  # the bucket is being created (a cluster's stream not led yet)
         holder = seen.holder
         if seen.kind != "held" or holder is None or not holder.epoch:
             return None
@@ -98,11 +104,14 @@ def active_of(watch: EpochWatch, procs: Processes, names: tuple[str, ...]) -> tu
     return found
 
 
-def start_pair(procs: Processes, client: Client, watch: EpochWatch) -> tuple[str, str, int]:
-    """Start controls `c1` and `c2` and a launcher at once: (active, standby, epoch)."""
+def start_pair(
+    procs: Processes, client: Client, watch: EpochWatch, *, launcher: bool = True
+) -> tuple[str, str, int]:
+    """Start controls `c1` and `c2` (and a launcher) at once: (active, standby, epoch)."""
     procs.start("c1", "control")
     procs.start("c2", "control")
-    procs.start("launcher", "launcher")
+    if launcher:
+        procs.start("launcher", "launcher")
     active, epoch = active_of(watch, procs, ("c1", "c2"))
     wait_until(
         lambda: len(_status(client).get("control", {}).get("standbys", [])) >= 1,
