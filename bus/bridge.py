@@ -33,6 +33,7 @@ from bus.kv import Versioned as Versioned
 from bus.loop import LoopThread as LoopThread
 from bus.messages import Message, encode
 from bus.writes import WRITE_RETRY_S, retry_js, retry_write
+from conveyor import config_nats_auth
 from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 
@@ -192,6 +193,7 @@ class Bus:
                 reconnect_time_wait=0.5,
                 ping_interval=5,
                 allow_reconnect=True,
+                **config_nats_auth.connect_options(url, name),
             )
 
         try:

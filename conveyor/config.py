@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor import config_env, validate
+from conveyor import config_env, config_nats_auth, config_secrets, validate
 from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
 from conveyor.config_control import ControlConfig as ControlConfig
@@ -68,6 +68,9 @@ class NatsConfig(NatsScaleOut, frozen=True):
     ack_wait_s: float = 5.0
     """How long a message fetched by a process that died stays invisible before it is
     delivered again; a live process keeps what it holds alive meanwhile."""
+    creds_file: str = ""
+    nkey_seed_file: str = ""
+    tls: config_nats_auth.NatsTls = msgspec.field(default_factory=config_nats_auth.NatsTls)
 
 
 class StageConfig(_Section, frozen=True):
@@ -204,6 +207,8 @@ class LauncherConfig(_Section, frozen=True):
     slots: int = 4
     kill_grace_s: float = 5.0
     name: str = ""
+    host_id: str = ""
+    host_silence_s: float = 60.0
 
 
 class ReaperConfig(_Section, frozen=True):
@@ -453,13 +458,17 @@ def load(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Load the config file (or the embedded defaults), overlay env, validate."""
-    text = path.read_text() if path is not None else default_toml()
+    try:
+        text = path.read_text() if path is not None else default_toml()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
     where = str(path) if path is not None else "embedded defaults"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from err
     data = config_env.overlay_env(data, os.environ if env is None else env)
+    config_secrets.read_files(data, path.parent.resolve() if path else Path.cwd(), Config)
     if overrides:
         data.update(overrides)
     data_dir = data.get("data_dir")

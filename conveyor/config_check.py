@@ -61,6 +61,7 @@ def check(cfg: Config) -> None:
         "launcher.slots": cfg.launcher.slots,
         "queue.tick_s": cfg.queue.tick_s,
         "launcher.kill_grace_s": cfg.launcher.kill_grace_s,
+        "launcher.host_silence_s": cfg.launcher.host_silence_s,
         "gitea.timeout_s": cfg.gitea.timeout_s,
         "gitea.ci_poll_s": cfg.gitea.ci_poll_s,
         "plane.timeout_s": cfg.plane.timeout_s,
