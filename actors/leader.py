@@ -34,7 +34,7 @@ from actors.leader_policy import Held, Holder, Seen
 from bus.bridge import Bus
 from bus.writes import retry_js
 from conveyor.clock import Clock, SystemClock
-from conveyor.config import ControlConfig
+from conveyor.config_control import ControlConfig
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
 from conveyor.logs import get_logger
 

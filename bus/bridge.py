@@ -160,8 +160,7 @@ class Bus:
             max_workers=8, thread_name_prefix="bus-handler"
         )
         self.services: list[Any] = []
-        self.write_stamp: Callable[[], dict[str, str]] = fence.no_stamp
-        """Called before every write: its headers, or `Fenced` (see `bus.fence`)."""
+        self.write_stamp: Callable[[], dict[str, str]] = fence.no_stamp  # see `bus.fence`
 
     @classmethod
     def connect(
@@ -293,8 +292,7 @@ class Bus:
 
     def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str = "") -> None:
         """Publish durably to JetStream; the same `msg_id` is stored once."""
-        stamp = self.write_stamp()
-        headers = {**stamp, MSG_ID: msg_id} if msg_id else (stamp or None)
+        headers = {**self.write_stamp(), **({MSG_ID: msg_id} if msg_id else {})} or None
         data = encode(msg)
         self.write(lambda _try: self.js.publish(subject, data, headers=headers), what=subject)
 

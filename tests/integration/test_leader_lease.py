@@ -18,7 +18,7 @@ from bus import subjects
 from bus.bridge import Bus
 from bus.effects import Effect
 from conveyor.clock import FakeClock
-from conveyor.config import ControlConfig
+from conveyor.config_control import ControlConfig
 from conveyor.errors import Fenced
 
 pytestmark = pytest.mark.timeout(60)
