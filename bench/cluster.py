@@ -16,9 +16,10 @@ of the pipeline's streams while developers work, and measures the **recovery**:
 from the kill until every stream has a leader again and a probe write lands, and
 until those items are done; and it counts PRs opened and merged (each must be once).
 
-Takeover of an active control and resolution of a dead launcher host are hooks
-(`takeover_time_s`, `dead_launcher_host_resolution_s`) that print "n/a" until
-those features exist.
+Last, the **takeover**: the plain control is replaced by two leader-lease controls
+on two hosts, and the active one is killed -9 while a developer works
+(`bench/takeover.py`). Resolution of a dead launcher host is a hook
+(`dead_launcher_host_resolution_s`) that prints "n/a" until that feature exists.
 
     PYTHONPATH=. .venv/bin/python bench/cluster.py [--items 4] [--launchers 2]
 """
@@ -35,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.takeover import takeover_on_hosts
 from bus.bridge import Bus
 from bus.messages import Alert
 from conveyor.app.client import Client
@@ -48,9 +50,9 @@ _clock = SystemClock()
 
 def takeover_time_s(network: Network, cluster: NatsCluster, app: Conveyors) -> float | None:
     """Seconds from kill -9 of the active control until work moves again (target: ≤ lease
-    TTL + 5 s). A hook: None until active/standby control exists; fill it in then."""
-    del network, cluster, app
-    return None
+    TTL + 5 s): two leader-lease controls on the first two hosts (`bench/takeover.py`)."""
+    del network
+    return takeover_on_hosts(app, (cluster.hosts[0], cluster.hosts[1]), cluster.url)
 
 
 def dead_launcher_host_resolution_s(

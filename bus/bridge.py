@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from bus import subjects
+from bus import fence, subjects
 from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
@@ -160,6 +160,7 @@ class Bus:
             max_workers=8, thread_name_prefix="bus-handler"
         )
         self.services: list[Any] = []
+        self.write_stamp: Callable[[], dict[str, str]] = fence.no_stamp  # see `bus.fence`
 
     @classmethod
     def connect(
@@ -291,7 +292,7 @@ class Bus:
 
     def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str = "") -> None:
         """Publish durably to JetStream; the same `msg_id` is stored once."""
-        headers = {MSG_ID: msg_id} if msg_id else None
+        headers = {**self.write_stamp(), **({MSG_ID: msg_id} if msg_id else {})} or None
         data = encode(msg)
         self.write(lambda _try: self.js.publish(subject, data, headers=headers), what=subject)
 
@@ -301,7 +302,9 @@ class Bus:
         See `bus.writes`: up to `write_retry_s`, so a leaderless window is waited out.
         """
         return self.call(
-            retry_write(op, budget_s=self.write_retry_s, what=what),
+            retry_write(
+                fence.refenced(op, self.write_stamp), budget_s=self.write_retry_s, what=what
+            ),
             timeout_s=self.write_retry_s + self.request_timeout_s + 2.0,
         )
 
@@ -314,6 +317,7 @@ class Bus:
 
     def publish_core(self, subject: str, msg: msgspec.Struct) -> None:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
+        self.write_stamp()
         self.loop.submit(self.nc.publish(subject, encode(msg)))
 
     def request(

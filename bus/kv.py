@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from bus import fence
 from bus.messages import Alert, encode
 from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
@@ -132,10 +133,11 @@ class Store(Generic[S]):
     def create(self, key: str, value: S) -> int:
         """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
         async def _create(attempt: int) -> int:
             try:
-                return int(await self._kv.create(key, data))
+                return int(await fence.create(self._kv, key, data, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 landed = await self._landed_async(key, data) if attempt else None
                 if landed is None:
@@ -153,10 +155,11 @@ class Store(Generic[S]):
     def update(self, key: str, value: S, *, expect: int) -> int:
         """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
         async def _update(attempt: int) -> int:
             try:
-                return int(await self._kv.update(key, data, last=expect))
+                return int(await fence.update(self._kv, key, data, expect, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 landed = await self._landed_async(key, data) if attempt else None
                 if landed is None:
@@ -248,6 +251,7 @@ class Store(Generic[S]):
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
+        self._bus.write_stamp()
 
         async def _delete(attempt: int) -> None:
             try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor import config_env, config_nats_auth, config_secrets, validate
+from conveyor import config_control, config_env, config_nats_auth, config_secrets, validate
 from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
 from conveyor.config_forge import ForgeConfig as ForgeConfig
@@ -396,6 +396,7 @@ class Config(_Section, frozen=True):
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    control: config_control.ControlConfig = config_control.ControlConfig()
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     gitea: GiteaConfig = msgspec.field(default_factory=GiteaConfig)

@@ -161,6 +161,9 @@ class _Bus:
     def __init__(self) -> None:
         self.clock = FakeClock()
 
+    def write_stamp(self) -> dict[str, str]:
+        return {}  # no leader lease: nothing stamped, nothing refused
+
     def write(self, op: Callable[[int], Awaitable[T]], *, what: str = "") -> T:
         return _run(op, self.clock)
 
