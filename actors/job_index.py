@@ -14,6 +14,7 @@ import bisect
 import heapq
 from collections.abc import Iterable
 
+from actors.merge_wait_policy import awaited
 from actors.queue_policy import FINISHED, RUNNING, Job
 
 RECENT = 10
@@ -25,13 +26,17 @@ def _recency(job: Job) -> float:
 
 
 class JobIndex:
-    """Hot jobs by id, running jobs, jobs by task, unsent outboxes, counts by status."""
+    """Hot jobs by id, running jobs, jobs by task, unsent outboxes, counts by status.
+
+    `awaiting`: per merge lease, the queued merge jobs that wait for its release.
+    """
 
     def __init__(self) -> None:
         self.hot: dict[str, Job] = {}
         self.running: dict[str, Job] = {}
         self.outboxed: set[str] = set()
         self.counts: dict[str, int] = {}
+        self.awaiting: dict[str, set[str]] = {}
         self._by_task: dict[str, set[str]] = {}
         self._pinned: set[str] = set()
         # Finished jobs that left, most recent last (at most RECENT), and their keys.
@@ -67,6 +72,9 @@ class JobIndex:
             self.outboxed.add(job.id)
         if job.status in FINISHED:
             self._pinned.add(job.id)
+        lease = awaited(job)
+        if lease:
+            self.awaiting.setdefault(lease, set()).add(job.id)
         return True
 
     def expire(self, now: float) -> list[str]:
@@ -78,6 +86,10 @@ class JobIndex:
                 self._drop(job_id)
                 self._remember(job)
         return [i for i in gone if i not in self.hot]
+
+    def waiting_for(self, lease: str) -> list[Job]:
+        """The queued merge jobs that wait for `lease` to be freed."""
+        return [self.hot[i] for i in self.awaiting.get(lease, ())]
 
     def of_task(self, task_id: str) -> list[Job]:
         """The task's hot jobs (its finished ones cannot change any more)."""
@@ -94,11 +106,8 @@ class JobIndex:
         self.running.pop(job_id, None)
         self.outboxed.discard(job_id)
         self._pinned.discard(job_id)
-        ids = self._by_task.get(old.task_id)
-        if ids is not None:
-            ids.discard(job_id)
-            if not ids:
-                del self._by_task[old.task_id]
+        _unlink(self._by_task, old.task_id, job_id)
+        _unlink(self.awaiting, awaited(old), job_id)
 
     def _remember(self, job: Job) -> None:
         for index, seen in enumerate(self._recent):
@@ -113,3 +122,11 @@ class JobIndex:
         self._recent_keys.insert(at, key)
         if len(self._recent) > RECENT:
             del self._recent[0], self._recent_keys[0]
+
+
+def _unlink(index: dict[str, set[str]], key: str, job_id: str) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.discard(job_id)
+        if not ids:
+            del index[key]

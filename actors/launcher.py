@@ -8,12 +8,14 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import msgspec
 import pykka
 
+from actors import hosts
 from actors import launcher_policy as policy
 from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
@@ -87,15 +89,21 @@ class Launcher(pykka.ThreadingActor):
         clock: Clock,
         cfg: Config,
         slots: Slots,
+        owns: Callable[[str, int], bool] | None = None,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._layout = Layout(cfg.data_path)
         self._slots = slots
         self._effects = effects
-        self._host = socket.gethostname()
+        self._host = procs.host_id(cfg.launcher.host_id)
+        self._boot = procs.boot_id()
         # The name must survive a restart: a restarted launcher adopts the runs of its name.
-        self._name = cfg.launcher.name or self._host
+        self._name = cfg.launcher.name or socket.gethostname()
+        # Whether an attempt is still this launcher's to finish (the job runs that attempt):
+        # a launcher back from a pause or partition adopts and finishes nothing it lost.
+        self._owns = owns
+        self._owned_at = 0.0
         # Runs still to look after: a finished run leaves once its result is reported
         # (it stays in KV; duplicate orders are caught by the KV create, not by this).
         self._runs: dict[str, Versioned[Run]] = {}
@@ -134,14 +142,18 @@ class Launcher(pykka.ThreadingActor):
         self._started_at = self._clock.now()
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._waker.notify)
+        hosts.serve(self._bus, self._host, self._find, self._clock)
         self._runs = {
             k: v
             for k, v in self._store.load_all().items()
             if v.value.launcher == self._name and not v.value.reported
         }
+        self._owned_at = self._clock.now()
         for key, entry in list(self._runs.items()):
             run = entry.value
-            if run.status == policy.FINISHED:
+            if run.status != policy.FINISHED and not self._still_owned(run):
+                self._disown(key, "superseded while this launcher was away", adopted=False)
+            elif run.status == policy.FINISHED:
                 self._report(key)
             else:
                 self._adopt(key)
@@ -206,6 +218,7 @@ class Launcher(pykka.ThreadingActor):
             branch=order.branch,
             host=self._host,
             launcher=self._name,
+            boot_id=self._boot,
             started_at=self._clock.now(),
             run_dir=str(run_dir),
             log_path=str(run_dir / "output.log"),
@@ -309,6 +322,12 @@ class Launcher(pykka.ThreadingActor):
     def _heartbeat(self) -> None:
         """Tell the Reaper which runs this launcher is still looking after."""
         now = self._clock.now()
+        if now - self._owned_at >= self._cfg.launcher.host_silence_s / 2:
+            # Its attempts may have been given to another launcher while it was paused
+            # (SIGSTOP, a frozen VM) or cut off: asked again twice per silence.
+            self._owned_at = now
+            self._disown_lost()
+        self._host_heartbeat(now)
         for key, entry in list(self._runs.items()):
             run = entry.value
             if run.status == policy.FINISHED and not run.reported:
@@ -324,6 +343,53 @@ class Launcher(pykka.ThreadingActor):
                     usage=meter.snapshot() if meter is not None else {},
                 )
                 self._bus.emit(beat, msg_id="")
+
+    def _host_heartbeat(self, now: float) -> None:
+        active = [e.value for e in list(self._runs.values()) if e.value.status != policy.FINISHED]
+        beat = hosts.heartbeat(self._host, self._boot, self._name, active, now)
+        self._bus.publish_core(subjects.HOSTS_HEARTBEAT, beat)
+
+    def _find(self, key: str) -> Run | None:
+        """A run of this host, for a liveness question (runs on the bus's worker threads)."""
+        entry = self._runs.get(key) or self._store.get(key)
+        return entry.value if entry is not None else None
+
+    def _still_owned(self, run: Run) -> bool:
+        try:
+            return self._owns is None or self._owns(run.job_id, run.attempt)
+        except Exception:  # noqa: BLE001 - the jobs bucket unreadable: keep the run, ask later
+            log.warning("launcher.ownership_unknown", job_id=run.job_id, attempt=run.attempt)
+            return True
+
+    def _disown_lost(self) -> None:
+        for key, entry in list(self._runs.items()):
+            if entry.value.status != policy.FINISHED and not self._still_owned(entry.value):
+                self._disown(key, "superseded: its job no longer runs this attempt")
+
+    def _disown(self, key: str, why: str, *, adopted: bool = True) -> None:
+        """Give up a run whose attempt is no longer this launcher's: kill it, report nothing.
+
+        Its side effects are fenced anyway (the transition lease refuses a superseded
+        attempt); this stops the work and frees the slot.
+        """
+        run = self._runs[key].value
+        log.warning("launcher.run_disowned", job_id=run.job_id, attempt=run.attempt, reason=why)
+        self._cancelled.setdefault(key, threading.Event()).set()
+        pid = self._procs.pop(key, None)
+        if pid is None and run.role not in BUILTIN_ROLES and run.pid is not None:
+            # An agent a previous incarnation spawned: it works in the task's worktree.
+            pid = run.pid if procs.alive(run.pid, run.create_time) else None
+        if pid is not None:
+            grace = self._cfg.launcher.kill_grace_s
+            threading.Thread(target=procs.kill_tree, args=(pid, grace), daemon=True).start()
+        finished = msgspec.structs.replace(
+            run, status=policy.FINISHED, reported=True, error=f"disowned: {why}"
+        )
+        self._save(finished)
+        self._cancelled.pop(key, None)
+        self._meters.pop(key, None)
+        if adopted:
+            self._slots.release()
 
     def _report(self, key: str) -> None:
         run = self._runs[key].value

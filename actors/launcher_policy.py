@@ -87,6 +87,8 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     """How the agent run ended (`conveyor.pipeline.AgentOutcome`); empty when unknown."""
     reason: str = ""
     """The outcome for people ("rate limited (429)", "stalled (no output for 30s)")."""
+    boot_id: str = ""
+    """The boot of `host` it was launched under: under another boot its pid means nothing."""
 
 
 def run_key(job_id: str, attempt: int) -> str:

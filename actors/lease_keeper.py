@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import msgspec
 
 from actors import lease_policy as policy
 from actors import merge_wait_policy
+from actors.hosts import HostWatch
 from actors.launcher_policy import FINISHED, Run, run_key
 from actors.lease_policy import Lease
 from actors.owner import Owner
@@ -26,6 +26,7 @@ from bus.messages import (
     StageChanged,
     Tick,
 )
+from bus.messages_hosts import HostHeartbeat
 from conveyor import procs
 from conveyor.clock import Clock
 from conveyor.config import LeaseConfig
@@ -92,6 +93,9 @@ class LeaseKeeper(Owner):
         kept: frozenset[str] = frozenset(),
         finished: Callable[[LeaseHolder], bool] | None = None,
         in_progress: Callable[[LeaseHolder], bool] | None = None,
+        current: Callable[[str, int], bool] | None = None,
+        host: str = "",
+        silence_s: float = 60.0,
     ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
@@ -102,12 +106,17 @@ class LeaseKeeper(Owner):
         # which is after the process registered its service (the first tick).
         self._announced = False
         self._leases: dict[str, Versioned[Lease]] = {}
-        self._host = socket.gethostname()
+        # Whether a holder's attempt is still its job's: a superseded one gets no lease.
+        self._current = current
+        self._host = procs.host_id(host)
         self._boot = procs.boot_id()
+        # Holders on other hosts are judged by their host's answers and silence.
+        self._hosts = HostWatch(bus, clock, silence_s=silence_s)
         self._reclaimed_total = 0
         self._alerted: set[tuple[str, float]] = set()
 
     def on_start(self) -> None:
+        self._hosts.listen(self.actor_ref.tell)
         self._leases = self._store.load_all()
         self._sweep()
         log.info("lease_keeper.started", leases=len(self._leases))
@@ -142,6 +151,8 @@ class LeaseKeeper(Owner):
                 if not self._announced:
                     self._announced = True
                     self._bus.publish_core(subjects.LEASE_FREED, LeaseFreed())
+            case HostHeartbeat():
+                self._hosts.heard(message)
             case LeaseStatus():
                 return self._status()
         return None
@@ -178,7 +189,14 @@ class LeaseKeeper(Owner):
         if not self._cfg.enabled:
             return LeaseReply(granted=True, revision=0, reason="leases disabled")
         current = self._leases.get(req.name)
-        alive = holder_alive(current.value.holder, self._host, self._boot) if current else None
+        if self._superseded(req.name, req.holder):
+            reason = policy.superseded_reason(req.holder.job_id, req.holder.attempt)
+            log.warning("lease_keeper.superseded_refused", lease=req.name, reason=reason)
+            return LeaseReply(granted=False, reason=reason)
+        alive, stale = None, False
+        if current is not None and not policy.same_holder(current.value, req.holder):
+            stale = self._superseded(req.name, current.value.holder)
+            alive = None if stale else self._alive(current.value.holder, ask=True)
         grant = policy.on_acquire(
             current.value if current else None,
             req.name,
@@ -186,6 +204,7 @@ class LeaseKeeper(Owner):
             holder_alive=alive if self._cfg.reclaim_enabled else None,
             now=self._clock.now(),
             holder_finished=self._holder_finished(current, req.holder),
+            holder_superseded=stale,
         )
         if not grant.granted or grant.lease is None:
             return LeaseReply(granted=False, reason=self._refusal(req.name, current, grant.reason))
@@ -238,6 +257,11 @@ class LeaseKeeper(Owner):
                 revision=req.revision,
             )
             return LeaseReply(granted=False, reason="lease lost (revision moved)")
+        holder = current.value.holder
+        if self._superseded(req.name, holder):
+            reason = policy.superseded_reason(holder.job_id, holder.attempt)
+            log.warning("lease_keeper.superseded_refused", lease=req.name, reason=reason)
+            return LeaseReply(granted=False, reason=reason)
         touched = msgspec.structs.replace(current.value, renewed_at=self._clock.now())
         return LeaseReply(granted=True, revision=self._put(touched), reason="renewed")
 
@@ -286,9 +310,12 @@ class LeaseKeeper(Owner):
         # would move the holder's fencing token under it.
         seen = (name, stored.acquired_at) in self._alerted
         lease = msgspec.structs.replace(stored, alerted=seen)
-        alive = holder_alive(lease.holder, self._host, self._boot)
+        alive = self._alive(lease.holder, ask=False)
+        host = lease.holder.host
+        remote = host != self._host and self._hosts.silent(host)
+        evidence = f"host {host} silent for {self._hosts.silence(host):.0f}s" if remote else ""
         action, reason = policy.on_tick(
-            lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg
+            lease, holder_alive=alive, task_ended=False, now=now, cfg=self._cfg, evidence=evidence
         )
         if action == "reclaim":
             self._drop(name)
@@ -296,6 +323,18 @@ class LeaseKeeper(Owner):
         elif action == "alert":
             self._alerted.add((name, lease.acquired_at))
             self._alert(lease, reason, "warning")
+
+    def _alive(self, holder: LeaseHolder, *, ask: bool) -> bool | None:
+        """Probed here for this host; for another, its answer (when `ask`) or its silence."""
+        if holder.host == self._host:
+            return holder_alive(holder, self._host, self._boot)
+        return self._hosts.holder_alive(holder, ask=ask)
+
+    def _superseded(self, name: str, holder: LeaseHolder) -> bool:
+        """A transition lease for an attempt its job no longer runs (reaped, retried)."""
+        if self._current is None or not name.startswith(policy.TASK_PREFIX):
+            return False
+        return not self._current(holder.job_id, holder.attempt)
 
     def _reclaimed(self, lease: Lease, reason: str) -> None:
         self._reclaimed_total += 1

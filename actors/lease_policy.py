@@ -70,6 +70,7 @@ def on_acquire(
     holder_alive: bool | None,
     now: float,
     holder_finished: bool = False,
+    holder_superseded: bool = False,
 ) -> Grant:
     """Grant a free lease, re-grant it to its holder (`same_holder`), reclaim it from the dead.
 
@@ -78,6 +79,8 @@ def on_acquire(
     unknown counts as alive.
     `holder_finished`: the run that holds it has finished, so its release was lost
     (sent while the keeper was away); the lease is free whatever its process does.
+    `holder_superseded`: the holder's job no longer runs its attempt (reaped, retried),
+    so it may do nothing more under the lease: free too, and its next check fails.
     """
     fresh = Lease(name=name, holder=holder, acquired_at=now, renewed_at=now)
     if current is None:
@@ -91,6 +94,14 @@ def on_acquire(
             lease=fresh,
             lost_release=current,
             reason=f"freed from finished holder {current.holder.job_id}",
+        )
+    if holder_superseded:
+        return Grant(
+            granted=True,
+            lease=fresh,
+            lost_release=current,
+            reason=f"freed from superseded attempt {current.holder.attempt} of "
+            f"{current.holder.job_id}",
         )
     if holder_alive is False:
         return Grant(
@@ -131,13 +142,23 @@ def may_release(current: Lease | None, task_id: str, *, revision: int = 0, held:
 
 
 def on_tick(
-    current: Lease, *, holder_alive: bool | None, task_ended: bool, now: float, cfg: LeaseConfig
+    current: Lease,
+    *,
+    holder_alive: bool | None,
+    task_ended: bool,
+    now: float,
+    cfg: LeaseConfig,
+    evidence: str = "",
 ) -> tuple[str, str]:
-    """What to do with one lease on a tick: ("keep"|"reclaim"|"alert", reason)."""
+    """What to do with one lease on a tick: ("keep"|"reclaim"|"alert", reason).
+
+    `evidence`: how a holder on another host was judged ("host h silent for 60s").
+    """
     if task_ended:
         return "reclaim", f"task {current.holder.task_id} has ended"
     if holder_alive is False and cfg.reclaim_enabled:
-        return "reclaim", f"holder pid {current.holder.pid} on {current.holder.host} is dead"
+        dead = f"holder pid {current.holder.pid} on {current.holder.host} is dead"
+        return "reclaim", f"{dead} ({evidence})" if evidence else dead
     age = now - current.acquired_at
     if age >= cfg.max_age_s and not current.alerted:
         return "alert", (
@@ -146,6 +167,27 @@ def on_tick(
             f"`conveyor release-lease {current.name}` if its holder is stuck"
         )
     return "keep", "holder alive or unknown, within its ceiling"
+
+
+SUPERSEDED = "superseded:"
+"""How a refusal for an attempt that is no longer the job's current one begins: final."""
+
+
+def attempt_current(status: str | None, attempts: int, attempt: int, *, running: str) -> bool:
+    """Whether `attempt` is still the job's attempt: the job runs it (`running`) now.
+
+    A reap or a retry moves the job on, so an executor of the old attempt (back from
+    a pause or a partition) is refused. An unknown job (`status` None) or attempt
+    (0, an older holder) proves nothing and is current.
+    """
+    if status is None or attempt <= 0:
+        return True
+    return status == running and attempts == attempt
+
+
+def superseded_reason(job_id: str, attempt: int) -> str:
+    """The refusal of a lease to a superseded attempt (see `SUPERSEDED`)."""
+    return f"{SUPERSEDED} job {job_id} no longer runs attempt {attempt}"
 
 
 def merged_stages(stages: list[tuple[str, bool]]) -> frozenset[str]:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 import msgspec
+import pykka
 
-from actors import ceiling_policy, usage_policy
+from actors import ceiling_policy, merge_wait_policy, usage_policy
 from actors import queue_policy as policy
 from actors.janitor_policy import LaunchPause
 from actors.job_index import JobIndex
+from actors.lease_policy import Lease, merge_lease
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
+from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.messages import (
     JobFinished,
     JobRequested,
     JobsCancelled,
     JobStarted,
+    LeaseFreed,
     ReapJob,
     RunHeartbeat,
     Tick,
@@ -26,6 +31,7 @@ from conveyor import faults
 from conveyor.clock import Clock
 from conveyor.config import QueueConfig
 from conveyor.logs import get_logger
+from conveyor.pipeline import ROLE_MERGE
 
 log = get_logger(__name__)
 
@@ -57,9 +63,17 @@ class QueueWorker(Owner):
         clock: Clock,
         cfg: QueueConfig,
         ceilings: usage_policy.Ceilings | None = None,
+        *,
+        lease_retry_s: float = 5.0,
+        protected: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
+        # How long a merge job parked for its repository's merge lease sleeps at most.
+        self._lease_retry_s = lease_retry_s
+        # Repositories whose tasks keep the merge lease through their deploy.
+        self._protected = protected
+        self._leases: Store[Lease] | None = None
         self._ceilings = ceilings or usage_policy.Ceilings(
             repo_usd_per_day=cfg.max_repo_usd_per_day,
             repo_tokens_per_day=cfg.max_repo_tokens_per_day,
@@ -85,7 +99,13 @@ class QueueWorker(Owner):
         for job_id in list(self._index.outboxed):
             self._flush(job_id)
         log.info("queue_worker.started", jobs=len(stored), hot=len(self._jobs))
+        freed = msgspec.json.Decoder(LeaseFreed)
+        self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._tell_freed)
         self._dispatch()
+
+    def _tell_freed(self, freed: LeaseFreed) -> None:
+        with suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(freed)
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -109,6 +129,8 @@ class QueueWorker(Owner):
                 return list(self._index.running.values())
             case LaunchPause():
                 self._on_pause(message)
+            case LeaseFreed():
+                self._on_freed(message)
             case _:
                 log.warning("queue_worker.unknown_message", kind=type(message).__name__)
         return None
@@ -151,6 +173,8 @@ class QueueWorker(Owner):
                     decision = policy.on_started(current.value, body)
                 else:
                     decision = policy.on_finished(current.value, body, now=now, cfg=self._cfg)
+                    requeued = (merge_wait_policy.requeued(j, now=now) for j in decision.jobs)
+                    decision = msgspec.structs.replace(decision, jobs=tuple(requeued))
                     job = current.value
                     self._ledger = usage_policy.record(
                         self._ledger, job.repo, job.role, decision.usage, now=now
@@ -181,6 +205,22 @@ class QueueWorker(Owner):
                 log.info("queue_worker.launching_resumed", reason=self._paused)
         self._paused = pause.reason
         self._dispatch()
+
+    def _on_freed(self, freed: LeaseFreed) -> None:
+        """Wake one merge job parked for the freed lease (each lease: the keeper is back)."""
+        if self.fenced:
+            return
+        now = self._clock.now()
+        # Most frees are transition leases nobody parks for: those cost a lookup only.
+        names = [freed.name] if freed.name else list(self._index.awaiting)
+        woke = False
+        for name in names:
+            woken = merge_wait_policy.wake(self._index.waiting_for(name), now=now)
+            if woken is not None:
+                self._apply(policy.Decision(jobs=(woken,), reason=f"woken: {name} freed"))
+                woke = True
+        if woke:
+            self._dispatch()
 
     def _apply(self, decision: policy.Decision) -> None:
         emits = list(decision.emit)
@@ -259,8 +299,37 @@ class QueueWorker(Owner):
             )
         if self._paused:
             return
-        for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
-            self._apply(policy.claim(self._jobs[job_id].value, now=now))
+        parked = True
+        while parked:
+            # A merge job parked frees its pick: schedule again until none is parked.
+            parked = False
+            for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
+                job = self._jobs[job_id].value
+                lease = self._merge_lease(job)
+                running = lease is not None and lease.holder.job_id in self._index.running
+                kept = job.repo in self._protected
+                if lease is not None and merge_wait_policy.parks(job, lease, running, kept=kept):
+                    park = merge_wait_policy.park(job, lease, now=now, retry_s=self._lease_retry_s)
+                    self._apply(policy.Decision(jobs=(park,), reason=f"parked for {lease.name}"))
+                    parked = True
+                else:
+                    self._apply(policy.claim(job, now=now))
+
+    def _merge_lease(self, job: Job) -> Lease | None:
+        """A merge job's repository's merge lease as stored (None: free, or not a merge job).
+
+        Unreadable, it counts as free: the run asks the LeaseKeeper, as it always did.
+        """
+        if job.role != ROLE_MERGE:
+            return None
+        try:
+            if self._leases is None:
+                self._leases = self._bus.store(subjects.BUCKET_LEASES, Lease)
+            entry = self._leases.get(merge_lease(job.repo))
+        except Exception as err:  # noqa: BLE001 - a lease unread must not stop every launch
+            log.warning("queue_worker.lease_unread", job_id=job.id, error=str(err))
+            return None
+        return entry.value if entry is not None else None
 
     def _status(self) -> dict[str, Any]:
         running = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +9,14 @@ import msgspec
 import pykka
 
 from actors import reaper_policy as policy
+from actors.hosts import HostWatch
 from actors.launcher_policy import Run, run_key
 from actors.owner import Owner
 from actors.queue_policy import Job, RunningSnapshot
 from actors.reaper_policy import ReaperState, RunningJob
 from bus.bridge import Bus, Store
 from bus.messages import Alert, JobReaped, ReapJob, RunHeartbeat, Tick
+from bus.messages_hosts import HostHeartbeat, LivenessQuery, RunLiveness
 from conveyor import procs, runwrap
 from conveyor.clock import Clock
 from conveyor.config import ReaperConfig
@@ -45,10 +46,15 @@ class Reaper(Owner):
         runs: Store[Run],
         clock: Clock,
         cfg: ReaperConfig,
+        *,
+        host: str = "",
+        silence_s: float = 60.0,
     ) -> None:
         super().__init__()
         self._bus, self._worker, self._runs, self._clock, self._cfg = bus, worker, runs, clock, cfg
-        self._host = socket.gethostname()
+        # Pids are probed here only for this host; other hosts answer for their own.
+        self._host = procs.host_id(host)
+        self._hosts = HostWatch(bus, clock, silence_s=silence_s)
         self._state = ReaperState()
         self._beats: dict[tuple[str, int], float] = {}
         # Attempts whose observation failed, alerted once each; and whether the
@@ -60,11 +66,16 @@ class Reaper(Owner):
         # restarted knows no finalizer yet.
         self._warm_until = clock.now() + cfg.heartbeat_timeout_s
 
+    def on_start(self) -> None:
+        self._hosts.listen(self.actor_ref.tell)
+
     def handle(self, message: Any) -> Any:
         match message:
             case RunHeartbeat():
                 # Our own clock, not the sender's: hosts' clocks may disagree.
                 self._beats[(message.job_id, message.attempt)] = self._clock.now()
+            case HostHeartbeat():
+                self._hosts.heard(message)
             case JobReaped():
                 self._state = policy.applied(self._state, message, now=self._clock.now())
                 log.info(
@@ -76,9 +87,13 @@ class Reaper(Owner):
             case Tick():
                 now = self._clock.now()
                 if now >= self._next_tick:
-                    self._next_tick = now + self._cfg.interval_s
+                    interval = self._cfg.interval_s
+                    self._next_tick = now + interval
                     if now >= self._warm_until:
                         self._tick(now)
+                        # A slow pass (a host that did not answer in time) must not make the
+                        # ticks queued meanwhile a burst of passes: dead ticks are apart.
+                        self._next_tick = max(self._next_tick, self._clock.now() + interval)
                     else:
                         self._state = policy.without_verdict(self._state, now=now)
             case ReaperStatus():
@@ -89,7 +104,9 @@ class Reaper(Owner):
         jobs = self._running(now) if self._cfg.enabled else []
         if jobs is None:
             return
-        snapshot = [self._observe_isolated(job) for job in jobs if job.attempts > 0]
+        live = [job for job in jobs if job.attempts > 0]
+        answers = self._ask_hosts(live, now)
+        snapshot = [self._observe_isolated(job, answers) for job in live]
         decision = policy.decide(self._state, snapshot, now=now, cfg=self._cfg)
         self._state = decision.state
         for reap in decision.reaps:
@@ -119,14 +136,49 @@ class Reaper(Owner):
         self._blind = False
         return jobs
 
-    def _observe_isolated(self, job: Job) -> RunningJob:
+    def _host_of(self, job: Job) -> str:
+        """The host running `job`: from its start report, else from its run record."""
+        if job.host:
+            return job.host
+        entry = self._runs.get(run_key(job.id, job.attempts))
+        return entry.value.host if entry is not None else ""
+
+    def _ask_hosts(self, jobs: list[Job], now: float) -> dict[str, dict[str, RunLiveness] | None]:
+        """Each other host's answer for its running jobs (None: it did not answer)."""
+        asked: dict[str, list[str]] = {}
+        for job in jobs:
+            try:
+                host = self._host_of(job)
+            except Exception:  # noqa: BLE001 - judged alone by `_observe_isolated`
+                host = ""
+            if host and host != self._host:
+                asked.setdefault(host, []).append(run_key(job.id, job.attempts))
+        answers: dict[str, dict[str, RunLiveness] | None] = {}
+        for host, keys in asked.items():
+            found = self._hosts.ask(host, LivenessQuery(runs=keys))
+            answers[host] = (
+                None if found is None else {run_key(r.job_id, r.attempt): r for r in found.runs}
+            )
+            if found is None and self._hosts.silent(host) and self._hosts.alert_due(host):
+                silent_s = self._hosts.silence(host)
+                text = (
+                    f"Host {host} silent for {silent_s:.0f}s (no heartbeat, no answer): its "
+                    f"{len(keys)} running job(s) are reaped as dead and retried elsewhere"
+                )
+                log.warning("reaper.host_silent", host=host, jobs=len(keys), silent_s=silent_s)
+                self._alert(text, "", f"host:{host}:{now:.0f}")
+        return answers
+
+    def _observe_isolated(
+        self, job: Job, answers: dict[str, dict[str, RunLiveness] | None]
+    ) -> RunningJob:
         """`_observe`, or what the job record alone says when observing it raises.
 
         The record keeps the backstop (claimed_at) and heartbeats; the liveness
         stays unknown, which never counts toward a dead streak.
         """
         try:
-            return self._observe(job)
+            return self._observe(job, answers)
         except Exception as err:
             key = (job.id, job.attempts)
             log.exception("reaper.observe_failed", job_id=job.id, attempt=job.attempts)
@@ -142,6 +194,7 @@ class Reaper(Owner):
         liveness: str = policy.UNKNOWN,
         exit_code: int | None = None,
         exit_at: float | None = None,
+        evidence: str = "",
     ) -> RunningJob:
         return RunningJob(
             job_id=job.id,
@@ -154,6 +207,7 @@ class Reaper(Owner):
             exit_code=exit_code,
             exit_recorded_at=exit_at,
             last_heartbeat_at=self._beats.get((job.id, job.attempts)),
+            evidence=evidence,
         )
 
     def _alert(self, text: str, task_id: str, key: str) -> None:
@@ -185,20 +239,21 @@ class Reaper(Owner):
             msg_id=f"reap:{reap.job_id}:{reap.attempt}",
         )
 
-    def _observe(self, job: Job) -> RunningJob:
+    def _observe(self, job: Job, answers: dict[str, dict[str, RunLiveness] | None]) -> RunningJob:
         """What can be known of one running job: liveness, recorded exit code, heartbeat."""
+        entry = self._runs.get(run_key(job.id, job.attempts))
+        run = entry.value if entry is not None else None
+        host = job.host or (run.host if run is not None else "")
+        if host and host != self._host:
+            return self._observe_remote(job, run, host, answers.get(host))
         liveness = policy.UNKNOWN
         if job.pid is not None and job.host == self._host:
             # Only a provably dead pid counts toward a reap; uncertain is not dead.
-            probed = procs.probe(job.pid, job.create_time)
-            liveness = {procs.ALIVE: policy.ALIVE, procs.DEAD: policy.DEAD}.get(
-                probed, policy.UNKNOWN
-            )
+            boot = run.boot_id if run is not None else ""
+            liveness = _LIVENESS.get(procs.probe_on_boot(job.pid, job.create_time, boot), liveness)
         exit_code: int | None = None
         exit_at: float | None = None
-        entry = self._runs.get(run_key(job.id, job.attempts))
-        if entry is not None:
-            run = entry.value
+        if run is not None:
             if run.status == "finished":
                 # A failed post-step (push, PR) makes a clean exit code a failure.
                 exit_code = run.exit_code if not run.error else None
@@ -208,3 +263,26 @@ class Reaper(Owner):
                 if recorded is not None:
                     exit_code, exit_at = recorded
         return self._snapshot(job, liveness, exit_code, exit_at)
+
+    def _observe_remote(
+        self, job: Job, run: Run | None, host: str, said: dict[str, RunLiveness] | None
+    ) -> RunningJob:
+        """A job on another host, as that host answered; a silent host's jobs are dead."""
+        if run is not None and run.status == "finished":
+            code = run.exit_code if not run.error else None
+            gone = policy.DEAD if said is None and self._hosts.silent(host) else policy.UNKNOWN
+            return self._snapshot(job, gone, code, run.finished_at)
+        if said is None:
+            if not self._hosts.silent(host):
+                return self._snapshot(job, policy.UNKNOWN)
+            why = f"host {host} silent for {self._hosts.silence(host):.0f}s"
+            return self._snapshot(job, policy.DEAD, evidence=why)
+        found = said.get(run_key(job.id, job.attempts))
+        if found is None or not found.known:
+            return self._snapshot(job, policy.UNKNOWN)
+        exit_at = None if found.exit_age_s is None else self._clock.now() - found.exit_age_s
+        liveness = _LIVENESS.get(found.liveness, policy.UNKNOWN)
+        return self._snapshot(job, liveness, found.exit_code, exit_at, evidence=f"on {host}")
+
+
+_LIVENESS = {procs.ALIVE: policy.ALIVE, procs.DEAD: policy.DEAD}

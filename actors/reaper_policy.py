@@ -50,6 +50,8 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     exit_recorded_at: float | None = None
     last_heartbeat_at: float | None = None
+    evidence: str = ""
+    """Where the liveness comes from when not from a local probe ("host h silent for 60s")."""
 
 
 class ReaperState(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,7 +161,10 @@ def _judge(job: RunningJob, streak: int, *, now: float, cfg: ReaperConfig) -> _V
     elif job.liveness == DEAD and not live_finalizer:
         streak += 1
         if streak >= max(cfg.dead_ticks, 1):
-            return _Verdict(reap=reap(TIER_DEAD, f"dead pid={job.pid} for {_ticks(streak)}"))
+            why = f"dead pid={job.pid} for {_ticks(streak)}"
+            if job.evidence:
+                why += f" ({job.evidence})"
+            return _Verdict(reap=reap(TIER_DEAD, why))
     else:
         # A live or unprobeable pid, or a launcher still heartbeating, breaks the streak.
         streak = 0

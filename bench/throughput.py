@@ -19,7 +19,7 @@ agents; floor: its process and children), failed pushes (log lines with
 records of the merge steps).
 
     .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
-                                         [--modes all,8] [--keep]
+                                         [--modes all,8] [--keep] [--protected]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Side:
     failed: int = 0
     failed_pushes: int | None = None
     merge_attempts: float | None = None
+    replays: tuple[int, int] | None = None
+    """The Reconciler's gate replays, and those it announced as a lost event."""
 
     @property
     def per_minute(self) -> float:
@@ -72,7 +74,11 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
     per_repo = max(1, args.concurrency // args.repos)
 
     def config(data: Path, url: str) -> str:
-        return render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+        text = render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+        if args.protected:
+            # Each task keeps its repository's merge lease until its production deploy ends.
+            text = text.replace('template = "demo"\n', 'template = "demo"\nprotected = true\n')
+        return text
 
     try:
         fleet.start(PARTS, config)
@@ -92,6 +98,11 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         side = Side(label, args.items, seconds, cpu, failed=len(seen.escalated) + unsettled)
         side.failed_pushes = fleet.log_count(PUSH_ERRORS)
         side.merge_attempts = _merge_attempts(fleet, len(seen.settled_at) - len(seen.escalated))
+        # Nothing is lost here: every replay is a task taken for quiet, every announced one false.
+        side.replays = (
+            fleet.log_count(('"reconciler.replayed"',)),
+            fleet.log_count(('"reconciler.unblocked"',)),
+        )
         return side
     finally:
         if args.keep:
@@ -148,6 +159,10 @@ def _report(sides: list[Side], floor: Side) -> None:
         )
     print()
     for side in sides:
+        if side.replays is not None:
+            replayed, unblocked = side.replays
+            print(f"{side.name}: {replayed} gate replays, {unblocked} announced as a lost event")
+    for side in sides:
         ratio = side.per_minute / floor.per_minute if floor.per_minute else 0.0
         ok = (
             ratio >= TARGET_RATIO
@@ -175,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--deadline-s", type=float, default=3600.0, help="per run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--protected",
+        action="store_true",
+        help="protected repositories: merges wait for the deploy before them (confirmed at once)",
+    )
     args = parser.parse_args(argv)
     if args.items < 1 or args.repos < 1 or args.concurrency < 1:
         parser.error("--items, --repos and --concurrency must be >= 1")

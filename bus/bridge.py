@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
@@ -24,13 +25,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from bus import subjects
+from bus import fence, subjects
 from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
 from bus.kv import Versioned as Versioned
 from bus.loop import LoopThread as LoopThread
 from bus.messages import Message, encode
+from bus.writes import WRITE_RETRY_S, retry_js, retry_write
+from conveyor import config_nats_auth
 from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
 
@@ -140,11 +143,16 @@ class Bus:
         js: JetStreamContext,
         request_timeout_s: float,
         ack_wait_s: float = ACK_WAIT_S,
+        *,
+        replicas: int = 1,
+        write_retry_s: float = WRITE_RETRY_S,
     ) -> None:
         self.loop = loop
         self.nc = nc
         self.js = js
         self.request_timeout_s = request_timeout_s
+        self.replicas = replicas
+        self.write_retry_s = write_retry_s
         self.inflight = InFlight(ack_wait_s, max_hold_s=MAX_HOLD_S)
         self._keeping_alive = False
         self._subs: list[Any] = []
@@ -154,6 +162,7 @@ class Bus:
             max_workers=8, thread_name_prefix="bus-handler"
         )
         self.services: list[Any] = []
+        self.write_stamp: Callable[[], dict[str, str]] = fence.no_stamp  # see `bus.fence`
 
     @classmethod
     def connect(
@@ -165,28 +174,44 @@ class Bus:
         request_timeout_s: float = 5.0,
         ack_wait_s: float = ACK_WAIT_S,
         loop: LoopThread | None = None,
+        replicas: int = 1,
+        write_retry_s: float = WRITE_RETRY_S,
     ) -> Bus:
-        """Connect to NATS on a fresh loop thread; reconnect forever once connected."""
+        """Connect to NATS on a fresh loop thread; reconnect forever once connected.
+
+        `url` may list the nodes of a cluster, comma-separated: the client knows them all
+        and moves to another when its node dies.
+        """
         loop = loop or LoopThread()
+        servers = [u.strip() for u in url.split(",") if u.strip()] or [url]
 
         async def _connect() -> Client:
             return await nats.connect(
-                url,
+                servers,
                 name=name,
                 connect_timeout=connect_timeout_s,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 ping_interval=5,
                 allow_reconnect=True,
+                **config_nats_auth.connect_options(url, name),
             )
 
         try:
-            nc = loop.call(_connect(), timeout_s=connect_timeout_s + 1)
+            nc = loop.call(_connect(), timeout_s=connect_timeout_s * len(servers) + 1)
         except Exception as err:
             loop.stop()
             raise BusUnavailable(f"cannot connect to NATS at {url}: {err}") from err
         js = nc.jetstream(timeout=request_timeout_s)
-        return cls(loop, nc, js, request_timeout_s, ack_wait_s)
+        return cls(
+            loop,
+            nc,
+            js,
+            request_timeout_s,
+            ack_wait_s,
+            replicas=replicas,
+            write_retry_s=write_retry_s,
+        )
 
     def call(
         self,
@@ -221,24 +246,43 @@ class Bus:
                 max_age=spec.max_age_s,
                 max_msgs=spec.max_msgs,
                 duplicate_window=DUPLICATE_WINDOW_S,
+                num_replicas=self.replicas,
             )
-            await _retry_js(functools.partial(self._ensure_stream, config))
+            await retry_js(functools.partial(self._ensure_stream, config))
         for bucket in (*BUCKETS, *INDEX_BUCKETS):
-            await _retry_js(functools.partial(self._ensure_bucket, bucket))
+            await retry_js(functools.partial(self._ensure_bucket, bucket))
 
     async def _ensure_stream(self, config: js_api.StreamConfig) -> None:
         try:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError:
             # Exists with a different config (an older version): keep the data, update.
-            await self.js.update_stream(config)
+            info = await self.js.stream_info(config.name or "")
+            replicas = max(self.replicas, info.config.num_replicas or 1)
+            await self.js.update_stream(dataclasses.replace(config, num_replicas=replicas))
 
     async def _ensure_bucket(self, bucket: str) -> None:
         try:
-            await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
+            info = await self.js.stream_info(f"KV_{bucket}")
+        except nats.js.errors.NotFoundError:
             await self.js.create_key_value(
-                js_api.KeyValueConfig(bucket=bucket, history=1, storage=js_api.StorageType.FILE)
+                js_api.KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    storage=js_api.StorageType.FILE,
+                    replicas=self.replicas,
+                    direct=False,
+                )
+            )
+            return
+        # Decisions read through the stream leader: a direct get may be answered by a
+        # follower that has not seen the last write yet.
+        # Never fewer copies than there are: a process configured for one server must not
+        # strip a cluster's replicas (lowering them is an operator's deliberate act).
+        replicas = max(self.replicas, info.config.num_replicas or 1)
+        if info.config.num_replicas != replicas or info.config.allow_direct:
+            await self.js.update_stream(
+                dataclasses.replace(info.config, num_replicas=replicas, allow_direct=False)
             )
 
     def store(self, bucket: str, value_type: type[S]) -> Store[S]:
@@ -250,9 +294,21 @@ class Bus:
 
     def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str = "") -> None:
         """Publish durably to JetStream; the same `msg_id` is stored once."""
-        headers = {MSG_ID: msg_id} if msg_id else None
+        headers = {**self.write_stamp(), **({MSG_ID: msg_id} if msg_id else {})} or None
         data = encode(msg)
-        self.call(_retry_js(lambda: self.js.publish(subject, data, headers=headers)))
+        self.write(lambda _try: self.js.publish(subject, data, headers=headers), what=subject)
+
+    def write(self, op: Callable[[int], Awaitable[T]], *, what: str = "") -> T:
+        """Run a JetStream write from a thread, the same write again while unanswered.
+
+        See `bus.writes`: up to `write_retry_s`, so a leaderless window is waited out.
+        """
+        return self.call(
+            retry_write(
+                fence.refenced(op, self.write_stamp), budget_s=self.write_retry_s, what=what
+            ),
+            timeout_s=self.write_retry_s + self.request_timeout_s + 2.0,
+        )
 
     def emit(self, msg: Message, *, msg_id: str) -> None:
         """Publish `msg` on its type's subject: durably under `msg_id`, or on core NATS."""
@@ -263,6 +319,7 @@ class Bus:
 
     def publish_core(self, subject: str, msg: msgspec.Struct) -> None:
         """Publish on core NATS (fire and forget, for heartbeats and kill orders)."""
+        self.write_stamp()
         self.loop.submit(self.nc.publish(subject, encode(msg)))
 
     def request(
@@ -316,7 +373,7 @@ class Bus:
                 filter_subjects=list(filter_subjects) if len(filter_subjects) > 1 else None,
                 filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
             )
-            sub = await _retry_js(lambda: self._bind(stream, durable, config))
+            sub = await retry_js(lambda: self._bind(stream, durable, config))
             self._subs.append(sub)
             task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
             self._tasks.append(task)
@@ -442,21 +499,3 @@ class Bus:
             self.loop.call(_close(), timeout_s=10.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.loop.stop()
-
-
-async def _retry_js(op: Callable[[], Awaitable[T]], attempts: int = 40) -> T:
-    """Retry a JetStream call while the server has no responder (starting, or electing)."""
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return await op()
-        except (
-            nats.js.errors.NoStreamResponseError,
-            nats.errors.NoRespondersError,
-            nats.errors.TimeoutError,
-        ) as err:
-            if attempt == attempts - 1:
-                raise BusUnavailable(f"JetStream unavailable: {err!r}") from err
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    raise BusUnavailable("JetStream unavailable")

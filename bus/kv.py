@@ -20,6 +20,7 @@ import nats.js.errors
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
+from bus import fence
 from bus.messages import Alert, encode
 from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
@@ -137,15 +138,19 @@ class Store(Generic[S]):
     def create(self, key: str, value: S) -> int:
         """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
-        async def _create() -> int:
+        async def _create(attempt: int) -> int:
             try:
-                return int(await self._kv.create(key, data))
+                return int(await fence.create(self._kv, key, data, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise KeyExists(key) from err
+                landed = await self._landed_async(key, data) if attempt else None
+                if landed is None:
+                    raise KeyExists(key) from err
+                return landed
 
         try:
-            return self._bus.call(_create())
+            return self._bus.write(_create, what=f"{self.bucket}/{key}")
         except BusUnavailable:
             landed = self._landed(key, data)
             if landed is None:
@@ -155,15 +160,19 @@ class Store(Generic[S]):
     def update(self, key: str, value: S, *, expect: int) -> int:
         """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""
         data = encode(value)
+        stamp = self._bus.write_stamp()
 
-        async def _update() -> int:
+        async def _update(attempt: int) -> int:
             try:
-                return int(await self._kv.update(key, data, last=expect))
+                return int(await fence.update(self._kv, key, data, expect, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+                landed = await self._landed_async(key, data) if attempt else None
+                if landed is None:
+                    raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
+                return landed
 
         try:
-            return self._bus.call(_update())
+            return self._bus.write(_update, what=f"{self.bucket}/{key}")
         except BusUnavailable:
             landed = self._landed(key, data)
             if landed is None:
@@ -176,19 +185,22 @@ class Store(Generic[S]):
         A timeout does not mean the write failed; re-reading tells, and a write that
         landed must not later look like someone else's (which would fence us).
         """
-
-        async def _raw() -> tuple[bytes | None, int | None]:
-            try:
-                entry = await self._kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None, None
-            return entry.value, entry.revision
-
         try:
-            value, revision = self._bus.call(_raw())
+            return self._bus.call(self._landed_async(key, data))
         except BusUnavailable:
             return None
-        return revision if value == data else None
+
+    async def _landed_async(self, key: str, data: bytes) -> int | None:
+        """`_landed` on the loop: a retried write whose CAS failed may have been our own.
+
+        The read is leader-routed (the buckets allow no direct get), so it sees the
+        write that moved the revision.
+        """
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.revision if entry.value == data else None
 
     def load_all(self) -> dict[str, Versioned[S]]:
         """Read the latest value of every key (one ordered consumer, not one get per key).
@@ -378,11 +390,22 @@ class Store(Generic[S]):
 
     def delete(self, key: str, *, expect: int) -> None:
         """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
+        self._bus.write_stamp()
 
-        async def _delete() -> None:
+        async def _delete(attempt: int) -> None:
             try:
                 await self._kv.delete(key, last=expect)
             except nats.js.errors.KeyWrongLastSequenceError as err:
+                if attempt and await self._gone(key):
+                    return  # an earlier try that got no answer did delete it
                 raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
 
-        self._bus.call(_delete())
+        self._bus.write(_delete, what=f"{self.bucket}/{key}")
+
+    async def _gone(self, key: str) -> bool:
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return True
+        # nats-py returns a delete marker left by a TTL as an entry without a value.
+        return entry.value is None

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import json
 import os
@@ -150,8 +151,20 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """This server's place in a NATS cluster: its name, route listener and the others."""
+
+    name: str
+    listen: str
+    routes: tuple[str, ...]
+
+
 class EmbeddedNats:
     """One nats-server child with JetStream on `store_dir`, fsyncing every write.
+
+    With `cluster`, a node of a JetStream cluster: ready once the cluster has a meta
+    leader (plain `/healthz`), which needs a quorum of the nodes up.
 
     Port 0 picks a free port once; restarts of the same object keep the ports, so clients
     can reconnect to `url`.
@@ -169,6 +182,7 @@ class EmbeddedNats:
         ready_timeout_s: float = 20.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         binary: Path | None = None,
+        cluster: ClusterSpec | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.host = host
@@ -179,6 +193,7 @@ class EmbeddedNats:
         self.ready_timeout_s = ready_timeout_s
         self.max_payload = max_payload
         self._binary = binary
+        self.cluster = cluster
         self._port = port
         self._monitor_port = monitor_port
         self._proc: subprocess.Popen[bytes] | None = None
@@ -306,6 +321,19 @@ class EmbeddedNats:
             # fsync per write: an acknowledged publish must survive a crash or power loss
             # (SPEC §7); the default (every 2 min) loses acknowledged writes.
             "  sync_interval: always\n"
+            "}\n"
+            f"{self._render_cluster()}"
+        )
+
+    def _render_cluster(self) -> str:
+        if self.cluster is None:
+            return ""
+        routes = ", ".join(_quote(r) for r in self.cluster.routes)
+        return (
+            "cluster {\n"
+            f"  name: {_quote(self.cluster.name)}\n"
+            f"  listen: {_quote(self.cluster.listen)}\n"
+            f"  routes: [{routes}]\n"
             "}\n"
         )
 

@@ -120,6 +120,20 @@ JOBS_ALL = f"{ROOT}.jobs.>"
 
 HEARTBEATS = f"{ROOT}.heartbeats.runs"
 """Launchers -> Reaper, core NATS: RunHeartbeat for every live run, every tick."""
+HOSTS_HEARTBEAT = f"{ROOT}.heartbeats.hosts"
+"""Launchers -> Reaper, LeaseKeeper, core NATS: HostHeartbeat, every tick."""
+HOSTS_PREFIX = f"{ROOT}.hosts"
+
+
+def host_liveness(host: str) -> str:
+    """Request-reply, answered by the launchers of `host`: LivenessQuery -> LivenessAnswer."""
+    return f"{HOSTS_PREFIX}.{host_token(host)}.liveness"
+
+
+def host_token(host: str) -> str:
+    """`host` as one subject token: a dotted host name keeps its letters, dots become '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", host) or "_"
+
 
 # --- launch (JetStream work-queue stream CONVEYOR_LAUNCH) --------------------------------
 LAUNCH_ORDERS = f"{ROOT}.launch.orders"

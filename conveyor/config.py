@@ -18,8 +18,12 @@ from typing import Any
 
 import msgspec
 
-from conveyor import config_env, validate
+from conveyor import config_control, config_env, config_nats_auth, config_secrets, validate
+from conveyor.config_board import BoardConfig, check_board
 from conveyor.config_check import check
+from conveyor.config_forge import ForgeConfig as ForgeConfig
+from conveyor.config_nats import NatsClusterConfig as NatsClusterConfig
+from conveyor.config_nats import NatsScaleOut
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
 from conveyor.errors import ConfigError, InvalidField
@@ -51,7 +55,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base of config sections: unknown keys are errors."""
 
 
-class NatsConfig(_Section, frozen=True):
+class NatsConfig(NatsScaleOut, frozen=True):
     """How to reach NATS; an empty `url` starts the embedded server."""
 
     url: str = ""
@@ -63,6 +67,9 @@ class NatsConfig(_Section, frozen=True):
     ack_wait_s: float = 5.0
     """How long a message fetched by a process that died stays invisible before it is
     delivered again; a live process keeps what it holds alive meanwhile."""
+    creds_file: str = ""
+    nkey_seed_file: str = ""
+    tls: config_nats_auth.NatsTls = msgspec.field(default_factory=config_nats_auth.NatsTls)
 
 
 class StageConfig(_Section, frozen=True):
@@ -199,6 +206,8 @@ class LauncherConfig(_Section, frozen=True):
     slots: int = 4
     kill_grace_s: float = 5.0
     name: str = ""
+    host_id: str = ""
+    host_silence_s: float = 60.0
 
 
 class ReaperConfig(_Section, frozen=True):
@@ -288,13 +297,6 @@ class MonitorConfig(_Section, frozen=True):
     """Probes needed before the 5xx ratio counts."""
     probe_timeout_s: float = 5.0
     rollback_timeout_s: float = 600.0
-
-
-class ForgeConfig(_Section, frozen=True):
-    """Which forge hosts the repositories (`local`: bare repositories under data_dir)."""
-
-    kind: str = "local"
-    check_timeout_s: float = 600.0
 
 
 class TrackerConfig(_Section, frozen=True):
@@ -395,12 +397,14 @@ class Config(_Section, frozen=True):
     reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    control: config_control.ControlConfig = config_control.ControlConfig()
     forge: ForgeConfig = msgspec.field(default_factory=ForgeConfig)
     tracker: TrackerConfig = msgspec.field(default_factory=TrackerConfig)
     gitea: GiteaConfig = msgspec.field(default_factory=GiteaConfig)
     plane: PlaneConfig = msgspec.field(default_factory=PlaneConfig)
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    board: BoardConfig = msgspec.field(default_factory=BoardConfig)
     reconciler: ReconcilerConfig = msgspec.field(default_factory=ReconcilerConfig)
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
@@ -454,13 +458,17 @@ def load(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Load the config file (or the embedded defaults), overlay env, validate."""
-    text = path.read_text() if path is not None else default_toml()
+    try:
+        text = path.read_text() if path is not None else default_toml()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
     where = str(path) if path is not None else "embedded defaults"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from err
     data = config_env.overlay_env(data, os.environ if env is None else env)
+    config_secrets.read_files(data, path.parent.resolve() if path else Path.cwd(), Config)
     if overrides:
         data.update(overrides)
     data_dir = data.get("data_dir")
@@ -473,6 +481,7 @@ def load(
     except msgspec.ValidationError as err:
         raise ConfigError(f"{where}: {_dotted(str(err))}") from err
     check(cfg)
+    check_board(cfg.board)
     check_instructions(cfg)
     return cfg
 

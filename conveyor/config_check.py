@@ -10,6 +10,7 @@ import re
 from typing import TYPE_CHECKING
 
 from conveyor import validate
+from conveyor.config_nats import check_nats
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.pipeline import AGENT_ROLES, GATES, ON_FAIL_RETRY, ON_UNSTAGED, RESERVED_STAGES
 
@@ -21,6 +22,7 @@ _STAGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 def check(cfg: Config) -> None:
     """Cross-field rules msgspec cannot express; raise ConfigError naming the key."""
+    check_nats(cfg.nats, cfg.nats.url)
     names: list[str] = []
     for i, stage in enumerate(cfg.pipeline.stages):
         where = f"pipeline.stages[{i}]"
@@ -59,6 +61,7 @@ def check(cfg: Config) -> None:
         "launcher.slots": cfg.launcher.slots,
         "queue.tick_s": cfg.queue.tick_s,
         "launcher.kill_grace_s": cfg.launcher.kill_grace_s,
+        "launcher.host_silence_s": cfg.launcher.host_silence_s,
         "gitea.timeout_s": cfg.gitea.timeout_s,
         "gitea.ci_poll_s": cfg.gitea.ci_poll_s,
         "plane.timeout_s": cfg.plane.timeout_s,

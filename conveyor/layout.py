@@ -20,8 +20,17 @@ class Layout:
 
     @property
     def forge(self) -> Path:
-        """Root of the local forge (bare repositories, pull requests, statuses)."""
+        """Root of the local forge (bare repositories, pull requests, statuses).
+
+        Only the process that owns the forge uses it: with `forge.url` set, a process
+        elsewhere keeps its workspaces, worktrees and runs here and nothing of the forge.
+        """
         return self.root / "forge"
+
+    @property
+    def forge_url_file(self) -> Path:
+        """Where the `forge` part writes the URL it serves the local forge on."""
+        return self.root / "forge.url"
 
     @property
     def tracker(self) -> Path:

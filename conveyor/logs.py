@@ -1,7 +1,10 @@
 """Structured logging: one event name per line, context as fields.
 
 `log.info("stage_engine.advanced", task_id=..., stage=...)`. JSON lines when
-stderr is not a terminal, `event key=value` text when it is.
+stderr is not a terminal, `event key=value` text when it is. Every line carries an
+ISO-8601 UTC timestamp, the process part (`all`, `control`, `launcher`, `gateway`,
+`nats`, or several joined with `+`) and the pid, so the lines of the split set-up
+can be merged and told apart.
 """
 
 from __future__ import annotations
@@ -9,9 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 _CONFIGURED = False
+_PART = "all"
+
+
+def iso_time(created: float) -> str:
+    """`created` (a record's epoch seconds) as ISO-8601 UTC with milliseconds."""
+    stamp = datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,7 +30,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "ts": round(record.created, 3),
+            "ts": iso_time(record.created),
+            "part": _PART,
+            "pid": record.process,
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -31,12 +44,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Render a record as `time level event key=value ...`."""
+    """Render a record as `time part[pid] level event key=value ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        head = f"{iso_time(record.created)} {_PART}[{record.process}] {record.levelname:<7}"
+        line = f"{head} {record.getMessage()}"
         if extra:
             line = f"{line} {extra}"
         if record.exc_info:
@@ -75,9 +89,10 @@ def get_logger(name: str) -> Logger:
     return Logger(name)
 
 
-def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
-    """Configure the root logger once per process."""
-    global _CONFIGURED  # noqa: PLW0603 - logging is process-wide by nature
+def configure(level: str = "info", *, json_lines: bool | None = None, part: str = "") -> None:
+    """Configure the root logger once per process; `part` names what this process runs."""
+    global _CONFIGURED, _PART  # noqa: PLW0603 - logging is process-wide by nature
+    _PART = part or _PART
     root = logging.getLogger()
     root.setLevel(level.upper())
     if _CONFIGURED:

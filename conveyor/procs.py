@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,11 @@ def boot_id() -> str:
         return ""
 
 
+def host_id(configured: str = "") -> str:
+    """The host other processes name this one by: `launcher.host_id`, else the host name."""
+    return configured or socket.gethostname()
+
+
 ALIVE = "alive"
 DEAD = "dead"
 UNCERTAIN = "uncertain"
@@ -85,6 +91,14 @@ def probe(pid: int | None, create_time: float | None) -> str:
         return DEAD
     except (psutil.Error, OSError):
         return UNCERTAIN
+
+
+def probe_on_boot(pid: int | None, create_time: float | None, recorded_boot: str) -> str:
+    """`probe`, knowing the boot `pid` was recorded under: another boot than this one is DEAD."""
+    here = boot_id()
+    if recorded_boot and here and recorded_boot != here:
+        return DEAD
+    return probe(pid, create_time)
 
 
 def alive(pid: int, create_time: float | None) -> bool:

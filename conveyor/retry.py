@@ -40,3 +40,18 @@ def retry_after_s(value: str | None, now: float) -> float | None:
         # RFC 9110 dates are GMT; `-0000` parses naive but means the same.
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, moment.timestamp() - now)
+
+
+def write_retry_delay_s(
+    attempt: int, elapsed_s: float, budget_s: float, *, base_s: float = 0.05, cap_s: float = 1.0
+) -> float | None:
+    """Delay before trying again a bus write whose try `attempt` (0-based) got no answer.
+
+    None once `budget_s` since the first try is spent. A JetStream stream is leaderless
+    for 4-9 s after its leader node dies and its writes fail fast meanwhile, so the
+    budget is counted in time, not in tries, and the last delay is cut to what is left.
+    """
+    left = budget_s - elapsed_s
+    if left <= 0:
+        return None
+    return min(backoff_s(base_s, cap_s, attempt), left)

@@ -36,6 +36,7 @@ from conveyor.config import Config
 from conveyor.errors import BusUnavailable, WebhookRejected
 from conveyor.logs import get_logger
 from gateways import webhooks
+from gateways.board import Board
 from gateways.webhooks import GITEA, PLANE, Ignored
 
 log = get_logger(__name__)
@@ -94,6 +95,7 @@ class Gateway:
         }
         self.url = ""
         """`http://host:port` once started (the real port when configured as 0)."""
+        self.board = Board(bus, cfg, webhooks=self.status)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class Gateway:
             url=self.url,
             gitea=bool(self._secrets[GITEA]),
             plane=bool(self._secrets[PLANE]),
+            board=self.board.board_on,
+            metrics=self.board.metrics_on,
         )
         return self
 
@@ -117,6 +121,7 @@ class Gateway:
         app.router.add_post("/webhooks/gitea", functools.partial(self._http, GITEA))
         app.router.add_post("/webhooks/plane", functools.partial(self._http, PLANE))
         app.router.add_get("/healthz", self._healthz)
+        self.board.register(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
@@ -127,7 +132,9 @@ class Gateway:
             for subject, source in _RAW_SUBJECTS:
                 cb = functools.partial(self._on_nats, source)
                 self._subs.append(await self._bus.nc.subscribe(subject, queue=QUEUE_GROUP, cb=cb))
+            await self.board.start()
         except BaseException:
+            await self.board.stop()
             await self._close_subs()
             await runner.cleanup()
             raise
@@ -146,6 +153,7 @@ class Gateway:
         log.info("gateway.stopped", url=self.url)
 
     async def _stop(self) -> None:
+        await self.board.stop()
         await self._close_subs()
         for task in list(self._tasks):
             task.cancel()

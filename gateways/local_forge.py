@@ -272,11 +272,15 @@ class LocalForge:
             self._effect("status_set", repo, sha=sha, state=state, context=context)
         log.info("forge.status_set", repo=repo, sha=sha, state=state, context=context)
 
-    def on_push(self, repo: str, branch: str, sha: str) -> None:
+    def require_pushed(self, repo: str, branch: str, sha: str) -> None:
+        """`ForgeError` unless `sha` (a full sha) is in `repo`; `InvalidField` for bad names."""
         branch_or_main(branch)
         full_sha(sha)
         if self._resolve(repo, sha) != sha:
             raise ForgeError(f"{repo}: commit {sha} was not pushed")
+
+    def on_push(self, repo: str, branch: str, sha: str) -> None:
+        self.require_pushed(repo, branch, sha)
         command = self._checks.get(repo)
         if not command:
             self.set_status(repo, sha, "success", CI_CONTEXT, "no check command configured")

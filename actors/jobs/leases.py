@@ -10,7 +10,7 @@ import psutil
 
 from actors.jobs.context import Abandoned, JobContext
 from actors.jobs.lease_wake import LeaseWaker
-from actors.lease_policy import task_lease
+from actors.lease_policy import SUPERSEDED, task_lease
 from bus import subjects
 from bus.bridge import Bus
 from bus.messages import (
@@ -160,6 +160,8 @@ def transition(ctx: JobContext, order: LaunchOrder, *, wait: bool) -> Iterator[T
     for the lease (up to `leases.max_age_s`); a built-in step is cheap to defer, so
     it waits one `leases.busy_retry_s` at most. A refused request is retried when the
     keeper frees the lease or comes back (`LeaseFreed`), the period being the backstop.
+    An attempt its job no longer runs (reaped while this launcher was paused or cut
+    off, retried elsewhere) is refused for good: `Fenced`, and none of its effects.
     """
     name = task_lease(order.task_id)
     patience_s = ctx.cfg.leases.max_age_s if wait else ctx.cfg.leases.busy_retry_s
@@ -169,8 +171,10 @@ def transition(ctx: JobContext, order: LaunchOrder, *, wait: bool) -> Iterator[T
         name,
         (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
         until=ctx.clock.now() + patience_s,
-        wait_if_refused=True,
+        wait_if_refused=_not_superseded,
     )
+    if not grant.granted and grant.reason.startswith(SUPERSEDED):
+        raise Fenced(f"transition lease {name}: {grant.reason}")
     if not grant.granted:
         raise LeaseBusy(f"transition lease: {grant.reason}")
     fence = TransitionFence(ctx, order, name, grant.revision, patience_s)
@@ -183,6 +187,10 @@ def transition(ctx: JobContext, order: LaunchOrder, *, wait: bool) -> Iterator[T
             # it consumes when back; the revision keeps a late one from freeing a
             # later grant.
             ctx.release_later(release)
+
+
+def _not_superseded(reason: str) -> bool:
+    return not reason.startswith(SUPERSEDED)
 
 
 def release_later(bus: Bus, release: LeaseRelease) -> None:

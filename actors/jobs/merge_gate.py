@@ -45,7 +45,7 @@ def merge_gate(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionF
         return RunDone(
             run_id=run.id,
             exit_code=None,
-            error=f"merge lease: {grant.reason}",
+            error=f"{merge_wait_policy.DEFERRED}{grant.reason}",
             defer_s=ctx.cfg.leases.busy_retry_s,
         )
     held = MergeLease(name=name, task_id=order.task_id, revision=grant.revision)
@@ -112,7 +112,7 @@ def _acquire(ctx: JobContext, order: LaunchOrder, name: str) -> LeaseReply:
         name,
         (subjects.LEASE_ACQUIRE, LeaseAcquire(name=name, holder=holder(ctx, order))),
         until=ctx.clock.now() + ctx.cfg.leases.merge_wait_s,
-        wait_if_refused=merge_wait_policy.waits_in_run,
+        wait_if_refused=merge_wait_policy.waits_in_run_on(_protected(ctx, order.repo)),
         cancellable=True,
     )
 

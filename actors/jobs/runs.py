@@ -18,6 +18,7 @@ from actors.jobs.steps import intake, post_steps
 from actors.launcher_policy import LaunchPlan, Run
 from bus.messages import LaunchOrder
 from conveyor import procs, runwrap
+from conveyor.errors import Fenced
 from conveyor.logs import get_logger
 from conveyor.pipeline import BUILTIN_ROLES, ROLE_INTAKE
 
@@ -45,6 +46,10 @@ def _finish(ctx: JobContext, run: Run, body: Callable[[], RunDone], *, failed_ev
     except Abandoned:
         log.info("launcher.run_abandoned", job_id=run.job_id)
         return
+    except Fenced as err:
+        # Expected of an executor that lost its attempt (a pause, a partition): no trace.
+        log.warning("launcher.run_fenced", job_id=run.job_id, attempt=run.attempt, error=str(err))
+        done = RunDone(run_id=run.id, exit_code=None, error=f"Fenced: {err}")
     except Exception as err:
         log.exception(failed_event, job_id=run.job_id)
         done = RunDone(run_id=run.id, exit_code=None, error=f"{type(err).__name__}: {err}")

@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.markup import escape as esc
 
 from bus import subjects
 from bus.messages import Alert, StageChanged
-from bus.server import EmbeddedNats
+from conveyor import __version__, config_nats_auth, logs
 from conveyor import config as config_mod
-from conveyor import logs
+from conveyor.app.cli_config import config_group
 from conveyor.app.cli_status import show_status, show_task
+from conveyor.app.cli_top import top_command
 from conveyor.app.client import Client, discover_url
+from conveyor.app.exit_codes import REFUSED, ConfigProblem, Unreachable
+from conveyor.app.nats_node import embedded_server
 from conveyor.app.node import Node
 from conveyor.app.render import (
     console,
@@ -38,7 +42,7 @@ ALERT_AWAITING_APPROVAL = "awaiting_approval"
 ALERT_ESCALATED = "escalated"
 """`Alert.kind` of a task that ran out of retries."""
 
-PARTS = ("nats", "control", "launcher", "gateway")
+PARTS = ("nats", "control", "launcher", "gateway", "forge")
 
 
 def _load(ctx: click.Context) -> Config:
@@ -48,7 +52,8 @@ def _load(ctx: click.Context) -> Config:
         try:
             cfg = config_mod.load(Path(path) if path else _default_config_path())
         except ConfigError as err:
-            raise click.ClickException(f"configuration error: {err}") from err
+            raise ConfigProblem(err) from err
+        config_nats_auth.use(cfg.nats)
         obj["cfg"] = cfg
     cfg_loaded: Config = obj["cfg"]
     return cfg_loaded
@@ -65,7 +70,7 @@ def _client(ctx: click.Context) -> Client:
         url = discover_url(cfg, ctx.obj.get("nats_url"))
         return Client(url, timeout_s=ctx.obj.get("timeout", 10.0))
     except BusUnavailable as err:
-        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+        raise Unreachable(err) from err
 
 
 def _print_json(value: Any) -> None:
@@ -73,6 +78,7 @@ def _print_json(value: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="conveyor")
 @click.option(
     "--config",
     "config_path",
@@ -93,9 +99,9 @@ def main(ctx: click.Context, config_path: str | None, nats_url: str | None, time
 # --- daemon ------------------------------------------------------------------------------
 
 
-def _configure_logs(cfg: Config) -> None:
+def _configure_logs(cfg: Config, part: str = "all") -> None:
     fmt = cfg.log.format
-    logs.configure(cfg.log.level, json_lines=None if fmt == "auto" else fmt == "json")
+    logs.configure(cfg.log.level, json_lines=None if fmt == "auto" else fmt == "json", part=part)
 
 
 def _block_until_signal(on_stop: Callable[[], None]) -> None:
@@ -114,17 +120,20 @@ def _block_until_signal(on_stop: Callable[[], None]) -> None:
     "--parts",
     default=None,
     help=(
-        "Comma-separated parts to run in this process: nats, control, launcher, gateway "
-        "[default: all; the gateway only when gateway.enabled]."
+        "Comma-separated parts to run in this process: nats, control, launcher, gateway, "
+        "forge [default: all but forge; the gateway only when gateway.enabled]."
     ),
 )
 @click.pass_context
 def up(ctx: click.Context, parts: str | None) -> None:
     """Run Conveyor: all parts in one process, or some of them (Procfile)."""
     cfg = _load(ctx)
-    _configure_logs(cfg)
+    _configure_logs(cfg, "all" if parts is None else "+".join(parts.replace(" ", "").split(",")))
     if parts is None:
-        parts = ",".join(p for p in PARTS if p != "gateway" or cfg.gateway.enabled)
+        # The forge part serves the local forge to other hosts: only when asked for.
+        parts = ",".join(
+            p for p in PARTS if (p != "gateway" or cfg.gateway.enabled) and p != "forge"
+        )
     _run_parts(ctx, cfg, parts)
 
 
@@ -133,7 +142,7 @@ def up(ctx: click.Context, parts: str | None) -> None:
 def gateway(ctx: click.Context) -> None:
     """Run the webhook gateway alone (POST /webhooks/gitea, /webhooks/plane, GET /healthz)."""
     cfg = _load(ctx)
-    _configure_logs(cfg)
+    _configure_logs(cfg, "gateway")
     _run_parts(ctx, cfg, "gateway")
 
 
@@ -147,12 +156,7 @@ def _run_parts(ctx: click.Context, cfg: Config, parts: str) -> None:
     actors = [p for p in chosen if p != "nats"]
     layout = Layout(cfg.data_path)
     if "nats" in chosen and not actors:
-        server = EmbeddedNats(
-            layout.nats_store,
-            host=cfg.nats.host,
-            port=cfg.nats.port,
-            monitor_port=cfg.nats.monitor_port,
-        )
+        server = embedded_server(cfg)
         layout.root.mkdir(parents=True, exist_ok=True)
         server.start()
         (layout.root / "nats.url").write_text(server.url)
@@ -190,20 +194,18 @@ def _reachable_url(cfg: Config, explicit: str | None, *, wait_s: float) -> str:
             Client(url, timeout_s=2.0).close()
         except BusUnavailable as err:
             if clock.monotonic() >= deadline:
-                raise click.ClickException(f"no NATS server answered: {err}") from err
+                raise Unreachable(f"no NATS server answered: {err}") from err
             clock.sleep(0.5)
         else:
             return url
 
 
 def _nats_table(cfg: Config) -> dict[str, Any]:
-    return {
-        "host": cfg.nats.host,
-        "port": cfg.nats.port,
-        "monitor_port": cfg.nats.monitor_port,
-        "connect_timeout_s": cfg.nats.connect_timeout_s,
-        "request_timeout_s": cfg.nats.request_timeout_s,
-    }
+    # Every [nats] key (replicas, retries, ...) but `servers`: the url given with this
+    # table carries them, joined, and must win over the file.
+    table: dict[str, Any] = msgspec.to_builtins(cfg.nats)
+    table.pop("servers", None)
+    return table
 
 
 @main.command()
@@ -261,7 +263,7 @@ def _follow_run(
         reply = client.command("submit", {"repo": repo, "title": title, "description": description})
         if not reply.get("ok"):
             err_console.print(f"submit refused: {esc(str(reply.get('error')))}")
-            return 1
+            return REFUSED
         state["id"] = reply["task"]["id"]
         console.print(f"submitted [bold]{state['id']}[/] to {repo}: {esc(title)}")
         while state["end"] is None:
@@ -319,7 +321,7 @@ def _ask(ctx: click.Context, subject: str, body: dict[str, Any]) -> dict[str, An
     try:
         reply = client.request(subject, body)
     except ConveyorError as err:
-        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+        raise Unreachable(err) from err
     finally:
         client.close()
     if not isinstance(reply, dict):
@@ -338,7 +340,7 @@ def _send(ctx: click.Context, name: str, body: dict[str, Any], as_json: bool) ->
     if not reply.get("ok"):
         if not as_json:
             click.echo(f"refused: {reply.get('error')}", err=True)
-        sys.exit(1)
+        sys.exit(REFUSED)
 
 
 _json_flag = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON reply.")
@@ -404,7 +406,7 @@ def release_lease(ctx: click.Context, name: str, task_id: str, force: bool, as_j
     else:
         click.echo(f"{'released' if reply.get('granted') else 'refused'}: {reply.get('reason')}")
     if not reply.get("granted"):
-        sys.exit(1)
+        sys.exit(REFUSED)
 
 
 # --- read commands -----------------------------------------------------------------------
@@ -429,7 +431,7 @@ def status(
         query = {"state": "all" if every else "active", "stage": stage, "repo": repo}
         show_status(client, query, as_json=as_json)
     except ConveyorError as err:
-        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+        raise Unreachable(err) from err
     finally:
         client.close()
 
@@ -452,7 +454,7 @@ def tail(ctx: click.Context, history: bool, as_json: bool) -> None:
         client.follow(on_message, history=history)
     except ConveyorError as err:
         client.close()
-        raise click.ClickException(f"Conveyor is not reachable: {err}") from err
+        raise Unreachable(err) from err
     _block_until_signal(client.close)
 
 
@@ -464,6 +466,10 @@ def _encode(msg: StageChanged | Alert) -> bytes:
     from bus.messages import encode
 
     return encode(msg)
+
+
+main.add_command(config_group)
+main.add_command(top_command(_client))
 
 
 if __name__ == "__main__":

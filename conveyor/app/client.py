@@ -27,11 +27,13 @@ class PageRefused(ConveyorError):
 def discover_url(
     cfg: Config, explicit: str | None = None, *, wait_s: float = 0.0, clock: Clock | None = None
 ) -> str:
-    """Find NATS: --nats-url, then config/env, then the url a running `conveyor up` wrote."""
+    """Find NATS: --nats-url, then config/env, then NATS_URL, then the url `conveyor up` wrote."""
     if explicit:
         return explicit
     if cfg.nats.url:
         return cfg.nats.url
+    if os.environ.get("NATS_URL"):
+        return os.environ["NATS_URL"]
     clock = clock or SystemClock()
     path = cfg.data_path / URL_FILE
     deadline = clock.monotonic() + wait_s

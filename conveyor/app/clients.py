@@ -15,19 +15,34 @@ from bus.effects import Ledger
 from conveyor.agents import demo_repo as demo
 from conveyor.clock import Clock
 from conveyor.config import Config, python_argv
+from conveyor.errors import ConfigError
 from conveyor.layout import Layout
 from gateways.forge import Forge
 from gateways.gitea import GiteaForge
 from gateways.local_forge import LocalForge
+from gateways.local_forge_client import ForgeClient
+from gateways.local_forge_server import ForgeServer
 from gateways.plane import PlaneTracker
 from gateways.tracker import LocalTracker
 from gateways.tracker_sync import TrackerSync
 
 
-def make_forge(cfg: Config, clock: Clock) -> Forge:
-    """The configured forge: bare repositories on disk, or a Gitea server."""
+def make_forge(cfg: Config, clock: Clock, *, owner: bool = False) -> Forge:
+    """The configured forge: bare repositories on disk, over HTTP, or a Gitea server.
+
+    `owner`: this process runs the `forge` part, so the bare repositories are its
+    own whatever `forge.url` says; any other process with `forge.url` set reaches
+    them over HTTP (`docs/local-forge.md`).
+    """
     if cfg.forge.kind == "gitea":
         return GiteaForge(cfg, clock=clock)
+    if cfg.forge.url and not owner:
+        return ForgeClient(
+            cfg.forge.url,
+            cfg.forge.secret(),
+            check_timeout_s=cfg.forge.check_timeout_s,
+            clock=clock,
+        )
     checks = {
         repo.name: python_argv(repo.check_command) for repo in cfg.repos if repo.check_command
     }
@@ -105,3 +120,13 @@ def start_tracker_sync(
         ledger=ledger,
     )
     return sync, plane
+
+
+def serve_forge(cfg: Config, forge: Forge) -> ForgeServer:
+    """Serve this process's local forge over HTTP (the `forge` part); see `ForgeServer`."""
+    if not isinstance(forge, LocalForge):
+        raise ConfigError("the forge part serves the local forge only (forge.kind = local)")
+    server = ForgeServer(forge, cfg.forge.secret(), host=cfg.forge.host, port=cfg.forge.port)
+    server.start()
+    (Layout(cfg.data_path).forge_url_file).write_text(server.url)
+    return server

@@ -13,20 +13,20 @@ reports it down meanwhile, in `conveyor.status` and the gateway's `/healthz`.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import pykka
 
+from actors.leader import Leadership
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import Tick
 from bus.server import EmbeddedNats
 from conveyor import __version__
 from conveyor.app import wiring
-from conveyor.app.clients import ensure_repos, make_forge
+from conveyor.app.clients import ensure_repos, make_forge, serve_forge
+from conveyor.app.node_control import ControlTerm, Ticker
 from conveyor.app.service import ControlService, launcher_status_handler
 from conveyor.app.supervisor import Supervisor
 from conveyor.app.wiring import CONTROL, LAUNCHER
@@ -37,40 +37,15 @@ from conveyor.logs import get_logger
 from gateways.forge import Forge
 from gateways.gateway import Gateway, start_gateway
 from gateways.gitea import GiteaForge
+from gateways.local_forge_client import ForgeClient
 
 log = get_logger(__name__)
 
 GATEWAY = "gateway"
+FORGE = "forge"
+"""Owns the local forge's bare repositories and serves them over HTTP (`docs/local-forge.md`)."""
 ALL_PARTS = (CONTROL, LAUNCHER)
 """What `Node` runs by default; `conveyor up` adds the gateway when `gateway.enabled`."""
-
-
-class Ticker:
-    """Sends `Tick` to actors every `interval_s` from one thread."""
-
-    def __init__(self, interval_s: float, clock: Clock) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._targets: list[pykka.ActorRef[Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
-
-    def add(self, ref: pykka.ActorRef[Any]) -> None:
-        self._targets.append(ref)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            for ref in self._targets:
-                if ref.is_alive():
-                    ref.tell(Tick(now=self._clock.now()))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
 
 class Node:
@@ -97,6 +72,8 @@ class Node:
         self.gateway: Gateway | None = None
         self.supervisor: Supervisor | None = None
         self._closers: list[Callable[[], None]] = []
+        self.leadership: Leadership | None = None
+        self._control: ControlTerm | None = None
 
     @property
     def url(self) -> str:
@@ -123,17 +100,25 @@ class Node:
             connect_timeout_s=self.cfg.nats.connect_timeout_s,
             request_timeout_s=self.cfg.nats.request_timeout_s,
             ack_wait_s=self.cfg.nats.ack_wait_s,
+            replicas=self.cfg.nats.replicas,
+            write_retry_s=self.cfg.nats.write_retry_s,
         )
         self.bus.setup()
         supervisor = self.supervisor = Supervisor(self.bus, self.clock, self.cfg.supervisor)
-        if CONTROL in self.parts or LAUNCHER in self.parts:
-            forge = make_forge(self.cfg, self.clock)
-            if isinstance(forge, GiteaForge):
+        if CONTROL in self.parts or LAUNCHER in self.parts or FORGE in self.parts:
+            forge = make_forge(self.cfg, self.clock, owner=FORGE in self.parts)
+            if isinstance(forge, GiteaForge | ForgeClient):
                 self._closers.append(forge.close)
             ensure_repos(self.cfg, forge)
-            for part in (CONTROL, LAUNCHER):
-                if part in self.parts:
-                    self._start_part(part, self.bus, forge, supervisor)
+            if FORGE in self.parts:
+                # Closed last (closers run after the actors stop): runs may use it until then.
+                self._closers.append(serve_forge(self.cfg, forge).stop)
+            if CONTROL in self.parts and self.cfg.control.leader_lease:
+                self.leadership = self._campaign(forge)
+            elif CONTROL in self.parts:
+                self._start_part(CONTROL, self.bus, forge, supervisor, self.refs, self._ticker)
+            if LAUNCHER in self.parts:
+                self._start_part(LAUNCHER, self.bus, forge, supervisor, self.refs, self._ticker)
         if GATEWAY in self.parts:
             self.gateway = start_gateway(self.bus, self.cfg, actors_health=supervisor.problem)
             (self.layout.root / "gateway.url").write_text(self.gateway.url)
@@ -157,29 +142,68 @@ class Node:
         status = self.gateway.status() if self.gateway is not None else {"healthy": False}
         return msgspec.json.encode({"ok": True, **status})
 
-    def _start_part(self, part: str, bus: Bus, forge: Forge, supervisor: Supervisor) -> None:
-        """Start the part's actors by walking the wiring table, then its status endpoints."""
-        ctx = wiring.Context(
-            self.cfg, bus, self.clock, forge=forge, refs=self.refs, closers=self._closers
+    def _campaign(self, forge: Forge) -> Leadership:
+        """Start campaigning for the leader lease; the control actors run while it is held."""
+        control = ControlTerm(self, forge)
+        leadership = Leadership(
+            self._lease_bus(), self.cfg.control, elected=control.begin, deposed=control.end
         )
+        control.leadership = leadership
+        self._control = control
+        leadership.start()
+        return leadership
+
+    def _lease_bus(self) -> Bus:
+        # Its own connection: the control actors' one is closed when they stop.
+        bus = self._connect("lease")
+        self._closers.append(bus.close)
+        return bus
+
+    def _connect(self, what: str) -> Bus:
+        return Bus.connect(
+            self.url,
+            name=f"conveyor-{'-'.join(self.parts)}-{what}",
+            connect_timeout_s=self.cfg.nats.connect_timeout_s,
+            request_timeout_s=self.cfg.nats.request_timeout_s,
+            ack_wait_s=self.cfg.nats.ack_wait_s,
+            replicas=self.cfg.nats.replicas,
+            write_retry_s=self.cfg.nats.write_retry_s,
+        )
+
+    def _start_part(
+        self,
+        part: str,
+        bus: Bus,
+        forge: Forge,
+        supervisor: Supervisor,
+        refs: dict[str, pykka.ActorRef[Any]],
+        ticker: Ticker,
+        *,
+        control: Callable[[], Any] | None = None,
+        closers: list[Callable[[], None]] | None = None,
+    ) -> None:
+        """Start the part's actors by walking the wiring table, then its status endpoints."""
+        closers = self._closers if closers is None else closers
+        ctx = wiring.Context(self.cfg, bus, self.clock, forge=forge, refs=refs, closers=closers)
         for spec in wiring.specs_of(part, self.cfg):
             handle = wiring.start_actor(spec, ctx)
             supervisor.watch(handle, functools.partial(wiring.incarnate, spec, ctx))
             if spec.ticks:
-                self._ticker.add(handle)
+                ticker.add(handle)
         statuses = wiring.statuses(ctx, part)
         if part == CONTROL:
             wiring.audit(ctx)
             ControlService(
                 bus,
-                self.refs["stage_engine"],
-                self.refs["queue_worker"],
-                self.refs["reaper"],
-                self.refs["lease_keeper"],
+                refs["stage_engine"],
+                refs["queue_worker"],
+                refs["reaper"],
+                refs["lease_keeper"],
                 version=__version__,
                 request_timeout_s=self.cfg.nats.request_timeout_s,
                 statuses=statuses,
                 supervised=supervisor.status,
+                control=control,
             ).register()
             return
         launcher, query = statuses["launcher"]
@@ -212,6 +236,9 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.leadership is not None:
+            # The control actors stop before the lease is released to a standby.
+            self.leadership.stop()
         if self.supervisor is not None:
             # First: an actor stopped below must not be restarted.
             self.supervisor.stop()

@@ -49,6 +49,7 @@ def print_overview(
         f"{overview.get('tasks', 0)} tasks, jobs {overview.get('jobs', {})}"
     )
     _print_counts(overview)
+    _print_control(overview.get("control"))
     actors = Table("actor", "health", "details", title="Actors", title_justify="left")
     for name, info in sorted(overview.get("actors", {}).items()):
         ok = info.get("healthy")
@@ -196,3 +197,19 @@ def print_followed(msg: StageChanged | Alert, elapsed: float) -> None:
         )
     else:
         console.print(f"[dim]{elapsed:6.1f}s[/] [yellow]alert[/] {esc(msg.text)}")
+
+
+def _print_control(control: dict[str, Any] | None) -> None:
+    """Who holds the leader lease and who stands by (only with `control.leader_lease`)."""
+    if not control:
+        return
+    active = control.get("active")
+    if active:
+        line = (
+            f"Control: active {esc(active['id'])} on {esc(active.get('host', '?'))} "
+            f"since {iso(active.get('since', 0.0))}, epoch {active.get('epoch', 0)}"
+        )
+    else:
+        line = f"Control: [red]no active control[/] {esc(str(control.get('error', '')))}"
+    standbys = ", ".join(f"{s['id']} on {s.get('host', '?')}" for s in control.get("standbys", []))
+    console.print(line + f"; standbys: {esc(standbys) if standbys else 'none'}")

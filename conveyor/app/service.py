@@ -119,7 +119,9 @@ class ControlService:
         request_timeout_s: float,
         statuses: Mapping[str, tuple[pykka.ActorRef[Any], Any]],
         supervised: Callable[[], Mapping[str, dict[str, Any]]] | None = None,
+        control: Callable[[], Any] | None = None,
     ) -> None:
+        self._control = control
         self._statuses = dict(statuses)
         self._supervised = supervised or dict
         self._bus = bus
@@ -266,8 +268,11 @@ class ControlService:
             actors["launcher"] = {"healthy": False, "error": f"no launcher answered: {err}"}
         engine = actors["stage_engine"]
         queue = actors["queue_worker"]
+        # With a leader lease: the active control and the standbys (`control.leader_lease`).
+        control = _control_status(self._control) if self._control is not None else {}
         return dumps(
             {
+                **control,
                 "service": subjects.SERVICE_NAME,
                 "version": self._version,
                 "healthy": all(a.get("healthy", False) for a in actors.values()),
@@ -279,3 +284,11 @@ class ControlService:
                 "actors": actors,
             }
         )
+
+
+def _control_status(read: Callable[[], Any]) -> dict[str, Any]:
+    """`control`: who holds the leader lease and who stands by, or why that is unknown."""
+    try:
+        return {"control": read()}
+    except Exception as err:  # noqa: BLE001 - status answers even when the lease is unreadable
+        return {"control": {"error": f"leader lease unreadable: {err!r}"}}

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.hosts import attempt_owner
 from actors.intake import IntakeStatus
 from actors.intake_policy import CardState
 from actors.janitor import Janitor, JanitorStatus
@@ -173,12 +174,17 @@ def _queue_worker(ctx: Context, store: Store[Any] | None) -> Ref:
         repo_usd_per_day=cfg.queue.max_repo_usd_per_day,
         repo_tokens_per_day=cfg.queue.max_repo_tokens_per_day,
     )
-    return QueueWorker.start(ctx.bus, store, ctx.clock, cfg.queue, ceilings)
+    retry_s = cfg.leases.busy_retry_s
+    protected = frozenset(r.name for r in cfg.repos if r.protected)
+    return QueueWorker.start(
+        ctx.bus, store, ctx.clock, cfg.queue, ceilings, lease_retry_s=retry_s, protected=protected
+    )
 
 
 def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
-    return Reaper.start(ctx.bus, ctx.ref("queue_worker"), store, ctx.clock, ctx.cfg.reaper)
+    hosts = {"host": ctx.cfg.launcher.host_id, "silence_s": ctx.cfg.launcher.host_silence_s}
+    return Reaper.start(ctx.bus, ctx.ref("queue_worker"), store, ctx.clock, ctx.cfg.reaper, **hosts)
 
 
 def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
@@ -194,6 +200,9 @@ def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
         kept=kept,
         finished=finished,
         in_progress=in_progress,
+        current=attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job)),
+        host=ctx.cfg.launcher.host_id,
+        silence_s=ctx.cfg.launcher.host_silence_s,
     )
 
 
@@ -238,8 +247,9 @@ def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
     slots = Slots(ctx.cfg.launcher.slots)
     ctx.slots = slots
     name = ctx.cfg.launcher.name or socket.gethostname()
+    owns = attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job))
     return Launcher.start(
-        ctx.bus, store, ctx.ledger(name), ctx.need_forge(), ctx.clock, ctx.cfg, slots
+        ctx.bus, store, ctx.ledger(name), ctx.need_forge(), ctx.clock, ctx.cfg, slots, owns
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bus import subjects
 from conveyor.app.client import Client
 from conveyor.clock import SystemClock
 from tests.harness import ALL_STAGES, Processes, drive, stored_jobs, wait_ready, wait_until
@@ -27,27 +28,44 @@ AFTER_RESTART_S = 90.0
 CI_S = 1.5
 """The CI check's length: the re-test inside each merge, so merges overlap."""
 MAX_ATTEMPTS_PER_MERGE = 1.2
+PROTECTED_ITEMS = 2
 
 
-@pytest.fixture
-def processes(tmp_path: Path, nats_url: str) -> Iterator[Processes]:
+def _configured(
+    tmp_path: Path, nats_url: str, repo_extra: str = "", ci_s: float = CI_S
+) -> Processes:
     procs = Processes(tmp_path, nats_url)
     text = procs.config.read_text()
     text = text.replace("busy_retry_s = 0.5", f"busy_retry_s = {BUSY_RETRY_S}")
     text = text.replace("[queue]\n", "[queue]\nmax_concurrency = 4\nper_repo_concurrency = 4\n")
     text = text.replace("[launcher]\n", "[launcher]\nslots = 4\n")
     head, _, _ = text.partition("check_command")
-    check = f'check_command = ["{{python}}", "-c", "import time; time.sleep({CI_S})"]\n'
-    procs.config.write_text(head + check)
+    check = f'check_command = ["{{python}}", "-c", "import time; time.sleep({ci_s})"]\n'
+    procs.config.write_text(head + check + repo_extra)
+    return procs
+
+
+@pytest.fixture
+def processes(tmp_path: Path, nats_url: str) -> Iterator[Processes]:
+    procs = _configured(tmp_path, nats_url)
     yield procs
     procs.stop_all()
 
 
-def _submit_all(client: Client) -> list[str]:
+@pytest.fixture
+def protected(tmp_path: Path, nats_url: str) -> Iterator[Processes]:
+    """The same on a protected repository: each task keeps the merge lease through its deploy."""
+    # Merges wait for the deploy before them, not for a re-test: a short CI will do.
+    procs = _configured(tmp_path, nats_url, "protected = true\n", ci_s=0.1)
+    yield procs
+    procs.stop_all()
+
+
+def _submit_all(client: Client, count: int = ITEMS) -> list[str]:
     """Submit the items and approve each past analysis, so they go through together."""
     items = [
         client.command("submit", {"repo": "demo", "title": f"Merge wake {n}"})["task"]["id"]
-        for n in range(ITEMS)
+        for n in range(count)
     ]
     past_analysis = ALL_STAGES[ALL_STAGES.index("analysis") + 1 :]
     for item in items:
@@ -120,6 +138,51 @@ def test_merges_waiting_while_control_is_killed_wake_when_it_is_back(
         # Then the keeper's return wakes them (not the fallback poll): all reach done
         # sooner than one poll, and the merges run about once
         per_item = _finish_and_count(client, processes, items, deadline_s=AFTER_RESTART_S)
+        assert per_item <= MAX_ATTEMPTS_PER_MERGE
+    finally:
+        client.close()
+
+
+def _confirm_deploys(client: Client, items: list[str], deadline_s: float) -> None:
+    """Confirm each protected production deploy as it asks, until every item is done."""
+
+    def _all_done() -> bool:
+        stages = []
+        for item in items:
+            task = client.request(subjects.status_task(item))
+            if task.get("step") == "confirm":
+                client.command("confirm-deploy", {"id": item})
+            stages.append(task.get("stage"))
+        return all(stage == "done" for stage in stages)
+
+    wait_until(_all_done, what="every protected item done", deadline_s=deadline_s)
+
+
+def _parked(processes: Processes) -> int:
+    text = (processes.tmp / "control.log").read_text(errors="replace")
+    return sum("parked for merge.demo" in line for line in text.splitlines())
+
+
+def test_merges_on_a_protected_repository_park_until_the_kept_lease_is_freed(
+    protected: Processes, nats_url: str
+) -> None:
+    # Given two tasks on one protected repository: each keeps the merge lease
+    # through its confirmed production deploy, and the fallback poll is two minutes
+    protected.start("control", "control")
+    protected.start("launcher", "launcher")
+    client = Client(nats_url)
+    try:
+        wait_ready(client, protected)
+        items = _submit_all(client, PROTECTED_ITEMS)
+
+        # When one keeps the lease, awaiting its deploy's confirmation, while the
+        # other reaches its merge; then each deploy is confirmed as it asks
+        wait_until(lambda: _parked(protected) >= 1, what="a merge parked", deadline_s=240)
+        _confirm_deploys(client, items, deadline_s=240)
+        per_item = _finish_and_count(client, protected, items)
+
+        # Then the parked merge was woken by the release (not the fallback), and
+        # every merge ran about once
         assert per_item <= MAX_ATTEMPTS_PER_MERGE
     finally:
         client.close()

@@ -122,3 +122,15 @@ def test_recent_shows_the_newest_jobs_hot_or_gone_each_once():
     newest = [f"D{i}.dev.1.w" for i in range(3 * RECENT - 1, 2 * RECENT, -1)]
     assert recent == ["Q.dev.1.w", *newest]
     assert len(recent) == RECENT
+
+
+def test_merge_jobs_parked_for_a_lease_are_indexed_by_it_until_they_start():
+    index = JobIndex()
+    merge = job("T-2.merge.1.merge", role="merge")
+    index.put(merge, previous=None, now=NOW)
+    assert index.waiting_for("merge.demo") == []
+    parked = changed(index, merge, error="merge lease: kept by T-1", available_at=NOW + 5)
+    assert index.waiting_for("merge.demo") == [parked]
+    changed(index, parked, status=qp.RUNNING, error="")
+    assert index.waiting_for("merge.demo") == []
+    assert index.awaiting == {}
