@@ -40,7 +40,7 @@ from conveyor.logs import get_logger
 log = get_logger(__name__)
 
 BACKLOG_PAUSE_S = 5.0
-"""Seconds between sweeps while a backlog of task writes waits (each takes `sweep_batch`)."""
+"""Seconds between sweeps while a backlog of task writes waits (`sweep.SWEEP_BATCH` each)."""
 
 DiskProbe = Callable[[Path], DiskUsage]
 
@@ -153,7 +153,7 @@ class Janitor(Owner):
     # --- retention -------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
-        s, batch = self._stores, self._retention.sweep_batch
+        s, batch = self._stores, sweep.SWEEP_BATCH
         cursor = self._cursor or self._read_cursor()
         before = policy.cutoff(now, self._retention.worktrees_days)
         walked = sweep.walk_tasks(

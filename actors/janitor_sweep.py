@@ -1,7 +1,7 @@
 """The Janitor's incremental sweep: cursors over writes, never a read of every bucket.
 
 A sweep walks `conveyor_tasks` from a cursor (a stream sequence), at most
-`retention.sweep_batch` task writes per walk. The bucket keeps one message per key,
+`SWEEP_BATCH` task writes per walk. The bucket keeps one message per key,
 so a task comes once, at its latest write. The walk stops at the first settled task
 that is still too young: later writes are younger still. Tasks that were not settled
 enough yet (a run not reported, a watch open) wait in a short list and are tried
@@ -28,6 +28,8 @@ from bus.effects import DONE, Effect
 from bus.kv import Store, Versioned
 
 CURSOR_KEY = "janitor.cursor"
+SWEEP_BATCH = 100
+"""Task writes one walk examines at most; a backlog goes on at the next, paced sweep."""
 
 
 class SweepCursor(msgspec.Struct, kw_only=True):

@@ -129,8 +129,7 @@ BUCKETS = (
     subjects.BUCKET_MONITOR,
     subjects.BUCKET_CARDS,
 )
-INDEX_BUCKETS = (subjects.BUCKET_INDEX,)
-"""Buckets of derived state (owners' checkpoints), not records: rebuilt when unusable."""
+INDEX_BUCKETS = (subjects.BUCKET_INDEX,)  # derived state (checkpoints), rebuilt when unusable
 
 
 class Bus:

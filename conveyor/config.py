@@ -365,7 +365,6 @@ class RetentionConfig(_Section, frozen=True):
     records_days: float = 30.0
     log_max_mb: float = 100.0
     log_keep: int = 3
-    sweep_batch: int = 100
 
 
 class DiskConfig(_Section, frozen=True):

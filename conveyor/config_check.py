@@ -298,5 +298,3 @@ def _check_retention(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0")
     if not 0 <= cfg.disk.alert_percent <= 100:
         raise ConfigError("disk.alert_percent: must be between 0 and 100")
-    if not cfg.retention.sweep_batch >= 1:
-        raise ConfigError("retention.sweep_batch: must be >= 1")

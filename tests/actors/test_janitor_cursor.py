@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from actors import janitor_sweep
 from actors.janitor_sweep import CURSOR_KEY, SweepCursor
 from actors.queue_policy import Job
 from actors.task_policy import Task
@@ -31,7 +32,6 @@ def batch_cfg(tmp_path: Path, nats_url: str) -> Config:
             "interval_s": 1000.0,
             "worktrees_days": 1.0,
             "records_days": 2.0,
-            "sweep_batch": 2,
         },
         disk={"interval_s": 1000.0, "alert_percent": 0.0, "min_free_mb": 0.0},
     )
@@ -60,6 +60,7 @@ def _settled_task_with_a_job(bus: Any, number: int, updated_at: float) -> str:
 def test_a_backlog_goes_a_batch_per_tick_and_a_restart_resumes_at_the_cursor(
     start_actor: StartActor, stub: Any, batch_cfg: Config, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setattr(janitor_sweep, "SWEEP_BATCH", 2)
     sweeper = start_actor("janitor", config=batch_cfg, queue_worker=stub())
     bus, now = sweeper.bus, sweeper.clock.now()
     for number in range(1, 6):
