@@ -33,7 +33,7 @@ from tests.cluster.sites import EXTRA_REPOS, Site, Sites
 from tests.harness import ALL_STAGES, drive, stored_jobs, wait_until
 from tests.standby_support import TTL_S, EpochWatch, Stamped, active_of, standby_toml
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 CLOCK = SystemClock()
 SILENCE_S = 5.0
@@ -205,7 +205,14 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
 
         # And every item reaches done
         for item in items:
-            drive(client, item, "done", deadline_s=120)
+            drive(client, item, "done", deadline_s=90)
+        # And both launchers, back, gave up the attempts they lost
+        for lost in (name, other):
+            wait_until(
+                lambda lost=lost: "superseded" in sites.sites[lost].log.read_text(errors="replace"),
+                what=f"{lost} fenced off its lost attempt",
+                deadline_s=30,
+            )
         ledger = {item: _ledger_counts(client, item) for item in items}
     except AssertionError as err:
         raise AssertionError(f"{err}\n{sites.logs()}") from None
