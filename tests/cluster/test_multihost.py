@@ -107,7 +107,7 @@ def _first_write(watch: EpochWatch, epoch: int, since: float) -> Stamped:
     return found
 
 
-def _take_from_its_host(client: Client, sites: Sites, launchers: tuple[str, ...]) -> Job:
+def _take_from_its_host(client: Client, launchers: tuple[str, ...]) -> Job:
     """Wait until an agent runs on one of `launchers`; that job."""
     job: Job = wait_until(
         lambda: _running(client, tuple(_host_id(n) for n in launchers)),
@@ -115,6 +115,12 @@ def _take_from_its_host(client: Client, sites: Sites, launchers: tuple[str, ...]
         deadline_s=60,
     )
     return job
+
+
+def _stood_down(site: Site, epoch: int) -> bool:
+    """`site` logged that it stopped its control actors of `epoch`."""
+    lines = site.log.read_text(errors="replace").splitlines()
+    return any('"control.stopped"' in line and f'"epoch": {epoch},' in line for line in lines)
 
 
 def _ledger_counts(client: Client, item: str) -> tuple[int, int]:
@@ -151,7 +157,7 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
         items = _submit(client)
         for item in items:
             drive(client, item, *ALL_STAGES[ALL_STAGES.index("development") :], deadline_s=60)
-        _take_from_its_host(client, sites, ("la", "lb"))
+        _take_from_its_host(client, ("la", "lb"))
 
         # When the node leading the streams and the active control are killed -9 at once
         victim = nats_cluster.busiest_leader(bus)
@@ -166,7 +172,7 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
         active = standby
 
         # When a launcher is frozen past its host's silence, then thawed
-        frozen = _take_from_its_host(client, sites, ("la", "lb"))
+        frozen = _take_from_its_host(client, ("la", "lb"))
         name = "la" if frozen.host == _host_id("la") else "lb"
         os.kill(sites.sites[name].proc.pid, signal.SIGSTOP)
         try:
@@ -177,7 +183,7 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
 
         # When the other launcher's link is cut, then restored
         other = "lb" if name == "la" else "la"
-        cut = _take_from_its_host(client, sites, (other,))
+        cut = _take_from_its_host(client, (other,))
         sites.sites[other].host.cut()
         try:
             # Then its job is taken from it
@@ -195,7 +201,7 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
             epoch = _new_active(watch, sites, standby, old_epoch)
             first = _first_write(watch, epoch, cut_at)
             wait_until(
-                lambda: "control.stopped" in sites.sites[deposed].log.read_text(errors="replace"),
+                lambda: _stood_down(sites.sites[deposed], old_epoch),
                 what="the cut-off control stood down",
                 deadline_s=30,
             )
@@ -224,6 +230,7 @@ def test_items_cross_a_fleet_of_hosts_through_every_fault_with_each_effect_once(
 
     # And the cut-off control wrote nothing once cut off: no message of its epoch
     # arrived after the standby's first write, nor after its link came back
+    assert watch is not None
     olds = [s for s in watch.stamped() if s.epoch == old_epoch]
     assert all(s.at < first.at for s in olds), (first, olds[-3:])
     assert not [s for s in olds if s.at >= restored_at]
