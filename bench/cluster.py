@@ -18,8 +18,11 @@ until those items are done; and it counts PRs opened and merged (each must be on
 
 Last, the **takeover**: the plain control is replaced by two leader-lease controls
 on two hosts, and the active one is killed -9 while a developer works
-(`bench/takeover.py`). Resolution of a dead launcher host is a hook
-(`dead_launcher_host_resolution_s`) that prints "n/a" until that feature exists.
+(`bench/takeover.py`). Then the **dead launcher host**: control and a launcher with
+their own `launcher.host_id`s, `launcher.host_silence_s` = 5; once its developers run,
+the launcher's whole host is killed -9 (every process in its namespace) and the time
+until each of its jobs runs again on a second launcher host is printed
+(`bench/dead_host.py`'s measure, on namespace hosts).
 
     PYTHONPATH=. .venv/bin/python bench/cluster.py [--items 4] [--launchers 2]
 """
@@ -36,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from actors.queue_policy import Job
+from bench.dead_host import _approve_all, _developers
 from bench.takeover import takeover_on_hosts
 from bus.bridge import Bus
 from bus.messages import Alert
@@ -46,6 +51,8 @@ from tests.cluster.netns import Network, unavailable
 from tests.harness import drive, stored_jobs, wait_ready, wait_until
 
 _clock = SystemClock()
+DEAD_HOST_SILENCE_S = 5.0
+DEAD_HOST_AGENT = "demo: developer=slow:60"
 
 
 def takeover_time_s(network: Network, cluster: NatsCluster, app: Conveyors) -> float | None:
@@ -56,12 +63,66 @@ def takeover_time_s(network: Network, cluster: NatsCluster, app: Conveyors) -> f
 
 
 def dead_launcher_host_resolution_s(
-    network: Network, cluster: NatsCluster, app: Conveyors
+    network: Network, cluster: NatsCluster, app: Conveyors, *, jobs: int = 3
 ) -> float | None:
-    """Seconds from a launcher host going silent (cut or frozen) until its jobs are
-    resolved elsewhere. A hook: None until per-host liveness exists; fill it in then."""
-    del network, cluster, app
-    return None
+    """Seconds from kill -9 of a whole launcher host (its launcher and its agents) until
+    every job it ran runs again on another host (`bench/dead_host.py`'s measure, on
+    namespace hosts): the control process has a host id of its own, so it can only
+    ask the dead host, and resolves its jobs after `launcher.host_silence_s`."""
+    app.stop_all()
+    app.procs.clear()
+    fast = {
+        "CONVEYOR_LAUNCHER__HOST_SILENCE_S": str(DEAD_HOST_SILENCE_S),
+        "CONVEYOR_REAPER__INTERVAL_S": "0.5",
+        "CONVEYOR_REAPER__DEAD_TICKS": "2",
+    }
+
+    def _as(name: str, host_id: str) -> dict[str, str]:
+        return {**fast, "CONVEYOR_LAUNCHER__NAME": name, "CONVEYOR_LAUNCHER__HOST_ID": host_id}
+
+    host_a, host_b = network.hosts_n(2)
+    app.start("dead-control", "control", cluster.hosts[0], env=_as("dead-control", "control"))
+    app.start("la", "launcher", host_a, env=_as("la", "host-a"))
+    client = Client(cluster.url, timeout_s=5.0)
+    try:
+        wait_ready(client, app)  # type: ignore[arg-type]
+        ids = [
+            str(
+                client.command(
+                    "submit",
+                    {"repo": "demo", "title": f"Dead host {i}", "description": DEAD_HOST_AGENT},
+                )["task"]["id"]
+            )
+            for i in range(jobs)
+        ]
+
+        def _all_on_a() -> list[Job] | None:
+            _approve_all(client, ids)
+            found = [j for j in _developers(client) if j.host == "host-a" and j.pid]
+            return found if len(found) == jobs else None
+
+        on_a = {j.id for j in wait_until(_all_on_a, what="developers on host-a", deadline_s=300)}
+        app.start("lb", "launcher", host_b, env=_as("lb", "host-b"))
+        wait_until(
+            lambda: "launcher.started" in (app.tmp / "lb.log").read_text(errors="replace"),
+            what="host-b up",
+            deadline_s=60,
+        )
+        killed = _clock.monotonic()
+        host_a.kill_all()
+
+        def _rerun() -> bool:
+            again = [
+                j
+                for j in _developers(client)
+                if j.id in on_a and j.host == "host-b" and j.attempts >= 2 and j.pid
+            ]
+            return len(again) == jobs
+
+        wait_until(_rerun, what="host-a's jobs running on host-b", deadline_s=300)
+        return _clock.monotonic() - killed
+    finally:
+        client.close()
 
 
 def _submit(client: Client, n: int, title: str) -> list[str]:
@@ -161,7 +222,7 @@ def _run(
             figures = measure(client, cluster, app)
         finally:
             client.close()
-        figures["effects"] = _effects(app)
+        figures.setdefault("effects", _effects(app))
         return figures
     finally:
         app.stop_all()
@@ -187,6 +248,8 @@ def main() -> int:
             figures["recovery"] = _recovery(client, cluster, bus, args.items)
         finally:
             bus.close()
+        # Counted before the takeover and dead-host items, which are not all merged.
+        figures["effects"] = _effects(app)
         figures["takeover_s"] = takeover_time_s(network, cluster, app)
         figures["dead_launcher_host_resolution_s"] = dead_launcher_host_resolution_s(
             network, cluster, app

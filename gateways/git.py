@@ -436,6 +436,23 @@ def fetch(path: Path) -> None:
     run_git(["fetch", "--quiet", "--prune", "origin"], path)
 
 
+def catch_up(worktree: Path, branch: str) -> bool:
+    """Move `worktree` to origin's `branch` when origin has commits it lacks; True if moved.
+
+    With launchers on several hosts a task's jobs hop between their own worktrees: one
+    left behind by another host's pushes would work on, and force-push, a stale head.
+    A local head ahead of origin (this host's own unpushed commits) is kept.
+    """
+    validate.branch(branch)
+    fetch(worktree)
+    remote = f"refs/remotes/origin/{branch}"
+    if not _has_ref(worktree, remote) or is_ancestor(worktree, remote, "HEAD"):
+        return False
+    run_git(["reset", "--quiet", "--hard", remote], worktree)
+    log.warning("git.worktree_caught_up", path=str(worktree), branch=branch)
+    return True
+
+
 def is_ancestor(path: Path, ancestor: str, descendant: str = "HEAD") -> bool:
     """True if `ancestor` is contained in `descendant` (the branch is up to date with it)."""
     _ref(ancestor)

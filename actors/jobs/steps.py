@@ -42,6 +42,7 @@ def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Path:
     with ctx.repo_lock(order.repo):
         git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)
         git.ensure_worktree(workspace, worktree, order.branch)
+        git.catch_up(worktree, order.branch)
     return worktree
 
 

@@ -170,12 +170,14 @@ class Conveyors:
         self.config.write_text(text + extra_toml)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, parts: str, host: Host) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, parts: str, host: Host, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Run `conveyor up --parts <parts>` on `host`; its log is `<tmp>/<name>.log`."""
         proc = host.popen(
             _conveyor(self.config, parts),
             # Items of one repository side by side: several are in flight when a node dies.
-            _env(CONVEYOR_QUEUE__PER_REPO_CONCURRENCY="4"),
+            _env(CONVEYOR_QUEUE__PER_REPO_CONCURRENCY="4", **(env or {})),
             log=self.tmp / f"{name}.log",
             cwd=self.tmp,
         )

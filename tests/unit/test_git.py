@@ -311,3 +311,33 @@ def test_head_sha_and_resolve_commit_name_commits(origin: Path, clone: Path):
     assert git.is_sha(sha)
     assert git.head_sha(origin, "main") == sha
     assert git.resolve_commit(clone, "origin/nope") is None
+
+
+def test_catch_up_moves_a_worktree_another_host_left_behind_and_keeps_local_work(
+    tmp_path: Path, origin: Path
+):
+    # Given a task's worktree on two hosts (clones of their own), both on the branch
+    git.ensure_clone(str(origin), tmp_path / "a")
+    git.ensure_clone(str(origin), tmp_path / "b")
+    on_a, on_b = tmp_path / "a-wt", tmp_path / "b-wt"
+    git.ensure_worktree(tmp_path / "a", on_a, BRANCH)
+    (on_a / "first.txt").write_text("1")
+    git.commit_all(on_a, "first")
+    git.push_branch(on_a, BRANCH)
+    git.ensure_worktree(tmp_path / "b", on_b, BRANCH)
+    assert git.catch_up(on_b, BRANCH)
+    # When host a pushes another commit the worktree on b lacks
+    (on_a / "second.txt").write_text("2")
+    git.commit_all(on_a, "second")
+    pushed = git.push_branch(on_a, BRANCH)
+    (on_b / "stale.txt").write_text("a lost attempt's leftovers")
+    # Then b's worktree is brought to origin's head, not left to force-push a stale one
+    assert git.catch_up(on_b, BRANCH)
+    assert git.head_sha(on_b) == pushed
+    assert (on_b / "second.txt").read_text() == "2"
+    # And a head ahead of origin (this host's own unpushed commit) is kept
+    (on_b / "third.txt").write_text("3")
+    git.commit_all(on_b, "third")
+    ahead = git.head_sha(on_b)
+    assert not git.catch_up(on_b, BRANCH)
+    assert git.head_sha(on_b) == ahead
