@@ -112,6 +112,8 @@ class Launcher(pykka.ThreadingActor):
         self._procs: dict[str, int] = {}
         self._cancelled: dict[str, threading.Event] = {}
         self._meters: dict[str, RunMeter] = {}
+        # When each heartbeat last went out, with its usage: per run key, "" for the host's.
+        self._beats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._started_at = 0.0
         # Set when this incarnation stops: its run threads leave finished agents to the
         # next incarnation's adoption instead of racing it through the post-steps.
@@ -308,6 +310,7 @@ class Launcher(pykka.ThreadingActor):
         self._procs.pop(run.id, None)
         self._cancelled.pop(run.id, None)
         self._meters.pop(run.id, None)
+        self._beats.pop(run.id, None)
         self._slots.release()
         self._report(run.id)
         log.info(
@@ -327,7 +330,10 @@ class Launcher(pykka.ThreadingActor):
             # (SIGSTOP, a frozen VM) or cut off: asked again twice per silence.
             self._owned_at = now
             self._disown_lost()
-        self._host_heartbeat(now)
+        if policy.beat_due(self._beats.get(""), now, self._cfg.launcher.host_silence_s, {}):
+            self._beats[""] = (now, {})
+            self._host_heartbeat(now)
+        timeout_s = self._cfg.reaper.heartbeat_timeout_s
         for key, entry in list(self._runs.items()):
             run = entry.value
             if run.status == policy.FINISHED and not run.reported:
@@ -335,12 +341,12 @@ class Launcher(pykka.ThreadingActor):
                 self._report(key)
             elif run.status != policy.FINISHED:
                 meter = self._meters.get(key)
+                usage = meter.snapshot() if meter is not None else {}
+                if not policy.beat_due(self._beats.get(key), now, timeout_s, usage):
+                    continue
+                self._beats[key] = (now, usage)
                 beat = RunHeartbeat(
-                    job_id=run.job_id,
-                    attempt=run.attempt,
-                    launcher=self._name,
-                    at=now,
-                    usage=meter.snapshot() if meter is not None else {},
+                    job_id=run.job_id, attempt=run.attempt, launcher=self._name, at=now, usage=usage
                 )
                 self._bus.emit(beat, msg_id="")
 
@@ -388,6 +394,7 @@ class Launcher(pykka.ThreadingActor):
         self._save(finished)
         self._cancelled.pop(key, None)
         self._meters.pop(key, None)
+        self._beats.pop(key, None)
         if adopted:
             self._slots.release()
 

@@ -424,3 +424,25 @@ def wait_s(outcome: str, retry_after_s: float | None, attempt: int, cfg: QueueCo
     if retry_after_s is not None and retry_after_s > 0:
         return min(retry_after_s, cfg.backoff_max_s)
     return retry.backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt - 1)
+
+
+BEATS_PER_WINDOW = 5
+"""Heartbeats sent within the silence their receiver tolerates, so a few may be lost."""
+
+
+def beat_due(
+    last: tuple[float, Mapping[str, Any]] | None,
+    now: float,
+    window_s: float,
+    usage: Mapping[str, Any],
+) -> bool:
+    """Whether a heartbeat is due: the first, one with new usage, or a fifth of the window on.
+
+    `last`: when the previous one went out and the usage it carried. New usage goes
+    out at once (spending ceilings act on it); otherwise a beat every tick would only
+    cost the receivers a message each (8 runs at a 0.1 s tick: 80 a second).
+    """
+    if last is None:
+        return True
+    at, sent = last
+    return usage != sent or now - at >= window_s / BEATS_PER_WINDOW

@@ -121,12 +121,17 @@ class Fleet:
 
     def cpu_s(self) -> float:
         """CPU seconds of the parts and nats-server, with their reaped children (git, agents)."""
-        total = 0.0
-        for proc in self.processes().values():
+        return sum(self.cpu_split().values())
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds per part and nats-server: its own, and its reaped children's (`NAME+`)."""
+        out: dict[str, float] = {}
+        for name, proc in self.processes().items():
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-        return total
+                out[name] = t.user + t.system
+                out[f"{name}+"] = t.children_user + t.children_system
+        return out
 
     def rss_mb(self) -> dict[str, float]:
         out = {}

@@ -63,6 +63,8 @@ class Side:
     merge_attempts: float | None = None
     replays: tuple[int, int] | None = None
     """The Reconciler's gate replays, and those it announced as a lost event."""
+    cpu_split: dict[str, float] | None = None
+    """CPU seconds per process (`NAME+`: its reaped children), where measured."""
 
     @property
     def per_minute(self) -> float:
@@ -83,7 +85,7 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
     try:
         fleet.start(PARTS, config)
         planned = plan(args.items, args.repos)
-        cpu0 = fleet.cpu_s()
+        cpu0 = fleet.cpu_split()
         t0 = CLOCK.monotonic()
         seen = drive(
             fleet,
@@ -93,9 +95,12 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
             say=lambda line: print(line, flush=True),
         )
         seconds = (max(seen.settled_at.values()) if seen.settled_at else CLOCK.monotonic()) - t0
-        cpu = fleet.cpu_s() - cpu0
+        cpu1 = fleet.cpu_split()
+        split = {name: cpu1[name] - cpu0.get(name, 0.0) for name in cpu1}
+        cpu = sum(split.values())
         unsettled = len(planned) - len(seen.settled_at)
         side = Side(label, args.items, seconds, cpu, failed=len(seen.escalated) + unsettled)
+        side.cpu_split = split
         side.failed_pushes = fleet.log_count(PUSH_ERRORS)
         side.merge_attempts = _merge_attempts(fleet, len(seen.settled_at) - len(seen.escalated))
         # Nothing is lost here: every replay is a task taken for quiet, every announced one false.
@@ -139,6 +144,7 @@ def floor_run(root: Path, args: argparse.Namespace) -> Side:
         figures["cpu_s"],
         failed=figures["failed"],
         failed_pushes=failed_pushes,
+        cpu_split=figures.get("cpu_split"),
     )
 
 
@@ -158,6 +164,12 @@ def _report(sides: list[Side], floor: Side) -> None:
             f"{merges:>14} {ratio:>8.2f}x"
         )
     print()
+    for side in [*sides, floor]:
+        if side.cpu_split:
+            parts = ", ".join(
+                f"{name} {seconds / side.items:.2f}" for name, seconds in side.cpu_split.items()
+            )
+            print(f"{side.name}: CPU s/item by process (NAME+: its children): {parts}")
     for side in sides:
         if side.replays is not None:
             replayed, unblocked = side.replays

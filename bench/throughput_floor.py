@@ -4,8 +4,8 @@ Each lane is a `stage_overhead_floor.FloorSide` (the same git operations, forge
 calls, agent spawns and gate reads as Conveyor, in a plain loop) with its own data
 directory, taking every `lanes`-th item one after another. It runs as its own
 process so the bench can read its CPU time (and its children's) from the kernel.
-Prints one JSON line: {"items", "seconds", "cpu_s", "failed"}; CPU is counted over
-the timed part only, as on the Conveyor side.
+Prints one JSON line: {"items", "seconds", "cpu_s", "failed", "cpu_split"}; CPU is
+counted over the timed part only, as on the Conveyor side.
 
     .venv/bin/python bench/throughput_floor.py --items N --lanes 8 --workdir DIR
 """
@@ -42,13 +42,12 @@ def _lane(side: FloorSide, count: int) -> int:
     return failed
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process (every thread) and of its reaped children (git, agents)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds of this process (every thread), and of its reaped children (git, agents)."""
+    mine, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return mine.ru_utime + mine.ru_stime, children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.lanes) as pool:
         failed = sum(pool.map(_lane, sides, counts))
     seconds = time.perf_counter() - started
-    cpu = _cpu_s() - cpu_before
-    print(json.dumps({"items": args.items, "seconds": seconds, "cpu_s": cpu, "failed": failed}))
+    cpu_after = _cpu_s()
+    own, children = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+    figures = {"items": args.items, "seconds": seconds, "cpu_s": own + children, "failed": failed}
+    figures["cpu_split"] = {"floor": own, "floor+": children}
+    print(json.dumps(figures))
     return 0
 
 

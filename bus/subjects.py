@@ -119,9 +119,9 @@ JOBS_REAPED = f"{ROOT}.jobs.reaped"
 JOBS_ALL = f"{ROOT}.jobs.>"
 
 HEARTBEATS = f"{ROOT}.heartbeats.runs"
-"""Launchers -> Reaper, core NATS: RunHeartbeat for every live run, every tick."""
+"""Launchers -> Reaper, core NATS: RunHeartbeat for every live run, when due."""
 HOSTS_HEARTBEAT = f"{ROOT}.heartbeats.hosts"
-"""Launchers -> Reaper, LeaseKeeper, core NATS: HostHeartbeat, every tick."""
+"""Launchers -> Reaper, LeaseKeeper, core NATS: HostHeartbeat, each fifth of the host silence."""
 HOSTS_PREFIX = f"{ROOT}.hosts"
 
 

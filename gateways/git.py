@@ -453,6 +453,13 @@ def catch_up(worktree: Path, branch: str) -> bool:
     return True
 
 
+def paths_in_tree(path: Path, commit: str, paths: list[str]) -> list[str]:
+    """Which of `paths` (relative to the top) the tree of `commit` holds, in git's order."""
+    _ref(commit)
+    found = run_git(["ls-tree", "-r", "--name-only", commit, "--", *paths], _abs(path))
+    return [line for line in found.splitlines() if line]
+
+
 def is_ancestor(path: Path, ancestor: str, descendant: str = "HEAD") -> bool:
     """True if `ancestor` is contained in `descendant` (the branch is up to date with it)."""
     _ref(ancestor)

@@ -56,7 +56,7 @@ def clear_previous_verdict(
     verdict rather than the previous visit's. Pushed every time, so a deletion a
     dead incarnation committed but never pushed reaches the forge too.
     """
-    if not relative:
+    if not relative or nothing_to_clear(ctx, order, worktree, relative):
         return
     with transition(ctx, order, wait=True) as fence:
         existed = [path for path in relative if (worktree / path).exists()]
@@ -72,6 +72,25 @@ def clear_previous_verdict(
             git.push_branch(worktree, order.branch)
     for path in existed:
         log.info("launcher.verdict_cleared", job_id=order.job_id, path=path)
+
+
+def nothing_to_clear(
+    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: Sequence[str]
+) -> bool:
+    """Whether no verdict in `relative` is left anywhere the gate or a later commit could see.
+
+    True when the worktree holds none of them and the forge's branch head is the
+    worktree's own HEAD, whose tree holds none either: then a clearing would commit
+    nothing and push nothing, so its transition lease, commit and push are skipped
+    (most visits: a first visit has no verdict to clear). A deletion committed but
+    not pushed makes the heads differ, and is pushed as before.
+    """
+    if any((worktree / path).exists() for path in relative):
+        return False
+    head = git.head_sha(worktree)
+    if ctx.forge.branch_head(order.repo, order.branch) != head:
+        return False
+    return not git.paths_in_tree(worktree, head, list(relative))
 
 
 def checkout_commit(ctx: JobContext, repo: str, sha: str, path: Path) -> None:

@@ -612,3 +612,12 @@ def test_a_stage_no_longer_configured_has_no_gate_and_runs_no_deploy():
     cfg = fake_config(RENAMED)
     assert lp.stage_gate(cfg, "deploy") == ""
     assert plan_for(order(stage="deploy", role="deployer"), cfg).kind == "agent"
+
+
+def test_a_heartbeat_is_due_first_on_new_usage_and_every_fifth_of_the_window():
+    window = 15.0
+    assert lp.beat_due(None, 100.0, window, {})
+    last = (100.0, {"input_tokens": 1})
+    assert not lp.beat_due(last, 102.9, window, {"input_tokens": 1})
+    assert lp.beat_due(last, 103.0, window, {"input_tokens": 1})
+    assert lp.beat_due(last, 100.1, window, {"input_tokens": 2})
