@@ -165,10 +165,13 @@ class JobState:
         The head written here names it hot, so a restart before its next checkpoint
         counts it once, from what is stored.
         """
-        self._index.uncount(entry.value)
+        job = entry.value
+        if entry.revision > self._covered and self._written.get(job.id) != entry.revision:
+            return  # written behind our back and not adopted yet: never counted
+        self._index.uncount(job)
         now = self._clock.now()
-        self._settled_ledger = with_settled(self._settled_ledger, entry.value, now=now, sign=-1)
-        self._checkpoint(extra=entry.value.id)
+        self._settled_ledger = with_settled(self._settled_ledger, job, now=now, sign=-1)
+        self._checkpoint(extra=job.id)
 
     def _unreopen(self, entry: Versioned[Job]) -> None:
         """The write after `_reopen` failed: the job is settled as stored."""
