@@ -196,6 +196,7 @@ class StageEngine(Owner, TaskState, OutboxSender):
 
     def _heal(self) -> None:
         """Finish what a failure interrupted: unflushed outboxes, gates never decided."""
+        self._clear_sent()
         for task_id in list(self._unflushed):
             self._flush(task_id)
         for task_id in list(self._stalled):
@@ -235,8 +236,9 @@ class StageEngine(Owner, TaskState, OutboxSender):
 
     def _flush(self, task_id: str) -> None:
         entry = self._tasks[task_id]
-        if self._clear_sent(entry):
-            return
+        if self._sent.get(task_id) == entry.revision and entry.value.outbox:
+            return  # published: `_clear_sent` clears it, with the others, on the tick
+        self._sent.pop(task_id, None)
         self._keep(
             flush_outbox(
                 self._bus,

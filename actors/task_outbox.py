@@ -80,11 +80,19 @@ class OutboxSender:
         faults.point("stage_engine.published")
         self._sent[task_id] = entry.revision
 
-    def _clear_sent(self, entry: Versioned[Task]) -> bool:
-        """Clear an outbox `_send` published at this revision; False if it was not."""
-        task_id = entry.value.id
-        if self._sent.pop(task_id, None) != entry.revision or not entry.value.outbox:
-            return False
-        cleared = msgspec.structs.replace(entry.value, outbox=[])
-        self._keep(Versioned(cleared, self._store.update(task_id, cleared, expect=entry.revision)))
-        return True
+    def _clear_sent(self) -> None:
+        """Clear the outboxes `_send` published, their writes in flight together.
+
+        One that does not land stays for the next tick, or for the ordinary flush.
+        """
+        sent = [(k, self._tasks.get(k), r) for k, r in self._sent.items()]
+        writes = [
+            (k, msgspec.structs.replace(e.value, outbox=[]), r)
+            for k, e, r in sent
+            if e is not None and e.revision == r and e.value.outbox
+        ]
+        landed = self._store.update_many(writes)
+        for key, cleared, _ in writes:
+            if key in landed:
+                self._sent.pop(key, None)
+                self._keep(Versioned(cleared, landed[key]))
