@@ -102,6 +102,10 @@ def test_old_jobs_migrate_once_and_a_restart_reads_only_the_checkpoint(
         head = heads.get(HEAD_KEY)
         assert head is not None
         assert (head.value.hot, head.value.counts["done"]) == ([], 3)
+        worker.tick(1.0)  # nothing new: nothing written
+        again = heads.get(HEAD_KEY)
+        assert again is not None
+        assert again.revision == head.revision
         before = (worker.status()["counts"], _spent(worker))
     finally:
         worker.ref.stop(block=True, timeout=10)
