@@ -54,11 +54,7 @@ class JobIndex:
         True when it stays in the hot set, False when it left it.
         """
         if previous is not None:
-            left = self.counts.get(previous.status, 0) - 1
-            if left > 0:
-                self.counts[previous.status] = left
-            else:
-                self.counts.pop(previous.status, None)
+            self.uncount(previous)
         self.counts[job.status] = self.counts.get(job.status, 0) + 1
         self._drop(job.id)
         if job.status in FINISHED and not job.outbox and job.repo_paused_until <= now:
@@ -76,6 +72,28 @@ class JobIndex:
         if lease:
             self.awaiting.setdefault(lease, set()).add(job.id)
         return True
+
+    def uncount(self, job: Job) -> None:
+        """Take `job`'s state out of the counts (it is counted again when put back)."""
+        left = self.counts.get(job.status, 0) - 1
+        if left > 0:
+            self.counts[job.status] = left
+        else:
+            self.counts.pop(job.status, None)
+
+    def restore(self, counts: dict[str, int], recent: Iterable[Job]) -> None:
+        """Start from a checkpoint's settled jobs: their counts and the most recent few."""
+        for status, count in counts.items():
+            self.counts[status] = self.counts.get(status, 0) + count
+        for job in recent:
+            self._remember(job)
+
+    def settled(self) -> tuple[dict[str, int], list[Job]]:
+        """The counts of the jobs that left the hot set, and the most recent of them."""
+        counts = dict(self.counts)
+        for job in self.hot.values():
+            counts[job.status] -= 1
+        return {k: v for k, v in counts.items() if v > 0}, list(self._recent)
 
     def expire(self, now: float) -> list[str]:
         """Let finished jobs whose repository pause ended leave; their ids."""

@@ -23,6 +23,7 @@ from actors.jobs.lease_wake import LeaseWaker
 from actors.jobs.meter import RunMeter
 from actors.launcher_policy import LaunchPlan, Run
 from actors.owner import Stopped, record_stop
+from actors.run_state import RunsCheckpoint
 from bus import subjects
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
 from bus.effects import Ledger
@@ -145,11 +146,9 @@ class Launcher(pykka.ThreadingActor):
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._waker.notify)
         hosts.serve(self._bus, self._host, self._find, self._clock)
-        self._runs = {
-            k: v
-            for k, v in self._store.load_all().items()
-            if v.value.launcher == self._name and not v.value.reported
-        }
+        # Only this launcher's unreported runs, from its checkpoint: never every run stored.
+        self._run_index = RunsCheckpoint(self._bus, self._store, self._name)
+        self._runs = self._run_index.load()
         self._owned_at = self._clock.now()
         for key, entry in list(self._runs.items()):
             run = entry.value
@@ -159,6 +158,7 @@ class Launcher(pykka.ThreadingActor):
                 self._report(key)
             else:
                 self._adopt(key)
+        self._run_index.write(self._runs)
         log.info(
             "launcher.started", name=self._name, slots=self._slots.total, adopted=len(self._runs)
         )
@@ -178,6 +178,7 @@ class Launcher(pykka.ThreadingActor):
                     return self._status()
                 case Tick():
                     self._heartbeat()
+                    self._run_index.write(self._runs)
                 case _:
                     log.warning("launcher.unknown_message", kind=type(message).__name__)
         except Fenced as err:

@@ -485,9 +485,9 @@ def hold(jobs: Iterable[Job], held: Mapping[str, str], ledger: Ledger, *, now: f
     return Decision(jobs=tuple(changed), emit=tuple(alerts), reason=f"{len(changed)} held")
 
 
-def rebuilt_ledger(jobs: Iterable[Job], *, now: float) -> Ledger:
+def rebuilt_ledger(jobs: Iterable[Job], *, now: float, base: Ledger | None = None) -> Ledger:
     """The ledger from stored jobs after a restart (each job counted on its last finish's day)."""
-    ledger = usage_policy.rolled(Ledger(), now)
+    ledger = usage_policy.rolled(base or Ledger(), now)
     alerted: set[str] = set()
     for job in jobs:
         day = usage_policy.day_of(job.finished_at or job.enqueued_at)

@@ -12,6 +12,7 @@ from actors import ceiling_policy, merge_wait_policy, usage_policy
 from actors import queue_policy as policy
 from actors.janitor_policy import LaunchPause
 from actors.job_index import JobIndex
+from actors.job_state import JobState
 from actors.lease_policy import Lease, merge_lease
 from actors.owner import Owner, flush_outbox
 from actors.queue_policy import Job, RunningSnapshot
@@ -51,7 +52,7 @@ def job_key(job_id: str) -> str:
     return job_id
 
 
-class QueueWorker(Owner):
+class QueueWorker(Owner, JobState):
     """Stores jobs, claims them fairly within limits, turns finishes into outcomes."""
 
     name = "queue_worker"
@@ -86,19 +87,18 @@ class QueueWorker(Owner):
         self._held: dict[str, str] = {}
         # Why no job may start now (the Janitor's disk floor); "" when they may.
         self._paused = ""
+        self._init_state()
 
     def on_start(self) -> None:
         self._started_at = self._clock.now()
-        stored = self._store.load_all()
-        self._ledger = policy.rebuilt_ledger(
-            (e.value for e in stored.values()), now=self._started_at
-        )
-        # Finished jobs are folded into the ledger and counts above, then left in KV.
-        self._index.load((e.value for e in stored.values()), now=self._started_at)
-        self._jobs = {job_id: stored[job_id] for job_id in self._index.hot}
+        read = self._load()
+        # Settled jobs are in the settled ledger; the hot ones are counted on top of it.
+        hot = (e.value for e in self._jobs.values())
+        self._ledger = policy.rebuilt_ledger(hot, now=self._started_at, base=self._settled_ledger)
         for job_id in list(self._index.outboxed):
             self._flush(job_id)
-        log.info("queue_worker.started", jobs=len(stored), hot=len(self._jobs))
+        self._checkpoint()
+        log.info("queue_worker.started", read=read, hot=len(self._jobs))
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._tell_freed)
         self._dispatch()
@@ -117,9 +117,12 @@ class QueueWorker(Owner):
                 self._on_heartbeat(message)
             case Tick():
                 for job_id in self._index.expire(self._clock.now()):
-                    self._jobs.pop(job_id, None)
+                    gone = self._jobs.pop(job_id, None)
+                    if gone is not None:
+                        self._settle(gone.value)
                 self._heal()
                 self._dispatch()
+                self._checkpoint()
             case QueueStatus():
                 return self._status()
             case UsageQuery():
@@ -243,15 +246,9 @@ class QueueWorker(Owner):
         entry = self._jobs.get(job_id)
         return entry if entry is not None else self._store.get(job_key(job_id))
 
-    def _track(self, entry: Versioned[Job], previous: Job | None) -> None:
-        """Index the job's new state; it stays in memory only while it can change."""
-        if self._index.put(entry.value, previous=previous, now=self._clock.now()):
-            self._jobs[entry.value.id] = entry
-        else:
-            self._jobs.pop(entry.value.id, None)
-
     def _save(self, job: Job) -> None:
         current = self._jobs.get(job.id)
+        previous = current.value if current else None
         if current is None:
             try:
                 revision = self._store.create(job_key(job.id), job)
@@ -260,9 +257,15 @@ class QueueWorker(Owner):
                 current = self._store.get(job_key(job.id))
                 if current is None:
                     raise
-        if current is not None:
+                self._reopen(current)
+                try:
+                    revision = self._store.update(job_key(job.id), job, expect=current.revision)
+                except Exception:
+                    self._unreopen(current)
+                    raise
+        else:
             revision = self._store.update(job_key(job.id), job, expect=current.revision)
-        self._track(Versioned(job, revision), current.value if current else None)
+        self._track(Versioned(job, revision), previous)
 
     def _flush(self, job_id: str) -> None:
         entry = self._jobs.get(job_id)

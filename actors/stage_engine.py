@@ -17,6 +17,7 @@ from actors.owner import Owner, flush_outbox
 from actors.reconciler_policy import ReplayMove, ReplayMoves, replay_acts, replay_move
 from actors.stage_policy import Task
 from actors.task_index import PageRequest
+from actors.task_outbox import OutboxSender, SendOutbox
 from actors.task_settled import HotPart, IndexStores, Segment, TasksHead
 from actors.task_state import TaskState
 from actors.task_summary import (
@@ -93,7 +94,7 @@ def task_row(task: Task) -> dict[str, Any]:
     return row
 
 
-class StageEngine(Owner, TaskState):
+class StageEngine(Owner, TaskState, OutboxSender):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
 
     name = "stage_engine"
@@ -104,6 +105,7 @@ class StageEngine(Owner, TaskState):
         super().__init__()
         self._bus, self._store, self._forge, self._clock, self._cfg = bus, store, forge, clock, cfg
         self._init_state()
+        self._sent = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="gate-reader"
         )
@@ -161,6 +163,8 @@ class StageEngine(Owner, TaskState):
                 return self._annotate(message)
             case StatusQuery():
                 return self._status(message)
+            case SendOutbox(task_id=task_id):
+                self._send(task_id)
             case AllTasks():
                 return self._summaries(self._tasks)
             case ReplayMoves():
@@ -192,6 +196,7 @@ class StageEngine(Owner, TaskState):
 
     def _heal(self) -> None:
         """Finish what a failure interrupted: unflushed outboxes, gates never decided."""
+        self._clear_sent()
         for task_id in list(self._unflushed):
             self._flush(task_id)
         for task_id in list(self._stalled):
@@ -206,20 +211,34 @@ class StageEngine(Owner, TaskState):
 
     # --- persistence --------------------------------------------------------------------
 
-    def _save(self, task: Task, decision: policy.Decision) -> None:
-        """CAS-write the task with the decision's emits in its outbox, then flush them."""
+    def _save(self, task: Task, decision: policy.Decision, *, later: bool = False) -> None:
+        """CAS-write the task with the decision's emits in its outbox, then flush them.
+
+        `later`: answer first; the outbox is sent by the next message (`SendOutbox`).
+        """
         stored = msgspec.structs.replace(task, outbox=list(decision.emit))
         current = self._tasks.get(task.id)
         if current is None:
             revision = self._store.create(task.id, stored)
         else:
+            if current.value.outbox and self._sent.get(task.id) != current.revision:
+                # Never overwrite an outbox not sent yet (a submit's, still queued).
+                self._flush(task.id)
+                current = self._tasks[task.id]
             revision = self._store.update(task.id, stored, expect=current.revision)
+        self._sent.pop(task.id, None)
         self._keep(Versioned(stored, revision))
         faults.point("stage_engine.persisted")
-        self._flush(task.id)
+        if later:
+            self.actor_ref.tell(SendOutbox(task.id))
+        else:
+            self._flush(task.id)
 
     def _flush(self, task_id: str) -> None:
         entry = self._tasks[task_id]
+        if self._sent.get(task_id) == entry.revision and entry.value.outbox:
+            return  # published: `_clear_sent` clears it, with the others, on the tick
+        self._sent.pop(task_id, None)
         self._keep(
             flush_outbox(
                 self._bus,
@@ -352,7 +371,7 @@ class StageEngine(Owner, TaskState):
             )
             assert decision.task is not None  # noqa: S101 - new_task always creates
             try:
-                self._save(decision.task, decision)
+                self._save(decision.task, decision, later=True)
             except KeyExists:
                 # Another engine instance created it first: adopt its record.
                 existing = self._reload(task_id)

@@ -21,7 +21,7 @@ checkpoint: the upgrade's one-time migration.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -33,6 +33,8 @@ from bus.kv import Quarantined, Store, Versioned
 SEGMENT_ROWS = 200
 """Rows per segment record at most (about 100 KB); fewer when a segment would pass half
 the server's max payload."""
+S = TypeVar("S", bound=msgspec.Struct)
+
 HEAD_KEY = "tasks.head"
 ROW_OVERHEAD = 64
 """Bytes a row's envelope adds to its encoded status row (id, created_at, stage, repo)."""
@@ -42,9 +44,9 @@ def _size(row: SettledRow) -> int:
     return len(row.row) + len(row.id) + len(row.stage) + len(row.repo) + ROW_OVERHEAD
 
 
-def hot_key(number: int) -> str:
+def hot_key(number: int, prefix: str = "tasks") -> str:
     """The index key of part `number` of a hot-id list too long for the head."""
-    return f"tasks.hot.{number:06d}"
+    return f"{prefix}.hot.{number:06d}"
 
 
 def segment_key(number: int) -> str:
@@ -217,12 +219,10 @@ def read_checkpoint(
     head = head_entry.value
     keys = [segment_key(n) for n in range(head.segments)]
     found = index.segments.get_many(keys)
-    parts = index.hot.get_many([hot_key(n) for n in range(head.hot_parts)])
-    if len(found) != len(keys) or len(parts) != head.hot_parts:
+    if len(found) != len(keys):
         raise CheckpointUnusable(f"{len(keys) - len(found)} segments missing or unreadable")
-    hot_ids = [*head.hot, *(i for _, part in sorted(parts.items()) for i in part.value.ids)]
-    tail, last = store.since(head.seq)
-    hot = store.get_many([k for k in hot_ids if k not in tail])
+    hot_ids = read_hot(index.hot, "tasks", head.hot, head.hot_parts)
+    hot, tail, last = hot_and_since(store, hot_ids, head.seq)
     stored = [found[k].value if k in found else None for k in keys]
     settled.load(stored, hot=[*hot, *tail])
     entries: list[Versioned[Task] | str] = list(hot.values())
@@ -234,11 +234,43 @@ def read_checkpoint(
 
 def write_checkpoint(index: IndexStores, head: TasksHead, max_bytes: int) -> None:
     """Write `head`; hot ids that would make it too big go into `tasks.hot.*` parts first."""
-    if len(msgspec.json.encode(head)) + ROW_OVERHEAD <= max_bytes // 2:
-        index.heads.put(HEAD_KEY, head)
-        return
-    per_part = max(1, (max_bytes // 2 - ROW_OVERHEAD) // (max(map(len, head.hot)) + 3))
-    chunks = [head.hot[n : n + per_part] for n in range(0, len(head.hot), per_part)]
+    parts = write_hot(index.hot, "tasks", head.hot, len(msgspec.json.encode(head)), max_bytes)
+    index.heads.put(
+        HEAD_KEY, msgspec.structs.replace(head, hot=[], hot_parts=parts) if parts else head
+    )
+
+
+def write_hot(
+    store: Store[HotPart], prefix: str, hot: list[str], head_bytes: int, max_bytes: int
+) -> int:
+    """Write `hot` into `<prefix>.hot.*` parts when a head of `head_bytes` would be too big.
+
+    Returns how many parts were written (0: the ids fit in the head itself). Parts are
+    written before the head that names them.
+    """
+    if head_bytes + ROW_OVERHEAD <= max_bytes // 2:
+        return 0
+    per_part = max(1, (max_bytes // 2 - ROW_OVERHEAD) // (max(map(len, hot)) + 3))
+    chunks = [hot[n : n + per_part] for n in range(0, len(hot), per_part)]
     for number, chunk in enumerate(chunks):
-        index.hot.put(hot_key(number), HotPart(ids=chunk))
-    index.heads.put(HEAD_KEY, msgspec.structs.replace(head, hot=[], hot_parts=len(chunks)))
+        store.put(hot_key(number, prefix), HotPart(ids=chunk))
+    return len(chunks)
+
+
+def read_hot(store: Store[HotPart], prefix: str, ids: list[str], parts: int) -> list[str]:
+    """A head's hot ids and those of its `parts` parts (CheckpointUnusable: one is gone)."""
+    found = store.get_many([hot_key(n, prefix) for n in range(parts)])
+    if len(found) != parts:
+        raise CheckpointUnusable(f"{parts - len(found)} hot-id parts missing or unreadable")
+    return [*ids, *(i for _, part in sorted(found.items()) for i in part.value.ids)]
+
+
+def hot_and_since(
+    store: Store[S], hot_ids: list[str], seq: int
+) -> tuple[dict[str, Versioned[S]], dict[str, Versioned[S] | None], int]:
+    """The hot records by key, the writes after `seq` (None: deleted), and the last sequence.
+
+    A hot record written since comes from the writes only (read once, at its latest).
+    """
+    tail, last = store.since(seq)
+    return store.get_many([k for k in hot_ids if k not in tail]), tail, last

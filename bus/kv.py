@@ -263,6 +263,27 @@ class Store(Generic[S]):
 
         return self._bus.call(_put())
 
+    def update_many(self, writes: list[tuple[str, S, int]]) -> dict[str, int]:
+        """CAS-write many (key, value, expected revision) at once, updates in flight together.
+
+        Returns the revisions of the writes that landed; a key left out was not written
+        (a moved revision, an outage) and is the caller's to write again one at a time.
+        """
+        stamp = self._bus.write_stamp()
+
+        async def _one(key: str, value: S, expect: int) -> int | None:
+            data = encode(value)
+            try:
+                return await fence.update(self._kv, key, data, expect, stamp)
+            except Exception:  # noqa: BLE001 - an unanswered write may have landed all the same
+                return await self._landed_async(key, data)
+
+        async def _all() -> dict[str, int]:
+            done = await asyncio.gather(*(_one(*write) for write in writes))
+            return {w[0]: r for w, r in zip(writes, done, strict=True) if r is not None}
+
+        return self._bus.call(_all(), timeout_s=120.0) if writes else {}
+
     def get_many(self, keys: list[str]) -> dict[str, Versioned[S]]:
         """Read many keys at once (requests in flight together); absent keys are left out."""
         bad: list[_Unreadable] = []

@@ -1,0 +1,77 @@
+"""A Launcher finds its unreported runs from its checkpoint, not by reading every run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors import run_state
+from actors.launcher_policy import RUN_FINISHED, Run
+from actors.run_state import RunsCheckpoint, RunsHead
+from bus import subjects
+from bus.bridge import Bus
+from bus.kv import Store
+from tests.kv_raw import put_raw
+
+pytestmark = pytest.mark.timeout(30)
+
+HEAD = "runs.la.head"
+
+
+def _run(number: int, *, launcher: str = "la", reported: bool = False) -> Run:
+    return Run(
+        id=f"DEMO-{number}.development.1.work.1",
+        job_id=f"DEMO-{number}.development.1.work",
+        attempt=1,
+        task_id=f"DEMO-{number}",
+        repo="demo",
+        role="developer",
+        stage="development",
+        visit=1,
+        branch="b",
+        host="host-a",
+        launcher=launcher,
+        status=RUN_FINISHED if reported else "running",
+        reported=reported,
+    )
+
+
+def _no_full_read(self: Any, *_: Any, **__: Any) -> Any:
+    raise AssertionError("read every run")
+
+
+def test_runs_load_from_the_checkpoint_and_a_broken_one_is_rebuilt(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+):
+    runs = bus.store(subjects.BUCKET_RUNS, Run)
+    # As an older version left them: reported runs, one to look after, another launcher's.
+    for number in range(1, 4):
+        runs.create(_run(number, reported=True).id, _run(number, reported=True))
+    runs.create(_run(4).id, _run(4))
+    runs.create(_run(5, launcher="lb").id, _run(5, launcher="lb"))
+    monkeypatch.setattr(run_state, "WALK_BATCH", 2)  # the upgrade reads in batches
+
+    first = RunsCheckpoint(bus, runs, "la")
+    loaded = first.load()
+    assert list(loaded) == [_run(4).id]
+    first.write(loaded)
+    heads: Store[RunsHead] = bus.store(subjects.BUCKET_INDEX, RunsHead)
+    head = heads.get(HEAD)
+    assert head is not None
+    assert head.value.hot == [_run(4).id]
+    first.write(loaded)  # unchanged: nothing written
+    again = heads.get(HEAD)
+    assert again is not None
+    assert again.revision == head.revision
+
+    # Launched after the checkpoint: among the writes since, read without a full walk.
+    runs.create(_run(6).id, _run(6))
+    monkeypatch.setattr(RunsCheckpoint, "_walk", _no_full_read)
+    monkeypatch.setattr(Store, "load_all", _no_full_read)
+    assert sorted(RunsCheckpoint(bus, runs, "la").load()) == [_run(4).id, _run(6).id]
+
+    # The checkpoint is derived state: one that does not decode is rebuilt by a walk.
+    monkeypatch.undo()
+    put_raw(bus, subjects.BUCKET_INDEX, HEAD, b"broken")
+    assert sorted(RunsCheckpoint(bus, runs, "la").load()) == [_run(4).id, _run(6).id]
