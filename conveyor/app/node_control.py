@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors.leader import Leadership
+from bus.abort import discard_unsent, reset_on_close
 from bus.bridge import Bus
 from bus.messages import Tick
 from conveyor.app.supervisor import Supervisor
@@ -103,6 +104,7 @@ class ControlTerm:
         try:
             term.bus = bus = node._connect(f"epoch-{term.epoch}")
             bus.write_stamp = leadership.fence_for(term.epoch)
+            reset_on_close(bus)
             term.supervisor = Supervisor(bus, node.clock, node.cfg.supervisor)
             term.ticker = Ticker(node.cfg.queue.tick_s, node.clock)
             if term.stopping.is_set():
@@ -132,6 +134,9 @@ class ControlTerm:
         if term is None:
             return
         term.stopping.set()
+        if term.bus is not None:
+            # The lease is gone: what the term has not sent yet must never arrive.
+            discard_unsent(term.bus)
         if term.thread is not None and term.thread is not threading.current_thread():
             term.thread.join(timeout=60)
         if term.supervisor is not None:
