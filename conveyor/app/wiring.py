@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors import janitor_audit
 from actors.hosts import attempt_owner
 from actors.intake import IntakeStatus
 from actors.intake_policy import CardState
@@ -417,9 +418,9 @@ them once at start, so a record there that does not decode is reported then
 
 
 def audit(ctx: Context) -> None:
-    """Load the `AUDITED` buckets once: their undecodable records are reported."""
+    """Read the `AUDITED` buckets' writes since the last audit: undecodable ones are reported."""
     for bucket, value_type in AUDITED:
-        ctx.bus.store(bucket, value_type).load_all()
+        janitor_audit.audit_since(ctx.bus, bucket, value_type)
 
 
 def specs_of(part: str, cfg: Config) -> Iterator[ActorSpec]:
