@@ -32,7 +32,7 @@ from bus.kv import Store as Store
 from bus.kv import Versioned as Versioned
 from bus.loop import LoopThread as LoopThread
 from bus.messages import Message, encode
-from bus.writes import WRITE_RETRY_S, retry_js, retry_write
+from bus.writes import FORMING_CODES, WRITE_RETRY_S, retry_js, retry_write
 from conveyor import config_nats_auth
 from conveyor.errors import BusUnavailable
 from conveyor.logs import get_logger
@@ -254,7 +254,9 @@ class Bus:
     async def _ensure_stream(self, config: js_api.StreamConfig) -> None:
         try:
             await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.BadRequestError as err:
+            if err.err_code in FORMING_CODES:  # a cluster still forming: retry_js waits
+                raise
             # Exists with a different config (an older version): keep the data, update.
             info = await self.js.stream_info(config.name or "")
             replicas = max(self.replicas, info.config.num_replicas or 1)
@@ -274,10 +276,8 @@ class Bus:
                 )
             )
             return
-        # Decisions read through the stream leader: a direct get may be answered by a
-        # follower that has not seen the last write yet.
-        # Never fewer copies than there are: a process configured for one server must not
-        # strip a cluster's replicas (lowering them is an operator's deliberate act).
+        # Decisions read through the stream leader (a follower may not have the last write
+        # yet); never fewer copies than there are (lowering them is an operator's act).
         replicas = max(self.replicas, info.config.num_replicas or 1)
         if info.config.num_replicas != replicas or info.config.allow_direct:
             await self.js.update_stream(

@@ -70,6 +70,20 @@ async def retry_write(
         return result
 
 
+FORMING_CODES = frozenset({10005, 10008})
+"""JetStream's "no suitable peers for placement" and "temporarily unavailable": a cluster
+whose nodes are up but not all known to its meta leader yet answers these for a moment."""
+
+
+def _forming(err: Exception) -> bool:
+    """True for an error that says "not yet", not "no"."""
+    if isinstance(err, nats.js.errors.NoStreamResponseError):
+        return True
+    if isinstance(err, nats.js.errors.APIError):
+        return err.err_code in FORMING_CODES
+    return True
+
+
 async def retry_js(op: Callable[[], Awaitable[T]], attempts: int = 40) -> T:
     """Retry a JetStream call while the server has no responder (starting, or electing)."""
     delay = 0.05
@@ -80,7 +94,10 @@ async def retry_js(op: Callable[[], Awaitable[T]], attempts: int = 40) -> T:
             nats.js.errors.NoStreamResponseError,
             nats.errors.NoRespondersError,
             nats.errors.TimeoutError,
+            nats.js.errors.APIError,
         ) as err:
+            if not _forming(err):
+                raise
             if attempt == attempts - 1:
                 raise BusUnavailable(f"JetStream unavailable: {err!r}") from err
             await asyncio.sleep(delay)

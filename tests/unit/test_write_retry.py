@@ -14,7 +14,7 @@ import pytest
 
 from bus.effects import Effect
 from bus.kv import Store
-from bus.writes import retry_write
+from bus.writes import retry_js, retry_write
 from conveyor import config as config_mod
 from conveyor.clock import FakeClock
 from conveyor.errors import BusUnavailable, ConfigError, Fenced
@@ -201,3 +201,27 @@ def test_a_cas_write_that_finds_another_value_after_a_lost_answer_is_fenced() ->
     kv.update = _another_writer_first  # type: ignore[method-assign]
     with pytest.raises(Fenced):
         store.update("k", _effect("done"), expect=0)
+
+
+def test_set_up_waits_out_a_cluster_still_forming_but_not_a_refusal() -> None:
+    calls: list[int] = []
+
+    async def forming() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise nats.js.errors.BadRequestError(
+                code=400, err_code=10005, description="no suitable peers for placement"
+            )
+        return "created"
+
+    assert asyncio.run(retry_js(forming)) == "created"
+    assert len(calls) == 3
+
+    async def refused() -> str:
+        calls.append(1)
+        raise nats.js.errors.BadRequestError(code=400, err_code=10058, description="name in use")
+
+    calls.clear()
+    with pytest.raises(nats.js.errors.BadRequestError):
+        asyncio.run(retry_js(refused))
+    assert len(calls) == 1
