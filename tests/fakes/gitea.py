@@ -751,8 +751,9 @@ class FakeGitea:
             thread = threading.Thread(
                 target=self._run_ci, args=(repo, after), name="fake-gitea-ci", daemon=True
             )
-            self._ci_threads.append(thread)
+            # Started before it is listed: `stop` joins only threads that have started.
             thread.start()
+            self._ci_threads.append(thread)
 
     def _run_ci(self, repo: _Repo, sha: str) -> None:
         if not self.check_command:
