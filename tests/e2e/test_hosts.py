@@ -25,7 +25,7 @@ from bus.messages import LeaseHolder
 from conveyor import procs as procs_mod
 from conveyor.app.client import Client
 from conveyor.clock import SystemClock
-from tests.harness import Processes, drive, stored_jobs, wait_ready, wait_until
+from tests.harness import CONFIG, Processes, drive, stored_jobs, wait_ready, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -168,27 +168,13 @@ def test_a_host_killed_with_its_agents_is_resolved_after_its_silence(
         procs.stop_all()
 
 
-SLOW_CI = """
-data_dir = "{data}"
-[nats]
-url = "{url}"
-[queue]
-tick_s = 0.1
-backoff_base_s = 0.05
-backoff_max_s = 0.2
-[launcher]
-kill_grace_s = 1.0
-[leases]
-busy_retry_s = 0.5
-[log]
-level = "info"
-format = "json"
-[[repos]]
-name = "demo"
-prefix = "DEMO"
-template = "demo"
-check_command = ["{{python}}", "-c", "import time; time.sleep(2)"]
-"""
+# The harness's configuration with a CI check that takes a while, so a job is still
+# running when its host is frozen.
+SLOW_CI = CONFIG.replace(
+    '["{{python}}", "-m", "unittest", "discover", "-s", "tests", "-t", "."]',
+    '["{{python}}", "-c", "import time; time.sleep(2)"]',
+)
+assert SLOW_CI != CONFIG
 
 
 def transition_holder(client: Client, task: str) -> LeaseHolder | None:
