@@ -10,9 +10,10 @@ worker checkpoints those into `conveyor_index` (see docs/adr/0012-cold-state.md)
   when too many for one message), and the settled jobs' counts, ledger and recent jobs.
 
 Start-up reads the head, the hot jobs by key and only the writes to `conveyor_jobs`
-after the head's sequence. A job settled at the head is never counted twice: before
-a settled job is written again (read back from KV), it leaves the settled aggregates
-and a head naming it hot is written first.
+after the head's sequence (in batches, settled jobs leaving memory as they are read).
+A job settled at the head is never counted twice: before a settled job is written
+again (read back from KV), it leaves the settled aggregates and a head naming it hot
+is written first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import msgspec
 from actors import usage_policy
 from actors.job_index import JobIndex
 from actors.queue_policy import Job, job_usage
-from actors.task_settled import CheckpointUnusable, HotPart, hot_and_since, read_hot, write_hot
+from actors.task_settled import CheckpointUnusable, HotPart, hot_and_tail, read_hot, write_hot
 from actors.usage_policy import Ledger, Usage
 from bus import subjects
 from bus.bridge import Bus
@@ -117,14 +118,21 @@ class JobState:
             return None
         head = entry.value
         hot_ids = read_hot(parts, PREFIX, head.hot, head.hot_parts)
-        hot, tail, last = hot_and_since(self._store, hot_ids, head.seq)
         self._index.restore(head.counts, head.recent)
         self._settled_ledger = head.ledger
-        self._seq = max(head.seq, last)
-        for job in [*hot.values(), *tail.values()]:
+        # Writes up to the stream's end are the head's or foreign: none counts as ours.
+        self._seq = max(head.seq, self._store.last_seq())
+
+        def tail(key: str, job: Versioned[Job] | None) -> None:
             if job is not None:
-                self._track(job, None)
-        return len(hot) + len(tail)
+                before = self._jobs.get(key)
+                self._track(job, before.value if before is not None else None)
+
+        hot, read, last = hot_and_tail(self._store, hot_ids, head.seq, tail)
+        self._seq = max(self._seq, last)
+        for job in hot.values():
+            self._track(job, None)
+        return len(hot) + read
 
     def _migrate(self) -> int:
         """No checkpoint yet (data of an older version): read every job once, in batches.

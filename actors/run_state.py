@@ -16,7 +16,7 @@ import re
 import msgspec
 
 from actors.launcher_policy import Run
-from actors.task_settled import CheckpointUnusable, HotPart, hot_and_since, read_hot, write_hot
+from actors.task_settled import CheckpointUnusable, HotPart, hot_and_tail, read_hot, write_hot
 from bus import subjects
 from bus.bridge import Bus
 from bus.kv import Quarantined, Store, Versioned
@@ -88,9 +88,17 @@ class RunsCheckpoint:
             return None, 0
         head = entry.value
         ids = read_hot(self._parts, self._prefix, head.hot, head.hot_parts)
-        hot, tail, _ = hot_and_since(self._store, ids, head.seq)
-        found = {k: v for k, v in tail.items() if v is not None}
-        return {**hot, **found}, len(hot) + len(tail)
+        kept: dict[str, Versioned[Run]] = {}
+
+        def tail(key: str, run: Versioned[Run] | None) -> None:
+            # Only its own unreported runs stay: a long tail is mostly other runs.
+            if run is not None and self._mine(run):
+                kept[key] = run
+            else:
+                kept.pop(key, None)
+
+        hot, read, _ = hot_and_tail(self._store, ids, head.seq, tail)
+        return {**hot, **kept}, len(hot) + read
 
     def _walk(self) -> tuple[dict[str, Versioned[Run]], int]:
         seq, read, kept = 0, 0, {}

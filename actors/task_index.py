@@ -117,17 +117,28 @@ class StatusIndex:
         self._lists: dict[Bucket, list[Key]] = {}
         self._where: dict[str, tuple[Key, tuple[Bucket, ...]]] = {}
         self._shared: dict[tuple[Bucket, ...], tuple[Bucket, ...]] = {}
+        self._settled: dict[tuple[str, str], tuple[Bucket, ...]] = {}
 
     def put(self, task: Task) -> None:
         """Index `task` as it is now; O(1) when its state, stage and repo did not change."""
         self._place(task.id, (task.created_at, task.id), _buckets(task))
 
     def put_settled(self, task_id: str, created_at: float, stage: str, repo: str) -> None:
-        """Index a settled (done or cancelled) task known only by its kept row."""
-        buckets = tuple(
-            (state, s, r) for state in ("all", "finished") for s in (stage, "") for r in (repo, "")
-        )
-        self._place(task_id, (created_at, task_id), buckets)
+        """Index a settled (done or cancelled) task known only by its kept row.
+
+        Start-up puts every settled task (100,000 after a year): their filter sets
+        come from a cache instead of being built and hashed once per task.
+        """
+        buckets = self._settled.get((stage, repo))
+        if buckets is None:
+            buckets = tuple(
+                (state, s, r)
+                for state in ("all", "finished")
+                for s in (stage, "")
+                for r in (repo, "")
+            )
+            buckets = self._settled[stage, repo] = self._shared.setdefault(buckets, buckets)
+        self._place(task_id, (created_at, task_id), buckets, shared=True)
 
     def drop(self, task_id: str) -> None:
         """Forget a task (its record was deleted)."""
@@ -136,9 +147,13 @@ class StatusIndex:
             for bucket in before[1]:
                 self._remove(bucket, before[0])
 
-    def _place(self, task_id: str, key: Key, buckets: tuple[Bucket, ...]) -> None:
+    def _place(
+        self, task_id: str, key: Key, buckets: tuple[Bucket, ...], *, shared: bool = False
+    ) -> None:
         # One shared tuple per distinct filter set: at 100,000 tasks a copy each is ~60 MB.
-        buckets = self._shared.setdefault(buckets, buckets)
+        # (`shared`: it is that tuple already, so the hash of its 24 strings is not needed.)
+        if not shared:
+            buckets = self._shared.setdefault(buckets, buckets)
         before = self._where.get(task_id)
         if before == (key, buckets):
             return

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors import job_state
+from actors import job_state, task_settled
 from actors.job_state import HEAD_KEY, JobsHead
 from actors.queue_policy import Job
 from actors.queue_worker import UsageQuery
@@ -161,5 +161,30 @@ def test_foreign_writes_are_adopted_and_a_broken_checkpoint_is_rebuilt(
         head = heads.get(HEAD_KEY)
         assert head is not None
         assert head.value.counts == {"done": 2, "failed": 1}
+    finally:
+        worker.ref.stop(block=True, timeout=10)
+
+
+def test_a_long_tail_since_the_checkpoint_is_read_in_batches_and_counted_once(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    jobs = bus.store(subjects.BUCKET_JOBS, Job)
+    now = clock.now()
+    jobs.create(_job(1, "done", now).id, _job(1, "done", now, cost=1.0))
+    jobs.create(_job(2, "running", now).id, _job(2, "running", now))
+    worker = _start(tmp_path, nats_url, bus, clock)
+    worker.ref.stop(block=True, timeout=10)
+    # Behind its back: more jobs than one batch, and the hot one finished.
+    jobs.put(_job(2, "done", now).id, _job(2, "done", now, cost=0.5))
+    for number in range(3, 8):
+        jobs.create(_job(number, "failed", now).id, _job(number, "failed", now, cost=0.25))
+    monkeypatch.setattr(task_settled, "TAIL_BATCH", 2)
+    monkeypatch.setattr(Store, "since", _no_full_load)  # never the whole tail at once
+    monkeypatch.setattr(job_state.JobState, "_migrate", _no_full_load)
+    worker = _start(tmp_path, nats_url, bus, clock)
+    try:
+        assert worker.status()["counts"] == {"done": 2, "failed": 5}
+        assert worker.status()["hot"] == 0
+        assert _spent(worker) == (2.75, 2.75)
     finally:
         worker.ref.stop(block=True, timeout=10)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors import run_state
+from actors import run_state, task_settled
 from actors.launcher_policy import RUN_FINISHED, Run
 from actors.run_state import RunsCheckpoint, RunsHead
 from bus import subjects
@@ -75,3 +75,24 @@ def test_runs_load_from_the_checkpoint_and_a_broken_one_is_rebuilt(
     monkeypatch.undo()
     put_raw(bus, subjects.BUCKET_INDEX, HEAD, b"broken")
     assert sorted(RunsCheckpoint(bus, runs, "la").load()) == [_run(4).id, _run(6).id]
+
+
+def test_a_long_tail_since_the_checkpoint_is_read_in_batches(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+):
+    runs = bus.store(subjects.BUCKET_RUNS, Run)
+    for number in (1, 2):
+        runs.create(_run(number).id, _run(number))
+    first = RunsCheckpoint(bus, runs, "la")
+    first.write(first.load())
+    # Behind its back (a restore, the scale bench's copies): more runs than one batch,
+    # among them a hot run now reported and another launcher's.
+    runs.put(_run(1).id, _run(1, reported=True))
+    for number in range(3, 8):
+        runs.create(_run(number).id, _run(number, reported=number % 2 == 1))
+    runs.create(_run(8, launcher="lb").id, _run(8, launcher="lb"))
+    monkeypatch.setattr(task_settled, "TAIL_BATCH", 2)
+    monkeypatch.setattr(Store, "since", _no_full_read)  # never the whole tail at once
+    monkeypatch.setattr(RunsCheckpoint, "_walk", _no_full_read)
+    loaded = RunsCheckpoint(bus, runs, "la").load()
+    assert sorted(loaded) == sorted(_run(n).id for n in (2, 4, 6))
