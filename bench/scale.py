@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from bus import subjects
 from bus.server import find_nats_server
 from conveyor.app.client import Client
@@ -57,6 +59,7 @@ from scale_records import Template, bare_create_rate, read_template, write_copie
 
 PARTS = ("control", "launcher")
 SYNC_ALWAYS = "  sync_interval: always\n"
+LAUNCHER_STARTED = '"launcher.started"'
 T = TypeVar("T")
 ITEM = "R1-1"
 TARGETS = {
@@ -85,7 +88,9 @@ class Row:
     floor_rate: float = 0.0
     measured: bool = True
     first_start_s: float = 0.0
+    first_peak: dict[str, float] = field(default_factory=dict)
     nats_start_s: float = 0.0
+    nats_fresh_mb: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     def verdicts(self) -> dict[str, bool]:
@@ -121,7 +126,22 @@ def _page_call(client: Client, row: Row) -> Callable[[], Any]:
     return call
 
 
-def load_copies(fleet: Fleet, template: Template, new: list[str]) -> tuple[int, float, float]:
+@dataclass
+class Loaded:
+    """What writing one size's copies took."""
+
+    written: int
+    writing_s: float
+    nats_start_s: float
+    nats_rss_mb: float
+    """nats-server's RSS right after its start over the copies, before the parts read."""
+    spawned_at: float
+    """When the parts were started over the copies (CLOCK.monotonic)."""
+    launcher_starts: int
+    """`launcher.started` lines in its log before that start."""
+
+
+def load_copies(fleet: Fleet, template: Template, new: list[str]) -> Loaded:
     """Write the copies with the parts stopped, into a nats-server that skips the fsyncs.
 
     nats-server fsyncs every write (`sync_interval: always`), about 1,000 a second on
@@ -129,7 +149,6 @@ def load_copies(fleet: Fleet, template: Template, new: list[str]) -> tuple[int, 
     is measured: the parts are killed, nats-server is stopped (it flushes), and the same
     server, store and ports run without that line while the copies are written. Then it
     stops again, nats-server starts as configured, and the parts start over the copies.
-    Returns the records written, the seconds writing them, and nats-server's start.
     """
     cluster = fleet.cluster
     for part in reversed(PARTS):
@@ -167,10 +186,13 @@ def load_copies(fleet: Fleet, template: Template, new: list[str]) -> tuple[int, 
     started = CLOCK.monotonic()
     cluster.nats.start()
     nats_start_s = CLOCK.monotonic() - started
+    nats_rss = fleet.rss_mb().get("nats-server", 0.0)
     fleet.client = Client(fleet.url, timeout_s=10.0)
+    starts = _count(cluster.workdir / "launcher.log", LAUNCHER_STARTED)
+    spawned_at = CLOCK.monotonic()
     for part in PARTS:
         cluster.spawn(part)
-    return written, writing_s, nats_start_s
+    return Loaded(written, writing_s, nats_start_s, nats_rss, spawned_at, starts)
 
 
 def _wait_healthz(monitor_url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -186,20 +208,59 @@ def _wait_healthz(monitor_url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the loading nats-server was not healthy within 600 s")
 
 
+def _count(path: Path, needle: str) -> int:
+    with path.open(errors="replace") as fh:
+        return sum(1 for line in fh if needle in line)
+
+
+def _wait_log(path: Path, needle: str, count: int, deadline_s: float) -> None:
+    """Wait until `path` holds `count` lines with `needle` (bounded)."""
+    end = CLOCK.monotonic() + deadline_s
+    while _count(path, needle) < count:
+        if CLOCK.monotonic() > end:
+            raise RuntimeError(f"no {needle} in {path} within {deadline_s:g} s")
+        CLOCK.sleep(0.1)
+
+
+def _peak_rss_mb(fleet: Fleet) -> dict[str, float]:
+    """Each part's peak RSS so far (VmHWM), in MB."""
+    out = {}
+    for name, proc in fleet.processes().items():
+        with contextlib.suppress(OSError, psutil.Error):
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+            out[name] = int(kb) / 1000
+    return out
+
+
 def measure(
-    fleet: Fleet, template: Template, ids: list[str], args: argparse.Namespace, size: int
+    fleet: Fleet,
+    template: Template,
+    ids: list[str],
+    args: argparse.Namespace,
+    loaded: Loaded,
+    size: int,
 ) -> Row:
     row = Row(size)
+    row.nats_start_s, row.nats_fresh_mb = loaded.nats_start_s, loaded.nats_rss_mb
     cluster = fleet.cluster
     client = fleet.live_client()
     # `load_copies` started the launcher and control over the copies just written. Those
-    # were written behind their backs, so control's first start reads them as writes
-    # since its checkpoints (as an upgrade's migration reads every task once); untimed.
-    # Then control's restart from its checkpoints is timed.
-    started = CLOCK.monotonic()
+    # were written behind their backs, so each part's first start reads them as writes
+    # since its checkpoints (as an upgrade's migration reads every record once); untimed,
+    # with its peak RSS. Then the launcher restarts from its checkpoint, so its RSS is
+    # a restart's and not what the first start left, and control's restart is timed.
     wait_ready(client, cluster, deadline_s=args.ready_deadline_s)
-    row.first_start_s = CLOCK.monotonic() - started
-    print(f"  untimed first start of control: {row.first_start_s:.1f} s", flush=True)
+    launcher_log = cluster.workdir / "launcher.log"
+    _wait_log(launcher_log, LAUNCHER_STARTED, loaded.launcher_starts + 1, args.ready_deadline_s)
+    row.first_start_s = CLOCK.monotonic() - loaded.spawned_at
+    row.first_peak = _peak_rss_mb(fleet)
+    peaks = ", ".join(f"{k} {v:.0f} MB" for k, v in row.first_peak.items())
+    print(f"  untimed first start: {row.first_start_s:.1f} s; peak RSS {peaks}", flush=True)
+    seen = _count(launcher_log, LAUNCHER_STARTED)
+    cluster.sigkill("launcher")
+    cluster.spawn("launcher")
+    _wait_log(launcher_log, LAUNCHER_STARTED, seen + 1, args.ready_deadline_s)
     cluster.sigkill("control")
     cluster.spawn("control")
     try:
@@ -302,10 +363,13 @@ def _print(rows: list[Row]) -> None:
     for r in rows:
         for failure in r.failures:
             print(f"{r.tasks}: {failure}")
-    print(
-        "untimed first start of control over new copies / nats-server start s: "
-        + ", ".join(f"{r.tasks}: {r.first_start_s:.1f} / {r.nats_start_s:.2f}" for r in rows)
-    )
+    for r in rows:
+        peaks = "/".join(f"{r.first_peak.get(k, 0):.0f}" for k in ("control", "launcher"))
+        print(
+            f"{r.tasks}: untimed first start over the new copies {r.first_start_s:.1f} s "
+            f"(peak RSS control/launcher {peaks} MB); nats-server start {r.nats_start_s:.2f} s, "
+            f"RSS {r.nats_fresh_mb:.0f} MB right after it"
+        )
     print("page reply: " + ", ".join(f"{r.tasks}: {r.page_shape or 'failed'}" for r in rows))
     print(
         "targets (SPEC §8, at 100,000 stored tasks): "
@@ -352,16 +416,16 @@ def main(argv: list[str] | None = None) -> int:
         ids: list[str] = [ITEM]
         for size in sizes:
             new = [f"R1-{n}" for n in range(stored + 1, size + 1)]
-            written, writing_s, nats_start_s = load_copies(fleet, template, new)
+            loaded = load_copies(fleet, template, new)
             ids += new
             stored = max(stored, size)
             print(
-                f"{size} tasks: wrote {written} records in {writing_s:.1f} s; nats-server "
-                f"started over them in {nats_start_s:.2f} s; measuring",
+                f"{size} tasks: wrote {loaded.written} records in {loaded.writing_s:.1f} s; "
+                f"nats-server started over them in {loaded.nats_start_s:.2f} s "
+                f"({loaded.nats_rss_mb:.0f} MB); measuring",
                 flush=True,
             )
-            rows.append(measure(fleet, template, ids, args, size))
-            rows[-1].nats_start_s = nats_start_s
+            rows.append(measure(fleet, template, ids, args, loaded, size))
             _print(rows[-1:])  # each size as soon as it is measured; all of them at the end
     finally:
         fleet.stop()
