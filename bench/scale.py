@@ -4,8 +4,11 @@ Conveyor runs as nats-server plus the Procfile parts `control` and `launcher`
 (each `conveyor up --parts ...` in its own process) with the demo agent. One demo
 item is driven to `done`; its task, job, run and effect records are then copied
 straight into the KV buckets (`scale_records.py`) until the store holds each size
-of `--tasks` (all copies finished, each with its jobs, runs and effects). At each
-size the launcher is restarted (untimed) so both parts load the copies, then:
+of `--tasks` (all copies finished, each with its jobs, runs and effects). The copies
+are written with the parts stopped, into the same nats-server run without its fsync
+per write (`load_copies`); then nats-server and the parts start over them (untimed:
+the parts read the copies as writes since their checkpoints), the launcher restarts
+from its checkpoint, and:
 
 - **restart to ready**: control gets SIGKILL and is started again; seconds until
   `conveyor.status` answers healthy;
