@@ -386,6 +386,27 @@ def _print(rows: list[Row]) -> None:
         print(f"  {r.tasks:>7}: {marks}")
 
 
+def _sorted(template: Template) -> dict[str, list[tuple[str, bytes]]]:
+    return {bucket: sorted(pairs) for bucket, pairs in template.records.items()}
+
+
+def _settled_template(url: str, deadline_s: float = 30.0) -> Template:
+    """The template item's records once two reads a second apart agree.
+
+    The item is seen `done` before its owners wrote everything that follows (under
+    load, its last effect): read too early, every copy would lack that record.
+    """
+    template = read_template(url, ITEM)
+    end = CLOCK.monotonic() + deadline_s
+    while CLOCK.monotonic() < end:
+        CLOCK.sleep(1.0)
+        again = read_template(url, ITEM)
+        if _sorted(again) == _sorted(template):
+            return again
+        template = again
+    return template
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="1000,10000", help="comma list of stored-task counts")
@@ -412,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         seen = drive(fleet, [(ITEM, "repo1")], in_flight=1, deadline_s=300.0)
         if ITEM not in seen.settled_at or seen.escalated:
             raise RuntimeError(f"the template item {ITEM} did not finish")
-        template = read_template(fleet.url, ITEM)
+        template = _settled_template(fleet.url)
         counts = {b.rsplit("_", 1)[-1]: len(p) for b, p in template.records.items()}
         print(f"template {ITEM}: {template.count()} records {counts}", flush=True)
         stored = 1
