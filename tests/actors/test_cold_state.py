@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors import task_state
+from actors import task_settled, task_state
 from actors.stage_engine import StatusQuery
 from actors.task_index import PageRequest
 from actors.task_policy import Task
@@ -148,5 +148,33 @@ def test_writes_behind_the_engines_back_are_adopted_and_a_broken_checkpoint_is_r
         overview = _ask(engine, StatusQuery(kind="overview"))
         assert (overview["tasks"], overview["by_state"]["finished"]) == (3, 2)
         assert _page_ids(engine, "finished") == ["DEMO-1", "DEMO-2"]
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+
+def test_a_long_tail_since_the_checkpoint_is_read_in_batches(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    tasks = bus.store(subjects.BUCKET_TASKS, Task)
+    tasks.create("DEMO-1", _task("DEMO-1", "analysis", 1.0))
+    engine = _start(tmp_path, nats_url, bus, clock)
+    engine.ref.stop(block=True, timeout=10)
+    # Behind its back (a restore, the scale bench's copies): more tasks than one batch,
+    # and the hot one settled.
+    tasks.put("DEMO-1", _task("DEMO-1", "cancelled", 1.0))
+    for number in range(2, 7):
+        tasks.create(f"DEMO-{number}", _task(f"DEMO-{number}", "done", float(number)))
+
+    def _whole_tail(self: Store[Any], *_: Any) -> Any:
+        raise AssertionError(f"read every write since at once from {self.bucket}")
+
+    monkeypatch.setattr(task_settled, "TAIL_BATCH", 2)
+    monkeypatch.setattr(Store, "since", _whole_tail)
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        overview = _ask(engine, StatusQuery(kind="overview"))
+        assert (overview["tasks"], overview["by_state"]["finished"]) == (6, 6)
+        assert _page_ids(engine, "finished") == [f"DEMO-{n}" for n in range(1, 7)]
+        assert _ask(engine, AllTasks()) == []
     finally:
         engine.ref.stop(block=True, timeout=10)
