@@ -11,7 +11,8 @@ restart the worst case is one early replay, which is harmless.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -73,9 +74,20 @@ class Reconciler(Owner):
         self._last_poll = float("-inf")
         self._polling = False
         self._replayed_at: dict[str, float] = {}
-        self._counts = {"replayed": 0, "unblocked": 0, "polls": 0, "poll_errors": 0, "events": 0}
+        self._counts = {
+            "replayed": 0,
+            "unblocked": 0,
+            "polls": 0,
+            "poll_errors": 0,
+            "events": 0,
+            "compared": 0,
+        }
         self._last_replayed: dict[str, Any] = {}
         self._last_poll_error = ""
+        # Plane's newest `updated_at` at the last poll, and the items replayed then:
+        # a later poll compares only what moved since (soft state; a start compares all).
+        self._polled_upto: float | None = None
+        self._pending: set[str] = set()
 
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -172,11 +184,14 @@ class Reconciler(Owner):
             self._last_poll_error = done.error
             log.warning("reconciler.poll_failed", error=done.error)
             return
+        items = self._moved(done.items)
         # Only the polled items' tasks, looked up by id: never every stored task.
-        ids = tuple(policy.polled_task_ids(done.items, cfg=self._cfg))
+        ids = tuple(policy.polled_task_ids(items, cfg=self._cfg))
         found: Any = self._engine.ask(GetTasks(ids), timeout=ASK_TIMEOUT_S) if ids else {}
         rows = {k: msgspec.convert(v, TaskRow) for k, v in (found or {}).items()}
-        for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
+        replays = policy.plane_replays(items, rows, cfg=self._cfg)
+        self._pending = {event.work_item_id for _, event in replays}
+        for msg_id, event in replays:
             self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1
             log.info(
@@ -185,6 +200,18 @@ class Reconciler(Owner):
                 state=event.state_name,
                 msg_id=msg_id,
             )
+
+    def _moved(self, items: Sequence[PolledItem]) -> list[PolledItem]:
+        """The polled items that changed since the last poll, or were replayed then."""
+        stamps = {item.id: _stamp(item.updated_at) for item in items}
+        chosen = policy.to_compare(items, stamps, since=self._polled_upto, pending=self._pending)
+        known = [stamp for stamp in stamps.values() if stamp is not None]
+        if known:
+            newest = max(known)
+            before = self._polled_upto
+            self._polled_upto = newest if before is None else max(before, newest)
+        self._counts["compared"] += len(chosen)
+        return chosen
 
     def _status(self) -> dict[str, Any]:
         return {
@@ -199,3 +226,11 @@ class Reconciler(Owner):
             "last_replayed": self._last_replayed or None,
             **{f"{name}_total": count for name, count in self._counts.items()},
         }
+
+
+def _stamp(updated_at: str) -> float | None:
+    """A Plane `updated_at` as seconds (None: missing or unreadable)."""
+    try:
+        return datetime.fromisoformat(updated_at).timestamp()
+    except ValueError:
+        return None

@@ -8,7 +8,7 @@ grace has passed, and a work item state that the task never saw.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import msgspec
 
@@ -149,6 +149,35 @@ def due(
         if quiet < grace or now - replayed_at.get(row.id, float("-inf")) < grace:
             continue
         out.append(Replay(task_id=row.id, reason=f"quiet on {row.stage} for {quiet:.0f}s"))
+    return out
+
+
+RECHECK_S = 600.0
+"""Polled items updated this long before the newest stamp of the last poll are compared
+again: an item changed while a poll was paging is never missed."""
+
+
+def to_compare(
+    items: Sequence[PolledItem],
+    stamps: Mapping[str, float | None],
+    *,
+    since: float | None,
+    pending: Collection[str],
+) -> list[PolledItem]:
+    """The polled items worth comparing with their tasks (the rest changed nothing).
+
+    `stamps` are the items' `updated_at` on Plane's clock (None: unreadable), `since`
+    the newest stamp of the previous poll (None: the first poll since start: every
+    item), `pending` the items whose replay was published last time (compared until
+    their task agrees). So a poll costs the items that moved, not every card.
+    """
+    if since is None:
+        return list(items)
+    out: list[PolledItem] = []
+    for item in items:
+        stamp = stamps.get(item.id)
+        if item.id in pending or stamp is None or stamp >= since - RECHECK_S:
+            out.append(item)
     return out
 
 
