@@ -11,7 +11,7 @@ restart the worst case is one early replay, which is harmless.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,8 +32,9 @@ log = get_logger(__name__)
 
 ASK_TIMEOUT_S = 10.0
 
-Poll = Callable[[], list[PolledItem]]
-"""Reads every configured Plane project's work items (I/O; runs in a worker thread)."""
+Poll = Callable[[float | None, Collection[tuple[str, str]]], list[PolledItem]]
+"""Reads the configured Plane projects' work items updated after a UNIX time (None:
+all of them), plus the (project, work item) pairs named (I/O; in a worker thread)."""
 
 
 class PollDone(msgspec.Struct, frozen=True):
@@ -87,7 +88,8 @@ class Reconciler(Owner):
         # Plane's newest `updated_at` at the last poll, and the items replayed then:
         # a later poll compares only what moved since (soft state; a start compares all).
         self._polled_upto: float | None = None
-        self._pending: set[str] = set()
+        self._last_full = float("-inf")
+        self._pending: dict[str, str] = {}
 
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -124,10 +126,15 @@ class Reconciler(Owner):
             self._last_poll = now
             self._polling = True
             poll, actor = self._poll, self.actor_ref
+            since, also = policy.poll_scope(
+                self._polled_upto, self._pending, now=now, last_full=self._last_full
+            )
+            if since is None:
+                self._last_full = now
 
             def _run() -> None:
                 try:
-                    found = PollDone(items=poll())
+                    found = PollDone(items=poll(since, also))
                 except Exception as err:  # noqa: BLE001 - reported to the actor, retried later
                     found = PollDone(items=[], error=f"{type(err).__name__}: {err}")
                 actor.tell(found)
@@ -190,7 +197,7 @@ class Reconciler(Owner):
         found: Any = self._engine.ask(GetTasks(ids), timeout=ASK_TIMEOUT_S) if ids else {}
         rows = {k: msgspec.convert(v, TaskRow) for k, v in (found or {}).items()}
         replays = policy.plane_replays(items, rows, cfg=self._cfg)
-        self._pending = {event.work_item_id for _, event in replays}
+        self._pending = {event.work_item_id: event.project_id for _, event in replays}
         for msg_id, event in replays:
             self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1

@@ -181,6 +181,27 @@ def to_compare(
     return out
 
 
+FULL_POLL_S = 3600.0
+"""A bounded poll trusts Plane to list newest first; this often the whole list is read."""
+
+
+def poll_scope(
+    polled_upto: float | None, pending: Mapping[str, str], *, now: float, last_full: float
+) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    """What the next Plane poll reads: items updated after a moment, and pairs by id.
+
+    The moment is None for every item; the pairs are the (project, work item)
+    replayed last time, read by id when the list leaves them out. `polled_upto` is
+    the newest stamp the last poll saw (None: none since start), `pending` maps a
+    replayed item to its project, `last_full` is when (on the actor's clock) the
+    whole list was last read.
+    """
+    also = tuple((project, item) for item, project in sorted(pending.items()))
+    if polled_upto is None or now - last_full >= FULL_POLL_S:
+        return None, also
+    return polled_upto - RECHECK_S, also
+
+
 def polled_task_ids(items: Sequence[PolledItem], *, cfg: Config) -> list[str]:
     """The task ids polled work items name (those of configured projects)."""
     ids: list[str] = []
