@@ -1,0 +1,305 @@
+"""SPEC §8 "Scale", the submit target: submits a second against bare KV creates of the same records.
+
+A submit is answered once its task record (with the outbox it stores) is durable,
+so its floor is a KV create of that same record, nothing else: the record is built
+by the same policy the StageEngine uses (`stage_policy.new_task`), encoded the same
+way, into a bucket configured like `conveyor_tasks`. Both sides are driven from one
+asyncio nats-py connection in this process (the same kind of client), in two shapes:
+
+- **one after another** (`in flight 1`): a client waiting for each answer; the rate
+  is one over the latency;
+- **N in flight** (`--in-flight`, default 16): N requests outstanding at all times,
+  the rate a busy front-end (webhooks, a tracker sync) gets.
+
+Rounds alternate the four measurements (submit 1, create 1, submit N, create N), so
+both sides of a ratio are measured at the same moment; the median round is printed.
+Only nats-server and the `control` part run: no launcher, so the submitted items
+never launch an agent, nor run the pipeline while the rate is measured (the
+QueueWorker, in control, does take each item's job request: that is the submit's
+own downstream, on the same cores as the engine, and it is counted).
+
+    .venv/bin/python bench/submit_rate.py [--submits 300] [--in-flight 16] [--rounds 3]
+
+`scale.py` calls `measure` for its submit column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from actors import stage_policy
+from bus import subjects
+from conveyor import config as config_mod
+from conveyor import validate
+from conveyor.clock import SystemClock
+
+# bench/ is a folder of scripts, not a package: its sibling modules import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaos_cluster import Cluster
+from fleet import render_config
+
+CLOCK = SystemClock()
+TARGET = 0.8
+FLOOR_BUCKET = "bench_submit_floor"
+JUDGED = "in flight 1"
+WHY_JUDGED = (
+    "a submit is answered once its one record is durable, and one client waiting for "
+    "each answer is how the CLI, a webhook handler and the tracker sync submit; with N in "
+    "flight the floor's creates are pipelined by the server, so that ratio also shows how "
+    "well submits overlap, and is printed beside it"
+)
+
+
+@dataclass
+class Shape:
+    """One shape's measurements over the rounds: rates a second and p50 latencies in ms."""
+
+    in_flight: int
+    submit: list[float] = field(default_factory=list)
+    create: list[float] = field(default_factory=list)
+    submit_p50: list[float] = field(default_factory=list)
+    create_p50: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"in flight {self.in_flight}"
+
+    def ratio(self) -> float:
+        """The median round's ratio (each round's two sides were measured together)."""
+        ratios = [s / c for s, c in zip(self.submit, self.create, strict=True) if c]
+        return statistics.median(ratios) if ratios else 0.0
+
+
+async def _run(
+    calls: list[Callable[[], Awaitable[None]]], in_flight: int
+) -> tuple[float, list[float]]:
+    """Rate a second of `calls`, at most `in_flight` outstanding, and each call's latency."""
+    latencies: list[float] = []
+    todo = iter(calls)
+
+    async def lane() -> None:
+        for call in todo:
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return len(calls) / (time.perf_counter() - started), latencies
+
+
+def _submit(nc: NatsClient, body: bytes, ids: list[str]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        reply = await nc.request(subjects.CMD_SUBMIT, body, timeout=30.0)
+        answer = json.loads(reply.data)
+        if not answer.get("ok"):
+            raise RuntimeError(f"submit refused: {answer.get('error')}")
+        ids.append(answer["task"]["id"])
+
+    return call
+
+
+def _create(kv: KeyValue, key: str, data: bytes) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        await kv.create(key, data)
+
+    return call
+
+
+def task_record(cfg: config_mod.Config, repo: str, task_id: str, title: str) -> bytes:
+    """The task record a submit stores before it answers: the task with its outbox."""
+    decision = stage_policy.new_task(
+        task_id=task_id,
+        repo=repo,
+        title=title,
+        description="",
+        branch=validate.branch_for(task_id, title),
+        now=CLOCK.now(),
+        cfg=cfg,
+    )
+    assert decision.task is not None  # noqa: S101 - new_task always creates
+    return msgspec.json.encode(msgspec.structs.replace(decision.task, outbox=list(decision.emit)))
+
+
+async def _floor_bucket(nc: NatsClient) -> KeyValue:
+    js = nc.jetstream()
+    tasks = await js.key_value(subjects.BUCKET_TASKS)
+    info = (await tasks.status()).stream_info.config
+    with_config = KeyValueConfig(
+        bucket=FLOOR_BUCKET,
+        history=info.max_msgs_per_subject or 1,
+        storage=info.storage,
+        replicas=info.num_replicas or 1,
+        direct=bool(info.allow_direct),
+    )
+    try:
+        await js.delete_key_value(FLOOR_BUCKET)
+    except Exception:  # noqa: BLE001, S110 - absent the first time
+        pass
+    return await js.create_key_value(with_config)
+
+
+async def _measure(
+    url: str,
+    cfg: config_mod.Config,
+    repo: str,
+    submits: int,
+    shapes: tuple[int, ...],
+    rounds: int,
+) -> tuple[list[Shape], list[str]]:
+    nc = await nats.connect(url)
+    submitted: list[str] = []
+    try:
+        kv = await _floor_bucket(nc)
+        prefix = cfg.repo(repo).prefix
+        title = "Submit rate item"
+        body = json.dumps({"repo": repo, "title": title}).encode()
+        # The floor's record: one like the submits store (ids of the same length).
+        data = task_record(cfg, repo, f"{prefix}-{10**6}", title)
+        out = [Shape(n) for n in shapes]
+        # Warm both paths (connections, the engine's first write) before measuring.
+        await _run([_submit(nc, body, submitted) for _ in range(5)], 1)
+        await _run([_create(kv, f"warm-{n}", data) for n in range(5)], 1)
+        for round_no in range(rounds):
+            for shape in out:
+                rate, lat = await _run(
+                    [_submit(nc, body, submitted) for _ in range(submits)], shape.in_flight
+                )
+                shape.submit.append(rate)
+                shape.submit_p50.append(statistics.median(lat) * 1000)
+                keys = [f"F{round_no}-{shape.in_flight}-{n}" for n in range(submits)]
+                rate, lat = await _run([_create(kv, k, data) for k in keys], shape.in_flight)
+                shape.create.append(rate)
+                shape.create_p50.append(statistics.median(lat) * 1000)
+        await nc.jetstream().delete_key_value(FLOOR_BUCKET)
+        return out, submitted
+    finally:
+        await nc.close()
+
+
+def measure(
+    url: str,
+    cfg: config_mod.Config,
+    repo: str,
+    *,
+    submits: int,
+    in_flight: int = 16,
+    rounds: int = 1,
+) -> tuple[list[Shape], list[str]]:
+    """Submits to `repo` against bare creates, one after another and `in_flight` at once.
+
+    Returns each shape's figures and the ids submitted (for the caller to cancel).
+    """
+    shapes = (1, in_flight) if in_flight > 1 else (1,)
+    return asyncio.run(_measure(url, cfg, repo, submits, shapes, rounds))
+
+
+def verdict(shapes: list[Shape]) -> str:
+    """PASS or MISS of the target, on the judged shape, with the other shape beside it."""
+    judged = next(s for s in shapes if s.name == JUDGED)
+    mark = "PASS" if judged.ratio() >= TARGET else "MISS"
+    others = ", ".join(f"{s.name} {s.ratio():.2f}" for s in shapes if s is not judged)
+    return f"submit ≥ {TARGET}× bare creates, judged {JUDGED}: {judged.ratio():.2f} {mark}" + (
+        f" (also {others})" if others else ""
+    )
+
+
+def report(shapes: list[Shape]) -> list[str]:
+    """Lines: per shape the median rates, p50 latencies and ratio, then the verdict."""
+    lines = [
+        f"{'shape':>12} {'submit/s':>9} {'create/s':>9} {'ratio':>6} "
+        f"{'submit p50 ms':>13} {'create p50 ms':>13}  rounds (submit/create)"
+    ]
+    for s in shapes:
+        each = " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(s.submit, s.create, strict=True))
+        lines.append(
+            f"{s.name:>12} {statistics.median(s.submit):>9.1f} "
+            f"{statistics.median(s.create):>9.1f} {s.ratio():>6.2f} "
+            f"{statistics.median(s.submit_p50):>13.2f} {statistics.median(s.create_p50):>13.2f}"
+            f"  {each}"
+        )
+    lines.append(verdict(shapes))
+    lines.append(f"judged on {JUDGED}: {WHY_JUDGED}")
+    return lines
+
+
+def _wait_engine(url: str, deadline_s: float) -> None:
+    """Until the StageEngine answers a page of tasks (no launcher runs, so no `healthy`)."""
+
+    async def ask() -> bool:
+        nc = await nats.connect(url)
+        try:
+            reply = await nc.request(subjects.STATUS_TASKS, b'{"limit": 1}', timeout=2.0)
+            return isinstance(json.loads(reply.data), dict | list)
+        finally:
+            await nc.close()
+
+    end = CLOCK.monotonic() + deadline_s
+    while CLOCK.monotonic() < end:
+        try:
+            if asyncio.run(ask()):
+                return
+        except Exception:  # noqa: BLE001, S110 - not up yet
+            pass
+        CLOCK.sleep(0.1)
+    raise RuntimeError(f"control did not answer within {deadline_s:g} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--submits", type=int, default=300, help="per shape and round")
+    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="conveyor-bench-submit-"))
+    cluster = Cluster(root)
+    print(f"submit rate: {args.submits} submits per shape and round, {args.rounds} rounds")
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; scratch {root}")
+    try:
+        cluster.start_nats()
+        cluster.config.write_text(render_config(cluster.data, cluster.nats.url, 1))
+        cluster.spawn("control")
+        _wait_engine(cluster.nats.url, 60.0)
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        cfg = config_mod.load(cluster.config)
+        shapes, ids = measure(
+            cluster.nats.url,
+            cfg,
+            "repo1",
+            submits=args.submits,
+            in_flight=args.in_flight,
+            rounds=args.rounds,
+        )
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"{len(ids)} submitted, {len(set(ids))} distinct ids")
+        print("\n".join(report(shapes)))
+    finally:
+        cluster.stop()
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
