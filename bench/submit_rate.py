@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import psutil
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
@@ -77,6 +79,8 @@ class Shape:
     create: list[float] = field(default_factory=list)
     submit_p50: list[float] = field(default_factory=list)
     create_p50: list[float] = field(default_factory=list)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    """CPU ms per operation, by "<side> <process>" (submit control, create nats-server, ...)."""
 
     @property
     def name(self) -> str:
@@ -86,6 +90,41 @@ class Shape:
         """The median round's ratio (each round's two sides were measured together)."""
         ratios = [s / c for s, c in zip(self.submit, self.create, strict=True) if c]
         return statistics.median(ratios) if ratios else 0.0
+
+
+class Meter:
+    """CPU seconds of the processes a measurement involves, this client among them."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.procs["client"] = psutil.Process()
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            times = proc.cpu_times()
+            out[name] = times.user + times.system
+        return out
+
+    async def quiet(self, name: str, deadline_s: float = 20.0) -> None:
+        """Until `name` used under 5 % of a core for 0.3 s: the work a batch left is done."""
+        end = CLOCK.monotonic() + deadline_s
+        while CLOCK.monotonic() < end:
+            before = self.read()[name]
+            await asyncio.sleep(0.3)
+            if self.read()[name] - before < 0.015:
+                return
+
+
+async def _metered(
+    meter: Meter, settle: str, run: Awaitable[tuple[float, list[float]]]
+) -> tuple[float, list[float], dict[str, float]]:
+    """`run`, and CPU per operation until `settle` is quiet again (its after-work counted)."""
+    before = meter.read()
+    rate, lat = await run
+    await meter.quiet(settle)
+    after = meter.read()
+    return rate, lat, {k: (after[k] - before[k]) * 1000 / len(lat) for k in after}
 
 
 async def _run(
@@ -150,10 +189,8 @@ async def _floor_bucket(nc: NatsClient) -> KeyValue:
         replicas=info.num_replicas or 1,
         direct=bool(info.allow_direct),
     )
-    try:
+    with contextlib.suppress(Exception):  # absent the first time
         await js.delete_key_value(FLOOR_BUCKET)
-    except Exception:  # noqa: BLE001, S110 - absent the first time
-        pass
     return await js.create_key_value(with_config)
 
 
@@ -164,6 +201,8 @@ async def _measure(
     submits: int,
     shapes: tuple[int, ...],
     rounds: int,
+    pids: dict[str, int],
+    settle: str,
 ) -> tuple[list[Shape], list[str]]:
     nc = await nats.connect(url)
     submitted: list[str] = []
@@ -175,20 +214,28 @@ async def _measure(
         # The floor's record: one like the submits store (ids of the same length).
         data = task_record(cfg, repo, f"{prefix}-{10**6}", title)
         out = [Shape(n) for n in shapes]
+        meter = Meter(pids)
         # Warm both paths (connections, the engine's first write) before measuring.
         await _run([_submit(nc, body, submitted) for _ in range(5)], 1)
         await _run([_create(kv, f"warm-{n}", data) for n in range(5)], 1)
+        await meter.quiet(settle)
         for round_no in range(rounds):
             for shape in out:
-                rate, lat = await _run(
-                    [_submit(nc, body, submitted) for _ in range(submits)], shape.in_flight
-                )
+                # Each side starts with control quiet: what the last batch left it to do
+                # (the QueueWorker taking the jobs, the tracker's files) is not on the cores.
+                calls = [_submit(nc, body, submitted) for _ in range(submits)]
+                rate, lat, cpu = await _metered(meter, settle, _run(calls, shape.in_flight))
                 shape.submit.append(rate)
                 shape.submit_p50.append(statistics.median(lat) * 1000)
+                for name, ms in cpu.items():
+                    shape.cpu.setdefault(f"submit {name}", []).append(ms)
                 keys = [f"F{round_no}-{shape.in_flight}-{n}" for n in range(submits)]
-                rate, lat = await _run([_create(kv, k, data) for k in keys], shape.in_flight)
+                calls = [_create(kv, k, data) for k in keys]
+                rate, lat, cpu = await _metered(meter, settle, _run(calls, shape.in_flight))
                 shape.create.append(rate)
                 shape.create_p50.append(statistics.median(lat) * 1000)
+                for name, ms in cpu.items():
+                    shape.cpu.setdefault(f"create {name}", []).append(ms)
         await nc.jetstream().delete_key_value(FLOOR_BUCKET)
         return out, submitted
     finally:
@@ -203,13 +250,17 @@ def measure(
     submits: int,
     in_flight: int = 16,
     rounds: int = 1,
+    pids: dict[str, int],
+    settle: str = "control",
 ) -> tuple[list[Shape], list[str]]:
     """Submits to `repo` against bare creates, one after another and `in_flight` at once.
 
-    Returns each shape's figures and the ids submitted (for the caller to cancel).
+    `pids`: the processes whose CPU is counted (by name; `settle` names the one each
+    measurement waits to go quiet after). Returns each shape's figures and the ids
+    submitted (for the caller to cancel).
     """
     shapes = (1, in_flight) if in_flight > 1 else (1,)
-    return asyncio.run(_measure(url, cfg, repo, submits, shapes, rounds))
+    return asyncio.run(_measure(url, cfg, repo, submits, shapes, rounds, pids, settle))
 
 
 def verdict(shapes: list[Shape]) -> str:
@@ -217,7 +268,7 @@ def verdict(shapes: list[Shape]) -> str:
     judged = next(s for s in shapes if s.name == JUDGED)
     mark = "PASS" if judged.ratio() >= TARGET else "MISS"
     others = ", ".join(f"{s.name} {s.ratio():.2f}" for s in shapes if s is not judged)
-    return f"submit ≥ {TARGET}× bare creates, judged {JUDGED}: {judged.ratio():.2f} {mark}" + (
+    return f"submit ≥ {TARGET}x bare creates, judged {JUDGED}: {judged.ratio():.2f} {mark}" + (
         f" (also {others})" if others else ""
     )
 
@@ -236,6 +287,15 @@ def report(shapes: list[Shape]) -> list[str]:
             f"{statistics.median(s.submit_p50):>13.2f} {statistics.median(s.create_p50):>13.2f}"
             f"  {each}"
         )
+    names = sorted({k.split(" ", 1)[1] for s in shapes for k in s.cpu})
+    lines.append("CPU ms per operation (its after-work counted), submit / create:")
+    for s in shapes:
+        each = ", ".join(
+            f"{n} {statistics.median(s.cpu.get(f'submit {n}', [0.0])):.2f}"
+            f" / {statistics.median(s.cpu.get(f'create {n}', [0.0])):.2f}"
+            for n in names
+        )
+        lines.append(f"{s.name:>12}: {each}")
     lines.append(verdict(shapes))
     lines.append(f"judged on {JUDGED}: {WHY_JUDGED}")
     return lines
@@ -257,10 +317,19 @@ def _wait_engine(url: str, deadline_s: float) -> None:
         try:
             if asyncio.run(ask()):
                 return
-        except Exception:  # noqa: BLE001, S110 - not up yet
+        except Exception:  # noqa: S110 - not up yet
             pass
         CLOCK.sleep(0.1)
     raise RuntimeError(f"control did not answer within {deadline_s:g} s")
+
+
+def _nats_pid(cluster: Cluster) -> int:
+    """The embedded nats-server's pid (a child of this process)."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "nats-server" in child.name() and str(cluster.workdir) in " ".join(child.cmdline()):
+                return int(child.pid)
+    raise RuntimeError("no nats-server child found")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         _wait_engine(cluster.nats.url, 60.0)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         cfg = config_mod.load(cluster.config)
+        pids = {"control": cluster.procs["control"].pid, "nats-server": _nats_pid(cluster)}
         shapes, ids = measure(
             cluster.nats.url,
             cfg,
@@ -288,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             submits=args.submits,
             in_flight=args.in_flight,
             rounds=args.rounds,
+            pids=pids,
         )
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{len(ids)} submitted, {len(set(ids))} distinct ids")
