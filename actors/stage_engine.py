@@ -22,9 +22,10 @@ from actors.task_settled import HotPart, IndexStores, Segment, TasksHead
 from actors.task_state import TaskState
 from actors.task_submit import (
     OutboxSent,
-    PlanSubmit,
+    RulesQuery,
     SubmitDesk,
     SubmitExisted,
+    SubmitRules,
     TaskCreated,
     task_row,
 )
@@ -167,8 +168,8 @@ class StageEngine(Owner, TaskState, OutboxSender, SubmitDesk):
                 return self._status(message)
             case SendOutbox(task_id=task_id):
                 self._send(task_id)
-            case PlanSubmit():
-                self._plan(message)
+            case RulesQuery(answer=answer):
+                answer.set_result(SubmitRules(self._ids, self._cfg, self._clock))
             case TaskCreated():
                 self._created(message)
             case OutboxSent():

@@ -1,39 +1,45 @@
-"""The submit endpoint's path on the bus loop: the StageEngine decides, the loop stores.
+"""The submit endpoint's path on the bus loop: decided and stored there, known to the engine.
 
-A submit through the service used to cross a pool thread, an `ask`, and a KV create
-the engine waited for on its own thread (a hop to the loop and back), and the engine
-then published the outbox before it took the next message. Here, on the loop that
-received the request:
+A submit through the service used to cross a pool thread, an `ask` to the engine's
+thread, and a KV create the engine waited for (a hop to the loop and back); the
+engine then published the outbox before it took its next message. Each hop between
+threads waits for the GIL, which a busy thread hands over only every few ms. Here the
+whole path stays on the loop that received the request:
 
-1. the engine plans the submit (`PlanSubmit`: validation, the id, the record with its
-   outbox; see `actors/task_submit.py`), answered through a future, no thread waiting;
-2. the loop creates the record (the same fenced, retried create as `Store.create`),
-   so creates of submits in flight together are in flight together;
+1. the submit is decided by the engine's own rules (`task_submit.prepare`: validation,
+   the id taken from the engine's `IdBook`, the record with its outbox);
+2. the record is created (the same fenced, retried create as `Store.create`), so the
+   creates of submits in flight together are in flight together;
 3. the engine is told the stored record (`TaskCreated`) before the client is answered:
-   whatever the client asks next reaches the engine after it;
+   whatever the client asks next reaches the engine after it, and only the engine
+   writes the task from then on;
 4. the reply goes out; then the outbox is published (acks awaited together) and the
    engine is told (`OutboxSent`), so its next tick clears it.
 
-The guarantees stay those of the ask: ok only once the record is durable (a crash
+The guarantees are those of the ask: ok only once the record is durable (a crash
 after it loses nothing: the engine's start or tick sends every stored outbox again
-under the same message ids); refused input stores nothing; ids are picked by the
-engine alone, and an id that exists already is read back and answered by it.
+under the same message ids); refused input stores nothing; ids come from one book;
+an id that exists already fails the create and is read back and answered by the
+engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from actors.task_outbox import publish_outbox
 from actors.task_policy import Task
 from actors.task_submit import (
     OutboxSent,
-    PlanSubmit,
+    RulesQuery,
     SubmitExisted,
     SubmitPlan,
+    SubmitRules,
     TaskCreated,
+    prepare,
 )
 from bus.bridge import Bus
 from bus.kv import KeyExists, Store, Versioned
@@ -48,25 +54,34 @@ UNAVAILABLE = "stage engine unavailable"
 
 
 class SubmitFront:
-    """Submits from the bus loop: planned by the StageEngine, stored and sent by the loop."""
+    """Submits decided and stored on the bus loop, told to the StageEngine before answering."""
 
     def __init__(self, bus: Bus, engine: Any, tasks: Store[Task], *, timeout_s: float) -> None:
         self._bus = bus
         self._engine = engine
         self._tasks = tasks
         self._timeout_s = timeout_s
+        self._rules: tuple[str, SubmitRules] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     async def submit(self, command: Submit) -> Reply:
         """The reply to `command`; ok once the task record is durable."""
-        plan = await self._ask(lambda answer: PlanSubmit(command, answer))
-        if not isinstance(plan, SubmitPlan):
-            return plan
+        if not self._engine.is_alive():
+            # Not while it restarts: it could not be told, nor answer for the task.
+            return Reply(ok=False, error=f"{UNAVAILABLE}: it is down; retry")
+        rules = await self._engine_rules()
+        if isinstance(rules, Reply):
+            return rules
+        prepared = prepare(command, rules.cfg, rules.ids, now=rules.clock.now())
+        if isinstance(prepared, Reply):
+            return prepared
+        plan = prepared.plan()
         try:
             revision = await self._tasks.create_async(plan.task_id, plan.data)
         except KeyExists:
-            # Another engine instance (or an earlier try of this id) stored it first.
-            return _reply(await self._ask(lambda answer: SubmitExisted(plan, answer)))
+            # Submitted before (or by another engine instance): the engine answers for it.
+            existed = await self._ask(lambda answer: SubmitExisted(plan, answer))
+            return existed if isinstance(existed, Reply) else Reply(ok=False, error="no answer")
         except (BusUnavailable, Fenced) as err:
             log.warning("submit_front.create_failed", task_id=plan.task_id, error=str(err))
             return Reply(ok=False, error=f"task {plan.task_id} not stored: {err}")
@@ -78,6 +93,16 @@ class SubmitFront:
         sending.add_done_callback(self._sending.discard)
         return Reply(ok=True, task=plan.row)
 
+    async def _engine_rules(self) -> SubmitRules | Reply:
+        """The running engine's rules (a restarted engine has its own IdBook, from the store)."""
+        urn = str(self._engine.actor_urn)
+        if self._rules is None or self._rules[0] != urn:
+            rules = await self._ask(RulesQuery)
+            if not isinstance(rules, SubmitRules):
+                return rules if isinstance(rules, Reply) else Reply(ok=False, error="no rules")
+            self._rules = (urn, rules)
+        return self._rules[1]
+
     async def _send(self, plan: SubmitPlan, revision: int) -> None:
         """Publish the stored outbox; a failure is left to the engine's next tick."""
         try:
@@ -88,11 +113,11 @@ class SubmitFront:
         faults.point("stage_engine.published")
         self._engine.tell(OutboxSent(plan.task_id, revision))
 
-    async def _ask(self, message: Any) -> SubmitPlan | Reply:
+    async def _ask(self, message: Callable[[Future[Any]], Any]) -> Any:
         """Tell the engine `message(answer)` and await the answer without holding a thread."""
         if not self._engine.is_alive():
             return Reply(ok=False, error=f"{UNAVAILABLE}: it is down; retry")
-        answer: concurrent.futures.Future[SubmitPlan | Reply] = concurrent.futures.Future()
+        answer: Future[Any] = Future()
         self._engine.tell(message(answer))
         try:
             return await asyncio.wait_for(
@@ -101,13 +126,7 @@ class SubmitFront:
         except TimeoutError:
             return Reply(ok=False, error=f"{UNAVAILABLE}: no answer in {self._timeout_s:g} s")
         except Fenced:
-            # Fenced while deciding: the engine stopped, and its supervisor restarts it.
+            # Fenced while answering: the engine stopped, and its supervisor restarts it.
             return Reply(ok=False, error=f"{UNAVAILABLE}: it stopped; retry")
         except Exception as err:  # noqa: BLE001 - every submit is answered
             return Reply(ok=False, error=f"internal error: {err}")
-
-
-def _reply(answer: SubmitPlan | Reply) -> Reply:
-    if isinstance(answer, Reply):
-        return answer
-    return Reply(ok=False, error=f"internal error: unexpected answer for {answer.task_id}")

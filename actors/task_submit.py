@@ -1,14 +1,13 @@
-"""The StageEngine's side of a submit: it decides every new task, whoever writes the record.
+"""The StageEngine's side of a submit: whoever stores a new task, the engine knows it first.
 
 Two ways in. An `ask` with a `Submit` (the intake, tests) is decided and stored on
-the engine's thread, as before. The service's submit front (`actors/submit_front.py`)
-asks for a `PlanSubmit` instead: the engine validates, picks the id (reserving its
-number, so racing submits never share one) and builds the record with its outbox,
-and the front stores it from the bus loop without holding the engine meanwhile. The
-front tells the engine the stored record (`TaskCreated`) before it answers the
-client, so the engine knows every task it is asked about after that answer; when
-the id turned out to exist already (`KeyExists`), the engine reads it back and
-answers (`SubmitExisted`), as the ask does.
+the engine's thread. The service's submit front (`actors/submit_front.py`) decides
+a submit on the bus loop with the same `prepare` (validation, the id, the record and
+its outbox) and stores it there, taking ids from the engine's `IdBook` (`RulesQuery`),
+so ids are reserved in one place whichever path took them. The front tells the
+engine the stored record (`TaskCreated`) before it answers the client, so the engine
+knows every task it is asked about after that answer; when the id turned out to
+exist already (`KeyExists`), the engine reads it back and answers (`SubmitExisted`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import msgspec
 
 from actors import stage_policy as policy
 from actors.stage_policy import Task
+from actors.task_ids import IdBook
 from actors.task_summary import summarize
 from bus.kv import KeyExists, Store, Versioned
 from bus.messages import Reply, Submit
@@ -34,7 +34,7 @@ log = get_logger(__name__)
 
 
 class SubmitPlan(msgspec.Struct, frozen=True):
-    """StageEngine -> submit front: the record to create, encoded, and the reply's row."""
+    """A submit decided: the record to create (with its outbox), encoded, and the reply's row."""
 
     task_id: str
     repo: str
@@ -45,19 +45,27 @@ class SubmitPlan(msgspec.Struct, frozen=True):
 
 
 @dataclass(frozen=True)
-class PlanSubmit:
-    """Submit front -> StageEngine: decide `command`; `answer` gets a SubmitPlan or a Reply."""
+class SubmitRules:
+    """What a submit is decided by: the running engine's IdBook, config and clock."""
 
-    command: Submit
-    answer: concurrent.futures.Future[SubmitPlan | Reply]
+    ids: IdBook
+    cfg: Config
+    clock: Clock
+
+
+@dataclass(frozen=True)
+class RulesQuery:
+    """Submit front -> StageEngine: `answer` gets its SubmitRules."""
+
+    answer: concurrent.futures.Future[Any]
 
 
 @dataclass(frozen=True)
 class SubmitExisted:
-    """Submit front -> StageEngine: the planned id exists; read it back and answer."""
+    """Submit front -> StageEngine: the planned id exists; read it back, `answer` the Reply."""
 
     plan: SubmitPlan
-    answer: concurrent.futures.Future[SubmitPlan | Reply]
+    answer: concurrent.futures.Future[Any]
 
 
 class TaskCreated(msgspec.Struct, frozen=True):
@@ -73,11 +81,53 @@ class OutboxSent(msgspec.Struct, frozen=True):
     revision: int
 
 
-class _Prepared(msgspec.Struct, frozen=True):
+class Prepared(msgspec.Struct, frozen=True):
+    """A submit that passed validation, with its id taken and its new task decided."""
+
     task_id: str
     repo: str
     title: str
     decision: policy.Decision
+
+    def plan(self) -> SubmitPlan:
+        task = self.decision.task
+        assert task is not None  # noqa: S101 - new_task always creates
+        stored = msgspec.structs.replace(task, outbox=list(self.decision.emit))
+        data = msgspec.json.encode(stored)
+        return SubmitPlan(self.task_id, self.repo, self.title, stored, data, task_row(stored))
+
+
+def prepare(cmd: Submit, cfg: Config, ids: IdBook, *, now: float) -> Prepared | Reply:
+    """Validate `cmd` and decide its task; a refusal is a Reply naming the field.
+
+    An id given is noted in `ids` (so no id taken later is the same); one not given is taken.
+    """
+    try:
+        repo = cfg.repo(validate.repo_name(cmd.repo))
+        title = validate.title(cmd.title)
+        description = validate.description(cmd.description)
+        external_id = validate.external_id(cmd.external_id) if cmd.external_id else ""
+        if cmd.id:
+            task_id = validate.work_item_id(cmd.id)
+            if task_id.split("-")[0] != repo.prefix:
+                raise InvalidField("id", f"prefix must be {repo.prefix} for repo {repo.name}")
+            ids.seen(task_id)
+        else:
+            task_id = ids.take(repo.prefix)
+    except InvalidField as err:
+        log.warning("stage_engine.submit_refused", field=err.field, reason=err.reason)
+        return Reply(ok=False, error=str(err), field=err.field)
+    decision = policy.new_task(
+        task_id=task_id,
+        repo=repo.name,
+        title=title,
+        description=description,
+        branch=validate.branch_for(task_id, title),
+        now=now,
+        cfg=cfg,
+        external_id=external_id,
+    )
+    return Prepared(task_id, repo.name, title, decision)
 
 
 def task_row(task: Task) -> dict[str, Any]:
@@ -87,12 +137,12 @@ def task_row(task: Task) -> dict[str, Any]:
 
 
 class SubmitDesk:
-    """Mixin of the StageEngine: `_submit` (ask) and the front's plan, created and sent."""
+    """Mixin of the StageEngine: `_submit` (ask), and what the submit front tells it."""
 
     _store: Store[Task]
     _tasks: dict[str, Versioned[Task]]
     _sent: dict[str, int]
-    _last_number: dict[str, int]
+    _ids: IdBook
     _cfg: Config
     _clock: Clock
 
@@ -105,41 +155,13 @@ class SubmitDesk:
     def _save(self, task: Task, decision: policy.Decision, *, later: bool = False) -> None:
         raise NotImplementedError
 
-    def _prepare(self, cmd: Submit) -> _Prepared | Reply:
-        """Validate and pick the id; a Reply when refused or the id exists already."""
-        try:
-            repo = self._cfg.repo(validate.repo_name(cmd.repo))
-            title = validate.title(cmd.title)
-            description = validate.description(cmd.description)
-            external_id = validate.external_id(cmd.external_id) if cmd.external_id else ""
-            if cmd.id:
-                task_id = validate.work_item_id(cmd.id)
-                if task_id.split("-")[0] != repo.prefix:
-                    raise InvalidField("id", f"prefix must be {repo.prefix} for repo {repo.name}")
-            else:
-                task_id = self._next_id(repo.prefix)
-        except InvalidField as err:
-            log.warning("stage_engine.submit_refused", field=err.field, reason=err.reason)
-            return Reply(ok=False, error=str(err), field=err.field)
-        existing = self._entry(task_id)
-        if existing is not None:
-            return _already(existing, repo.name, title)
-        decision = policy.new_task(
-            task_id=task_id,
-            repo=repo.name,
-            title=title,
-            description=description,
-            branch=validate.branch_for(task_id, title),
-            now=self._clock.now(),
-            cfg=self._cfg,
-            external_id=external_id,
-        )
-        return _Prepared(task_id, repo.name, title, decision)
-
     def _submit(self, cmd: Submit) -> Reply:
-        prepared = self._prepare(cmd)
+        prepared = prepare(cmd, self._cfg, self._ids, now=self._clock.now())
         if isinstance(prepared, Reply):
             return prepared
+        existing = self._entry(prepared.task_id)
+        if existing is not None:
+            return _already(existing, prepared.repo, prepared.title)
         task = prepared.decision.task
         assert task is not None  # noqa: S101 - new_task always creates
         try:
@@ -149,28 +171,6 @@ class SubmitDesk:
             return _already(self._reload(prepared.task_id), prepared.repo, prepared.title)
         log.info("stage_engine.task_created", task_id=prepared.task_id, repo=prepared.repo)
         return Reply(ok=True, task=task_row(self._tasks[prepared.task_id].value))
-
-    def _plan(self, request: PlanSubmit) -> None:
-        """Decide a submit for the front; its id's number is taken now, stored or not."""
-        try:
-            prepared = self._prepare(request.command)
-            if isinstance(prepared, Reply):
-                request.answer.set_result(prepared)
-                return
-            decision = prepared.decision
-            assert decision.task is not None  # noqa: S101 - new_task always creates
-            stored = msgspec.structs.replace(decision.task, outbox=list(decision.emit))
-            prefix, _, number = prepared.task_id.rpartition("-")
-            if number.isdigit():
-                self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
-            data = msgspec.json.encode(stored)
-            plan = SubmitPlan(
-                prepared.task_id, prepared.repo, prepared.title, stored, data, task_row(stored)
-            )
-        except Exception as err:
-            request.answer.set_exception(err)
-            raise
-        request.answer.set_result(plan)
 
     def _created(self, created: TaskCreated) -> None:
         entry = created.entry
@@ -200,9 +200,6 @@ class SubmitDesk:
             raise Fenced(f"task {task_id} exists but cannot be read")
         self._keep(reloaded)
         return reloaded
-
-    def _next_id(self, prefix: str) -> str:
-        return f"{prefix}-{self._last_number.get(prefix, 0) + 1}"
 
 
 def _already(existing: Versioned[Task], repo: str, title: str) -> Reply:

@@ -32,8 +32,10 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -332,13 +334,58 @@ def _nats_pid(cluster: Cluster) -> int:
     raise RuntimeError("no nats-server child found")
 
 
+def serve_alone(config: Path) -> None:
+    """The submit path with nothing behind it: a StageEngine, the service and a ticker.
+
+    No QueueWorker takes the job requests and no TrackerSync writes the tracker, so a
+    submit costs what its own path costs (the engine, the service, the writes).
+    """
+    from actors.stage_engine import StageEngine
+    from bus.bridge import Bus
+    from conveyor.app import wiring
+    from conveyor.app.node_control import Ticker
+    from conveyor.app.service import ControlService
+
+    cfg = config_mod.load(config)
+    bus = Bus.connect(cfg.nats.url, name="bench-submit-alone")
+    bus.setup()
+    ctx = wiring.Context(cfg, bus, CLOCK, forge=object())  # type: ignore[arg-type] # no gate read
+    engine = wiring.start_actor(wiring.SPECS[StageEngine.name], ctx)
+    ControlService(
+        bus, engine, engine, engine, engine, version="0.0.0", request_timeout_s=5.0, statuses={}
+    ).register()
+    ticker = Ticker(cfg.queue.tick_s, CLOCK)
+    ticker.add(engine)
+    ticker.start()
+    threading.Event().wait()  # until the bench kills it
+
+
+def _spawn_alone(cluster: Cluster) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, __file__, "--serve-alone", str(cluster.config)]
+    with (cluster.workdir / "alone.log").open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    cluster.procs["control"] = proc
+    return proc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--submits", type=int, default=300, help="per shape and round")
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="instead of control, only a StageEngine and the service (the submit path alone)",
+    )
+    parser.add_argument("--serve-alone", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_alone:
+        serve_alone(args.serve_alone)
+        return 0
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-submit-"))
     cluster = Cluster(root)
     print(f"submit rate: {args.submits} submits per shape and round, {args.rounds} rounds")
@@ -346,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start_nats()
         cluster.config.write_text(render_config(cluster.data, cluster.nats.url, 1))
-        cluster.spawn("control")
+        if args.alone:
+            print("serving: the submit path alone (StageEngine and service, no QueueWorker)")
+            _spawn_alone(cluster)
+        else:
+            print("serving: control (the StageEngine and everything behind a submit)")
+            cluster.spawn("control")
         _wait_engine(cluster.nats.url, 60.0)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         cfg = config_mod.load(cluster.config)

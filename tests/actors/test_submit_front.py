@@ -10,10 +10,10 @@ import pytest
 from actors.stage_engine import StatusQuery
 from actors.submit_front import SubmitFront
 from actors.task_policy import Task
-from actors.task_submit import PlanSubmit, SubmitPlan
+from actors.task_submit import Prepared, RulesQuery, SubmitRules, prepare
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import JobRequested, Reply, Submit
+from bus.messages import JobRequested, Submit
 from conveyor.app import wiring
 from conveyor.clock import FakeClock
 from tests.actors.conftest import ASK_TIMEOUT_S, ActorUnderTest, Captured
@@ -28,26 +28,29 @@ def _start(tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock) -> ActorUn
     return ActorUnderTest(wiring.SPECS["stage_engine"], ctx, clock)
 
 
-def _plan(engine: ActorUnderTest, command: Submit) -> SubmitPlan | Reply:
-    answer: concurrent.futures.Future[SubmitPlan | Reply] = concurrent.futures.Future()
-    engine.ref.tell(PlanSubmit(command, answer))
-    return answer.result(timeout=ASK_TIMEOUT_S)
-
-
-def test_plans_not_stored_yet_never_share_an_id(
+def test_submits_decided_before_either_is_stored_never_share_an_id(
     tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock
 ):
     engine = _start(tmp_path, nats_url, bus, clock)
     try:
-        # When two submits are planned before either record is stored
-        first = _plan(engine, Submit(repo="demo", title="one"))
-        second = _plan(engine, Submit(repo="demo", title="two"))
+        answer: concurrent.futures.Future[SubmitRules] = concurrent.futures.Future()
+        engine.ref.tell(RulesQuery(answer))
+        rules = answer.result(timeout=ASK_TIMEOUT_S)
 
-        # Then the second took the next number: the first's was reserved when planned
-        assert isinstance(first, SubmitPlan)
-        assert isinstance(second, SubmitPlan)
-        assert (first.task_id, second.task_id) == ("DEMO-1", "DEMO-2")
-        # ... and nothing is stored by planning
+        # When the front decides submits and the engine one by ask, none of them stored
+        first = prepare(Submit(repo="demo", title="one"), rules.cfg, rules.ids, now=1.0)
+        second = engine.ref.ask(Submit(repo="demo", title="two"), timeout=ASK_TIMEOUT_S)
+        given = Submit(repo="demo", title="three", id="DEMO-7")
+        third = prepare(given, rules.cfg, rules.ids, now=1.0)
+        fourth = prepare(Submit(repo="demo", title="four"), rules.cfg, rules.ids, now=1.0)
+
+        # Then each has a number of its own: the front's were reserved when decided
+        assert isinstance(first, Prepared)
+        assert isinstance(third, Prepared)
+        assert isinstance(fourth, Prepared)
+        assert (first.task_id, second.task["id"]) == ("DEMO-1", "DEMO-2")
+        assert (third.task_id, fourth.task_id) == ("DEMO-7", "DEMO-8")
+        # ... and nothing is stored by deciding
         assert bus.store(subjects.BUCKET_TASKS, Task).get("DEMO-1") is None
     finally:
         engine.ref.stop(block=True, timeout=10)
