@@ -1,8 +1,11 @@
 """NATS micro service endpoints of a `Bus`: a handler runs in a worker thread or on the loop.
 
 A blocking handler (one that asks an actor and waits) runs in the bus's thread pool,
-so the loop never blocks. A coroutine function runs on the loop itself, for a path
-that only awaits (the submit front: no thread held while a write is in flight).
+so the loop never blocks; nats-py hands an endpoint's requests over one at a time,
+each after the last was answered. A coroutine function runs on the loop itself, for
+a path that only awaits (the submit front: no thread held while a write is in
+flight), and each of its requests as a task of its own, so requests in flight
+together are handled together.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ def serving(
 ) -> Callable[[Any], Awaitable[None]]:
     """The micro endpoint handler running `func` and always responding."""
     on_loop = asyncio.iscoroutinefunction(func)
+    handling: set[asyncio.Task[None]] = set()
+
+    async def _dispatch(req: Any) -> None:
+        # Returns at once: nats-py hands over the next request when this returns.
+        task = asyncio.ensure_future(_handler(req))
+        handling.add(task)
+        task.add_done_callback(handling.discard)
 
     async def _handler(req: Any) -> None:
         try:
@@ -39,4 +49,4 @@ def serving(
             return
         await req.respond(body)
 
-    return _handler
+    return _dispatch if on_loop else _handler

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -18,6 +19,7 @@ import pytest
 
 from actors.task_policy import Task
 from bus import subjects
+from bus.bridge import Bus
 from bus.server import EmbeddedNats
 from tests.harness import Harness, make_config
 
@@ -122,3 +124,38 @@ def test_refused_submits_write_nothing_and_take_no_number(harness: Harness) -> N
     # ... and the next good submit takes the next number: a refusal reserved none
     number = int(first["task"]["id"].rsplit("-", 1)[1])
     assert harness.submit("next")["task"]["id"] == f"DEMO-{number + 1}"
+
+
+def test_an_endpoint_on_the_loop_handles_requests_in_flight_together(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    bus = Bus.connect(server.url)
+    try:
+        both = asyncio.Event()
+        seen: list[bytes] = []
+
+        async def _handler(_subject: str, data: bytes) -> bytes:
+            # Answers only once two requests are inside: one at a time would never answer.
+            seen.append(data)
+            if len(seen) == 2:
+                both.set()
+            await asyncio.wait_for(both.wait(), timeout=10)
+            return data
+
+        bus.add_service("together", "0.0.1", "test", [("echo", "test.together", _handler)])
+
+        async def _two() -> list[bytes]:
+            nc = await nats.connect(server.url)
+            try:
+                replies = await asyncio.gather(
+                    nc.request("test.together", b"a", timeout=15),
+                    nc.request("test.together", b"b", timeout=15),
+                )
+                return [r.data for r in replies]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(_two()) == [b"a", b"b"]
+    finally:
+        bus.close()
+        server.stop()
