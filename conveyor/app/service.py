@@ -146,7 +146,7 @@ class ControlService:
         endpoints: list[tuple[str, str, Handler]] = [
             (f"cmd-{name}", subject, self._command) for name, subject in subjects.COMMANDS.items()
         ]
-        # A submit runs on the bus loop: the engine decides it, the loop stores it.
+        # A submit runs on the bus loop, decided by the engine's rules and stored there.
         endpoints = [
             (n, s, self._submit if s == subjects.CMD_SUBMIT else f) for n, s, f in endpoints
         ]
