@@ -28,6 +28,8 @@ from nats.js import api as js_api
 from bus import fence, subjects
 from bus.delivery import MSG_ID as MSG_ID
 from bus.delivery import Delivery as Delivery
+from bus.endpoints import Handler as Handler
+from bus.endpoints import serving
 from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
@@ -414,9 +416,9 @@ class Bus:
         name: str,
         version: str,
         description: str,
-        endpoints: Sequence[tuple[str, str, Callable[[str, bytes], bytes]]],
+        endpoints: Sequence[tuple[str, str, Handler]],
     ) -> None:
-        """Register a NATS micro service; each handler runs in a worker thread."""
+        """Register a NATS micro service; handlers run as `bus.endpoints.serving` says."""
         from nats import micro  # imported late: only processes that serve need it
 
         async def _add() -> None:
@@ -424,22 +426,12 @@ class Bus:
                 self.nc, name=name, version=version, description=description
             )
             for ep_name, subject, func in endpoints:
-                await service.add_endpoint(name=ep_name, subject=subject, handler=self._wrap(func))
+                await service.add_endpoint(
+                    name=ep_name, subject=subject, handler=serving(func, self.loop.loop, self._pool)
+                )
             self.services.append(service)
 
         self.call(_add())
-
-    def _wrap(self, func: Callable[[str, bytes], bytes]) -> Callable[[Any], Awaitable[None]]:
-        async def _handler(req: Any) -> None:
-            try:
-                body = await self.loop.loop.run_in_executor(self._pool, func, req.subject, req.data)
-            except Exception as err:
-                log.exception("bus.handler_failed", subject=req.subject)
-                await req.respond_error("500", str(err))
-                return
-            await req.respond(body)
-
-        return _handler
 
     # --- shutdown -------------------------------------------------------------------------
 
