@@ -1,7 +1,8 @@
 """Intake: turns normalized events (webhooks, the Reconciler's replays) into StageEngine inputs.
 
 It owns one record per Plane card: the state it last acted on (bucket
-`conveyor_cards`), so only a real board move acts, once, across restarts. Each
+`conveyor_cards`), so only a real board move acts, once, across restarts. Cards
+are read by key when an event needs one, never all at start (`actors.intake_cards`). Each
 event from the durable consumer `intake` is routed by
 `intake_policy`, handed to the StageEngine (ask, in this process), and acked
 only once the StageEngine has answered, so a crash in between redelivers it;
@@ -18,6 +19,7 @@ import msgspec
 import pykka
 
 from actors import intake_policy as policy
+from actors.intake_cards import Cards
 from actors.intake_policy import CardState, Route, TaskView
 from actors.owner import Owner
 from actors.task_summary import FindTasks
@@ -64,8 +66,7 @@ class Intake(Owner):
         self._engine = engine
         self._cfg = cfg
         self._resolve_state = resolve_state
-        self._cards = cards
-        self._acted_on: dict[str, CardState] = {}
+        self._cards = Cards(cards)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._timeout_s = ask_timeout_s
         self._ci_stages = tuple(
@@ -75,13 +76,6 @@ class Intake(Owner):
         self._ignored = 0
         self._failed = 0
 
-    def on_start(self) -> None:
-        # Sole writer of the bucket: read once here (a record that does not decode is
-        # quarantined by the load and skipped), then kept up to date as it writes.
-        if self._cards is not None:
-            loaded = self._cards.load_all()
-            self._acted_on = {key: entry.value for key, entry in loaded.items()}
-
     def handle(self, message: Any) -> Any:
         if isinstance(message, IntakeStatus):
             return {
@@ -89,6 +83,8 @@ class Intake(Owner):
                 "routed": self._routed,
                 "ignored": self._ignored,
                 "failed": self._failed,
+                "cards_read": self._cards.reads,
+                "cards_kept": len(self._cards),
             }
         if not isinstance(message, Delivery):
             return None
@@ -154,21 +150,16 @@ class Intake(Owner):
         return Route(reason=f"unknown event {type(delivery.body).__name__}")
 
     def _last_acted(self, event: WorkItemEvent) -> CardState | None:
-        return self._acted_on.get(event.work_item_id)
+        return self._cards.get(event.work_item_id)
 
     def _acted(self, event: WorkItemEvent, msg_id: str) -> None:
         """Keep the state acted on, durably: neither a poll nor a restart acts on it again."""
-        if self._cards is None or not event.state_id:
+        if not self._cards.stored or not event.state_id:
             return
         card = CardState(
             state_id=event.state_id, state_name=event.state_name, key=msg_id, at=self._clock.now()
         )
-        found = self._cards.get(event.work_item_id)
-        if found is None:
-            self._cards.create(event.work_item_id, card)
-        else:
-            self._cards.update(event.work_item_id, card, expect=found.revision)
-        self._acted_on[event.work_item_id] = card
+        self._cards.acted(event.work_item_id, card)
         log.info("intake.card_acted", work_item_id=event.work_item_id, state=event.state_name)
 
     def _state_name(self, event: WorkItemEvent) -> str:

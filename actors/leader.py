@@ -127,7 +127,9 @@ class LeaseBucket:
 
     def forget(self, member: str) -> None:
         """Remove a process's presence key (it is stopping)."""
-        self._publish(f"{MEMBER_PREFIX}{member}", b"", {_OPERATION: "DEL"})
+        # The delete marker expires too: otherwise every clean stop leaves a subject
+        # that `members` reads on every status request, forever.
+        self._publish(f"{MEMBER_PREFIX}{member}", b"", {_OPERATION: "DEL", _TTL: self._ttl})
 
     def _publish(self, key: str, data: bytes, headers: dict[str, str]) -> int:
         async def _pub() -> int:

@@ -15,27 +15,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pykka
 
 from actors import monitor_policy as policy
-from actors.jobs.deploy_target import last_deployed
-from actors.launcher_policy import python_argv, substitute, wrap
 from actors.monitor_commit import Committed, LogCommits, LogCommitter
 from actors.monitor_policy import Probe, Watch
+from actors.monitor_rollback import ROLLBACK_LOG, http_probe, rollback_once, task_dir
+from actors.monitor_state import Watches
 from actors.owner import Owner
 from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
-from bus.effects import Ledger, effect_key
+from bus.effects import Ledger
 from bus.messages import Alert, StageChanged, Tick
-from conveyor import procs, runwrap, validate
 from conveyor.clock import Clock, iso
 from conveyor.config import Config, RepoConfig
 from conveyor.errors import Fenced, InvalidField
@@ -44,26 +41,10 @@ from conveyor.logs import get_logger
 log = get_logger(__name__)
 
 LOG_NAME = "16-post-deploy-log.md"
-ROLLBACK_LOG = "rollback.log"
-ROLLBACK_EXIT = "rollback.exit"
-INTERRUPTED = "interrupted"
-"""Ledger result of a rollback that started before a crash and left no exit code."""
-TIMED_OUT = "timeout"
+__all__ = ["LOG_NAME", "ROLLBACK_LOG", "MonitorStatus", "PostDeployMonitor"]
 
 ProbeFn = Callable[[str, float], Probe]
 RecordFn = Callable[[str, str], None]
-
-
-def http_probe(url: str, timeout_s: float) -> Probe:
-    """GET `url` once; a refused connection fails, any other lack of answer is uncertain."""
-    try:
-        with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=True) as client:
-            response = client.get(url)
-    except httpx.ConnectError as err:
-        return policy.classify(None, f"{type(err).__name__}: {err}", refused=True)
-    except httpx.HTTPError as err:
-        return policy.classify(None, f"{type(err).__name__}: {err}")
-    return policy.classify(response.status_code)
 
 
 def _no_record(_task_id: str, _cause: str) -> None:
@@ -71,7 +52,7 @@ def _no_record(_task_id: str, _cause: str) -> None:
 
 
 class MonitorStatus(msgspec.Struct, frozen=True):
-    """Status endpoint -> PostDeployMonitor (ask): counts and every watch."""
+    """Status endpoint -> PostDeployMonitor (ask): counts, open and recently closed watches."""
 
 
 class _Probed(msgspec.Struct, frozen=True):
@@ -118,7 +99,9 @@ class PostDeployMonitor(Owner):
         self._record = record or _no_record
         self._probe = probe or http_probe
         self._python = python
-        self._watches: dict[str, Versioned[Watch]] = {}
+        # Open watches only: a closed one leaves memory, counted (`actors.monitor_state`).
+        self._state = Watches(bus, store)
+        self._watches = self._state.open
         self._probing: set[str] = set()
         self._finishing: set[str] = set()
         # Probes are short (probe_timeout_s) and share a pool. A rollback may take
@@ -138,9 +121,11 @@ class PostDeployMonitor(Owner):
     # --- lifecycle ----------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._watches = self._store.load_all()
+        read = self._state.load()
+        self._watches = self._state.open
+        self._state.checkpoint()
         watching = sum(1 for e in self._watches.values() if e.value.status == policy.WATCHING)
-        log.info("monitor.started", watches=len(self._watches), watching=watching)
+        log.info("monitor.started", read=read, watches=len(self._watches), watching=watching)
         if self._mcfg.enabled:
             # A verdict stored before a crash is acted on now; the ledger keeps it to once.
             for entry in list(self._watches.values()):
@@ -161,6 +146,7 @@ class PostDeployMonitor(Owner):
                 message.ack()
             case Tick():
                 self._tick()
+                self._state.checkpoint()
             case _Probed():
                 self._on_probed(message)
             case _RolledBack():
@@ -193,11 +179,12 @@ class PostDeployMonitor(Owner):
         except KeyExists:
             # A redelivered or repeated `done`: the window that runs is the first one.
             existing = self._store.get(watch.task_id)
-            if existing is not None:
-                self._watches[watch.task_id] = existing
+            if existing is not None and watch.task_id not in self._watches:
+                # A closed one stays out of memory (and is counted already).
+                self._state.keep(existing, own=False)
             log.info("monitor.already_watching", task_id=watch.task_id)
             return
-        self._watches[watch.task_id] = Versioned(watch, revision)
+        self._state.keep(Versioned(watch, revision))
         log.info(
             "monitor.watch_started",
             task_id=watch.task_id,
@@ -285,12 +272,12 @@ class PostDeployMonitor(Owner):
             log.error("monitor.fenced", task_id=watch.task_id, revision=entry.revision)
             fresh = self._store.get(watch.task_id)
             if fresh is None:
-                self._watches.pop(watch.task_id, None)
+                self._state.forget(watch.task_id)
             else:
-                self._watches[watch.task_id] = fresh
+                self._state.keep(fresh, own=False)
             return None
         stored = Versioned(watch, revision)
-        self._watches[watch.task_id] = stored
+        self._state.keep(stored)
         return stored
 
     # --- acting on a verdict ------------------------------------------------------------
@@ -309,7 +296,14 @@ class PostDeployMonitor(Owner):
 
             def _run() -> None:
                 try:
-                    msg = _RolledBack(task_id=watch.task_id, result=self._rollback_once(watch))
+                    result = rollback_once(
+                        watch,
+                        self._effects,
+                        self._cfg,
+                        data_dir=self._data_dir,
+                        python=self._python,
+                    )
+                    msg = _RolledBack(task_id=watch.task_id, result=result)
                 except Exception as err:
                     # Reported to the actor; the next tick tries again through the ledger.
                     log.exception("monitor.rollback_failed", task_id=watch.task_id)
@@ -375,61 +369,8 @@ class PostDeployMonitor(Owner):
                 rollback_result=watch.rollback_result,
             )
 
-    # --- the rollback -------------------------------------------------------------------
-
     def _task_dir(self, task_id: str) -> Path:
-        return self._data_dir / "monitor" / validate.work_item_id(task_id)
-
-    def _rollback_once(self, watch: Watch) -> str:
-        """Run the rollback command unless the ledger says it already ran; its result."""
-        task_dir = self._task_dir(watch.task_id)
-
-        def _probe() -> str | None:
-            # Started before a crash: the exit file is its verdict; a log without one means
-            # it may still run (its own session) or died with us. Never a second run.
-            recorded = runwrap.read_exit_file(task_dir / ROLLBACK_EXIT)
-            if recorded is not None:
-                return str(recorded[0])
-            return INTERRUPTED if (task_dir / ROLLBACK_LOG).exists() else None
-
-        return self._effects.once(
-            effect_key("monitor", watch.task_id, "rollback"),
-            lambda: self._run_rollback(watch, task_dir),
-            _probe,
-        )
-
-    def _run_rollback(self, watch: Watch, task_dir: Path) -> str:
-        repo = self._repo(watch.repo)
-        if repo is None or not repo.rollback_command:
-            log.warning("monitor.rollback_skipped", task_id=watch.task_id, repo=watch.repo)
-            return "no rollback_command"
-        # Production now runs the last deployed commit; the one before it is the way back.
-        live, before, _ = last_deployed(self._effects, watch.repo)
-        command = substitute(
-            python_argv(repo.rollback_command, self._python),
-            {"work_item": watch.task_id, "repo": watch.repo, "sha": live, "base_sha": before},
-        )
-        exit_file = task_dir / ROLLBACK_EXIT
-        argv = wrap(command, exit_file=str(exit_file), python=self._python)
-        env = {**os.environ, "CONVEYOR_WORK_ITEM": watch.task_id, "CONVEYOR_REPO": watch.repo}
-        task_dir.mkdir(parents=True, exist_ok=True)
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        log.warning("monitor.rolling_back", task_id=watch.task_id, repo=watch.repo, argv=command)
-        timeout_s = self._mcfg.rollback_timeout_s
-        result = procs.run_wrapped(
-            argv,
-            exit_file=exit_file,
-            cwd=self._data_dir,
-            log_path=str(task_dir / ROLLBACK_LOG),
-            env=env,
-            timeout_s=timeout_s,
-            kill_grace_s=self._cfg.launcher.kill_grace_s,
-        )
-        if result.timed_out:
-            log.error("monitor.rollback_timed_out", task_id=watch.task_id, timeout_s=timeout_s)
-            return TIMED_OUT
-        log.info("monitor.rolled_back", task_id=watch.task_id, exit_code=result.exit_code)
-        return str(result.exit_code)
+        return task_dir(self._data_dir, task_id)
 
     # --- outputs ------------------------------------------------------------------------
 
@@ -457,16 +398,13 @@ class PostDeployMonitor(Owner):
         tmp.replace(task_dir / LOG_NAME)
 
     def _status(self) -> dict[str, Any]:
-        watches = [e.value for e in self._watches.values()]
         return {
             "healthy": True,
             "enabled": self._mcfg.enabled,
-            **policy.summary(watches),
+            **self._state.counts(),
             "probing": len(self._probing),
             "rolling_back": len(self._finishing),
             "committing": self._commits.running if self._commits is not None else 0,
-            "watches": [
-                {**msgspec.structs.asdict(w), "revision": self._watches[w.task_id].revision}
-                for w in sorted(watches, key=lambda w: w.started_at)
-            ],
+            # Open watches and the most recently closed; every watch is in KV by task id.
+            "watches": self._state.listed(),
         }

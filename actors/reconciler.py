@@ -11,7 +11,8 @@ restart the worst case is one early replay, which is harmless.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -31,8 +32,9 @@ log = get_logger(__name__)
 
 ASK_TIMEOUT_S = 10.0
 
-Poll = Callable[[], list[PolledItem]]
-"""Reads every configured Plane project's work items (I/O; runs in a worker thread)."""
+Poll = Callable[[float | None, Collection[tuple[str, str]]], list[PolledItem]]
+"""Reads the configured Plane projects' work items updated after a UNIX time (None:
+all of them), plus the (project, work item) pairs named (I/O; in a worker thread)."""
 
 
 class PollDone(msgspec.Struct, frozen=True):
@@ -73,9 +75,21 @@ class Reconciler(Owner):
         self._last_poll = float("-inf")
         self._polling = False
         self._replayed_at: dict[str, float] = {}
-        self._counts = {"replayed": 0, "unblocked": 0, "polls": 0, "poll_errors": 0, "events": 0}
+        self._counts = {
+            "replayed": 0,
+            "unblocked": 0,
+            "polls": 0,
+            "poll_errors": 0,
+            "events": 0,
+            "compared": 0,
+        }
         self._last_replayed: dict[str, Any] = {}
         self._last_poll_error = ""
+        # Plane's newest `updated_at` at the last poll, and the items replayed then:
+        # a later poll compares only what moved since (soft state; a start compares all).
+        self._polled_upto: float | None = None
+        self._last_full = float("-inf")
+        self._pending: dict[str, str] = {}
 
     def on_stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -112,10 +126,15 @@ class Reconciler(Owner):
             self._last_poll = now
             self._polling = True
             poll, actor = self._poll, self.actor_ref
+            since, also = policy.poll_scope(
+                self._polled_upto, self._pending, now=now, last_full=self._last_full
+            )
+            if since is None:
+                self._last_full = now
 
             def _run() -> None:
                 try:
-                    found = PollDone(items=poll())
+                    found = PollDone(items=poll(since, also))
                 except Exception as err:  # noqa: BLE001 - reported to the actor, retried later
                     found = PollDone(items=[], error=f"{type(err).__name__}: {err}")
                 actor.tell(found)
@@ -172,11 +191,14 @@ class Reconciler(Owner):
             self._last_poll_error = done.error
             log.warning("reconciler.poll_failed", error=done.error)
             return
+        items = self._moved(done.items)
         # Only the polled items' tasks, looked up by id: never every stored task.
-        ids = tuple(policy.polled_task_ids(done.items, cfg=self._cfg))
+        ids = tuple(policy.polled_task_ids(items, cfg=self._cfg))
         found: Any = self._engine.ask(GetTasks(ids), timeout=ASK_TIMEOUT_S) if ids else {}
         rows = {k: msgspec.convert(v, TaskRow) for k, v in (found or {}).items()}
-        for msg_id, event in policy.plane_replays(done.items, rows, cfg=self._cfg):
+        replays = policy.plane_replays(items, rows, cfg=self._cfg)
+        self._pending = {event.work_item_id: event.project_id for _, event in replays}
+        for msg_id, event in replays:
             self._bus.emit(event, msg_id=msg_id)
             self._counts["events"] += 1
             log.info(
@@ -185,6 +207,18 @@ class Reconciler(Owner):
                 state=event.state_name,
                 msg_id=msg_id,
             )
+
+    def _moved(self, items: Sequence[PolledItem]) -> list[PolledItem]:
+        """The polled items that changed since the last poll, or were replayed then."""
+        stamps = {item.id: _stamp(item.updated_at) for item in items}
+        chosen = policy.to_compare(items, stamps, since=self._polled_upto, pending=self._pending)
+        known = [stamp for stamp in stamps.values() if stamp is not None]
+        if known:
+            newest = max(known)
+            before = self._polled_upto
+            self._polled_upto = newest if before is None else max(before, newest)
+        self._counts["compared"] += len(chosen)
+        return chosen
 
     def _status(self) -> dict[str, Any]:
         return {
@@ -199,3 +233,11 @@ class Reconciler(Owner):
             "last_replayed": self._last_replayed or None,
             **{f"{name}_total": count for name, count in self._counts.items()},
         }
+
+
+def _stamp(updated_at: str) -> float | None:
+    """A Plane `updated_at` as seconds (None: missing or unreadable)."""
+    try:
+        return datetime.fromisoformat(updated_at).timestamp()
+    except ValueError:
+        return None

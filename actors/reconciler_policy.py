@@ -8,7 +8,7 @@ grace has passed, and a work item state that the task never saw.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import msgspec
 
@@ -150,6 +150,56 @@ def due(
             continue
         out.append(Replay(task_id=row.id, reason=f"quiet on {row.stage} for {quiet:.0f}s"))
     return out
+
+
+RECHECK_S = 600.0
+"""Polled items updated this long before the newest stamp of the last poll are compared
+again: an item changed while a poll was paging is never missed."""
+
+
+def to_compare(
+    items: Sequence[PolledItem],
+    stamps: Mapping[str, float | None],
+    *,
+    since: float | None,
+    pending: Collection[str],
+) -> list[PolledItem]:
+    """The polled items worth comparing with their tasks (the rest changed nothing).
+
+    `stamps` are the items' `updated_at` on Plane's clock (None: unreadable), `since`
+    the newest stamp of the previous poll (None: the first poll since start: every
+    item), `pending` the items whose replay was published last time (compared until
+    their task agrees). So a poll costs the items that moved, not every card.
+    """
+    if since is None:
+        return list(items)
+    out: list[PolledItem] = []
+    for item in items:
+        stamp = stamps.get(item.id)
+        if item.id in pending or stamp is None or stamp >= since - RECHECK_S:
+            out.append(item)
+    return out
+
+
+FULL_POLL_S = 3600.0
+"""A bounded poll trusts Plane to list newest first; this often the whole list is read."""
+
+
+def poll_scope(
+    polled_upto: float | None, pending: Mapping[str, str], *, now: float, last_full: float
+) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    """What the next Plane poll reads: items updated after a moment, and pairs by id.
+
+    The moment is None for every item; the pairs are the (project, work item)
+    replayed last time, read by id when the list leaves them out. `polled_upto` is
+    the newest stamp the last poll saw (None: none since start), `pending` maps a
+    replayed item to its project, `last_full` is when (on the actor's clock) the
+    whole list was last read.
+    """
+    also = tuple((project, item) for item, project in sorted(pending.items()))
+    if polled_upto is None or now - last_full >= FULL_POLL_S:
+        return None, also
+    return polled_upto - RECHECK_S, also
 
 
 def polled_task_ids(items: Sequence[PolledItem], *, cfg: Config) -> list[str]:

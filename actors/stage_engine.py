@@ -20,6 +20,15 @@ from actors.task_index import PageRequest
 from actors.task_outbox import OutboxSender, SendOutbox
 from actors.task_settled import HotPart, IndexStores, Segment, TasksHead
 from actors.task_state import TaskState
+from actors.task_submit import (
+    OutboxSent,
+    RulesQuery,
+    SubmitDesk,
+    SubmitExisted,
+    SubmitRules,
+    TaskCreated,
+    task_row,
+)
 from actors.task_summary import (
     AllTasks,
     FindTasks,
@@ -29,7 +38,7 @@ from actors.task_summary import (
     summarize,
 )
 from bus import subjects
-from bus.bridge import Bus, Delivery, KeyExists, Store, Versioned
+from bus.bridge import Bus, Delivery, Store, Versioned
 from bus.messages import (
     Annotate,
     Approve,
@@ -47,7 +56,7 @@ from bus.messages import (
 from conveyor import faults, validate
 from conveyor.clock import Clock
 from conveyor.config import Config
-from conveyor.errors import Fenced, InvalidField
+from conveyor.errors import InvalidField
 from conveyor.logs import get_logger
 from gateways.forge import Forge
 
@@ -88,13 +97,7 @@ REPLIED = (*COMMANDS, TrackerUpdate, Reevaluate, Annotate)
 """Asks answered with a `Reply`, also when handling them failed."""
 
 
-def task_row(task: Task) -> dict[str, Any]:
-    """A task's summary as a command reply carries it."""
-    row: dict[str, Any] = msgspec.to_builtins(summarize(task))
-    return row
-
-
-class StageEngine(Owner, TaskState, OutboxSender):
+class StageEngine(Owner, TaskState, OutboxSender, SubmitDesk):
     """Sole writer of task stages; every write is a CAS on the task's KV revision."""
 
     name = "stage_engine"
@@ -165,6 +168,14 @@ class StageEngine(Owner, TaskState, OutboxSender):
                 return self._status(message)
             case SendOutbox(task_id=task_id):
                 self._send(task_id)
+            case RulesQuery(answer=answer):
+                answer.set_result(SubmitRules(self._ids, self._cfg, self._clock))
+            case TaskCreated():
+                self._created(message)
+            case OutboxSent():
+                self._outbox_sent(message)
+            case SubmitExisted():
+                self._existed(message)
             case AllTasks():
                 return self._summaries(self._tasks)
             case ReplayMoves():
@@ -341,60 +352,6 @@ class StageEngine(Owner, TaskState, OutboxSender):
             self._replay_moves = [*self._replay_moves, moved][-100:]
 
     # --- commands -----------------------------------------------------------------------
-
-    def _submit(self, cmd: Submit) -> Reply:
-        try:
-            repo = self._cfg.repo(validate.repo_name(cmd.repo))
-            title = validate.title(cmd.title)
-            description = validate.description(cmd.description)
-            external_id = validate.external_id(cmd.external_id) if cmd.external_id else ""
-            if cmd.id:
-                task_id = validate.work_item_id(cmd.id)
-                if task_id.split("-")[0] != repo.prefix:
-                    raise InvalidField("id", f"prefix must be {repo.prefix} for repo {repo.name}")
-            else:
-                task_id = self._next_id(repo.prefix)
-        except InvalidField as err:
-            log.warning("stage_engine.submit_refused", field=err.field, reason=err.reason)
-            return Reply(ok=False, error=str(err), field=err.field)
-        existing = self._entry(task_id)
-        if existing is None:
-            decision = policy.new_task(
-                task_id=task_id,
-                repo=repo.name,
-                title=title,
-                description=description,
-                branch=validate.branch_for(task_id, title),
-                now=self._clock.now(),
-                cfg=self._cfg,
-                external_id=external_id,
-            )
-            assert decision.task is not None  # noqa: S101 - new_task always creates
-            try:
-                self._save(decision.task, decision, later=True)
-            except KeyExists:
-                # Another engine instance created it first: adopt its record.
-                existing = self._reload(task_id)
-            else:
-                log.info("stage_engine.task_created", task_id=task_id, repo=repo.name)
-                return Reply(ok=True, task=task_row(self._tasks[task_id].value))
-        if existing.value.repo != repo.name or existing.value.title != title:
-            return Reply(
-                ok=False,
-                field="id",
-                error=f"id: {task_id} already exists with another repo or title",
-            )
-        return Reply(ok=True, task=task_row(existing.value), note="already submitted")
-
-    def _reload(self, task_id: str) -> Versioned[Task]:
-        reloaded = self._store.get(task_id)
-        if reloaded is None:
-            raise Fenced(f"task {task_id} exists but cannot be read")
-        self._keep(reloaded)
-        return reloaded
-
-    def _next_id(self, prefix: str) -> str:
-        return f"{prefix}-{self._last_number.get(prefix, 0) + 1}"
 
     def _command(self, cmd: Approve | Reject | Cancel | Retry | ConfirmDeploy) -> Reply:
         try:

@@ -40,6 +40,14 @@ def _publisher(
 
 def publish_all(bus: Bus, key: str, revision: int, outbox: Sequence[Message]) -> None:
     """Publish `outbox` as `flush_outbox` does (ids `<key>:<revision>:<index>`), acks together."""
+    bus.call(
+        publish_outbox(bus, key, revision, outbox),
+        timeout_s=bus.write_retry_s + bus.request_timeout_s + 2.0,
+    )
+
+
+async def publish_outbox(bus: Bus, key: str, revision: int, outbox: Sequence[Message]) -> None:
+    """`publish_all` on the bus loop itself."""
     writes: list[Coroutine[Any, Any, PubAck]] = []
     for index, msg in enumerate(outbox):
         subject = subjects.subject_for(msg)
@@ -51,12 +59,7 @@ def publish_all(bus: Bus, key: str, revision: int, outbox: Sequence[Message]) ->
 
         op = fence.refenced(_publisher(bus, subject, data, headers), bus.write_stamp)
         writes.append(retry_write(op, budget_s=bus.write_retry_s, what=subject))
-
-    async def _all() -> None:
-        await asyncio.gather(*writes)
-
-    if writes:
-        bus.call(_all(), timeout_s=bus.write_retry_s + bus.request_timeout_s + 2.0)
+    await asyncio.gather(*writes)
 
 
 class OutboxSender:

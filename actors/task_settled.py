@@ -226,14 +226,7 @@ def read_checkpoint(
     if len(found) != len(keys):
         raise CheckpointUnusable(f"{len(keys) - len(found)} segments missing or unreadable")
     hot_ids = read_hot(index.hot, "tasks", head.hot, head.hot_parts)
-    tail: dict[str, Versioned[Task] | None] = {}
-
-    def write(key: str, value: Versioned[Task] | None) -> None:
-        tail[key] = value  # a key read again (written while read) keeps its latest
-
-    # In batches: one read of 90,000 tasks written behind the engine's back outlasted
-    # the bus call's 120 s on a loaded machine, and the engine never started.
-    hot, _, last = hot_and_tail(store, hot_ids, head.seq, write)
+    hot, tail, last = hot_and_since(store, hot_ids, head.seq)
     stored = [found[k].value if k in found else None for k in keys]
     settled.load(stored, hot=[*hot, *tail])
     entries: list[Versioned[Task] | str] = list(hot.values())
@@ -315,3 +308,22 @@ def hot_and_tail(
         if len(writes) < TAIL_BATCH:
             return store.get_many([k for k in hot_ids if k not in written]), read, last
         seq = last
+
+
+def hot_and_since(
+    store: Store[S], hot_ids: list[str], seq: int
+) -> tuple[dict[str, Versioned[S]], dict[str, Versioned[S] | None], int]:
+    """The hot records by key, the writes after `seq` (None: deleted), and the last sequence.
+
+    A hot record written since comes from the writes only (read once, at its latest).
+    The writes are read in batches (`hot_and_tail`): one read of 90,000 tasks written
+    behind the engine's back outlasted a bus call's 120 s on a loaded machine, and the
+    engine never started. Unlike `hot_and_tail`, every write is held until the end.
+    """
+    tail: dict[str, Versioned[S] | None] = {}
+
+    def write(key: str, value: Versioned[S] | None) -> None:
+        tail[key] = value  # a key read again (written while read) keeps its latest
+
+    hot, _, last = hot_and_tail(store, hot_ids, seq, write)
+    return hot, tail, last

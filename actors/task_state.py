@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.task_ids import IdBook
 from actors.task_index import StatusIndex, status_row
 from actors.task_policy import Task
 from actors.task_settled import (
@@ -47,7 +48,8 @@ class TaskState:
         self._delivered = Delivered()
         # Kept as tasks change, so a tick and a submit never walk every stored task.
         self._unflushed: set[str] = set()
-        self._last_number: dict[str, int] = {}
+        # New ids' numbers, also taken by the submit front on the bus loop (it locks).
+        self._ids = IdBook()
         # Settled tasks leave `_tasks` for `_settled` (their rows) once a message is handled.
         self._settled = SettledTasks()
         self._settling: set[str] = set()
@@ -83,9 +85,7 @@ class TaskState:
         self._covered, self._writes = self._seq, 0
         self._evict()
         for row in self._settled:
-            prefix, _, number = row.id.rpartition("-")
-            if number.isdigit():
-                self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
+            self._ids.seen(row.id)
         # Oldest first, so the status index appends instead of inserting.
         keyed: list[tuple[float, str]] = [(e.value.created_at, k) for k, e in self._tasks.items()]
         keyed += [(row.created_at, row.id) for row in self._settled]
@@ -177,9 +177,7 @@ class TaskState:
             self._unflushed.add(entry.value.id)
         else:
             self._unflushed.discard(entry.value.id)
-        prefix, _, number = entry.value.id.rpartition("-")
-        if number.isdigit():
-            self._last_number[prefix] = max(self._last_number.get(prefix, 0), int(number))
+        self._ids.seen(entry.value.id)
         self._index.put(entry.value)
         if not self._loading:
             self._status_index.put(entry.value)

@@ -18,9 +18,10 @@ from its checkpoint, and:
   which answers every task at once, and may fail past the max payload);
 - **RSS** of control, launcher and nats-server;
 - **idle CPU %** of control and launcher over `--idle-s` seconds with nothing to do;
-- **submit rate**: `--submits` submits one after another, against the floor: the
-  same number of bare KV creates of the same task record, one after another, into
-  a bucket configured like the tasks one. The submitted items are then cancelled.
+- **submit rate**: `submit_rate.py`'s one-after-another shape, the launcher held
+  (killed, started again after): `--submits` submits against as many bare KV creates
+  of the record a submit stores, into a bucket configured like the tasks one, from
+  the same client. The submitted items are then cancelled.
 
 One table row per size, with the SPEC §8 targets (for 100,000 stored tasks) and
 PASS/MISS. Figures are printed, never asserted; every wait is bounded.
@@ -39,6 +40,7 @@ import contextlib
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,12 +56,14 @@ import psutil
 from bus import subjects
 from bus.server import find_nats_server
 from conveyor.app.client import Client
+from conveyor.config import load as config_load
 
 # bench/ is a folder of scripts, not a package: its sibling modules import by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import submit_rate
 from fleet import CLOCK, Fleet, drive, percentile, render_config, wait_ready
-from scale_records import Template, bare_create_rate, read_template, write_copies
+from scale_records import Template, read_template, write_copies
 
 PARTS = ("control", "launcher")
 SYNC_ALWAYS = "  sync_interval: always\n"
@@ -334,21 +338,23 @@ def _cpu(proc: Any) -> float:
 def _submit_rates(
     fleet: Fleet, template: Template, args: argparse.Namespace, size: int
 ) -> tuple[float, float]:
+    """`submit_rate.py`'s one-after-another shape (the target's), launcher held meanwhile."""
+    del template, size  # the floor is the record a submit stores, not a finished one
     client = fleet.live_client()
-    ids = [f"R2-{size * 10 + n}" for n in range(1, args.submits + 1)]
-    started = time.perf_counter()
-    for item in ids:
-        reply = client.command(
-            "submit", {"repo": "repo2", "title": f"Scale item {item}", "id": item}
+    # Without a launcher the submitted items launch no agent while the rate is measured.
+    fleet.cluster.sigkill("launcher")
+    try:
+        pids = {"control": fleet.cluster.procs["control"].pid}
+        cfg = config_load(fleet.cluster.config)
+        shapes, ids = submit_rate.measure(
+            fleet.url, cfg, "repo2", submits=args.submits, in_flight=1, pids=pids
         )
-        if not reply.get("ok"):
-            raise RuntimeError(f"submit {item} refused: {reply.get('error')}")
-    rate = len(ids) / (time.perf_counter() - started)
-    for item in ids:
-        client.command("cancel", {"id": item, "reason": "scale bench"})
-    floor_ids = [f"F{size}-{n}" for n in range(1, args.submits + 1)]
-    floor = bare_create_rate(fleet.url, template, floor_ids)
-    return rate, floor
+        for item in ids:
+            client.command("cancel", {"id": item, "reason": "scale bench"})
+    finally:
+        fleet.cluster.spawn("launcher")
+    (shape,) = shapes
+    return statistics.median(shape.submit), statistics.median(shape.create)
 
 
 def _print(rows: list[Row]) -> None:

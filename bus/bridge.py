@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -26,6 +26,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from bus import fence, subjects
+from bus.delivery import MSG_ID as MSG_ID
+from bus.delivery import Delivery as Delivery
+from bus.endpoints import Handler as Handler
+from bus.endpoints import serving
 from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
@@ -42,7 +46,6 @@ log = get_logger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 
-MSG_ID = "Nats-Msg-Id"
 DUPLICATE_WINDOW_S = 7200.0
 """How long a Nats-Msg-Id is remembered: longer than any restart should take."""
 ACK_WAIT_S = 5.0
@@ -62,40 +65,6 @@ DISCONNECTED = (
     asyncio.TimeoutError,
 )
 """Errors that mean "the bus did not answer", as opposed to an answer that says no."""
-
-
-class Delivery(Generic[T]):
-    """One JetStream message handed to an actor; ack only after its effect is stored."""
-
-    def __init__(self, bus: Bus, msg: Msg, body: T) -> None:
-        self._bus = bus
-        self._msg = msg
-        self.body = body
-        self.subject: str = msg.subject
-        headers = msg.headers or {}
-        self.msg_id: str = headers.get(MSG_ID, "")
-        try:
-            self.num_delivered: int = int(msg.metadata.num_delivered)
-            self.stream_seq: int = int(msg.metadata.sequence.stream)
-        except (AttributeError, TypeError, ValueError):
-            self.num_delivered, self.stream_seq = 1, 0
-        if not self.msg_id:
-            self.msg_id = f"seq{self.stream_seq}"
-
-    def ack(self) -> None:
-        """Acknowledge: the message's effect is durable."""
-        self._bus.inflight.settled(self._msg)
-        self._bus.loop.submit(self._msg.ack())
-
-    def nak(self, delay_s: float = 1.0) -> None:
-        """Ask for redelivery after `delay_s`."""
-        self._bus.inflight.settled(self._msg)
-        self._bus.loop.submit(self._msg.nak(delay=delay_s))
-
-    def term(self) -> None:
-        """Never redeliver (the message is invalid)."""
-        self._bus.inflight.settled(self._msg)
-        self._bus.loop.submit(self._msg.term())
 
 
 class StreamSpec(msgspec.Struct, frozen=True):
@@ -447,9 +416,9 @@ class Bus:
         name: str,
         version: str,
         description: str,
-        endpoints: Sequence[tuple[str, str, Callable[[str, bytes], bytes]]],
+        endpoints: Sequence[tuple[str, str, Handler]],
     ) -> None:
-        """Register a NATS micro service; each handler runs in a worker thread."""
+        """Register a NATS micro service; handlers run as `bus.endpoints.serving` says."""
         from nats import micro  # imported late: only processes that serve need it
 
         async def _add() -> None:
@@ -457,36 +426,36 @@ class Bus:
                 self.nc, name=name, version=version, description=description
             )
             for ep_name, subject, func in endpoints:
-                await service.add_endpoint(name=ep_name, subject=subject, handler=self._wrap(func))
+                await service.add_endpoint(
+                    name=ep_name, subject=subject, handler=serving(func, self.loop.loop, self._pool)
+                )
             self.services.append(service)
 
         self.call(_add())
 
-    def _wrap(self, func: Callable[[str, bytes], bytes]) -> Callable[[Any], Awaitable[None]]:
-        async def _handler(req: Any) -> None:
-            try:
-                body = await self.loop.loop.run_in_executor(self._pool, func, req.subject, req.data)
-            except Exception as err:
-                log.exception("bus.handler_failed", subject=req.subject)
-                await req.respond_error("500", str(err))
-                return
-            await req.respond(body)
-
-        return _handler
-
     # --- shutdown -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop consumers and services, drain and close the connection, stop the loop."""
+    def quiesce(self) -> None:
+        """Stop delivering: consumers and services end, the connection stays for acks."""
         self._stopping = True
 
-        async def _close() -> None:
+        async def _quiesce() -> None:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for service in self.services:
                 with contextlib.suppress(Exception):
                     await service.stop()
+
+        with contextlib.suppress(Exception):
+            self.loop.call(_quiesce(), timeout_s=10.0)
+
+    def close(self) -> None:
+        """Stop delivering, drain and close the connection, stop the loop."""
+        if not self._stopping:
+            self.quiesce()
+
+        async def _close() -> None:
             # Everything that must survive was published with a JetStream ack already;
             # flush what core messages remain and close without a slow drain.
             with contextlib.suppress(Exception):

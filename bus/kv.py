@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -22,6 +23,7 @@ from nats.js.kv import KeyValue
 
 from bus import fence
 from bus.messages import Alert, encode
+from bus.writes import retry_write
 from conveyor.clock import SystemClock
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
 from conveyor.logs import get_logger
@@ -138,6 +140,28 @@ class Store(Generic[S]):
     def create(self, key: str, value: S) -> int:
         """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
         data = encode(value)
+        try:
+            return self._bus.write(self._creating(key, data), what=f"{self.bucket}/{key}")
+        except BusUnavailable:
+            landed = self._landed(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    async def create_async(self, key: str, data: bytes) -> int:
+        """`create` of encoded `data` from the bus loop itself, with no thread in between."""
+        what = f"{self.bucket}/{key}"
+        op = fence.refenced(self._creating(key, data), self._bus.write_stamp)
+        try:
+            return await retry_write(op, budget_s=self._bus.write_retry_s, what=what)
+        except BusUnavailable:
+            landed = await self._landed_async(key, data)
+            if landed is None:
+                raise
+            return landed
+
+    def _creating(self, key: str, data: bytes) -> Callable[[int], Awaitable[int]]:
+        """The create's write, tried again by `bus.writes.retry_write` while unanswered."""
         stamp = self._bus.write_stamp()
 
         async def _create(attempt: int) -> int:
@@ -149,13 +173,7 @@ class Store(Generic[S]):
                     raise KeyExists(key) from err
                 return landed
 
-        try:
-            return self._bus.write(_create, what=f"{self.bucket}/{key}")
-        except BusUnavailable:
-            landed = self._landed(key, data)
-            if landed is None:
-                raise
-            return landed
+        return _create
 
     def update(self, key: str, value: S, *, expect: int) -> int:
         """Store `value` if the key is still at revision `expect`; raise Fenced otherwise."""

@@ -78,13 +78,16 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule `coro` without waiting; failures are logged."""
-        if not self.loop.is_running():
-            # Shutting down: an unacked message is redelivered, which is what we want.
-            coro.close()
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            future.cancel()
-            return future
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            # Checked under the lock `stop` takes: a task scheduled once the loop's last
+            # tasks were cancelled would be destroyed pending.
+            if self._stopped or not self.loop.is_running():
+                # Shutting down: an unacked message is redelivered, which is what we want.
+                coro.close()
+                future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                future.cancel()
+                return future
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         future.add_done_callback(_log_failure)
         return future
 

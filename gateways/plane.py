@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -41,6 +41,8 @@ R = TypeVar("R")
 SERVICE = "plane"
 
 Refs = Callable[[str], tuple[str, str] | None]
+PlanePoll = Callable[[float | None, Collection[tuple[str, str]]], list[PolledItem]]
+"""Work items updated after a UNIX time (None: all), plus (project, item) pairs by id."""
 """Maps a Conveyor work item id to (Plane project id, Plane work item id), or None."""
 
 
@@ -178,12 +180,32 @@ class PlaneClient:
     def work_items(
         self, project_id: str, *, updated_after: datetime | None = None
     ) -> Iterator[PlaneWorkItem]:
-        """Every work item of the project, page by page (optionally only recently updated)."""
+        """Every work item of the project, page by page (or only those updated after).
+
+        With `updated_after` the list is asked newest first (`order_by=-updated_at`)
+        and the read ends with the first page that reaches back to that moment, so a
+        poll costs what moved, not the whole project. A page out of that order (a
+        server that ignored it) makes the read go through every page instead.
+        """
         path = f"{self._project(project_id)}/work-items/"
-        for item in self._pages(path, PlaneWorkItem, "list work items"):
-            if updated_after is not None and not _after(item.updated_at, updated_after):
-                continue
-            yield item
+        if updated_after is None:
+            yield from self._pages(path, PlaneWorkItem, "list work items")
+            return
+        ordered, previous = True, None
+        extra = {"order_by": "-updated_at"}
+        for page in self._page_lists(path, PlaneWorkItem, "list work items", extra):
+            reached = False
+            for item in page:
+                stamp = _parse(item.updated_at)
+                if stamp is not None and previous is not None and stamp > previous:
+                    ordered = False
+                previous = stamp if stamp is not None else previous
+                if stamp is None or stamp > updated_after:
+                    yield item
+                else:
+                    reached = True
+            if reached and ordered:
+                return
 
     def work_item(self, project_id: str, item_id: str) -> PlaneWorkItem:
         """One work item."""
@@ -235,15 +257,21 @@ class PlaneClient:
     # --- transport ------------------------------------------------------------------------
 
     def _pages(self, path: str, item_type: type[T], op: str) -> Iterator[T]:
+        for page in self._page_lists(path, item_type, op, {}):
+            yield from page
+
+    def _page_lists(
+        self, path: str, item_type: type[T], op: str, extra: dict[str, str]
+    ) -> Iterator[list[T]]:
         per_page = self._cfg.per_page
         cursor = f"{per_page}:0:0"
         seen = {cursor}
         while True:
             data = self._send(
-                "GET", path, op, True, params={"per_page": per_page, "cursor": cursor}
+                "GET", path, op, True, params={**extra, "per_page": per_page, "cursor": cursor}
             )
             page = _decode(data, Page[item_type], op)  # type: ignore[valid-type]
-            yield from page.results
+            yield page.results
             if not page.next_page_results:
                 return
             # A server that hands back a cursor it already gave would loop forever.
@@ -298,11 +326,12 @@ def _decode(data: bytes, kind: type[R], op: str) -> R:
         raise RemoteError(SERVICE, op, f"unexpected answer: {err}", retryable=False) from err
 
 
-def _after(stamp: str, moment: datetime) -> bool:
+def _parse(stamp: str) -> datetime | None:
+    """Plane's `updated_at` (None when unreadable: such an item is never left out)."""
     try:
-        return datetime.fromisoformat(stamp) > moment
+        return datetime.fromisoformat(stamp)
     except ValueError:
-        return True  # an unreadable stamp must not hide an item from a poll
+        return None
 
 
 # --- comments as HTML ---------------------------------------------------------------------
@@ -421,37 +450,49 @@ class PlaneTracker:
         """The name of a project's state (Intake, for payloads that name only the id)."""
         return self.client.state_name(project_id, state_id)
 
-    def poll_states(self, project_id: str) -> list[PolledItem]:
-        """Every work item of the project with its state name, for the Reconciler."""
-        return self._poll(project_id)
+    def poll_states(
+        self, project_id: str, *, updated_after: float | None = None
+    ) -> list[PolledItem]:
+        """The project's work items (all, or updated after a UNIX time) with state names."""
+        after = None if updated_after is None else datetime.fromtimestamp(updated_after, UTC)
+        return [
+            self._polled(project_id, item)
+            for item in self.client.work_items(project_id, updated_after=after)
+        ]
 
-    def poller(self, project_ids: list[str]) -> Callable[[], list[PolledItem]]:
-        """A Reconciler `Poll` over several projects."""
+    def poller(self, project_ids: list[str]) -> PlanePoll:
+        """A Reconciler `Poll` over several projects.
 
-        def _poll() -> list[PolledItem]:
-            return [item for pid in project_ids for item in self.poll_states(pid)]
+        `since` (None: everything) bounds each project's list; `also` are
+        (project, work item) pairs read one by one when the list left them out.
+        """
+
+        def _poll(since: float | None, also: Collection[tuple[str, str]]) -> list[PolledItem]:
+            found = [
+                item for pid in project_ids for item in self.poll_states(pid, updated_after=since)
+            ]
+            seen = {item.id for item in found}
+            for pid, item_id in also:
+                if item_id not in seen and pid in project_ids:
+                    found.append(self._polled(pid, self.client.work_item(pid, item_id)))
+            return found
 
         return _poll
 
-    def _poll(self, project_id: str) -> list[PolledItem]:
-        out: list[PolledItem] = []
-        for item in self.client.work_items(project_id):
-            name = ""
-            if item.state:
-                try:
-                    name = self.client.state_name(project_id, item.state)
-                except TrackerError:
-                    log.warning("plane.unknown_state", project_id=project_id, state_id=item.state)
-            out.append(
-                PolledItem(
-                    project_id=project_id,
-                    id=item.id,
-                    sequence_id=item.sequence_id,
-                    name=item.name,
-                    description=comment_text(item.description_html),
-                    state_id=item.state or "",
-                    state_name=name,
-                    updated_at=item.updated_at,
-                )
-            )
-        return out
+    def _polled(self, project_id: str, item: PlaneWorkItem) -> PolledItem:
+        name = ""
+        if item.state:
+            try:
+                name = self.client.state_name(project_id, item.state)
+            except TrackerError:
+                log.warning("plane.unknown_state", project_id=project_id, state_id=item.state)
+        return PolledItem(
+            project_id=project_id,
+            id=item.id,
+            sequence_id=item.sequence_id,
+            name=item.name,
+            description=comment_text(item.description_html),
+            state_id=item.state or "",
+            state_name=name,
+            updated_at=item.updated_at,
+        )

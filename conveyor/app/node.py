@@ -12,6 +12,7 @@ reports it down meanwhile, in `conveyor.status` and the gateway's `/healthz`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,6 +47,8 @@ FORGE = "forge"
 """Owns the local forge's bare repositories and serves them over HTTP (`docs/local-forge.md`)."""
 ALL_PARTS = (CONTROL, LAUNCHER)
 """What `Node` runs by default; `conveyor up` adds the gateway when `gateway.enabled`."""
+STOP_GRACE_S = 3.0
+"""How long stopping actors may use the bus before it closes under them."""
 
 
 class Node:
@@ -245,11 +248,16 @@ class Node:
         self._ticker.stop()
         if self.gateway is not None:
             self.gateway.stop()
+        # Delivery stops first, then the actors finish what they hold while the
+        # connection still takes their acks and writes; the bus closes after, or
+        # after a grace, which fails fast whatever still waits on it.
+        if self.bus is not None:
+            self.bus.quiesce()
+        stopping = [ref.stop(block=False) for ref in self.refs.values() if ref.is_alive()]
+        _wait_all(stopping, STOP_GRACE_S)
         if self.bus is not None:
             self.bus.close()
-        for ref in self.refs.values():
-            if ref.is_alive():
-                ref.stop(block=True, timeout=10)
+        _wait_all(stopping, 10.0)
         for close in self._closers:
             try:
                 close()
@@ -258,3 +266,9 @@ class Node:
         if self.server is not None:
             self.server.stop()
         log.info("conveyor.stopped", parts=",".join(self.parts))
+
+
+def _wait_all(futures: Sequence[pykka.Future[Any]], timeout_s: float) -> None:
+    """Wait for every future up to `timeout_s` in all; a late one is left running."""
+    with contextlib.suppress(pykka.Timeout):
+        pykka.get_all(futures, timeout=timeout_s)

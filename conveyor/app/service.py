@@ -1,7 +1,8 @@
 """The NATS micro service: status queries and operator commands, JSON in and out.
 
-Every handler runs in a worker thread (never on the event loop), asks the owning
-actor, and always answers: a malformed request gets `ok: false` naming the
+Every handler runs in a worker thread (never on the event loop) and asks the owning
+actor, but for a submit, which runs on the loop (`actors/submit_front.py`). Every
+handler always answers: a malformed request gets `ok: false` naming the
 field, an unavailable actor gets `ok: false` saying so.
 """
 
@@ -17,9 +18,11 @@ import pykka
 from actors.queue_worker import QueueStatus, UsageQuery
 from actors.reaper import ReaperStatus
 from actors.stage_engine import StatusQuery
+from actors.submit_front import SubmitFront
 from actors.task_index import PageError, parse_request
+from actors.task_policy import Task
 from bus import subjects
-from bus.bridge import Bus
+from bus.bridge import Bus, Handler
 from bus.messages import (
     Approve,
     Cancel,
@@ -134,8 +137,18 @@ class ControlService:
 
     def register(self) -> None:
         """Add the `conveyor` micro service with every endpoint."""
-        endpoints: list[tuple[str, str, Callable[[str, bytes], bytes]]] = [
+        self._front = SubmitFront(
+            self._bus,
+            self._engine,
+            self._bus.store(subjects.BUCKET_TASKS, Task),
+            timeout_s=ACTOR_TIMEOUT_S,
+        )
+        endpoints: list[tuple[str, str, Handler]] = [
             (f"cmd-{name}", subject, self._command) for name, subject in subjects.COMMANDS.items()
+        ]
+        # A submit runs on the bus loop, decided by the engine's rules and stored there.
+        endpoints = [
+            (n, s, self._submit if s == subjects.CMD_SUBMIT else f) for n, s, f in endpoints
         ]
         endpoints += [
             ("status", subjects.STATUS, self._overview),
@@ -164,6 +177,15 @@ class ControlService:
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
         return ref.ask(message, timeout=ACTOR_TIMEOUT_S)
+
+    async def _submit(self, subject: str, data: bytes) -> bytes:
+        try:
+            command = decode_command(subject, data)
+        except InvalidField as err:
+            log.warning("service.command_refused", subject=subject, field=err.field)
+            return dumps(Reply(ok=False, error=str(err), field=err.field))
+        assert isinstance(command, Submit)  # noqa: S101 - COMMAND_TYPES maps the subject
+        return dumps(await self._front.submit(command))
 
     def _command(self, subject: str, data: bytes) -> bytes:
         try:

@@ -81,7 +81,9 @@ def test_a_garbage_record_in_every_bucket_is_quarantined_and_the_node_keeps_deli
     assert _overview(harness)["healthy"] is True
     assert _healthz(node)[0] == 200
 
-    # A restart loads every bucket: each bad record is reported once, the rest loads.
+    # A restart reads what its checkpoints do not cover: each bad record there is
+    # reported once, the rest loads. The Intake reads a card only when its work item's
+    # event comes (`tests/actors/test_intake_cold_state.py`), so no start reads it.
     harness.stop_node()
     node = _start(harness)
     second = harness.submit("After the garbage")["task"]["id"]
@@ -90,7 +92,7 @@ def test_a_garbage_record_in_every_bucket_is_quarantined_and_the_node_keeps_deli
 
     quarantined = settled_alerts(harness.client.bus, alerts, QUARANTINED)
     assert sorted(a.text.split(" ")[1] for a in quarantined) == sorted(
-        f"{bucket}/{GARBAGE_KEY}" for bucket in BUCKETS
+        f"{bucket}/{GARBAGE_KEY}" for bucket in BUCKETS if bucket != subjects.BUCKET_CARDS
     )
     overview = _overview(harness)
     assert overview["healthy"] is True, overview

@@ -244,6 +244,8 @@ class FakePlane(ServerThread):
         """Requests allowed per `rate_window_s`; None: unlimited."""
         self.rate_window_s = 60.0
         self.stuck_cursor = False
+        self.ignore_order = False
+        """Work-item lists ignore `order_by` (an older server): creation order."""
         """Work-item lists hand back the cursor they were given (a broken server)."""
         self._window_start = 0.0
         self._window_count = 0
@@ -492,6 +494,8 @@ class FakePlane(ServerThread):
         if pid is None:
             return web.json_response({"error": "Project not found"}, status=404)
         rows = [self.items[i] for i in self.item_order[pid]]
+        if request.query.get("order_by") == "-updated_at" and not self.ignore_order:
+            rows.sort(key=lambda row: str(row["updated_at"]), reverse=True)
         response = _page(request, rows)
         if self.stuck_cursor and response.status == 200:
             body = json.loads(response.body)  # type: ignore[arg-type]

@@ -293,3 +293,58 @@ def test_a_request_given_up_on_ends_before_its_timeout(bus: Bus) -> None:
     # When the caller gives up, then the wait ends long before the request's timeout
     gave_up.set()
     assert isinstance(ended.get(timeout=10), BusUnavailable)
+
+
+def test_a_quiesced_bus_delivers_nothing_more_but_still_takes_acks(nats_url: str) -> None:
+    bus = Bus.connect(nats_url)
+    bus.setup()
+    got: queue.Queue[Delivery[Any]] = queue.Queue()
+    bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-3"), msg_id="q1")
+    bus.consume(
+        subjects.STREAM_JOBS,
+        "test_quiesce",
+        [subjects.JOBS_CANCELLED],
+        msgspec.json.Decoder(JobInput),
+        got.put,
+    )
+    held = got.get(timeout=10)
+    bus.quiesce()
+    bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-4"), msg_id="q2")
+    held.ack()
+    with pytest.raises(queue.Empty):
+        got.get(timeout=1.0)
+    bus.close()
+    # The ack landed before the close: a fresh consumer of the same durable gets only
+    # the message published after the quiesce.
+    again = Bus.connect(nats_url)
+    try:
+        later: queue.Queue[Delivery[Any]] = queue.Queue()
+        again.consume(
+            subjects.STREAM_JOBS,
+            "test_quiesce",
+            [subjects.JOBS_CANCELLED],
+            msgspec.json.Decoder(JobInput),
+            later.put,
+        )
+        first = later.get(timeout=10)
+        assert first.body == JobsCancelled(task_id="DEMO-4")
+        first.ack()
+    finally:
+        again.close()
+
+
+def test_settling_after_the_bus_closed_leaves_no_pending_task(nats_url: str) -> None:
+    bus = Bus.connect(nats_url)
+    bus.setup()
+    bus.close()
+    ran: list[int] = []
+
+    async def _never() -> None:
+        ran.append(1)
+
+    coro = _never()
+    future = bus.loop.submit(coro)
+    assert future.cancelled()
+    # Closed, not merely dropped: a dropped coroutine warns "never awaited".
+    assert coro.cr_frame is None
+    assert ran == []

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from actors.leader import EPOCH_HEADER, Leadership
+from actors.leader import BUCKET, EPOCH_HEADER, MEMBER_PREFIX, STREAM, Leadership, LeaseBucket
 from actors.leader_policy import Holder
 from bus import subjects
 from bus.bridge import Bus
@@ -20,6 +20,7 @@ from bus.effects import Effect
 from conveyor.clock import FakeClock
 from conveyor.config_control import ControlConfig
 from conveyor.errors import Fenced
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,3 +130,24 @@ def test_a_stopped_process_leaves_the_standby_list_at_once(sides: tuple[Side, Si
     b.lead.step()
     b.lead.stop()
     assert a.lead.status()["standbys"] == []
+
+
+def test_a_stopped_process_leaves_no_presence_subject_behind(nats_url: str) -> None:
+    bus = Bus.connect(nats_url)
+    try:
+        lease = LeaseBucket(bus, ttl_s=1.0)
+        lease.ensure()
+        lease.announce(Holder(id="gone", host="h"))
+        lease.forget("gone")
+        assert lease.members() == []
+        wait_until(lambda: not _member_subjects(bus), deadline_s=20.0, what="the marker to expire")
+    finally:
+        bus.close()
+
+
+def _member_subjects(bus: Bus) -> list[str]:
+    async def _subjects() -> list[str]:
+        info = await bus.js.stream_info(STREAM, subjects_filter=f"$KV.{BUCKET}.{MEMBER_PREFIX}>")
+        return list((info.state.subjects or {}).keys())
+
+    return bus.call(_subjects())

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from conveyor.clock import SystemClock
 from conveyor.config import PlaneConfig
 from conveyor.errors import RemoteError, TrackerError
 from gateways.http import HttpOptions, no_jitter
@@ -162,6 +163,69 @@ def test_work_items_are_read_over_every_page(plane: FakePlane) -> None:
     # Then all of them arrive, in order, in three list requests
     assert run_client(config(plane, per_page=100), _body) == list(range(1, 251))
     assert gets(plane, "/work-items/") == 3
+
+
+def _aged_items(plane: FakePlane, count: int) -> list[dict[str, Any]]:
+    """`count` work items last updated long ago, in creation order."""
+    items = [plane.create_item(PROJECT, f"item {n}") for n in range(count)]
+    for n, item in enumerate(items):
+        plane.items[item["id"]]["updated_at"] = f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}Z"
+    return items
+
+
+def test_a_poll_since_a_moment_reads_only_the_pages_that_reach_back_to_it(
+    plane: FakePlane, item: dict[str, Any]
+) -> None:
+    # Given 250 work items untouched for a year, and two moved just now
+    aged = _aged_items(plane, 250)
+    plane.move(aged[3]["id"], "Approved")
+    plane.move(aged[200]["id"], "Rejected")
+    plane.requests.clear()
+    tracker = tracker_for(plane, item, per_page=100)
+    try:
+        # When the Reconciler polls for what moved in the last hour
+        since = SystemClock().now() - 3600.0
+        polled = tracker.poller([PROJECT])(since, [])
+    finally:
+        tracker.close()
+    # Then it gets the two moved items (and the fixture's, created now) from one list
+    # request, not three
+    assert sorted(p.sequence_id for p in polled) == [1, 5, 202]
+    assert {p.state_name for p in polled if p.sequence_id > 1} == {"Approved", "Rejected"}
+    assert gets(plane, "/work-items/") == 1
+
+
+def test_a_poll_reads_every_page_from_a_server_that_ignores_the_order(
+    plane: FakePlane, item: dict[str, Any]
+) -> None:
+    aged = _aged_items(plane, 250)
+    plane.move(aged[200]["id"], "Rejected")
+    plane.ignore_order = True
+    plane.requests.clear()
+    tracker = tracker_for(plane, item, per_page=100)
+    try:
+        polled = tracker.poller([PROJECT])(SystemClock().now() - 3600.0, [])
+    finally:
+        tracker.close()
+    # Creation order puts a year-old item after the new one and then newer ones after
+    # it: out of order, so no early stop.
+    assert [p.sequence_id for p in polled] == [1, 202]
+    assert gets(plane, "/work-items/") == 3
+
+
+def test_a_poll_reads_a_named_item_the_list_left_out_by_id(
+    plane: FakePlane, item: dict[str, Any]
+) -> None:
+    aged = _aged_items(plane, 5)
+    plane.requests.clear()
+    tracker = tracker_for(plane, item)
+    try:
+        since = SystemClock().now() - 3600.0
+        polled = tracker.poller([PROJECT])(since, [(PROJECT, aged[1]["id"]), ("other", "x")])
+    finally:
+        tracker.close()
+    # The fixture's item was created now (listed); the named aged one is read by id.
+    assert sorted(p.sequence_id for p in polled) == [1, 3]
 
 
 def test_a_cursor_that_does_not_advance_stops_the_listing(plane: FakePlane) -> None:

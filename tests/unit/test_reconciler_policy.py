@@ -129,3 +129,19 @@ def test_the_reconciler_never_starts_a_production_deploy_waiting_for_confirmatio
     waiting = row("deploy", step="confirm", job_id="", job_status="", updated_at=NOW - 9999)
     assert rp.due([waiting], now=NOW, replayed_at={}, cfg=CFG) == []
     assert "Confirm Deploy" in rp.skip_reason(waiting, CFG)
+
+
+def test_the_first_poll_reads_everything_then_only_what_moved_since() -> None:
+    pending = {"item-2": "proj-b", "item-1": "proj-a"}
+    assert rp.poll_scope(None, pending, now=100.0, last_full=float("-inf")) == (
+        None,
+        (("proj-a", "item-1"), ("proj-b", "item-2")),
+    )
+    since, also = rp.poll_scope(5000.0, {}, now=200.0, last_full=100.0)
+    assert since == 5000.0 - rp.RECHECK_S
+    assert also == ()
+
+
+def test_the_whole_list_is_read_again_once_a_full_period_passed() -> None:
+    assert rp.poll_scope(5000.0, {}, now=100.0 + rp.FULL_POLL_S, last_full=100.0)[0] is None
+    assert rp.poll_scope(5000.0, {}, now=99.0 + rp.FULL_POLL_S, last_full=100.0)[0] is not None
