@@ -190,14 +190,14 @@ class SettledTasks:
         self._pending = []
 
 
-class ColdLoad(msgspec.Struct):
-    """What a checkpointed start read: the hot and recently written tasks, and the head."""
+class ColdStart(msgspec.Struct):
+    """What a checkpoint's head says: the tasks that were hot, and what it covers.
 
-    entries: list[Versioned[Task] | str]
-    """Hot tasks first (already counted in `delivered`), then the writes since the head;
-    a bare id is a task deleted since."""
-    fresh: int
-    """How many of `entries` come from the head's hot set (the rest are newer writes)."""
+    The caller reads the writes since `seq` (`hot_and_tail`), then the hot tasks
+    not among them: those are already counted in `delivered`.
+    """
+
+    hot_ids: list[str]
     seq: int
     delivered: Delivered
 
@@ -208,11 +208,12 @@ class CheckpointUnusable(Exception):
 
 def read_checkpoint(
     store: Store[Task], index: IndexStores, settled: SettledTasks
-) -> ColdLoad | None:
-    """Load from the checkpoint into `settled` and return the hot tasks; None when there is none.
+) -> ColdStart | None:
+    """Load the checkpoint's settled rows into `settled`; None when there is none.
 
     Raise CheckpointUnusable when part of it is missing or does not decode (it is
-    derived state: reading every task rebuilds it).
+    derived state: reading every task rebuilds it). The writes since it are the
+    caller's to read, batch by batch, so a long tail is never held whole.
     """
     try:
         head_entry = index.heads.get(HEAD_KEY)
@@ -226,14 +227,8 @@ def read_checkpoint(
     if len(found) != len(keys):
         raise CheckpointUnusable(f"{len(keys) - len(found)} segments missing or unreadable")
     hot_ids = read_hot(index.hot, "tasks", head.hot, head.hot_parts)
-    hot, tail, last = hot_and_since(store, hot_ids, head.seq)
-    stored = [found[k].value if k in found else None for k in keys]
-    settled.load(stored, hot=[*hot, *tail])
-    entries: list[Versioned[Task] | str] = list(hot.values())
-    entries += [value if value is not None else key for key, value in tail.items()]
-    return ColdLoad(
-        entries=entries, fresh=len(hot), seq=max(head.seq, last), delivered=head.delivered
-    )
+    settled.load([found[k].value if k in found else None for k in keys], hot=hot_ids)
+    return ColdStart(hot_ids=hot_ids, seq=head.seq, delivered=head.delivered)
 
 
 def _segments(store: Store[Segment], keys: list[str]) -> dict[str, Versioned[Segment]]:

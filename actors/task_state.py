@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors import task_settled
 from actors.task_ids import IdBook
 from actors.task_index import StatusIndex, status_row
 from actors.task_policy import Task
@@ -19,6 +20,7 @@ from actors.task_settled import (
     IndexStores,
     SettledTasks,
     TasksHead,
+    hot_and_tail,
     read_checkpoint,
     write_checkpoint,
 )
@@ -74,13 +76,12 @@ class TaskState:
             self._migrate()
         else:
             self._delivered, self._seq = cold.delivered, cold.seq
-            for at, entry in enumerate(cold.entries):
-                # The head's hot tasks are in its delivered sum already; newer writes are not.
-                self._counting = at >= cold.fresh
-                if isinstance(entry, str):
-                    self._tasks.pop(entry, None)
-                else:
-                    self._keep(entry)
+            kept, _, last = hot_and_tail(self._store, cold.hot_ids, cold.seq, self._tail)
+            # The head's hot tasks not written since are in its delivered sum already.
+            self._counting = False
+            for entry in kept.values():
+                self._keep(entry)
+            self._seq = max(self._seq, last)
         self._counting, self._loading = True, False
         self._covered, self._writes = self._seq, 0
         self._evict()
@@ -95,6 +96,17 @@ class TaskState:
                 self._status_index.put(hot.value)
             elif (row := self._settled.get(task_id)) is not None:
                 self._status_index.put_settled(task_id, row.created_at, row.stage, row.repo)
+
+    def _tail(self, task_id: str, entry: Versioned[Task] | None) -> None:
+        """One write since the checkpoint; settled tasks leave memory batch by batch."""
+        if entry is None:
+            self._tasks.pop(task_id, None)
+            self._settling.discard(task_id)
+            self._settled.drop(task_id)
+        else:
+            self._keep(entry)
+        if len(self._settling) >= task_settled.TAIL_BATCH:
+            self._evict()
 
     def _migrate(self) -> None:
         """No checkpoint yet (data of an older version): read every task once, in batches.

@@ -168,11 +168,22 @@ def test_a_long_tail_since_the_checkpoint_is_read_in_batches(
     def _whole_tail(self: Store[Any], *_: Any) -> Any:
         raise AssertionError(f"read every write since at once from {self.bucket}")
 
+    held: list[int] = []
+    keep = task_state.TaskState._keep
+
+    def _keep(self: task_state.TaskState, entry: Any) -> None:
+        keep(self, entry)
+        held.append(len(self._tasks))
+
     monkeypatch.setattr(task_settled, "TAIL_BATCH", 2)
     monkeypatch.setattr(Store, "since", _whole_tail)
+    monkeypatch.setattr(task_state.TaskState, "_keep", _keep)
     engine = _start(tmp_path, nats_url, bus, clock)
     try:
         overview = _ask(engine, StatusQuery(kind="overview"))
+        # Settled tasks left memory batch by batch: never the whole tail at once.
+        assert held
+        assert max(held) <= 2, held
         assert (overview["tasks"], overview["by_state"]["finished"]) == (6, 6)
         assert _page_ids(engine, "finished") == [f"DEMO-{n}" for n in range(1, 7)]
         assert _ask(engine, AllTasks()) == []
