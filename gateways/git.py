@@ -436,15 +436,17 @@ def fetch(path: Path) -> None:
     run_git(["fetch", "--quiet", "--prune", "origin"], path)
 
 
-def catch_up(worktree: Path, branch: str) -> bool:
+def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     """Move `worktree` to origin's `branch` when origin has commits it lacks; True if moved.
 
     With launchers on several hosts a task's jobs hop between their own worktrees: one
     left behind by another host's pushes would work on, and force-push, a stale head.
-    A local head ahead of origin (this host's own unpushed commits) is kept.
+    A local head ahead of origin (this host's own unpushed commits) is kept. `fetched`:
+    the clone was fetched just before, under the same lock (its refs are the worktree's).
     """
     validate.branch(branch)
-    fetch(worktree)
+    if not fetched:
+        fetch(worktree)
     remote = f"refs/remotes/origin/{branch}"
     if not _has_ref(worktree, remote) or is_ancestor(worktree, remote, "HEAD"):
         return False
