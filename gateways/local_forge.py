@@ -325,9 +325,7 @@ class LocalForge:
             # a worktree's HEAD is a ref of the bare repository, and a concurrent
             # push's connectivity check fails on one caught half made.
             checkout = scratch / "checkout"
-            # No template: copying the sample hooks was most of a check's git time.
-            clone = ["clone", "--quiet", "--template=", "--shared", "--no-checkout"]
-            git.run_git([*clone, str(bare), str(checkout)])
+            git.run_git(["clone", "--quiet", "--shared", "--no-checkout", str(bare), str(checkout)])
             git.run_git(["checkout", "--quiet", "--detach", sha], checkout)
             with log_path.open("w+b") as out:
                 result = self._run_command(repo, sha, command, checkout, out)
