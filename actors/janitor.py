@@ -234,7 +234,8 @@ class Janitor(Owner):
     def _remove_branch(self, task: Task) -> bool:
         """Remove a done task's worktree and branch; True if its worktree went."""
         removed = branches.remove(self._layout, self._forge, task)
-        self._count("branches_removed")
+        if removed.worktree or removed.forge:  # not again at the retention sweep
+            self._count("branches_removed")
         if removed.kept:
             self._count("branches_kept")
         if removed.worktree:
