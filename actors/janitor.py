@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors import janitor_branches as branches
 from actors import janitor_files as files
 from actors import janitor_policy as policy
 from actors import janitor_sweep as sweep
@@ -30,12 +31,13 @@ from actors.owner import Owner
 from actors.task_policy import Task
 from bus.bridge import Bus, Store, Versioned
 from bus.effects import DONE, Effect
-from bus.messages import Tick
+from bus.messages import StageChanged, Tick
 from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import Fenced
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
+from gateways.forge import Forge
 
 log = get_logger(__name__)
 
@@ -74,12 +76,15 @@ class Janitor(Owner):
         cfg: Config,
         *,
         probe: DiskProbe | None = None,
+        forge: Forge | None = None,
     ) -> None:
         super().__init__()
         self._stores, self._bus, self._worker, self._clock = stores, bus, worker, clock
         self._retention, self._disk = cfg.retention, cfg.disk
         self._layout = Layout(cfg.data_path)
         self._probe = probe
+        self._forge = forge
+        self._pending = branches.Pending(cfg.retention)
         self._state = DiskState()
         self._pause = ""
         self._next_probe = 0.0
@@ -97,6 +102,7 @@ class Janitor(Owner):
                     self._next_probe = now + self._disk.interval_s
                     self._step("disk", self._check_disk, now)
                     self._step("rotation", self._rotate_logs, now)
+                self._step("branches", self._remove_branches, now)
                 if self._retention.enabled and now >= self._next_sweep:
                     self._next_sweep = now + self._retention.interval_s
                     self._step("sweep", self._sweep, now)
@@ -104,6 +110,8 @@ class Janitor(Owner):
                         # A backlog: the next batch comes sooner, but paced, so a long
                         # backlog (an upgrade) never keeps the bus busy for long.
                         self._next_sweep = now + min(self._retention.interval_s, BACKLOG_PAUSE_S)
+            case StageChanged():
+                self._pending.heard(message.task_id, message.new)
             case JanitorStatus():
                 return self._status()
         return None
@@ -216,9 +224,30 @@ class Janitor(Owner):
         self._delete("effects", s.effects, records.effects, plan.effects)
         return plan.total
 
+    def _remove_branches(self, now: float) -> None:
+        """Done tasks heard of and settled since: their worktree and branch go at once."""
+        for task_id in self._pending.due(now):
+            task = self._pending.settled(self._stores, task_id, now)
+            if task is not None:
+                self._remove_branch(task)
+
+    def _remove_branch(self, task: Task) -> bool:
+        """Remove a done task's worktree and branch; True if its worktree went."""
+        removed = branches.remove(self._layout, self._forge, task)
+        if removed.worktree or removed.forge:  # not again at the retention sweep
+            self._count("branches_removed")
+        if removed.kept:
+            self._count("branches_kept")
+        if removed.worktree:
+            self._count("worktrees_removed")
+            log.info("janitor.worktree_removed", task_id=task.id, repo=task.repo)
+        return removed.worktree
+
     def _remove_files(self, task: Task) -> None:
         try:
-            if files.remove_worktree(self._layout, task.repo, task.id):
+            if branches.deletable(task, self._retention):
+                self._remove_branch(task)  # one missed when it settled (a restart)
+            elif files.remove_worktree(self._layout, task.repo, task.id):
                 self._count("worktrees_removed")
                 log.info("janitor.worktree_removed", task_id=task.id, repo=task.repo)
             if files.remove_run_dirs(self._layout, task.id):

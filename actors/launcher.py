@@ -130,7 +130,7 @@ class Launcher(pykka.ThreadingActor):
             launcher=self._name,
             host=self._host,
             python=sys.executable,
-            repo_lock=RepoLocks(),
+            repo_lock=RepoLocks(self._layout.workspace),
             abandoned=self._abandoned,
             report_started=self._report_started,
             report_done=self._tell,

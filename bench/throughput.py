@@ -20,6 +20,7 @@ records of the merge steps).
 
     .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
                                          [--modes all,8] [--keep] [--protected]
+                                         [--no-floor]
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=3600.0, help="per run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(
+        "--no-floor", action="store_true", help="Conveyor only (ratios against a zero floor)"
+    )
+    parser.add_argument(
         "--protected",
         action="store_true",
         help="protected repositories: merges wait for the deploy before them (confirmed at once)",
@@ -226,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             side.name = label
             sides.append(side)
             print(f"{label}: {side.seconds:.1f} s", flush=True)
-        print("floor: running", flush=True)
-        floor = floor_run(root, args)
-        print(f"floor: {floor.seconds:.1f} s", flush=True)
+        if args.no_floor:
+            floor = Side("floor (not run)", args.items, 0.0, 0.0)
+        else:
+            print("floor: running", flush=True)
+            floor = floor_run(root, args)
+            print(f"floor: {floor.seconds:.1f} s", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

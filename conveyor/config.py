@@ -26,6 +26,7 @@ from conveyor.config_nats import NatsClusterConfig as NatsClusterConfig
 from conveyor.config_nats import NatsScaleOut
 from conveyor.config_plane import PlaneConfig as PlaneConfig
 from conveyor.config_plane import PlaneStates as PlaneStates
+from conveyor.config_retention import RetentionConfig as RetentionConfig
 from conveyor.errors import ConfigError, InvalidField
 from conveyor.instructions import anchor_instructions, check_instructions
 from conveyor.pipeline import (
@@ -354,17 +355,6 @@ class ReconcilerConfig(_Section, frozen=True):
     plane_poll_enabled: bool = True
     plane_poll_s: float = 60.0
     retry_red_ci: bool = True
-
-
-class RetentionConfig(_Section, frozen=True):
-    """What the Janitor removes once a task is done or cancelled, and log rotation."""
-
-    enabled: bool = True
-    interval_s: float = 3600.0
-    worktrees_days: float = 7.0
-    records_days: float = 30.0
-    log_max_mb: float = 100.0
-    log_keep: int = 3
 
 
 class DiskConfig(_Section, frozen=True):

@@ -283,6 +283,7 @@ def _check_retention(cfg: Config) -> None:
     """Retention and disk figures: intervals > 0, ages and sizes >= 0, a percentage."""
     for key, value in (
         ("retention.interval_s", cfg.retention.interval_s),
+        ("retention.branches_interval_s", cfg.retention.branches_interval_s),
         ("disk.interval_s", cfg.disk.interval_s),
     ):
         if not value > 0:  # also refuses NaN

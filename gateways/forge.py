@@ -116,6 +116,13 @@ class Forge(Protocol):
         """
         ...
 
+    def delete_branch(self, repo: str, branch: str, *, expected_sha: str) -> bool:
+        """Delete `branch` if its head is `expected_sha`; False when it is already gone.
+
+        `HeadMismatch` when it points elsewhere (pushed since): it stays. Never `main`.
+        """
+        ...
+
 
 def branch_or_main(value: str, field: str = "branch") -> str:
     """`main`, or a valid work-item branch name."""

@@ -166,8 +166,9 @@ def ensure_clone(url: str, path: Path) -> None:
     """Clone `url` to `path`, or fetch with prune if it is already a clone of it."""
     _url(url)
     path = _abs(path)
-    if _is_clone(path):
-        if run_git(["config", "--get", "remote.origin.url"], path) != url:
+    origin = _origin_of(path)
+    if origin is not None:
+        if origin != url:
             run_git(["remote", "set-url", "origin", url], path)
         run_git(["fetch", "--quiet", "--prune", "origin"], path)
         return
@@ -378,14 +379,16 @@ def _is_bare_repo(path: Path) -> bool:
     return result.ok and result.text == "true"
 
 
-def _is_clone(path: Path) -> bool:
+def _origin_of(path: Path) -> str | None:
+    """The origin URL of the clone at `path`; None when `path` is no clone with an origin."""
     if not (path / ".git").is_dir():
-        return False
+        return None
     # The top level must be `path` itself, not an enclosing repository.
     top = run_git_result(["rev-parse", "--show-toplevel"], path)
     if not top.ok or Path(top.text).resolve() != path:
-        return False
-    return run_git_result(["config", "--get", "remote.origin.url"], path).ok
+        return None
+    origin = run_git_result(["config", "--get", "remote.origin.url"], path)
+    return origin.text if origin.ok else None
 
 
 def _has_ref(repo: Path, ref: str) -> bool:
@@ -436,15 +439,17 @@ def fetch(path: Path) -> None:
     run_git(["fetch", "--quiet", "--prune", "origin"], path)
 
 
-def catch_up(worktree: Path, branch: str) -> bool:
+def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     """Move `worktree` to origin's `branch` when origin has commits it lacks; True if moved.
 
     With launchers on several hosts a task's jobs hop between their own worktrees: one
     left behind by another host's pushes would work on, and force-push, a stale head.
-    A local head ahead of origin (this host's own unpushed commits) is kept.
+    A local head ahead of origin (this host's own unpushed commits) is kept. `fetched`:
+    the clone was fetched just before, under the same lock (its refs are the worktree's).
     """
     validate.branch(branch)
-    fetch(worktree)
+    if not fetched:
+        fetch(worktree)
     remote = f"refs/remotes/origin/{branch}"
     if not _has_ref(worktree, remote) or is_ancestor(worktree, remote, "HEAD"):
         return False

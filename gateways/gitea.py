@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from conveyor import validate
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Config
-from conveyor.errors import ForgeError, InvalidField, RemoteError
+from conveyor.errors import ForgeError, HeadMismatch, InvalidField, RemoteError
 from conveyor.logs import get_logger
 from gateways import git
 from gateways.forge import (
@@ -93,6 +93,21 @@ class GiteaForge:
 
     def branch_head(self, repo: str, branch: str) -> str | None:
         return self._client.branch_head(self.full_name(repo), branch_or_main(branch))
+
+    def delete_branch(self, repo: str, branch: str, *, expected_sha: str) -> bool:
+        if branch_or_main(branch) == MAIN:
+            raise InvalidField("branch", f"{MAIN} is never deleted")
+        full = self.full_name(repo)
+        head = self._client.branch_head(full, branch)
+        if head is None:
+            return False
+        if head != expected_sha:
+            raise HeadMismatch(f"{repo}: {branch} is at {head}, expected {expected_sha}")
+        # Gitea's delete takes no expected head: a push between the read and the delete
+        # would go with the branch. A done task's branch has nobody left pushing to it.
+        deleted = self._client.delete_branch(full, branch)
+        log.info("gitea.branch_deleted", repo=repo, branch=branch, sha=head)
+        return deleted
 
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
         return self._client.file(self.full_name(repo), _ref(ref), path)

@@ -161,6 +161,16 @@ class GiteaClient:
         resp = self._found(f"{_repo(full)}/branches/{_seg(branch)}", op)
         return None if resp is None else _decode(resp, _Branch, op).commit.id
 
+    def delete_branch(self, full: str, branch: str) -> bool:
+        """Delete `branch`; False when it does not exist (a retried delete that landed)."""
+        op = "delete_branch"
+        resp = self._http.request("DELETE", f"{_repo(full)}/branches/{_seg(branch)}", op)
+        if resp.status_code == 404:
+            return False
+        if resp.status_code not in (200, 204):
+            raise _refused(resp, op)
+        return True
+
     def file(self, full: str, ref: str, path: str) -> bytes | None:
         """Raw content of `path` at `ref`, or None when missing."""
         op = "file"

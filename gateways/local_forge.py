@@ -128,6 +128,23 @@ class LocalForge:
         branch_or_main(branch)
         return self._resolve(repo, f"refs/heads/{branch}")
 
+    def delete_branch(self, repo: str, branch: str, *, expected_sha: str) -> bool:
+        if branch_or_main(branch) == MAIN:
+            raise InvalidField("branch", f"{MAIN} is never deleted")
+        full_sha(expected_sha)
+        with self._lock(repo):
+            head = self._resolve(repo, f"refs/heads/{branch}")
+            if head is None:
+                return False
+            if head != expected_sha:
+                raise HeadMismatch(f"{repo}: {branch} is at {head}, expected {expected_sha}")
+            # Compare-and-delete: a push that lands meanwhile (pushes take no forge lock) wins.
+            ref = f"refs/heads/{branch}"
+            git.run_git(["update-ref", "-d", ref, head], git_dir=self.repo_path(repo))
+            self._effect("branch_deleted", repo, branch=branch, sha=head)
+        log.info("forge.branch_deleted", repo=repo, branch=branch, sha=head)
+        return True
+
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
         rel = _tree_path(path)
         sha = self._resolve_ref(repo, ref)

@@ -24,6 +24,7 @@ CHECK_WAIT_S = 20.0
 
 OPS = (
     "branch_head",
+    "delete_branch",
     "read_file",
     "list_dir",
     "find_pull",

@@ -85,6 +85,12 @@ class ForgeClient:
     def branch_head(self, repo: str, branch: str) -> str | None:
         return cast("str | None", self._call("branch_head", str | None, repo=repo, branch=branch))
 
+    def delete_branch(self, repo: str, branch: str, *, expected_sha: str) -> bool:
+        deleted = self._call(
+            "delete_branch", bool, repo=repo, branch=branch, expected_head_sha=expected_sha
+        )
+        return cast("bool", deleted)
+
     def read_file(self, repo: str, ref: str, path: str) -> bytes | None:
         return cast(
             "bytes | None", self._call("read_file", bytes | None, repo=repo, ref=ref, path=path)

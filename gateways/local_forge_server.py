@@ -101,6 +101,9 @@ def _operations(forge: LocalForge) -> dict[str, Callable[[ForgeCall], Any]]:
 
     ops: dict[str, Callable[[ForgeCall], Any]] = {
         "branch_head": lambda c: forge.branch_head(c.repo, c.branch),
+        "delete_branch": lambda c: forge.delete_branch(
+            c.repo, c.branch, expected_sha=c.expected_head_sha
+        ),
         "read_file": lambda c: forge.read_file(c.repo, c.ref, c.path),
         "list_dir": lambda c: forge.list_dir(c.repo, c.ref, c.path),
         "find_pull": lambda c: forge.find_pull(c.repo, c.branch),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,6 +19,7 @@ from conveyor.clock import Clock
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
 from conveyor.layout import Layout
+from gateways import git_branches
 from gateways.forge import Forge
 
 
@@ -61,15 +64,23 @@ ReportStarted = Callable[[RunStarted, bool], None]
 
 
 class RepoLocks:
-    """One lock per repository: its workspace clone is shared by every task's worktree."""
+    """One lock per repository: its workspace clone is shared by every task's worktree.
 
-    def __init__(self) -> None:
+    With `workspace` (a repository's clone path), also the clone's lock between
+    processes, which the Janitor takes too when it removes a done task's worktree.
+    """
+
+    def __init__(self, workspace: Callable[[str], Path] | None = None) -> None:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._workspace = workspace
 
-    def __call__(self, repo: str) -> threading.Lock:
+    def __call__(self, repo: str) -> AbstractContextManager[object]:
         with self._guard:
-            return self._locks.setdefault(repo, threading.Lock())
+            lock = self._locks.setdefault(repo, threading.Lock())
+        if self._workspace is None:
+            return lock
+        return git_branches.workspace_lock(self._workspace(repo), lock)
 
 
 @dataclass(frozen=True, kw_only=True)

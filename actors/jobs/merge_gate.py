@@ -8,7 +8,7 @@ from actors import merge_policy, merge_wait_policy
 from actors.jobs.context import JobContext, RunDone
 from actors.jobs.leases import TransitionFence, holder, patiently
 from actors.jobs.pre_merge import run_checks
-from actors.jobs.steps import ensure_pull, prepare_worktree
+from actors.jobs.steps import ensure_pull, prepare_worktree_locked
 from actors.launcher_policy import Run
 from actors.lease_policy import merge_lease
 from bus import subjects
@@ -128,9 +128,9 @@ def _merge_under_lease(
     held: MergeLease,
     fence: TransitionFence,
 ) -> RunDone:
-    worktree = prepare_worktree(ctx, order)
     with ctx.repo_lock(order.repo):
-        git.fetch(worktree)
+        # Fetched under the lock, with this repository's merge lease held: main is current.
+        worktree = prepare_worktree_locked(ctx, order)
         behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
         conflicts = git.rebase(worktree, "origin/main") if behind else None
         if conflicts is not None:

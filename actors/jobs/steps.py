@@ -37,12 +37,18 @@ def tail(path: Path) -> str:
 
 def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Path:
     """The task's worktree on its branch, cloning the repository's workspace if needed."""
+    with ctx.repo_lock(order.repo):
+        return prepare_worktree_locked(ctx, order)
+
+
+def prepare_worktree_locked(ctx: JobContext, order: LaunchOrder) -> Path:
+    """`prepare_worktree` for a caller already holding the repository's lock."""
     workspace = ctx.layout.workspace(order.repo)
     worktree = ctx.layout.worktree(order.repo, order.task_id)
-    with ctx.repo_lock(order.repo):
-        git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)
-        git.ensure_worktree(workspace, worktree, order.branch)
-        git.catch_up(worktree, order.branch)
+    git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)
+    git.ensure_worktree(workspace, worktree, order.branch)
+    # ensure_clone fetched (or cloned) the workspace, whose refs the worktree shares.
+    git.catch_up(worktree, order.branch, fetched=True)
     return worktree
 
 

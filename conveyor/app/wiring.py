@@ -55,6 +55,7 @@ from bus.messages import (
     LaunchOrder,
     LeaseRelease,
     RunHeartbeat,
+    StageChanged,
 )
 from conveyor.app import wiring_tracker
 from conveyor.app.supervisor import Handle
@@ -238,9 +239,12 @@ def _notifier(ctx: Context, _store: Store[Any] | None) -> Ref:
     return Notifier.start(telegram.send, ctx.ledger("notifier"), ctx.cfg.telegram)
 
 
+_STAGES = (CoreFeed(subjects.STAGE_ALL, StageChanged),)
+
+
 def _janitor(ctx: Context, _store: Store[Any] | None) -> Ref:
-    stores = janitor_stores(ctx.bus)
-    return Janitor.start(stores, ctx.bus, ctx.ref("queue_worker"), ctx.clock, ctx.cfg)
+    s, worker, forge = janitor_stores(ctx.bus), ctx.ref("queue_worker"), ctx.forge
+    return Janitor.start(s, ctx.bus, worker, ctx.clock, ctx.cfg, forge=forge)
 
 
 def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
@@ -387,7 +391,8 @@ TABLE: tuple[ActorSpec, ...] = (
         status=NotifierStatus,
         enabled=lambda cfg: cfg.telegram.enabled,
     ),
-    ActorSpec("janitor", CONTROL, _janitor, ticks=True, status=JanitorStatus),
+    # A task's StageChanged to done: its branch and worktree go once it is settled.
+    ActorSpec("janitor", CONTROL, _janitor, core_feeds=_STAGES, ticks=True, status=JanitorStatus),
     ActorSpec(
         "launcher",
         LAUNCHER,

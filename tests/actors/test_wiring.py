@@ -102,7 +102,7 @@ PINNED = [
         False,
         True,
     ),
-    ("janitor", "control", "", [], [], True, True),
+    ("janitor", "control", "", [], ["conveyor.stage.>"], True, True),
     (
         "launcher",
         "launcher",

@@ -387,6 +387,7 @@ class FakeGitea:
         table: list[tuple[str, str, Callable[..., _Reply]]] = [
             ("GET", "", self._get_repo),
             ("GET", r"/branches/(?P<branch>.+)", self._get_branch),
+            ("DELETE", r"/branches/(?P<branch>.+)", self._delete_branch),
             ("GET", r"/raw/(?P<path>.+)", self._get_raw),
             ("GET", r"/contents(?:/(?P<path>.*))?", self._get_contents),
             ("GET", r"/pulls", self._list_pulls),
@@ -427,6 +428,15 @@ class FakeGitea:
                 }
             ),
         )
+
+    def _delete_branch(
+        self, repo: _Repo, m: dict[str, str], _q: dict[str, str], _b: bytes
+    ) -> _Reply:
+        if self._resolve(repo, m["branch"], branch_only=True) is None:
+            raise _HTTPError(404, f"branch does not exist [name: {m['branch']}]")
+        git.run_git(["update-ref", "-d", f"refs/heads/{m['branch']}"], git_dir=repo.bare)
+        self._effect("branch_deleted", repo, branch=m["branch"])
+        return _Reply(204, b"")
 
     def _get_raw(self, repo: _Repo, m: dict[str, str], q: dict[str, str], _b: bytes) -> _Reply:
         sha = self._resolve(repo, q.get("ref", MAIN))
