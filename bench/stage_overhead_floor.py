@@ -6,11 +6,14 @@ StageEngine do, with no NATS and no actors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from actors import launcher_policy
 from actors.gate_policy import GATE_FILES, GateInputs, evaluate_gate
@@ -43,10 +46,15 @@ from stage_overhead_probe import REPO, TITLE, RunResult, add_stage_times, stage_
 class FloorSide:
     """The same git operations, forge calls and agent spawns, in one plain sequential loop."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.cfg = config_mod.load(env={}, overrides={"data_dir": str(data_dir)})
+    def __init__(
+        self, data_dir: Path, *, repo: str = REPO, overrides: dict[str, Any] | None = None
+    ) -> None:
+        self.repo = repo
+        self.cfg = config_mod.load(
+            env={}, overrides={"data_dir": str(data_dir), **(overrides or {})}
+        )
         self.layout = Layout(self.cfg.data_path)
-        self.repo_cfg = self.cfg.repo(REPO)
+        self.repo_cfg = self.cfg.repo(repo)
         checks = {r.name: python_argv(r.check_command) for r in self.cfg.repos if r.check_command}
         self.forge = LocalForge(
             self.layout.forge, checks, check_timeout_s=self.cfg.forge.check_timeout_s
@@ -56,7 +64,7 @@ class FloorSide:
     def start(self) -> None:
         # As the Node does at start-up (not timed on either side).
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self.forge.create_repo(REPO, initial_files=demo.create_demo_files())
+        self.forge.create_repo(self.repo, initial_files=demo.create_demo_files())
 
     def run(self, items: int) -> RunResult:
         names = stage_names(self.cfg)
@@ -73,16 +81,22 @@ class FloorSide:
     def _one(self, task_id: str) -> list[float]:
         """Deliver one item; return the time each stage's gate passed."""
         branch = validate.branch_for(task_id, TITLE)
-        task = Task(id=task_id, repo=REPO, title=TITLE, branch=branch, step=STEP_INTAKE)
+        task = Task(id=task_id, repo=self.repo, title=TITLE, branch=branch, step=STEP_INTAKE)
         marks: list[float] = []
         # created: the built-in intake job, then the branch_exists gate.
         worktree = self._prepare_worktree(task_id, branch)
-        git.push_branch(worktree, branch)
+        with self._locked():
+            git.push_branch(worktree, branch)
         self._gate(task, GATE_BRANCH_EXISTS)
         marks.append(time.perf_counter())
         for stage in self.cfg.pipeline.stages:
             task = Task(
-                id=task_id, repo=REPO, title=TITLE, branch=branch, stage=stage.name, step=STEP_WORK
+                id=task_id,
+                repo=self.repo,
+                title=TITLE,
+                branch=branch,
+                stage=stage.name,
+                step=STEP_WORK,
             )
             self._agent(task, stage.name, stage.role, step=STEP_WORK)
             if stage.human_approval:
@@ -90,7 +104,7 @@ class FloorSide:
                 self._gate(task, stage.gate)
                 task = Task(
                     id=task_id,
-                    repo=REPO,
+                    repo=self.repo,
                     title=TITLE,
                     branch=branch,
                     stage=stage.name,
@@ -104,10 +118,18 @@ class FloorSide:
             marks.append(time.perf_counter())
         return marks
 
+    def _locked(self) -> AbstractContextManager[object]:
+        """The repository's workspace lock; none here: this side's clone has one user."""
+        return contextlib.nullcontext()
+
     def _prepare_worktree(self, task_id: str, branch: str) -> Path:
-        worktree = self.layout.worktree(REPO, task_id)
-        git.ensure_clone(self.forge.clone_url(REPO), self.layout.workspace(REPO))
-        git.ensure_worktree(self.layout.workspace(REPO), worktree, branch)
+        with self._locked():
+            return self._prepare_worktree_locked(task_id, branch)
+
+    def _prepare_worktree_locked(self, task_id: str, branch: str) -> Path:
+        worktree = self.layout.worktree(self.repo, task_id)
+        git.ensure_clone(self.forge.clone_url(self.repo), self.layout.workspace(self.repo))
+        git.ensure_worktree(self.layout.workspace(self.repo), worktree, branch)
         return worktree
 
     def _agent(self, task: Task, stage: str, role: str, *, step: str) -> None:
@@ -115,7 +137,7 @@ class FloorSide:
             job_id=job_id_for(task.id, stage, 1, step),
             attempt=1,
             task_id=task.id,
-            repo=REPO,
+            repo=self.repo,
             stage=stage,
             role=role,
             visit=1,
@@ -165,30 +187,33 @@ class FloorSide:
 
     def post_steps(self, task: Task, stage: str, role: str, worktree: Path) -> None:
         """The Launcher's post-steps: commit, push, pull request, CI."""
-        git.commit_all(worktree, f"{role}: {task.id} {stage} (visit 1, attempt 1)")
-        sha = git.push_branch(worktree, task.branch)
-        if self.forge.find_pull(REPO, task.branch) is None:
+        with self._locked():
+            git.commit_all(worktree, f"{role}: {task.id} {stage} (visit 1, attempt 1)")
+            sha = git.push_branch(worktree, task.branch)
+        if self.forge.find_pull(self.repo, task.branch) is None:
             self.forge.open_pull(
-                REPO, task.branch, f"{task.id}: {TITLE}", f"Work item {task.id}, delivered."
+                self.repo, task.branch, f"{task.id}: {TITLE}", f"Work item {task.id}, delivered."
             )
-        if self.forge.commit_status(REPO, sha) is None:
-            self.forge.on_push(REPO, task.branch, sha)
+        if self.forge.commit_status(self.repo, sha) is None:
+            self.forge.on_push(self.repo, task.branch, sha)
 
     def _merge(self, task_id: str, branch: str) -> None:
         """The built-in merge job of a `merge = true` stage."""
-        head = self.forge.branch_head(REPO, branch)
+        head = self.forge.branch_head(self.repo, branch)
         if head is None:
             raise RuntimeError(f"floor: branch {branch} missing before merge")
-        pull = self.forge.find_pull(REPO, branch)
+        pull = self.forge.find_pull(self.repo, branch)
         if pull is None:
-            pull = self.forge.open_pull(REPO, branch, f"{task_id}: {TITLE}", "Opened before merge.")
+            pull = self.forge.open_pull(
+                self.repo, branch, f"{task_id}: {TITLE}", "Opened before merge."
+            )
         if not pull.merged:
-            self.forge.merge_pull(REPO, pull.number, expected_head_sha=head)
+            self.forge.merge_pull(self.repo, pull.number, expected_head_sha=head)
 
     def _gate(self, task: Task, gate: str, expect: str = "pass") -> None:
         """Read what the gate reads from the forge at the branch head, and decide it."""
         forge = self.forge
-        head = forge.branch_head(REPO, task.branch)
+        head = forge.branch_head(self.repo, task.branch)
         files: dict[str, str | None] = {}
         adr_files: dict[str, str] = {}
         ci_state = None
@@ -196,20 +221,20 @@ class FloorSide:
         if gate != GATE_BRANCH_EXISTS and head is not None:
             for name in GATE_FILES.get(gate, ()):
                 path = artifact_path(task.id, name)
-                data = forge.read_file(REPO, head, path)
+                data = forge.read_file(self.repo, head, path)
                 files[path] = None if data is None else data.decode("utf-8", "replace")
             if gate == GATE_ARCHITECTURE:
                 adr_dir = artifact_path(task.id, ADR_DIR)
-                for name in sorted(forge.list_dir(REPO, head, adr_dir)):
+                for name in sorted(forge.list_dir(self.repo, head, adr_dir)):
                     if name.endswith(".md"):
-                        data = forge.read_file(REPO, head, f"{adr_dir}/{name}")
+                        data = forge.read_file(self.repo, head, f"{adr_dir}/{name}")
                         if data is not None:
                             adr_files[name] = data.decode("utf-8", "replace")
             if gate == GATE_CI_GREEN:
-                status = forge.commit_status(REPO, head)
+                status = forge.commit_status(self.repo, head)
                 ci_state = status.state if status else None
             if gate == GATE_PR_MERGED:
-                pull = forge.find_pull(REPO, task.branch)
+                pull = forge.find_pull(self.repo, task.branch)
                 pr_merged = bool(pull and pull.merged)
         inputs = GateInputs(
             files=files,

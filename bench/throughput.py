@@ -10,17 +10,20 @@ approved as their alerts arrive.
 Floor side (`throughput_floor.py`, its own process): the same per-item work as
 `stage_overhead_floor.py` (intake, 7 agent stages with commit, push, PR, CI and
 gate reads, the merge), 8 lanes wide, one item after another per lane, without
-NATS or actors.
+NATS or actors. `--floor-layout shared` (the default, the spec's like-for-like):
+the same items on the same repositories, two lanes per repository, merging under
+a per-repository lock and rebasing (with CI again) a branch behind main, as
+Conveyor's merge step does; `lanes`: the earlier floor, a repository per lane.
 
 Printed for each (never asserted): items a minute, CPU seconds per item (Conveyor:
 control, launcher and nats-server with their reaped children, e.g. git and the
 agents; floor: its process and children), failed pushes (log lines with
-"bad object" or a failed push), and merge attempts per merged item (from the job
-records of the merge steps).
+"bad object" or a failed push), merge attempts per merged item (from the job
+records of the merge steps), and rebases and CI runs per item on each side.
 
     .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
                                          [--modes all,8] [--keep] [--protected]
-                                         [--no-floor]
+                                         [--no-floor] [--floor-layout shared|lanes]
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class Side:
     """The Reconciler's gate replays, and those it announced as a lost event."""
     cpu_split: dict[str, float] | None = None
     """CPU seconds per process (`NAME+`: its reaped children), where measured."""
+    rebases: int | None = None
+    """Branches rebased onto main before their merge."""
+    ci_runs: int | None = None
+    """CI checks run (on a push, and again after a rebase)."""
 
     @property
     def per_minute(self) -> float:
@@ -104,6 +111,8 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         side.cpu_split = split
         side.failed_pushes = fleet.log_count(PUSH_ERRORS)
         side.merge_attempts = _merge_attempts(fleet, len(seen.settled_at) - len(seen.escalated))
+        side.rebases = _log_count_both(fleet, '"launcher.merged"', '"rebased": true')
+        side.ci_runs = fleet.log_count(('"forge.ci_started"',))
         # Nothing is lost here: every replay is a task taken for quiet, every announced one false.
         side.replays = (
             fleet.log_count(('"reconciler.replayed"',)),
@@ -126,9 +135,19 @@ def _merge_attempts(fleet: Fleet, merged: int) -> float | None:
     return attempts / merged
 
 
+def _log_count_both(fleet: Fleet, first: str, second: str) -> int:
+    """Lines of the parts' logs that contain both `first` and `second`."""
+    count = 0
+    for path in fleet.cluster.workdir.glob("*.log"):
+        with path.open(errors="replace") as fh:
+            count += sum(1 for line in fh if first in line and second in line)
+    return count
+
+
 def floor_run(root: Path, args: argparse.Namespace) -> Side:
     argv = [sys.executable, str(HERE / "throughput_floor.py"), "--items", str(args.items)]
     argv += ["--lanes", str(args.concurrency), "--workdir", str(root / "floor")]
+    argv += ["--layout", args.floor_layout, "--repos", str(args.repos)]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=args.deadline_s, check=False
     )
@@ -139,13 +158,15 @@ def floor_run(root: Path, args: argparse.Namespace) -> Side:
         1 for line in done.stderr.splitlines() if any(w in line for w in PUSH_ERRORS)
     )
     return Side(
-        "floor",
+        f"floor ({figures.get('layout', args.floor_layout)})",
         figures["items"],
         figures["seconds"],
         figures["cpu_s"],
         failed=figures["failed"],
         failed_pushes=failed_pushes,
         cpu_split=figures.get("cpu_split"),
+        rebases=figures.get("rebases"),
+        ci_runs=figures.get("ci_runs"),
     )
 
 
@@ -171,6 +192,12 @@ def _report(sides: list[Side], floor: Side) -> None:
                 f"{name} {seconds / side.items:.2f}" for name, seconds in side.cpu_split.items()
             )
             print(f"{side.name}: CPU s/item by process (NAME+: its children): {parts}")
+    for side in [*sides, floor]:
+        if side.rebases is not None and side.ci_runs is not None:
+            print(
+                f"{side.name}: {side.rebases / side.items:.2f} rebases per item, "
+                f"{side.ci_runs / side.items:.2f} CI runs per item"
+            )
     for side in sides:
         if side.replays is not None:
             replayed, unblocked = side.replays
@@ -211,13 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="protected repositories: merges wait for the deploy before them (confirmed at once)",
     )
+    parser.add_argument(
+        "--floor-layout",
+        choices=("shared", "lanes"),
+        default="shared",
+        help="shared: the floor's lanes share the repositories, two per repository (the "
+        "spec's like-for-like); lanes: a repository per lane (the earlier floor)",
+    )
     args = parser.parse_args(argv)
     if args.items < 1 or args.repos < 1 or args.concurrency < 1:
         parser.error("--items, --repos and --concurrency must be >= 1")
+    if args.floor_layout == "shared" and args.repos > args.concurrency:
+        parser.error("--floor-layout shared needs --repos <= --concurrency")
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-throughput-"))
     print(
         f"throughput: {args.items} items, {args.repos} repositories, concurrency "
-        f"{args.concurrency}, modes {args.modes}"
+        f"{args.concurrency}, modes {args.modes}, floor layout {args.floor_layout}"
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; scratch {root}")
     sides: list[Side] = []
