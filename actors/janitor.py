@@ -38,6 +38,7 @@ from conveyor.errors import Fenced
 from conveyor.layout import Layout
 from conveyor.logs import get_logger
 from gateways.forge import Forge
+from gateways.git_branches import WorkspaceBusy
 
 log = get_logger(__name__)
 
@@ -228,8 +229,12 @@ class Janitor(Owner):
         """Done tasks heard of and settled since: their worktree and branch go at once."""
         for task_id in self._pending.due(now):
             task = self._pending.settled(self._stores, task_id, now)
-            if task is not None:
+            if task is None:
+                continue
+            try:
                 self._remove_branch(task)
+            except WorkspaceBusy:
+                self._pending.ids.add(task_id)  # a job holds the clone: the next interval
 
     def _remove_branch(self, task: Task) -> bool:
         """Remove a done task's worktree and branch; True if its worktree went."""

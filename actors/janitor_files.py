@@ -16,14 +16,14 @@ OUTPUT_LOG = "output.log"
 
 def remove_worktree(layout: Layout, repo: str, task_id: str) -> bool:
     """Remove a task's worktree (and its registration in the clone); False if there was none."""
-    with git_branches.workspace_lock(layout.workspace(repo)):
+    with git_branches.janitor_lock(layout.workspace(repo)):
         return _remove_worktree(layout, repo, task_id)
 
 
 def remove_branch(layout: Layout, repo: str, task_id: str, branch: str) -> bool:
     """Remove a task's worktree, then its branch from the clone; True if a worktree went."""
     clone = layout.workspace(repo)
-    with git_branches.workspace_lock(clone):
+    with git_branches.janitor_lock(clone):
         removed = _remove_worktree(layout, repo, task_id)
         git_branches.delete_local_branch(clone, branch)
     return removed

@@ -66,8 +66,9 @@ ReportStarted = Callable[[RunStarted, bool], None]
 class RepoLocks:
     """One lock per repository: its workspace clone is shared by every task's worktree.
 
-    With `workspace` (a repository's clone path), also the clone's lock between
-    processes, which the Janitor takes too when it removes a done task's worktree.
+    With `workspace` (a repository's clone path), also the clone's lock held shared,
+    so the Janitor (which takes it exclusive, never waiting) leaves the clone alone
+    while a job uses it; launchers never wait on each other's processes.
     """
 
     def __init__(self, workspace: Callable[[str], Path] | None = None) -> None:
