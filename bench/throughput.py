@@ -84,7 +84,15 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
     per_repo = max(1, args.concurrency // args.repos)
 
     def config(data: Path, url: str) -> str:
-        text = render_config(data, url, args.repos, concurrency=args.concurrency, per_repo=per_repo)
+        text = render_config(
+            data,
+            url,
+            args.repos,
+            concurrency=args.concurrency,
+            per_repo=per_repo,
+            # As the floor does: every repository stays as small as merged work makes it.
+            extra=["[retention]", "delete_merged_branches = true"],
+        )
         if args.protected:
             # Each task keeps its repository's merge lease until its production deploy ends.
             text = text.replace('template = "demo"\n', 'template = "demo"\nprotected = true\n')

@@ -11,7 +11,8 @@ Conveyor, in a plain loop). Two layouts:
   repository's lock, and the merge under a per-repository merge lock, where a
   branch behind main is rebased onto it, pushed and its CI run again before the
   merge (Conveyor's merge step). A done item's worktree and branch are removed, as
-  Conveyor's Janitor does by default (`retention.delete_merged_branches`).
+  Conveyor's Janitor does with `retention.delete_merged_branches`, which the
+  throughput bench turns on for Conveyor's side.
 - `lanes` (the earlier floor): each lane has its own data directory and
   repository, so it never shares one, never rebases nor re-runs CI.
 

@@ -21,7 +21,7 @@ class RetentionConfig(_Section, frozen=True):
     records_days: float = 30.0
     log_max_mb: float = 100.0
     log_keep: int = 3
-    delete_merged_branches: bool = True
+    delete_merged_branches: bool = False
     """A done task's branch is deleted on the forge and in the workspace clone, with its
     worktree, as soon as nothing works on the task any more (not after `worktrees_days`).
     Only when the forge's head is the one the task's last job left: a push since keeps it."""

@@ -37,7 +37,12 @@ def branch_cfg(tmp_path: Path, nats_url: str) -> Config:
     return make_config(
         tmp_path / "data",
         nats_url,
-        retention={"interval_s": 3600.0, "worktrees_days": 7.0, "branches_interval_s": 1.0},
+        retention={
+            "interval_s": 3600.0,
+            "worktrees_days": 7.0,
+            "branches_interval_s": 1.0,
+            "delete_merged_branches": True,
+        },
         disk={"interval_s": 3600.0, "alert_percent": 0.0, "min_free_mb": 0.0},
     )
 
