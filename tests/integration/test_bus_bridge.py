@@ -35,6 +35,11 @@ def bus(nats_url: str) -> Iterator[Bus]:
     bus.close()
 
 
+def _follow(bus: Bus, durable: str, subject: str, into: queue.Queue[Delivery[Any]]) -> None:
+    """Feed the jobs stream's `subject` through the durable consumer `durable` into `into`."""
+    bus.consume(subjects.STREAM_JOBS, durable, [subject], msgspec.json.Decoder(JobInput), into.put)
+
+
 def _request(job_id: str) -> JobRequested:
     return JobRequested(
         job_id=job_id,
@@ -86,13 +91,7 @@ def test_a_published_message_id_is_stored_once(bus: Bus) -> None:
     got: queue.Queue[Delivery[Any]] = queue.Queue()
     for _ in range(3):
         bus.publish(subjects.JOBS_REQUESTED, _request("J1"), msg_id="J1:1:0")
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_dedup",
-        [subjects.JOBS_REQUESTED],
-        msgspec.json.Decoder(JobInput),
-        got.put,
-    )
+    _follow(bus, "test_dedup", subjects.JOBS_REQUESTED, got)
     first = got.get(timeout=10)
     first.ack()
     assert first.body.job_id == "J1"
@@ -104,13 +103,7 @@ def test_a_published_message_id_is_stored_once(bus: Bus) -> None:
 def test_an_unacked_message_is_redelivered_after_nak(bus: Bus) -> None:
     got: queue.Queue[Delivery[Any]] = queue.Queue()
     bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-2"), msg_id="c1")
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_nak",
-        [subjects.JOBS_CANCELLED],
-        msgspec.json.Decoder(JobInput),
-        got.put,
-    )
+    _follow(bus, "test_nak", subjects.JOBS_CANCELLED, got)
     first = got.get(timeout=10)
     first.nak(delay_s=0.1)
     second = got.get(timeout=10)
@@ -128,13 +121,7 @@ def test_an_undecodable_message_is_terminated_not_redelivered(bus: Bus) -> None:
 
     bus.call(_raw())
     bus.publish(subjects.JOBS_REQUESTED, _request("J2"), msg_id="J2")
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_term",
-        [subjects.JOBS_REQUESTED],
-        msgspec.json.Decoder(JobInput),
-        got.put,
-    )
+    _follow(bus, "test_term", subjects.JOBS_REQUESTED, got)
     good = got.get(timeout=10)
     assert good.body.job_id == "J2"
     good.ack()
@@ -156,13 +143,7 @@ def test_emit_publishes_on_the_subject_of_the_message_type(bus: Bus) -> None:
     for _ in range(2):
         bus.emit(_request("J3"), msg_id="J3:1:0")
     bus.emit(KillJob(job_id="J3", reason="test"), msg_id="")
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_emit",
-        [subjects.JOBS_REQUESTED],
-        msgspec.json.Decoder(JobInput),
-        durable.put,
-    )
+    _follow(bus, "test_emit", subjects.JOBS_REQUESTED, durable)
     first = durable.get(timeout=10)
     first.ack()
     assert (first.subject, first.msg_id, first.body.job_id) == (
@@ -190,13 +171,7 @@ def test_a_flushed_outbox_is_published_once_under_its_revision_and_cleared(bus: 
     assert again is not None
     assert again.revision == flushed.revision
     assert again.value.outbox == []
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_flush",
-        [subjects.JOBS_CANCELLED],
-        msgspec.json.Decoder(JobInput),
-        got.put,
-    )
+    _follow(bus, "test_flush", subjects.JOBS_CANCELLED, got)
     first = got.get(timeout=10)
     first.ack()
     assert (first.msg_id, first.body) == (f"boxed:{revision}:0", boxed.outbox[0])
@@ -248,13 +223,7 @@ def test_a_live_process_keeps_a_message_it_holds_past_the_ack_wait(nats_url: str
     try:
         bus.setup()
         bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-6"), msg_id="live1")
-        bus.consume(
-            subjects.STREAM_JOBS,
-            "test_live",
-            [subjects.JOBS_CANCELLED],
-            msgspec.json.Decoder(JobInput),
-            got.put,
-        )
+        _follow(bus, "test_live", subjects.JOBS_CANCELLED, got)
         held = got.get(timeout=10)
         assert bus.inflight.count() == 1
 
@@ -300,13 +269,7 @@ def test_a_quiesced_bus_delivers_nothing_more_but_still_takes_acks(nats_url: str
     bus.setup()
     got: queue.Queue[Delivery[Any]] = queue.Queue()
     bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-3"), msg_id="q1")
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_quiesce",
-        [subjects.JOBS_CANCELLED],
-        msgspec.json.Decoder(JobInput),
-        got.put,
-    )
+    _follow(bus, "test_quiesce", subjects.JOBS_CANCELLED, got)
     held = got.get(timeout=10)
     bus.quiesce()
     bus.publish(subjects.JOBS_CANCELLED, JobsCancelled(task_id="DEMO-4"), msg_id="q2")
@@ -319,13 +282,7 @@ def test_a_quiesced_bus_delivers_nothing_more_but_still_takes_acks(nats_url: str
     again = Bus.connect(nats_url)
     try:
         later: queue.Queue[Delivery[Any]] = queue.Queue()
-        again.consume(
-            subjects.STREAM_JOBS,
-            "test_quiesce",
-            [subjects.JOBS_CANCELLED],
-            msgspec.json.Decoder(JobInput),
-            later.put,
-        )
+        _follow(again, "test_quiesce", subjects.JOBS_CANCELLED, later)
         first = later.get(timeout=10)
         assert first.body == JobsCancelled(task_id="DEMO-4")
         first.ack()
