@@ -142,7 +142,8 @@ class Reconciler(Owner):
             self._pool.submit(_run)
 
     def _rows(self) -> list[TaskRow]:
-        summaries: Any = self._engine.ask(AllTasks(), timeout=ASK_TIMEOUT_S)
+        # Only tasks at a gate can be due (`policy.skip_reason`): a queued backlog costs nothing.
+        summaries: Any = self._engine.ask(AllTasks(job_ended=True), timeout=ASK_TIMEOUT_S)
         return [msgspec.convert(s, TaskRow, from_attributes=True) for s in summaries]
 
     def _replay_gates(self, now: float) -> None:

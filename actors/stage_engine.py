@@ -176,6 +176,8 @@ class StageEngine(Owner, TaskState, OutboxSender, SubmitDesk):
                 self._outbox_sent(message)
             case SubmitExisted():
                 self._existed(message)
+            case AllTasks(job_ended=True):
+                return self._summaries(self._index.job_ended())
             case AllTasks():
                 return self._summaries(self._tasks)
             case ReplayMoves():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.task_policy import Task
+from actors.task_policy import JOB_ENDED, Task
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,12 +59,16 @@ def summarize(task: Task) -> TaskSummary:
     )
 
 
-class AllTasks(msgspec.Struct, frozen=True):
+class AllTasks(msgspec.Struct, frozen=True, kw_only=True):
     """Another actor -> StageEngine (ask): the summary of every hot task, oldest first.
 
     Hot: not settled (settled = done or cancelled with nothing left to publish); settled
     tasks are out of memory and answer by id (`GetTask`, `GetTasks`).
+    `job_ended`: only the live tasks whose job ended (done or failed), i.e. those at a
+    gate; a backlog of queued or running tasks then costs the asker nothing.
     """
+
+    job_ended: bool = False
 
 
 class GetTasks(msgspec.Struct, frozen=True):
@@ -96,7 +100,9 @@ class FindTasks(msgspec.Struct, frozen=True, kw_only=True):
 
 
 IndexKey = tuple[str, str, str]
-"""(what, repo, value): what is `branch`, `commit` or `stage`."""
+"""(what, repo, value): what is `branch`, `commit`, `stage`, or `job` (repo and value empty:
+the task's job ended)."""
+JOB_ENDED_KEY: IndexKey = ("job", "", "")
 
 
 class TaskIndex:
@@ -131,6 +137,10 @@ class TaskIndex:
             found |= self._ids.get(key, set())
         return found
 
+    def job_ended(self) -> set[str]:
+        """Ids of the live tasks whose job ended (done or failed): those at a gate."""
+        return set(self._ids.get(JOB_ENDED_KEY, ()))
+
 
 def _keys(task: Task) -> tuple[IndexKey, ...]:
     if task.terminal:
@@ -140,4 +150,6 @@ def _keys(task: Task) -> tuple[IndexKey, ...]:
         keys.append(("branch", task.repo, task.branch))
     if task.head_sha:
         keys.append(("commit", task.repo, task.head_sha))
+    if task.job_status in JOB_ENDED:
+        keys.append(JOB_ENDED_KEY)
     return tuple(keys)

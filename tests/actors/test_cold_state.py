@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from actors import task_settled, task_state
@@ -187,5 +188,20 @@ def test_a_long_tail_since_the_checkpoint_is_read_in_batches(
         assert (overview["tasks"], overview["by_state"]["finished"]) == (6, 6)
         assert _page_ids(engine, "finished") == [f"DEMO-{n}" for n in range(1, 7)]
         assert _ask(engine, AllTasks()) == []
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+
+def test_the_engine_names_the_tasks_at_a_gate_without_the_queued_backlog(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock
+):
+    tasks = bus.store(subjects.BUCKET_TASKS, Task)
+    for number, job_status in enumerate(("queued", "done", "running", "failed", "queued"), 1):
+        task = _task(f"DEMO-{number}", "development", float(number))
+        tasks.create(f"DEMO-{number}", msgspec.structs.replace(task, job_status=job_status))
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        assert [s.id for s in _ask(engine, AllTasks(job_ended=True))] == ["DEMO-2", "DEMO-4"]
+        assert len(_ask(engine, AllTasks())) == 5
     finally:
         engine.ref.stop(block=True, timeout=10)

@@ -66,3 +66,19 @@ def test_index_follows_a_task_and_forgets_it_once_terminal() -> None:
     assert index.find(FindTasks(repo="demo", stages=("develop",))) == set()
     index.put(_task("DEMO-1", head_sha="bbb", stage="done"))
     assert index.find(FindTasks(repo="demo", commit="bbb", stages=("done",))) == set()
+
+
+def test_index_knows_the_tasks_whose_job_ended_and_follows_them() -> None:
+    index = TaskIndex()
+    index.put(_task("DEMO-1", job_status="queued"))
+    index.put(_task("DEMO-2", job_status="running"))
+    index.put(_task("DEMO-3", job_status="done"))
+    index.put(_task("DEMO-4", job_status="failed"))
+    assert index.job_ended() == {"DEMO-3", "DEMO-4"}
+    index.put(_task("DEMO-3", job_status="queued"))  # its next stage's job
+    index.put(_task("DEMO-1", job_status="done"))
+    index.put(_task("DEMO-4", job_status="failed", stage="cancelled"))
+    assert index.job_ended() == {"DEMO-1"}
+    # The set given out is the caller's own: the index is not changed through it.
+    index.job_ended().clear()
+    assert index.job_ended() == {"DEMO-1"}
