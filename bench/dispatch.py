@@ -38,6 +38,8 @@ sys.path.insert(0, os.environ.get("CONVEYOR_ROOT") or str(Path(__file__).resolve
 from actors.queue_policy import QUEUED, RUNNING, Job
 from conveyor.config import QueueConfig
 
+# What a `JobRequested` carries of the job it asks for, besides its id.
+REQUESTED = ("task_id", "repo", "stage", "role", "visit", "branch", "title")
 REPOS = 4
 ASK_S = 300.0
 
@@ -157,17 +159,9 @@ def measure_actor(size: int, messages: int) -> dict[str, float]:
 
             start = time.process_time()
             for i in range(messages):
-                req = JobRequested(
-                    job_id=f"NEW-{i}.development.1.work",
-                    task_id=f"NEW-{i}",
-                    repo=f"repo{i % REPOS}",
-                    stage="development",
-                    role="developer",
-                    visit=1,
-                    branch=f"conveyor/NEW-{i}",
-                    title="new",
-                )
-                bus.publish(subjects.JOBS_REQUESTED, req, msg_id=f"bench:{i}")
+                new = make_job(len(jobs) + i, QUEUED, clock.now())
+                req = JobRequested(job_id=new.id, **{f: getattr(new, f) for f in REQUESTED})
+                bus.publish(subjects.JOBS_REQUESTED, req, msg_id=f"bench:{new.id}")
             deadline = clock.monotonic() + ASK_S
             while queued() < size + messages:
                 if clock.monotonic() > deadline:

@@ -28,6 +28,8 @@ from tests.kv_raw import put_many
 pytestmark = pytest.mark.timeout(120)
 
 QUEUED = 3_000
+# What a `JobRequested` carries of the job it asks for, besides its id.
+REQUESTED = ("task_id", "repo", "stage", "role", "visit", "branch", "title")
 REPOS = ("demo", "shop", "docs")
 SLOTS = 4  # queue.max_concurrency's default
 
@@ -90,17 +92,9 @@ def test_a_worker_over_a_backlog_reads_no_queued_job_until_a_slot_frees(
     reads.reset()
 
     for n in range(20):
-        req = JobRequested(
-            job_id=f"NEW-{n}.development.1.work",
-            task_id=f"NEW-{n}",
-            repo=REPOS[n % len(REPOS)],
-            stage="development",
-            role="developer",
-            visit=1,
-            branch=f"conveyor/NEW-{n}",
-            title="new",
-        )
-        bus.publish(subjects.JOBS_REQUESTED, req, msg_id=f"test:NEW-{n}")
+        new = backlog_job(QUEUED + SLOTS + n, queue_policy.QUEUED, clock.now())
+        req = JobRequested(job_id=new.id, **{f: getattr(new, f) for f in REQUESTED})
+        bus.publish(subjects.JOBS_REQUESTED, req, msg_id=f"test:{new.id}")
     wait_until(lambda: worker.status()["counts"].get("queued") == QUEUED + 20)
     worker.tick(1.0)
 
