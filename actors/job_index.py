@@ -5,7 +5,7 @@ status needs of the finished ones (counts by status, the most recent few) is kep
 here as jobs change, so no message costs a pass over every job ever stored.
 
 A finished job still holding its repository back (`repo_paused_until` in the future)
-stays until the pause ends: the scheduler reads pauses from the jobs it is given.
+stays until the pause ends: the scheduler reads pauses from the hot jobs (`JobReady`).
 """
 
 from __future__ import annotations
