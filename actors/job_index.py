@@ -5,7 +5,7 @@ status needs of the finished ones (counts by status, the most recent few) is kep
 here as jobs change, so no message costs a pass over every job ever stored.
 
 A finished job still holding its repository back (`repo_paused_until` in the future)
-stays until the pause ends: the scheduler reads pauses from the jobs it is given.
+stays until the pause ends: the scheduler reads pauses from the hot jobs (`JobReady`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import bisect
 import heapq
 from collections.abc import Iterable
 
+from actors.job_ready import JobReady
 from actors.merge_wait_policy import awaited
 from actors.queue_policy import FINISHED, RUNNING, Job
 
@@ -29,6 +30,7 @@ class JobIndex:
     """Hot jobs by id, running jobs, jobs by task, unsent outboxes, counts by status.
 
     `awaiting`: per merge lease, the queued merge jobs that wait for its release.
+    `ready`: per repository, what a dispatch reads (queued in order, running, paused).
     """
 
     def __init__(self) -> None:
@@ -37,6 +39,7 @@ class JobIndex:
         self.outboxed: set[str] = set()
         self.counts: dict[str, int] = {}
         self.awaiting: dict[str, set[str]] = {}
+        self.ready = JobReady()
         self._by_task: dict[str, set[str]] = {}
         self._pinned: set[str] = set()
         # Finished jobs that left, most recent last (at most RECENT), and their keys.
@@ -56,11 +59,14 @@ class JobIndex:
         if previous is not None:
             self.uncount(previous)
         self.counts[job.status] = self.counts.get(job.status, 0) + 1
-        self._drop(job.id)
+        old = self._drop(job.id)
         if job.status in FINISHED and not job.outbox and job.repo_paused_until <= now:
+            if old is not None:
+                self.ready.unset(old)
             self._remember(job)
             return False
         self.hot[job.id] = job
+        self.ready.set(job, now=now)
         self._by_task.setdefault(job.task_id, set()).add(job.id)
         if job.status == RUNNING:
             self.running[job.id] = job
@@ -102,6 +108,7 @@ class JobIndex:
             job = self.hot[job_id]
             if not job.outbox:
                 self._drop(job_id)
+                self.ready.unset(job)
                 self._remember(job)
         return [i for i in gone if i not in self.hot]
 
@@ -117,15 +124,17 @@ class JobIndex:
         """The RECENT most recently claimed (or queued) jobs, newest first."""
         return heapq.nlargest(RECENT, [*self.hot.values(), *self._recent], key=_recency)
 
-    def _drop(self, job_id: str) -> None:
+    def _drop(self, job_id: str) -> Job | None:
+        """Unlink the job from all but `ready` (the caller moves it there); its old state."""
         old = self.hot.pop(job_id, None)
         if old is None:
-            return
+            return None
         self.running.pop(job_id, None)
         self.outboxed.discard(job_id)
         self._pinned.discard(job_id)
         _unlink(self._by_task, old.task_id, job_id)
         _unlink(self.awaiting, awaited(old), job_id)
+        return old
 
     def _remember(self, job: Job) -> None:
         for index, seen in enumerate(self._recent):

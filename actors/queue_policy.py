@@ -1,4 +1,4 @@
-"""Pure decisions of the QueueWorker: job lifecycle, back-off, fair scheduling."""
+"""Pure decisions of the QueueWorker: job lifecycle, back-off, holds; scheduling is re-exported."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from actors import brief_policy, usage_policy
+from actors.schedule_policy import held_of as held_of
+from actors.schedule_policy import held_repos as held_repos
+from actors.schedule_policy import next_wakeup as next_wakeup
+from actors.schedule_policy import pick as pick
+from actors.schedule_policy import repo_pauses as repo_pauses
+from actors.schedule_policy import schedule as schedule
 from actors.usage_policy import ZERO, Ledger, Usage
 from bus.messages import (
     Alert,
@@ -344,54 +350,6 @@ def on_cancel(jobs: Iterable[Job], *, now: float, reason: str) -> Decision:
     return Decision(jobs=tuple(changed), emit=tuple(emits), reason=f"{len(changed)} cancelled")
 
 
-def schedule(
-    jobs: Mapping[str, Job],
-    *,
-    now: float,
-    cfg: QueueConfig,
-    held: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Pick queued jobs to claim now: global and per-repo limits, fair across repositories.
-
-    Repositories in `held` (over their daily ceiling) start nothing.
-
-    Round-robin by repository: the repository with the fewest running jobs goes
-    first (ties: whose oldest ready job waited longest), so a busy or stuck
-    repository never starves another.
-    """
-    running: dict[str, int] = {}
-    ready: dict[str, list[Job]] = {}
-    paused = repo_pauses(jobs.values())
-    for job in jobs.values():
-        if job.status == RUNNING:
-            running[job.repo] = running.get(job.repo, 0) + 1
-        elif (
-            job.status == QUEUED
-            and job.available_at <= now
-            and paused.get(job.repo, 0) <= now
-            and job.repo not in (held or {})
-        ):
-            ready.setdefault(job.repo, []).append(job)
-    free = cfg.max_concurrency - sum(running.values())
-    for queue in ready.values():
-        queue.sort(key=lambda j: (j.enqueued_at, j.id))
-    picked: list[str] = []
-    while free > 0:
-        candidates = [
-            repo
-            for repo, queue in ready.items()
-            if queue and running.get(repo, 0) < cfg.per_repo_concurrency
-        ]
-        if not candidates:
-            break
-        repo = min(candidates, key=lambda r: (running.get(r, 0), ready[r][0].enqueued_at, r))
-        job = ready[repo].pop(0)
-        picked.append(job.id)
-        running[repo] = running.get(repo, 0) + 1
-        free -= 1
-    return picked
-
-
 def claim(job: Job, *, now: float) -> Decision:
     """Flip a queued job to running for its next attempt and order the launch."""
     if job.status != QUEUED:
@@ -425,36 +383,6 @@ def claim(job: Job, *, now: float) -> Decision:
         deploy=job.deploy,
     )
     return Decision(jobs=(claimed,), emit=(order,), reason=f"claimed attempt {attempt}")
-
-
-def next_wakeup(jobs: Mapping[str, Job], *, now: float) -> float | None:
-    """Earliest `available_at` in the future among queued jobs (to schedule a retry)."""
-    paused = repo_pauses(jobs.values())
-    times = [
-        max(j.available_at, paused.get(j.repo, 0.0)) for j in jobs.values() if j.status == QUEUED
-    ]
-    return min((t for t in times if t > now), default=None)
-
-
-def repo_pauses(jobs: Iterable[Job]) -> dict[str, float]:
-    """Per repository, until when the model API's refusal holds its queued jobs back."""
-    paused: dict[str, float] = {}
-    for job in jobs:
-        if job.repo_paused_until > paused.get(job.repo, 0.0):
-            paused[job.repo] = job.repo_paused_until
-    return paused
-
-
-def held_repos(jobs: Iterable[Job], ledger: Ledger, cfg: QueueConfig) -> dict[str, str]:
-    """Repositories with queued jobs that are over their daily ceiling, and why."""
-    if cfg.max_repo_usd_per_day <= 0 and cfg.max_repo_tokens_per_day <= 0:
-        return {}
-    held: dict[str, str] = {}
-    for repo in {job.repo for job in jobs if job.status == QUEUED}:
-        why = usage_policy.over_daily(ledger, repo, cfg)
-        if why:
-            held[repo] = why
-    return held
 
 
 def hold(jobs: Iterable[Job], held: Mapping[str, str], ledger: Ledger, *, now: float) -> Decision:

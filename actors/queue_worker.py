@@ -290,10 +290,11 @@ class QueueWorker(Owner, JobState):
         if self.fenced:
             return
         now = self._clock.now()
-        jobs = self._index.hot
+        # Read per repository, kept as jobs change: a backlog of queued jobs costs nothing here.
+        queues = self._index.ready
         self._ledger = usage_policy.rolled(self._ledger, now)
-        self._held = policy.held_repos(jobs.values(), self._ledger, self._cfg)
-        held = policy.hold(jobs.values(), self._held, self._ledger, now=now)
+        self._held = policy.held_of(queues.queued_repos(), self._ledger, self._cfg)
+        held = policy.hold(queues.stale_holds(self._held), self._held, self._ledger, now=now)
         if held.jobs:
             self._apply(held)
             alerted = {job.repo for job in held.jobs if job.held}
@@ -306,7 +307,7 @@ class QueueWorker(Owner, JobState):
         while parked:
             # A merge job parked frees its pick: schedule again until none is parked.
             parked = False
-            for job_id in policy.schedule(jobs, now=now, cfg=self._cfg, held=self._held):
+            for job_id in policy.pick(queues.at(now), now=now, cfg=self._cfg, held=self._held):
                 job = self._jobs[job_id].value
                 lease = self._merge_lease(job)
                 running = lease is not None and lease.holder.job_id in self._index.running
