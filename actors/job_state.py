@@ -21,6 +21,7 @@ from __future__ import annotations
 import msgspec
 
 from actors import usage_policy
+from actors.checkpoint_policy import head_due
 from actors.job_index import JobIndex
 from actors.queue_policy import Job, job_usage
 from actors.task_settled import CheckpointUnusable, HotPart, hot_and_tail, read_hot, write_hot
@@ -85,6 +86,7 @@ class JobState:
         # Every job write up to `_covered` is in the last head; ours since are `_written`.
         self._seq = 0
         self._head_seq = -1
+        self._head_at = float("-inf")
         self._covered = 0
         self._writes = 0
         self._written: dict[str, int] = {}
@@ -185,10 +187,17 @@ class JobState:
         """The write after `_reopen` failed: the job is settled as stored."""
         self._track(entry, None)
 
-    def _checkpoint(self, *, extra: str = "") -> None:
-        """Write the head when anything changed since the last one (`extra`: an id also hot)."""
+    def _checkpoint(self, *, extra: str = "", force: bool = False) -> None:
+        """Write the head when anything changed since the last one and the writes pay for it.
+
+        `extra`: an id also hot; `force`: whatever the writes since (the end of a start).
+        """
         heads, parts = self._heads, self._parts
         if heads is None or parts is None or (self._seq == self._head_seq and not extra):
+            return
+        now = self._clock.now()
+        due = head_due(hot=len(self._jobs), writes=self._writes, age_s=now - self._head_at)
+        if not (force or extra or due):
             return
         if self._store.last_seq() - self._covered > self._writes:
             self._adopt()
@@ -204,7 +213,7 @@ class JobState:
         n = write_hot(parts, PREFIX, head.hot, len(msgspec.json.encode(head)), max_bytes)
         heads.put(HEAD_KEY, msgspec.structs.replace(head, hot=[], hot_parts=n) if n else head)
         self._head_seq = self._covered = self._seq
-        self._writes, self._written = 0, {}
+        self._writes, self._written, self._head_at = 0, {}, now
 
     def _adopt(self) -> None:
         """Read the job writes since the last head that were not ours (by hand, a restore).

@@ -97,7 +97,7 @@ class QueueWorker(Owner, JobState):
         self._ledger = policy.rebuilt_ledger(hot, now=self._started_at, base=self._settled_ledger)
         for job_id in list(self._index.outboxed):
             self._flush(job_id)
-        self._checkpoint()
+        self._checkpoint(force=True)
         log.info("queue_worker.started", read=read, hot=len(self._jobs))
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._tell_freed)

@@ -133,7 +133,7 @@ class StageEngine(Owner, TaskState, OutboxSender, SubmitDesk):
             if not task.terminal and not task.escalated and task.job_status in ("done", "failed"):
                 self._start_gate(task_id)
         self._evict()
-        self._checkpoint()
+        self._checkpoint(force=True)
         log.info("stage_engine.started", hot=len(self._tasks), settled=len(self._settled))
 
     def on_receive(self, message: Any) -> Any:

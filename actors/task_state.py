@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors import task_settled
+from actors.checkpoint_policy import head_due
 from actors.task_ids import IdBook
 from actors.task_index import StatusIndex, status_row
 from actors.task_policy import Task
@@ -28,6 +29,7 @@ from actors.task_summary import TaskIndex
 from actors.usage_policy import Delivered
 from bus.bridge import Bus
 from bus.kv import Store, Versioned
+from conveyor.clock import Clock
 from conveyor.logs import get_logger
 from conveyor.pipeline import DONE
 
@@ -42,6 +44,7 @@ class TaskState:
 
     _store: Store[Task]
     _bus: Bus
+    _clock: Clock
 
     def _init_state(self) -> None:
         self._tasks: dict[str, Versioned[Task]] = {}
@@ -57,6 +60,7 @@ class TaskState:
         self._settling: set[str] = set()
         self._seq = 0
         self._head_seq = -1
+        self._head_at = float("-inf")
         # Every task write up to `_covered` is reflected here; `_writes` of ours came after.
         self._covered = 0
         self._writes = 0
@@ -133,10 +137,17 @@ class TaskState:
                 self._settled.settle(entry.value)
         self._settling.clear()
 
-    def _checkpoint(self) -> None:
-        """Write what settled and the hot ids, when anything changed since the last time."""
+    def _checkpoint(self, *, force: bool = False) -> None:
+        """Write what settled and the hot ids, when anything changed and the writes pay for it.
+
+        `force`: whatever the writes since (the end of a start).
+        """
         index = self._index_stores
         if index is None or (self._seq == self._head_seq and not self._settled.dirty):
+            return
+        now = self._clock.now()
+        due = head_due(hot=len(self._tasks), writes=self._writes, age_s=now - self._head_at)
+        if not (force or due):
             return
         if self._store.last_seq() - self._covered > self._writes:
             self._adopt()
@@ -150,7 +161,7 @@ class TaskState:
         )
         write_checkpoint(index, head, max_bytes)
         self._head_seq = self._covered = self._seq
-        self._writes = 0
+        self._writes, self._head_at = 0, now
 
     def _adopt(self) -> None:
         """Read the task writes since the last checkpoint that were not ours.

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors import task_settled, task_state
+from actors import checkpoint_policy, task_settled, task_state
 from actors.stage_engine import StatusQuery
 from actors.task_index import PageRequest
 from actors.task_policy import Task
@@ -203,5 +203,40 @@ def test_the_engine_names_the_tasks_at_a_gate_without_the_queued_backlog(
     try:
         assert [s.id for s in _ask(engine, AllTasks(job_ended=True))] == ["DEMO-2", "DEMO-4"]
         assert len(_ask(engine, AllTasks())) == 5
+    finally:
+        engine.ref.stop(block=True, timeout=10)
+
+
+def test_with_a_large_hot_set_the_head_waits_until_writes_pay_for_it(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock
+):
+    tasks = bus.store(subjects.BUCKET_TASKS, Task)
+    hot = 2 * checkpoint_policy.IDS_PER_WRITE + 50
+    for number in range(1, hot + 1):
+        tasks.create(f"DEMO-{number}", _task(f"DEMO-{number}", "development", float(number)))
+    heads: Store[TasksHead] = bus.store(subjects.BUCKET_INDEX, TasksHead)
+
+    def head_seq() -> int:
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        return head.value.seq
+
+    engine = _start(tmp_path, nats_url, bus, clock)
+    try:
+        assert _ask(engine, StatusQuery(kind="overview"))["tasks"] == hot
+        started = head_seq()  # the end of a start always writes it
+        assert _ask(engine, Submit(repo="demo", title="one")).ok
+        engine.tick(1.0)
+        assert head_seq() == started  # one write does not pay for 250 ids
+        for title in ("two", "three"):
+            assert _ask(engine, Submit(repo="demo", title=title)).ok
+        engine.tick(1.0)
+        paid = head_seq()
+        assert paid > started  # three writes do
+        assert _ask(engine, Submit(repo="demo", title="four")).ok
+        engine.tick(1.0)
+        assert head_seq() == paid
+        engine.tick(checkpoint_policy.HEAD_MAX_AGE_S)
+        assert head_seq() > paid  # nor does a head wait longer than its age limit
     finally:
         engine.ref.stop(block=True, timeout=10)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors import job_state, task_settled
+from actors import checkpoint_policy, job_state, task_settled
 from actors.job_state import HEAD_KEY, JobsHead
 from actors.queue_policy import Job
 from actors.queue_worker import UsageQuery
@@ -186,5 +186,40 @@ def test_a_long_tail_since_the_checkpoint_is_read_in_batches_and_counted_once(
         assert worker.status()["counts"] == {"done": 2, "failed": 5}
         assert worker.status()["hot"] == 0
         assert _spent(worker) == (2.75, 2.75)
+    finally:
+        worker.ref.stop(block=True, timeout=10)
+
+
+def test_with_a_large_hot_set_the_head_waits_until_writes_pay_for_it(
+    tmp_path: Path, nats_url: str, bus: Bus, clock: FakeClock
+):
+    jobs = bus.store(subjects.BUCKET_JOBS, Job)
+    now = clock.now()
+    hot = 2 * checkpoint_policy.IDS_PER_WRITE + 50
+    for number in range(1, hot + 1):
+        jobs.create(_job(number, "running", now).id, _job(number, "running", now))
+    heads: Store[JobsHead] = bus.store(subjects.BUCKET_INDEX, JobsHead)
+
+    def head_seq() -> int:
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        return head.value.seq
+
+    worker = _start(tmp_path, nats_url, bus, clock)
+    try:
+        assert worker.status()["counts"] == {"running": hot}
+        started = head_seq()  # the end of a start always writes it
+        done = JobFinished(
+            job_id=_job(1, "running", now).id, attempt=1, run_id="run-1", exit_code=0
+        )
+        worker.bus.publish(subjects.JOBS_FINISHED, done, msg_id="test:finished:1")
+        wait_until(lambda: worker.status()["counts"].get("done") == 1, what="job 1 finished")
+        worker.tick(1.0)
+        assert head_seq() == started  # a write or two do not pay for 250 ids
+        worker.tick(checkpoint_policy.HEAD_MAX_AGE_S)
+        head = heads.get(HEAD_KEY)
+        assert head is not None
+        assert head.value.seq > started  # nor does a head wait longer than its age limit
+        assert head.value.counts == {"done": 1}
     finally:
         worker.ref.stop(block=True, timeout=10)
