@@ -24,6 +24,7 @@ records of the merge steps), and rebases and CI runs per item on each side.
     .venv/bin/python bench/throughput.py [--items 200] [--repos 4] [--concurrency 8]
                                          [--modes all,8] [--keep] [--protected]
                                          [--no-floor] [--floor-layout shared|lanes]
+                                         [--rounds R]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -239,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=3600.0, help="per run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="pairs of runs (Conveyor and floor back to back, the floor first every other "
+        "round); the verdict is on the median ratio",
+    )
+    parser.add_argument(
         "--no-floor", action="store_true", help="Conveyor only (ratios against a zero floor)"
     )
     parser.add_argument(
@@ -258,33 +267,82 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--items, --repos and --concurrency must be >= 1")
     if args.floor_layout == "shared" and args.repos > args.concurrency:
         parser.error("--floor-layout shared needs --repos <= --concurrency")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-throughput-"))
     print(
         f"throughput: {args.items} items, {args.repos} repositories, concurrency "
-        f"{args.concurrency}, modes {args.modes}, floor layout {args.floor_layout}"
+        f"{args.concurrency}, modes {args.modes}, floor layout {args.floor_layout}, "
+        f"{args.rounds} round(s)"
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; scratch {root}")
-    sides: list[Side] = []
+    rounds: list[tuple[list[Side], Side]] = []
     try:
-        for mode in args.modes.split(","):
-            in_flight = args.items if mode == "all" else int(mode)
-            label = "conveyor all at once" if mode == "all" else f"conveyor {in_flight} in flight"
-            print(f"{label}: running", flush=True)
-            side = conveyor_run(root, args, in_flight, label.replace(" ", "-"))
-            side.name = label
-            sides.append(side)
-            print(f"{label}: {side.seconds:.1f} s", flush=True)
-        if args.no_floor:
-            floor = Side("floor (not run)", args.items, 0.0, 0.0)
-        else:
-            print("floor: running", flush=True)
-            floor = floor_run(root, args)
-            print(f"floor: {floor.seconds:.1f} s", flush=True)
+        for number in range(1, args.rounds + 1):
+            where = root / f"round-{number}" if args.rounds > 1 else root
+            if args.rounds > 1:
+                print(f"round {number}/{args.rounds}", flush=True)
+            # Every other round the floor goes first: a machine's load drifting over a
+            # run then weighs on both sides alike.
+            floor_first = number % 2 == 0 and not args.no_floor
+            floor = _floor_side(where, args) if floor_first else None
+            sides = _conveyor_sides(where, args)
+            rounds.append((sides, floor or _floor_side(where, args)))
+            _report(*rounds[-1])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    _report(sides, floor)
+    if args.rounds > 1:
+        _summary(rounds)
     return 0
+
+
+def _conveyor_sides(root: Path, args: argparse.Namespace) -> list[Side]:
+    sides: list[Side] = []
+    for mode in args.modes.split(","):
+        in_flight = args.items if mode == "all" else int(mode)
+        label = "conveyor all at once" if mode == "all" else f"conveyor {in_flight} in flight"
+        print(f"{label}: running", flush=True)
+        side = conveyor_run(root, args, in_flight, label.replace(" ", "-"))
+        side.name = label
+        sides.append(side)
+        print(f"{label}: {side.seconds:.1f} s", flush=True)
+    return sides
+
+
+def _floor_side(root: Path, args: argparse.Namespace) -> Side:
+    if args.no_floor:
+        return Side("floor (not run)", args.items, 0.0, 0.0)
+    print("floor: running", flush=True)
+    floor = floor_run(root, args)
+    print(f"floor: {floor.seconds:.1f} s", flush=True)
+    return floor
+
+
+def _summary(rounds: list[tuple[list[Side], Side]]) -> None:
+    """Per mode: each round's ratio (its sides run back to back); the verdict on the median."""
+    print()
+    print(f"over {len(rounds)} rounds (each ratio from one round's pair):")
+    for index, first in enumerate(rounds[0][0]):
+        pairs = [(sides[index], floor) for sides, floor in rounds]
+        ratios = [s.per_minute / f.per_minute if f.per_minute else 0.0 for s, f in pairs]
+        median = statistics.median(ratios)
+        pushes = sum(s.failed_pushes or 0 for s, _ in pairs)
+        failed = sum(s.failed for s, _ in pairs)
+        merges = max((s.merge_attempts or 0.0) for s, _ in pairs)
+        ok = (
+            median >= TARGET_RATIO
+            and pushes == 0
+            and failed == 0
+            and merges <= TARGET_MERGE_ATTEMPTS
+        )
+        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(
+            f"target ({first.name}): >= {TARGET_RATIO:.1f}x the floor (median {median:.2f}x; "
+            f"rounds {each}), 0 failed pushes ({pushes}), 0 failed items ({failed}), <= "
+            f"{TARGET_MERGE_ATTEMPTS} merge attempts per item (worst {merges:.2f}): "
+            f"{'PASS' if ok else 'MISS'}"
+        )
 
 
 if __name__ == "__main__":
