@@ -76,8 +76,13 @@ def ensure_clone(url: str, path: Path) -> None:
     log.info("git.cloned", url=redact_credentials(url), path=str(path))
 
 
-def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> None:
-    """Make `worktree` a worktree of `clone` on `branch`, repairing what a crash left."""
+def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> bool:
+    """Make `worktree` a worktree of `clone` on `branch`, repairing what a crash left.
+
+    True when it added the worktree on a new local branch made from origin's branch
+    (or from `base` where origin has none): it is then exactly at origin's head as last
+    fetched, with nothing for `catch_up` to do.
+    """
     validate.branch(branch)
     _ref(base)
     clone, worktree = _abs(clone), _abs(worktree)
@@ -90,7 +95,7 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
             log.warning("git.half_worktree_discarded", path=str(worktree), branch=branch)
             _discard_registered(clone, worktree)
         elif entry.branch == f"refs/heads/{branch}":
-            return
+            return False
         else:
             raise WorktreeConflict(
                 f"{worktree} is a worktree on {entry.branch or 'a detached HEAD'}, not {branch}"
@@ -101,8 +106,10 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
         log.warning("git.orphan_worktree_removed", path=str(worktree))
         _remove_path(worktree)
     worktree.parent.mkdir(parents=True, exist_ok=True)
+    fresh = True
     if _has_ref(clone, f"refs/heads/{branch}"):
         run_git(["worktree", "add", "--quiet", "--", str(worktree), branch], clone)
+        fresh = False
     elif _has_ref(clone, f"refs/remotes/origin/{branch}"):
         run_git(
             [
@@ -124,6 +131,7 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
             clone,
         )
     log.info("git.worktree_added", path=str(worktree), branch=branch)
+    return fresh
 
 
 def commit_all(
@@ -314,6 +322,22 @@ def fetch(path: Path) -> None:
     run_git(["fetch", "--quiet", "--prune", "origin"], path)
 
 
+@dataclass(frozen=True)
+class Heads:
+    """A worktree's HEAD and origin's head of its branch as last fetched."""
+
+    head: str
+    remote: str | None
+    """None when origin has no such branch."""
+    moved: bool = False
+    """Whether `catch_up_heads` reset the worktree to origin's head."""
+
+    @property
+    def pushed(self) -> bool:
+        """Whether origin's branch is at the worktree's HEAD: nothing local is left to push."""
+        return self.head == self.remote
+
+
 def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     """Move `worktree` to origin's `branch` when origin has commits it lacks; True if moved.
 
@@ -322,15 +346,43 @@ def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     A local head ahead of origin (this host's own unpushed commits) is kept. `fetched`:
     the clone was fetched just before, under the same lock (its refs are the worktree's).
     """
+    return catch_up_heads(worktree, branch, fetched=fetched).moved
+
+
+def catch_up_heads(worktree: Path, branch: str, *, fetched: bool = False) -> Heads:
+    """`catch_up`, answering both heads after it: one git process unless the heads differ.
+
+    Both heads are read at once; only a worktree whose HEAD is not origin's asks git
+    whether it is ahead (kept) or behind or diverged (reset to origin's head).
+    """
     validate.branch(branch)
     if not fetched:
         fetch(worktree)
-    remote = f"refs/remotes/origin/{branch}"
-    if not _has_ref(worktree, remote) or is_ancestor(worktree, remote, "HEAD"):
-        return False
+    head, remote = commits(worktree, ["HEAD", f"refs/remotes/origin/{branch}"])
+    if head is None:
+        if remote is None:
+            raise GitError(["cat-file", "HEAD"], 1, f"{worktree}: HEAD names no commit")
+    elif remote is None or remote == head or is_ancestor(worktree, remote, head):
+        return Heads(head, remote)
     run_git(["reset", "--quiet", "--hard", remote], worktree)
     log.warning("git.worktree_caught_up", path=str(worktree), branch=branch)
-    return True
+    return Heads(remote, remote, moved=True)
+
+
+def commits(path: Path, revs: list[str]) -> list[str | None]:
+    """The commit each of `revs` names in the repository at `path` (None: none), in one process."""
+    query = "".join(f"{_ref(rev)}^{{commit}}\n" for rev in revs).encode()
+    out = run_git(
+        ["cat-file", "--batch-check=%(objectname) %(objecttype)"], _abs(path), stdin=query
+    )
+    found: list[str | None] = []
+    for line in out.splitlines():
+        # "<sha> commit" for a commit; "<rev> missing" (or "ambiguous") for anything else.
+        sha, _, kind = line.partition(" ")
+        found.append(sha if kind == "commit" and is_sha(sha) else None)
+    if len(found) != len(revs):
+        raise GitError(["cat-file", "--batch-check"], 0, f"{len(found)} answers for {len(revs)}")
+    return found
 
 
 def paths_in_tree(path: Path, commit: str, paths: list[str]) -> list[str]:

@@ -131,9 +131,10 @@ def run_git(
     git_dir: Path | None = None,
     timeout_s: float = GIT_TIMEOUT_S,
     env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
 ) -> str:
     """Run git and return stdout without the trailing newline; raise `GitError` on failure."""
-    result = run_git_result(args, cwd, git_dir=git_dir, timeout_s=timeout_s, env=env)
+    result = run_git_result(args, cwd, git_dir=git_dir, timeout_s=timeout_s, env=env, stdin=stdin)
     if not result.ok:
         raise GitError(args, result.returncode, result.stderr)
     return result.text
