@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,6 +332,10 @@ class Heads:
     """None when origin has no such branch."""
     moved: bool = False
     """Whether `catch_up_heads` reset the worktree to origin's head."""
+    asked: frozenset[str] = frozenset()
+    """The paths looked up in origin's head (`catch_up_heads(paths=...)`)."""
+    held: frozenset[str] = frozenset()
+    """Those of `asked` that origin's head holds (a file or a directory)."""
 
     @property
     def pushed(self) -> bool:
@@ -349,40 +354,68 @@ def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     return catch_up_heads(worktree, branch, fetched=fetched).moved
 
 
-def catch_up_heads(worktree: Path, branch: str, *, fetched: bool = False) -> Heads:
+def catch_up_heads(
+    worktree: Path, branch: str, *, fetched: bool = False, paths: Sequence[str] = ()
+) -> Heads:
     """`catch_up`, answering both heads after it: one git process unless the heads differ.
 
-    Both heads are read at once; only a worktree whose HEAD is not origin's asks git
-    whether it is ahead (kept) or behind or diverged (reset to origin's head).
+    Both heads (and which of `paths`, relative to the top, origin's head holds) are
+    read at once; only a worktree whose HEAD is not origin's asks git whether it is
+    ahead (kept) or behind or diverged (reset to origin's head).
     """
     validate.branch(branch)
     if not fetched:
         fetch(worktree)
-    head, remote = commits(worktree, ["HEAD", f"refs/remotes/origin/{branch}"])
+    remote_ref = f"refs/remotes/origin/{branch}"
+    names = [f"{_ref(rev)}^{{commit}}" for rev in ("HEAD", remote_ref)]
+    names.extend(f"{remote_ref}:{_tree_path(path)}" for path in paths)
+    found = _objects(worktree, names)
+    head, remote = (_commit_of(answer) for answer in found[:2])
+    asked = frozenset(paths)
+    held = frozenset(p for p, answer in zip(paths, found[2:], strict=True) if answer is not None)
     if head is None:
         if remote is None:
             raise GitError(["cat-file", "HEAD"], 1, f"{worktree}: HEAD names no commit")
     elif remote is None or remote == head or is_ancestor(worktree, remote, head):
-        return Heads(head, remote)
+        return Heads(head, remote, asked=asked, held=held)
     run_git(["reset", "--quiet", "--hard", remote], worktree)
     log.warning("git.worktree_caught_up", path=str(worktree), branch=branch)
-    return Heads(remote, remote, moved=True)
+    return Heads(remote, remote, moved=True, asked=asked, held=held)
 
 
 def commits(path: Path, revs: list[str]) -> list[str | None]:
     """The commit each of `revs` names in the repository at `path` (None: none), in one process."""
-    query = "".join(f"{_ref(rev)}^{{commit}}\n" for rev in revs).encode()
+    found = _objects(path, [f"{_ref(rev)}^{{commit}}" for rev in revs])
+    return [_commit_of(answer) for answer in found]
+
+
+def _objects(path: Path, names: list[str]) -> list[tuple[str, str] | None]:
+    """`(sha, type)` of the object each of `names` names (None: none), in one git process."""
+    query = "".join(f"{name}\n" for name in names).encode()
     out = run_git(
         ["cat-file", "--batch-check=%(objectname) %(objecttype)"], _abs(path), stdin=query
     )
-    found: list[str | None] = []
+    found: list[tuple[str, str] | None] = []
     for line in out.splitlines():
-        # "<sha> commit" for a commit; "<rev> missing" (or "ambiguous") for anything else.
+        # "<sha> <type>" for an object; "<name> missing" (or "ambiguous") for none.
         sha, _, kind = line.partition(" ")
-        found.append(sha if kind == "commit" and is_sha(sha) else None)
-    if len(found) != len(revs):
-        raise GitError(["cat-file", "--batch-check"], 0, f"{len(found)} answers for {len(revs)}")
+        found.append((sha, kind) if is_sha(sha) and kind in _OBJECT_TYPES else None)
+    if len(found) != len(names):
+        raise GitError(["cat-file", "--batch-check"], 0, f"{len(found)} answers for {len(names)}")
     return found
+
+
+_OBJECT_TYPES = frozenset({"commit", "tree", "blob", "tag"})
+
+
+def _commit_of(answer: tuple[str, str] | None) -> str | None:
+    return answer[0] if answer is not None and answer[1] == "commit" else None
+
+
+def _tree_path(value: str) -> str:
+    if not value or value.startswith(("/", "./", "../")) or any(c in value for c in "\n\r\0"):
+        raise InvalidField("path", "must be a one-line path relative to the top")
+    return value
 
 
 def paths_in_tree(path: Path, commit: str, paths: list[str]) -> list[str]:

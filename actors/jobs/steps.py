@@ -51,13 +51,18 @@ class Prepared:
         return self.heads.head if self.heads is not None else ""
 
 
-def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Prepared:
-    """The task's worktree on its branch, cloning the repository's workspace if needed."""
+def prepare_worktree(ctx: JobContext, order: LaunchOrder, paths: Sequence[str] = ()) -> Prepared:
+    """The task's worktree on its branch, cloning the repository's workspace if needed.
+
+    `paths`: looked up in origin's head in the same git call (`git.Heads.held`).
+    """
     with ctx.repo_lock(order.repo):
-        return prepare_worktree_locked(ctx, order)
+        return prepare_worktree_locked(ctx, order, paths)
 
 
-def prepare_worktree_locked(ctx: JobContext, order: LaunchOrder) -> Prepared:
+def prepare_worktree_locked(
+    ctx: JobContext, order: LaunchOrder, paths: Sequence[str] = ()
+) -> Prepared:
     """`prepare_worktree` for a caller already holding the repository's lock."""
     workspace = ctx.layout.workspace(order.repo)
     worktree = ctx.layout.worktree(order.repo, order.task_id)
@@ -66,7 +71,8 @@ def prepare_worktree_locked(ctx: JobContext, order: LaunchOrder) -> Prepared:
         # Just made from origin's branch (or main where origin has none): caught up.
         return Prepared(worktree, None)
     # ensure_clone fetched (or cloned) the workspace, whose refs the worktree shares.
-    return Prepared(worktree, git.catch_up_heads(worktree, order.branch, fetched=True))
+    heads = git.catch_up_heads(worktree, order.branch, fetched=True, paths=paths)
+    return Prepared(worktree, heads)
 
 
 def clear_previous_verdict(
@@ -115,7 +121,8 @@ def nothing_to_clear(
     (most visits: a first visit has no verdict to clear). A deletion committed but
     not pushed makes the heads differ, and is pushed as before. `heads`: both heads
     as `prepare_worktree` read them, origin's fetched under the repository's lock
-    just before (so the forge's); without them, both are read here.
+    just before (so the forge's), with the paths origin's head holds if it was asked;
+    without them, all of it is read here.
     """
     if any((worktree / path).exists() for path in relative):
         return False
@@ -126,6 +133,9 @@ def nothing_to_clear(
         head, pushed = heads.head, heads.pushed
     if not pushed:
         return False
+    if heads is not None and heads.asked.issuperset(relative):
+        # Pushed: origin's head is the worktree's, whose tree was asked already.
+        return heads.held.isdisjoint(relative)
     return not git.paths_in_tree(worktree, head, list(relative))
 
 
@@ -151,8 +161,8 @@ def drop_checkout(ctx: JobContext, repo: str, path: Path) -> None:
 
 def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Prepared:
     """The worktree, without the previous visit's verdict, and the run directory, made."""
-    prepared = prepare_worktree(ctx, order)
     stale = deploy_policy.stale_verdicts(plan.gate, order.task_id) if plan.verdict_path else ()
+    prepared = prepare_worktree(ctx, order, stale)
     prepared = clear_previous_verdict(ctx, order, prepared, stale)
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     return prepared

@@ -71,6 +71,7 @@ def hosts(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def commit(worktree: Path, name: str) -> str:
+    (worktree / name).parent.mkdir(parents=True, exist_ok=True)
     (worktree / name).write_text(name)
     assert git.commit_all(worktree, name)
     return git.head_sha(worktree)
@@ -197,3 +198,43 @@ def test_ensure_worktree_says_when_it_made_the_branch_at_origins_head(tmp_path: 
     # Re-added from a local branch a removed worktree left: not fresh (it may be stale)
     git.remove_worktree(clone, on_a)
     assert not git.ensure_worktree(clone, on_a, BRANCH)
+
+
+def test_paths_are_looked_up_in_origins_head_in_the_same_process(hosts, spawns):
+    # Given origin's head holding a file under docs/, pushed from host a
+    on_a, on_b = hosts
+    commit(on_a, "docs/verdict.md")
+    pushed = git.push_branch(on_a, BRANCH)
+    git.fetch(on_b)
+    spawns.calls.clear()
+    # When b catches up asking for paths
+    paths = ["docs/verdict.md", "docs/other.md", "docs"]
+    heads = git.catch_up_heads(on_b, BRANCH, fetched=True, paths=paths)
+    # Then the head it moved to holds the file and the folder, and no more git was run
+    assert spawns.taken() == ["cat-file", "merge-base", "reset"]
+    assert heads.head == pushed
+    assert heads.asked == frozenset(paths)
+    assert heads.held == {"docs/verdict.md", "docs"}
+    # And asked again with the heads equal, one process answers all of it
+    again = git.catch_up_heads(on_b, BRANCH, fetched=True, paths=paths)
+    assert spawns.taken() == ["cat-file"]
+    assert again.held == heads.held
+    assert again.pushed
+
+
+def test_paths_on_a_branch_origin_lacks_are_held_nowhere(tmp_path: Path):
+    origin = make_origin(tmp_path)
+    git.ensure_clone(str(origin), tmp_path / "clone")
+    worktree = tmp_path / "wt"
+    git.ensure_worktree(tmp_path / "clone", worktree, BRANCH)
+    heads = git.catch_up_heads(worktree, BRANCH, fetched=True, paths=["README.md"])
+    assert heads.remote is None
+    assert heads.asked == {"README.md"}
+    assert heads.held == frozenset()
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../up", "./here", "two\nlines"])
+def test_paths_must_be_one_line_and_relative_to_the_top(hosts, path: str):
+    on_a, _ = hosts
+    with pytest.raises(InvalidField):
+        git.catch_up_heads(on_a, BRANCH, fetched=True, paths=[path])

@@ -202,3 +202,27 @@ def test_a_pull_request_opened_now_is_not_read_back(tmp_path, forge):
     again = ensure_pull(ctx, order_for(), sha, "body", after_merge=False)
     assert again.number == pull.number
     assert len(list((tmp_path / "forge" / "pulls" / REPO).glob("*.json"))) == 1
+
+
+def test_paths_asked_while_preparing_spare_the_tree_read(tmp_path, forge, monkeypatch):
+    ctx = host(tmp_path, "a", forge)
+    worktree = prepare_worktree(ctx, order_for()).worktree
+    commit(worktree, VERDICT)
+    git.push_branch(worktree, BRANCH)
+    (worktree / VERDICT).unlink()  # gone from disk, still on the pushed head
+    other = ".conveyor/DEMO-1/deploy.log"
+    heads = prepare_worktree(ctx, order_for(), [VERDICT, other]).heads
+    assert heads is not None
+
+    def no_tree_read(*args: Any) -> list[str]:
+        raise AssertionError("the tree was read again")
+
+    monkeypatch.setattr(git, "paths_in_tree", no_tree_read)
+    forge.reads.clear()
+    # The verdict on origin's head is seen, and a path it lacks is nothing to clear
+    assert not nothing_to_clear(ctx, order_for(), worktree, [VERDICT], heads)
+    assert nothing_to_clear(ctx, order_for(), worktree, [other], heads)
+    assert forge.reads == []
+    # Paths never asked are read from the tree as before
+    monkeypatch.undo()
+    assert nothing_to_clear(ctx, order_for(), worktree, ["never/asked.log"], heads)
