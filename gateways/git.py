@@ -8,24 +8,26 @@ reach git, and paths are made absolute so they can never read as options.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor import validate
 from conveyor.errors import ConveyorError, GitError, InvalidField, redact_credentials
 from conveyor.logs import get_logger
+from gateways.git_run import GIT_TIMEOUT_S as GIT_TIMEOUT_S
+from gateways.git_run import GitResult as GitResult
+from gateways.git_run import absolute as _abs
+from gateways.git_run import child_env as child_env
+from gateways.git_run import git_env as git_env
+from gateways.git_run import git_executable as git_executable
+from gateways.git_run import run_git as run_git
+from gateways.git_run import run_git_result as run_git_result
 
 log = get_logger(__name__)
-
-GIT_TIMEOUT_S = 120.0
-"""Default ceiling for one git command."""
 
 DEFAULT_AUTHOR_NAME = "Conveyor Agent"
 DEFAULT_AUTHOR_EMAIL = "agent@conveyor.local"
@@ -33,122 +35,9 @@ DEFAULT_AUTHOR_EMAIL = "agent@conveyor.local"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?:[~^][0-9]*)*$")
 
-# Variables that make git find a different repository than the one `cwd` names;
-# inherited from a hook or a parent git process they would silently redirect us.
-_REPO_LOCATING_ENV = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
-
-# Hooks are code inside the repository an agent can write to; never run them.
-_SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null")
-
 
 class WorktreeConflict(ConveyorError):
     """The worktree path holds something Conveyor did not put there or cannot reuse."""
-
-
-@dataclass(frozen=True)
-class GitResult:
-    """Outcome of one git command that was allowed to fail."""
-
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """Whether git exited 0."""
-        return self.returncode == 0
-
-    @property
-    def text(self) -> str:
-        """Stdout decoded, without the trailing newline."""
-        return self.stdout.decode("utf-8", "replace").rstrip("\n")
-
-
-def git_executable() -> str:
-    """Return the path of `git` on PATH, or raise `GitError`."""
-    exe = shutil.which("git")
-    if exe is None:
-        raise GitError(["--version"], 127, "git not found on PATH")
-    return exe
-
-
-def child_env() -> dict[str, str]:
-    """Return this process's environment without variables that redirect git, and no prompts."""
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATING_ENV}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    return env
-
-
-def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment every git child gets: `child_env` in the C locale."""
-    env = child_env()
-    # Fixed C messages: we read lock reasons and stderr, which gettext would translate.
-    env["LC_ALL"] = "C"
-    if extra:
-        env.update(extra)
-    return env
-
-
-def run_git_result(
-    args: list[str],
-    cwd: Path | None = None,
-    *,
-    git_dir: Path | None = None,
-    timeout_s: float = GIT_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-) -> GitResult:
-    """Run git and return its outcome without raising on a non-zero exit."""
-    cmd = [git_executable(), *_SAFE_CONFIG]
-    if git_dir is not None:
-        cmd.append(f"--git-dir={_abs(git_dir)}")
-    cmd.extend(args)
-    # A new session lets a timeout kill git's helpers (remote-https, pack-objects) too.
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(cwd) if cwd is not None else None,
-            env=git_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as err:
-        raise GitError(args, -1, f"could not start git: {err}") from err
-    try:
-        out, errout = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.communicate()
-        log.warning(
-            "git.timed_out", args=[redact_credentials(a) for a in args], timeout_s=timeout_s
-        )
-        raise GitError(args, -1, f"timed out after {timeout_s}s") from None
-    return GitResult(proc.returncode, out, errout.decode("utf-8", "replace"))
-
-
-def run_git(
-    args: list[str],
-    cwd: Path | None = None,
-    *,
-    git_dir: Path | None = None,
-    timeout_s: float = GIT_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-) -> str:
-    """Run git and return stdout without the trailing newline; raise `GitError` on failure."""
-    result = run_git_result(args, cwd, git_dir=git_dir, timeout_s=timeout_s, env=env)
-    if not result.ok:
-        raise GitError(args, result.returncode, result.stderr)
-    return result.text
 
 
 def init_bare(path: Path, default_branch: str = "main") -> None:
@@ -188,8 +77,13 @@ def ensure_clone(url: str, path: Path) -> None:
     log.info("git.cloned", url=redact_credentials(url), path=str(path))
 
 
-def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> None:
-    """Make `worktree` a worktree of `clone` on `branch`, repairing what a crash left."""
+def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origin/main") -> bool:
+    """Make `worktree` a worktree of `clone` on `branch`, repairing what a crash left.
+
+    True when it added the worktree on a new local branch made from origin's branch
+    (or from `base` where origin has none): it is then exactly at origin's head as last
+    fetched, with nothing for `catch_up` to do.
+    """
     validate.branch(branch)
     _ref(base)
     clone, worktree = _abs(clone), _abs(worktree)
@@ -202,7 +96,7 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
             log.warning("git.half_worktree_discarded", path=str(worktree), branch=branch)
             _discard_registered(clone, worktree)
         elif entry.branch == f"refs/heads/{branch}":
-            return
+            return False
         else:
             raise WorktreeConflict(
                 f"{worktree} is a worktree on {entry.branch or 'a detached HEAD'}, not {branch}"
@@ -213,8 +107,10 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
         log.warning("git.orphan_worktree_removed", path=str(worktree))
         _remove_path(worktree)
     worktree.parent.mkdir(parents=True, exist_ok=True)
+    fresh = True
     if _has_ref(clone, f"refs/heads/{branch}"):
         run_git(["worktree", "add", "--quiet", "--", str(worktree), branch], clone)
+        fresh = False
     elif _has_ref(clone, f"refs/remotes/origin/{branch}"):
         run_git(
             [
@@ -236,6 +132,7 @@ def ensure_worktree(clone: Path, worktree: Path, branch: str, base: str = "origi
             clone,
         )
     log.info("git.worktree_added", path=str(worktree), branch=branch)
+    return fresh
 
 
 def commit_all(
@@ -402,14 +299,6 @@ def _remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _abs(path: Path) -> Path:
-    text = str(path)
-    if "\n" in text or "\0" in text:
-        raise InvalidField("path", "must not contain newlines or NUL")
-    # Absolute paths start with "/", so git can never read one as an option.
-    return path.resolve()
-
-
 def _ref(value: str, field: str = "ref") -> str:
     if not isinstance(value, str) or not _REF_RE.fullmatch(value) or ".." in value:
         raise InvalidField(field, "must be a plain ref name (A-Z a-z 0-9 . _ / -), no '..'")
@@ -429,14 +318,29 @@ def _url(value: str) -> str:
     return value
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def fetch(path: Path) -> None:
     """Update the remote-tracking refs of a clone or worktree from origin."""
     run_git(["fetch", "--quiet", "--prune", "origin"], path)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """A worktree's HEAD and origin's head of its branch as last fetched."""
+
+    head: str
+    remote: str | None
+    """None when origin has no such branch."""
+    moved: bool = False
+    """Whether `catch_up_heads` reset the worktree to origin's head."""
+    asked: frozenset[str] = frozenset()
+    """The paths looked up in origin's head (`catch_up_heads(paths=...)`)."""
+    held: frozenset[str] = frozenset()
+    """Those of `asked` that origin's head holds (a file or a directory)."""
+
+    @property
+    def pushed(self) -> bool:
+        """Whether origin's branch is at the worktree's HEAD: nothing local is left to push."""
+        return self.head == self.remote
 
 
 def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
@@ -447,15 +351,71 @@ def catch_up(worktree: Path, branch: str, *, fetched: bool = False) -> bool:
     A local head ahead of origin (this host's own unpushed commits) is kept. `fetched`:
     the clone was fetched just before, under the same lock (its refs are the worktree's).
     """
+    return catch_up_heads(worktree, branch, fetched=fetched).moved
+
+
+def catch_up_heads(
+    worktree: Path, branch: str, *, fetched: bool = False, paths: Sequence[str] = ()
+) -> Heads:
+    """`catch_up`, answering both heads after it: one git process unless the heads differ.
+
+    Both heads (and which of `paths`, relative to the top, origin's head holds) are
+    read at once; only a worktree whose HEAD is not origin's asks git whether it is
+    ahead (kept) or behind or diverged (reset to origin's head).
+    """
     validate.branch(branch)
     if not fetched:
         fetch(worktree)
-    remote = f"refs/remotes/origin/{branch}"
-    if not _has_ref(worktree, remote) or is_ancestor(worktree, remote, "HEAD"):
-        return False
+    remote_ref = f"refs/remotes/origin/{branch}"
+    names = [f"{_ref(rev)}^{{commit}}" for rev in ("HEAD", remote_ref)]
+    names.extend(f"{remote_ref}:{_tree_path(path)}" for path in paths)
+    found = _objects(worktree, names)
+    head, remote = (_commit_of(answer) for answer in found[:2])
+    asked = frozenset(paths)
+    held = frozenset(p for p, answer in zip(paths, found[2:], strict=True) if answer is not None)
+    if head is None:
+        if remote is None:
+            raise GitError(["cat-file", "HEAD"], 1, f"{worktree}: HEAD names no commit")
+    elif remote is None or remote == head or is_ancestor(worktree, remote, head):
+        return Heads(head, remote, asked=asked, held=held)
     run_git(["reset", "--quiet", "--hard", remote], worktree)
     log.warning("git.worktree_caught_up", path=str(worktree), branch=branch)
-    return True
+    return Heads(remote, remote, moved=True, asked=asked, held=held)
+
+
+def commits(path: Path, revs: list[str]) -> list[str | None]:
+    """The commit each of `revs` names in the repository at `path` (None: none), in one process."""
+    found = _objects(path, [f"{_ref(rev)}^{{commit}}" for rev in revs])
+    return [_commit_of(answer) for answer in found]
+
+
+def _objects(path: Path, names: list[str]) -> list[tuple[str, str] | None]:
+    """`(sha, type)` of the object each of `names` names (None: none), in one git process."""
+    query = "".join(f"{name}\n" for name in names).encode()
+    out = run_git(
+        ["cat-file", "--batch-check=%(objectname) %(objecttype)"], _abs(path), stdin=query
+    )
+    found: list[tuple[str, str] | None] = []
+    for line in out.splitlines():
+        # "<sha> <type>" for an object; "<name> missing" (or "ambiguous") for none.
+        sha, _, kind = line.partition(" ")
+        found.append((sha, kind) if is_sha(sha) and kind in _OBJECT_TYPES else None)
+    if len(found) != len(names):
+        raise GitError(["cat-file", "--batch-check"], 0, f"{len(found)} answers for {len(names)}")
+    return found
+
+
+_OBJECT_TYPES = frozenset({"commit", "tree", "blob", "tag"})
+
+
+def _commit_of(answer: tuple[str, str] | None) -> str | None:
+    return answer[0] if answer is not None and answer[1] == "commit" else None
+
+
+def _tree_path(value: str) -> str:
+    if not value or value.startswith(("/", "./", "../")) or any(c in value for c in "\n\r\0"):
+        raise InvalidField("path", "must be a one-line path relative to the top")
+    return value
 
 
 def paths_in_tree(path: Path, commit: str, paths: list[str]) -> list[str]:

@@ -34,7 +34,7 @@ COMMAND = "command"
 
 def run_agent(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> RunDone:
     """Run the agent of `plan` to its end, then commit and push what it left."""
-    worktree = prepare_run(ctx, run, order, plan)
+    worktree = prepare_run(ctx, run, order, plan).worktree
     # The full prompt needs the worktree (the repository's role text, earlier artifacts).
     plan = msgspec.structs.replace(plan, prompt=agent_prompt(ctx, order, worktree))
     prompt_path = Path(run.run_dir) / "prompt.md"

@@ -79,8 +79,9 @@ def run_deploy(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) 
         # No RunStarted: this process is not a kill target, and the heartbeat covers it.
         log.info("launcher.deploy_reused", job_id=run.job_id, exit_code=earlier[0])
         return finalize(ctx, run, order, plan.gate, earlier[0], "", earlier[1])
-    worktree = prepare_run(ctx, run, order, plan)
-    where = target(ctx, run, order, plan.gate, worktree)
+    prepared = prepare_run(ctx, run, order, plan)
+    worktree = prepared.worktree
+    where = target(ctx, run, order, plan.gate, worktree, head=prepared.head)
     if where.status:
         return _decided(ctx, run, order, plan.gate, where)
     repo = ctx.cfg.repo(order.repo)

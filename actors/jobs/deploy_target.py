@@ -57,15 +57,18 @@ def last_deployed(effects: Ledger, repo: str) -> tuple[str, str, int | None]:
     return last, before, record.revision
 
 
-def target(ctx: JobContext, run: Run, order: LaunchOrder, gate: str, worktree: Path) -> Target:
+def target(
+    ctx: JobContext, run: Run, order: LaunchOrder, gate: str, worktree: Path, *, head: str = ""
+) -> Target:
     """Where and at which commit the deploy of `order` runs, or why it does not.
 
     Staging, and a production deploy with no merge commit on record (a task merged
-    before Conveyor recorded them), run in the task's worktree at its head.
+    before Conveyor recorded them), run in the task's worktree at its head (`head`
+    when the caller read it already).
     """
     if gate != GATE_DEPLOY or not order.deploy.sha:
         last, _, _ = last_deployed(ctx.effects, order.repo)
-        return Target(cwd=worktree, sha=git.head_sha(worktree), base_sha=last)
+        return Target(cwd=worktree, sha=head or git.head_sha(worktree), base_sha=last)
     workspace = ctx.layout.workspace(order.repo)
     with ctx.repo_lock(order.repo):
         git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)

@@ -130,20 +130,23 @@ def _merge_under_lease(
 ) -> RunDone:
     with ctx.repo_lock(order.repo):
         # Fetched under the lock, with this repository's merge lease held: main is current.
-        worktree = prepare_worktree_locked(ctx, order)
-        behind = not git.is_ancestor(worktree, "origin/main", "HEAD")
+        prepared = prepare_worktree_locked(ctx, order)
+        worktree = prepared.worktree
+        # Both heads, origin's fetched just now: the forge's branch head.
+        heads = prepared.heads or git.catch_up_heads(worktree, order.branch, fetched=True)
+        behind = not git.is_ancestor(worktree, "origin/main", heads.head)
         conflicts = git.rebase(worktree, "origin/main") if behind else None
         if conflicts is not None:
-            # Aborted: the worktree is back at the branch head the forge has.
+            # Aborted: the worktree is back at the head it had.
             if not conflicts:
                 return RunDone(run_id=run.id, exit_code=1, error="rebase onto main failed")
-            return _send_back(ctx, run, git.head_sha(worktree), merge_policy.conflict(conflicts))
+            return _send_back(ctx, run, heads.head, merge_policy.conflict(conflicts))
         # An earlier attempt may have rebased here and died before pushing: a local
         # head the forge does not have was never tested, so push and re-test it.
-        behind = behind or git.head_sha(worktree) != ctx.forge.branch_head(order.repo, order.branch)
+        behind = behind or not heads.pushed
         if behind:
             fence.check("push")
-        head = git.push_branch(worktree, order.branch) if behind else git.head_sha(worktree)
+        head = git.push_branch(worktree, order.branch) if behind else heads.head
     if behind:
         # Re-test the rebased head; slow, and that is why merging is a job.
         status = ctx.forge.await_checks(order.repo, order.branch, head)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from actors import deploy_policy
@@ -35,35 +36,59 @@ def tail(path: Path) -> str:
         return ""
 
 
-def prepare_worktree(ctx: JobContext, order: LaunchOrder) -> Path:
-    """The task's worktree on its branch, cloning the repository's workspace if needed."""
+@dataclass(frozen=True)
+class Prepared:
+    """A task's worktree, ready on its branch, and what preparing it learnt of its heads."""
+
+    worktree: Path
+    heads: git.Heads | None
+    """The worktree's HEAD and origin's head as fetched under the repository's lock, after
+    catching up; None for a worktree just made at origin's head (nothing was read)."""
+
+    @property
+    def head(self) -> str:
+        """The worktree's HEAD when known, else ""."""
+        return self.heads.head if self.heads is not None else ""
+
+
+def prepare_worktree(ctx: JobContext, order: LaunchOrder, paths: Sequence[str] = ()) -> Prepared:
+    """The task's worktree on its branch, cloning the repository's workspace if needed.
+
+    `paths`: looked up in origin's head in the same git call (`git.Heads.held`).
+    """
     with ctx.repo_lock(order.repo):
-        return prepare_worktree_locked(ctx, order)
+        return prepare_worktree_locked(ctx, order, paths)
 
 
-def prepare_worktree_locked(ctx: JobContext, order: LaunchOrder) -> Path:
+def prepare_worktree_locked(
+    ctx: JobContext, order: LaunchOrder, paths: Sequence[str] = ()
+) -> Prepared:
     """`prepare_worktree` for a caller already holding the repository's lock."""
     workspace = ctx.layout.workspace(order.repo)
     worktree = ctx.layout.worktree(order.repo, order.task_id)
     git.ensure_clone(ctx.forge.clone_url(order.repo), workspace)
-    git.ensure_worktree(workspace, worktree, order.branch)
+    if git.ensure_worktree(workspace, worktree, order.branch):
+        # Just made from origin's branch (or main where origin has none): caught up.
+        return Prepared(worktree, None)
     # ensure_clone fetched (or cloned) the workspace, whose refs the worktree shares.
-    git.catch_up(worktree, order.branch, fetched=True)
-    return worktree
+    heads = git.catch_up_heads(worktree, order.branch, fetched=True, paths=paths)
+    return Prepared(worktree, heads)
 
 
 def clear_previous_verdict(
-    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: Sequence[str]
-) -> None:
+    ctx: JobContext, order: LaunchOrder, prepared: Prepared, relative: Sequence[str]
+) -> Prepared:
     """Take earlier visits' verdicts (`relative` paths) off the branch before this visit's work.
 
     The gate reads the branch head once the job ends, whatever way it ends: a job
     that fails before writing its verdict (reaped, attempts spent) must find no
     verdict rather than the previous visit's. Pushed every time, so a deletion a
-    dead incarnation committed but never pushed reaches the forge too.
+    dead incarnation committed but never pushed reaches the forge too. Returns the
+    worktree with its heads after the clearing's push, if it pushed.
     """
-    if not relative or nothing_to_clear(ctx, order, worktree, relative):
-        return
+    worktree = prepared.worktree
+    if not relative or nothing_to_clear(ctx, order, worktree, relative, prepared.heads):
+        return prepared
     with transition(ctx, order, wait=True) as fence:
         existed = [path for path in relative if (worktree / path).exists()]
         for path in relative:
@@ -75,13 +100,18 @@ def clear_previous_verdict(
                 f"conveyor: {order.task_id} clear the previous {order.stage} verdict "
                 f"(visit {order.visit})",
             )
-            git.push_branch(worktree, order.branch)
+            pushed = git.push_branch(worktree, order.branch)
     for path in existed:
         log.info("launcher.verdict_cleared", job_id=order.job_id, path=path)
+    return Prepared(worktree, git.Heads(head=pushed, remote=pushed))
 
 
 def nothing_to_clear(
-    ctx: JobContext, order: LaunchOrder, worktree: Path, relative: Sequence[str]
+    ctx: JobContext,
+    order: LaunchOrder,
+    worktree: Path,
+    relative: Sequence[str],
+    heads: git.Heads | None = None,
 ) -> bool:
     """Whether no verdict in `relative` is left anywhere the gate or a later commit could see.
 
@@ -89,13 +119,23 @@ def nothing_to_clear(
     worktree's own HEAD, whose tree holds none either: then a clearing would commit
     nothing and push nothing, so its transition lease, commit and push are skipped
     (most visits: a first visit has no verdict to clear). A deletion committed but
-    not pushed makes the heads differ, and is pushed as before.
+    not pushed makes the heads differ, and is pushed as before. `heads`: both heads
+    as `prepare_worktree` read them, origin's fetched under the repository's lock
+    just before (so the forge's), with the paths origin's head holds if it was asked;
+    without them, all of it is read here.
     """
     if any((worktree / path).exists() for path in relative):
         return False
-    head = git.head_sha(worktree)
-    if ctx.forge.branch_head(order.repo, order.branch) != head:
+    if heads is None:
+        head = git.head_sha(worktree)
+        pushed = ctx.forge.branch_head(order.repo, order.branch) == head
+    else:
+        head, pushed = heads.head, heads.pushed
+    if not pushed:
         return False
+    if heads is not None and heads.asked.issuperset(relative):
+        # Pushed: origin's head is the worktree's, whose tree was asked already.
+        return heads.held.isdisjoint(relative)
     return not git.paths_in_tree(worktree, head, list(relative))
 
 
@@ -119,13 +159,13 @@ def drop_checkout(ctx: JobContext, repo: str, path: Path) -> None:
         git.remove_worktree(ctx.layout.workspace(repo), path)
 
 
-def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Path:
+def prepare_run(ctx: JobContext, run: Run, order: LaunchOrder, plan: LaunchPlan) -> Prepared:
     """The worktree, without the previous visit's verdict, and the run directory, made."""
-    worktree = prepare_worktree(ctx, order)
     stale = deploy_policy.stale_verdicts(plan.gate, order.task_id) if plan.verdict_path else ()
-    clear_previous_verdict(ctx, order, worktree, stale)
+    prepared = prepare_worktree(ctx, order, stale)
+    prepared = clear_previous_verdict(ctx, order, prepared, stale)
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
-    return worktree
+    return prepared
 
 
 def run_process(
@@ -169,16 +209,22 @@ def ensure_pull(
     if existing is not None:
         return existing
 
+    opened: list[PullRequest] = []
+
     def _open() -> str:
         title = f"{order.task_id}: {order.title or order.task_id}"
-        return str(ctx.forge.open_pull(order.repo, order.branch, title, body).number)
+        opened.append(ctx.forge.open_pull(order.repo, order.branch, title, body))
+        return str(opened[-1].number)
 
     def _probe() -> str | None:
         found = _current()
         return str(found.number) if found is not None else None
 
-    number = ctx.effects.once(effect_key(order.task_id, "pull", head), _open, _probe)
-    return ctx.forge.get_pull(order.repo, int(number))
+    number = int(ctx.effects.once(effect_key(order.task_id, "pull", head), _open, _probe))
+    # Opened just now: the forge's answer is the pull request, with no second read.
+    if opened and opened[-1].number == number:
+        return opened[-1]
+    return ctx.forge.get_pull(order.repo, number)
 
 
 def post_steps(ctx: JobContext, run: Run, order: LaunchOrder, exit_code: int) -> RunDone:
@@ -220,7 +266,7 @@ def _post_steps_fenced(
 
 def intake(ctx: JobContext, run: Run, order: LaunchOrder, fence: TransitionFence) -> RunDone:
     """The built-in intake step: push the task's new branch to the forge."""
-    worktree = prepare_worktree(ctx, order)
+    worktree = prepare_worktree(ctx, order).worktree
     fence.check("push")
     with ctx.repo_lock(order.repo):
         sha = git.push_branch(worktree, order.branch)
