@@ -11,7 +11,6 @@ stays until the pause ends: the scheduler reads pauses from the hot jobs (`JobRe
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections.abc import Iterable
 
 from actors.job_ready import JobReady
@@ -42,9 +41,11 @@ class JobIndex:
         self.ready = JobReady()
         self._by_task: dict[str, set[str]] = {}
         self._pinned: set[str] = set()
-        # Finished jobs that left, most recent last (at most RECENT), and their keys.
-        self._recent: list[Job] = []
-        self._recent_keys: list[float] = []
+        # Finished jobs that left, most recent last (the checkpoint keeps them).
+        self._recent = Newest()
+        # Every job's latest state, most recent last: what status shows, without a pass
+        # over the hot set (a backlog of queued jobs is hot).
+        self._latest = Newest()
 
     def load(self, jobs: Iterable[Job], *, now: float) -> None:
         """Index every stored job once (at start); the finished ones only count."""
@@ -59,11 +60,12 @@ class JobIndex:
         if previous is not None:
             self.uncount(previous)
         self.counts[job.status] = self.counts.get(job.status, 0) + 1
+        self._latest.note(job)
         old = self._drop(job.id)
         if job.status in FINISHED and not job.outbox and job.repo_paused_until <= now:
             if old is not None:
                 self.ready.unset(old)
-            self._remember(job)
+            self._recent.note(job)
             return False
         self.hot[job.id] = job
         self.ready.set(job, now=now)
@@ -92,14 +94,15 @@ class JobIndex:
         for status, count in counts.items():
             self.counts[status] = self.counts.get(status, 0) + count
         for job in recent:
-            self._remember(job)
+            self._recent.note(job)
+            self._latest.note(job)
 
     def settled(self) -> tuple[dict[str, int], list[Job]]:
         """The counts of the jobs that left the hot set, and the most recent of them."""
         counts = dict(self.counts)
         for job in self.hot.values():
             counts[job.status] -= 1
-        return {k: v for k, v in counts.items() if v > 0}, list(self._recent)
+        return {k: v for k, v in counts.items() if v > 0}, self._recent.jobs()
 
     def expire(self, now: float) -> list[str]:
         """Let finished jobs whose repository pause ended leave; their ids."""
@@ -109,7 +112,7 @@ class JobIndex:
             if not job.outbox:
                 self._drop(job_id)
                 self.ready.unset(job)
-                self._remember(job)
+                self._recent.note(job)
         return [i for i in gone if i not in self.hot]
 
     def waiting_for(self, lease: str) -> list[Job]:
@@ -122,7 +125,7 @@ class JobIndex:
 
     def recent(self) -> list[Job]:
         """The RECENT most recently claimed (or queued) jobs, newest first."""
-        return heapq.nlargest(RECENT, [*self.hot.values(), *self._recent], key=_recency)
+        return self._latest.jobs()[::-1]
 
     def _drop(self, job_id: str) -> Job | None:
         """Unlink the job from all but `ready` (the caller moves it there); its old state."""
@@ -136,20 +139,6 @@ class JobIndex:
         _unlink(self.awaiting, awaited(old), job_id)
         return old
 
-    def _remember(self, job: Job) -> None:
-        for index, seen in enumerate(self._recent):
-            if seen.id == job.id:
-                del self._recent[index], self._recent_keys[index]
-                break
-        key = _recency(job)
-        if len(self._recent) >= RECENT and key <= self._recent_keys[0]:
-            return
-        at = bisect.bisect_right(self._recent_keys, key)
-        self._recent.insert(at, job)
-        self._recent_keys.insert(at, key)
-        if len(self._recent) > RECENT:
-            del self._recent[0], self._recent_keys[0]
-
 
 def _unlink(index: dict[str, set[str]], key: str, job_id: str) -> None:
     ids = index.get(key)
@@ -157,3 +146,29 @@ def _unlink(index: dict[str, set[str]], key: str, job_id: str) -> None:
         ids.discard(job_id)
         if not ids:
             del index[key]
+
+
+class Newest:
+    """The RECENT jobs with the highest recency, each in its latest state, oldest first."""
+
+    def __init__(self) -> None:
+        self._jobs: list[Job] = []
+        self._keys: list[float] = []
+
+    def note(self, job: Job) -> None:
+        """Keep `job`'s latest state if it is among the newest; O(RECENT)."""
+        for index, seen in enumerate(self._jobs):
+            if seen.id == job.id:
+                del self._jobs[index], self._keys[index]
+                break
+        key = _recency(job)
+        if len(self._jobs) >= RECENT and key <= self._keys[0]:
+            return
+        at = bisect.bisect_right(self._keys, key)
+        self._jobs.insert(at, job)
+        self._keys.insert(at, key)
+        if len(self._jobs) > RECENT:
+            del self._jobs[0], self._keys[0]
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)

@@ -124,6 +124,32 @@ def test_recent_shows_the_newest_jobs_hot_or_gone_each_once():
     assert len(recent) == RECENT
 
 
+class _NoPass(dict[str, qp.Job]):
+    """A hot set that fails any pass over it (a status must not read every hot job)."""
+
+    def values(self):  # type: ignore[override]
+        raise AssertionError("a pass over every hot job")
+
+    def __iter__(self):  # type: ignore[override]
+        raise AssertionError("a pass over every hot job")
+
+
+def test_recent_follows_each_jobs_latest_state_without_a_pass_over_the_backlog():
+    index = JobIndex()
+    index.hot = _NoPass()
+    for i in range(5 * RECENT):
+        index.put(job(f"Q{i}.dev.1.w", enqueued_at=NOW + i), previous=None, now=NOW)
+    newest = job(f"Q{5 * RECENT - 1}.dev.1.w", enqueued_at=NOW + 5 * RECENT - 1)
+    claimed = changed(index, job("Q0.dev.1.w"), status=qp.RUNNING, claimed_at=NOW + 1000)
+
+    recent = index.recent()
+
+    assert [j.id for j in recent[:2]] == [claimed.id, newest.id]
+    assert recent[0].status == qp.RUNNING  # its latest state, listed once
+    assert len(recent) == RECENT
+    assert len({j.id for j in recent}) == RECENT
+
+
 def test_merge_jobs_parked_for_a_lease_are_indexed_by_it_until_they_start():
     index = JobIndex()
     merge = job("T-2.merge.1.merge", role="merge")
