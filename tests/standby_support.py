@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
 from actors.leader import EPOCH_HEADER, LeaseBucket
 from actors.leader_policy import Seen
 from bus import subjects
@@ -89,8 +91,10 @@ def active_of(watch: EpochWatch, procs: Processes, names: tuple[str, ...]) -> tu
     def _held() -> tuple[str, int] | None:
         try:
             seen = watch.leader()
-        except ConveyorError:
-            return None  # the bucket is being created (a cluster's stream not led yet)
+        except (ConveyorError, nats.errors.Error):
+            # The bucket is being created, or its stream's leader was just killed and the
+            # cluster answers 503 until it elects another: as the leader actor, try again.
+            return None
         holder = seen.holder
         if seen.kind != "held" or holder is None or not holder.epoch:
             return None
