@@ -164,6 +164,12 @@ def floor_run(root: Path, args: argparse.Namespace) -> Side:
     if done.returncode != 0:
         raise RuntimeError(f"floor failed ({done.returncode}):\n{done.stderr[-3000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if "branches_removed" in figures:
+        print(
+            f"floor: {figures['branches_removed']} done branches removed, "
+            f"{figures['branches_left']} waiting for a free workspace at the end",
+            flush=True,
+        )
     failed_pushes = sum(
         1 for line in done.stderr.splitlines() if any(w in line for w in PUSH_ERRORS)
     )

@@ -12,14 +12,16 @@ Conveyor, in a plain loop). Two layouts:
   branch behind main is rebased onto it, pushed and its CI run again before the
   merge (Conveyor's merge step). A done item's worktree and branch are removed, as
   Conveyor's Janitor does with `retention.delete_merged_branches`, which the
-  throughput bench turns on for Conveyor's side.
+  throughput bench turns on for Conveyor's side: only while no job uses the
+  workspace clone (the other lane's job holds it), else tried again after the
+  lane's next item, as the Janitor tries again on its next pass.
 - `lanes` (the earlier floor): each lane has its own data directory and
   repository, so it never shares one, never rebases nor re-runs CI.
 
 It runs as its own process so the bench can read its CPU time (and its children's)
 from the kernel. Prints one JSON line: {"items", "seconds", "cpu_s", "failed",
-"cpu_split", "layout", "rebases", "ci_runs"}; CPU is counted over the timed part
-only, as on the Conveyor side.
+"cpu_split", "layout", "rebases", "ci_runs", "branches_removed", "branches_left"};
+CPU is counted over the timed part only, as on the Conveyor side.
 
     .venv/bin/python bench/throughput_floor.py --items N --lanes 8 --workdir DIR
                                                [--layout shared|lanes] [--repos 4]
@@ -48,6 +50,7 @@ from actors.jobs.context import RepoLocks
 from conveyor import logs, validate
 from conveyor.config import python_argv
 from gateways import git
+from gateways.git_branches import WorkspaceBusy
 from gateways.local_forge import LocalForge
 
 LAYOUTS = ("shared", "lanes")
@@ -88,6 +91,10 @@ class LaneSide(FloorSide):
         self.rebases = 0
         self._repo_locks = RepoLocks(self.layout.workspace)
         self._merge_lock = threading.Lock()
+        # Done items whose worktree and branch wait for the workspace to be free.
+        self._removals: list[tuple[str, str]] = []
+        self._removals_lock = threading.Lock()
+        self.removed = 0
 
     def _locked(self) -> AbstractContextManager[object]:
         return self._repo_locks(self.repo) if self.shared else super()._locked()
@@ -95,7 +102,26 @@ class LaneSide(FloorSide):
     def deliver(self, task_id: str) -> None:
         self._one(task_id)
         if self.shared:
-            self._remove_branch(task_id, validate.branch_for(task_id, TITLE))
+            self._remove_done((task_id, validate.branch_for(task_id, TITLE)))
+
+    def _remove_done(self, done: tuple[str, str]) -> None:
+        """Remove every done item's worktree and branch that no job's use of the clone holds up."""
+        with self._removals_lock:
+            todo, self._removals = [*self._removals, done], []
+        left = []
+        for task_id, branch in todo:
+            try:
+                self._remove_branch(task_id, branch)
+            except WorkspaceBusy:
+                left.append((task_id, branch))
+        with self._removals_lock:
+            self._removals.extend(left)
+            self.removed += len(todo) - len(left)
+
+    @property
+    def left(self) -> int:
+        with self._removals_lock:
+            return len(self._removals)
 
     def _merge(self, task_id: str, branch: str) -> None:
         if not self.shared:
@@ -213,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["layout"] = args.layout
     figures["rebases"] = sum(side.rebases for side in sides)
     figures["ci_runs"] = sum(side.counting.ci_runs for side in sides)
+    figures["branches_removed"] = sum(side.removed for side in sides)
+    figures["branches_left"] = sum(side.left for side in sides)
     print(json.dumps(figures))
     return 0
 
