@@ -147,7 +147,7 @@ class Launcher(pykka.ThreadingActor):
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._waker.notify)
         hosts.serve(self._bus, self._host, self._find, self._clock)
         # Only this launcher's unreported runs, from its checkpoint: never every run stored.
-        self._run_index = RunsCheckpoint(self._bus, self._store, self._name)
+        self._run_index = RunsCheckpoint(self._bus, self._store, self._name, self._clock)
         self._runs = self._run_index.load()
         self._owned_at = self._clock.now()
         for key, entry in list(self._runs.items()):
@@ -158,7 +158,7 @@ class Launcher(pykka.ThreadingActor):
                 self._report(key)
             else:
                 self._adopt(key)
-        self._run_index.write(self._runs)
+        self._run_index.write(self._runs, force=True)
         log.info(
             "launcher.started", name=self._name, slots=self._slots.total, adopted=len(self._runs)
         )

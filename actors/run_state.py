@@ -15,11 +15,13 @@ import re
 
 import msgspec
 
+from actors.checkpoint_policy import HEAD_MIN_INTERVAL_S
 from actors.launcher_policy import Run
 from actors.task_settled import CheckpointUnusable, HotPart, hot_and_tail, read_hot, write_hot
 from bus import subjects
 from bus.bridge import Bus
 from bus.kv import Quarantined, Store, Versioned
+from conveyor.clock import Clock
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,10 +43,15 @@ def _prefix(name: str) -> str:
 
 
 class RunsCheckpoint:
-    """Loads a Launcher's runs at start; writes its head when the set of runs changed."""
+    """Loads a Launcher's runs at start; writes its head when the set of runs changed.
 
-    def __init__(self, bus: Bus, store: Store[Run], name: str) -> None:
-        self._bus, self._store, self._name = bus, store, name
+    At most one head a `HEAD_MIN_INTERVAL_S` (the start's is forced): a later head only
+    makes the next start read a few more run writes.
+    """
+
+    def __init__(self, bus: Bus, store: Store[Run], name: str, clock: Clock) -> None:
+        self._bus, self._store, self._name, self._clock = bus, store, name, clock
+        self._head_at: float | None = None
         self._prefix = _prefix(name)
         self._heads: Store[RunsHead] = bus.store(subjects.BUCKET_INDEX, RunsHead)
         self._parts: Store[HotPart] = bus.store(subjects.BUCKET_INDEX, HotPart)
@@ -63,8 +70,15 @@ class RunsCheckpoint:
         log.info("launcher.runs_loaded", read=read, kept=len(runs))
         return runs
 
-    def write(self, runs: dict[str, Versioned[Run]], seq: int = 0) -> None:
-        """Write the head when the run keys changed since the last one (`seq`: read up to)."""
+    def write(self, runs: dict[str, Versioned[Run]], seq: int = 0, *, force: bool = False) -> None:
+        """Write the head when the run keys changed since the last one (`seq`: read up to).
+
+        `force`: even within `HEAD_MIN_INTERVAL_S` of the last head (the end of a start).
+        """
+        now = self._clock.now()
+        recent = self._head_at is not None and now - self._head_at < HEAD_MIN_INTERVAL_S
+        if recent and not force:
+            return
         hot = sorted(runs)
         if hot == self._written:
             return
@@ -74,7 +88,7 @@ class RunsCheckpoint:
         n = write_hot(self._parts, self._prefix, hot, len(msgspec.json.encode(head)), max_bytes)
         key = f"{self._prefix}.head"
         self._heads.put(key, msgspec.structs.replace(head, hot=[], hot_parts=n) if n else head)
-        self._written = hot
+        self._written, self._head_at = hot, now
 
     def _mine(self, entry: Versioned[Run] | None) -> bool:
         return entry is not None and entry.value.launcher == self._name and not entry.value.reported

@@ -15,6 +15,7 @@ import logging
 import queue
 import statistics
 import sys
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from chaos_cluster import Cluster, repo_sections
 
 CLOCK = SystemClock()
 READY_TIMEOUT_S = 60.0
+# Never route loopback reads through an http_proxy from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 POLL_S = 5.0
 """How often the driver also reads every task, in case a stage event was missed."""
 
@@ -131,6 +134,25 @@ class Fleet:
                 t = proc.cpu_times()
                 out[name] = t.user + t.system
                 out[f"{name}+"] = t.children_user + t.children_system
+        return out
+
+    def bus_counts(self) -> dict[str, int]:
+        """nats-server's counters: messages in and out, and each stream's writes (last sequence).
+
+        Read from its monitoring endpoint (`/varz`, `/jsz?streams=true`), so reading them
+        adds nothing to what is counted.
+        """
+        base = self.cluster.nats.monitor_url
+        out: dict[str, int] = {}
+        with _LOCAL.open(f"{base}/varz", timeout=5) as resp:
+            varz = json.load(resp)
+        out["msgs in"] = int(varz.get("in_msgs", 0))
+        out["msgs out"] = int(varz.get("out_msgs", 0))
+        with _LOCAL.open(f"{base}/jsz?streams=true", timeout=5) as resp:
+            jsz = json.load(resp)
+        for account in jsz.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                out[f"stream {stream['name']}"] = int(stream["state"]["last_seq"])
         return out
 
     def rss_mb(self) -> dict[str, float]:

@@ -104,6 +104,7 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         fleet.start(PARTS, config)
         planned = plan(args.items, args.repos)
         cpu0 = fleet.cpu_split()
+        bus0 = fleet.bus_counts()
         t0 = CLOCK.monotonic()
         seen = drive(
             fleet,
@@ -114,6 +115,7 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         )
         seconds = (max(seen.settled_at.values()) if seen.settled_at else CLOCK.monotonic()) - t0
         cpu1 = fleet.cpu_split()
+        _print_bus(label, bus0, fleet.bus_counts(), args.items)
         split = {name: cpu1[name] - cpu0.get(name, 0.0) for name in cpu1}
         cpu = sum(split.values())
         unsettled = len(planned) - len(seen.settled_at)
@@ -133,6 +135,21 @@ def conveyor_run(root: Path, args: argparse.Namespace, in_flight: int, label: st
         if args.keep:
             print(f"kept {root / label}")
         fleet.stop()
+
+
+def _print_bus(label: str, before: dict[str, int], after: dict[str, int], items: int) -> None:
+    """Messages through nats-server and JetStream writes per item, by stream."""
+    per = {name: (after[name] - before.get(name, 0)) / items for name in after}
+    writes = {name: n for name, n in per.items() if name.startswith("stream ") and n > 0}
+    parts = ", ".join(
+        f"{name[7:]} {n:.1f}" for name, n in sorted(writes.items(), key=lambda kv: -kv[1])
+    )
+    print(
+        f"{label}: per item, {per.get('msgs in', 0):.0f} messages in and "
+        f"{per.get('msgs out', 0):.0f} out of nats-server; "
+        f"{sum(writes.values()):.0f} JetStream writes ({parts})",
+        flush=True,
+    )
 
 
 def _merge_attempts(fleet: Fleet, merged: int) -> float | None:
