@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from bus import fence, subjects
+from bus import fence, pull, subjects
 from bus.delivery import MSG_ID as MSG_ID
 from bus.delivery import Delivery as Delivery
 from bus.endpoints import Handler as Handler
@@ -341,9 +341,19 @@ class Bus:
                 filter_subjects=list(filter_subjects) if len(filter_subjects) > 1 else None,
                 filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
             )
-            sub = await retry_js(lambda: self._bind(stream, durable, config))
-            self._subs.append(sub)
-            task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
+            if capacity is None:
+                await retry_js(lambda: self.js.add_consumer(stream, config))
+                puller = pull.Puller(
+                    self.nc,
+                    pull.next_subject(stream, durable),
+                    functools.partial(self._hand_over, decoder=decoder, handler=handler),
+                    lambda: self._stopping,
+                )
+                task = asyncio.ensure_future(puller.run())
+            else:
+                sub = await retry_js(lambda: self._bind(stream, durable, config))
+                self._subs.append(sub)
+                task = asyncio.ensure_future(self._pull(sub, decoder, handler, capacity))
             self._tasks.append(task)
             if not self._keeping_alive:
                 self._keeping_alive = True
@@ -382,14 +392,24 @@ class Bus:
                     await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                try:
-                    body = decoder.decode(msg.data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as err:
-                    log.warning("bus.message_rejected", subject=msg.subject, error=str(err))
-                    await msg.term()
-                    continue
-                self.inflight.hold(msg)
-                handler(Delivery(self, msg, body))
+                self._hand_over(msg, decoder=decoder, handler=handler)
+
+    def _hand_over(
+        self,
+        msg: Msg,
+        *,
+        decoder: msgspec.json.Decoder[T],
+        handler: Callable[[Delivery[T]], None],
+    ) -> None:
+        """Decode a delivered message and hand it to `handler`; one that does not decode ends."""
+        try:
+            body = decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            log.warning("bus.message_rejected", subject=msg.subject, error=str(err))
+            self.loop.submit(msg.term())
+            return
+        self.inflight.hold(msg)
+        handler(Delivery(self, msg, body))
 
     def subscribe_core(
         self, subject: str, decoder: msgspec.json.Decoder[T], handler: Callable[[T], None]
