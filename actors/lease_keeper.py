@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ from conveyor.logs import get_logger
 log = get_logger(__name__)
 
 ENDED = frozenset({"done", "cancelled"})
+FREED_KEPT = 4096
+"""Delete markers of released leases remembered, so taking one again is a single write."""
 
 
 def holder_alive(holder: LeaseHolder, host: str, boot: str) -> bool | None:
@@ -106,6 +109,7 @@ class LeaseKeeper(Owner):
         # which is after the process registered its service (the first tick).
         self._announced = False
         self._leases: dict[str, Versioned[Lease]] = {}
+        self._freed: OrderedDict[str, int] = OrderedDict()
         # Whether a holder's attempt is still its job's: a superseded one gets no lease.
         self._current = current
         self._host = procs.host_id(host)
@@ -171,7 +175,8 @@ class LeaseKeeper(Owner):
         current = self._leases.get(lease.name)
         if current is None:
             try:
-                revision = self._store.create(lease.name, lease)
+                over = self._freed.pop(lease.name, 0)
+                revision = self._store.create(lease.name, lease, over=over)
             except KeyExists as err:
                 raise Fenced(f"lease {lease.name} appeared concurrently") from err
         else:
@@ -182,7 +187,9 @@ class LeaseKeeper(Owner):
     def _drop(self, name: str) -> None:
         current = self._leases.pop(name, None)
         if current is not None:
-            self._store.delete(name, expect=current.revision)
+            self._freed[name] = self._store.delete(name, expect=current.revision)
+            if len(self._freed) > FREED_KEPT:
+                self._freed.popitem(last=False)
             self._bus.publish_core(subjects.LEASE_FREED, LeaseFreed(name=name))
 
     def _acquire(self, req: LeaseAcquire) -> LeaseReply:

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import nats.js.errors
 from nats.js import api
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
 T = TypeVar("T")
 
@@ -48,6 +48,24 @@ async def update(kv: KeyValue, key: str, data: bytes, last: int, stamp: dict[str
     headers = {**stamp, api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
     try:
         ack = await kv._js.publish(f"{kv._pre}{key}", data, headers=headers)
+    except nats.js.errors.APIError as err:
+        if err.err_code in WRONG_LAST_SEQUENCE:
+            raise nats.js.errors.KeyWrongLastSequenceError(description=err.description) from err
+        raise
+    return int(ack.seq)
+
+
+async def delete(kv: KeyValue, key: str, last: int, stamp: dict[str, str]) -> int:
+    """`kv.delete(key, last=last)` carrying `stamp`; the delete marker's revision.
+
+    nats-py's `delete` drops the marker's revision, which a writer creating the key
+    again needs to expect (see `Store.create`'s `over`).
+    """
+    headers = {**stamp, KV_OP: KV_DEL}
+    if last > 0:
+        headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
+    try:
+        ack = await kv._js.publish(f"{kv._pre}{key}", headers=headers)
     except nats.js.errors.APIError as err:
         if err.err_code in WRONG_LAST_SEQUENCE:
             raise nats.js.errors.KeyWrongLastSequenceError(description=err.description) from err

@@ -10,6 +10,7 @@ for the operator to read, fix or delete. `get` of such a key raises `Quarantined
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -137,11 +138,16 @@ class Store(Generic[S]):
             raise Quarantined(f"{self.bucket}/{key} does not decode: {found.error}")
         return found
 
-    def create(self, key: str, value: S) -> int:
-        """Store `value` only if `key` does not exist; raise KeyExists otherwise."""
+    def create(self, key: str, value: S, *, over: int = 0) -> int:
+        """Store `value` only if `key` does not exist; raise KeyExists otherwise.
+
+        `over`: the revision of the key's delete marker, if the caller knows it (its
+        own `delete`'s answer): then one write, where creating over an unknown marker
+        takes three (a refused write, a read of the marker, the write).
+        """
         data = encode(value)
         try:
-            return self._bus.write(self._creating(key, data), what=f"{self.bucket}/{key}")
+            return self._bus.write(self._creating(key, data, over), what=f"{self.bucket}/{key}")
         except BusUnavailable:
             landed = self._landed(key, data)
             if landed is None:
@@ -160,12 +166,16 @@ class Store(Generic[S]):
                 raise
             return landed
 
-    def _creating(self, key: str, data: bytes) -> Callable[[int], Awaitable[int]]:
+    def _creating(self, key: str, data: bytes, over: int = 0) -> Callable[[int], Awaitable[int]]:
         """The create's write, tried again by `bus.writes.retry_write` while unanswered."""
         stamp = self._bus.write_stamp()
 
         async def _create(attempt: int) -> int:
             try:
+                if over > 0:
+                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                        # Written since the marker (or never deleted): the plain create decides.
+                        return await fence.update(self._kv, key, data, over, stamp)
                 return int(await fence.create(self._kv, key, data, stamp))
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 landed = await self._landed_async(key, data) if attempt else None
@@ -427,19 +437,23 @@ class Store(Generic[S]):
 
         return self._bus.call(_keys())
 
-    def delete(self, key: str, *, expect: int) -> None:
-        """Delete `key` if it is still at revision `expect`; raise Fenced otherwise."""
-        self._bus.write_stamp()
+    def delete(self, key: str, *, expect: int) -> int:
+        """Delete `key` if it is still at revision `expect`; raise Fenced otherwise.
 
-        async def _delete(attempt: int) -> None:
+        Returns the delete marker's revision (0 when an earlier, unanswered try
+        deleted it): `create(key, value, over=that)` writes over it in one request.
+        """
+        stamp = self._bus.write_stamp()
+
+        async def _delete(attempt: int) -> int:
             try:
-                await self._kv.delete(key, last=expect)
+                return await fence.delete(self._kv, key, expect, stamp)
             except nats.js.errors.KeyWrongLastSequenceError as err:
                 if attempt and await self._gone(key):
-                    return  # an earlier try that got no answer did delete it
+                    return 0  # an earlier try that got no answer did delete it
                 raise Fenced(f"{self.bucket}/{key} moved past revision {expect}") from err
 
-        self._bus.write(_delete, what=f"{self.bucket}/{key}")
+        return int(self._bus.write(_delete, what=f"{self.bucket}/{key}"))
 
     async def _gone(self, key: str) -> bool:
         try:

@@ -287,3 +287,25 @@ def test_one_lease_that_cannot_be_freed_does_not_stop_the_sweep_for_the_others(
     # and the next sweep, having read the bucket again, frees the first one too
     assert leases.tick(1.0)["lease_reclaimed_total"] == 2
     assert held_by(leases) == ""
+
+
+def test_a_lease_taken_again_after_its_release_is_one_write_and_no_read(
+    start_actor: StartActor,
+):
+    leases = start_actor("lease_keeper")
+    bus = leases.bus
+    reads: list[object] = []
+    bus.subscribe_core(
+        f"$JS.API.STREAM.MSG.GET.KV_{subjects.BUCKET_LEASES}",
+        msgspec.json.Decoder(dict[str, object]),
+        reads.append,
+    )
+    bus.call(bus.nc.flush())
+    for task_id in ("DEMO-1", "DEMO-2", "DEMO-1"):
+        assert acquire(leases, holder(task_id)).granted
+        assert release(leases, task_id).granted
+    assert acquire(leases, holder("DEMO-3")).granted
+    bus.call(bus.nc.flush())
+    # Each take after the first is over the keeper's own delete marker.
+    assert reads == []
+    assert held_by(leases) == "DEMO-3"
