@@ -18,6 +18,7 @@ import pykka
 
 from actors import host_policy as policy
 from actors import lease_policy
+from actors.hot_jobs import HotJobs
 from actors.launcher_policy import FINISHED, Run
 from actors.queue_policy import RUNNING, Job
 from bus import subjects
@@ -158,12 +159,17 @@ def serve(bus: Bus, host: str, find: Callable[[str], Run | None], clock: Clock) 
     )
 
 
-def attempt_owner(jobs: Store[Job]) -> Callable[[str, int], bool]:
-    """Whether attempt `attempt` of a job is still the one the job runs (read from KV)."""
+def attempt_owner(jobs: Store[Job], hot: HotJobs | None = None) -> Callable[[str, int], bool]:
+    """Whether attempt `attempt` of a job is still the one the job runs.
+
+    Read from the QueueWorker's hot set when it runs in this process (`hot`), else KV.
+    """
 
     def _owns(job_id: str, attempt: int) -> bool:
-        entry = jobs.get(job_id)  # a job's key is its id
-        job = entry.value if entry is not None else None
+        job = hot.get(job_id) if hot is not None else None
+        if job is None:
+            entry = jobs.get(job_id)  # a job's key is its id
+            job = entry.value if entry is not None else None
         return lease_policy.attempt_current(
             job.status if job is not None else None,
             job.attempts if job is not None else 0,

@@ -10,6 +10,7 @@ import pykka
 
 from actors import ceiling_policy, merge_wait_policy, usage_policy
 from actors import queue_policy as policy
+from actors.hot_jobs import HotJobs
 from actors.janitor_policy import LaunchPause
 from actors.job_index import JobIndex
 from actors.job_state import JobState
@@ -67,8 +68,11 @@ class QueueWorker(Owner, JobState):
         *,
         lease_retry_s: float = 5.0,
         protected: frozenset[str] = frozenset(),
+        hot: HotJobs | None = None,
     ) -> None:
         super().__init__()
+        # Other actors of this process read the hot set through it (the LeaseKeeper).
+        self._hot = hot
         self._bus, self._store, self._clock, self._cfg = bus, store, clock, cfg
         # How long a merge job parked for its repository's merge lease sleeps at most.
         self._lease_retry_s = lease_retry_s
@@ -89,6 +93,13 @@ class QueueWorker(Owner, JobState):
         self._paused = ""
         self._init_state()
 
+    def on_stop(self) -> None:
+        if self._hot is not None:
+            self._hot.detach()
+
+    def on_failure(self, *_: object) -> None:
+        self.on_stop()
+
     def on_start(self) -> None:
         self._started_at = self._clock.now()
         read = self._load()
@@ -98,6 +109,8 @@ class QueueWorker(Owner, JobState):
         for job_id in list(self._index.outboxed):
             self._flush(job_id)
         self._checkpoint(force=True)
+        if self._hot is not None:
+            self._hot.attach(self._jobs)
         log.info("queue_worker.started", read=read, hot=len(self._jobs))
         freed = msgspec.json.Decoder(LeaseFreed)
         self._bus.subscribe_core(subjects.LEASE_FREED, freed, self._tell_freed)

@@ -21,6 +21,7 @@ import pykka
 
 from actors import janitor_audit
 from actors.hosts import attempt_owner
+from actors.hot_jobs import HotJobs
 from actors.intake import IntakeStatus
 from actors.intake_policy import CardState
 from actors.janitor import Janitor, JanitorStatus
@@ -89,6 +90,8 @@ class Context:
     slots: Slots | None = None
     """The launcher's free slots, shared with its consumer (set by the launcher entry)."""
     closers: list[Callable[[], None]] = field(default_factory=list)
+    hot_jobs: HotJobs = field(default_factory=HotJobs)
+    """The QueueWorker's hot jobs, for the LeaseKeeper beside it."""
 
     @property
     def layout(self) -> Layout:
@@ -168,19 +171,16 @@ def _stage_engine(ctx: Context, store: Store[Any] | None) -> Ref:
 
 
 def _queue_worker(ctx: Context, store: Store[Any] | None) -> Ref:
-    store = _owned(store)
-    cfg = ctx.cfg
+    cfg, pipeline = ctx.cfg, ctx.cfg.pipeline
     ceilings = Ceilings(
-        task_usd=cfg.pipeline.max_task_cost_usd,
-        task_tokens=cfg.pipeline.max_task_tokens,
+        task_usd=pipeline.max_task_cost_usd,
+        task_tokens=pipeline.max_task_tokens,
         repo_usd_per_day=cfg.queue.max_repo_usd_per_day,
         repo_tokens_per_day=cfg.queue.max_repo_tokens_per_day,
     )
-    retry_s = cfg.leases.busy_retry_s
     protected = frozenset(r.name for r in cfg.repos if r.protected)
-    return QueueWorker.start(
-        ctx.bus, store, ctx.clock, cfg.queue, ceilings, lease_retry_s=retry_s, protected=protected
-    )
+    kw = {"lease_retry_s": cfg.leases.busy_retry_s, "protected": protected, "hot": ctx.hot_jobs}
+    return QueueWorker.start(ctx.bus, _owned(store), ctx.clock, cfg.queue, ceilings, **kw)
 
 
 def _reaper(ctx: Context, store: Store[Any] | None) -> Ref:
@@ -202,7 +202,7 @@ def _lease_keeper(ctx: Context, store: Store[Any] | None) -> Ref:
         kept=kept,
         finished=finished,
         in_progress=in_progress,
-        current=attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job)),
+        current=attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job), ctx.hot_jobs),
         host=ctx.cfg.launcher.host_id,
         silence_s=ctx.cfg.launcher.host_silence_s,
     )
