@@ -173,7 +173,7 @@ class Janitor(Owner):
         for entry in walked.due:
             if not files.leftovers(self._layout, entry.value.repo, entry.value.id):
                 continue  # nothing on disk: no need to read its records
-            if sweep.records_of(s, entry.value.id).settled(entry.value, before):
+            if sweep.settled_now(s, entry.value, before):
                 self._remove_files(entry.value)
                 removed += 1
             else:

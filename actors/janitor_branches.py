@@ -87,7 +87,7 @@ class Pending:
         if found is None or not deletable(found.value, self._cfg):
             self.ids.discard(task_id)
             return None
-        if not sweep.records_of(stores, task_id).settled(found.value, now):
+        if not sweep.settled_now(stores, found.value, now):
             return None
         self.ids.discard(task_id)
         return found.value

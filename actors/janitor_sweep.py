@@ -84,6 +84,25 @@ class TaskRecords(NamedTuple):
         )
 
 
+def settled_now(stores: Stores, task: Task, before: float) -> bool:
+    """`records_of(...).settled(task, before)`, reading only what can still say no.
+
+    The task itself first, then its watch (open for the post-deploy window, the
+    usual reason to wait), then its runs and jobs; never its effects, which do not
+    count. A task tried again every interval while its watch is open costs one read.
+    """
+    if task.id not in policy.settled([task], before=before):
+        return False
+    watch = stores.watches.get(task.id)
+    if watch is not None and not watch.value.closed:
+        return False
+    runs = stores.runs.get_many(stores.runs.keys_under(f"{task.id}."))
+    if task.id not in policy.settled([task], before=before, runs=[e.value for e in runs.values()]):
+        return False
+    jobs = stores.jobs.get_many(stores.jobs.keys_under(f"{task.id}."))
+    return task.id in policy.settled([task], before=before, jobs=[e.value for e in jobs.values()])
+
+
 def records_of(stores: Stores, task_id: str) -> TaskRecords:
     """The jobs, runs, watch and effects of `task_id` (keys `<ID>.…`, `monitor.<ID>.…`)."""
     watch = stores.watches.get(task_id)

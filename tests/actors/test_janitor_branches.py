@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from actors.monitor_policy import Watch
 from actors.queue_policy import Job
 from actors.task_policy import Task
 from bus import subjects
@@ -186,3 +188,42 @@ def test_a_done_task_missed_by_a_restart_loses_its_branch_at_the_retention_sweep
     assert not worktree.exists()
     assert forge.branch_head(REPO, branch) is None
     assert in_clone(layout, branch) == []
+
+
+def test_a_done_task_in_its_post_deploy_window_is_tried_with_one_read_each_pass(
+    janitor: ActorUnderTest, forge: LocalForge, branch_cfg: Config
+) -> None:
+    layout = Layout(branch_cfg.data_path)
+    worktree, branch, head = worked_on(layout, forge, "DEMO-5")
+    watches = janitor.bus.store(subjects.BUCKET_MONITOR, Watch)
+    now = janitor.clock.now()
+    watch = Watch(
+        task_id="DEMO-5",
+        repo=REPO,
+        health_url="http://127.0.0.1:9/health",
+        protected=False,
+        has_rollback=False,
+        started_at=now,
+        ends_at=now + 60.0,
+        window_s=60.0,
+    )
+    revision = watches.create("DEMO-5", watch)
+    open_job(janitor, "DEMO-5", "done")
+    reads: list[str] = []
+    for bucket in (subjects.BUCKET_JOBS, subjects.BUCKET_RUNS, subjects.BUCKET_EFFECTS):
+        for api in ("STREAM.MSG.GET", "STREAM.INFO"):
+            janitor.bus.subscribe_core(
+                f"$JS.API.{api}.KV_{bucket}", msgspec.json.Decoder(Any), reads.append
+            )
+    finish(janitor, "DEMO-5", branch, head, "done")
+    for _ in range(5):
+        janitor.tick(1.0)
+    # The watch still open: nothing else of the task was read, and everything stays.
+    janitor.bus.call(janitor.bus.nc.flush())
+    assert reads == []
+    assert forge.branch_head(REPO, branch) == head
+
+    watches.update("DEMO-5", msgspec.structs.replace(watch, closed=True), expect=revision)
+    wait_until(lambda: janitor.tick(1.0).get("branches_removed", 0) >= 1, what="DEMO-5 handled")
+    assert forge.branch_head(REPO, branch) is None
+    assert not worktree.exists()
