@@ -15,6 +15,7 @@ import msgspec
 
 from bus.bridge import KeyExists, Store, Versioned
 from conveyor.clock import Clock
+from conveyor.errors import Fenced
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -52,18 +53,19 @@ class Ledger:
             # Started but never recorded done: the call may or may not have landed.
             found = probe()
             if found is not None:
-                self._finish(key, found, entry.revision)
+                self._finish(key, found, entry.revision, entry.value.started_at)
                 log.info("effects.adopted", key=key, result=found)
                 return found
-            revision = entry.revision
+            revision, started_at = entry.revision, entry.value.started_at
         else:
-            record = Effect(key=key, status=STARTED, started_at=self._clock.now(), by=self._who)
+            started_at = self._clock.now()
+            record = Effect(key=key, status=STARTED, started_at=started_at, by=self._who)
             try:
                 revision = self._store.create(key, record)
             except KeyExists:
                 return self.once(key, do, probe)
         result = do()
-        self._finish(key, result, revision)
+        self._finish(key, result, revision, started_at)
         log.info("effects.done", key=key, result=result)
         return result
 
@@ -85,18 +87,32 @@ class Ledger:
             return self._store.create(key, done)
         return self._store.update(key, done, expect=expect)
 
-    def _finish(self, key: str, result: str, revision: int) -> None:
-        current = self._store.get(key)
-        started = current.value.started_at if current else self._clock.now()
+    def _finish(self, key: str, result: str, revision: int, started_at: float) -> None:
+        """Record the effect done over the started record we hold (`revision`).
+
+        Should the record have moved since (written by hand, or by another writer the
+        leases should have kept out), it is read again and written over: the effect
+        happened, and its result must not be lost.
+        """
         done = Effect(
             key=key,
             status=DONE,
-            started_at=started,
+            started_at=started_at,
             done_at=self._clock.now(),
             result=result,
             by=self._who,
         )
-        self._store.update(key, done, expect=current.revision if current else revision)
+        try:
+            self._store.update(key, done, expect=revision)
+        except Fenced:
+            log.warning("effects.record_moved", key=key, revision=revision)
+        else:
+            return
+        current = self._store.get(key)
+        if current is None:
+            self._store.create(key, done)
+        else:
+            self._store.update(key, done, expect=current.revision)
 
 
 def effect_key(*parts: object) -> str:

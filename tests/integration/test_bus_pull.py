@@ -53,10 +53,10 @@ def test_a_busy_consumer_takes_many_messages_per_pull_request(bus: Bus) -> None:
         seen.append(delivery.body.task_id)
         delivery.ack()
     assert seen == [f"DEMO-{n}" for n in range(200)]
-    # One request a batch (plus an idle one or two while the test reads): fetched one
-    # at a time, it was one request a message.
+    # One request a batch, and one a second once idle (a slow machine may add a few):
+    # fetched one at a time, it was one request a message.
     asked = requests.qsize()
-    assert 200 / pull.BATCH <= asked <= 200 / pull.BATCH + 4, asked
+    assert 200 / pull.BATCH <= asked <= 20, asked
     first = requests.get_nowait()
     assert first["batch"] == pull.BATCH
 

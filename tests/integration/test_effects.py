@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bus import subjects
-from bus.bridge import Bus
+from bus.bridge import Bus, Versioned
 from bus.effects import STARTED, Effect, Ledger, effect_key
 from conveyor.clock import FakeClock
 
@@ -56,3 +56,43 @@ def test_an_interrupted_effect_that_did_not_land_runs_again(ledger: Ledger) -> N
 
 def test_keys_are_kv_safe() -> None:
     assert effect_key("DEMO-1", "merge", "feature/DEMO-1-x.y") == "DEMO-1.merge.feature_DEMO-1-x_y"
+
+
+def test_an_effect_is_recorded_with_one_read_and_keeps_its_start(ledger: Ledger) -> None:
+    reads: list[str] = []
+    store = ledger._store
+    real_get = store.get
+
+    def counting_get(key: str) -> Versioned[Effect] | None:
+        reads.append(key)
+        return real_get(key)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    key = effect_key("DEMO-1", "comment", "x")
+    assert ledger.once(key, lambda: "c1", lambda: None) == "c1"
+    # The check before the call; the record done is written over the start it made.
+    assert reads == [key]
+    entry = real_get(key)
+    assert entry is not None
+    assert (entry.value.status, entry.value.result, entry.value.started_at) == (
+        "done",
+        "c1",
+        1_000_000.0,
+    )
+
+
+def test_a_record_moved_during_the_call_still_gets_the_result(ledger: Ledger) -> None:
+    key = effect_key("DEMO-1", "comment", "y")
+    store = ledger._store
+
+    def _do() -> str:
+        # Someone rewrote the started record meanwhile (by hand, a restore).
+        found = store.get(key)
+        assert found is not None
+        store.update(key, found.value, expect=found.revision)
+        return "c2"
+
+    assert ledger.once(key, _do, lambda: None) == "c2"
+    entry = store.get(key)
+    assert entry is not None
+    assert (entry.value.status, entry.value.result) == ("done", "c2")
