@@ -60,3 +60,19 @@ def settled_alerts(bus: Bus, captured: Any, kind: str) -> list[Alert]:
         what="the marker alert",
     )
     return [a for a in captured.messages if isinstance(a, Alert) and a.kind == kind]
+
+
+def api_requests(bus: Bus, api: str, bucket: str) -> list[Any]:
+    """Every `$JS.API.<api>` request on `bucket`'s stream from now on (e.g. `STREAM.MSG.GET`).
+
+    Flush the bus before reading the list: requests sent before are then counted.
+    """
+    seen: list[Any] = []
+    bus.subscribe_core(f"$JS.API.{api}.KV_{bucket}", msgspec.json.Decoder(Any), seen.append)
+    flush(bus)
+    return seen
+
+
+def flush(bus: Bus) -> None:
+    """A round trip to the server: what was sent before has arrived and been answered."""
+    bus.call(bus.nc.flush())

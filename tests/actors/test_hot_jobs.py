@@ -7,7 +7,6 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
 import psutil
 import pykka
 import pytest
@@ -25,6 +24,7 @@ from conveyor.clock import FakeClock
 from conveyor.config import Config
 from tests.actors.test_host_leases import put_job
 from tests.harness import wait_until
+from tests.kv_raw import api_requests, flush
 
 JOB = "DEMO-1.development.1.work"
 
@@ -55,17 +55,6 @@ def control(bus: Bus, clock: FakeClock, cfg: Config) -> Iterator[wiring.Context]
             ref.stop(block=True, timeout=10)
 
 
-def _job_reads(bus: Bus) -> list[Any]:
-    reads: list[Any] = []
-    bus.subscribe_core(
-        f"$JS.API.STREAM.MSG.GET.KV_{subjects.BUCKET_JOBS}",
-        msgspec.json.Decoder(dict[str, Any]),
-        reads.append,
-    )
-    bus.call(bus.nc.flush())
-    return reads
-
-
 def _ask(ref: pykka.ActorRef[Any], message: Any) -> LeaseReply:
     reply: LeaseReply = ref.ask(message, timeout=10)
     return reply
@@ -81,14 +70,14 @@ def running(bus: Bus) -> None:
 def test_a_running_attempt_gets_and_renews_its_lease_without_a_job_read(
     control: wiring.Context, bus: Bus
 ) -> None:
-    reads = _job_reads(bus)
+    reads = api_requests(bus, "STREAM.MSG.GET", subjects.BUCKET_JOBS)
     keeper = control.ref("lease_keeper")
     name = task_lease("DEMO-1")
     granted = _ask(keeper, LeaseAcquire(name=name, holder=_holder(1)))
     assert granted.granted
     renewed = _ask(keeper, LeaseRenew(name=name, task_id="DEMO-1", revision=granted.revision))
     assert renewed.granted
-    bus.call(bus.nc.flush())
+    flush(bus)
     assert reads == []
 
 

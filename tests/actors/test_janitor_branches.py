@@ -22,6 +22,7 @@ from gateways import git
 from gateways.local_forge import LocalForge
 from tests.actors.conftest import ActorUnderTest
 from tests.harness import make_config, wait_until
+from tests.kv_raw import api_requests, flush
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,18 +210,18 @@ def test_a_done_task_in_its_post_deploy_window_is_tried_with_one_read_each_pass(
     )
     revision = watches.create("DEMO-5", watch)
     open_job(janitor, "DEMO-5", "done")
-    reads: list[str] = []
-    for bucket in (subjects.BUCKET_JOBS, subjects.BUCKET_RUNS, subjects.BUCKET_EFFECTS):
-        for api in ("STREAM.MSG.GET", "STREAM.INFO"):
-            janitor.bus.subscribe_core(
-                f"$JS.API.{api}.KV_{bucket}", msgspec.json.Decoder(Any), reads.append
-            )
+    buckets = (subjects.BUCKET_JOBS, subjects.BUCKET_RUNS, subjects.BUCKET_EFFECTS)
+    taps = [
+        api_requests(janitor.bus, api, bucket)
+        for bucket in buckets
+        for api in ("STREAM.MSG.GET", "STREAM.INFO")
+    ]
     finish(janitor, "DEMO-5", branch, head, "done")
     for _ in range(5):
         janitor.tick(1.0)
     # The watch still open: nothing else of the task was read, and everything stays.
-    janitor.bus.call(janitor.bus.nc.flush())
-    assert reads == []
+    flush(janitor.bus)
+    assert [request for tap in taps for request in tap] == []
     assert forge.branch_head(REPO, branch) == head
 
     watches.update("DEMO-5", msgspec.structs.replace(watch, closed=True), expect=revision)

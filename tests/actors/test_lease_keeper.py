@@ -27,6 +27,7 @@ from conveyor import procs
 from conveyor.clock import FakeClock
 from tests.actors.conftest import ActorUnderTest, Captured, StartActor
 from tests.harness import make_config, wait_until
+from tests.kv_raw import api_requests, flush
 
 LEASE = merge_lease("demo")
 
@@ -294,18 +295,12 @@ def test_a_lease_taken_again_after_its_release_is_one_write_and_no_read(
 ):
     leases = start_actor("lease_keeper")
     bus = leases.bus
-    reads: list[object] = []
-    bus.subscribe_core(
-        f"$JS.API.STREAM.MSG.GET.KV_{subjects.BUCKET_LEASES}",
-        msgspec.json.Decoder(dict[str, object]),
-        reads.append,
-    )
-    bus.call(bus.nc.flush())
+    reads = api_requests(bus, "STREAM.MSG.GET", subjects.BUCKET_LEASES)
     for task_id in ("DEMO-1", "DEMO-2", "DEMO-1"):
         assert acquire(leases, holder(task_id)).granted
         assert release(leases, task_id).granted
     assert acquire(leases, holder("DEMO-3")).granted
-    bus.call(bus.nc.flush())
+    flush(bus)
     # Each take after the first is over the keeper's own delete marker.
     assert reads == []
     assert held_by(leases) == "DEMO-3"

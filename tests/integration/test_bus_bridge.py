@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -25,14 +24,6 @@ class Record(msgspec.Struct, frozen=True):
 class Boxed(msgspec.Struct, frozen=True):
     name: str
     outbox: list[BusMessage] = msgspec.field(default_factory=list)
-
-
-@pytest.fixture
-def bus(nats_url: str) -> Iterator[Bus]:
-    bus = Bus.connect(nats_url)
-    bus.setup()
-    yield bus
-    bus.close()
 
 
 def _follow(bus: Bus, durable: str, subject: str, into: queue.Queue[Delivery[Any]]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -18,12 +17,10 @@ from bus.bridge import Bus, Delivery
 from bus.messages import JobsCancelled
 
 
-@pytest.fixture
-def bus(nats_url: str) -> Iterator[Bus]:
-    bus = Bus.connect(nats_url)
-    bus.setup()
-    yield bus
-    bus.close()
+def _follow(bus: Bus, durable: str, into: queue.Queue[Delivery[Any]]) -> None:
+    """Feed `conveyor.jobs.cancelled` through the durable consumer `durable` into `into`."""
+    decoder = msgspec.json.Decoder(JobsCancelled)
+    bus.consume(subjects.STREAM_JOBS, durable, [subjects.JOBS_CANCELLED], decoder, into.put)
 
 
 def _cancelled(n: int) -> JobsCancelled:
@@ -40,13 +37,7 @@ def test_a_busy_consumer_takes_many_messages_per_pull_request(bus: Bus) -> None:
     for n in range(200):
         bus.publish(subjects.JOBS_CANCELLED, _cancelled(n), msg_id=f"c{n}")
     got: queue.Queue[Delivery[Any]] = queue.Queue()
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_batched",
-        [subjects.JOBS_CANCELLED],
-        msgspec.json.Decoder(JobsCancelled),
-        got.put,
-    )
+    _follow(bus, "test_batched", got)
     seen = []
     for _ in range(200):
         delivery = got.get(timeout=10)
@@ -68,13 +59,7 @@ def test_a_message_is_handed_over_before_its_batch_fills_or_the_request_expires(
     # delivers these within the wait below.
     monkeypatch.setattr(pull, "EXPIRES_S", 60.0)
     got: queue.Queue[Delivery[Any]] = queue.Queue()
-    bus.consume(
-        subjects.STREAM_JOBS,
-        "test_as_it_lands",
-        [subjects.JOBS_CANCELLED],
-        msgspec.json.Decoder(JobsCancelled),
-        got.put,
-    )
+    _follow(bus, "test_as_it_lands", got)
     for n in range(3):
         bus.publish(subjects.JOBS_CANCELLED, _cancelled(n), msg_id=f"l{n}")
         delivery = got.get(timeout=10)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgspec
 import pytest
 
@@ -22,14 +20,6 @@ GARBAGE = b"\x00not json{"
 class Record(msgspec.Struct, frozen=True):
     name: str
     count: int = 0
-
-
-@pytest.fixture
-def bus(nats_url: str) -> Iterator[Bus]:
-    bus = Bus.connect(nats_url)
-    bus.setup()
-    yield bus
-    bus.close()
 
 
 def test_load_all_skips_an_undecodable_record_keeps_it_and_alerts_once(bus: Bus) -> None:

@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterator
-from typing import Any
-
 import msgspec
 import pytest
 
 from bus import subjects
 from bus.bridge import Bus, KeyExists
 from conveyor.errors import Fenced
+from tests.kv_raw import api_requests, flush
 
 
 class Record(msgspec.Struct, frozen=True):
     name: str
 
 
-@pytest.fixture
-def bus(nats_url: str) -> Iterator[Bus]:
-    bus = Bus.connect(nats_url)
-    bus.setup()
-    yield bus
-    bus.close()
-
-
-def _flush(bus: Bus) -> None:
-    """A round trip to the server: what was sent before has arrived and been answered."""
-    bus.call(bus.nc.flush())
-
-
-def _reads(bus: Bus, bucket: str) -> queue.Queue[Any]:
-    """Every `MSG.GET` request on `bucket`'s stream, as they are made."""
-    seen: queue.Queue[Any] = queue.Queue()
-    bus.subscribe_core(
-        f"$JS.API.STREAM.MSG.GET.KV_{bucket}", msgspec.json.Decoder(dict[str, Any]), seen.put
-    )
-    _flush(bus)
-    return seen
-
-
 def test_a_create_over_its_known_delete_marker_reads_nothing(bus: Bus) -> None:
     store = bus.store(subjects.BUCKET_LEASES, Record)
-    reads = _reads(bus, subjects.BUCKET_LEASES)
+    reads = api_requests(bus, "STREAM.MSG.GET", subjects.BUCKET_LEASES)
     first = store.create("task.DEMO-1", Record(name="a"))
     marker = store.delete("task.DEMO-1", expect=first)
     assert marker > first
@@ -52,9 +26,9 @@ def test_a_create_over_its_known_delete_marker_reads_nothing(bus: Bus) -> None:
     entry = store.get("task.DEMO-1")
     assert entry is not None
     assert (entry.value, entry.revision) == (Record(name="b"), again)
-    _flush(bus)
+    flush(bus)
     # The get above is the only read: the create over the marker made none.
-    assert reads.qsize() == 1
+    assert len(reads) == 1
 
 
 def test_a_create_over_an_unknown_marker_still_works(bus: Bus) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgspec
 import pytest
 
@@ -16,14 +14,6 @@ pytestmark = pytest.mark.timeout(30)
 class Record(msgspec.Struct, frozen=True):
     name: str
     count: int = 0
-
-
-@pytest.fixture
-def bus(nats_url: str) -> Iterator[Bus]:
-    bus = Bus.connect(nats_url)
-    bus.setup()
-    yield bus
-    bus.close()
 
 
 def test_update_many_writes_the_current_ones_and_leaves_a_moved_one_out(bus: Bus) -> None:
