@@ -163,18 +163,24 @@ def attempt_owner(jobs: Store[Job], hot: HotJobs | None = None) -> Callable[[str
     """Whether attempt `attempt` of a job is still the one the job runs.
 
     Read from the QueueWorker's hot set when it runs in this process (`hot`), else KV.
+    A "no" from the hot set is read again from KV: it ends the attempt for good, so it
+    must come from the record itself, not from a memory that can lag it (a process
+    paused past its leader lease, woken before it stands down).
     """
 
-    def _owns(job_id: str, attempt: int) -> bool:
-        job = hot.get(job_id) if hot is not None else None
-        if job is None:
-            entry = jobs.get(job_id)  # a job's key is its id
-            job = entry.value if entry is not None else None
+    def _current(job: Job | None, attempt: int) -> bool:
         return lease_policy.attempt_current(
             job.status if job is not None else None,
             job.attempts if job is not None else 0,
             attempt,
             running=RUNNING,
         )
+
+    def _owns(job_id: str, attempt: int) -> bool:
+        remembered = hot.get(job_id) if hot is not None else None
+        if remembered is not None and _current(remembered, attempt):
+            return True
+        entry = jobs.get(job_id)  # a job's key is its id
+        return _current(entry.value if entry is not None else None, attempt)
 
     return _owns

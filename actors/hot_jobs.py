@@ -8,7 +8,9 @@ its hot set, written to memory only after its KV write landed: reading it there
 gives the same answer as reading KV at that moment.
 
 Until the worker's start-up load is done, after it stops, and for a job not in the
-hot set (settled, deleted by retention, or unknown), readers still ask KV.
+hot set (settled, deleted by retention, or unknown), readers still ask KV; and a
+reader that would refuse an attempt on the hot set's word asks KV first
+(`actors.hosts.attempt_owner`).
 """
 
 from __future__ import annotations

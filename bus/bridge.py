@@ -29,7 +29,7 @@ from bus import fence, pull, subjects
 from bus.delivery import MSG_ID as MSG_ID
 from bus.delivery import Delivery as Delivery
 from bus.endpoints import Handler as Handler
-from bus.endpoints import serving
+from bus.endpoints import service_error, serving
 from bus.inflight import InFlight
 from bus.kv import KeyExists as KeyExists
 from bus.kv import Store as Store
@@ -298,7 +298,10 @@ class Bus:
         *,
         give_up: Callable[[], bool] | None = None,
     ) -> bytes:
-        """Core NATS request-reply from a thread; `give_up` True ends the wait early."""
+        """Core NATS request-reply from a thread; `give_up` True ends the wait early.
+
+        A micro service's error reply raises (`bus.endpoints.service_error`).
+        """
 
         async def _req() -> bytes:
             try:
@@ -307,6 +310,9 @@ class Bus:
                 )
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
                 raise BusUnavailable(f"no answer on {subject}: {err!r}") from err
+            failed = service_error(subject, reply.headers)
+            if failed is not None:
+                raise failed
             return bytes(reply.data)
 
         return self.call(

@@ -23,6 +23,7 @@ from actors.task_index import PageError, parse_request
 from actors.task_policy import Task
 from bus import subjects
 from bus.bridge import Bus, Handler
+from bus.endpoints import NotAnswered
 from bus.messages import (
     Approve,
     Cancel,
@@ -37,7 +38,7 @@ from bus.messages import (
     Submit,
 )
 from conveyor import validate
-from conveyor.errors import ConveyorError, InvalidField
+from conveyor.errors import ConveyorError, Fenced, InvalidField
 from conveyor.logs import get_logger
 
 log = get_logger(__name__)
@@ -239,9 +240,18 @@ class ControlService:
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             return dumps(LeaseReply(granted=False, reason=f"bad request: {err}"))
         try:
-            return dumps(self._ask(self._leases, request))
+            reply = self._ask(self._leases, request)
         except (pykka.ActorDeadError, pykka.Timeout) as err:
-            return dumps(LeaseReply(granted=False, reason=f"lease keeper unavailable: {err!r}"))
+            # A refusal would be final to a holder checking its lease: it asks again.
+            raise NotAnswered(f"lease keeper unavailable: {err!r}") from err
+        try:
+            self._bus.write_stamp()
+        except Fenced as err:
+            # The keeper judged from memory while this process's leader lease may have
+            # run out (a paused active, woken): the next active may have moved past
+            # it, so the holder asks again and reaches the active.
+            raise NotAnswered(f"not the active control: {err}") from err
+        return dumps(reply)
 
     def _down_or(
         self, name: str, handler: Callable[[str, bytes], bytes]

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import psutil
 import pykka
 import pytest
@@ -17,6 +18,7 @@ from actors.lease_policy import SUPERSEDED, task_lease
 from actors.queue_policy import RUNNING, Job
 from bus import subjects
 from bus.bridge import Bus
+from bus.kv import Versioned
 from bus.messages import LeaseAcquire, LeaseHolder, LeaseRenew, LeaseReply, ReapJob
 from conveyor import procs
 from conveyor.app import wiring
@@ -109,3 +111,23 @@ def test_without_a_worker_in_the_process_attempts_are_read_from_kv(bus: Bus) -> 
     detached = attempt_owner(jobs, HotJobs())
     assert detached(JOB, 2)
     assert not detached(JOB, 1)
+
+
+def test_a_refusal_the_hot_set_would_give_is_read_again_from_kv(bus: Bus) -> None:
+    # Given a hot set that lags the record: it still has the job queued, and the job's
+    # record says attempt 1 runs (another active claimed it while this one was paused)
+    put_job(bus, JOB, status=RUNNING, attempts=1)
+    jobs = bus.store(subjects.BUCKET_JOBS, Job)
+    stored = jobs.get(JOB)
+    assert stored is not None
+    queued = msgspec.structs.replace(stored.value, status="queued", attempts=0)
+    hot = HotJobs()
+    hot.attach({JOB: Versioned(queued, 1)})
+    owns = attempt_owner(jobs, hot)
+    reads = api_requests(bus, "STREAM.MSG.GET", subjects.BUCKET_JOBS)
+
+    # Then attempt 1 is current, read from KV, and attempt 2 is not
+    assert owns(JOB, 1)
+    assert not owns(JOB, 2)
+    flush(bus)
+    assert len(reads) == 2
