@@ -136,12 +136,20 @@ class Sites:
                 proc.wait()
 
     def logs(self) -> str:
+        """Each site's last lines, every site's leader-lease events, the nodes' last lines."""
         own = "\n".join(
             f"--- {s.name}\n" + s.log.read_text(errors="replace")[-4000:]
             for s in self.sites.values()
             if s.log.exists()
         )
-        return own + "\n" + self.cluster.logs()
+        terms = "\n".join(
+            f"{s.name}: {line}"
+            for s in self.sites.values()
+            if s.log.exists()
+            for line in s.log.read_text(errors="replace").splitlines()
+            if '"event": "leader.' in line or '"event": "control.st' in line
+        )
+        return own + "\n--- leader lease events\n" + terms + "\n" + self.cluster.logs()
 
     def forge_effects(self) -> list[str]:
         """The forge's effect log: one line per PR opened, merged, status set."""
