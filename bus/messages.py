@@ -226,7 +226,7 @@ class JobOutcome(Message, frozen=True):
 
 
 class RunHeartbeat(Message, frozen=True):
-    """Launcher -> Reaper, core NATS, every tick while a run's agent or post-steps are alive."""
+    """Launcher -> Reaper, core NATS, when due (new usage, or a fifth of the timeout on)."""
 
     job_id: str
     attempt: int
