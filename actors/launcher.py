@@ -21,6 +21,7 @@ from actors.jobs import leases, runs
 from actors.jobs.context import JobContext, RepoLocks, RunDone, RunStarted
 from actors.jobs.lease_wake import LeaseWaker
 from actors.jobs.meter import RunMeter
+from actors.launch_slots import Slots
 from actors.launcher_policy import LaunchPlan, Run
 from actors.owner import Stopped, record_stop
 from actors.run_state import RunsCheckpoint
@@ -50,32 +51,6 @@ log = get_logger(__name__)
 
 class LauncherStatus(msgspec.Struct, frozen=True):
     """Status endpoint -> Launcher (ask)."""
-
-
-class Slots:
-    """Free launch slots, reserved on the loop thread before an order reaches the actor."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def free(self) -> int:
-        with self._lock:
-            return self.total - self._used
-
-    def reserve(self) -> None:
-        with self._lock:
-            self._used += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._used = max(0, self._used - 1)
-
-    @property
-    def used(self) -> int:
-        with self._lock:
-            return self._used
 
 
 class Launcher(pykka.ThreadingActor):
@@ -476,6 +451,7 @@ class Launcher(pykka.ThreadingActor):
             "host": self._host,
             "slots": self._slots.total,
             "busy": self._slots.used,
+            "draining": self._slots.draining,
             "running": [
                 {
                     "job_id": r.job_id,

@@ -135,6 +135,14 @@ def host_token(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", host) or "_"
 
 
+LAUNCHERS_PREFIX = f"{ROOT}.launchers"
+
+
+def launcher_drain(name: str) -> str:
+    """Request-reply, answered by the launcher `name`: {"drain": bool} -> its drain state."""
+    return f"{LAUNCHERS_PREFIX}.{host_token(name)}.drain"
+
+
 # --- launch (JetStream work-queue stream CONVEYOR_LAUNCH) --------------------------------
 LAUNCH_ORDERS = f"{ROOT}.launch.orders"
 """QueueWorker -> Launchers: LaunchOrder; a launch is fenced by the run key `<job>.<attempt>`."""

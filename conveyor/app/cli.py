@@ -20,6 +20,7 @@ from bus.messages import Alert, StageChanged
 from conveyor import __version__, config_nats_auth, logs
 from conveyor import config as config_mod
 from conveyor.app.cli_config import config_group
+from conveyor.app.cli_drain import drain_command
 from conveyor.app.cli_status import show_status, show_task
 from conveyor.app.cli_top import top_command
 from conveyor.app.client import Client, discover_url
@@ -470,6 +471,7 @@ def _encode(msg: StageChanged | Alert) -> bytes:
 
 main.add_command(config_group)
 main.add_command(top_command(_client))
+main.add_command(drain_command(_client))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import pykka
 
+from actors.launch_slots import Slots
 from actors.leader import Leadership
 from bus import subjects
 from bus.bridge import Bus
@@ -28,7 +30,7 @@ from conveyor import __version__
 from conveyor.app import wiring
 from conveyor.app.clients import ensure_repos, make_forge, serve_forge
 from conveyor.app.node_control import ControlTerm, Ticker
-from conveyor.app.service import ControlService, launcher_status_handler
+from conveyor.app.service import ControlService, launcher_drain_handler, launcher_status_handler
 from conveyor.app.supervisor import Supervisor
 from conveyor.app.wiring import CONTROL, LAUNCHER
 from conveyor.clock import Clock, SystemClock
@@ -210,6 +212,7 @@ class Node:
             ).register()
             return
         launcher, query = statuses["launcher"]
+        name = self.cfg.launcher.name or socket.gethostname()
 
         def _launcher_status() -> object:
             down = supervisor.status().get("launcher", {})
@@ -226,6 +229,11 @@ class Node:
                     "launcher",
                     subjects.status_actor("launcher"),
                     launcher_status_handler(_launcher_status),
+                ),
+                (
+                    "drain",
+                    subjects.launcher_drain(name),
+                    launcher_drain_handler(name, ctx.drain, lambda: _busy(ctx.slots)),
                 ),
             ],
         )
@@ -266,6 +274,10 @@ class Node:
         if self.server is not None:
             self.server.stop()
         log.info("conveyor.stopped", parts=",".join(self.parts))
+
+
+def _busy(slots: Slots | None) -> int:
+    return slots.used if slots is not None else 0
 
 
 def _wait_all(futures: Sequence[pykka.Future[Any]], timeout_s: float) -> None:

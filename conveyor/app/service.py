@@ -9,6 +9,7 @@ field, an unavailable actor gets `ok: false` saying so.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,6 +86,34 @@ def launcher_status_handler(ask: Callable[[], Any]) -> Callable[[str, bytes], by
 
     def _handler(_subject: str, _data: bytes) -> bytes:
         return dumps(ask())
+
+    return _handler
+
+
+class DrainRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`conveyor.launchers.<name>.drain` body: drain (take no new order) or resume."""
+
+    drain: bool = True
+
+
+def launcher_drain_handler(
+    name: str, drain: threading.Event, busy: Callable[[], int]
+) -> Callable[[str, bytes], bytes]:
+    """Endpoint handler setting a launcher's drain; answers its state and its busy slots."""
+
+    def _handler(_subject: str, data: bytes) -> bytes:
+        try:
+            request = msgspec.json.decode(data or b"{}", type=DrainRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            return dumps({"ok": False, "error": f"bad request: {err}"})
+        if request.drain != drain.is_set():
+            if request.drain:
+                drain.set()
+            else:
+                drain.clear()
+            event = "launcher.draining" if request.drain else "launcher.resumed"
+            log.info(event, launcher=name, busy=busy())
+        return dumps({"ok": True, "launcher": name, "draining": drain.is_set(), "busy": busy()})
 
     return _handler
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from actors.intake import IntakeStatus
 from actors.intake_policy import CardState
 from actors.janitor import Janitor, JanitorStatus
 from actors.janitor import stores as janitor_stores
-from actors.launcher import Launcher, LauncherStatus, Slots
+from actors.launch_slots import Slots, reserving
+from actors.launcher import Launcher, LauncherStatus
 from actors.launcher_policy import Run
 from actors.lease_keeper import LeaseKeeper, LeaseStatus, run_finished, run_in_progress
 from actors.lease_policy import Lease, merged_stages
@@ -89,6 +91,8 @@ class Context:
     """The Plane client when the tracker is Plane (set by the tracker entry)."""
     slots: Slots | None = None
     """The launcher's free slots, shared with its consumer (set by the launcher entry)."""
+    drain: threading.Event = field(default_factory=threading.Event)
+    """Set: the launcher takes no new order (`conveyor drain`); outlives its restarts."""
     closers: list[Callable[[], None]] = field(default_factory=list)
     hot_jobs: HotJobs = field(default_factory=HotJobs)
     """The QueueWorker's hot jobs, for the LeaseKeeper beside it."""
@@ -249,7 +253,7 @@ def _janitor(ctx: Context, _store: Store[Any] | None) -> Ref:
 
 def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
-    slots = Slots(ctx.cfg.launcher.slots)
+    slots = Slots(ctx.cfg.launcher.slots, ctx.drain)
     ctx.slots = slots
     name = ctx.cfg.launcher.name or socket.gethostname()
     owns = attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job))
@@ -473,20 +477,8 @@ def _slot_reserving(
     first = ctx.slots
     if first is None:
         raise ConveyorError("a slot-reserving consumer needs the launcher entry's slots")
-
-    def _slots() -> Slots:
-        # Looked up on each use: a restarted launcher counts its slots afresh.
-        return ctx.slots or first
-
-    def _order(delivery: Delivery[Any]) -> None:
-        if not handle.is_alive():
-            # Down: no slot is taken for an order nobody will run; it comes back.
-            handle.tell(delivery)
-            return
-        _slots().reserve()
-        handle.tell(delivery)
-
-    return _order, lambda: _slots().free()
+    # Looked up on each use: a restarted launcher counts its slots afresh.
+    return reserving(lambda: ctx.slots or first, handle.tell, handle.is_alive)
 
 
 def statuses(ctx: Context, part: str) -> dict[str, tuple[Ref, Any]]:

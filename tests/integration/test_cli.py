@@ -29,6 +29,7 @@ COMMANDS = [
     "retry",
     "confirm-deploy",
     "release-lease",
+    "drain",
 ]
 
 
