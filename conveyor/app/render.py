@@ -57,6 +57,7 @@ def print_overview(
             f"{k}={v}"
             for k, v in info.items()
             if k in ("tasks", "escalated", "counts", "busy", "slots", "name")
+            or (k == "draining" and v)
         )
         actors.add_row(name, "[green]ok[/]" if ok else "[red]down[/]", esc(str(detail)))
     console.print(actors)

@@ -31,3 +31,13 @@ def test_without_the_leader_lease_there_is_no_control_line(
 ) -> None:
     print_overview(_overview({}), [])
     assert "Control:" not in capsys.readouterr().out
+
+
+def test_a_draining_launcher_says_so_and_one_taking_orders_does_not(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    launcher = {"healthy": True, "name": "vm", "slots": 4, "busy": 1, "draining": True}
+    print_overview({**_overview({}), "actors": {"launcher": launcher}}, [])
+    assert "draining=True" in capsys.readouterr().out
+    print_overview({**_overview({}), "actors": {"launcher": {**launcher, "draining": False}}}, [])
+    assert "draining" not in capsys.readouterr().out
