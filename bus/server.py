@@ -88,6 +88,14 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class PortTaken(NatsServerError):
+    """A port the server was to listen on is in use."""
+
+
+PORT_TRIES = 3
+"""Starts on fresh free ports when one picked was taken before the server bound it."""
+
+
 def _ensure_port_free(host: str, port: int, what: str) -> None:
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR as nats-server (Go) sets it: TIME_WAIT leftovers pass, live listeners fail.
@@ -96,7 +104,7 @@ def _ensure_port_free(host: str, port: int, what: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise NatsServerError(
+                raise PortTaken(
                     f"{what} port {_hostport(host, port)} is already in use"
                 ) from exc
             raise NatsServerError(
@@ -241,7 +249,27 @@ class EmbeddedNats:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the server and return once plain `/healthz` answers 200."""
+        """Start the server and return once plain `/healthz` answers 200.
+
+        A port picked here (configured as 0) can be taken by another process, even by
+        an outgoing connection's local port, between the pick and the server's bind:
+        then the start is tried again on newly picked ports. A configured port, or
+        one a previous start picked (a restart keeps its URL), is never changed.
+        """
+        picked = (not self._port, not self._monitor_port)
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self._start_once()
+            except PortTaken as err:
+                if not any(picked) or attempt == PORT_TRIES:
+                    raise
+                log.warning("nats.port_taken", attempt=attempt, error=str(err).splitlines()[0])
+                self._port = 0 if picked[0] else self._port
+                self._monitor_port = 0 if picked[1] else self._monitor_port
+            else:
+                return
+
+    def _start_once(self) -> None:
         with self._lock:
             if self.running:
                 raise NatsServerError(f"nats-server already running (pid {self.pid})")
@@ -364,9 +392,11 @@ class EmbeddedNats:
         while True:
             code = proc.poll()
             if code is not None:
-                raise NatsServerError(
+                tail = self._log_tail(log_offset)
+                failed = PortTaken if "address already in use" in tail else NatsServerError
+                raise failed(
                     f"nats-server exited with code {code} during start; "
-                    f"log {self.log_file}:\n{self._log_tail(log_offset)}"
+                    f"log {self.log_file}:\n{tail}"
                 )
             if _http_ok(healthz) and self._monitor_is_ours():
                 return

@@ -38,7 +38,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 REPOS = ("demo", "side")
 ITEMS = len(REPOS)
-SLOW = "demo: developer=slow:3"
+# The developers run across the first takeover; the testers keep the items mid-pipeline
+# until the second (a kill needs an item in flight, however fast the rest goes).
+SLOW = "demo: developer=slow:3 tester=slow:12"
 AFTER_ANALYSIS = ("architecture", "development", "review", "testing", "deploy-staging", "deploy")
 
 

@@ -19,6 +19,7 @@ import nats
 import psutil
 import pytest
 
+from bus import server as server_module
 from bus.server import EmbeddedNats, NatsServerError
 from conveyor.clock import SystemClock
 
@@ -287,3 +288,46 @@ def test_early_exit_error_carries_log_tail(tmp_path: Path) -> None:
 def test_start_twice_is_an_error(nats_server: EmbeddedNats) -> None:
     with pytest.raises(NatsServerError, match="already running"):
         nats_server.start()
+
+
+@pytest.mark.parametrize("server_binds_first", [False, True])
+def test_a_picked_port_taken_before_the_bind_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_binds_first: bool
+) -> None:
+    # Given a free port that is taken right after it was picked (here: at once), found
+    # by the pre-check or only by nats-server's own bind
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks = iter([port])
+        real_pick = server_module.free_port
+        monkeypatch.setattr(
+            server_module, "free_port", lambda host: next(picks, None) or real_pick(host)
+        )
+        if server_binds_first:
+            monkeypatch.setattr(server_module, "_ensure_port_free", lambda *_args: None)
+        server = EmbeddedNats(tmp_path / "nats")
+        # When it starts
+        server.start()
+        try:
+            # Then it runs on another port it picked
+            assert server.running
+            assert server.port != port
+        finally:
+            server.stop()
+
+
+def test_a_restart_keeps_its_port_even_when_it_is_taken(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    port = server.port
+    server.stop()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(
+            NatsServerError, match=f"client port 127.0.0.1:{port} is already in use"
+        ):
+            server.start()
+    assert server.port == port
