@@ -104,9 +104,7 @@ def _ensure_port_free(host: str, port: int, what: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise PortTaken(
-                    f"{what} port {_hostport(host, port)} is already in use"
-                ) from exc
+                raise PortTaken(f"{what} port {_hostport(host, port)} is already in use") from exc
             raise NatsServerError(
                 f"cannot bind {what} port {_hostport(host, port)}: {exc}"
             ) from exc
