@@ -31,7 +31,8 @@ from tests.kv_raw import api_requests, flush
 JOB = "DEMO-1.development.1.work"
 
 
-def _holder(attempt: int) -> LeaseHolder:
+def live_holder(attempt: int) -> LeaseHolder:
+    """A holder of `JOB`'s attempt `attempt`: this live test process."""
     return LeaseHolder(
         task_id="DEMO-1",
         job_id=JOB,
@@ -75,7 +76,7 @@ def test_a_running_attempt_gets_and_renews_its_lease_without_a_job_read(
     reads = api_requests(bus, "STREAM.MSG.GET", subjects.BUCKET_JOBS)
     keeper = control.ref("lease_keeper")
     name = task_lease("DEMO-1")
-    granted = _ask(keeper, LeaseAcquire(name=name, holder=_holder(1)))
+    granted = _ask(keeper, LeaseAcquire(name=name, holder=live_holder(1)))
     assert granted.granted
     renewed = _ask(keeper, LeaseRenew(name=name, task_id="DEMO-1", revision=granted.revision))
     assert renewed.granted
@@ -89,7 +90,7 @@ def test_an_attempt_the_worker_reaped_is_refused_at_its_next_check(
 ) -> None:
     keeper = control.ref("lease_keeper")
     name = task_lease("DEMO-1")
-    granted = _ask(keeper, LeaseAcquire(name=name, holder=_holder(1)))
+    granted = _ask(keeper, LeaseAcquire(name=name, holder=live_holder(1)))
     assert granted.granted
     # The Reaper finds attempt 1's executor dead: the worker moves the job on.
     bus.publish(subjects.JOBS_REAP, ReapJob(job_id=JOB, attempt=1, tier=1), msg_id="reap-1")

@@ -8,12 +8,9 @@ a paused active just woken) or cannot be asked (stopped, restarting) answers wit
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pykka
 import pytest
 
@@ -22,8 +19,7 @@ from actors.lease_policy import task_lease
 from actors.queue_policy import RUNNING
 from bus import subjects
 from bus.bridge import Bus
-from bus.messages import LeaseAcquire, LeaseHolder, LeaseRenew, LeaseReply, encode
-from conveyor import procs
+from bus.messages import LeaseAcquire, LeaseRenew, LeaseReply, encode
 from conveyor.app import wiring
 from conveyor.app.service import ControlService
 from conveyor.clock import FakeClock
@@ -31,8 +27,8 @@ from conveyor.config import Config
 from conveyor.errors import BusUnavailable, ConveyorError, Fenced
 from tests.actors.conftest import Stub
 from tests.actors.test_host_leases import put_job
+from tests.actors.test_hot_jobs import JOB, live_holder
 
-JOB = "DEMO-1.development.1.work"
 NAME = task_lease("DEMO-1")
 
 
@@ -46,19 +42,6 @@ class Fence:
         if not self.held:
             raise Fenced("leader lease of epoch 1 may have run out")
         return {}
-
-
-def _holder() -> LeaseHolder:
-    return LeaseHolder(
-        task_id="DEMO-1",
-        job_id=JOB,
-        launcher="l1",
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        create_time=psutil.Process(os.getpid()).create_time(),
-        boot_id=procs.boot_id(),
-        attempt=1,
-    )
 
 
 @pytest.fixture
@@ -94,7 +77,7 @@ def test_a_keeper_whose_leader_lease_may_have_run_out_gives_no_verdict(
 ) -> None:
     # Given a transition lease granted while the process held its leader lease
     asker, fence, _ = served
-    granted = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=_holder()))
+    granted = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=live_holder(1)))
     assert granted.granted
     stored = bus.store(subjects.BUCKET_LEASES, Any).get(NAME)
     assert stored is not None
@@ -108,7 +91,7 @@ def test_a_keeper_whose_leader_lease_may_have_run_out_gives_no_verdict(
         asker.request(subjects.LEASE_RENEW, encode(renew))
     unanswered = _ask(asker, subjects.LEASE_RENEW, renew)
     assert isinstance(unanswered, leases.Unanswered)
-    again = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=_holder()))
+    again = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=live_holder(1)))
     assert isinstance(again, leases.Unanswered)
     assert bus.store(subjects.BUCKET_LEASES, Any).get(NAME) == stored
 
@@ -121,7 +104,7 @@ def test_a_stopped_keeper_gives_no_verdict_so_a_renewal_is_asked_again(
     served: tuple[Bus, Fence, pykka.ActorRef[Any]],
 ) -> None:
     asker, _, keeper = served
-    granted = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=_holder()))
+    granted = _ask(asker, subjects.LEASE_ACQUIRE, LeaseAcquire(name=NAME, holder=live_holder(1)))
     keeper.stop(block=True, timeout=10)
     renew = LeaseRenew(name=NAME, task_id="DEMO-1", revision=granted.revision)
     with pytest.raises(BusUnavailable, match=r"503.*lease keeper unavailable"):
