@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -75,7 +74,7 @@ class Launcher(pykka.ThreadingActor):
         self._host = procs.host_id(cfg.launcher.host_id)
         self._boot = procs.boot_id()
         # The name must survive a restart: a restarted launcher adopts the runs of its name.
-        self._name = cfg.launcher.name or socket.gethostname()
+        self._name = cfg.launcher.identity()
         # Whether an attempt is still this launcher's to finish (the job runs that attempt):
         # a launcher back from a pause or partition adopts and finishes nothing it lost.
         self._owns = owns

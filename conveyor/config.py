@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -209,6 +210,10 @@ class LauncherConfig(_Section, frozen=True):
     name: str = ""
     host_id: str = ""
     host_silence_s: float = 60.0
+
+    def identity(self) -> str:
+        """The launcher's name on its runs and subjects: `name`, else the host name."""
+        return self.name or socket.gethostname()
 
 
 class ReaperConfig(_Section, frozen=True):

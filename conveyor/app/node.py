@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -212,7 +211,7 @@ class Node:
             ).register()
             return
         launcher, query = statuses["launcher"]
-        name = self.cfg.launcher.name or socket.gethostname()
+        name = self.cfg.launcher.identity()
 
         def _launcher_status() -> object:
             down = supervisor.status().get("launcher", {})

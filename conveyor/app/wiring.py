@@ -11,7 +11,6 @@ it talks to.
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -255,7 +254,7 @@ def _launcher(ctx: Context, store: Store[Any] | None) -> Ref:
     store = _owned(store)
     slots = Slots(ctx.cfg.launcher.slots, ctx.drain)
     ctx.slots = slots
-    name = ctx.cfg.launcher.name or socket.gethostname()
+    name = ctx.cfg.launcher.identity()
     owns = attempt_owner(ctx.bus.store(subjects.BUCKET_JOBS, Job))
     return Launcher.start(
         ctx.bus, store, ctx.ledger(name), ctx.need_forge(), ctx.clock, ctx.cfg, slots, owns

@@ -7,7 +7,6 @@ driven as an operator would, and the orders are read from the launch stream.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ def running(tmp_path: Path, nats_url: str) -> Iterator[tuple[Harness, list[str],
     cfg = make_config(tmp_path / "data", nats_url)
     harness = Harness(cfg, nats_url).start()
     try:
-        yield harness, ["--nats-url", nats_url], cfg.launcher.name or socket.gethostname()
+        yield harness, ["--nats-url", nats_url], cfg.launcher.identity()
     finally:
         harness.close()
 
